@@ -1,0 +1,167 @@
+//! Finding a GPU, and the per-device state ops run with: context, stream,
+//! target arch and the kernels loaded so far.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaStream};
+
+use crate::env::KernelEnv;
+use crate::jit::Arch;
+use crate::loader::{load_kernel, LoadedKernel};
+use crate::registry::KernelId;
+use crate::{Error, Result};
+
+/// Oldest compute capability CUDA 13 compiles for.
+pub const MIN_COMPUTE_CAPABILITY: (u32, u32) = (7, 5);
+
+/// What the driver reports about one device.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (u32, u32),
+    pub total_memory: usize,
+    pub driver_version: String,
+}
+
+/// Checks that a driver and at least one device exist; the number of devices.
+/// Never panics: cudarc's dynamic loader is probed before any call.
+pub fn cuda_device_count() -> Result<usize> {
+    // SAFETY: only tries to dlopen libcuda.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::NoCudaDevice {
+            reason: "the NVIDIA driver library libcuda.so was not found (no driver installed on this machine)".into(),
+        });
+    }
+    cudarc::driver::result::init().map_err(|e| Error::NoCudaDevice {
+        reason: format!("cuInit failed: {e}"),
+    })?;
+    let n = cudarc::driver::result::device::get_count().map_err(|e| Error::NoCudaDevice {
+        reason: format!("cuDeviceGetCount failed: {e}"),
+    })?;
+    if n <= 0 {
+        return Err(Error::NoCudaDevice {
+            reason: "the driver sees no GPU (check CUDA_VISIBLE_DEVICES)".into(),
+        });
+    }
+    Ok(n as usize)
+}
+
+/// Driver version as `13.0`.
+pub fn driver_version() -> Result<String> {
+    cuda_device_count()?;
+    let mut v = 0i32;
+    // SAFETY: the driver is loaded and initialized above; `v` is valid.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }
+        .result()
+        .map_err(Error::driver("cuDriverGetVersion"))?;
+    Ok(format!("{}.{}", v / 1000, (v % 1000) / 10))
+}
+
+/// Describes every visible device.
+pub fn list_devices() -> Result<Vec<DeviceInfo>> {
+    let n = cuda_device_count()?;
+    let driver = driver_version()?;
+    (0..n)
+        .map(|ordinal| {
+            let ctx = CudaContext::new(ordinal).map_err(Error::driver("create context"))?;
+            let (major, minor) = ctx.compute_capability().map_err(Error::driver("compute capability"))?;
+            Ok(DeviceInfo {
+                ordinal,
+                name: ctx.name().map_err(Error::driver("device name"))?,
+                compute_capability: (major as u32, minor as u32),
+                total_memory: ctx.total_mem().map_err(Error::driver("total memory"))?,
+                driver_version: driver.clone(),
+            })
+        })
+        .collect()
+}
+
+/// One GPU with the stream every op of this handle is ordered on.
+///
+/// ```no_run
+/// let gpu = mllm_kernel::Gpu::new(0)?;
+/// println!("{} ({})", gpu.info().name, gpu.arch());
+/// # Ok::<(), mllm_kernel::Error>(())
+/// ```
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: Arch,
+    info: DeviceInfo,
+    env: KernelEnv,
+    kernels: Mutex<HashMap<KernelId, Arc<LoadedKernel>>>,
+}
+
+impl Gpu {
+    /// Opens device `ordinal` with configuration from the environment.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_env(ordinal, KernelEnv::from_process()?)
+    }
+
+    /// Opens device `ordinal` with an explicit configuration.
+    pub fn with_env(ordinal: usize, env: KernelEnv) -> Result<Self> {
+        let count = cuda_device_count()?;
+        if ordinal >= count {
+            return Err(Error::NoCudaDevice {
+                reason: format!("device {ordinal} requested but only {count} visible"),
+            });
+        }
+        let info = list_devices()?.swap_remove(ordinal);
+        let (major, minor) = info.compute_capability;
+        if (major, minor) < MIN_COMPUTE_CAPABILITY {
+            return Err(Error::NoCudaDevice {
+                reason: format!(
+                    "{} is sm_{major}{minor}; mllm-kernel (CUDA 13) supports sm_75 and newer",
+                    info.name
+                ),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(Error::driver("create context"))?;
+        let stream = ctx.new_stream().map_err(Error::driver("create stream"))?;
+        Ok(Self {
+            ctx,
+            stream,
+            arch: Arch::for_device(major, minor),
+            info,
+            env,
+            kernels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The arch kernels are built for on this device (`sm_90a` on H100).
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn env(&self) -> &KernelEnv {
+        &self.env
+    }
+
+    /// Waits for all work on this handle's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(Error::driver("stream synchronize"))
+    }
+
+    /// The kernel, loaded once per device (AOT if linked in, else the JIT cache).
+    pub fn kernel(&self, id: KernelId) -> Result<Arc<LoadedKernel>> {
+        if let Some(k) = self.kernels.lock().unwrap().get(&id) {
+            return Ok(k.clone());
+        }
+        let loaded = Arc::new(load_kernel(self, id)?);
+        Ok(self.kernels.lock().unwrap().entry(id).or_insert(loaded).clone())
+    }
+}

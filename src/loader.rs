@@ -1,0 +1,152 @@
+//! Loading a kernel onto a device: from the AOT build when linked in, else
+//! through the JIT cache (cubin → driver module, shared object → libloading).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaFunction, CudaModule};
+use cudarc::nvrtc::Ptx;
+
+use crate::device::Gpu;
+use crate::ffi::dynamic::{mllm_dtype_t, mllm_result_t, mllm_stream_t, MllmKernelLib};
+use crate::jit::{Compiler, JitCache, KernelSpec};
+use crate::registry::KernelId;
+use crate::{Error, Result};
+
+/// A kernel ready to launch on one device.
+pub enum LoadedKernel {
+    /// A cubin loaded as a driver module (NVRTC kernels).
+    Module {
+        module: Arc<CudaModule>,
+        functions: Mutex<HashMap<String, CudaFunction>>,
+        origin: String,
+    },
+    /// A JIT-built shared object exporting the C ABI (nvcc kernels).
+    Library { lib: MllmKernelLib, origin: String },
+    /// The AOT static library linked into this binary.
+    #[cfg(feature = "aot")]
+    Linked,
+}
+
+/// `mllm_per_token_quant_int8` of `mllm_kernel.h`.
+pub type PerTokenQuantInt8Fn = unsafe extern "C" fn(
+    *const std::ffi::c_void,
+    *mut i8,
+    *mut f32,
+    i64,
+    i64,
+    mllm_dtype_t,
+    mllm_stream_t,
+) -> mllm_result_t;
+
+impl LoadedKernel {
+    /// Where it came from: `aot` or the cache path.
+    pub fn origin(&self) -> &str {
+        match self {
+            LoadedKernel::Module { origin, .. } | LoadedKernel::Library { origin, .. } => origin,
+            #[cfg(feature = "aot")]
+            LoadedKernel::Linked => "aot (static)",
+        }
+    }
+
+    /// A `__global__` function of a module kernel, looked up once.
+    pub fn function(&self, kernel: KernelId, symbol: &str) -> Result<CudaFunction> {
+        let LoadedKernel::Module { module, functions, .. } = self else {
+            return Err(missing(kernel, symbol, "not a cubin kernel"));
+        };
+        let mut table = functions.lock().unwrap();
+        if let Some(f) = table.get(symbol) {
+            return Ok(f.clone());
+        }
+        let f = module
+            .load_function(symbol)
+            .map_err(|e| missing(kernel, symbol, &e.to_string()))?;
+        table.insert(symbol.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// The launcher of `per_token_quant_int8`.
+    pub fn per_token_quant_int8(&self) -> Result<PerTokenQuantInt8Fn> {
+        const SYMBOL: &str = "mllm_per_token_quant_int8";
+        match self {
+            LoadedKernel::Library { lib, .. } => lib
+                .mllm_per_token_quant_int8
+                .as_ref()
+                .copied()
+                .map_err(|e| missing(KernelId::PerTokenQuantInt8, SYMBOL, &e.to_string())),
+            #[cfg(feature = "aot")]
+            LoadedKernel::Linked => Ok(crate::ffi::linked::mllm_per_token_quant_int8),
+            LoadedKernel::Module { .. } => Err(missing(
+                KernelId::PerTokenQuantInt8,
+                SYMBOL,
+                "not a shared-object kernel",
+            )),
+        }
+    }
+}
+
+fn missing(kernel: KernelId, symbol: &str, why: &str) -> Error {
+    Error::KernelLaunch {
+        kernel: kernel.name().to_string(),
+        reason: format!("symbol `{symbol}` unavailable: {why}"),
+    }
+}
+
+/// Loads `id` for `gpu`: AOT first, then the JIT cache.
+pub(crate) fn load_kernel(gpu: &Gpu, id: KernelId) -> Result<LoadedKernel> {
+    if let Some(k) = load_aot(gpu, id)? {
+        return Ok(k);
+    }
+    let jit = JitCache::new(gpu.env().clone())?;
+    let artifact = jit.get(&KernelSpec::builtin(id), gpu.arch())?;
+    let origin = artifact.path.display().to_string();
+    let bad = |reason: String| Error::BadArtifact {
+        kernel: id.name().to_string(),
+        path: artifact.path.clone(),
+        reason,
+    };
+    match id.compiler() {
+        Compiler::Nvrtc => {
+            let bytes = std::fs::read(&artifact.path).map_err(Error::io(&artifact.path))?;
+            Ok(LoadedKernel::Module {
+                module: load_cubin(gpu, bytes).map_err(|e| bad(e.to_string()))?,
+                functions: Mutex::new(HashMap::new()),
+                origin,
+            })
+        }
+        Compiler::Nvcc => {
+            // SAFETY: a shared object we built from our own sources; its
+            // initializers only set up the static CUDA runtime.
+            let lib = unsafe { MllmKernelLib::new(&artifact.path) }.map_err(|e| bad(e.to_string()))?;
+            Ok(LoadedKernel::Library { lib, origin })
+        }
+    }
+}
+
+fn load_cubin(gpu: &Gpu, bytes: Vec<u8>) -> std::result::Result<Arc<CudaModule>, cudarc::driver::DriverError> {
+    gpu.context().load_module(Ptx::from_binary(bytes))
+}
+
+#[cfg(feature = "aot")]
+fn load_aot(gpu: &Gpu, id: KernelId) -> Result<Option<LoadedKernel>> {
+    use crate::registry::{AOT_ARCHS, AOT_CUBINS, AOT_LINKED};
+    let arch = gpu.arch().to_string();
+    if let Some((_, _, cubin)) = AOT_CUBINS.iter().find(|(k, a, _)| *k == id && *a == arch) {
+        let module =
+            load_cubin(gpu, cubin.to_vec()).map_err(Error::driver(format!("load AOT cubin of {}", id.name())))?;
+        return Ok(Some(LoadedKernel::Module {
+            module,
+            functions: Mutex::new(HashMap::new()),
+            origin: format!("aot ({arch})"),
+        }));
+    }
+    if AOT_LINKED.contains(&id) && AOT_ARCHS.contains(&arch.as_str()) {
+        return Ok(Some(LoadedKernel::Linked));
+    }
+    Ok(None)
+}
+
+#[cfg(not(feature = "aot"))]
+fn load_aot(_gpu: &Gpu, _id: KernelId) -> Result<Option<LoadedKernel>> {
+    Ok(None)
+}

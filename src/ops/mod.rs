@@ -1,0 +1,104 @@
+//! The stable op API the engine calls. Each op validates shapes, dtypes and
+//! limits before any allocation or launch, then launches on the GPU's stream.
+
+mod norm;
+mod quant;
+
+pub use norm::{fused_add_rms_norm, rms_norm, rms_norm_into, validate_rms_norm};
+pub use quant::{per_token_quant_int8, per_token_quant_int8_into, validate_per_token_quant_int8};
+
+use crate::dtype::DType;
+use crate::registry::KernelId;
+use crate::{Error, Result};
+
+/// Every symbol a registered kernel must export (checked by tests).
+pub fn kernel_symbols(id: KernelId) -> Vec<String> {
+    match id {
+        KernelId::RmsNorm => norm::symbols(),
+        KernelId::PerTokenQuantInt8 => vec!["mllm_per_token_quant_int8".to_string()],
+    }
+}
+
+/// Shape and dtype of an argument, for validation without a device.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta<'a> {
+    pub shape: &'a [usize],
+    pub dtype: DType,
+}
+
+impl<'a> Meta<'a> {
+    pub fn new(shape: &'a [usize], dtype: DType) -> Self {
+        Self { shape, dtype }
+    }
+}
+
+impl<'a> From<&'a crate::DeviceTensor> for Meta<'a> {
+    fn from(t: &'a crate::DeviceTensor) -> Self {
+        Self::new(t.shape(), t.dtype())
+    }
+}
+
+/// Splits `[.., cols]` into `(rows, cols)`, requiring rank ≥ 1 and cols > 0.
+pub(crate) fn rows_cols(op: &'static str, arg: &'static str, m: Meta) -> Result<(usize, usize)> {
+    let Some(&cols) = m.shape.last() else {
+        return Err(Error::ShapeMismatch {
+            op,
+            arg,
+            expected: "rank >= 1 ([..., hidden])".into(),
+            got: m.shape.to_vec(),
+        });
+    };
+    if cols == 0 {
+        return Err(Error::ShapeMismatch {
+            op,
+            arg,
+            expected: "a non-empty last dimension".into(),
+            got: m.shape.to_vec(),
+        });
+    }
+    let rows = m.shape[..m.shape.len() - 1].iter().product();
+    if rows > i32::MAX as usize || cols > i32::MAX as usize {
+        return Err(Error::InvalidArgument {
+            op,
+            arg,
+            reason: format!("{rows} rows x {cols} columns exceeds the 2^31-1 launch limit"),
+        });
+    }
+    Ok((rows, cols))
+}
+
+pub(crate) fn expect_float(op: &'static str, arg: &'static str, dtype: DType) -> Result<()> {
+    if dtype.is_float() {
+        return Ok(());
+    }
+    Err(Error::DTypeMismatch {
+        op,
+        arg,
+        expected: "f32, f16 or bf16".into(),
+        got: dtype,
+    })
+}
+
+pub(crate) fn expect_dtype(op: &'static str, arg: &'static str, want: DType, got: DType) -> Result<()> {
+    if want == got {
+        return Ok(());
+    }
+    Err(Error::DTypeMismatch {
+        op,
+        arg,
+        expected: want.to_string(),
+        got,
+    })
+}
+
+pub(crate) fn expect_shape(op: &'static str, arg: &'static str, want: &[usize], got: &[usize]) -> Result<()> {
+    if want == got {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch {
+        op,
+        arg,
+        expected: format!("{want:?}"),
+        got: got.to_vec(),
+    })
+}
