@@ -1,1 +1,183 @@
-pub fn placeholder() {}
+//! GPU timing with CUDA events, and the op benchmarks `mllm-kernel bench`
+//! runs. Every result carries a peer measured in the same run: device-to-
+//! device copy of the same bytes, so the ratio survives noisy machines.
+
+use cudarc::driver::sys::CUevent_flags;
+use half::bf16;
+use serde::Serialize;
+
+use crate::device::Gpu;
+use crate::dtype::DType;
+use crate::tensor::DeviceTensor;
+use crate::{ops, Error, Result};
+
+/// How a timing was taken.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TimingPlan {
+    /// Untimed calls first (module load, clocks, caches).
+    pub warmup: usize,
+    /// Timed samples; the median is reported.
+    pub repeats: usize,
+    /// Calls per sample, so each sample is long enough for event resolution.
+    pub calls_per_repeat: usize,
+}
+
+impl Default for TimingPlan {
+    fn default() -> Self {
+        Self {
+            warmup: 20,
+            repeats: 30,
+            calls_per_repeat: 20,
+        }
+    }
+}
+
+/// Median and minimum microseconds per call.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timing {
+    pub median_us: f64,
+    pub min_us: f64,
+}
+
+/// Times `call` on the GPU's stream with CUDA events.
+pub fn time_gpu(gpu: &Gpu, plan: TimingPlan, mut call: impl FnMut() -> Result<()>) -> Result<Timing> {
+    for _ in 0..plan.warmup {
+        call()?;
+    }
+    let stream = gpu.stream();
+    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let mut samples = Vec::with_capacity(plan.repeats);
+    for _ in 0..plan.repeats.max(1) {
+        let start = stream.record_event(flags).map_err(Error::driver("record event"))?;
+        for _ in 0..plan.calls_per_repeat.max(1) {
+            call()?;
+        }
+        let end = stream.record_event(flags).map_err(Error::driver("record event"))?;
+        end.synchronize().map_err(Error::driver("event synchronize"))?;
+        let ms = start.elapsed_ms(&end).map_err(Error::driver("event elapsed"))?;
+        samples.push(ms as f64 * 1e3 / plan.calls_per_repeat.max(1) as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(Timing {
+        median_us: samples[samples.len() / 2],
+        min_us: samples[0],
+    })
+}
+
+/// Device-to-device copy of `bytes`, the bandwidth peer: GB/s counting read + write.
+pub fn copy_bandwidth(gpu: &Gpu, bytes: usize, plan: TimingPlan) -> Result<f64> {
+    let stream = gpu.stream();
+    let src = stream.alloc_zeros::<u8>(bytes.max(1)).map_err(Error::driver("alloc"))?;
+    let mut dst = stream.alloc_zeros::<u8>(bytes.max(1)).map_err(Error::driver("alloc"))?;
+    let t = time_gpu(gpu, plan, || {
+        stream.memcpy_dtod(&src, &mut dst).map_err(Error::driver("memcpy"))
+    })?;
+    Ok(2.0 * bytes as f64 / t.median_us / 1e3)
+}
+
+/// One row of a bandwidth-bound op benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct BandwidthRow {
+    pub op: &'static str,
+    pub dtype: String,
+    pub tokens: usize,
+    pub hidden: usize,
+    pub bytes: usize,
+    pub median_us: f64,
+    pub min_us: f64,
+    pub gbps: f64,
+    pub copy_gbps: f64,
+    /// gbps / copy_gbps.
+    pub ratio_to_copy: f64,
+    pub plan: TimingPlan,
+}
+
+fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            bf16::from_f32((s % 2001) as f32 / 1000.0 - 1.0)
+        })
+        .collect()
+}
+
+/// Which bandwidth-bound op to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BandwidthOp {
+    RmsNorm,
+    FusedAddRmsNorm,
+    PerTokenQuantInt8,
+}
+
+impl BandwidthOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            BandwidthOp::RmsNorm => "rms_norm",
+            BandwidthOp::FusedAddRmsNorm => "fused_add_rms_norm",
+            BandwidthOp::PerTokenQuantInt8 => "per_token_quant_int8",
+        }
+    }
+
+    /// Bytes the op must move for `tokens x hidden` bf16.
+    fn bytes(self, tokens: usize, hidden: usize) -> usize {
+        let act = tokens * hidden * 2;
+        match self {
+            BandwidthOp::RmsNorm => 2 * act + hidden * 2,
+            BandwidthOp::FusedAddRmsNorm => 4 * act + hidden * 2,
+            BandwidthOp::PerTokenQuantInt8 => act + tokens * hidden + tokens * 4,
+        }
+    }
+}
+
+/// Times `op` at each token count (bf16, `hidden` wide) against a copy of
+/// the same number of bytes.
+pub fn bench_bandwidth(
+    gpu: &Gpu,
+    op: BandwidthOp,
+    hidden: usize,
+    tokens: &[usize],
+    plan: TimingPlan,
+) -> Result<Vec<BandwidthRow>> {
+    let w = DeviceTensor::from_host(gpu, &random_bf16(hidden, 7), &[hidden])?;
+    tokens
+        .iter()
+        .map(|&t| {
+            let mut x = DeviceTensor::from_host(gpu, &random_bf16(t * hidden, 11), &[t, hidden])?;
+            let timing = match op {
+                BandwidthOp::RmsNorm => {
+                    let mut out = DeviceTensor::zeros(gpu, &[t, hidden], DType::BF16)?;
+                    time_gpu(gpu, plan, || ops::rms_norm_into(gpu, &x, &w, 1e-6, &mut out))?
+                }
+                BandwidthOp::FusedAddRmsNorm => {
+                    let mut r = DeviceTensor::from_host(gpu, &random_bf16(t * hidden, 13), &[t, hidden])?;
+                    time_gpu(gpu, plan, || ops::fused_add_rms_norm(gpu, &mut x, &mut r, &w, 1e-6))?
+                }
+                BandwidthOp::PerTokenQuantInt8 => {
+                    let mut q = DeviceTensor::zeros(gpu, &[t, hidden], DType::I8)?;
+                    let mut s = DeviceTensor::zeros(gpu, &[t], DType::F32)?;
+                    time_gpu(gpu, plan, || ops::per_token_quant_int8_into(gpu, &x, &mut q, &mut s))?
+                }
+            };
+            let bytes = op.bytes(t, hidden);
+            let gbps = bytes as f64 / timing.median_us / 1e3;
+            // The peer copies as many bytes as the op reads + writes.
+            let copy_gbps = copy_bandwidth(gpu, bytes / 2, plan)?;
+            Ok(BandwidthRow {
+                op: op.name(),
+                dtype: "bf16".into(),
+                tokens: t,
+                hidden,
+                bytes,
+                median_us: timing.median_us,
+                min_us: timing.min_us,
+                gbps,
+                copy_gbps,
+                ratio_to_copy: gbps / copy_gbps,
+                plan,
+            })
+        })
+        .collect()
+}

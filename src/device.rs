@@ -119,6 +119,10 @@ impl Gpu {
             });
         }
         let ctx = CudaContext::new(ordinal).map_err(Error::driver("create context"))?;
+        // All ops of a Gpu run on its one stream, so cudarc's cross-stream
+        // event tracking only adds launch latency (and breaks graph capture).
+        // SAFETY: no other stream of this context is in use yet.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(Error::driver("create stream"))?;
         Ok(Self {
             ctx,

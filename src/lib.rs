@@ -12,6 +12,7 @@
 //! time, and [`Gpu::new`] returns [`Error::NoCudaDevice`] where none exists.
 
 pub mod bench;
+pub mod cli;
 pub mod device;
 pub mod dtype;
 pub mod env;

@@ -9,6 +9,7 @@ pub mod cache;
 mod compile;
 mod key;
 mod lock;
+pub mod manage;
 mod spec;
 mod toolchain;
 
@@ -22,7 +23,7 @@ pub use compile::{first_errors, key_flags};
 pub use key::{sha256_hex, CacheKey};
 pub use lock::BuildLock;
 pub use spec::{Compiler, KernelSpec, SourceTree, ThirdParty};
-pub use toolchain::{compiler_id, find_nvcc, nvcc_version, nvrtc_version, CompilerId};
+pub use toolchain::{compiler_id, compiler_id_memoized, find_nvcc, nvcc_version, nvrtc_version, CompilerId};
 
 use crate::env::KernelEnv;
 use crate::{Error, Result};
@@ -76,8 +77,8 @@ impl JitCache {
 
     /// The key of `spec` on `arch` with this machine's compiler.
     pub fn key(&self, spec: &KernelSpec, arch: Arch) -> Result<CacheKey> {
-        let compiler = compiler_id(&self.env, spec.compiler)?;
-        Ok(self.key_with(spec, arch, compiler)?)
+        let compiler = compiler_id_memoized(&self.env, spec.compiler, &self.root.path.join(".compilers.json"))?;
+        self.key_with(spec, arch, compiler)
     }
 
     fn key_with(&self, spec: &KernelSpec, arch: Arch, compiler: CompilerId) -> Result<CacheKey> {

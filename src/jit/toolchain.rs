@@ -105,6 +105,59 @@ pub fn nvrtc_version(env: &KernelEnv) -> Result<String> {
         })
 }
 
+/// The compiler identity, memoized in `memo` (a JSON file in the cache root)
+/// by the compiler binary's path, size and mtime: a warm cache hit then
+/// runs no `nvcc --version` and loads no NVRTC.
+pub fn compiler_id_memoized(env: &KernelEnv, compiler: Compiler, memo: &Path) -> Result<CompilerId> {
+    let binary = match compiler {
+        Compiler::Nvcc => Some(find_nvcc(env)?),
+        Compiler::Nvrtc => nvrtc_library(env),
+    };
+    let Some(stamp) = binary.as_deref().and_then(file_stamp) else {
+        return compiler_id(env, compiler);
+    };
+    let mut table: std::collections::BTreeMap<String, String> = std::fs::read(memo)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let Some(version) = table.get(&stamp) {
+        return Ok(CompilerId {
+            compiler,
+            version: version.clone(),
+        });
+    }
+    let id = compiler_id(env, compiler)?;
+    table.insert(stamp, id.version.clone());
+    // Best effort (a read-only root just stays unmemoized); atomic via rename.
+    let tmp = memo.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(&table).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, memo);
+    }
+    Ok(id)
+}
+
+/// `path|size|mtime_ns` of a file, following symlinks.
+fn file_stamp(path: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&real).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!("{}|{}|{mtime}", real.display(), meta.len()))
+}
+
+/// The NVRTC library file in the resolved CUDA home, if there is one.
+fn nvrtc_library(env: &KernelEnv) -> Option<PathBuf> {
+    let home = env.resolved_cuda_home()?;
+    ["lib64", "lib"]
+        .iter()
+        .map(|d| home.join(d).join("libnvrtc.so.13"))
+        .find(|p| p.is_file())
+}
+
 /// The compiler identity for `compiler`.
 pub fn compiler_id(env: &KernelEnv, compiler: Compiler) -> Result<CompilerId> {
     let version = match compiler {

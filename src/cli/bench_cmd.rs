@@ -1,0 +1,209 @@
+//! `mllm-kernel bench <op>`: GPU timings with CUDA events, each with a peer
+//! measured in the same run.
+
+use std::process::Command;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::bench::{bench_bandwidth, BandwidthOp, BandwidthRow, TimingPlan};
+use crate::env::KernelEnv;
+use crate::jit::{cache::create_private_dir, JitCache, KernelSpec};
+use crate::registry::KernelId;
+use crate::Gpu;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchOp {
+    RmsNorm,
+    FusedAddRmsNorm,
+    PerTokenQuantInt8,
+    /// JIT cold compile and warm cache-hit load of every kernel.
+    Jit,
+    /// (internal) load one kernel from a warm cache and print microseconds.
+    #[value(hide = true)]
+    JitLoadOnce,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    pub op: BenchOp,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 4096)]
+    pub hidden: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256,1024,4096,8192")]
+    pub tokens: Vec<usize>,
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    pub repeats: usize,
+    /// Kernel for jit-load-once.
+    #[arg(long, hide = true)]
+    pub kernel: Option<String>,
+}
+
+pub fn run(env: &KernelEnv, args: BenchArgs) -> anyhow::Result<i32> {
+    let plan = TimingPlan {
+        warmup: args.warmup,
+        repeats: args.repeats,
+        ..TimingPlan::default()
+    };
+    let op = match args.op {
+        BenchOp::RmsNorm => BandwidthOp::RmsNorm,
+        BenchOp::FusedAddRmsNorm => BandwidthOp::FusedAddRmsNorm,
+        BenchOp::PerTokenQuantInt8 => BandwidthOp::PerTokenQuantInt8,
+        BenchOp::Jit => return bench_jit(env, args.json),
+        BenchOp::JitLoadOnce => return jit_load_once(env, args.kernel.as_deref()),
+    };
+    if args.hidden == 0 || args.tokens.contains(&0) {
+        anyhow::bail!("--hidden and every --tokens value must be > 0");
+    }
+    let gpu = Gpu::with_env(0, env.clone())?;
+    let rows = bench_bandwidth(&gpu, op, args.hidden, &args.tokens, plan)?;
+    print_rows(&gpu, &rows, args.json)?;
+    Ok(0)
+}
+
+fn print_rows(gpu: &Gpu, rows: &[BandwidthRow], json: bool) -> anyhow::Result<()> {
+    let info = gpu.info();
+    if json {
+        for r in rows {
+            let mut v = serde_json::to_value(r)?;
+            v["gpu"] = info.name.clone().into();
+            v["arch"] = gpu.arch().to_string().into();
+            v["driver"] = info.driver_version.clone().into();
+            println!("{v}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{} ({}), warmup {} / repeats {} (median)",
+        info.name,
+        gpu.arch(),
+        rows[0].plan.warmup,
+        rows[0].plan.repeats
+    );
+    println!(
+        "{:<22} {:>7} {:>7} {:>10} {:>9} {:>9} {:>7}",
+        "op", "tokens", "hidden", "median_us", "GB/s", "copyGB/s", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<22} {:>7} {:>7} {:>10.2} {:>9.0} {:>9.0} {:>6.0}%",
+            r.op,
+            r.tokens,
+            r.hidden,
+            r.median_us,
+            r.gbps,
+            r.copy_gbps,
+            100.0 * r.ratio_to_copy
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct JitRow {
+    kernel: &'static str,
+    arch: String,
+    cold_compile_ms: f64,
+    warm_load_ms_median: f64,
+    warm_load_samples: usize,
+    warm_includes_module_load: bool,
+}
+
+/// Cold compile into a fresh root, then warm loads in fresh processes (so
+/// nothing is memoized in memory), median of 5.
+fn bench_jit(env: &KernelEnv, json: bool) -> anyhow::Result<i32> {
+    let gpu_arch = crate::device::list_devices().ok().map(|d| d[0].compute_capability);
+    let arch = match (gpu_arch, env.cuda_archs.first()) {
+        (Some((ma, mi)), _) => crate::jit::Arch::for_device(ma, mi),
+        (None, Some(a)) => *a,
+        (None, None) => "sm_90a".parse()?,
+    };
+    let root = std::env::temp_dir().join(format!("mllm-kernel-bench-jit-{}", std::process::id()));
+    create_private_dir(&root)?;
+    let mut env = env.clone();
+    env.cache_dir = Some(root.clone());
+    env.jit_disabled = false;
+    let jit = JitCache::new(env.clone())?;
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for id in KernelId::ALL {
+        let start = Instant::now();
+        jit.get(&KernelSpec::builtin(*id), arch)?;
+        let cold = start.elapsed().as_secs_f64() * 1e3;
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let out = Command::new(&exe)
+                .args(["bench", "jit-load-once", "--kernel", id.name()])
+                .env("MLLM_KERNEL_CACHE_DIR", &root)
+                .env("MLLM_KERNEL_JIT", "0")
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ms: f64 = text.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "warm-load child failed: {}{}",
+                    text,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+            samples.push(ms);
+        }
+        samples.sort_by(f64::total_cmp);
+        rows.push(JitRow {
+            kernel: id.name(),
+            arch: arch.to_string(),
+            cold_compile_ms: cold,
+            warm_load_ms_median: samples[samples.len() / 2],
+            warm_load_samples: samples.len(),
+            warm_includes_module_load: gpu_arch.is_some(),
+        });
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    for r in &rows {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            println!(
+                "{:<22} {} cold compile {:>8.1} ms   warm load {:>6.2} ms (median of {}, {})",
+                r.kernel,
+                r.arch,
+                r.cold_compile_ms,
+                r.warm_load_ms_median,
+                r.warm_load_samples,
+                if r.warm_includes_module_load {
+                    "key + verify + module load"
+                } else {
+                    "key + verify; no GPU to load onto"
+                }
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Child of `bench jit`: time from "need kernel" to "kernel usable".
+fn jit_load_once(env: &KernelEnv, kernel: Option<&str>) -> anyhow::Result<i32> {
+    let id = KernelId::from_name(kernel.unwrap_or_default())?;
+    let ms = match Gpu::with_env(0, env.clone()) {
+        Ok(gpu) => {
+            let start = Instant::now();
+            gpu.kernel(id)?;
+            start.elapsed().as_secs_f64() * 1e3
+        }
+        Err(_) => {
+            let jit = JitCache::new(env.clone())?;
+            let start = Instant::now();
+            jit.get(
+                &KernelSpec::builtin(id),
+                env.cuda_archs.first().copied().unwrap_or("sm_90a".parse()?),
+            )?;
+            start.elapsed().as_secs_f64() * 1e3
+        }
+    };
+    println!("{ms}");
+    Ok(0)
+}
