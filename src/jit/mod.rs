@@ -59,6 +59,11 @@ impl JitCache {
         Ok(Self { env, root })
     }
 
+    /// A cache over an already opened root (e.g. one known to be read-only).
+    pub fn with_root(env: KernelEnv, root: CacheRoot) -> Self {
+        Self { env, root }
+    }
+
     pub fn root(&self) -> &CacheRoot {
         &self.root
     }
