@@ -251,13 +251,17 @@ mod aot {
         let archs = archs();
         let mut code = String::from("\n/// Kernels compiled into this binary (`aot` feature).\npub static AOT_CUBINS: &[(KernelId, &str, &[u8])] = &[\n");
         let mut linked = Vec::new();
+        // cc picks nvcc from NVCC (a direct compiler path would make it pass
+        // gcc flags unwrapped); its default flags are gcc's, so drop them.
+        env::set_var("NVCC", &nvcc);
         let mut lib = cc::Build::new();
         lib.cuda(true)
-            .compiler(&nvcc)
+            .no_default_flags(true)
             .cudart("static")
             .include(&include)
             .flag("-std=c++17")
             .flag("-O3")
+            .flag("-Xcompiler=-fPIC")
             .define("NDEBUG", None);
         for k in kernels {
             let entry = root.join("csrc").join(&k.entry);

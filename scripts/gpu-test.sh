@@ -31,6 +31,16 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
 ' "$gpu/bin"
+  # The same tests against the AOT build (kernels linked in, no cache used).
+  MLLM_CUDA_ARCHS="$(echo "$archs" | sed 's/sm_//g; s/ /;/g')" \
+    cargo test --release --features aot --no-run --message-format=json --test gpu_ops 2>/dev/null |
+    python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        shutil.copy(m["executable"], sys.argv[1] + "/aot_" + m["target"]["name"])
+' "$gpu/bin"
   strip "$gpu"/bin/*
   # Prebuilt cache: the GPU machine then loads instead of compiling.
   for a in $archs; do
@@ -58,9 +68,21 @@ run() {
     echo "== cache as carried"; "$gpu/bin/mllm-kernel" cache list
   } 2>&1 | tee "$out/env.log"
   for t in "$gpu"/bin/*; do
-    [ "$(basename "$t")" = mllm-kernel ] && continue
-    echo "== $(basename "$t")"
-    "$t" --test-threads=1 --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
+    name=$(basename "$t")
+    case "$name" in
+      mllm-kernel) continue ;;
+      aot_*)
+        # AOT: JIT off and an empty cache, so any cache use would fail.
+        echo "== $name (MLLM_KERNEL_JIT=0, empty cache)" | tee -a "$out/tests.log"
+        rm -rf /tmp/mllm-empty-cache
+        MLLM_KERNEL_JIT=0 MLLM_KERNEL_CACHE_DIR=/tmp/mllm-empty-cache "$t" --test-threads=1 --nocapture 2>&1 |
+          tee -a "$out/tests.log" || status=1
+        ;;
+      *)
+        echo "== $name" | tee -a "$out/tests.log"
+        "$t" --test-threads=1 --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
+        ;;
+    esac
   done
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"

@@ -98,34 +98,31 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("CUDA driver error in {context}: {source}")]
+    // The cause is in the message, so it is not also chained as a source
+    // (that would print it twice with `{:#}`).
+    #[error("CUDA driver error in {context}: {error}")]
     Driver {
         context: String,
-        #[source]
-        source: cudarc::driver::DriverError,
+        error: cudarc::driver::DriverError,
     },
 
     #[error("kernel `{kernel}` failed: {reason}")]
     KernelLaunch { kernel: String, reason: String },
 
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("I/O error on {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |error| Error::Io { path, error }
     }
 
     /// Wraps a CUDA driver error with what was being done.
     pub fn driver(context: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
         let context = context.into();
-        move |source| Error::Driver { context, source }
+        move |error| Error::Driver { context, error }
     }
 }

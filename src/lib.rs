@@ -30,3 +30,6 @@ pub use dtype::DType;
 pub use env::KernelEnv;
 pub use error::{Error, Result};
 pub use tensor::DeviceTensor;
+
+/// This crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

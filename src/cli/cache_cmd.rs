@@ -26,7 +26,9 @@ pub fn run(env: &KernelEnv, action: CacheAction) -> anyhow::Result<i32> {
                 anyhow::bail!("--older-than must be a non-negative number of days");
             }
             let root = CacheRoot::open(&env.resolved_cache_root())?;
-            let age = older_than.map(|d| Duration::from_secs_f64(d * 86400.0));
+            // An age too large for a Duration means nothing is that old.
+            let age = older_than
+                .map(|d| Duration::try_from_secs_f64(d * 86400.0).unwrap_or(Duration::from_secs(u64::MAX / 4)));
             let report = manage::prune(&root, max_size, age)?;
             for p in &report.removed {
                 println!("removed {}", p.display());
@@ -84,14 +86,12 @@ fn rebuild(env: &KernelEnv, kernel: Option<String>, archs: Vec<crate::jit::Arch>
     for arch in &archs {
         for id in &ids {
             let spec = KernelSpec::builtin(*id);
-            let key = jit.key(&spec, *arch)?;
-            let dir = jit.root().entry_dir(&key);
-            // Forced: drop the entry, then build through the normal locked path.
-            crate::jit::cache::remove_tree(&dir).map_err(crate::Error::io(&dir))?;
             let start = std::time::Instant::now();
-            match jit.get_keyed(&spec, &key) {
+            match jit.rebuild(&spec, *arch) {
                 Ok(a) => println!(
-                    "built {key} in {:.1}s -> {}",
+                    "built {}/{} in {:.1}s -> {}",
+                    a.manifest.key.kernel,
+                    a.manifest.key.dir_name(),
                     start.elapsed().as_secs_f64(),
                     a.path.display()
                 ),

@@ -10,13 +10,14 @@ use crate::registry::KernelId;
 pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool) -> anyhow::Result<i32> {
     let archs = target_archs(env, archs)?;
     let mut env = env.clone();
-    env.jit_disabled = false;
-    // A fresh root so every kernel is really compiled, not found cached.
+    // A fresh root so every kernel is really compiled, not found cached;
+    // with --use-cache the user's MLLM_KERNEL_JIT setting stands.
     let tmp = std::env::temp_dir().join(format!("mllm-kernel-check-{}", std::process::id()));
     if !use_cache {
         create_private_dir(&tmp)?;
         env.cache_dir = Some(tmp.clone());
         env.lock_dir = None;
+        env.jit_disabled = false;
     }
     let jit = JitCache::new(env)?;
     let mut failed = 0;

@@ -26,7 +26,7 @@ pub enum EntryStatus {
 
 impl std::fmt::Display for EntryStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             EntryStatus::Ok => "ok",
             EntryStatus::Failed => "failed",
             EntryStatus::Corrupt => "corrupt",
@@ -189,6 +189,9 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
 
 /// True when `pid` is a live process on this machine.
 pub fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
     // SAFETY: signal 0 only checks for existence.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)

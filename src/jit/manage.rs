@@ -119,10 +119,10 @@ pub fn prune(root: &CacheRoot, max_size: Option<u64>, older_than: Option<Duratio
     }
     let mut entries = list_entries(root)?;
     entries.sort_by_key(|e| e.last_used_unix);
-    let cutoff = older_than.and_then(|d| SystemTime::now().checked_sub(d)).map(unix);
+    let cutoff = older_than.and_then(|d| SystemTime::now().checked_sub(d));
     let mut total: u64 = entries.iter().map(|e| e.size_bytes).sum();
     for e in entries {
-        let stale = e.status != EntryStatus::Ok || cutoff.is_some_and(|c| e.last_used_unix < c);
+        let stale = e.status != EntryStatus::Ok || cutoff.is_some_and(|c| last_used_time(&e.path) <= c);
         let over = max_size.is_some_and(|m| total > m);
         if stale || over {
             total -= e.size_bytes;
@@ -199,10 +199,14 @@ fn tree_size(dir: &Path) -> u64 {
 }
 
 fn last_used(dir: &Path) -> u64 {
+    unix(last_used_time(dir))
+}
+
+/// When the entry was last loaded (manifest mtime; see `cache::touch`).
+fn last_used_time(dir: &Path) -> SystemTime {
     fs::metadata(dir.join("manifest.json"))
         .and_then(|m| m.modified())
-        .map(unix)
-        .unwrap_or(0)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 fn unix(t: SystemTime) -> u64 {

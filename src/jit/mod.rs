@@ -129,10 +129,7 @@ impl JitCache {
                 path: dir,
             });
         }
-        let lock_dir = self.lock_dir();
-        cache::create_private_dir(&lock_dir).map_err(Error::io(&lock_dir))?;
-        let lock_path = lock_dir.join(format!("{}-{}.lock", key.kernel, key.dir_name()));
-        let _lock = BuildLock::acquire(&lock_path, &key.to_string(), self.env.lock_wait())?;
+        let _lock = self.lock_entry(key)?;
         match cache::inspect_entry(&dir) {
             EntryState::Valid(manifest) => return Ok(artifact(&dir, manifest, false)),
             EntryState::Corrupt(reason) => {
@@ -141,6 +138,29 @@ impl JitCache {
             EntryState::Failed(_) | EntryState::Missing => {}
         }
         self.build_locked(spec, key, &dir)
+    }
+
+    /// Recompiles `spec` for `arch` even if a valid entry exists. An explicit
+    /// build, so `MLLM_KERNEL_JIT=0` does not apply; the old entry is only
+    /// replaced once the entry's lock is held.
+    pub fn rebuild(&self, spec: &KernelSpec, arch: Arch) -> Result<Artifact> {
+        let key = self.key(spec, arch)?;
+        if !self.root.writable {
+            return Err(Error::ReadOnlyMiss {
+                root: self.root.path.clone(),
+                key: key.to_string(),
+                suggestion: crate::env::default_cache_root(),
+            });
+        }
+        let _lock = self.lock_entry(&key)?;
+        self.build_locked(spec, &key, &self.root.entry_dir(&key))
+    }
+
+    fn lock_entry(&self, key: &CacheKey) -> Result<BuildLock> {
+        let lock_dir = self.lock_dir();
+        cache::create_private_dir(&lock_dir).map_err(Error::io(&lock_dir))?;
+        let lock_path = lock_dir.join(format!("{}-{}.lock", key.kernel, key.dir_name()));
+        BuildLock::acquire(&lock_path, &key.to_string(), self.env.lock_wait())
     }
 
     /// Compiles into a temp dir and renames it into place. Caller holds the lock.

@@ -135,7 +135,7 @@ const PACKS_PER_THREAD: usize = 4;
 /// per thread in 512-thread blocks reached only 50-74% of copy bandwidth).
 fn config(rows: usize, cols: usize, dtype: DType) -> LaunchConfig {
     let vec = 16 / dtype.size();
-    let packs = if cols % vec == 0 { cols / vec } else { cols };
+    let packs = if cols.is_multiple_of(vec) { cols / vec } else { cols };
     let threads = packs.div_ceil(PACKS_PER_THREAD).div_ceil(32).clamp(1, 32) * 32;
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),

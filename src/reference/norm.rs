@@ -10,7 +10,7 @@ use crate::dtype::FloatElem;
 /// ```
 pub fn rms_norm<T: FloatElem>(x: &[T], w: &[T], cols: usize, eps: f32) -> Vec<T> {
     assert!(
-        cols > 0 && x.len() % cols == 0 && w.len() == cols,
+        cols > 0 && x.len().is_multiple_of(cols) && w.len() == cols,
         "rms_norm reference: bad sizes"
     );
     let mut out = Vec::with_capacity(x.len());
@@ -23,7 +23,7 @@ pub fn rms_norm<T: FloatElem>(x: &[T], w: &[T], cols: usize, eps: f32) -> Vec<T>
 
 /// In place: `residual = T(x + residual)`, then `x = rms_norm(residual) * w`.
 pub fn fused_add_rms_norm<T: FloatElem>(x: &mut [T], residual: &mut [T], w: &[T], cols: usize, eps: f32) {
-    assert!(cols > 0 && x.len() % cols == 0 && x.len() == residual.len() && w.len() == cols);
+    assert!(cols > 0 && x.len().is_multiple_of(cols) && x.len() == residual.len() && w.len() == cols);
     for (xr, rr) in x.chunks_mut(cols).zip(residual.chunks_mut(cols)) {
         for (a, r) in xr.iter().zip(rr.iter_mut()) {
             *r = T::from_f32(a.to_f32() + r.to_f32());

@@ -11,7 +11,7 @@ use crate::dtype::FloatElem;
 /// ```
 pub fn per_token_quant_int8<T: FloatElem>(x: &[T], cols: usize) -> (Vec<i8>, Vec<f32>) {
     assert!(
-        cols > 0 && x.len() % cols == 0,
+        cols > 0 && x.len().is_multiple_of(cols),
         "per_token_quant_int8 reference: bad sizes"
     );
     let mut q = Vec::with_capacity(x.len());

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): set up the pinned toolchain,
+# then format check, clippy, every CPU test (the GPU ones skip with a
+# reason), the AOT build, and a real compile of every kernel for the archs
+# we ship with the pinned nvcc.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+source .toolchain/env.sh
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  cargo test --workspace --doc
+else
+  cargo test --workspace
+fi
+step "mllm-kernel check (every kernel, sm_80 + sm_90a, pinned nvcc)"
+cargo run --quiet --bin mllm-kernel -- check --arch sm_80 --arch sm_90a
+step "AOT build (MLLM_CUDA_ARCHS=80;90a)"
+MLLM_CUDA_ARCHS="80;90a" cargo build --features aot --bins
+step "benches compile"
+cargo bench --no-run --quiet
+echo "all checks passed"
