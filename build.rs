@@ -14,6 +14,7 @@ struct KernelDef {
     compiler: String,
     entry: String,
     needs: Vec<String>,
+    variants: Vec<String>,
 }
 
 fn main() {
@@ -54,7 +55,7 @@ fn read_kernel_list(path: &Path) -> Vec<KernelDef> {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            assert!(cols.len() == 4, "kernels.list: expected 4 columns in `{l}`");
+            assert!(cols.len() == 5, "kernels.list: expected 5 columns in `{l}`");
             assert!(
                 matches!(cols[1], "nvrtc" | "nvcc"),
                 "kernels.list: compiler must be nvrtc or nvcc in `{l}`"
@@ -64,6 +65,7 @@ fn read_kernel_list(path: &Path) -> Vec<KernelDef> {
                 compiler: cols[1].into(),
                 entry: cols[2].into(),
                 needs: cols[3].split(',').filter(|s| *s != "-").map(String::from).collect(),
+                variants: cols[4].split(',').filter(|s| *s != "-").map(String::from).collect(),
             }
         })
         .collect()
@@ -120,6 +122,10 @@ fn registry_code(kernels: &[KernelDef], csrc: &Path, files: &[String]) -> String
     s.push_str("        }\n    }\n\n    /// Its translation unit under `csrc/`.\n    pub fn entry(self) -> &'static str {\n        match self {\n");
     for k in kernels {
         writeln!(s, "            KernelId::{} => {:?},", camel(&k.name), k.entry).unwrap();
+    }
+    s.push_str("        }\n    }\n\n    /// Specializations the JIT builds separately (empty: one build).\n    pub fn variants(self) -> &'static [&'static str] {\n        match self {\n");
+    for k in kernels {
+        writeln!(s, "            KernelId::{} => &{:?},", camel(&k.name), k.variants).unwrap();
     }
     s.push_str("        }\n    }\n\n    /// Third-party headers it needs.\n    pub fn third_party(self) -> &'static [crate::jit::ThirdParty] {\n        match self {\n");
     for k in kernels {

@@ -89,9 +89,12 @@ check_cached() {
 
 # ---- a. libclang for bindgen ------------------------------------------------------
 have_libclang() {
-  [[ -n "${LIBCLANG_PATH:-}" ]] && compgen -G "$LIBCLANG_PATH/libclang*.so*" >/dev/null && return 0
+  # The C API library bindgen loads is libclang.so / libclang-<ver>.so; libclang-cpp
+  # (the C++ API, installed alone by some packages) does not count.
+  [[ -n "${LIBCLANG_PATH:-}" ]] && compgen -G "$LIBCLANG_PATH/libclang[.-][0-9.]*so*" >/dev/null && return 0
+  [[ -n "${LIBCLANG_PATH:-}" ]] && compgen -G "$LIBCLANG_PATH/libclang.so*" >/dev/null && return 0
   # grep without -q: with pipefail, an early-exiting grep would SIGPIPE ldconfig.
-  { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep 'libclang.*\.so' >/dev/null && return 0
+  { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -E 'libclang(-[0-9.]+)?\.so' >/dev/null && return 0
   compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null
 }
 if ! have_libclang; then

@@ -1,6 +1,8 @@
 //! GPU timing with CUDA events, and the op benchmarks `mllm-kernel bench`
 //! runs. Every result carries a peer measured in the same run: device-to-
 //! device copy of the same bytes, so the ratio survives noisy machines.
+//! Both sides rotate through enough buffers to exceed the L2 cache several
+//! times over, so they measure HBM, not L2 (an H100 has 50 MB of L2).
 
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
@@ -67,12 +69,29 @@ pub fn time_gpu(gpu: &Gpu, plan: TimingPlan, mut call: impl FnMut() -> Result<()
 /// Device-to-device copy of `bytes`, the bandwidth peer: GB/s counting read + write.
 pub fn copy_bandwidth(gpu: &Gpu, bytes: usize, plan: TimingPlan) -> Result<f64> {
     let stream = gpu.stream();
-    let src = stream.alloc_zeros::<u8>(bytes.max(1)).map_err(Error::driver("alloc"))?;
-    let mut dst = stream.alloc_zeros::<u8>(bytes.max(1)).map_err(Error::driver("alloc"))?;
+    let sets = rotation(gpu, 2 * bytes)?;
+    let alloc = || stream.alloc_zeros::<u8>(bytes.max(1)).map_err(Error::driver("alloc"));
+    let src = (0..sets).map(|_| alloc()).collect::<Result<Vec<_>>>()?;
+    let mut dst = (0..sets).map(|_| alloc()).collect::<Result<Vec<_>>>()?;
+    let mut i = 0;
     let t = time_gpu(gpu, plan, || {
-        stream.memcpy_dtod(&src, &mut dst).map_err(Error::driver("memcpy"))
+        i = (i + 1) % sets;
+        stream
+            .memcpy_dtod(&src[i], &mut dst[i])
+            .map_err(Error::driver("memcpy"))
     })?;
     Ok(2.0 * bytes as f64 / t.median_us / 1e3)
+}
+
+/// How many buffer sets of `bytes_per_set` to cycle through so the working
+/// set is at least 4x the L2 cache (capped at 64 sets).
+fn rotation(gpu: &Gpu, bytes_per_set: usize) -> Result<usize> {
+    use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE;
+    let l2 = gpu
+        .context()
+        .attribute(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+        .map_err(Error::driver("L2 size"))? as usize;
+    Ok((4 * l2).div_ceil(bytes_per_set.max(1)).clamp(1, 64))
 }
 
 /// One row of a bandwidth-bound op benchmark.
@@ -85,6 +104,8 @@ pub struct BandwidthRow {
     pub bytes: usize,
     pub median_us: f64,
     pub min_us: f64,
+    /// Buffer sets cycled through (working set >= 4x L2).
+    pub rotation: usize,
     pub gbps: f64,
     pub copy_gbps: f64,
     /// gbps / copy_gbps.
@@ -142,42 +163,67 @@ pub fn bench_bandwidth(
     plan: TimingPlan,
 ) -> Result<Vec<BandwidthRow>> {
     let w = DeviceTensor::from_host(gpu, &random_bf16(hidden, 7), &[hidden])?;
-    tokens
-        .iter()
-        .map(|&t| {
-            let mut x = DeviceTensor::from_host(gpu, &random_bf16(t * hidden, 11), &[t, hidden])?;
-            let timing = match op {
-                BandwidthOp::RmsNorm => {
-                    let mut out = DeviceTensor::zeros(gpu, &[t, hidden], DType::BF16)?;
-                    time_gpu(gpu, plan, || ops::rms_norm_into(gpu, &x, &w, 1e-6, &mut out))?
-                }
-                BandwidthOp::FusedAddRmsNorm => {
-                    let mut r = DeviceTensor::from_host(gpu, &random_bf16(t * hidden, 13), &[t, hidden])?;
-                    time_gpu(gpu, plan, || ops::fused_add_rms_norm(gpu, &mut x, &mut r, &w, 1e-6))?
-                }
-                BandwidthOp::PerTokenQuantInt8 => {
-                    let mut q = DeviceTensor::zeros(gpu, &[t, hidden], DType::I8)?;
-                    let mut s = DeviceTensor::zeros(gpu, &[t], DType::F32)?;
-                    time_gpu(gpu, plan, || ops::per_token_quant_int8_into(gpu, &x, &mut q, &mut s))?
-                }
-            };
-            let bytes = op.bytes(t, hidden);
-            let gbps = bytes as f64 / timing.median_us / 1e3;
-            // The peer copies as many bytes as the op reads + writes.
-            let copy_gbps = copy_bandwidth(gpu, bytes / 2, plan)?;
-            Ok(BandwidthRow {
-                op: op.name(),
-                dtype: "bf16".into(),
-                tokens: t,
-                hidden,
-                bytes,
-                median_us: timing.median_us,
-                min_us: timing.min_us,
-                gbps,
-                copy_gbps,
-                ratio_to_copy: gbps / copy_gbps,
-                plan,
-            })
-        })
-        .collect()
+    let mut rows = Vec::with_capacity(tokens.len());
+    for &t in tokens {
+        let bytes = op.bytes(t, hidden);
+        let sets = rotation(gpu, bytes)?;
+        let shape = [t, hidden];
+        let inputs = (0..sets)
+            .map(|k| DeviceTensor::from_host(gpu, &random_bf16(t * hidden, 11 + k as u64), &shape))
+            .collect::<Result<Vec<_>>>()?;
+        let mut i = 0;
+        let mut next = || {
+            i = (i + 1) % sets;
+            i
+        };
+        let timing = match op {
+            BandwidthOp::RmsNorm => {
+                let mut outs = zeros_sets(gpu, sets, &shape, DType::BF16)?;
+                time_gpu(gpu, plan, || {
+                    let k = next();
+                    ops::rms_norm_into(gpu, &inputs[k], &w, 1e-6, &mut outs[k])
+                })?
+            }
+            BandwidthOp::FusedAddRmsNorm => {
+                let mut xs = inputs;
+                let mut rs = (0..sets)
+                    .map(|k| DeviceTensor::from_host(gpu, &random_bf16(t * hidden, 97 + k as u64), &shape))
+                    .collect::<Result<Vec<_>>>()?;
+                time_gpu(gpu, plan, || {
+                    let k = next();
+                    ops::fused_add_rms_norm(gpu, &mut xs[k], &mut rs[k], &w, 1e-6)
+                })?
+            }
+            BandwidthOp::PerTokenQuantInt8 => {
+                let mut qs = zeros_sets(gpu, sets, &shape, DType::I8)?;
+                let mut ss = zeros_sets(gpu, sets, &[t], DType::F32)?;
+                time_gpu(gpu, plan, || {
+                    let k = next();
+                    ops::per_token_quant_int8_into(gpu, &inputs[k], &mut qs[k], &mut ss[k])
+                })?
+            }
+        };
+        let gbps = bytes as f64 / timing.median_us / 1e3;
+        // The peer copies as many bytes as the op reads + writes.
+        let copy_gbps = copy_bandwidth(gpu, bytes / 2, plan)?;
+        rows.push(BandwidthRow {
+            op: op.name(),
+            dtype: "bf16".into(),
+            tokens: t,
+            hidden,
+            bytes,
+            median_us: timing.median_us,
+            min_us: timing.min_us,
+            rotation: sets,
+            gbps,
+            copy_gbps,
+            ratio_to_copy: gbps / copy_gbps,
+            plan,
+        });
+    }
+    Ok(rows)
+}
+
+fn zeros_sets(gpu: &Gpu, sets: usize, shape: &[usize], dtype: DType) -> Result<Vec<DeviceTensor>> {
+    (0..sets).map(|_| DeviceTensor::zeros(gpu, shape, dtype)).collect()
 }

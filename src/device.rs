@@ -9,7 +9,7 @@ use cudarc::driver::{CudaContext, CudaStream};
 use crate::env::KernelEnv;
 use crate::jit::Arch;
 use crate::loader::{load_kernel, LoadedKernel};
-use crate::registry::KernelId;
+use crate::registry::KernelBuild;
 use crate::{Error, Result};
 
 /// Oldest compute capability CUDA 13 compiles for.
@@ -22,6 +22,7 @@ pub struct DeviceInfo {
     pub name: String,
     pub compute_capability: (u32, u32),
     pub total_memory: usize,
+    pub multiprocessors: u32,
     pub driver_version: String,
 }
 
@@ -72,6 +73,9 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
                 name: ctx.name().map_err(Error::driver("device name"))?,
                 compute_capability: (major as u32, minor as u32),
                 total_memory: ctx.total_mem().map_err(Error::driver("total memory"))?,
+                multiprocessors: ctx
+                    .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                    .map_err(Error::driver("multiprocessor count"))? as u32,
                 driver_version: driver.clone(),
             })
         })
@@ -91,7 +95,7 @@ pub struct Gpu {
     arch: Arch,
     info: DeviceInfo,
     env: KernelEnv,
-    kernels: Mutex<HashMap<KernelId, Arc<LoadedKernel>>>,
+    kernels: Mutex<HashMap<KernelBuild, Arc<LoadedKernel>>>,
 }
 
 impl Gpu {
@@ -160,12 +164,12 @@ impl Gpu {
         self.stream.synchronize().map_err(Error::driver("stream synchronize"))
     }
 
-    /// The kernel, loaded once per device (AOT if linked in, else the JIT cache).
-    pub fn kernel(&self, id: KernelId) -> Result<Arc<LoadedKernel>> {
-        if let Some(k) = self.kernels.lock().unwrap().get(&id) {
+    /// The kernel build, loaded once per device (AOT if linked in, else the JIT cache).
+    pub fn kernel(&self, build: KernelBuild) -> Result<Arc<LoadedKernel>> {
+        if let Some(k) = self.kernels.lock().unwrap().get(&build) {
             return Ok(k.clone());
         }
-        let loaded = Arc::new(load_kernel(self, id)?);
-        Ok(self.kernels.lock().unwrap().entry(id).or_insert(loaded).clone())
+        let loaded = Arc::new(load_kernel(self, build)?);
+        Ok(self.kernels.lock().unwrap().entry(build).or_insert(loaded).clone())
     }
 }

@@ -49,7 +49,7 @@ pub enum Error {
         env_var: &'static str,
     },
 
-    #[error("kernel `{kernel}` for {arch} failed to compile with {compiler}:\n{first_errors}\nfull log: {log}\nfix the source or toolchain and call again (failed builds are retried, never cached as success); `mllm-kernel cache clear {kernel}` removes the log")]
+    #[error("kernel `{kernel}` for {arch} failed to compile with {compiler}:\n{first_errors}\nfull log: {log}\nfix the source or toolchain and call again (failed builds are retried, never cached as success); `mllm-kernel cache clear '{kernel}'` removes the log")]
     CompileFailed {
         kernel: String,
         arch: String,
@@ -68,7 +68,7 @@ pub enum Error {
         suggestion: PathBuf,
     },
 
-    #[error("kernel cache miss for {key} (expected at {path}) and MLLM_KERNEL_JIT=0 forbids compiling; prebuild it with `mllm-kernel cache rebuild {kernel} --arch {arch}` or unset MLLM_KERNEL_JIT")]
+    #[error("kernel cache miss for {key} (expected at {path}) and MLLM_KERNEL_JIT=0 forbids compiling; prebuild it with `mllm-kernel cache rebuild '{kernel}' --arch {arch}` or unset MLLM_KERNEL_JIT")]
     JitDisabled {
         kernel: String,
         arch: String,

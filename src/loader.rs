@@ -10,7 +10,7 @@ use cudarc::nvrtc::Ptx;
 use crate::device::Gpu;
 use crate::ffi::dynamic::{mllm_dtype_t, mllm_result_t, mllm_stream_t, MllmKernelLib};
 use crate::jit::{Compiler, JitCache, KernelSpec};
-use crate::registry::KernelId;
+use crate::registry::{KernelBuild, KernelId};
 use crate::{Error, Result};
 
 /// A kernel ready to launch on one device.
@@ -19,6 +19,7 @@ pub enum LoadedKernel {
     Module {
         module: Arc<CudaModule>,
         functions: Mutex<HashMap<String, CudaFunction>>,
+        limits: Mutex<HashMap<(String, u32), LaunchLimits>>,
         origin: String,
     },
     /// A JIT-built shared object exporting the C ABI (nvcc kernels).
@@ -26,6 +27,15 @@ pub enum LoadedKernel {
     /// The AOT static library linked into this binary.
     #[cfg(feature = "aot")]
     Linked,
+}
+
+/// What the driver allows for one function at one block size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchLimits {
+    /// Most threads per block (registers can make it < 1024).
+    pub max_threads: u32,
+    /// Resident blocks per SM at the requested block size (0 if too large).
+    pub blocks_per_sm: u32,
 }
 
 /// `mllm_per_token_quant_int8` of `mllm_kernel.h`.
@@ -65,6 +75,31 @@ impl LoadedKernel {
         Ok(f)
     }
 
+    /// Launch limits of a module function at `threads` per block, queried once.
+    pub fn limits(&self, kernel: KernelId, symbol: &str, threads: u32) -> Result<LaunchLimits> {
+        let LoadedKernel::Module { limits, .. } = self else {
+            return Err(missing(kernel, symbol, "not a cubin kernel"));
+        };
+        if let Some(l) = limits.lock().unwrap().get(&(symbol.to_string(), threads)) {
+            return Ok(*l);
+        }
+        let f = self.function(kernel, symbol)?;
+        let ctx = |what: &str| format!("{what} of {symbol}");
+        let max_threads = f.max_threads_per_block().map_err(Error::driver(ctx("max threads")))? as u32;
+        let blocks_per_sm = if threads <= max_threads {
+            f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+                .map_err(Error::driver(ctx("occupancy")))?
+        } else {
+            0
+        };
+        let l = LaunchLimits {
+            max_threads,
+            blocks_per_sm,
+        };
+        limits.lock().unwrap().insert((symbol.to_string(), threads), l);
+        Ok(l)
+    }
+
     /// The launcher of `per_token_quant_int8`.
     pub fn per_token_quant_int8(&self) -> Result<PerTokenQuantInt8Fn> {
         const SYMBOL: &str = "mllm_per_token_quant_int8";
@@ -92,13 +127,14 @@ fn missing(kernel: KernelId, symbol: &str, why: &str) -> Error {
     }
 }
 
-/// Loads `id` for `gpu`: AOT first, then the JIT cache.
-pub(crate) fn load_kernel(gpu: &Gpu, id: KernelId) -> Result<LoadedKernel> {
+/// Loads `build` for `gpu`: AOT first (which holds every variant), then the JIT cache.
+pub(crate) fn load_kernel(gpu: &Gpu, build: KernelBuild) -> Result<LoadedKernel> {
+    let id = build.id;
     if let Some(k) = load_aot(gpu, id)? {
         return Ok(k);
     }
     let jit = JitCache::new(gpu.env().clone())?;
-    let artifact = jit.get(&KernelSpec::builtin(id), gpu.arch())?;
+    let artifact = jit.get(&KernelSpec::for_build(build), gpu.arch())?;
     let origin = artifact.path.display().to_string();
     let bad = |reason: String| Error::BadArtifact {
         kernel: id.name().to_string(),
@@ -111,6 +147,7 @@ pub(crate) fn load_kernel(gpu: &Gpu, id: KernelId) -> Result<LoadedKernel> {
             Ok(LoadedKernel::Module {
                 module: load_cubin(gpu, bytes).map_err(|e| bad(e.to_string()))?,
                 functions: Mutex::new(HashMap::new()),
+                limits: Mutex::new(HashMap::new()),
                 origin,
             })
         }
@@ -137,6 +174,7 @@ fn load_aot(gpu: &Gpu, id: KernelId) -> Result<Option<LoadedKernel>> {
         return Ok(Some(LoadedKernel::Module {
             module,
             functions: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
             origin: format!("aot ({arch})"),
         }));
     }

@@ -21,3 +21,74 @@ impl KernelId {
             })
     }
 }
+
+/// One compilable unit: a kernel, specialized to one of its variants where
+/// it declares any (`rms_norm[bf16]`), else the whole kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KernelBuild {
+    pub id: KernelId,
+    pub variant: Option<&'static str>,
+}
+
+impl KernelBuild {
+    /// The build of `id` for `variant`, which must be one it declares.
+    pub fn new(id: KernelId, variant: Option<&str>) -> crate::Result<Self> {
+        let known = id.variants();
+        let variant = match variant {
+            None if known.is_empty() => None,
+            Some(v) => Some(
+                *known
+                    .iter()
+                    .find(|k| **k == v)
+                    .ok_or_else(|| crate::Error::UnknownKernel {
+                        name: format!("{}[{v}]", id.name()),
+                        known: Self::all().iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
+                    })?,
+            ),
+            None => {
+                return Err(crate::Error::UnknownKernel {
+                    name: id.name().to_string(),
+                    known: format!("one variant of {}: {}", id.name(), known.join(", ")),
+                })
+            }
+        };
+        Ok(Self { id, variant })
+    }
+
+    /// Every build of `id`: one per variant, or the kernel itself.
+    pub fn of(id: KernelId) -> Vec<Self> {
+        match id.variants() {
+            [] => vec![Self { id, variant: None }],
+            vs => vs.iter().map(|v| Self { id, variant: Some(*v) }).collect(),
+        }
+    }
+
+    /// Every build of every registered kernel.
+    pub fn all() -> Vec<Self> {
+        KernelId::ALL.iter().flat_map(|id| Self::of(*id)).collect()
+    }
+
+    /// Parses `rms_norm[bf16]` (one build) or `rms_norm` (all its builds).
+    ///
+    /// ```
+    /// use mllm_kernel::registry::KernelBuild;
+    /// assert_eq!(KernelBuild::parse("rms_norm[bf16]").unwrap().len(), 1);
+    /// assert_eq!(KernelBuild::parse("rms_norm").unwrap().len(), 3);
+    /// assert!(KernelBuild::parse("rms_norm[int4]").is_err());
+    /// ```
+    pub fn parse(text: &str) -> crate::Result<Vec<Self>> {
+        match text.strip_suffix(']').and_then(|t| t.split_once('[')) {
+            Some((name, variant)) => Ok(vec![Self::new(KernelId::from_name(name)?, Some(variant))?]),
+            None => Ok(Self::of(KernelId::from_name(text)?)),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.variant {
+            Some(v) => write!(f, "{}[{v}]", self.id.name()),
+            None => f.write_str(self.id.name()),
+        }
+    }
+}

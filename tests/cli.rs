@@ -2,8 +2,11 @@
 //! child process against a private cache root (`MLLM_KERNEL_CACHE_DIR` in a
 //! fresh temp dir, no `MLLM_KERNEL_LOCK_DIR`).
 //!
-//! Real compiles are expensive (NVRTC ~1 s, nvcc several seconds), so both
-//! kernels are built for sm_80 once (`prebuilt_root`) and each test that needs
+//! The unit of the cache is a *build*: a kernel, or one of its variants
+//! (`rms_norm[f32]`), each its own entry `<kernel>/<arch>[-<variant>]-<hash>`.
+//!
+//! Real compiles are expensive (NVRTC ~1 s, nvcc several seconds), so every
+//! build is compiled for sm_80 once (`prebuilt_root`) and each test that needs
 //! entries copies that root with `cp -r`. Tests that need no GPU only: this
 //! suite must pass on a machine without one.
 
@@ -21,7 +24,21 @@ use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mllm-kernel");
 const ARCH: &str = "sm_80";
+/// The registered kernels: the dirs directly under the root.
 const KERNELS: [&str; 2] = ["rms_norm", "per_token_quant_int8"];
+/// The variants `csrc/kernels.list` declares for rms_norm, in its order.
+const RMS_VARIANTS: [&str; 3] = ["f32", "f16", "bf16"];
+/// Every build `check` compiles for one arch, as `cache list` names them.
+const BUILDS: [&str; 4] = [
+    "rms_norm[f32]",
+    "rms_norm[f16]",
+    "rms_norm[bf16]",
+    "per_token_quant_int8",
+];
+/// The build tests use for "one kernel": one rms_norm variant, a fast NVRTC compile.
+const RMS: &str = "rms_norm[f32]";
+/// The kernel without variants (an nvcc compile).
+const QUANT: &str = "per_token_quant_int8";
 /// The `nobody` user, used to get a genuinely read-only root when we are root.
 const NOBODY: u32 = 65534;
 
@@ -85,17 +102,58 @@ impl Run {
         self
     }
 
-    /// The table row of `cache list` for `kernel`, split on whitespace.
+    /// The table row of `cache list` for `build` (`rms_norm[f32]`), split on whitespace.
     #[track_caller]
-    fn row(&self, kernel: &str) -> Vec<&str> {
+    fn row(&self, build: &str) -> Vec<&str> {
         let rows: Vec<Vec<&str>> = self
             .stdout
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|c| c.first() == Some(&kernel))
+            .filter(|c| c.first() == Some(&build))
             .collect();
-        assert_eq!(rows.len(), 1, "expected one row for {kernel}\n{self}");
+        assert_eq!(rows.len(), 1, "expected one row for {build}\n{self}");
         rows.into_iter().next().unwrap()
+    }
+
+    /// The result line of `check` for `build` (`ok     rms_norm[f32]  sm_80 ...`).
+    #[track_caller]
+    fn check_line(&self, build: &str) -> &str {
+        let lines: Vec<&str> = self
+            .stdout
+            .lines()
+            .filter(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                c.len() >= 2 && matches!(c[0], "ok" | "FAILED") && c[1] == build
+            })
+            .collect();
+        assert_eq!(lines.len(), 1, "expected one check line for {build}\n{self}");
+        lines[0]
+    }
+
+    /// Asserts that `check` reported every build of [`BUILDS`] ok for [`ARCH`],
+    /// each `compiled` or `cached` as `how` says.
+    #[track_caller]
+    fn all_builds_ok(&self, how: impl Fn(&str) -> &'static str) -> &Self {
+        self.stdout_has(&format!("{n} of {n} kernel builds ok", n = BUILDS.len()));
+        for b in BUILDS {
+            let line = self.check_line(b);
+            assert!(
+                line.starts_with("ok ") && line.contains(ARCH) && line.ends_with(how(b)),
+                "{b} not {}\n{self}",
+                how(b)
+            );
+        }
+        let results = self
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("ok ") || l.starts_with("FAILED "))
+            .count();
+        assert_eq!(
+            results,
+            BUILDS.len(),
+            "check built other builds than {BUILDS:?}\n{self}"
+        );
+        self
     }
 }
 
@@ -161,7 +219,7 @@ impl Sandbox {
         Self { tmp, root }
     }
 
-    /// A copy of the prebuilt root (both kernels for sm_80, all `ok`).
+    /// A copy of the prebuilt root (every build for sm_80, all `ok`).
     fn prebuilt() -> Self {
         let sb = Self::empty();
         let status = Command::new("cp")
@@ -182,20 +240,37 @@ impl Sandbox {
         mk(&self.root, args)
     }
 
-    /// The single `sm_80-<hash>` entry dir of `kernel`.
+    /// The single entry dir of `build` for sm_80: `<kernel>/sm_80-<variant>-<hash>`
+    /// for `kernel[variant]`, `<kernel>/sm_80-<hash>` for a kernel without variants.
     #[track_caller]
-    fn entry(&self, kernel: &str) -> PathBuf {
+    fn entry(&self, build: &str) -> PathBuf {
+        let (kernel, variant) = split_build(build);
+        let prefix = match variant {
+            Some(v) => format!("{ARCH}-{v}-"),
+            None => format!("{ARCH}-"),
+        };
         let dirs: Vec<PathBuf> = fs::read_dir(self.root.join(kernel))
             .unwrap_or_else(|e| panic!("no dir for {kernel}: {e}"))
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
                 let name = p.file_name().unwrap().to_string_lossy();
-                name.starts_with(&format!("{ARCH}-")) && fs::symlink_metadata(p).unwrap().is_dir()
+                name.strip_prefix(&prefix).is_some_and(is_hash) && fs::symlink_metadata(p).unwrap().is_dir()
             })
             .collect();
-        assert_eq!(dirs.len(), 1, "expected one {ARCH} entry for {kernel}: {dirs:?}");
+        assert_eq!(dirs.len(), 1, "expected one {prefix}<hash> entry for {build}: {dirs:?}");
         dirs.into_iter().next().unwrap()
+    }
+
+    /// Names of the entry dirs (and anything else) under `<root>/<kernel>`, sorted.
+    fn kernel_dir_names(&self, kernel: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.root.join(kernel))
+            .unwrap_or_else(|e| panic!("no dir for {kernel}: {e}"))
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     }
 
     /// `cache list --json`, parsed.
@@ -207,10 +282,12 @@ impl Sandbox {
         v.as_array().unwrap_or_else(|| panic!("not a JSON array\n{r}")).clone()
     }
 
-    /// `(kernel, arch, status)` of every entry, as `cache list --json` says.
+    /// `(build, arch, status)` of every entry, as `cache list --json` says,
+    /// sorted; the build is `kernel[variant]`, or `kernel` when the variant is "".
     #[track_caller]
-    fn statuses(&self) -> Vec<(String, String, String)> {
-        self.list_json()
+    fn statuses(&self) -> Vec<Status> {
+        let mut v: Vec<Status> = self
+            .list_json()
             .iter()
             .map(|e| {
                 let s = |k: &str| {
@@ -218,9 +295,15 @@ impl Sandbox {
                         .unwrap_or_else(|| panic!("no string {k} in {e}"))
                         .to_string()
                 };
-                (s("kernel"), s("arch"), s("status"))
+                let build = match s("variant").as_str() {
+                    "" => s("kernel"),
+                    v => format!("{}[{v}]", s("kernel")),
+                };
+                (build, s("arch"), s("status"))
             })
-            .collect()
+            .collect();
+        v.sort();
+        v
     }
 
     /// Names directly under the root.
@@ -235,8 +318,51 @@ impl Sandbox {
     }
 }
 
-fn st(kernel: &str, status: &str) -> (String, String, String) {
-    (kernel.to_string(), ARCH.to_string(), status.to_string())
+/// `(build, arch, status)` of one cache entry.
+type Status = (String, String, String);
+
+/// `rms_norm[bf16]` -> `("rms_norm", Some("bf16"))`; `per_token_quant_int8` -> `(.., None)`.
+fn split_build(build: &str) -> (&str, Option<&str>) {
+    match build.strip_suffix(']').and_then(|b| b.split_once('[')) {
+        Some((kernel, variant)) => (kernel, Some(variant)),
+        None => (build, None),
+    }
+}
+
+/// The 16 lower-case hex digits that end an entry dir name.
+fn is_hash(s: &str) -> bool {
+    s.len() == 16 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
+fn st(build: &str, status: &str) -> Status {
+    st_at(build, ARCH, status)
+}
+
+fn st_at(build: &str, arch: &str, status: &str) -> Status {
+    (build.to_string(), arch.to_string(), status.to_string())
+}
+
+/// What `statuses()` says of an untouched copy of the prebuilt root.
+fn all_ok() -> Vec<Status> {
+    let mut v: Vec<Status> = BUILDS.iter().map(|b| st(b, "ok")).collect();
+    v.sort();
+    v
+}
+
+/// [`all_ok`] with the entry of `build` in `status`, or gone where `None`.
+#[track_caller]
+fn all_ok_but(build: &str, status: Option<&str>) -> Vec<Status> {
+    assert!(BUILDS.contains(&build), "{build} is not one of {BUILDS:?}");
+    let mut v: Vec<Status> = BUILDS
+        .iter()
+        .filter_map(|b| match (*b == build, status) {
+            (false, _) => Some(st(b, "ok")),
+            (true, Some(s)) => Some(st(b, s)),
+            (true, None) => None,
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 static PREBUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -247,7 +373,7 @@ extern "C" fn remove_prebuilt() {
     }
 }
 
-/// A cache root with both kernels built for sm_80, built once per test
+/// A cache root with every build compiled for sm_80, built once per test
 /// process (with `check --use-cache`, which this also tests) and removed at exit.
 fn prebuilt_root() -> &'static Path {
     PREBUILT.get_or_init(|| {
@@ -258,9 +384,10 @@ fn prebuilt_root() -> &'static Path {
             .keep();
         let root = dir.join("root");
         let r = mk(&root, &["check", "--use-cache", "--arch", ARCH]);
+        let n = BUILDS.len();
         let good = r.code == Some(0)
-            && r.stdout.contains("2 of 2 kernel builds ok")
-            && r.stdout.matches(" compiled").count() == 2;
+            && r.stdout.contains(&format!("{n} of {n} kernel builds ok"))
+            && r.stdout.matches(" compiled").count() == n;
         if !good {
             let _ = fs::remove_dir_all(&dir);
             panic!("building the shared cache failed\n{r}");
@@ -450,23 +577,26 @@ fn cache_list_is_empty_then_shows_a_rebuilt_entry() {
     assert_eq!(mode(&sb.root), 0o700, "a new root is private");
     assert!(sb.list_json().is_empty());
 
-    let r = sb.run(&["cache", "rebuild", "rms_norm", "--arch", ARCH]);
-    r.ok().stdout_has(&format!("built rms_norm/{ARCH}-"));
-    let entry = sb.entry("rms_norm");
+    let r = sb.run(&["cache", "rebuild", RMS, "--arch", ARCH]);
+    r.ok().stdout_has(&format!("built rms_norm/{ARCH}-f32-"));
+    assert_eq!(r.stdout.lines().count(), 1, "rebuilt more than {RMS}\n{r}");
+    let entry = sb.entry(RMS);
     assert!(
         r.stdout.contains(&entry.join("kernel.cubin").display().to_string()),
         "{r}"
     );
     assert!(entry.join("kernel.cubin").is_file() && entry.join("manifest.json").is_file());
-    assert!(
-        !sb.root.join("per_token_quant_int8").exists(),
-        "rebuilding one kernel built another"
+    assert!(!sb.root.join(QUANT).exists(), "rebuilding one kernel built another");
+    assert_eq!(
+        sb.kernel_dir_names("rms_norm"),
+        vec![entry.file_name().unwrap().to_string_lossy().into_owned()],
+        "rebuilding one variant built others"
     );
 
     let r = sb.run(&["cache", "list"]);
     r.ok();
     assert!(!r.stdout.contains("(empty)"), "{r}");
-    let row = r.row("rms_norm");
+    let row = r.row(RMS);
     assert_eq!(row[1], ARCH, "{r}");
     assert_eq!(
         row[2],
@@ -475,7 +605,7 @@ fn cache_list_is_empty_then_shows_a_rebuilt_entry() {
             .unwrap()
             .to_str()
             .unwrap()
-            .strip_prefix("sm_80-")
+            .strip_prefix("sm_80-f32-")
             .unwrap()
     );
     assert!(row.contains(&"ok"), "{r}");
@@ -485,6 +615,7 @@ fn cache_list_is_empty_then_shows_a_rebuilt_entry() {
     assert_eq!(list.len(), 1, "{list:?}");
     let e = &list[0];
     assert_eq!(e["kernel"], "rms_norm");
+    assert_eq!(e["variant"], "f32");
     assert_eq!(e["arch"], ARCH);
     assert_eq!(e["status"], "ok");
     let hash = e["hash"].as_str().unwrap();
@@ -504,25 +635,75 @@ fn cache_list_is_empty_then_shows_a_rebuilt_entry() {
     // (A marker, not the inode: the freed inode is often reused by the new dir.)
     let marker = entry.join("marker");
     fs::write(&marker, "from before the rebuild").unwrap();
-    sb.run(&["cache", "rebuild", "rms_norm", "--arch", ARCH])
+    sb.run(&["cache", "rebuild", RMS, "--arch", ARCH])
         .ok()
-        .stdout_has("built rms_norm/");
-    assert_eq!(sb.entry("rms_norm"), entry, "same key, same entry dir");
+        .stdout_has("built rms_norm/sm_80-f32-");
+    assert_eq!(sb.entry(RMS), entry, "same key, same entry dir");
     assert!(!marker.exists(), "entry was not replaced by the rebuild");
     assert!(entry.join("kernel.cubin").is_file());
-    assert_eq!(sb.statuses(), vec![st("rms_norm", "ok")]);
+    assert_eq!(sb.statuses(), vec![st(RMS, "ok")]);
+}
+
+#[test]
+fn rebuild_of_a_kernel_builds_each_of_its_variants() {
+    let sb = Sandbox::empty();
+    let r = sb.run(&["cache", "rebuild", "rms_norm", "--arch", ARCH]);
+    r.ok();
+    assert_eq!(r.stdout.lines().count(), RMS_VARIANTS.len(), "{r}");
+    for v in RMS_VARIANTS {
+        r.stdout_has(&format!("built rms_norm/{ARCH}-{v}-"));
+    }
+    // Exactly one entry per variant, `sm_80-<variant>-<hash>`, and nothing else.
+    let names = sb.kernel_dir_names("rms_norm");
+    assert_eq!(names.len(), RMS_VARIANTS.len(), "{names:?}");
+    let entries: Vec<PathBuf> = RMS_VARIANTS
+        .iter()
+        .map(|v| sb.entry(&format!("rms_norm[{v}]")))
+        .collect();
+    for e in &entries {
+        assert!(e.join("kernel.cubin").is_file(), "{}", e.display());
+    }
+    // Different sources (flags), so different keys: no two variants share a hash.
+    let mut hashes: Vec<&str> = names.iter().map(|n| n.rsplit_once('-').unwrap().1).collect();
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(hashes.len(), RMS_VARIANTS.len(), "{names:?}");
+    assert!(!sb.root.join(QUANT).exists(), "rebuilding rms_norm built {QUANT}");
+    assert_eq!(
+        sb.statuses(),
+        vec![
+            st("rms_norm[bf16]", "ok"),
+            st("rms_norm[f16]", "ok"),
+            st("rms_norm[f32]", "ok")
+        ]
+    );
+
+    // Rebuilding one variant replaces its entry only.
+    let markers: Vec<PathBuf> = entries.iter().map(|e| e.join("marker")).collect();
+    for m in &markers {
+        fs::write(m, "from before the rebuild").unwrap();
+    }
+    let r = sb.run(&["cache", "rebuild", "rms_norm[f16]", "--arch", ARCH]);
+    r.ok().stdout_has(&format!("built rms_norm/{ARCH}-f16-"));
+    assert_eq!(r.stdout.lines().count(), 1, "{r}");
+    for (v, m) in RMS_VARIANTS.iter().zip(&markers) {
+        assert_eq!(
+            m.exists(),
+            *v != "f16",
+            "rms_norm[{v}] entry (marker {})\n{r}",
+            m.display()
+        );
+    }
+    assert_eq!(sb.kernel_dir_names("rms_norm"), names);
 }
 
 #[test]
 fn cache_list_shows_corrupt_entries_and_prune_drops_them() {
     let sb = Sandbox::prebuilt();
-    assert_eq!(
-        sb.statuses(),
-        vec![st("per_token_quant_int8", "ok"), st("rms_norm", "ok")]
-    );
+    assert_eq!(sb.statuses(), all_ok());
 
     // Truncated artifact.
-    let rms = sb.entry("rms_norm");
+    let rms = sb.entry(RMS);
     fs::File::options()
         .write(true)
         .open(rms.join("kernel.cubin"))
@@ -530,12 +711,13 @@ fn cache_list_shows_corrupt_entries_and_prune_drops_them() {
         .set_len(10)
         .unwrap();
     // Same size, different bytes.
-    let quant = sb.entry("per_token_quant_int8");
+    let quant = sb.entry(QUANT);
     let so = quant.join("kernel.so");
     let len = fs::metadata(&so).unwrap().len() as usize;
     fs::write(&so, vec![0x5a; len]).unwrap();
-    // An entry dir without a manifest, and one with an unreadable manifest.
-    let bare = sb.root.join("rms_norm/sm_86-0123456789abcdef");
+    // An entry dir without a manifest (named like a variant entry), and one
+    // with an unreadable manifest (named like an entry without a variant).
+    let bare = sb.root.join("rms_norm/sm_86-f32-0123456789abcdef");
     fs::create_dir(&bare).unwrap();
     fs::write(bare.join("kernel.cubin"), "x").unwrap();
     let garbled = sb.root.join("rms_norm/sm_89-fedcba9876543210");
@@ -544,28 +726,27 @@ fn cache_list_shows_corrupt_entries_and_prune_drops_them() {
 
     let r = sb.run(&["cache", "list"]);
     r.ok();
-    for line in r.stdout.lines().skip(2) {
-        assert!(line.contains("corrupt"), "every entry is corrupt: {line:?}\n{r}");
+    let corrupt = r.stdout.lines().filter(|l| l.contains("corrupt")).count();
+    assert_eq!(corrupt, 4, "{r}");
+    // The other variants of the kernel are untouched and still usable.
+    for b in ["rms_norm[f16]", "rms_norm[bf16]"] {
+        let row = r.row(b);
+        assert!(row[1] == ARCH && row.contains(&"ok"), "{b}\n{r}");
     }
     r.stdout_has("artifact is 10 bytes, manifest says")
         .stdout_has("artifact checksum does not match its manifest")
         .stdout_has("manifest.json is missing")
         .stdout_has("manifest.json is unreadable");
-    let mut statuses: Vec<_> = sb
-        .list_json()
-        .iter()
-        .map(|e| (e["arch"].clone(), e["status"].clone()))
-        .collect();
-    statuses.sort_by_key(|(a, _)| a.to_string());
-    assert_eq!(
-        statuses,
-        vec![
-            ("sm_80".into(), "corrupt".into()),
-            ("sm_80".into(), "corrupt".into()),
-            ("sm_86".into(), "corrupt".into()),
-            ("sm_89".into(), "corrupt".into()),
-        ]
-    );
+    let mut want = vec![
+        st(QUANT, "corrupt"),
+        st(RMS, "corrupt"),
+        st_at("rms_norm[f32]", "sm_86", "corrupt"),
+        st_at("rms_norm", "sm_89", "corrupt"),
+        st("rms_norm[f16]", "ok"),
+        st("rms_norm[bf16]", "ok"),
+    ];
+    want.sort();
+    assert_eq!(sb.statuses(), want);
 
     // Prune with no limits drops exactly the unusable entries.
     let r = sb.run(&["cache", "prune"]);
@@ -573,33 +754,30 @@ fn cache_list_shows_corrupt_entries_and_prune_drops_them() {
     for d in [&rms, &quant, &bare, &garbled] {
         assert!(!d.exists(), "{} survived prune\n{r}", d.display());
     }
-    sb.run(&["cache", "list"]).ok().stdout_has("(empty)");
+    assert_eq!(
+        sb.statuses(),
+        vec![st("rms_norm[bf16]", "ok"), st("rms_norm[f16]", "ok")]
+    );
 }
 
 #[test]
 fn corrupt_entry_is_rebuilt_by_check_use_cache() {
     let sb = Sandbox::prebuilt();
-    fs::write(sb.entry("rms_norm").join("kernel.cubin"), "garbage").unwrap();
-    assert!(sb.statuses().contains(&st("rms_norm", "corrupt")));
+    fs::write(sb.entry(RMS).join("kernel.cubin"), "garbage").unwrap();
+    assert_eq!(sb.statuses(), all_ok_but(RMS, Some("corrupt")));
 
     let r = sb.run(&["check", "--use-cache", "--arch", ARCH]);
     r.ok()
-        .stdout_has("2 of 2 kernel builds ok")
+        .all_builds_ok(|b| if b == RMS { "compiled" } else { "cached" })
         .stderr_has("is corrupt")
         .stderr_has("rebuilding");
-    let line = |k: &str| r.stdout.lines().find(|l| l.contains(k)).unwrap_or_default().to_string();
-    assert!(line("rms_norm").contains("compiled"), "{r}");
-    assert!(line("per_token_quant_int8").contains("cached"), "{r}");
-    assert_eq!(
-        sb.statuses(),
-        vec![st("per_token_quant_int8", "ok"), st("rms_norm", "ok")]
-    );
+    assert_eq!(sb.statuses(), all_ok());
 }
 
 #[test]
 fn cache_list_shows_failed_entries_and_prune_drops_them() {
     let sb = Sandbox::prebuilt();
-    let rms = sb.entry("rms_norm");
+    let rms = sb.entry(RMS);
     let path = rms.join("manifest.json");
     let mut manifest: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     // The shape `JitCache` writes for a failed build.
@@ -611,21 +789,20 @@ fn cache_list_shows_failed_entries_and_prune_drops_them() {
 
     let r = sb.run(&["cache", "list"]);
     r.ok();
-    let row = r.row("rms_norm");
+    let row = r.row(RMS);
     assert!(row.contains(&"failed"), "{r}");
     r.stdout_has(&format!("log: {}", rms.join("build.log").display()));
-    assert!(r.row("per_token_quant_int8").contains(&"ok"), "{r}");
-    assert_eq!(
-        sb.statuses(),
-        vec![st("per_token_quant_int8", "ok"), st("rms_norm", "failed")]
-    );
+    for b in BUILDS.iter().filter(|b| **b != RMS) {
+        assert!(r.row(b).contains(&"ok"), "{b}\n{r}");
+    }
+    assert_eq!(sb.statuses(), all_ok_but(RMS, Some("failed")));
 
     let r = sb.run(&["cache", "prune"]);
     r.ok()
         .stdout_has(&format!("removed {}", rms.display()))
         .stdout_has("pruned 1 item(s)");
     assert!(!rms.exists());
-    assert_eq!(sb.statuses(), vec![st("per_token_quant_int8", "ok")]);
+    assert_eq!(sb.statuses(), all_ok_but(RMS, None));
 }
 
 /// A stand-in nvcc that reports a version but fails every compile.
@@ -658,12 +835,12 @@ fn real_compile_failures_are_recorded_as_failed_not_as_success() {
 
     let mut c = cmd(&sb.root);
     with_fake(&mut c);
-    let r = run(&mut c, &["cache", "rebuild", "per_token_quant_int8", "--arch", ARCH]);
+    let r = run(&mut c, &["cache", "rebuild", QUANT, "--arch", ARCH]);
     r.code(1)
         .stderr_has("kernel `per_token_quant_int8` for sm_80 failed to compile")
         .stderr_has("deliberately broken compiler")
         .stderr_has("build.log");
-    let entry = sb.entry("per_token_quant_int8");
+    let entry = sb.entry(QUANT);
     assert!(!entry.join("kernel.so").exists(), "a failed build left an artifact");
     let log = fs::read_to_string(entry.join("build.log")).unwrap();
     assert!(
@@ -672,8 +849,8 @@ fn real_compile_failures_are_recorded_as_failed_not_as_success() {
     );
     let r = sb.run(&["cache", "list"]);
     r.ok();
-    assert!(r.row("per_token_quant_int8").contains(&"failed"), "{r}");
-    assert_eq!(sb.statuses(), vec![st("per_token_quant_int8", "failed")]);
+    assert!(r.row(QUANT).contains(&"failed"), "{r}");
+    assert_eq!(sb.statuses(), vec![st(QUANT, "failed")]);
 
     // `check` reports the failure, keeps the logs, and still builds the rest.
     let tmpdir = sb.dir().join("tmp");
@@ -682,18 +859,16 @@ fn real_compile_failures_are_recorded_as_failed_not_as_success() {
     with_fake(&mut c);
     let r = run(c.env("TMPDIR", &tmpdir), &["check", "--arch", ARCH]);
     r.code(1)
-        .stdout_has("FAILED per_token_quant_int8")
         .stdout_has("deliberately broken compiler")
-        .stdout_has("1 of 2 kernel builds ok")
+        .stdout_has("3 of 4 kernel builds ok")
         .stdout_has(&format!("build logs kept under {}", tmpdir.display()));
-    assert!(
-        r.stdout
-            .lines()
-            .any(|l| l.starts_with("ok") && l.contains("rms_norm") && l.contains("compiled")),
-        "{r}"
-    );
+    assert!(r.check_line(QUANT).starts_with("FAILED "), "{r}");
+    for v in RMS_VARIANTS {
+        let line = r.check_line(&format!("rms_norm[{v}]"));
+        assert!(line.starts_with("ok ") && line.ends_with("compiled"), "{r}");
+    }
     // The configured root was not touched by check.
-    assert_eq!(sb.statuses(), vec![st("per_token_quant_int8", "failed")]);
+    assert_eq!(sb.statuses(), vec![st(QUANT, "failed")]);
 }
 
 // ---------------------------------------------------------------------------
@@ -706,6 +881,7 @@ fn rebuild_and_check_without_arch_or_gpu_ask_for_arch() {
     for args in [
         &["cache", "rebuild"][..],
         &["cache", "rebuild", "rms_norm"],
+        &["cache", "rebuild", RMS],
         &["check"],
         &["check", "--use-cache"],
     ] {
@@ -726,6 +902,31 @@ fn rebuild_unknown_kernel_lists_the_known_ones() {
         .stderr_has("unknown kernel `nosuchkernel`")
         .stderr_has("known kernels: rms_norm, per_token_quant_int8");
     assert!(!sb.root.join("nosuchkernel").exists());
+    // A variant of an unknown kernel: the kernel is what is unknown.
+    sb.run(&["cache", "rebuild", "nosuchkernel[f32]", "--arch", ARCH])
+        .code(2)
+        .stderr_has("unknown kernel `nosuchkernel`")
+        .stderr_has("known kernels: rms_norm, per_token_quant_int8");
+}
+
+#[test]
+fn rebuild_unknown_variant_lists_the_known_builds() {
+    let sb = Sandbox::empty();
+    // An undeclared variant, and a variant of a kernel that declares none.
+    for (arg, name) in [
+        ("rms_norm[bogus]", "rms_norm[bogus]"),
+        ("rms_norm[]", "rms_norm[]"),
+        ("per_token_quant_int8[f32]", "per_token_quant_int8[f32]"),
+    ] {
+        let r = sb.run(&["cache", "rebuild", arg, "--arch", ARCH]);
+        r.code(2)
+            .stderr_has(&format!("unknown kernel `{name}`"))
+            .stderr_has("known kernels: rms_norm[f32], rms_norm[f16], rms_norm[bf16], per_token_quant_int8");
+        assert!(r.stdout.is_empty(), "built something for {arg}\n{r}");
+    }
+    for k in KERNELS {
+        assert!(!sb.root.join(k).exists(), "{k} dir created for an unknown variant");
+    }
 }
 
 #[test]
@@ -753,7 +954,10 @@ fn bad_arch_is_a_usage_error_naming_the_value() {
 #[test]
 fn clear_one_kernel_removes_only_its_dir() {
     let sb = Sandbox::prebuilt();
-    let quant = sb.entry("per_token_quant_int8");
+    let quant = sb.entry(QUANT);
+    // The kernel dir holds one entry per variant; clearing the kernel removes
+    // that one dir, so all of them.
+    assert_eq!(sb.kernel_dir_names("rms_norm").len(), RMS_VARIANTS.len());
     let r = sb.run(&["cache", "clear", "rms_norm"]);
     r.ok()
         .stdout_has(&format!("removed 1 item(s) from {}", sb.root.display()));
@@ -763,13 +967,37 @@ fn clear_one_kernel_removes_only_its_dir() {
         sb.root.join(".compilers.json").is_file(),
         "clearing a kernel keeps the compiler memo"
     );
-    assert_eq!(sb.statuses(), vec![st("per_token_quant_int8", "ok")]);
+    assert_eq!(sb.statuses(), vec![st(QUANT, "ok")]);
 
     // A kernel with nothing cached: nothing to do, not an error.
     sb.run(&["cache", "clear", "rms_norm"])
         .ok()
         .stdout_has("removed 0 item(s)");
-    assert_eq!(sb.statuses(), vec![st("per_token_quant_int8", "ok")]);
+    assert_eq!(sb.statuses(), vec![st(QUANT, "ok")]);
+}
+
+#[test]
+fn clear_one_variant_removes_only_its_entries() {
+    let sb = Sandbox::prebuilt();
+    let r = sb.run(&["cache", "clear", "rms_norm[bf16]"]);
+    r.ok().stdout_has("removed 1 item(s)");
+    let mut want: Vec<_> = BUILDS
+        .iter()
+        .filter(|b| **b != "rms_norm[bf16]")
+        .map(|b| st(b, "ok"))
+        .collect();
+    want.sort();
+    assert_eq!(sb.statuses(), want);
+    // Nothing cached for it any more: nothing to do, not an error.
+    sb.run(&["cache", "clear", "rms_norm[bf16]"])
+        .ok()
+        .stdout_has("removed 0 item(s)");
+    for bad in ["rms_norm[../x]", "rms_norm[]", "[f32]", "rms_norm[a/b]"] {
+        sb.run(&["cache", "clear", bad])
+            .code(2)
+            .stderr_has("is not a kernel name");
+    }
+    assert_eq!(sb.statuses(), want);
 }
 
 #[test]
@@ -795,18 +1023,20 @@ fn clear_list_and_prune_never_follow_symlinks_out_of_the_root() {
     let link = |target: &Path, at: PathBuf| std::os::unix::fs::symlink(target, at).unwrap();
     link(&out, sb.root.join("evil"));
     link(&out, sb.root.join("rms_norm/sm_80-link"));
-    link(&out, sb.root.join("rms_norm/.tmp-sm_80-0000000000000000-999999999-1"));
-    link(&out, sb.entry("per_token_quant_int8").join("escape"));
+    link(&out, sb.root.join("rms_norm/sm_80-f32-link"));
+    link(
+        &out,
+        sb.root.join("rms_norm/.tmp-sm_80-f32-0000000000000000-999999999-1"),
+    );
+    link(&out, sb.entry(QUANT).join("escape"));
+    link(&out, sb.entry(RMS).join("escape"));
     link(&out.join("precious.txt"), sb.root.join("file-link"));
 
     // Symlinks are neither listed as entries nor followed.
     let r = sb.run(&["cache", "list"]);
     r.ok();
     assert!(!r.stdout.contains("link") && !r.stdout.contains("evil"), "{r}");
-    assert_eq!(
-        sb.statuses(),
-        vec![st("per_token_quant_int8", "ok"), st("rms_norm", "ok")]
-    );
+    assert_eq!(sb.statuses(), all_ok());
     sb.run(&["cache", "prune", "--older-than", "9999"]).ok();
     assert_outside_intact(&out);
 
@@ -840,10 +1070,7 @@ fn clear_refuses_names_that_are_not_kernel_names() {
         r.code(2).stderr_has("is not a kernel name");
     }
     assert_eq!(fs::read_to_string(sibling.join("f")).unwrap(), "keep");
-    assert_eq!(
-        sb.statuses(),
-        vec![st("per_token_quant_int8", "ok"), st("rms_norm", "ok")]
-    );
+    assert_eq!(sb.statuses(), all_ok());
 }
 
 // ---------------------------------------------------------------------------
@@ -853,9 +1080,9 @@ fn clear_refuses_names_that_are_not_kernel_names() {
 #[test]
 fn prune_max_size_zero_removes_every_entry() {
     let sb = Sandbox::prebuilt();
-    let entries = [sb.entry("rms_norm"), sb.entry("per_token_quant_int8")];
+    let entries: Vec<PathBuf> = BUILDS.iter().map(|b| sb.entry(b)).collect();
     let r = sb.run(&["cache", "prune", "--max-size", "0"]);
-    r.ok().stdout_has("pruned 2 item(s)").stdout_has("0 B kept");
+    r.ok().stdout_has("pruned 4 item(s)").stdout_has("0 B kept");
     for e in &entries {
         r.stdout_has(&format!("removed {}", e.display()));
         assert!(!e.exists());
@@ -866,36 +1093,66 @@ fn prune_max_size_zero_removes_every_entry() {
 #[test]
 fn prune_max_size_drops_least_recently_used_first() {
     let sb = Sandbox::prebuilt();
-    let (rms, quant) = (sb.entry("rms_norm"), sb.entry("per_token_quant_int8"));
-    age_entry(&rms, Duration::from_secs(3600));
-    age_entry(&quant, Duration::from_secs(60));
-    let sizes: Vec<u64> = sb
-        .list_json()
-        .iter()
-        .map(|e| e["size_bytes"].as_u64().unwrap())
-        .collect();
+    // Last used, oldest first: rms_norm[f32], per_token_quant_int8 (the
+    // largest by far), rms_norm[f16], rms_norm[bf16].
+    let order = [RMS, QUANT, "rms_norm[f16]", "rms_norm[bf16]"];
+    let entries: Vec<PathBuf> = order.iter().map(|b| sb.entry(b)).collect();
+    for (e, mins) in entries.iter().zip([60, 30, 10, 1]) {
+        age_entry(e, Duration::from_secs(mins * 60));
+    }
+    let size_of = |e: &Path| -> u64 {
+        let list = sb.list_json();
+        let item = list
+            .iter()
+            .find(|i| i["path"].as_str() == Some(&*e.display().to_string()))
+            .unwrap_or_else(|| panic!("{} not listed: {list:?}", e.display()));
+        item["size_bytes"].as_u64().unwrap()
+    };
+    let sizes: Vec<u64> = entries.iter().map(|e| size_of(e)).collect();
     let total: u64 = sizes.iter().sum();
-    // A limit just under the total: dropping the older one (rms_norm) suffices.
+    assert_eq!(
+        total,
+        sb.list_json()
+            .iter()
+            .map(|e| e["size_bytes"].as_u64().unwrap())
+            .sum::<u64>()
+    );
+    // A limit just under the total: dropping the oldest (rms_norm[f32]) suffices.
     let limit = (total - 1).to_string();
     let r = sb.run(&["cache", "prune", "--max-size", &limit]);
-    r.ok().stdout_has("pruned 1 item(s)");
-    assert!(!rms.exists() && quant.exists(), "{r}");
+    r.ok()
+        .stdout_has("pruned 1 item(s)")
+        .stdout_has(&format!("removed {}", entries[0].display()));
+    assert!(!entries[0].exists() && entries[1..].iter().all(|e| e.exists()), "{r}");
+    assert_eq!(sb.statuses(), all_ok_but(RMS, None));
+
+    // Just under what is left: the next oldest goes, although dropping a
+    // smaller, more recently used entry would also have sufficed.
+    let limit = (total - sizes[0] - 1).to_string();
+    let r = sb.run(&["cache", "prune", "--max-size", &limit]);
+    r.ok()
+        .stdout_has("pruned 1 item(s)")
+        .stdout_has(&format!("removed {}", entries[1].display()));
+    assert!(!entries[1].exists() && entries[2..].iter().all(|e| e.exists()), "{r}");
 
     // Sizes with units are accepted.
     sb.run(&["cache", "prune", "--max-size", "1GiB"])
         .ok()
         .stdout_has("pruned 0 item(s)");
-    assert!(quant.exists());
+    assert_eq!(
+        sb.statuses(),
+        vec![st("rms_norm[bf16]", "ok"), st("rms_norm[f16]", "ok")]
+    );
 }
 
 #[test]
 fn prune_older_than_zero_removes_entries_not_used_this_second() {
     let sb = Sandbox::prebuilt();
-    for k in KERNELS {
-        age_entry(&sb.entry(k), Duration::from_secs(10));
+    for b in BUILDS {
+        age_entry(&sb.entry(b), Duration::from_secs(10));
     }
     let r = sb.run(&["cache", "prune", "--older-than", "0"]);
-    r.ok().stdout_has("pruned 2 item(s)");
+    r.ok().stdout_has("pruned 4 item(s)");
     sb.run(&["cache", "list"]).ok().stdout_has("(empty)");
 }
 
@@ -904,13 +1161,14 @@ fn prune_older_than_zero_removes_just_used_entries() {
     let sb = Sandbox::prebuilt();
     // The copy has fresh manifest mtimes: last used "now".
     let r = sb.run(&["cache", "prune", "--older-than", "0"]);
-    r.ok().stdout_has("pruned 2 item(s)");
+    r.ok().stdout_has("pruned 4 item(s)");
+    sb.run(&["cache", "list"]).ok().stdout_has("(empty)");
 }
 
 #[test]
 fn prune_older_than_keeps_fresh_entries_and_drops_stale_ones() {
     let sb = Sandbox::prebuilt();
-    let (rms, quant) = (sb.entry("rms_norm"), sb.entry("per_token_quant_int8"));
+    let (rms, quant) = (sb.entry(RMS), sb.entry(QUANT));
     sb.run(&["cache", "prune", "--older-than", "9999"])
         .ok()
         .stdout_has("pruned 0 item(s)");
@@ -925,7 +1183,7 @@ fn prune_older_than_keeps_fresh_entries_and_drops_stale_ones() {
         .stdout_has(&format!("removed {}", rms.display()))
         .stdout_has("pruned 1 item(s)");
     assert!(!rms.exists() && quant.exists());
-    assert_eq!(sb.statuses(), vec![st("per_token_quant_int8", "ok")]);
+    assert_eq!(sb.statuses(), all_ok_but(RMS, None));
 }
 
 #[test]
@@ -944,10 +1202,7 @@ fn prune_rejects_bad_sizes_and_ages() {
     sb.run(&["cache", "prune", "--older-than", "soon"])
         .code(2)
         .stderr_has("soon");
-    assert_eq!(
-        sb.statuses(),
-        vec![st("per_token_quant_int8", "ok"), st("rms_norm", "ok")]
-    );
+    assert_eq!(sb.statuses(), all_ok());
 }
 
 #[test]
@@ -956,18 +1211,20 @@ fn prune_huge_older_than_does_not_panic() {
     let r = sb.run(&["cache", "prune", "--older-than", "1e300"]);
     assert!(!r.stderr.contains("panicked"), "{r}");
     r.ok().stdout_has("pruned 0 item(s)");
+    assert_eq!(sb.statuses(), all_ok());
 }
 
 #[test]
 fn prune_sweeps_temp_dirs_of_dead_builders_only() {
     let sb = Sandbox::prebuilt();
-    let dead = sb.root.join("rms_norm/.tmp-sm_80-0000000000000000-999999999-1");
+    let dead = sb.root.join("rms_norm/.tmp-sm_80-f32-0000000000000000-999999999-1");
     fs::create_dir(&dead).unwrap();
     fs::write(dead.join("kernel.cubin"), "half-written").unwrap();
     // A temp dir of a live process (this test) is another builder's work.
-    let live = sb
-        .root
-        .join(format!("rms_norm/.tmp-sm_80-0000000000000000-{}-1", std::process::id()));
+    let live = sb.root.join(format!(
+        "rms_norm/.tmp-sm_80-f32-0000000000000000-{}-1",
+        std::process::id()
+    ));
     fs::create_dir(&live).unwrap();
 
     let r = sb.run(&["cache", "prune"]);
@@ -976,10 +1233,7 @@ fn prune_sweeps_temp_dirs_of_dead_builders_only() {
         .stdout_has("pruned 1 item(s)");
     assert!(!dead.exists());
     assert!(live.exists(), "swept a live builder's temp dir\n{r}");
-    assert_eq!(
-        sb.statuses(),
-        vec![st("per_token_quant_int8", "ok"), st("rms_norm", "ok")]
-    );
+    assert_eq!(sb.statuses(), all_ok());
 }
 
 // ---------------------------------------------------------------------------
@@ -995,15 +1249,7 @@ fn check_compiles_every_kernel_in_a_temp_root() {
     fs::create_dir(&tmpdir).unwrap();
 
     let r = run(cmd(&sb.root).env("TMPDIR", &tmpdir), &["check", "--arch", ARCH]);
-    r.ok().stdout_has("2 of 2 kernel builds ok");
-    for k in KERNELS {
-        assert!(
-            r.stdout
-                .lines()
-                .any(|l| l.starts_with("ok ") && l.contains(k) && l.contains(ARCH) && l.ends_with("compiled")),
-            "{k} not compiled\n{r}"
-        );
-    }
+    r.ok().all_builds_ok(|_| "compiled");
     assert!(
         sb.root_names().is_empty(),
         "check wrote into the configured root: {:?}",
@@ -1022,9 +1268,9 @@ fn check_compiles_every_kernel_in_a_temp_root() {
 fn check_use_cache_reports_cached_entries() {
     let sb = Sandbox::prebuilt();
     let r = sb.run(&["check", "--use-cache", "--arch", ARCH]);
-    r.ok().stdout_has("2 of 2 kernel builds ok");
-    assert_eq!(r.stdout.matches(" cached").count(), 2, "{r}");
+    r.ok().all_builds_ok(|_| "cached");
     assert!(!r.stdout.contains("compiled"), "{r}");
+    assert_eq!(sb.statuses(), all_ok());
 }
 
 // ---------------------------------------------------------------------------
@@ -1044,6 +1290,7 @@ fn root_writable_by_group_or_others_is_refused() {
             &["cache", "clear"],
             &["cache", "prune", "--max-size", "0"],
             &["cache", "rebuild", "rms_norm", "--arch", ARCH],
+            &["cache", "rebuild", RMS, "--arch", ARCH],
             &["check", "--use-cache", "--arch", ARCH],
         ] {
             let r = sb.run(args);
@@ -1161,32 +1408,38 @@ fn read_only_root_serves_valid_entries_and_reports_misses() {
     ro(&["env"]).ok().stdout_has("read-only");
     let r = ro(&["cache", "list"]);
     r.ok();
-    assert!(
-        r.row("rms_norm").contains(&"ok") && r.row("per_token_quant_int8").contains(&"ok"),
-        "{r}"
-    );
+    for b in BUILDS {
+        assert!(r.row(b).contains(&"ok"), "{b}\n{r}");
+    }
 
     let r = ro(&["check", "--use-cache", "--arch", ARCH]);
-    r.ok().stdout_has("2 of 2 kernel builds ok");
-    assert_eq!(r.stdout.matches(" cached").count(), 2, "{r}");
+    r.ok().all_builds_ok(|_| "cached");
 
     // Cleaning fails instead of half-working, and removes nothing.
     ro(&["cache", "clear"]).code(2);
     ro(&["cache", "prune", "--max-size", "0"]).code(2);
-    assert!(sb.entry("rms_norm").join("kernel.cubin").is_file());
-    assert!(sb.entry("per_token_quant_int8").join("kernel.so").is_file());
+    for b in BUILDS {
+        let artifact = if b == QUANT { "kernel.so" } else { "kernel.cubin" };
+        assert!(sb.entry(b).join(artifact).is_file(), "{b}");
+    }
 
-    // A miss in a read-only root is an error naming the problem, not a crash.
+    // A miss in a read-only root is an error naming the problem, not a crash;
+    // the other variants of the kernel are still served.
     drop(_guard);
-    fs::remove_dir_all(sb.root.join("rms_norm")).unwrap();
+    let rms = sb.entry(RMS);
+    fs::remove_dir_all(&rms).unwrap();
     let (ro, _guard) = read_only_runner(&sb).unwrap();
     let r = ro(&["check", "--use-cache", "--arch", ARCH]);
     r.code(1)
-        .stdout_has("FAILED rms_norm")
-        .stdout_has("is read-only and has no valid entry for rms_norm/sm_80-")
+        .stdout_has("is read-only and has no valid entry for rms_norm/sm_80-f32-")
         .stdout_has("MLLM_KERNEL_CACHE_DIR")
-        .stdout_has("1 of 2 kernel builds ok");
-    assert!(!sb.root.join("rms_norm").exists());
+        .stdout_has("3 of 4 kernel builds ok");
+    assert!(r.check_line(RMS).starts_with("FAILED "), "{r}");
+    for b in BUILDS.iter().filter(|b| **b != RMS) {
+        let line = r.check_line(b);
+        assert!(line.starts_with("ok ") && line.ends_with("cached"), "{r}");
+    }
+    assert!(!rms.exists());
 }
 
 // ---------------------------------------------------------------------------
@@ -1197,23 +1450,23 @@ fn read_only_root_serves_valid_entries_and_reports_misses() {
 fn jit_disabled_serves_cached_kernels_and_refuses_to_compile() {
     // `bench jit-load-once` is the (hidden) warm-load probe of `bench jit`;
     // without a GPU it resolves the kernel through the cache only.
-    let args = ["bench", "jit-load-once", "--kernel", "rms_norm"];
+    let args = ["bench", "jit-load-once", "--kernel", RMS];
     let sb = Sandbox::empty();
     let r = run(
         cmd(&sb.root).env("MLLM_KERNEL_JIT", "0").env("MLLM_CUDA_ARCHS", "80"),
         &args,
     );
     r.code(2)
-        .stderr_has("kernel cache miss for rms_norm/sm_80-")
+        .stderr_has("kernel cache miss for rms_norm/sm_80-f32-")
         .stderr_has("MLLM_KERNEL_JIT=0")
-        .stderr_has("mllm-kernel cache rebuild rms_norm --arch sm_80");
+        .stderr_has("mllm-kernel cache rebuild 'rms_norm[f32]' --arch sm_80");
     assert!(
         !sb.root.join("rms_norm").exists(),
         "compiled although MLLM_KERNEL_JIT=0"
     );
 
     let sb = Sandbox::prebuilt();
-    let rms = sb.entry("rms_norm");
+    let rms = sb.entry(RMS);
     age_entry(&rms, Duration::from_secs(3 * 86400));
     let r = run(
         cmd(&sb.root).env("MLLM_KERNEL_JIT", "0").env("MLLM_CUDA_ARCHS", "80"),
@@ -1246,16 +1499,15 @@ fn jit_disabled_check_use_cache_fails_on_a_miss() {
 #[test]
 fn jit_disabled_rebuild_does_not_destroy_a_valid_entry() {
     let sb = Sandbox::prebuilt();
-    let r = run(
-        cmd(&sb.root).env("MLLM_KERNEL_JIT", "0"),
-        &["cache", "rebuild", "rms_norm", "--arch", ARCH],
-    );
-    // Either rebuild it (an explicit request to compile) or refuse up front;
-    // never leave the cache worse than it was.
-    assert!(
-        sb.statuses().contains(&st("rms_norm", "ok")),
-        "the rms_norm entry was lost\n{r}"
-    );
+    for build in [RMS, "rms_norm"] {
+        let r = run(
+            cmd(&sb.root).env("MLLM_KERNEL_JIT", "0"),
+            &["cache", "rebuild", build, "--arch", ARCH],
+        );
+        // Either rebuild it (an explicit request to compile) or refuse up front;
+        // never leave the cache worse than it was.
+        assert_eq!(sb.statuses(), all_ok(), "an entry was lost rebuilding {build}\n{r}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1268,8 +1520,24 @@ fn cache_list_columns_line_up() {
     let r = sb.run(&["cache", "list"]);
     r.ok();
     let header = r.stdout.lines().find(|l| l.starts_with("kernel")).unwrap();
-    let row = r.stdout.lines().find(|l| l.starts_with("rms_norm")).unwrap();
-    assert_eq!(header.find("detail"), row.find("nvrtc"), "\n{header}\n{row}");
+    // The kernel column names the build: `rms_norm[bf16]`, plain `per_token_quant_int8`.
+    let rows: Vec<&str> = r.stdout.lines().skip_while(|l| *l != header).skip(1).collect();
+    assert_eq!(rows.len(), BUILDS.len(), "{r}");
+    for b in BUILDS {
+        let row = rows
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(b))
+            .unwrap_or_else(|| panic!("no row for {b}\n{r}"));
+        assert!(row.starts_with(&format!("{b} ")), "{r}");
+        let detail = if b == QUANT { "Cuda compilation tools" } else { "nvrtc" };
+        assert_eq!(
+            header.find("arch"),
+            row.find(" sm_80 ").map(|i| i + 1),
+            "\n{header}\n{row}"
+        );
+        assert_eq!(header.find("detail"), row.find(detail), "\n{header}\n{row}");
+    }
+    r.stdout_has("\nrms_norm[bf16] ");
 }
 
 // ---------------------------------------------------------------------------

@@ -25,6 +25,9 @@ const SHAPES: &[(usize, usize)] = &[
     (33, 4096),
     (2, 5120),
     (4, 40_000),
+    // More rows than one wave of blocks: each block walks several rows.
+    (3001, 256),
+    (1500, 4096),
     (0, 128),
 ];
 
@@ -141,15 +144,15 @@ fn every_registered_symbol_resolves() {
     let Some(gpu) = gpu_or_skip("every_registered_symbol_resolves") else {
         return;
     };
-    use mllm_kernel::registry::KernelId;
-    for id in KernelId::ALL {
-        let k = gpu.kernel(*id).unwrap();
-        for sym in ops::kernel_symbols(*id) {
-            let ok = match id {
+    use mllm_kernel::registry::{KernelBuild, KernelId};
+    for build in KernelBuild::all() {
+        let k = gpu.kernel(build).unwrap();
+        for sym in ops::kernel_symbols(build) {
+            let ok = match build.id {
                 KernelId::PerTokenQuantInt8 => k.per_token_quant_int8().is_ok(),
-                _ => k.function(*id, &sym).is_ok(),
+                _ => k.function(build.id, &sym).is_ok(),
             };
-            assert!(ok, "{} lacks {sym} (from {})", id.name(), k.origin());
+            assert!(ok, "{build} lacks {sym} (from {})", k.origin());
         }
     }
 }

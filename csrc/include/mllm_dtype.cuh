@@ -30,12 +30,19 @@ struct BF16 {
   static __device__ __forceinline__ float to_float(unsigned short b) {
     return __uint_as_float(static_cast<unsigned int>(b) << 16);
   }
-  // Round to nearest even, NaN kept quiet: same as torch's bf16 cast.
+  // Round to nearest even, as torch's bf16 cast. SM80+ has it in one
+  // instruction; the integer version costs ~7 and made RMSNorm compute-bound.
   static __device__ __forceinline__ unsigned short from_float(float f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned short b;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f));
+    return b;
+#else
     unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays quiet
     u += 0x7fffu + ((u >> 16) & 1u);
     return static_cast<unsigned short>(u >> 16);
+#endif
   }
 };
 

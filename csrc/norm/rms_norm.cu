@@ -1,9 +1,12 @@
 // RMSNorm and fused residual-add + RMSNorm, compiled by NVRTC.
 //
-// One block per row. Rows whose length is a multiple of 16 bytes move as
-// 16-byte packs and stay in registers between the reduction and the write
-// (up to CACHED packs per thread), so each byte is read once and written
-// once; other rows take the scalar path with a second read.
+// One block per row, CACHED (= 4) 16-byte packs per thread held in
+// registers, so each byte is read once and written once; packs past those,
+// and rows whose length is not a multiple of 16 bytes (1-element packs), are
+// re-read for the write. Small blocks keep many rows resident per SM, which
+// is what keeps HBM busy: on H200 (hidden 4096-8192, bf16) this beat a
+// persistent grid that prefetched each block's next row (ping-pong
+// registers), whose register use capped residency at 2-5 blocks per SM.
 //
 // Numerics follow HF transformers: the residual sum is rounded to the
 // element type before normalizing, x * rsqrt(mean(x^2) + eps) is rounded to
@@ -13,86 +16,108 @@
 
 namespace {
 
-constexpr int CACHED = 4;
-
 template <typename S, int VEC>
 struct alignas(sizeof(S) * VEC) Pack {
   S v[VEC];
 };
 
-template <typename D, bool ADD, int VEC>
-__device__ __forceinline__ void rms_norm_row(typename D::storage* out,  // may alias x (fused form)
-                                             const typename D::storage* x,
-                                             typename D::storage* __restrict__ residual,
-                                             const typename D::storage* __restrict__ w, int cols, float eps) {
-  using S = typename D::storage;
+// The packs of one row this thread holds (and its residual packs when fused).
+template <typename S, int VEC, int CACHED, bool ADD>
+struct RowRegs {
+  Pack<S, VEC> x[CACHED];
+  Pack<S, VEC> r[ADD ? CACHED : 1];
+};
+
+template <typename S, int VEC, int CACHED, bool ADD>
+__device__ __forceinline__ void load_row(RowRegs<S, VEC, CACHED, ADD>& regs, const S* x, const S* residual,
+                                         long long row, int cols) {
   using P = Pack<S, VEC>;
-  const long long row = blockIdx.x;
   const int packs = cols / VEC;
   const P* xr = reinterpret_cast<const P*>(x + row * cols);
-  P* rr = ADD ? reinterpret_cast<P*>(residual + row * cols) : nullptr;
-  P* orow = reinterpret_cast<P*>(out + row * cols);
-  const P* wp = reinterpret_cast<const P*>(w);
+  const P* rr = reinterpret_cast<const P*>(residual + row * cols);
+#pragma unroll
+  for (int k = 0; k < CACHED; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < packs) {
+      regs.x[k] = xr[i];
+      if (ADD) regs.r[k] = rr[i];
+    }
+  }
+}
 
-  // Pass 1: (optionally add the residual,) keep packs, sum squares.
-  P kept[CACHED];
+template <typename D, int VEC, bool ADD>
+__device__ __forceinline__ float add_and_square(Pack<typename D::storage, VEC>& p,
+                                                const Pack<typename D::storage, VEC>& r) {
+  float acc = 0.f;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    if (ADD) p.v[j] = D::from_float(D::to_float(p.v[j]) + D::to_float(r.v[j]));
+    const float f = D::to_float(p.v[j]);
+    acc += f * f;
+  }
+  return acc;
+}
+
+template <typename D, int VEC>
+__device__ __forceinline__ Pack<typename D::storage, VEC> scale(const Pack<typename D::storage, VEC>& p,
+                                                               const Pack<typename D::storage, VEC>& w, float inv) {
+  Pack<typename D::storage, VEC> o;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    const float n = mllm::round_to<D>(D::to_float(p.v[j]) * inv);
+    o.v[j] = D::from_float(n * D::to_float(w.v[j]));
+  }
+  return o;
+}
+
+// Normalizes one row whose first CACHED packs per thread are already in
+// `regs`; the rest of the row (wide rows only) is streamed.
+template <typename D, bool ADD, int VEC, int CACHED>
+__device__ __forceinline__ void rms_norm_one_row(RowRegs<typename D::storage, VEC, CACHED, ADD>& regs,
+                                                 typename D::storage* out,  // may alias x (fused form)
+                                                 const typename D::storage* x, typename D::storage* residual,
+                                                 const typename D::storage* __restrict__ w, long long row,
+                                                 int cols, float eps) {
+  using P = Pack<typename D::storage, VEC>;
+  const int packs = cols / VEC;
+  const P* wp = reinterpret_cast<const P*>(w);
+  const P* xr = reinterpret_cast<const P*>(x + row * cols);
+  P* rr = reinterpret_cast<P*>(residual + row * cols);
+  P* orow = reinterpret_cast<P*>(out + row * cols);
   float acc = 0.f;
 #pragma unroll
   for (int k = 0; k < CACHED; ++k) {
     const int i = threadIdx.x + k * blockDim.x;
     if (i < packs) {
-      P p = xr[i];
-      if (ADD) {
-        const P r = rr[i];
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) p.v[j] = D::from_float(D::to_float(p.v[j]) + D::to_float(r.v[j]));
-        rr[i] = p;
-      }
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const float f = D::to_float(p.v[j]);
-        acc += f * f;
-      }
-      kept[k] = p;
+      acc += add_and_square<D, VEC, ADD>(regs.x[k], regs.r[ADD ? k : 0]);
+      if (ADD) rr[i] = regs.x[k];
     }
   }
   for (int i = threadIdx.x + CACHED * blockDim.x; i < packs; i += blockDim.x) {
     P p = xr[i];
-    if (ADD) {
-      const P r = rr[i];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) p.v[j] = D::from_float(D::to_float(p.v[j]) + D::to_float(r.v[j]));
-      rr[i] = p;
-    }
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const float f = D::to_float(p.v[j]);
-      acc += f * f;
-    }
+    acc += add_and_square<D, VEC, ADD>(p, ADD ? rr[i] : p);
+    if (ADD) rr[i] = p;
   }
-  const float total = mllm::block_sum(acc);
-  const float inv = 1.f / sqrtf(total / static_cast<float>(cols) + eps);
-
-  // Pass 2: scale and write.
-  auto emit = [&](int i, const P& p) {
-    const P wv = wp[i];
-    P o;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const float n = mllm::round_to<D>(D::to_float(p.v[j]) * inv);
-      o.v[j] = D::from_float(n * D::to_float(wv.v[j]));
-    }
-    orow[i] = o;
-  };
+  const float inv = 1.f / sqrtf(mllm::block_sum(acc) / static_cast<float>(cols) + eps);
 #pragma unroll
   for (int k = 0; k < CACHED; ++k) {
     const int i = threadIdx.x + k * blockDim.x;
-    if (i < packs) emit(i, kept[k]);
+    if (i < packs) orow[i] = scale<D, VEC>(regs.x[k], wp[i], inv);
   }
-  // Packs past the cached ones are re-read (from the residual when fused;
-  // this thread wrote those, so it sees its own writes).
+  // Uncached packs are re-read (from the residual when fused: this thread
+  // wrote those, so it sees its own writes).
   const P* again = ADD ? rr : xr;
-  for (int i = threadIdx.x + CACHED * blockDim.x; i < packs; i += blockDim.x) emit(i, again[i]);
+  for (int i = threadIdx.x + CACHED * blockDim.x; i < packs; i += blockDim.x) orow[i] = scale<D, VEC>(again[i], wp[i], inv);
+}
+
+template <typename D, bool ADD, int VEC, int CACHED>
+__device__ __forceinline__ void rms_norm_block_row(typename D::storage* out, const typename D::storage* x,
+                                                   typename D::storage* residual, const typename D::storage* w,
+                                                   int cols, float eps) {
+  RowRegs<typename D::storage, VEC, CACHED, ADD> regs;
+  const long long row = blockIdx.x;
+  load_row<typename D::storage, VEC, CACHED, ADD>(regs, x, residual, row, cols);
+  rms_norm_one_row<D, ADD, VEC, CACHED>(regs, out, x, residual, w, row, cols, eps);
 }
 
 template <typename D, bool ADD>
@@ -100,28 +125,37 @@ __device__ __forceinline__ void rms_norm_dispatch(typename D::storage* out, cons
                                                   typename D::storage* residual, const typename D::storage* w,
                                                   int cols, float eps) {
   constexpr int VEC = 16 / sizeof(typename D::storage);
+  constexpr int CACHED = 4;
   if (cols % VEC == 0) {
-    rms_norm_row<D, ADD, VEC>(out, x, residual, w, cols, eps);
+    rms_norm_block_row<D, ADD, VEC, CACHED>(out, x, residual, w, cols, eps);
   } else {
-    rms_norm_row<D, ADD, 1>(out, x, residual, w, cols, eps);
+    rms_norm_block_row<D, ADD, 1, CACHED>(out, x, residual, w, cols, eps);
   }
 }
 
 }  // namespace
 
 // Symbols: rms_norm_<dtype>(x, w, out, cols, eps) and
-// fused_add_rms_norm_<dtype>(x, residual, w, cols, eps) where the fused form
-// updates residual <- x + residual and x <- rmsnorm(residual) * w in place.
-#define MLLM_RMS_NORM_KERNELS(SUFFIX, D)                                                                  \
-  extern "C" __global__ void rms_norm_##SUFFIX(const D::storage* x, const D::storage* w, D::storage* out, \
-                                               int cols, float eps) {                                     \
-    rms_norm_dispatch<D, false>(out, x, nullptr, w, cols, eps);                                           \
-  }                                                                                                       \
-  extern "C" __global__ void fused_add_rms_norm_##SUFFIX(D::storage* x, D::storage* residual,             \
+// fused_add_rms_norm_<dtype>(x, residual, w, cols, eps), launched with
+// one block per row (grid = rows); the fused form updates
+// residual <- x + residual and x <- rmsnorm(residual) * w in place.
+#define MLLM_RMS_NORM_KERNELS(SUFFIX, D)                                                                    \
+  extern "C" __global__ void rms_norm_##SUFFIX(const D::storage* x, const D::storage* w, D::storage* out,   \
+                                               int cols, float eps) {                                       \
+    rms_norm_dispatch<D, false>(out, x, nullptr, w, cols, eps);                                             \
+  }                                                                                                         \
+  extern "C" __global__ void fused_add_rms_norm_##SUFFIX(D::storage* x, D::storage* residual,              \
                                                          const D::storage* w, int cols, float eps) {      \
-    rms_norm_dispatch<D, true>(x, x, residual, w, cols, eps);                                             \
+    rms_norm_dispatch<D, true>(x, x, residual, w, cols, eps);                                               \
   }
 
+// The JIT builds one dtype per cache entry (kernels.list variants); AOT all.
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F32)
 MLLM_RMS_NORM_KERNELS(f32, mllm::F32)
+#endif
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F16)
 MLLM_RMS_NORM_KERNELS(f16, mllm::F16)
+#endif
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_BF16)
 MLLM_RMS_NORM_KERNELS(bf16, mllm::BF16)
+#endif

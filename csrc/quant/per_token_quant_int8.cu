@@ -1,5 +1,7 @@
 // Dynamic symmetric per-token (per-row) int8 quantization, built by nvcc
 // into a shared object (CUB block reduction, host launcher, C ABI).
+// Rows that are a multiple of 16 bytes move as 16-byte packs kept in
+// registers, so x is read once; other rows use 1-element packs.
 //
 // Same numerics as pymllm's Triton kernel: absmax = max(max|x|, 1e-10),
 // scale = absmax / 127, q = round_half_away(x * (127 / absmax)).
@@ -12,24 +14,66 @@
 
 namespace {
 
+// 16-byte packs a thread keeps in registers between the absmax reduction
+// and the quantized write, so x is read from memory once.
+constexpr int CACHED = 4;
+
 struct MaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
-template <typename D, int BLOCK>
-__global__ void __launch_bounds__(BLOCK)
-    per_token_quant_int8_kernel(const typename D::storage* __restrict__ x, int8_t* __restrict__ out,
-                                float* __restrict__ scales, int64_t cols) {
+template <typename S, int VEC>
+struct alignas(sizeof(S) * VEC) Pack {
+  S v[VEC];
+};
+
+template <int VEC>
+struct alignas(VEC) QPack {
+  int8_t v[VEC];
+};
+
+template <typename D, int VEC>
+__device__ __forceinline__ QPack<VEC> quantize(const Pack<typename D::storage, VEC>& p, float mult) {
+  QPack<VEC> q;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) q.v[j] = static_cast<int8_t>(fminf(fmaxf(roundf(D::to_float(p.v[j]) * mult), -127.f), 127.f));
+  return q;
+}
+
+// One block per row; VEC elements per pack (1 for rows not a multiple of 16 bytes).
+template <typename D, int BLOCK, int VEC>
+__device__ __forceinline__ void quant_row(const typename D::storage* __restrict__ x, int8_t* __restrict__ out,
+                                          float* __restrict__ scales, int64_t cols) {
+  using P = Pack<typename D::storage, VEC>;
+  using Q = QPack<VEC>;
   using Reduce = cub::BlockReduce<float, BLOCK>;
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float row_absmax;
 
   const int64_t row = blockIdx.x;
-  const typename D::storage* xr = x + row * cols;
-  int8_t* qr = out + row * cols;
+  const int64_t packs = cols / VEC;
+  const P* xr = reinterpret_cast<const P*>(x + row * cols);
+  Q* qr = reinterpret_cast<Q*>(out + row * cols);
 
+  P kept[CACHED];
+#pragma unroll
+  for (int k = 0; k < CACHED; ++k) {
+    const int64_t i = threadIdx.x + k * BLOCK;
+    if (i < packs) kept[k] = xr[i];
+  }
   float local = 0.f;
-  for (int64_t i = threadIdx.x; i < cols; i += BLOCK) local = fmaxf(local, fabsf(D::to_float(xr[i])));
+#pragma unroll
+  for (int k = 0; k < CACHED; ++k) {
+    if (threadIdx.x + k * BLOCK < packs) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) local = fmaxf(local, fabsf(D::to_float(kept[k].v[j])));
+    }
+  }
+  for (int64_t i = threadIdx.x + CACHED * BLOCK; i < packs; i += BLOCK) {
+    const P p = xr[i];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) local = fmaxf(local, fabsf(D::to_float(p.v[j])));
+  }
   const float absmax = Reduce(tmp).Reduce(local, MaxOp{});
   if (threadIdx.x == 0) {
     row_absmax = fmaxf(absmax, 1e-10f);
@@ -37,23 +81,47 @@ __global__ void __launch_bounds__(BLOCK)
   }
   __syncthreads();
   const float mult = 127.f / row_absmax;
-  for (int64_t i = threadIdx.x; i < cols; i += BLOCK) {
-    const float q = fminf(fmaxf(roundf(D::to_float(xr[i]) * mult), -127.f), 127.f);
-    qr[i] = static_cast<int8_t>(q);
+#pragma unroll
+  for (int k = 0; k < CACHED; ++k) {
+    const int64_t i = threadIdx.x + k * BLOCK;
+    if (i < packs) qr[i] = quantize<D, VEC>(kept[k], mult);
+  }
+  for (int64_t i = threadIdx.x + CACHED * BLOCK; i < packs; i += BLOCK) qr[i] = quantize<D, VEC>(xr[i], mult);
+}
+
+template <typename D, int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+    per_token_quant_int8_kernel(const typename D::storage* __restrict__ x, int8_t* __restrict__ out,
+                                float* __restrict__ scales, int64_t cols) {
+  constexpr int VEC = 16 / sizeof(typename D::storage);
+  if (cols % VEC == 0) {
+    quant_row<D, BLOCK, VEC>(x, out, scales, cols);
+  } else {
+    quant_row<D, BLOCK, 1>(x, out, scales, cols);
   }
 }
 
+// Smallest block (a power of two, 32..1024) whose threads cover the row
+// with CACHED packs each.
 template <typename D>
 cudaError_t launch(const void* x, int8_t* out, float* scales, int64_t rows, int64_t cols, cudaStream_t s) {
   const auto* xt = static_cast<const typename D::storage*>(x);
+  constexpr int VEC = 16 / sizeof(typename D::storage);
+  const int64_t units = cols % VEC == 0 ? cols / VEC : cols;
+  const int64_t want = (units + CACHED - 1) / CACHED;
   const dim3 grid(static_cast<unsigned>(rows));
-  // Wider blocks only pay off on long rows.
-  if (cols >= 4096) {
-    per_token_quant_int8_kernel<D, 512><<<grid, 512, 0, s>>>(xt, out, scales, cols);
-  } else if (cols >= 1024) {
-    per_token_quant_int8_kernel<D, 256><<<grid, 256, 0, s>>>(xt, out, scales, cols);
-  } else {
+  if (want <= 32) {
+    per_token_quant_int8_kernel<D, 32><<<grid, 32, 0, s>>>(xt, out, scales, cols);
+  } else if (want <= 64) {
+    per_token_quant_int8_kernel<D, 64><<<grid, 64, 0, s>>>(xt, out, scales, cols);
+  } else if (want <= 128) {
     per_token_quant_int8_kernel<D, 128><<<grid, 128, 0, s>>>(xt, out, scales, cols);
+  } else if (want <= 256) {
+    per_token_quant_int8_kernel<D, 256><<<grid, 256, 0, s>>>(xt, out, scales, cols);
+  } else if (want <= 512) {
+    per_token_quant_int8_kernel<D, 512><<<grid, 512, 0, s>>>(xt, out, scales, cols);
+  } else {
+    per_token_quant_int8_kernel<D, 1024><<<grid, 1024, 0, s>>>(xt, out, scales, cols);
   }
   return cudaGetLastError();
 }

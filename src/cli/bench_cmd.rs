@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::bench::{bench_bandwidth, BandwidthOp, BandwidthRow, TimingPlan};
 use crate::env::KernelEnv;
 use crate::jit::{cache::create_private_dir, JitCache, KernelSpec};
-use crate::registry::KernelId;
+use crate::registry::KernelBuild;
 use crate::Gpu;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,7 +106,7 @@ fn print_rows(gpu: &Gpu, rows: &[BandwidthRow], json: bool) -> anyhow::Result<()
 
 #[derive(Debug, Serialize)]
 struct JitRow {
-    kernel: &'static str,
+    kernel: String,
     arch: String,
     cold_compile_ms: f64,
     warm_load_ms_median: f64,
@@ -131,14 +131,19 @@ fn bench_jit(env: &KernelEnv, json: bool) -> anyhow::Result<i32> {
     let jit = JitCache::new(env.clone())?;
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
-    for id in KernelId::ALL {
+    // The engine needs one dtype per kernel: time the bf16 builds.
+    let builds = KernelBuild::all()
+        .into_iter()
+        .filter(|b| b.variant.is_none_or(|v| v == "bf16"));
+    for build in builds {
+        let name = build.to_string();
         let start = Instant::now();
-        jit.get(&KernelSpec::builtin(*id), arch)?;
+        jit.get(&KernelSpec::for_build(build), arch)?;
         let cold = start.elapsed().as_secs_f64() * 1e3;
         let mut samples = Vec::new();
         for _ in 0..5 {
             let out = Command::new(&exe)
-                .args(["bench", "jit-load-once", "--kernel", id.name()])
+                .args(["bench", "jit-load-once", "--kernel", &name])
                 .env("MLLM_KERNEL_CACHE_DIR", &root)
                 .env("MLLM_KERNEL_JIT", "0")
                 .output()?;
@@ -154,7 +159,7 @@ fn bench_jit(env: &KernelEnv, json: bool) -> anyhow::Result<i32> {
         }
         samples.sort_by(f64::total_cmp);
         rows.push(JitRow {
-            kernel: id.name(),
+            kernel: name,
             arch: arch.to_string(),
             cold_compile_ms: cold,
             warm_load_ms_median: samples[samples.len() / 2],
@@ -187,18 +192,21 @@ fn bench_jit(env: &KernelEnv, json: bool) -> anyhow::Result<i32> {
 
 /// Child of `bench jit`: time from "need kernel" to "kernel usable".
 fn jit_load_once(env: &KernelEnv, kernel: Option<&str>) -> anyhow::Result<i32> {
-    let id = KernelId::from_name(kernel.unwrap_or_default())?;
+    let builds = KernelBuild::parse(kernel.unwrap_or_default())?;
+    let [build] = builds[..] else {
+        anyhow::bail!("jit-load-once needs one build, e.g. rms_norm[bf16]");
+    };
     let ms = match Gpu::with_env(0, env.clone()) {
         Ok(gpu) => {
             let start = Instant::now();
-            gpu.kernel(id)?;
+            gpu.kernel(build)?;
             start.elapsed().as_secs_f64() * 1e3
         }
         Err(_) => {
             let jit = JitCache::new(env.clone())?;
             let start = Instant::now();
             jit.get(
-                &KernelSpec::builtin(id),
+                &KernelSpec::for_build(build),
                 env.cuda_archs.first().copied().unwrap_or("sm_90a".parse()?),
             )?;
             start.elapsed().as_secs_f64() * 1e3

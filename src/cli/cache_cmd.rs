@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::{display, human_bytes, target_archs, CacheAction};
 use crate::env::KernelEnv;
 use crate::jit::{manage, CacheRoot, JitCache, KernelSpec};
-use crate::registry::KernelId;
+use crate::registry::KernelBuild;
 
 pub fn run(env: &KernelEnv, action: CacheAction) -> anyhow::Result<i32> {
     match action {
@@ -63,7 +63,11 @@ fn list(env: &KernelEnv, json: bool) -> anyhow::Result<i32> {
     for e in entries {
         println!(
             "{:<24} {:<8} {:<16} {:>10}  {:<20} {:<8} {}",
-            e.kernel,
+            if e.variant.is_empty() {
+                e.kernel.clone()
+            } else {
+                format!("{}[{}]", e.kernel, e.variant)
+            },
             e.arch,
             e.hash,
             human_bytes(e.size_bytes),
@@ -76,16 +80,16 @@ fn list(env: &KernelEnv, json: bool) -> anyhow::Result<i32> {
 }
 
 fn rebuild(env: &KernelEnv, kernel: Option<String>, archs: Vec<crate::jit::Arch>) -> anyhow::Result<i32> {
-    let ids = match kernel {
-        Some(name) => vec![KernelId::from_name(&name)?],
-        None => KernelId::ALL.to_vec(),
+    let builds = match kernel {
+        Some(name) => KernelBuild::parse(&name)?,
+        None => KernelBuild::all(),
     };
     let archs = target_archs(env, archs)?;
     let jit = JitCache::new(env.clone())?;
     let mut failures = 0;
     for arch in &archs {
-        for id in &ids {
-            let spec = KernelSpec::builtin(*id);
+        for build in &builds {
+            let spec = KernelSpec::for_build(*build);
             let start = std::time::Instant::now();
             match jit.rebuild(&spec, *arch) {
                 Ok(a) => println!(

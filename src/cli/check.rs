@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::target_archs;
 use crate::env::KernelEnv;
 use crate::jit::{cache::create_private_dir, Arch, JitCache, KernelSpec};
-use crate::registry::KernelId;
+use crate::registry::KernelBuild;
 
 pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool) -> anyhow::Result<i32> {
     let archs = target_archs(env, archs)?;
@@ -20,22 +20,23 @@ pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool) -> anyhow::Result
         env.jit_disabled = false;
     }
     let jit = JitCache::new(env)?;
+    let builds = KernelBuild::all();
     let mut failed = 0;
     let total = Instant::now();
     for arch in &archs {
-        for id in KernelId::ALL {
+        for build in &builds {
             let start = Instant::now();
-            let result = jit.get(&KernelSpec::builtin(*id), *arch);
+            let result = jit.get(&KernelSpec::for_build(*build), *arch);
             let secs = start.elapsed().as_secs_f64();
             match result {
                 Ok(a) => println!(
-                    "ok     {:<24} {arch:<8} {secs:>6.1}s {}",
-                    id.name(),
+                    "ok     {:<26} {arch:<8} {secs:>6.1}s {}",
+                    build.to_string(),
                     if a.compiled { "compiled" } else { "cached" }
                 ),
                 Err(e) => {
                     failed += 1;
-                    println!("FAILED {:<24} {arch:<8} {secs:>6.1}s\n{e}", id.name());
+                    println!("FAILED {:<26} {arch:<8} {secs:>6.1}s\n{e}", build.to_string());
                 }
             }
         }
@@ -45,7 +46,7 @@ pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool) -> anyhow::Result
     } else if !use_cache {
         println!("build logs kept under {}", tmp.display());
     }
-    let n = archs.len() * KernelId::ALL.len();
+    let n = archs.len() * builds.len();
     println!(
         "{} of {n} kernel builds ok in {:.1}s",
         n - failed,

@@ -1,6 +1,6 @@
 //! The on-disk cache: root checks, entries, manifests, listing and cleanup.
 //!
-//! Layout: `<root>/<kernel>/<arch>-<16 hex>/{kernel.cubin|kernel.so, build.log, manifest.json}`;
+//! Layout: `<root>/<kernel>/<arch>[-<variant>]-<16 hex>/{kernel.cubin|kernel.so, build.log, manifest.json}`;
 //! temp build dirs `<root>/<kernel>/.tmp-<entry>-<pid>-<nanos>`; locks in
 //! `<root>/.locks` or `MLLM_KERNEL_LOCK_DIR`.
 

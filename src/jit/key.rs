@@ -21,6 +21,9 @@ use super::toolchain::CompilerId;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheKey {
     pub kernel: String,
+    /// The build's specialization (`bf16`), part of the directory name.
+    #[serde(default)]
+    pub variant: Option<String>,
     pub arch: Arch,
     pub compiler: CompilerId,
     pub flags: Vec<String>,
@@ -50,6 +53,7 @@ impl CacheKey {
         }
         Self {
             kernel: spec.name.clone(),
+            variant: spec.variant.clone(),
             arch,
             compiler,
             flags,
@@ -59,9 +63,21 @@ impl CacheKey {
         }
     }
 
-    /// `sm_90a-0123456789abcdef`: the entry's directory under `<root>/<kernel>/`.
+    /// `sm_90a-0123456789abcdef`, or `sm_90a-bf16-0123456789abcdef` for a
+    /// variant: the entry's directory under `<root>/<kernel>/`.
+    /// The build as the CLI names it: `rms_norm[bf16]`, or just the kernel.
+    pub fn build_name(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{}[{v}]", self.kernel),
+            None => self.kernel.clone(),
+        }
+    }
+
     pub fn dir_name(&self) -> String {
-        format!("{}-{}", self.arch, &self.digest()[..16])
+        match &self.variant {
+            Some(v) => format!("{}-{v}-{}", self.arch, &self.digest()[..16]),
+            None => format!("{}-{}", self.arch, &self.digest()[..16]),
+        }
     }
 
     /// sha256 of the key's canonical JSON.

@@ -12,6 +12,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EntryInfo {
     pub kernel: String,
+    /// The build's specialization, empty when the kernel has none.
+    pub variant: String,
     pub arch: String,
     pub hash: String,
     pub size_bytes: u64,
@@ -35,10 +37,7 @@ pub fn list_entries(root: &CacheRoot) -> Result<Vec<EntryInfo>> {
             if name.starts_with('.') || !is_real_dir(&dir) {
                 continue;
             }
-            let (arch, hash) = name
-                .rsplit_once('-')
-                .map(|(a, h)| (a.to_string(), h.to_string()))
-                .unwrap_or((name.clone(), String::new()));
+            let (arch, variant, hash) = split_entry_name(&name);
             let (status, created, detail) = match inspect_entry(&dir) {
                 EntryState::Valid(m) => (EntryStatus::Ok, m.created_unix, m.key.compiler.version),
                 EntryState::Failed(m) => (
@@ -51,6 +50,7 @@ pub fn list_entries(root: &CacheRoot) -> Result<Vec<EntryInfo>> {
             };
             out.push(EntryInfo {
                 kernel: kernel.clone(),
+                variant,
                 arch,
                 hash,
                 size_bytes: tree_size(&dir),
@@ -65,19 +65,37 @@ pub fn list_entries(root: &CacheRoot) -> Result<Vec<EntryInfo>> {
     Ok(out)
 }
 
+/// `<arch>-<hash>` or `<arch>-<variant>-<hash>` -> (arch, variant or "", hash).
+fn split_entry_name(name: &str) -> (String, String, String) {
+    let (arch, rest) = name.split_once('-').unwrap_or((name, ""));
+    let (variant, hash) = rest.rsplit_once('-').unwrap_or(("", rest));
+    (arch.to_string(), variant.to_string(), hash.to_string())
+}
+
 /// Removes every entry of `kernel` (or everything, keeping the root itself).
-/// Returns how many top-level items were removed.
+/// `kernel` may name one variant, `rms_norm[bf16]`: then only that variant's
+/// entries go. Returns how many items were removed.
 pub fn clear(root: &CacheRoot, kernel: Option<&str>) -> Result<usize> {
     let targets = match kernel {
-        Some(name) => {
-            check_component(name)?;
-            let p = root.path.join(name);
-            if fs::symlink_metadata(&p).is_ok() {
-                vec![p]
-            } else {
-                vec![]
+        Some(name) => match name.strip_suffix(']').and_then(|n| n.split_once('[')) {
+            Some((kernel, variant)) => {
+                check_component(kernel)?;
+                check_component(variant)?;
+                sorted_children(&root.path.join(kernel))?
+                    .into_iter()
+                    .filter(|dir| !file_name(dir).starts_with('.') && split_entry_name(&file_name(dir)).1 == variant)
+                    .collect()
             }
-        }
+            None => {
+                check_component(name)?;
+                let p = root.path.join(name);
+                if fs::symlink_metadata(&p).is_ok() {
+                    vec![p]
+                } else {
+                    vec![]
+                }
+            }
+        },
         None => sorted_children(&root.path)?,
     };
     for t in &targets {
@@ -156,7 +174,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 fn check_component(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+    let bad = |c: char| c == '/' || c == '\0' || c == '[' || c == ']';
+    if name.is_empty() || name == "." || name == ".." || name.contains(bad) {
         return Err(Error::InvalidArgument {
             op: "cache clear",
             arg: "KERNEL",

@@ -123,7 +123,7 @@ impl JitCache {
         }
         if self.env.jit_disabled {
             return Err(Error::JitDisabled {
-                kernel: key.kernel.clone(),
+                kernel: key.build_name(),
                 arch: key.arch.to_string(),
                 key: key.to_string(),
                 path: dir,
@@ -191,7 +191,7 @@ impl JitCache {
         }
         let log = fs::read_to_string(dir.join("build.log")).unwrap_or_default();
         Err(Error::CompileFailed {
-            kernel: key.kernel.clone(),
+            kernel: key.build_name(),
             arch: key.arch.to_string(),
             compiler: key.compiler.version.clone(),
             first_errors: first_errors(&log),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{KernelId, CSRC_FILES};
+use crate::registry::{KernelBuild, KernelId, CSRC_FILES};
 
 /// Which compiler turns the source into a loadable artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -59,9 +59,24 @@ pub struct KernelSpec {
     /// Flags beyond the defaults (`-O3`, `-std=c++17`, `-DNDEBUG`, arch).
     pub extra_flags: Vec<String>,
     pub third_party: Vec<ThirdParty>,
+    /// The specialization this build is limited to (`bf16`), if any.
+    pub variant: Option<String>,
 }
 
 impl KernelSpec {
+    /// The spec of one build: the kernel limited to its variant with
+    /// `-DMLLM_VARIANT -DMLLM_VARIANT_<V>`.
+    pub fn for_build(build: KernelBuild) -> Self {
+        let mut spec = Self::builtin(build.id);
+        if let Some(v) = build.variant {
+            spec.extra_flags.push("-DMLLM_VARIANT".into());
+            spec.extra_flags
+                .push(format!("-DMLLM_VARIANT_{}", v.to_ascii_uppercase()));
+            spec.variant = Some(v.to_string());
+        }
+        spec
+    }
+
     /// The spec of a kernel shipped in `csrc/`.
     pub fn builtin(id: KernelId) -> Self {
         Self {
@@ -71,6 +86,7 @@ impl KernelSpec {
             files: builtin_tree(),
             extra_flags: Vec::new(),
             third_party: id.third_party().to_vec(),
+            variant: None,
         }
     }
 
@@ -85,6 +101,7 @@ impl KernelSpec {
             files: Arc::new(files),
             extra_flags: Vec::new(),
             third_party: Vec::new(),
+            variant: None,
         }
     }
 

@@ -8,13 +8,13 @@ pub use norm::{fused_add_rms_norm, rms_norm, rms_norm_into, validate_rms_norm};
 pub use quant::{per_token_quant_int8, per_token_quant_int8_into, validate_per_token_quant_int8};
 
 use crate::dtype::DType;
-use crate::registry::KernelId;
+use crate::registry::{KernelBuild, KernelId};
 use crate::{Error, Result};
 
-/// Every symbol a registered kernel must export (checked by tests).
-pub fn kernel_symbols(id: KernelId) -> Vec<String> {
-    match id {
-        KernelId::RmsNorm => norm::symbols(),
+/// Every symbol a kernel build must export (checked by tests).
+pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
+    match build.id {
+        KernelId::RmsNorm => norm::symbols(build.variant),
         KernelId::PerTokenQuantInt8 => vec!["mllm_per_token_quant_int8".to_string()],
     }
 }

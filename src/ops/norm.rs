@@ -1,30 +1,29 @@
 //! RMSNorm and fused residual-add + RMSNorm (NVRTC kernel `rms_norm`).
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 use super::{expect_dtype, expect_float, expect_shape, rows_cols, Meta};
 use crate::device::Gpu;
 use crate::dtype::DType;
-use crate::registry::KernelId;
+use crate::registry::{KernelBuild, KernelId};
 use crate::tensor::DeviceTensor;
 use crate::{Error, Result};
 
 const OP: &str = "rms_norm";
 
-pub(super) fn symbols() -> Vec<String> {
+/// Symbols of the build for `variant` (a dtype suffix), or of every dtype.
+pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
     [DType::F32, DType::F16, DType::BF16]
-        .iter()
-        .flat_map(|d| [symbol(false, *d), symbol(true, *d)])
+        .into_iter()
+        .filter(|d| variant.is_none_or(|v| v == d.symbol_suffix()))
+        .flat_map(|d| [symbol(false, d), symbol(true, d)])
         .collect()
 }
 
 /// `rms_norm_bf16` / `fused_add_rms_norm_bf16`: the one place names are built.
 fn symbol(fused: bool, dtype: DType) -> String {
-    format!(
-        "{}rms_norm_{}",
-        if fused { "fused_add_" } else { "" },
-        dtype.symbol_suffix()
-    )
+    let prefix = if fused { "fused_add_" } else { "" };
+    format!("{prefix}rms_norm_{}", dtype.symbol_suffix())
 }
 
 /// Checks `x: [.., H]` and `weight: [H]` of one float dtype, and `eps`.
@@ -77,9 +76,7 @@ pub fn rms_norm_into(
     if rows == 0 {
         return Ok(());
     }
-    let f = gpu
-        .kernel(KernelId::RmsNorm)?
-        .function(KernelId::RmsNorm, &symbol(false, x.dtype()))?;
+    let (f, config) = launch_shape(gpu, rows, cols, false, x.dtype())?;
     let cols_i = cols as i32;
     let mut launch = gpu.stream().launch_builder(&f);
     launch
@@ -88,9 +85,9 @@ pub fn rms_norm_into(
         .arg(out.buffer_mut())
         .arg(&cols_i)
         .arg(&eps);
-    // SAFETY: symbol signature (x, w, out, int cols, float eps); buffers hold
-    // rows*cols and cols elements of the dtype, checked above.
-    unsafe { launch.launch(config(rows, cols, x.dtype())) }
+    // SAFETY: symbol signature (x, w, out, int cols, float eps), one block
+    // per row; buffers hold rows*cols and cols elements of the dtype, checked above.
+    unsafe { launch.launch(config) }
         .map(drop)
         .map_err(Error::driver("launch rms_norm"))
 }
@@ -109,11 +106,8 @@ pub fn fused_add_rms_norm(
     if rows == 0 {
         return Ok(());
     }
-    let f = gpu
-        .kernel(KernelId::RmsNorm)?
-        .function(KernelId::RmsNorm, &symbol(true, x.dtype()))?;
+    let (f, config) = launch_shape(gpu, rows, cols, true, x.dtype())?;
     let cols_i = cols as i32;
-    let cfg = config(rows, cols, x.dtype());
     let mut launch = gpu.stream().launch_builder(&f);
     launch
         .arg(x.buffer_mut())
@@ -121,27 +115,47 @@ pub fn fused_add_rms_norm(
         .arg(weight.buffer())
         .arg(&cols_i)
         .arg(&eps);
-    // SAFETY: symbol signature (x, residual, w, int cols, float eps); sizes checked above.
-    unsafe { launch.launch(cfg) }
+    // SAFETY: symbol signature (x, residual, w, int cols, float eps), one
+    // block per row; sizes checked above.
+    unsafe { launch.launch(config) }
         .map(drop)
         .map_err(Error::driver("launch fused_add_rms_norm"))
 }
 
-/// Packs each thread keeps in registers (`CACHED` in rms_norm.cu).
+/// 16-byte packs each thread keeps in registers (`CACHED` in the kernel).
 const PACKS_PER_THREAD: usize = 4;
 
-/// One block per row, each thread holding up to 4 16-byte packs: small
-/// blocks keep many rows' loads in flight per SM (measured on H100: one pack
-/// per thread in 512-thread blocks reached only 50-74% of copy bandwidth).
-fn config(rows: usize, cols: usize, dtype: DType) -> LaunchConfig {
+/// Threads per block: enough to cover a row with [`PACKS_PER_THREAD`] packs
+/// each (rows not a multiple of 16 bytes move 1-element packs), a whole
+/// number of warps, at most 1024.
+fn threads_per_row(cols: usize, dtype: DType) -> u32 {
     let vec = 16 / dtype.size();
-    let packs = if cols.is_multiple_of(vec) { cols / vec } else { cols };
-    let threads = packs.div_ceil(PACKS_PER_THREAD).div_ceil(32).clamp(1, 32) * 32;
-    LaunchConfig {
+    let units = if cols.is_multiple_of(vec) { cols / vec } else { cols };
+    (units.div_ceil(PACKS_PER_THREAD).div_ceil(32).clamp(1, 32) * 32) as u32
+}
+
+/// The function and launch shape: one block per row, threads capped by what
+/// the compiled function allows (registers can make that < 1024; the packs
+/// past the cached ones are then re-read).
+fn launch_shape(
+    gpu: &Gpu,
+    rows: usize,
+    cols: usize,
+    fused: bool,
+    dtype: DType,
+) -> Result<(CudaFunction, LaunchConfig)> {
+    // One JIT build per dtype keeps the cold compile short.
+    let kernel = gpu.kernel(KernelBuild::new(KernelId::RmsNorm, Some(dtype.symbol_suffix()))?)?;
+    let name = symbol(fused, dtype);
+    let f = kernel.function(KernelId::RmsNorm, &name)?;
+    let want = threads_per_row(cols, dtype);
+    let max = kernel.limits(KernelId::RmsNorm, &name, want)?.max_threads;
+    let config = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
-        block_dim: (threads as u32, 1, 1),
+        block_dim: (want.min(max / 32 * 32).max(32), 1, 1),
         shared_mem_bytes: 0,
-    }
+    };
+    Ok((f, config))
 }
 
 #[cfg(test)]
@@ -171,10 +185,13 @@ mod tests {
     }
 
     #[test]
-    fn launch_shape_keeps_four_packs_per_thread() {
-        assert_eq!(config(3, 4096, DType::BF16).block_dim.0, 128);
-        assert_eq!(config(3, 4096, DType::F32).block_dim.0, 256);
-        assert_eq!(config(3, 7, DType::BF16).block_dim.0, 32);
-        assert_eq!(config(3, 65536, DType::BF16).block_dim.0, 1024);
+    fn threads_cover_a_row_with_four_packs_each() {
+        assert_eq!(threads_per_row(4096, DType::BF16), 128);
+        assert_eq!(threads_per_row(4096, DType::F32), 256);
+        assert_eq!(threads_per_row(5120, DType::F16), 160);
+        // Not a multiple of 8 bf16: 1-element packs.
+        assert_eq!(threads_per_row(4100, DType::BF16), 1024);
+        assert_eq!(threads_per_row(7, DType::BF16), 32);
+        assert_eq!(threads_per_row(65536, DType::BF16), 1024);
     }
 }

@@ -4,7 +4,7 @@ use super::{expect_dtype, expect_float, expect_shape, rows_cols, Meta};
 use crate::device::Gpu;
 use crate::dtype::DType;
 use crate::ffi::dynamic::mllm_status_t;
-use crate::registry::KernelId;
+use crate::registry::{KernelBuild, KernelId};
 use crate::tensor::DeviceTensor;
 use crate::{Error, Result};
 
@@ -50,7 +50,9 @@ pub fn per_token_quant_int8_into(
     if rows == 0 {
         return Ok(());
     }
-    let launcher = gpu.kernel(KernelId::PerTokenQuantInt8)?.per_token_quant_int8()?;
+    let launcher = gpu
+        .kernel(KernelBuild::new(KernelId::PerTokenQuantInt8, None)?)?
+        .per_token_quant_int8()?;
     let dtype = x.dtype().to_ffi().expect("float dtype checked above");
     let stream = gpu.stream();
     let (xp, _gx) = x.raw_ptr(stream);
