@@ -79,13 +79,13 @@ impl Arch {
 
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
+        // pad, not write!: tables align on `{:<8}`.
+        f.pad(&format!(
             "sm_{}{}{}",
             self.major,
             self.minor,
             if self.arch_specific { "a" } else { "" }
-        )
+        ))
     }
 }
 
