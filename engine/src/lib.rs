@@ -5,6 +5,9 @@
 //! crate currently holds only the `mllm` binary's entry point; the engine
 //! issues ([engine-core], [serving], [gpu-exec]) fill it in.
 
+pub mod loader;
+pub mod tensor;
+
 /// The engine's version, as `mllm --version` prints it.
 ///
 /// ```

@@ -1,0 +1,1 @@
+//! HF `config.json` and `generation_config.json`.

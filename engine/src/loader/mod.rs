@@ -1,0 +1,5 @@
+//! Model loading: HF config, safetensors (mmap, sharded) and GGUF.
+
+pub mod config;
+pub mod gguf;
+pub mod safetensors;

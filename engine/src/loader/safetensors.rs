@@ -1,0 +1,1 @@
+//! safetensors checkpoints via mmap, single file or sharded.

@@ -1,0 +1,1 @@
+//! A small tensor type over CPU (and later CUDA) memory; no autograd.
