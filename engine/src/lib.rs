@@ -1,9 +1,9 @@
 //! # mllm-engine
 //!
 //! The mllm-rs serving stack (HTTP server, tokenizer, scheduler, model
-//! runner, KV cache, models, quantization) on top of `mllm-kernel`. This
-//! crate currently holds only the `mllm` binary's entry point; the engine
-//! issues ([engine-core], [serving], [gpu-exec]) fill it in.
+//! runner, KV cache, models, quantization) on top of `mllm-kernel`. So far:
+//! the CPU tensor type ([`tensor`]) and the checkpoint loaders ([`loader`]:
+//! HF config, safetensors, GGUF); models, KV cache, runner and server follow.
 
 pub mod loader;
 pub mod tensor;
