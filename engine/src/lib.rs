@@ -5,7 +5,9 @@
 //! the CPU tensor type ([`tensor`]) and the checkpoint loaders ([`loader`]:
 //! HF config, safetensors, GGUF); models, KV cache, runner and server follow.
 
+pub mod executor;
 pub mod loader;
+pub mod mem_cache;
 pub mod tensor;
 
 /// The engine's version, as `mllm --version` prints it.

@@ -1,0 +1,3 @@
+//! Request execution: per-request token sampling (more to come: batching, model runner glue).
+
+pub mod sampler;

@@ -1,0 +1,412 @@
+//! CPU paged attention over a [`TokenToKvPool`], f32 compute (page size 1).
+//!
+//! Queries are row-major `[n_tokens, num_heads, head_dim]` f32 slices with their dims passed
+//! explicitly; K/V are gathered from the pool through a sequence's KV slot indices. With GQA,
+//! `num_heads / num_kv_heads` consecutive query heads share each KV head. Heads run in parallel
+//! with rayon; the softmax subtracts the row maximum.
+
+use rayon::prelude::*;
+
+use super::{MemCacheError, Result, TokenToKvPool};
+
+/// Causal attention for an extend (prefill) step.
+///
+/// - `q`: `[n_new, num_heads, head_dim]` with `q_dims = [n_new, num_heads, head_dim]`.
+/// - `kv_slots`: the KV slots of the whole sequence, prefix then new tokens
+///   (`kv_slots.len() == prefix_len + n_new`); the new tokens' K/V must already be in the pool.
+/// - New token `i` attends to all `prefix_len` prefix tokens and new tokens `0..=i`.
+///
+/// Returns `[n_new, num_heads, head_dim]`.
+///
+/// ```
+/// use mllm_engine::mem_cache::{extend_attention, KvDtype, TokenToKvPool};
+///
+/// let mut pool = TokenToKvPool::new(8, 1, 1, 2, KvDtype::F32);
+/// let slots = pool.alloc(2).unwrap();
+/// pool.set_kv(0, &slots, &[1.0, 0.0, 0.0, 1.0], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+/// let q = [1.0, 0.0, 1.0, 0.0];
+/// let out = extend_attention(&q, [2, 1, 2], &pool, 0, &slots, 0, 1.0).unwrap();
+/// assert_eq!(&out[..2], &[1.0, 2.0]); // token 0 only sees itself
+/// ```
+pub fn extend_attention(
+    q: &[f32],
+    q_dims: [usize; 3],
+    pool: &TokenToKvPool,
+    layer: usize,
+    kv_slots: &[u32],
+    prefix_len: usize,
+    scale: f32,
+) -> Result<Vec<f32>> {
+    let [n_new, num_heads, head_dim] = q_dims;
+    if prefix_len > kv_slots.len() {
+        return Err(MemCacheError::InvalidArgument(format!(
+            "prefix_len {prefix_len} exceeds the sequence's {} KV slots",
+            kv_slots.len()
+        )));
+    }
+    if kv_slots.len() - prefix_len != n_new {
+        return Err(MemCacheError::Shape {
+            what: "extend_attention n_new (q_dims[0]) vs kv_slots.len() - prefix_len",
+            expected: kv_slots.len() - prefix_len,
+            got: n_new,
+        });
+    }
+    let out = attend(q, q_dims, pool, layer, kv_slots, prefix_len, scale)?;
+    debug_assert_eq!(out.len(), n_new * num_heads * head_dim);
+    Ok(out)
+}
+
+/// Attention for one decode token: `q` is `[1, num_heads, head_dim]` (`q_dims[0] == 1`) and
+/// attends to every slot in `kv_slots` (the whole sequence, its own K/V included, already in the
+/// pool). Returns `[1, num_heads, head_dim]`.
+pub fn decode_attention(
+    q: &[f32],
+    q_dims: [usize; 3],
+    pool: &TokenToKvPool,
+    layer: usize,
+    kv_slots: &[u32],
+    scale: f32,
+) -> Result<Vec<f32>> {
+    if q_dims[0] != 1 {
+        return Err(MemCacheError::Shape {
+            what: "decode_attention q_dims[0] (tokens)",
+            expected: 1,
+            got: q_dims[0],
+        });
+    }
+    if kv_slots.is_empty() {
+        return Err(MemCacheError::InvalidArgument(
+            "decode_attention needs at least one KV slot".into(),
+        ));
+    }
+    attend(q, q_dims, pool, layer, kv_slots, kv_slots.len() - 1, scale)
+}
+
+/// Shared core: query row `i` sees keys `0..prefix_len + i + 1`.
+fn attend(
+    q: &[f32],
+    q_dims: [usize; 3],
+    pool: &TokenToKvPool,
+    layer: usize,
+    kv_slots: &[u32],
+    prefix_len: usize,
+    scale: f32,
+) -> Result<Vec<f32>> {
+    let [n_new, num_heads, head_dim] = q_dims;
+    let kv_heads = pool.num_kv_heads();
+    if head_dim != pool.head_dim() {
+        return Err(MemCacheError::Shape {
+            what: "q head_dim vs pool head_dim",
+            expected: pool.head_dim(),
+            got: head_dim,
+        });
+    }
+    if num_heads == 0 || kv_heads == 0 || !num_heads.is_multiple_of(kv_heads) {
+        return Err(MemCacheError::InvalidArgument(format!(
+            "num_heads {num_heads} must be a positive multiple of num_kv_heads {kv_heads}"
+        )));
+    }
+    let expected = n_new
+        .checked_mul(num_heads)
+        .and_then(|x| x.checked_mul(head_dim))
+        .ok_or_else(|| MemCacheError::InvalidArgument(format!("q_dims {q_dims:?} overflow")))?;
+    if q.len() != expected {
+        return Err(MemCacheError::Shape {
+            what: "q length (n_tokens * num_heads * head_dim)",
+            expected,
+            got: q.len(),
+        });
+    }
+    if !scale.is_finite() {
+        return Err(MemCacheError::InvalidArgument(format!(
+            "attention scale {scale} is not finite"
+        )));
+    }
+
+    let seq_len = kv_slots.len();
+    let row = kv_heads * head_dim;
+    let mut k = vec![0.0f32; seq_len * row];
+    let mut v = vec![0.0f32; seq_len * row];
+    pool.gather_kv(layer, kv_slots, &mut k, &mut v)?;
+    if n_new == 0 {
+        return Ok(Vec::new());
+    }
+
+    let group = num_heads / kv_heads;
+    // Per head: [n_new, head_dim].
+    let per_head: Vec<Vec<f32>> = (0..num_heads)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            let mut out = vec![0.0f32; n_new * head_dim];
+            let mut scores = vec![0.0f32; seq_len];
+            for i in 0..n_new {
+                let qi = &q[(i * num_heads + h) * head_dim..][..head_dim];
+                let visible = prefix_len + i + 1;
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in scores[..visible].iter_mut().enumerate() {
+                    let kj = &k[j * row + kvh * head_dim..][..head_dim];
+                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    max = max.max(*s);
+                }
+                let mut sum = 0.0f32;
+                for s in &mut scores[..visible] {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                let oi = &mut out[i * head_dim..(i + 1) * head_dim];
+                for (j, &p) in scores[..visible].iter().enumerate() {
+                    let vj = &v[j * row + kvh * head_dim..][..head_dim];
+                    let w = p * inv;
+                    for (o, &x) in oi.iter_mut().zip(vj) {
+                        *o += w * x;
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+
+    let mut out = vec![0.0f32; expected];
+    for (h, oh) in per_head.iter().enumerate() {
+        for i in 0..n_new {
+            out[(i * num_heads + h) * head_dim..][..head_dim].copy_from_slice(&oh[i * head_dim..(i + 1) * head_dim]);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem_cache::KvDtype;
+
+    const HEADS: usize = 8;
+    const KV_HEADS: usize = 2;
+    const HEAD_DIM: usize = 64;
+
+    /// xorshift64* uniform in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    /// Dense causal attention, f64 accumulation: q [n, H, D], k/v [n, KVH, D] -> [n, H, D].
+    fn naive(q: &[f32], k: &[f32], v: &[f32], n: usize, heads: usize, kv_heads: usize, d: usize) -> Vec<f32> {
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut out = vec![0.0f32; n * heads * d];
+        for h in 0..heads {
+            let kvh = h / (heads / kv_heads);
+            for i in 0..n {
+                let s: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        (0..d)
+                            .map(|x| q[(i * heads + h) * d + x] as f64 * k[(j * kv_heads + kvh) * d + x] as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for x in 0..d {
+                    let acc: f64 = (0..=i).map(|j| e[j] / z * v[(j * kv_heads + kvh) * d + x] as f64).sum();
+                    out[(i * heads + h) * d + x] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// A full sequence of `total` tokens: random q/k/v, K/V written into a fresh pool at
+    /// deliberately shuffled (non-contiguous) slots.
+    struct Setup {
+        pool: TokenToKvPool,
+        slots: Vec<u32>,
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+    }
+
+    fn setup(total: usize, dtype: KvDtype, seed: u64) -> Setup {
+        let mut rng = Rng(seed);
+        let row = KV_HEADS * HEAD_DIM;
+        let q = rng.vec(total * HEADS * HEAD_DIM);
+        let k = rng.vec(total * row);
+        let v = rng.vec(total * row);
+        let mut pool = TokenToKvPool::new(64, 2, KV_HEADS, HEAD_DIM, dtype);
+        let junk = pool.alloc(5).unwrap();
+        let mut slots = pool.alloc(total).unwrap();
+        pool.free(&junk).unwrap();
+        slots.reverse();
+        pool.set_kv(1, &slots, &k, &v).unwrap();
+        Setup { pool, slots, q, k, v }
+    }
+
+    fn bf16_round(x: &[f32]) -> Vec<f32> {
+        x.iter().map(|&a| half::bf16::from_f32(a).to_f32()).collect()
+    }
+
+    fn check_extend(prefix: usize, new: usize, dtype: KvDtype, tol: f32) {
+        let total = prefix + new;
+        let s = setup(total, dtype, 0x9E37_79B9 + total as u64);
+        let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+        let qrow = HEADS * HEAD_DIM;
+        let (k, v) = match dtype {
+            KvDtype::F32 => (s.k.clone(), s.v.clone()),
+            KvDtype::BF16 => (bf16_round(&s.k), bf16_round(&s.v)),
+        };
+        let reference = naive(&s.q, &k, &v, total, HEADS, KV_HEADS, HEAD_DIM);
+
+        // Full prefill.
+        let full = extend_attention(&s.q, [total, HEADS, HEAD_DIM], &s.pool, 1, &s.slots, 0, scale).unwrap();
+        assert!(
+            max_diff(&full, &reference) < tol,
+            "full prefill diff {}",
+            max_diff(&full, &reference)
+        );
+
+        // Extend over a cached prefix: equal to the last rows of the full prefill.
+        let ext = extend_attention(
+            &s.q[prefix * qrow..],
+            [new, HEADS, HEAD_DIM],
+            &s.pool,
+            1,
+            &s.slots,
+            prefix,
+            scale,
+        )
+        .unwrap();
+        let d = max_diff(&ext, &full[prefix * qrow..]);
+        assert!(d < 1e-5, "extend vs full prefill ({prefix}+{new}): {d}");
+        let d = max_diff(&ext, &reference[prefix * qrow..]);
+        assert!(d < tol, "extend vs naive ({prefix}+{new}): {d}");
+
+        // The reference in f32 storage vs the actual (unrounded) data when bf16: within bf16 tolerance.
+        if dtype == KvDtype::BF16 {
+            let exact = naive(&s.q, &s.k, &s.v, total, HEADS, KV_HEADS, HEAD_DIM);
+            let d = max_diff(&full, &exact);
+            assert!(d < 2e-2, "bf16 KV vs f32 reference: {d}");
+        }
+    }
+
+    #[test]
+    fn extend_no_prefix() {
+        check_extend(0, 7, KvDtype::F32, 1e-5);
+    }
+
+    #[test]
+    fn extend_with_prefix() {
+        check_extend(5, 3, KvDtype::F32, 1e-5);
+    }
+
+    #[test]
+    fn extend_bf16_kv() {
+        check_extend(0, 7, KvDtype::BF16, 1e-5);
+        check_extend(5, 3, KvDtype::BF16, 1e-5);
+    }
+
+    #[test]
+    fn decode_after_prefix() {
+        for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::BF16, 2e-2)] {
+            let prefix = 9;
+            let total = prefix + 1;
+            let s = setup(total, dtype, 42);
+            let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+            let qrow = HEADS * HEAD_DIM;
+            let reference = naive(&s.q, &s.k, &s.v, total, HEADS, KV_HEADS, HEAD_DIM);
+            let full = extend_attention(&s.q, [total, HEADS, HEAD_DIM], &s.pool, 1, &s.slots, 0, scale).unwrap();
+            let dec =
+                decode_attention(&s.q[prefix * qrow..], [1, HEADS, HEAD_DIM], &s.pool, 1, &s.slots, scale).unwrap();
+            assert_eq!(dec.len(), qrow);
+            assert!(max_diff(&dec, &full[prefix * qrow..]) < 1e-5);
+            let d = max_diff(&dec, &reference[prefix * qrow..]);
+            assert!(d < tol, "decode vs naive ({dtype:?}): {d}");
+        }
+    }
+
+    #[test]
+    fn gqa_groups_share_kv_head() {
+        // Identical queries in heads 0..4 (KV head 0) give identical outputs; head 4 (KV head 1) differs.
+        let s = setup(4, KvDtype::F32, 7);
+        let mut q = s.q[..HEADS * HEAD_DIM].to_vec();
+        for h in 1..HEADS {
+            let (a, b) = q.split_at_mut(h * HEAD_DIM);
+            b[..HEAD_DIM].copy_from_slice(&a[..HEAD_DIM]);
+        }
+        let out = decode_attention(&q, [1, HEADS, HEAD_DIM], &s.pool, 1, &s.slots, 0.125).unwrap();
+        let head = |h: usize| &out[h * HEAD_DIM..(h + 1) * HEAD_DIM];
+        for h in 1..4 {
+            assert_eq!(head(h), head(0));
+        }
+        assert_ne!(head(4), head(0));
+        for h in 5..8 {
+            assert_eq!(head(h), head(4));
+        }
+    }
+
+    #[test]
+    fn stable_softmax_large_scores() {
+        let mut pool = TokenToKvPool::new(4, 1, 1, 1, KvDtype::F32);
+        let slots = pool.alloc(2).unwrap();
+        pool.set_kv(0, &slots, &[1000.0, 999.0], &[1.0, 3.0]).unwrap();
+        let out = decode_attention(&[1.0], [1, 1, 1], &pool, 0, &slots, 1.0).unwrap();
+        let e = (-1.0f32).exp();
+        let expected = (1.0 + 3.0 * e) / (1.0 + e);
+        assert!(out[0].is_finite() && (out[0] - expected).abs() < 1e-5, "{}", out[0]);
+    }
+
+    #[test]
+    fn dim_validation() {
+        let s = setup(4, KvDtype::F32, 3);
+        let q = &s.q[..2 * HEADS * HEAD_DIM];
+        let ext = |q: &[f32], dims, prefix| extend_attention(q, dims, &s.pool, 1, &s.slots, prefix, 1.0);
+        assert!(ext(q, [2, HEADS, HEAD_DIM], 2).is_ok());
+        assert!(matches!(
+            ext(q, [3, HEADS, HEAD_DIM], 2),
+            Err(MemCacheError::Shape { .. })
+        ));
+        assert!(matches!(
+            ext(q, [2, HEADS, HEAD_DIM], 5),
+            Err(MemCacheError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            ext(&q[1..], [2, HEADS, HEAD_DIM], 2),
+            Err(MemCacheError::Shape { .. })
+        ));
+        assert!(matches!(
+            ext(q, [2, HEADS * 2, HEAD_DIM / 2], 2),
+            Err(MemCacheError::Shape { .. })
+        ));
+        let q3 = &s.q[..2 * 3 * HEAD_DIM];
+        let err = ext(q3, [2, 3, HEAD_DIM], 2).unwrap_err();
+        assert!(err.to_string().contains("multiple of num_kv_heads 2"), "{err}");
+        assert!(matches!(
+            extend_attention(q, [2, HEADS, HEAD_DIM], &s.pool, 2, &s.slots, 2, 1.0),
+            Err(MemCacheError::LayerOutOfRange { .. })
+        ));
+        assert!(matches!(
+            extend_attention(q, [2, HEADS, HEAD_DIM], &s.pool, 1, &[1, 2, 3, 999], 2, 1.0),
+            Err(MemCacheError::KvSlotOutOfRange { .. })
+        ));
+        let one = &s.q[..HEADS * HEAD_DIM];
+        assert!(decode_attention(q, [2, HEADS, HEAD_DIM], &s.pool, 1, &s.slots, 1.0).is_err());
+        assert!(decode_attention(one, [1, HEADS, HEAD_DIM], &s.pool, 1, &[], 1.0).is_err());
+        assert!(ext(&[], [0, HEADS, HEAD_DIM], 4).unwrap().is_empty());
+    }
+}
