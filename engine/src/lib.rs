@@ -2,8 +2,10 @@
 //!
 //! The mllm-rs serving stack (HTTP server, tokenizer, scheduler, model
 //! runner, KV cache, models, quantization) on top of `mllm-kernel`. So far:
-//! the CPU tensor type ([`tensor`]) and the checkpoint loaders ([`loader`]:
-//! HF config, safetensors, GGUF); models, KV cache, runner and server follow.
+//! the CPU tensor type ([`tensor`]), the checkpoint loaders ([`loader`]: HF
+//! config, safetensors, GGUF), the KV pools and CPU paged attention
+//! ([`mem_cache`]) and the sampler ([`executor::sampler`]); models, the model
+//! runner and the server follow.
 
 pub mod executor;
 pub mod loader;
