@@ -19,7 +19,7 @@ pub enum LoadedKernel {
     Module {
         module: Arc<CudaModule>,
         functions: Mutex<HashMap<String, CudaFunction>>,
-        limits: Mutex<HashMap<(String, u32), LaunchLimits>>,
+        max_threads: Mutex<HashMap<String, u32>>,
         origin: String,
     },
     /// A JIT-built shared object exporting the C ABI (nvcc kernels).
@@ -27,15 +27,6 @@ pub enum LoadedKernel {
     /// The AOT static library linked into this binary.
     #[cfg(feature = "aot")]
     Linked,
-}
-
-/// What the driver allows for one function at one block size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LaunchLimits {
-    /// Most threads per block (registers can make it < 1024).
-    pub max_threads: u32,
-    /// Resident blocks per SM at the requested block size (0 if too large).
-    pub blocks_per_sm: u32,
 }
 
 /// `mllm_per_token_quant_int8` of `mllm_kernel.h`.
@@ -75,29 +66,21 @@ impl LoadedKernel {
         Ok(f)
     }
 
-    /// Launch limits of a module function at `threads` per block, queried once.
-    pub fn limits(&self, kernel: KernelId, symbol: &str, threads: u32) -> Result<LaunchLimits> {
-        let LoadedKernel::Module { limits, .. } = self else {
+    /// Most threads per block a module function allows (registers can make
+    /// it < 1024), queried from the driver once per symbol.
+    pub fn max_threads(&self, kernel: KernelId, symbol: &str) -> Result<u32> {
+        let LoadedKernel::Module { max_threads, .. } = self else {
             return Err(missing(kernel, symbol, "not a cubin kernel"));
         };
-        if let Some(l) = limits.lock().unwrap().get(&(symbol.to_string(), threads)) {
-            return Ok(*l);
+        if let Some(&n) = max_threads.lock().unwrap().get(symbol) {
+            return Ok(n);
         }
-        let f = self.function(kernel, symbol)?;
-        let ctx = |what: &str| format!("{what} of {symbol}");
-        let max_threads = f.max_threads_per_block().map_err(Error::driver(ctx("max threads")))? as u32;
-        let blocks_per_sm = if threads <= max_threads {
-            f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
-                .map_err(Error::driver(ctx("occupancy")))?
-        } else {
-            0
-        };
-        let l = LaunchLimits {
-            max_threads,
-            blocks_per_sm,
-        };
-        limits.lock().unwrap().insert((symbol.to_string(), threads), l);
-        Ok(l)
+        let n = self
+            .function(kernel, symbol)?
+            .max_threads_per_block()
+            .map_err(Error::driver(format!("max threads of {symbol}")))? as u32;
+        max_threads.lock().unwrap().insert(symbol.to_string(), n);
+        Ok(n)
     }
 
     /// The launcher of `per_token_quant_int8`.
@@ -147,7 +130,7 @@ pub(crate) fn load_kernel(gpu: &Gpu, build: KernelBuild) -> Result<LoadedKernel>
             Ok(LoadedKernel::Module {
                 module: load_cubin(gpu, bytes).map_err(|e| bad(e.to_string()))?,
                 functions: Mutex::new(HashMap::new()),
-                limits: Mutex::new(HashMap::new()),
+                max_threads: Mutex::new(HashMap::new()),
                 origin,
             })
         }
@@ -174,7 +157,7 @@ fn load_aot(gpu: &Gpu, id: KernelId) -> Result<Option<LoadedKernel>> {
         return Ok(Some(LoadedKernel::Module {
             module,
             functions: Mutex::new(HashMap::new()),
-            limits: Mutex::new(HashMap::new()),
+            max_threads: Mutex::new(HashMap::new()),
             origin: format!("aot ({arch})"),
         }));
     }

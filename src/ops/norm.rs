@@ -149,7 +149,7 @@ fn launch_shape(
     let name = symbol(fused, dtype);
     let f = kernel.function(KernelId::RmsNorm, &name)?;
     let want = threads_per_row(cols, dtype);
-    let max = kernel.limits(KernelId::RmsNorm, &name, want)?.max_threads;
+    let max = kernel.max_threads(KernelId::RmsNorm, &name)?;
     let config = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (want.min(max / 32 * 32).max(32), 1, 1),

@@ -283,18 +283,14 @@ impl TokenToKvPool {
     /// `[slots.len(), num_kv_heads, head_dim]` (converted to the storage dtype). Slot 0 (padding)
     /// may be written; slots need not be allocated. Validates everything before writing.
     pub fn set_kv(&mut self, layer: usize, slots: &[u32], k_rows: &[f32], v_rows: &[f32]) -> Result<()> {
-        self.check_layer(layer)?;
-        self.check_slots(slots)?;
-        let row = self.row_len();
-        let expected = slots.len() * row;
-        for (what, got) in [
-            ("set_kv k_rows length", k_rows.len()),
-            ("set_kv v_rows length", v_rows.len()),
-        ] {
-            if got != expected {
-                return Err(MemCacheError::Shape { what, expected, got });
-            }
-        }
+        let row = self.check_rows(
+            layer,
+            slots,
+            [
+                ("set_kv k_rows length", k_rows.len()),
+                ("set_kv v_rows length", v_rows.len()),
+            ],
+        )?;
         for (i, &s) in slots.iter().enumerate() {
             let off = s as usize * row;
             self.k_buffers[layer].write_f32(off, &k_rows[i * row..(i + 1) * row]);
@@ -303,21 +299,31 @@ impl TokenToKvPool {
         Ok(())
     }
 
-    /// Gathers K and V of `slots` of `layer` into `k_out`/`v_out` as f32,
-    /// `[slots.len(), num_kv_heads, head_dim]`.
-    pub fn gather_kv(&self, layer: usize, slots: &[u32], k_out: &mut [f32], v_out: &mut [f32]) -> Result<()> {
+    /// Validates `layer`, `slots` and that each buffer holds `slots.len()` rows; returns the row length.
+    fn check_rows(&self, layer: usize, slots: &[u32], buffers: [(&'static str, usize); 2]) -> Result<usize> {
         self.check_layer(layer)?;
         self.check_slots(slots)?;
         let row = self.row_len();
         let expected = slots.len() * row;
-        for (what, got) in [
-            ("gather_kv k_out length", k_out.len()),
-            ("gather_kv v_out length", v_out.len()),
-        ] {
+        for (what, got) in buffers {
             if got != expected {
                 return Err(MemCacheError::Shape { what, expected, got });
             }
         }
+        Ok(row)
+    }
+
+    /// Gathers K and V of `slots` of `layer` into `k_out`/`v_out` as f32,
+    /// `[slots.len(), num_kv_heads, head_dim]`.
+    pub fn gather_kv(&self, layer: usize, slots: &[u32], k_out: &mut [f32], v_out: &mut [f32]) -> Result<()> {
+        let row = self.check_rows(
+            layer,
+            slots,
+            [
+                ("gather_kv k_out length", k_out.len()),
+                ("gather_kv v_out length", v_out.len()),
+            ],
+        )?;
         for (i, &s) in slots.iter().enumerate() {
             let off = s as usize * row;
             self.k_buffers[layer].read_f32(off, &mut k_out[i * row..(i + 1) * row]);

@@ -650,24 +650,18 @@ impl Deref for Storage {
 /// A parsed GGUF file over a memory map (or an in-memory buffer).
 pub struct GgufFile {
     data: Storage,
-    version: u32,
-    metadata: Vec<(String, GgufValue)>,
-    key_index: HashMap<String, usize>,
-    tensors: Vec<GgufTensorInfo>,
-    tensor_index: HashMap<String, usize>,
-    alignment: u64,
-    data_offset: usize,
+    parsed: Parsed,
 }
 
 impl fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GgufFile")
-            .field("version", &self.version)
+            .field("version", &self.parsed.version)
             .field("len", &self.data.len())
-            .field("metadata_keys", &self.metadata.len())
-            .field("tensors", &self.tensors.len())
-            .field("alignment", &self.alignment)
-            .field("data_offset", &self.data_offset)
+            .field("metadata_keys", &self.parsed.metadata.len())
+            .field("tensors", &self.parsed.tensors.len())
+            .field("alignment", &self.parsed.alignment)
+            .field("data_offset", &self.parsed.data_offset)
             .finish()
     }
 }
@@ -712,41 +706,32 @@ impl GgufFile {
 
     fn from_storage(data: Storage) -> Result<Self> {
         let parsed = parse(&data)?;
-        Ok(GgufFile {
-            data,
-            version: parsed.version,
-            metadata: parsed.metadata,
-            key_index: parsed.key_index,
-            tensors: parsed.tensors,
-            tensor_index: parsed.tensor_index,
-            alignment: parsed.alignment,
-            data_offset: parsed.data_offset,
-        })
+        Ok(GgufFile { data, parsed })
     }
 
     /// The GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
-        self.version
+        self.parsed.version
     }
 
     /// The data-section alignment (`general.alignment`, default 32).
     pub fn alignment(&self) -> u64 {
-        self.alignment
+        self.parsed.alignment
     }
 
     /// Absolute byte offset of the tensor data section.
     pub fn data_offset(&self) -> usize {
-        self.data_offset
+        self.parsed.data_offset
     }
 
     /// All metadata key/values, in file order.
     pub fn metadata(&self) -> &[(String, GgufValue)] {
-        &self.metadata
+        &self.parsed.metadata
     }
 
     /// The metadata value for `key`.
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
-        self.key_index.get(key).map(|&i| &self.metadata[i].1)
+        self.parsed.key_index.get(key).map(|&i| &self.parsed.metadata[i].1)
     }
 
     /// A string metadata value.
@@ -798,17 +783,17 @@ impl GgufFile {
 
     /// Tensor infos, in file order.
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = &GgufTensorInfo> + '_ {
-        self.tensors.iter()
+        self.parsed.tensors.iter()
     }
 
     /// Number of tensors.
     pub fn tensor_count(&self) -> usize {
-        self.tensors.len()
+        self.parsed.tensors.len()
     }
 
     /// The info for tensor `name`.
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
-        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+        self.parsed.tensor_index.get(name).map(|&i| &self.parsed.tensors[i])
     }
 
     fn require(&self, name: &str) -> Result<&GgufTensorInfo> {
@@ -823,7 +808,7 @@ impl GgufFile {
     }
 
     fn bytes_of(&self, info: &GgufTensorInfo) -> &[u8] {
-        let start = self.data_offset + info.offset as usize;
+        let start = self.parsed.data_offset + info.offset as usize;
         &self.data[start..start + info.n_bytes]
     }
 
@@ -844,6 +829,7 @@ impl GgufFile {
     }
 }
 
+/// What parsing the header, metadata and tensor infos yields.
 struct Parsed {
     version: u32,
     metadata: Vec<(String, GgufValue)>,
