@@ -21,6 +21,7 @@ fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let csrc = root.join("csrc");
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc");
     for var in [
         "MLLM_CUDA_ARCHS",
@@ -169,6 +170,7 @@ fn bind_header(header: &Path, out: &Path) {
             .allowlist_type("mllm_.*")
             .rustified_enum("mllm_dtype_t")
             .newtype_enum("mllm_status_t")
+            .newtype_enum("mllm_int8_mm_config_t")
             .layout_tests(false)
             .derive_debug(true)
     };

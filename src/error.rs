@@ -106,6 +106,13 @@ pub enum Error {
         error: cudarc::driver::DriverError,
     },
 
+    #[error("{op} is not supported on {arch}: {reason}")]
+    UnsupportedArch {
+        op: &'static str,
+        arch: String,
+        reason: String,
+    },
+
     #[error("kernel `{kernel}` failed: {reason}")]
     KernelLaunch { kernel: String, reason: String },
 

@@ -5,7 +5,7 @@
 //! (`~/.cache/mllm_kernel`), or ahead of time with the `aot` feature.
 //!
 //! * [`ops`]: the stable op API (validate, then launch on a [`Gpu`]'s stream).
-//! * [`reference`]: CPU references, the oracle of every kernel test.
+//! * [`reference`](mod@reference): CPU references, the oracle of every kernel test.
 //! * [`jit`]: cache keys, locking, compilation, cache inspection.
 //!
 //! Building this crate needs no CUDA: the driver and NVRTC are loaded at run

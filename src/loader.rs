@@ -8,7 +8,7 @@ use cudarc::driver::{CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
 use crate::device::Gpu;
-use crate::ffi::dynamic::{mllm_dtype_t, mllm_result_t, mllm_stream_t, MllmKernelLib};
+use crate::ffi::dynamic::{mllm_dtype_t, mllm_int8_mm_args_t, mllm_result_t, mllm_stream_t, MllmKernelLib};
 use crate::jit::{Compiler, JitCache, KernelSpec};
 use crate::registry::{KernelBuild, KernelId};
 use crate::{Error, Result};
@@ -39,6 +39,40 @@ pub type PerTokenQuantInt8Fn = unsafe extern "C" fn(
     mllm_dtype_t,
     mllm_stream_t,
 ) -> mllm_result_t;
+
+/// `mllm_int8_scaled_mm_sm80` / `_sm90` of `mllm_kernel.h`.
+pub type Int8ScaledMmFn = unsafe extern "C" fn(*const mllm_int8_mm_args_t, i32, mllm_stream_t) -> mllm_result_t;
+
+/// `mllm_int8_scaled_mm_dynamic_sm80` of `mllm_kernel.h`.
+pub type Int8ScaledMmDynamicFn = unsafe extern "C" fn(
+    *const std::ffi::c_void,
+    mllm_dtype_t,
+    *mut i8,
+    *mut f32,
+    *const mllm_int8_mm_args_t,
+    i32,
+    mllm_stream_t,
+) -> mllm_result_t;
+
+/// A C-ABI launcher of an nvcc kernel: from the shared object, or linked in.
+macro_rules! c_launcher {
+    ($(#[$doc:meta])* $method:ident, $symbol:ident, $ty:ty, $kernel:expr) => {
+        $(#[$doc])*
+        pub fn $method(&self) -> Result<$ty> {
+            let symbol = stringify!($symbol);
+            match self {
+                LoadedKernel::Library { lib, .. } => lib
+                    .$symbol
+                    .as_ref()
+                    .copied()
+                    .map_err(|e| missing($kernel, symbol, &e.to_string())),
+                #[cfg(feature = "aot")]
+                LoadedKernel::Linked => Ok(crate::ffi::linked::$symbol),
+                LoadedKernel::Module { .. } => Err(missing($kernel, symbol, "not a shared-object kernel")),
+            }
+        }
+    };
+}
 
 impl LoadedKernel {
     /// Where it came from: `aot` or the cache path.
@@ -83,24 +117,34 @@ impl LoadedKernel {
         Ok(n)
     }
 
-    /// The launcher of `per_token_quant_int8`.
-    pub fn per_token_quant_int8(&self) -> Result<PerTokenQuantInt8Fn> {
-        const SYMBOL: &str = "mllm_per_token_quant_int8";
-        match self {
-            LoadedKernel::Library { lib, .. } => lib
-                .mllm_per_token_quant_int8
-                .as_ref()
-                .copied()
-                .map_err(|e| missing(KernelId::PerTokenQuantInt8, SYMBOL, &e.to_string())),
-            #[cfg(feature = "aot")]
-            LoadedKernel::Linked => Ok(crate::ffi::linked::mllm_per_token_quant_int8),
-            LoadedKernel::Module { .. } => Err(missing(
-                KernelId::PerTokenQuantInt8,
-                SYMBOL,
-                "not a shared-object kernel",
-            )),
-        }
-    }
+    c_launcher!(
+        /// The launcher of `per_token_quant_int8`.
+        per_token_quant_int8,
+        mllm_per_token_quant_int8,
+        PerTokenQuantInt8Fn,
+        KernelId::PerTokenQuantInt8
+    );
+    c_launcher!(
+        /// The skinny + CUTLASS 2.x launcher of `int8_scaled_mm[sm80]`.
+        int8_scaled_mm_sm80,
+        mllm_int8_scaled_mm_sm80,
+        Int8ScaledMmFn,
+        KernelId::Int8ScaledMm
+    );
+    c_launcher!(
+        /// Quantize-then-GEMM launcher of `int8_scaled_mm[sm80]`.
+        int8_scaled_mm_dynamic_sm80,
+        mllm_int8_scaled_mm_dynamic_sm80,
+        Int8ScaledMmDynamicFn,
+        KernelId::Int8ScaledMm
+    );
+    c_launcher!(
+        /// The CUTLASS 3.x launcher of `int8_scaled_mm[sm90]`.
+        int8_scaled_mm_sm90,
+        mllm_int8_scaled_mm_sm90,
+        Int8ScaledMmFn,
+        KernelId::Int8ScaledMm
+    );
 }
 
 fn missing(kernel: KernelId, symbol: &str, why: &str) -> Error {

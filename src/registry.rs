@@ -63,6 +63,22 @@ impl KernelBuild {
         }
     }
 
+    /// Whether this build has code for `arch`. The CUTLASS 3.x half of
+    /// `int8_scaled_mm` is wgmma/TMA code that exists only for sm_90a.
+    ///
+    /// ```
+    /// use mllm_kernel::registry::KernelBuild;
+    /// let sm90 = &KernelBuild::parse("int8_scaled_mm[sm90]").unwrap()[0];
+    /// assert!(sm90.targets("sm_90a".parse().unwrap()));
+    /// assert!(!sm90.targets("sm_80".parse().unwrap()));
+    /// ```
+    pub fn targets(&self, arch: crate::jit::Arch) -> bool {
+        match (self.id, self.variant) {
+            (KernelId::Int8ScaledMm, Some("sm90")) => arch.major == 9 && arch.minor == 0 && arch.arch_specific,
+            _ => true,
+        }
+    }
+
     /// Every build of every registered kernel.
     pub fn all() -> Vec<Self> {
         KernelId::ALL.iter().flat_map(|id| Self::of(*id)).collect()

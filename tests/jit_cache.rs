@@ -135,7 +135,9 @@ fn concurrent_processes_compile_once() {
     let procs: Vec<_> = (0..4)
         .map(|_| {
             cli()
-                .args(["check", "--use-cache", "--arch", "sm_80"])
+                // The fast kernels: the CUTLASS GEMM would add minutes.
+                .args(["check", "--use-cache", "--arch", "sm_80", "--kernel", "rms_norm"])
+                .args(["--kernel", "per_token_quant_int8"])
                 .env("MLLM_KERNEL_CACHE_DIR", &root)
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -151,7 +153,11 @@ fn concurrent_processes_compile_once() {
         })
         .collect();
     let all = outputs.join("");
-    for build in KernelBuild::all() {
+    let builds = [
+        KernelBuild::parse("rms_norm").unwrap(),
+        KernelBuild::parse("per_token_quant_int8").unwrap(),
+    ];
+    for build in builds.concat() {
         let name = format!("{build} ");
         let compiled = all
             .lines()

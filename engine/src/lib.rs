@@ -7,10 +7,16 @@
 //! ([`mem_cache`]) and the sampler ([`executor::sampler`]); models, the model
 //! runner and the server follow.
 
+pub mod cli;
 pub mod executor;
+pub mod generation;
+pub mod hub;
+pub mod layers;
 pub mod loader;
 pub mod mem_cache;
+pub mod models;
 pub mod tensor;
+pub mod tokenizer;
 
 /// The engine's version, as `mllm --version` prints it.
 ///

@@ -18,6 +18,8 @@ pub enum BenchOp {
     RmsNorm,
     FusedAddRmsNorm,
     PerTokenQuantInt8,
+    /// W8A8 int8 GEMM vs cuBLASLt int8 and cuBLAS bf16 (Qwen3-8B shapes, 8192³).
+    Int8Mm,
     /// JIT cold compile and warm cache-hit load of every kernel.
     Jit,
     /// (internal) load one kernel from a warm cache and print microseconds.
@@ -39,6 +41,12 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 30)]
     pub repeats: usize,
+    /// int8-mm: the M values to run Qwen3-8B's layer shapes at.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,128,256,1024,4096")]
+    pub ms: Vec<usize>,
+    /// int8-mm: time every kernel config on every shape (the dispatch table's data).
+    #[arg(long)]
+    pub sweep: bool,
     /// Kernel for jit-load-once.
     #[arg(long, hide = true)]
     pub kernel: Option<String>,
@@ -54,6 +62,7 @@ pub fn run(env: &KernelEnv, args: BenchArgs) -> anyhow::Result<i32> {
         BenchOp::RmsNorm => BandwidthOp::RmsNorm,
         BenchOp::FusedAddRmsNorm => BandwidthOp::FusedAddRmsNorm,
         BenchOp::PerTokenQuantInt8 => BandwidthOp::PerTokenQuantInt8,
+        BenchOp::Int8Mm => return bench_int8_mm(env, &args, plan),
         BenchOp::Jit => return bench_jit(env, args.json),
         BenchOp::JitLoadOnce => return jit_load_once(env, args.kernel.as_deref()),
     };
@@ -104,6 +113,77 @@ fn print_rows(gpu: &Gpu, rows: &[BandwidthRow], json: bool) -> anyhow::Result<()
     Ok(())
 }
 
+fn bench_int8_mm(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow::Result<i32> {
+    if args.ms.contains(&0) {
+        anyhow::bail!("every --ms value must be > 0");
+    }
+    let gpu = Gpu::with_env(0, env.clone())?;
+    let rows = crate::bench::bench_int8_mm(&gpu, &crate::bench::default_shapes(&args.ms), plan, args.sweep)?;
+    let info = gpu.info();
+    if args.json {
+        for r in &rows {
+            let mut v = serde_json::to_value(r)?;
+            v["op"] = "int8_scaled_mm".into();
+            v["gpu"] = info.name.clone().into();
+            v["arch"] = gpu.arch().to_string().into();
+            v["driver"] = info.driver_version.clone().into();
+            println!("{v}");
+        }
+        return Ok(0);
+    }
+    println!(
+        "{} ({}), warmup {} / repeats {} x {} calls (median); TOPS = 2MNK / time",
+        info.name,
+        gpu.arch(),
+        plan.warmup,
+        plan.repeats,
+        plan.calls_per_repeat
+    );
+    println!(
+        "{:<18} {:>5} {:>6} {:>6} {:<34} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7} {:>6} {:>7} {:>8}",
+        "shape",
+        "M",
+        "N",
+        "K",
+        "config",
+        "us",
+        "TOPS",
+        "LtI8 us",
+        "LtTOPS",
+        "bf16 us",
+        "vs Lt",
+        "vsbf16",
+        "+quant",
+        "wBW/copy"
+    );
+    for r in &rows {
+        let opt = |v: Option<f64>, scale: f64| v.map_or("-".to_string(), |x| format!("{:.0}%", x * scale));
+        println!(
+            "{:<18} {:>5} {:>6} {:>6} {:<34} {:>9.2} {:>7.1} {:>9} {:>7} {:>9.2} {:>7} {:>5.2}x {:>7} {:>8}",
+            r.shape.label,
+            r.shape.m,
+            r.shape.n,
+            r.shape.k,
+            r.config,
+            r.median_us,
+            r.tops,
+            fixed(r.cublaslt_int8_us, 2, ""),
+            fixed(r.cublaslt_int8_tops, 1, ""),
+            r.cublas_bf16_us,
+            fixed(r.speedup_vs_cublaslt_int8, 2, "x"),
+            r.speedup_vs_cublas_bf16,
+            opt(r.dynamic_overhead, 100.0),
+            opt(r.weight_bw_ratio, 100.0),
+        );
+    }
+    Ok(0)
+}
+
+/// `12.34` + suffix, or `-` where the peer had no result.
+fn fixed(v: Option<f64>, digits: usize, suffix: &str) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}{suffix}"))
+}
+
 #[derive(Debug, Serialize)]
 struct JitRow {
     kernel: String,
@@ -134,7 +214,7 @@ fn bench_jit(env: &KernelEnv, json: bool) -> anyhow::Result<i32> {
     // The engine needs one dtype per kernel: time the bf16 builds.
     let builds = KernelBuild::all()
         .into_iter()
-        .filter(|b| b.variant.is_none_or(|v| v == "bf16"));
+        .filter(|b| b.targets(arch) && b.variant.is_none_or(|v| !matches!(v, "f32" | "f16")));
     for build in builds {
         let name = build.to_string();
         let start = Instant::now();

@@ -89,6 +89,10 @@ fn rebuild(env: &KernelEnv, kernel: Option<String>, archs: Vec<crate::jit::Arch>
     let mut failures = 0;
     for arch in &archs {
         for build in &builds {
+            if !build.targets(*arch) {
+                println!("skip  {build}: no code for {arch}");
+                continue;
+            }
             let spec = KernelSpec::for_build(*build);
             let start = std::time::Instant::now();
             match jit.rebuild(&spec, *arch) {

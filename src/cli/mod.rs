@@ -41,6 +41,9 @@ pub enum Command {
         /// Build into the real cache instead of a temp dir.
         #[arg(long)]
         use_cache: bool,
+        /// Only these kernels or builds (`rms_norm`, `'rms_norm[bf16]'`); default all.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
     },
     /// Time an op on the GPU with CUDA events.
     Bench(bench_cmd::BenchArgs),
@@ -78,7 +81,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Env => env_cmd::run(&env),
         Command::Cache { action } => cache_cmd::run(&env, action),
-        Command::Check { archs, use_cache } => check::run(&env, archs, use_cache),
+        Command::Check {
+            archs,
+            use_cache,
+            kernels,
+        } => check::run(&env, archs, use_cache, &kernels),
         Command::Bench(args) => bench_cmd::run(&env, args),
     }
 }

@@ -1,9 +1,14 @@
 //! The stable op API the engine calls. Each op validates shapes, dtypes and
 //! limits before any allocation or launch, then launches on the GPU's stream.
 
+mod int8_mm;
 mod norm;
 mod quant;
 
+pub use int8_mm::{
+    int8_scaled_mm, int8_scaled_mm_dynamic, int8_scaled_mm_dynamic_into, int8_scaled_mm_into, resolve_int8_mm_config,
+    select_int8_mm_config, validate_int8_scaled_mm, Int8MmConfig, Int8MmPath, Int8MmProblem,
+};
 pub use norm::{fused_add_rms_norm, rms_norm, rms_norm_into, validate_rms_norm};
 pub use quant::{per_token_quant_int8, per_token_quant_int8_into, validate_per_token_quant_int8};
 
@@ -16,6 +21,13 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
     match build.id {
         KernelId::RmsNorm => norm::symbols(build.variant),
         KernelId::PerTokenQuantInt8 => vec!["mllm_per_token_quant_int8".to_string()],
+        KernelId::Int8ScaledMm => match build.variant {
+            Some("sm90") => vec!["mllm_int8_scaled_mm_sm90".to_string()],
+            _ => vec![
+                "mllm_int8_scaled_mm_sm80".to_string(),
+                "mllm_int8_scaled_mm_dynamic_sm80".to_string(),
+            ],
+        },
     }
 }
 
@@ -100,5 +112,28 @@ pub(crate) fn expect_shape(op: &'static str, arg: &'static str, want: &[usize], 
         arg,
         expected: format!("{want:?}"),
         got: got.to_vec(),
+    })
+}
+
+/// Turns a C-ABI launcher's result into `Ok` or a launch error naming `op`.
+pub(crate) fn ffi_result(op: &'static str, result: crate::ffi::dynamic::mllm_result_t) -> Result<()> {
+    use crate::ffi::dynamic::mllm_status_t;
+    if result.status == mllm_status_t::MLLM_STATUS_OK {
+        return Ok(());
+    }
+    let message = if result.message.is_null() {
+        String::from("(no message)")
+    } else {
+        // SAFETY: the ABI promises a static NUL-terminated string.
+        unsafe { std::ffi::CStr::from_ptr(result.message) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    Err(Error::KernelLaunch {
+        kernel: op.to_string(),
+        reason: format!(
+            "status {} (cuda error {}): {message}",
+            result.status.0, result.cuda_error
+        ),
     })
 }

@@ -1,12 +1,11 @@
 //! Dynamic per-token int8 quantization (nvcc kernel `per_token_quant_int8`).
 
-use super::{expect_dtype, expect_float, expect_shape, rows_cols, Meta};
+use super::{expect_dtype, expect_float, expect_shape, ffi_result, rows_cols, Meta};
 use crate::device::Gpu;
 use crate::dtype::DType;
-use crate::ffi::dynamic::mllm_status_t;
 use crate::registry::{KernelBuild, KernelId};
 use crate::tensor::DeviceTensor;
-use crate::{Error, Result};
+use crate::Result;
 
 const OP: &str = "per_token_quant_int8";
 
@@ -72,24 +71,7 @@ pub fn per_token_quant_int8_into(
             stream.cu_stream() as _,
         )
     };
-    if result.status == mllm_status_t::MLLM_STATUS_OK {
-        return Ok(());
-    }
-    let message = if result.message.is_null() {
-        String::from("(no message)")
-    } else {
-        // SAFETY: the ABI promises a static NUL-terminated string.
-        unsafe { std::ffi::CStr::from_ptr(result.message) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    Err(Error::KernelLaunch {
-        kernel: OP.to_string(),
-        reason: format!(
-            "status {} (cuda error {}): {message}",
-            result.status.0, result.cuda_error
-        ),
-    })
+    ffi_result(OP, result)
 }
 
 #[cfg(test)]

@@ -1,3 +1,6 @@
-//! Request execution: per-request token sampling (more to come: batching, model runner glue).
+//! Request execution: [`forward_batch`] (batch layout and KV slot allocation),
+//! [`model_runner`] (model + KV pools + sampling) and [`sampler`].
 
+pub mod forward_batch;
+pub mod model_runner;
 pub mod sampler;

@@ -2,8 +2,8 @@
 //!
 //! Queries are row-major `[n_tokens, num_heads, head_dim]` f32 slices with their dims passed
 //! explicitly; K/V are gathered from the pool through a sequence's KV slot indices. With GQA,
-//! `num_heads / num_kv_heads` consecutive query heads share each KV head. Heads run in parallel
-//! with rayon; the softmax subtracts the row maximum.
+//! `num_heads / num_kv_heads` consecutive query heads share each KV head. Query tokens run in
+//! parallel with rayon (a few per task, all heads each); the softmax subtracts the row maximum.
 
 use rayon::prelude::*;
 
@@ -128,53 +128,108 @@ fn attend(
     let mut k = vec![0.0f32; seq_len * row];
     let mut v = vec![0.0f32; seq_len * row];
     pool.gather_kv(layer, kv_slots, &mut k, &mut v)?;
-    if n_new == 0 {
+    if expected == 0 {
         return Ok(Vec::new());
     }
 
     let group = num_heads / kv_heads;
-    // Per head: [n_new, head_dim].
-    let per_head: Vec<Vec<f32>> = (0..num_heads)
-        .into_par_iter()
-        .map(|h| {
-            let kvh = h / group;
-            let mut out = vec![0.0f32; n_new * head_dim];
-            let mut scores = vec![0.0f32; seq_len];
-            for i in 0..n_new {
-                let qi = &q[(i * num_heads + h) * head_dim..][..head_dim];
-                let visible = prefix_len + i + 1;
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in scores[..visible].iter_mut().enumerate() {
-                    let kj = &k[j * row + kvh * head_dim..][..head_dim];
-                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0.0f32;
-                for s in &mut scores[..visible] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                let oi = &mut out[i * head_dim..(i + 1) * head_dim];
-                for (j, &p) in scores[..visible].iter().enumerate() {
-                    let vj = &v[j * row + kvh * head_dim..][..head_dim];
-                    let w = p * inv;
-                    for (o, &x) in oi.iter_mut().zip(vj) {
-                        *o += w * x;
-                    }
-                }
-            }
-            out
-        })
-        .collect();
-
+    let qrow = num_heads * head_dim;
     let mut out = vec![0.0f32; expected];
-    for (h, oh) in per_head.iter().enumerate() {
-        for i in 0..n_new {
-            out[(i * num_heads + h) * head_dim..][..head_dim].copy_from_slice(&oh[i * head_dim..(i + 1) * head_dim]);
+    let shape = Shape {
+        num_heads,
+        head_dim,
+        group,
+        row,
+        prefix_len,
+        scale,
+    };
+    // Query tokens in parallel, a few per task (later tokens see more keys); all heads per token.
+    out.par_chunks_mut(QUERY_ROWS_PER_TASK * qrow)
+        .enumerate()
+        .for_each(|(t, o)| {
+            let i0 = t * QUERY_ROWS_PER_TASK;
+            let n = o.len() / qrow;
+            rows_dispatch(&q[i0 * qrow..(i0 + n) * qrow], i0, &k, &v, &shape, o);
+        });
+    Ok(out)
+}
+
+/// Query tokens per rayon task in [`attend`].
+const QUERY_ROWS_PER_TASK: usize = 4;
+
+/// Dimensions shared by every query row of one [`attend`] call.
+struct Shape {
+    num_heads: usize,
+    head_dim: usize,
+    /// Query heads per KV head.
+    group: usize,
+    /// Floats per gathered K/V token row (`kv_heads * head_dim`).
+    row: usize,
+    prefix_len: usize,
+    scale: f32,
+}
+
+/// Independent accumulators of [`dot`] (vectorized by LLVM).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let n = a.len() / LANES * LANES;
+    for (x, y) in a[..n].chunks_exact(LANES).zip(b[..n].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
         }
     }
-    Ok(out)
+    let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Attention of query tokens `i0..` (`q`: `[n, num_heads, head_dim]`) into `out` (same shape,
+/// zero-filled) over the gathered `k`/`v` (`[seq_len, kv_heads, head_dim]`).
+#[inline(always)]
+fn rows(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) {
+    let (d, row) = (s.head_dim, s.row);
+    let qrow = s.num_heads * d;
+    let mut scores = vec![0.0f32; s.prefix_len + i0 + q.len() / qrow];
+    for (ii, (qt, ot)) in q.chunks_exact(qrow).zip(out.chunks_exact_mut(qrow)).enumerate() {
+        let visible = s.prefix_len + i0 + ii + 1;
+        for (h, (qi, oi)) in qt.chunks_exact(d).zip(ot.chunks_exact_mut(d)).enumerate() {
+            let off = h / s.group * d;
+            let mut max = f32::NEG_INFINITY;
+            for (j, sc) in scores[..visible].iter_mut().enumerate() {
+                *sc = dot(qi, &k[j * row + off..][..d]) * s.scale;
+                max = max.max(*sc);
+            }
+            let mut sum = 0.0f32;
+            for sc in &mut scores[..visible] {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            let inv = 1.0 / sum;
+            for (j, &p) in scores[..visible].iter().enumerate() {
+                let w = p * inv;
+                for (o, &x) in oi.iter_mut().zip(&v[j * row + off..][..d]) {
+                    *o += w * x;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn rows_avx2(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) {
+    rows(q, i0, k, v, s, out)
+}
+
+fn rows_dispatch(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the enabled target features (checked just above).
+        return unsafe { rows_avx2(q, i0, k, v, s, out) };
+    }
+    rows(q, i0, k, v, s, out)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! their inputs may be any float dtype (weights can stay bf16/f16 in memory) and their outputs
 //! are f32.
 
+mod gemv;
 mod ops;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use thiserror::Error;
 
+pub use gemv::gemv_t;
 pub use ops::{cat, matmul_t};
 
 /// Element type of a tensor.
@@ -304,6 +306,25 @@ impl Tensor {
             dtype,
             storage: Storage::Cpu(CpuStorage {
                 source: src,
+                offset: 0,
+                len,
+            }),
+        }
+    }
+
+    /// An f32 tensor of `shape` whose zero-initialized values `fill` writes in place (no copy,
+    /// unlike [`Tensor::from_vec`]).
+    pub(crate) fn f32_filled(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> Tensor {
+        let n = numel(shape);
+        let len = n * 4;
+        let mut buf = vec![0u64; len.div_ceil(8)];
+        // SAFETY: `buf` holds `len` initialized (zero) bytes, 8-byte aligned (enough for f32).
+        fill(unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut f32, n) });
+        Self {
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            storage: Storage::Cpu(CpuStorage {
+                source: Arc::new(ByteSource::Owned(buf, len)),
                 offset: 0,
                 len,
             }),

@@ -53,6 +53,9 @@ impl SendPtr {
     }
 }
 
+/// Elements per rayon task of elementwise ops (smaller inputs run on one thread).
+const ELEMS_PER_TASK: usize = 1 << 14;
+
 /// Rows of `w` per gemm block (each converted to f32 independently when `w` is bf16/f16).
 const N_BLOCK: usize = 64;
 
@@ -92,12 +95,8 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let m = x.numel() / k.max(1);
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().unwrap() = n;
-    let mut out = vec![0f32; m * n];
-    if m == 0 || n == 0 {
-        return Tensor::from_vec(out, &out_shape);
-    }
-    if k == 0 {
-        return Tensor::from_vec(out, &out_shape);
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(Tensor::f32_filled(&out_shape, |_| {}));
     }
     let mut xbuf = Vec::new();
     let xs = f32_data(x, &mut xbuf)?;
@@ -117,53 +116,54 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     } else {
         &[]
     };
-    let dst = SendPtr(out.as_mut_ptr());
-    let blocks = n.div_ceil(N_BLOCK);
-    (0..blocks).into_par_iter().for_each(|b| {
-        let n0 = b * N_BLOCK;
-        let nb = N_BLOCK.min(n - n0);
-        let range = n0 * k..(n0 + nb) * k;
-        let mut conv = Vec::new();
-        let wblk: &[f32] = match wdtype {
-            DType::F32 => &wf32[range],
-            DType::BF16 => {
-                conv.resize(nb * k, 0f32);
-                wb16[range].convert_to_f32_slice(&mut conv);
-                &conv
+    Ok(Tensor::f32_filled(&out_shape, |out| {
+        let dst = SendPtr(out.as_mut_ptr());
+        let blocks = n.div_ceil(N_BLOCK);
+        (0..blocks).into_par_iter().for_each(|b| {
+            let n0 = b * N_BLOCK;
+            let nb = N_BLOCK.min(n - n0);
+            let range = n0 * k..(n0 + nb) * k;
+            let mut conv = Vec::new();
+            let wblk: &[f32] = match wdtype {
+                DType::F32 => &wf32[range],
+                DType::BF16 => {
+                    conv.resize(nb * k, 0f32);
+                    wb16[range].convert_to_f32_slice(&mut conv);
+                    &conv
+                }
+                _ => {
+                    conv.resize(nb * k, 0f32);
+                    wf16[range].convert_to_f32_slice(&mut conv);
+                    &conv
+                }
+            };
+            // SAFETY: dst is [m, n] row-major; this block writes only columns n0..n0+nb, disjoint from
+            // other blocks. lhs is x [m, k] row-major; rhs[kk][j] = wblk[j * k + kk] (wᵀ block, k × nb).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    nb,
+                    k,
+                    dst.get().add(n0),
+                    1,
+                    n as isize,
+                    false,
+                    xs.as_ptr(),
+                    1,
+                    k as isize,
+                    wblk.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
-            _ => {
-                conv.resize(nb * k, 0f32);
-                wf16[range].convert_to_f32_slice(&mut conv);
-                &conv
-            }
-        };
-        // SAFETY: dst is [m, n] row-major; this block writes only columns n0..n0+nb, disjoint from
-        // other blocks. lhs is x [m, k] row-major; rhs[kk][j] = wblk[j * k + kk] (wᵀ block, k × nb).
-        unsafe {
-            gemm::gemm(
-                m,
-                nb,
-                k,
-                dst.get().add(n0),
-                1,
-                n as isize,
-                false,
-                xs.as_ptr(),
-                1,
-                k as isize,
-                wblk.as_ptr(),
-                k as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    });
-    Tensor::from_vec(out, &out_shape)
+        });
+    }))
 }
 
 fn binary(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
@@ -182,17 +182,18 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 
     let mut bb = Vec::new();
     let av = f32_data(a, &mut ab)?;
     let bv = f32_data(b, &mut bb)?;
-    let mut out = vec![0f32; av.len()];
-    if !bv.is_empty() {
-        out.par_chunks_mut(bv.len())
-            .zip(av.par_chunks(bv.len()))
-            .for_each(|(o, x)| {
-                for ((o, &x), &y) in o.iter_mut().zip(x).zip(bv) {
-                    *o = f(x, y);
+    Ok(Tensor::f32_filled(sa, |out| {
+        if !bv.is_empty() {
+            let chunk = bv.len() * (ELEMS_PER_TASK / bv.len()).max(1);
+            out.par_chunks_mut(chunk).zip(av.par_chunks(chunk)).for_each(|(o, x)| {
+                for (o, x) in o.chunks_mut(bv.len()).zip(x.chunks(bv.len())) {
+                    for ((o, &x), &y) in o.iter_mut().zip(x).zip(bv) {
+                        *o = f(x, y);
+                    }
                 }
             });
-    }
-    Tensor::from_vec(out, sa)
+        }
+    }))
 }
 
 /// Applies `f` to each row (last dim) of a float tensor, returning f32 of the same shape.
@@ -201,9 +202,9 @@ fn rowwise(op: &'static str, x: &Tensor, f: impl Fn(&[f32], &mut [f32]) + Sync) 
     let d = last_dim(op, "x", x)?;
     let mut xb = Vec::new();
     let xv = f32_data(x, &mut xb)?;
-    let mut out = vec![0f32; xv.len()];
-    out.par_chunks_mut(d).zip(xv.par_chunks(d)).for_each(|(o, r)| f(r, o));
-    Tensor::from_vec(out, x.shape())
+    Ok(Tensor::f32_filled(x.shape(), |out| {
+        out.par_chunks_mut(d).zip(xv.par_chunks(d)).for_each(|(o, r)| f(r, o));
+    }))
 }
 
 impl Tensor {
@@ -223,8 +224,11 @@ impl Tensor {
         require_float("silu", "x", self)?;
         let mut b = Vec::new();
         let v = f32_data(self, &mut b)?;
-        let out: Vec<f32> = v.par_iter().map(|&x| x / (1.0 + (-x).exp())).collect();
-        Tensor::from_vec(out, self.shape())
+        Ok(Tensor::f32_filled(self.shape(), |out| {
+            out.par_chunks_mut(ELEMS_PER_TASK)
+                .zip(v.par_chunks(ELEMS_PER_TASK))
+                .for_each(|(o, v)| o.iter_mut().zip(v).for_each(|(o, &x)| *o = x / (1.0 + (-x).exp())));
+        }))
     }
 
     /// Numerically stable softmax over the last dim. Float input, f32 output.

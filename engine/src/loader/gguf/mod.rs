@@ -11,6 +11,7 @@
 //! the row length); [`GgufTensorInfo::ne`] exposes that raw order and
 //! [`GgufTensorInfo::shape`] the row-major (reversed) shape.
 
+pub mod config;
 mod dequant;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,12 @@ use crate::dtype::DType;
 use crate::tensor::DeviceTensor;
 use crate::{ops, Error, Result};
 
+mod blas;
+mod int8_mm;
+
+pub use blas::{CublasBf16Gemm, LtInt8Gemm};
+pub use int8_mm::{bench_int8_mm, default_shapes, GemmShape, Int8MmRow};
+
 /// How a timing was taken.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct TimingPlan {
@@ -85,7 +91,7 @@ pub fn copy_bandwidth(gpu: &Gpu, bytes: usize, plan: TimingPlan) -> Result<f64> 
 
 /// How many buffer sets of `bytes_per_set` to cycle through so the working
 /// set is at least 4x the L2 cache (capped at 64 sets).
-fn rotation(gpu: &Gpu, bytes_per_set: usize) -> Result<usize> {
+pub(crate) fn rotation(gpu: &Gpu, bytes_per_set: usize) -> Result<usize> {
     use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE;
     let l2 = gpu
         .context()
@@ -113,7 +119,7 @@ pub struct BandwidthRow {
     pub plan: TimingPlan,
 }
 
-fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
+pub(crate) fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
     let mut s = seed | 1;
     (0..n)
         .map(|_| {

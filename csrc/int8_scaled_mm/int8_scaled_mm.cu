@@ -1,0 +1,77 @@
+// W8A8 int8 scaled matmul: the C ABI entry points (see mllm_kernel.h).
+//
+// Builds: `int8_scaled_mm[sm80]` (skinny mma.sync kernels, CUTLASS 2.x
+// configs and the dynamic-quant path; any SM80+ arch) and
+// `int8_scaled_mm[sm90]` (CUTLASS 3.x; sm_90a). The AOT build compiles
+// both into one object. Which config runs is the caller's choice (the Rust
+// dispatch table); each entry point checks its arguments and the GPU.
+#include "common.cuh"
+
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_SM80)
+#include "dynamic_quant.cuh"
+#include "skinny.cuh"
+#include "sm80.cuh"
+
+namespace {
+using namespace mllm::int8_mm;
+
+mllm_result_t check_sm80(const mllm_int8_mm_args_t* args, int32_t config) {
+  mllm_result_t r = check_args(args);
+  if (r.status != MLLM_STATUS_OK) return r;
+  if (device_sm() < 80) return fail(MLLM_STATUS_UNSUPPORTED, "int8 tensor cores need SM80 or newer");
+  if (skinny::max_rows(config) == 0 && !sm80::is_config(config))
+    return fail(MLLM_STATUS_UNSUPPORTED, "unknown int8_scaled_mm config for the sm80 build");
+  if (skinny::max_rows(config) != 0 && args->m > skinny::max_rows(config))
+    return fail(MLLM_STATUS_INVALID_ARGUMENT, "m exceeds the rows this skinny config covers");
+  return ok();
+}
+
+mllm_result_t run_sm80(const mllm_int8_mm_args_t& p, int32_t config, cudaStream_t stream, bool programmatic) {
+  if (skinny::max_rows(config) != 0) return cuda_result(skinny::launch(p, config, stream, programmatic));
+  return sm80::run(p, config, stream);
+}
+}  // namespace
+
+extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm80(const mllm_int8_mm_args_t* args, int32_t config,
+                                                           mllm_stream_t stream) {
+  mllm_result_t r = check_sm80(args, config);
+  if (r.status != MLLM_STATUS_OK || args->m == 0) return r;
+  return run_sm80(*args, config, static_cast<cudaStream_t>(stream), false);
+}
+
+extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x, mllm_dtype_t x_dtype, int8_t* q,
+                                                                   float* q_scales,
+                                                                   const mllm_int8_mm_args_t* args,
+                                                                   int32_t config, mllm_stream_t stream) {
+  if (args == nullptr) return fail(MLLM_STATUS_INVALID_ARGUMENT, "args is NULL");
+  if (x_dtype != MLLM_DTYPE_F16 && x_dtype != MLLM_DTYPE_BF16)
+    return fail(MLLM_STATUS_UNSUPPORTED_DTYPE, "x must be f16 or bf16");
+  if ((args->m > 0 && (x == nullptr || q == nullptr || q_scales == nullptr)) || !aligned16(x) || !aligned16(q))
+    return fail(MLLM_STATUS_INVALID_ARGUMENT, "x, q and q_scales must be non-NULL and x, q 16-byte aligned");
+  mllm_int8_mm_args_t p = *args;
+  p.a = q;
+  p.scales_a = q_scales;
+  p.scales_a_per_row = 1;
+  mllm_result_t r = check_sm80(&p, config);
+  if (r.status != MLLM_STATUS_OK || p.m == 0) return r;
+  const auto s = static_cast<cudaStream_t>(stream);
+  r = cuda_result(dynamic_quant::launch(x, x_dtype, q, q_scales, p.m, p.k, s));
+  if (r.status != MLLM_STATUS_OK) return r;
+  // Programmatic dependent launch exists from SM90 on.
+  return run_sm80(p, config, s, device_sm() >= 90);
+}
+#endif
+
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_SM90)
+#include "sm90.cuh"
+
+extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm90(const mllm_int8_mm_args_t* args, int32_t config,
+                                                           mllm_stream_t stream) {
+  using namespace mllm::int8_mm;
+  mllm_result_t r = check_args(args);
+  if (r.status != MLLM_STATUS_OK) return r;
+  if (device_sm() != 90) return fail(MLLM_STATUS_UNSUPPORTED, "the SM90 int8_scaled_mm configs need an sm_90 GPU");
+  if (args->m == 0) return ok();
+  return sm90::run(*args, config, static_cast<cudaStream_t>(stream));
+}
+#endif

@@ -1,0 +1,113 @@
+// CUTLASS 3.x int8 GEMM for Hopper (sm_90a): TMA loads, wgmma, warp-
+// specialized Pingpong or Cooperative mainloops, persistent tile scheduler,
+// and the same fused epilogue as SM80 as a visitor tree:
+//   D = round(scale_a (col) * (scale_b (row) * acc) + bias (row)).
+// The broadcasts take a `bool` stride, so per-row/per-column vs scalar
+// scales are a run-time choice in one instantiation.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/util/packed_stride.hpp>
+
+#include "common.cuh"
+
+namespace mllm::int8_mm::sm90 {
+
+using namespace cute;
+namespace fusion = cutlass::epilogue::fusion;
+
+template <class Out, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule>
+struct Gemm {
+  static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<Out>::value;
+  using Acc = fusion::Sm90AccFetch;
+  using ScaleA = fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<bool, _0, _0>>;
+  using ScaleB = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, bool, _0>>;
+  // A null bias pointer reads as 0.
+  using Bias = fusion::Sm90RowBroadcast<0, TileShape, Out, Out, Stride<_0, _1, _0>>;
+  using TimesB = fusion::Sm90Compute<cutlass::multiplies, float, float, cutlass::FloatRoundStyle::round_to_nearest>;
+  using TimesAPlusBias =
+      fusion::Sm90Compute<cutlass::multiply_add, Out, float, cutlass::FloatRoundStyle::round_to_nearest>;
+  using Tree = fusion::Sm90EVT<TimesAPlusBias, ScaleA, fusion::Sm90EVT<TimesB, ScaleB, Acc>, Bias>;
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, cutlass::layout::RowMajor, kAlignOut,
+      Out, cutlass::layout::RowMajor, kAlignOut, EpilogueSchedule, Tree>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, cutlass::layout::RowMajor, 16, int8_t,
+      cutlass::layout::ColumnMajor, 16, int32_t, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename Epilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      cutlass::gemm::PersistentScheduler>;
+  using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static mllm_result_t run(const mllm_int8_mm_args_t& p, cudaStream_t stream) {
+    const int m = static_cast<int>(p.m), n = static_cast<int>(p.n), k = static_cast<int>(p.k);
+    using StrideA = typename Kernel::StrideA;
+    using StrideB = typename Kernel::StrideB;
+    using StrideD = typename Kernel::StrideD;
+    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, cute::make_shape(m, k, 1));
+    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, cute::make_shape(n, k, 1));
+    StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, cute::make_shape(m, n, 1));
+    typename Op::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                {m, n, k, 1},
+                                {p.a, sa, p.b, sb},
+                                {{}, nullptr, sd, static_cast<Out*>(p.out), sd}};
+    args.epilogue.thread = {
+        {p.scales_a, 0.f, {p.scales_a_per_row != 0, {}, {}}},
+        {{p.scales_b, 0.f, {{}, p.scales_b_per_col != 0, {}}}, {}, {}},
+        {static_cast<const Out*>(p.bias), Out(0), {}},
+        {},
+    };
+    Op op;
+    if (op.can_implement(args) != cutlass::Status::kSuccess)
+      return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM90 int8 GEMM cannot implement this problem");
+    if (Op::get_workspace_size(args) != 0)
+      return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM90 int8 GEMM unexpectedly needs a workspace");
+    cutlass::Status s = op.initialize(args, nullptr, stream);
+    if (s == cutlass::Status::kSuccess) s = op.run(stream);
+    if (s != cutlass::Status::kSuccess) {
+      cudaError_t e = cudaGetLastError();
+      return e != cudaSuccess ? cuda_result(e) : fail(MLLM_STATUS_CUDA_ERROR, cutlassGetStatusString(s));
+    }
+    return cuda_result(cudaGetLastError());
+  }
+};
+
+using Pingpong = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+using Cooperative = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+using EpiPingpong = cutlass::epilogue::TmaWarpSpecialized;
+using EpiCooperative = cutlass::epilogue::TmaWarpSpecializedCooperative;
+
+template <class Out>
+mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream) {
+  switch (config) {
+    case MLLM_INT8_MM_SM90_P64x128x128:
+      return Gemm<Out, Shape<_64, _128, _128>, Shape<_1, _1, _1>, Pingpong, EpiPingpong>::run(p, stream);
+    case MLLM_INT8_MM_SM90_P128x128x128:
+      return Gemm<Out, Shape<_128, _128, _128>, Shape<_1, _2, _1>, Pingpong, EpiPingpong>::run(p, stream);
+    case MLLM_INT8_MM_SM90_C128x256x128:
+      return Gemm<Out, Shape<_128, _256, _128>, Shape<_2, _1, _1>, Cooperative, EpiCooperative>::run(p, stream);
+    case MLLM_INT8_MM_SM90_C256x128x128:
+      return Gemm<Out, Shape<_256, _128, _128>, Shape<_1, _2, _1>, Cooperative, EpiCooperative>::run(p, stream);
+    default:
+      return fail(MLLM_STATUS_UNSUPPORTED, "not an SM90 int8_scaled_mm config");
+  }
+}
+
+inline mllm_result_t run(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream) {
+  return p.out_dtype == MLLM_DTYPE_BF16 ? run_typed<cutlass::bfloat16_t>(p, config, stream)
+                                        : run_typed<cutlass::half_t>(p, config, stream);
+}
+
+}  // namespace mllm::int8_mm::sm90

@@ -1,0 +1,366 @@
+//! `mllm bench-one-batch`: prefill of B random prompts of I tokens, then O-1 decode steps, like
+//! SGLang's `bench_one_batch`, on the CPU backend. Warmup runs are dropped.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::model_args::{load_source, ModelArgs};
+use super::record::{command_line, DeviceInfo, Revision};
+use crate::executor::forward_batch::{LogitsMode, SequenceInput};
+use crate::executor::model_runner::{ModelRunner, RunnerConfig};
+use crate::executor::sampler::{SamplingParams, SequenceState};
+use crate::generation::{Generator, ModelInfo, ModelSource};
+use crate::mem_cache::KvDtype;
+use crate::tensor::DType;
+
+/// How to get weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LoadFormat {
+    /// From the checkpoint (--model or the default model).
+    #[default]
+    Auto,
+    /// Random weights for --config (no checkpoint needed).
+    Dummy,
+}
+
+/// Arguments of `mllm bench-one-batch`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Sequences in the batch.
+    #[arg(long)]
+    pub batch_size: usize,
+    /// Prompt length in tokens.
+    #[arg(long)]
+    pub input_len: usize,
+    /// Generated tokens per sequence (1 from prefill, the rest from decode steps).
+    #[arg(long)]
+    pub output_len: usize,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// An HF config.json (file or directory) for --load-format dummy.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where the weights come from.
+    #[arg(long, value_enum, default_value_t = LoadFormat::Auto)]
+    pub load_format: LoadFormat,
+    /// Untimed runs before the measured ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Measured runs.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+    /// Seed of the random prompts (and of dummy weights).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON line per measured run on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Append the JSON lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Timings of one measured run.
+#[derive(Debug, Clone, Serialize)]
+struct Timings {
+    prefill_latency_s: f64,
+    prefill_throughput_tok_s: f64,
+    /// Median over decode steps (`None` with --output-len 1).
+    decode_median_latency_s: Option<f64>,
+    /// `batch_size / decode_median_latency_s`.
+    decode_throughput_tok_s: Option<f64>,
+    decode_total_s: f64,
+    total_latency_s: f64,
+    /// All prompt and generated tokens over the total latency.
+    total_throughput_tok_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Workload {
+    batch_size: usize,
+    input_len: usize,
+    output_len: usize,
+    temperature: f32,
+    warmup: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Flags {
+    radix_cache: bool,
+    cuda_graph: bool,
+    jit_compile_included: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ModelRecord {
+    model: String,
+    format: &'static str,
+    quant: String,
+    weight_dtype: String,
+    kv_dtype: &'static str,
+}
+
+/// One JSON line.
+#[derive(Debug, Clone, Serialize)]
+struct Record {
+    bench: &'static str,
+    #[serde(flatten)]
+    revision: Revision,
+    device: DeviceInfo,
+    #[serde(flatten)]
+    model: ModelRecord,
+    command: String,
+    #[serde(flatten)]
+    workload: Workload,
+    #[serde(flatten)]
+    flags: Flags,
+    repeat: usize,
+    timestamp: u64,
+    timings: Timings,
+}
+
+impl BenchArgs {
+    fn source(&self) -> anyhow::Result<ModelSource> {
+        match self.load_format {
+            LoadFormat::Dummy => {
+                let config = self
+                    .config
+                    .clone()
+                    .or_else(|| self.model.model.clone())
+                    .context("--load-format dummy needs --config config.json (or --model DIR holding one)")?;
+                if !config.exists() {
+                    bail!("invalid --config {}: no such file or directory", config.display());
+                }
+                let dtype = self.model.weight_dtype.dtype().unwrap_or(DType::F32);
+                Ok(ModelSource::Dummy {
+                    config,
+                    dtype,
+                    seed: self.seed,
+                })
+            }
+            LoadFormat::Auto if self.config.is_some() => {
+                bail!("--config is only read with --load-format dummy (a checkpoint brings its own config)")
+            }
+            LoadFormat::Auto => self.model.source(),
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        for (flag, v) in [
+            ("--batch-size", self.batch_size),
+            ("--input-len", self.input_len),
+            ("--output-len", self.output_len),
+            ("--repeats", self.repeats),
+        ] {
+            if v == 0 {
+                bail!("invalid {flag} 0: must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `mllm bench-one-batch`.
+pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let source = args.source()?;
+    let loaded = load_source(&source, args.model.weight_dtype)?;
+    let (b, i, o) = (args.batch_size, args.input_len, args.output_len);
+    let max_context = loaded.max_context();
+    if i + o > max_context {
+        bail!(
+            "--input-len {i} + --output-len {o} = {} exceeds the model's context window of {max_context} tokens",
+            i + o
+        );
+    }
+    let (model, _, info) = loaded.into_parts();
+    let vocab = model.config().vocab_size;
+    let kv_dtype = KvDtype::F32;
+    let cfg = RunnerConfig {
+        kv_budget_bytes: Generator::kv_bytes_for(model.config(), b * (i + o), kv_dtype),
+        kv_dtype,
+        max_running_requests: b,
+        max_context_len: i + o,
+    };
+    let mut runner = ModelRunner::new(model, cfg).context("cannot size the KV cache")?;
+    let prompts = random_prompts(b, i, vocab, args.seed);
+    let mut out_file = match &args.out {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open --out {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let revision = Revision::current();
+    let device = DeviceInfo::cpu();
+    for run in 0..args.warmup + args.repeats {
+        let t = one_batch(&mut runner, &prompts, o).with_context(|| format!("run {run} failed"))?;
+        let Some(repeat) = run.checked_sub(args.warmup) else {
+            eprintln!("mllm: warmup run {run} done ({:.3} s, dropped)", t.total_latency_s);
+            continue;
+        };
+        print_human(&info, args, repeat, &t);
+        let record = Record {
+            bench: "bench-one-batch",
+            revision: revision.clone(),
+            device: device.clone(),
+            model: model_record(&info, kv_dtype),
+            command: command_line(),
+            workload: Workload {
+                batch_size: b,
+                input_len: i,
+                output_len: o,
+                temperature: 0.0,
+                warmup: args.warmup,
+            },
+            flags: Flags {
+                radix_cache: false,
+                cuda_graph: false,
+                jit_compile_included: false,
+            },
+            repeat,
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            timings: t,
+        };
+        let line = serde_json::to_string(&record)?;
+        if args.json {
+            println!("{line}");
+        }
+        if let Some(f) = out_file.as_mut() {
+            writeln!(f, "{line}").context("cannot write --out")?;
+        }
+    }
+    Ok(())
+}
+
+fn model_record(info: &ModelInfo, kv_dtype: KvDtype) -> ModelRecord {
+    ModelRecord {
+        model: info.name.clone(),
+        format: info.format,
+        quant: info.quant.clone(),
+        weight_dtype: info.weight_dtype.clone(),
+        kv_dtype: match kv_dtype {
+            KvDtype::F32 => "f32",
+            KvDtype::BF16 => "bf16",
+        },
+    }
+}
+
+fn print_human(info: &ModelInfo, args: &BenchArgs, repeat: usize, t: &Timings) {
+    let decode = match (t.decode_throughput_tok_s, t.decode_median_latency_s) {
+        (Some(tp), Some(lat)) => format!("decode {tp:.1} tok/s (median step {:.2} ms)", lat * 1e3),
+        _ => "no decode steps".into(),
+    };
+    eprintln!(
+        "mllm: {} batch {} input {} output {} run {repeat}: prefill {:.1} tok/s ({:.2} ms), {decode}, total {:.3} s",
+        info.name,
+        args.batch_size,
+        args.input_len,
+        args.output_len,
+        t.prefill_throughput_tok_s,
+        t.prefill_latency_s * 1e3,
+        t.total_latency_s,
+    );
+}
+
+/// `batch` prompts of `len` tokens, uniform over the vocabulary (splitmix64).
+fn random_prompts(batch: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut s = seed;
+    let mut next = move || {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % vocab.max(1) as u64) as u32
+    };
+    (0..batch).map(|_| (0..len).map(|_| next()).collect()).collect()
+}
+
+/// One prefill + `output_len - 1` greedy decode steps; frees every slot afterwards.
+fn one_batch(runner: &mut ModelRunner, prompts: &[Vec<u32>], output_len: usize) -> anyhow::Result<Timings> {
+    let b = prompts.len();
+    let slots = runner.req_pool_mut().alloc(b)?;
+    let mut states = prompts
+        .iter()
+        .map(|p| SequenceState::new(SamplingParams::greedy(), p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut inputs: Vec<SequenceInput> = prompts
+        .iter()
+        .zip(&slots)
+        .map(|(p, &slot)| SequenceInput {
+            req_slot: slot,
+            prefix_len: 0,
+            new_tokens: p.clone(),
+        })
+        .collect();
+    let start = Instant::now();
+    let batch = runner.prepare(&inputs, LogitsMode::LastPerSequence)?;
+    let mut next = runner.step(&batch, &mut states)?;
+    let prefill = start.elapsed().as_secs_f64();
+    let mut steps = Vec::with_capacity(output_len.saturating_sub(1));
+    for _ in 1..output_len {
+        for (inp, out) in inputs.iter_mut().zip(&next) {
+            inp.prefix_len += inp.new_tokens.len();
+            inp.new_tokens = vec![out.token];
+        }
+        let t = Instant::now();
+        let batch = runner.prepare(&inputs, LogitsMode::LastPerSequence)?;
+        next = runner.step(&batch, &mut states)?;
+        steps.push(t.elapsed().as_secs_f64());
+    }
+    let total = start.elapsed().as_secs_f64();
+    for inp in &inputs {
+        runner.release(inp.req_slot, inp.prefix_len + inp.new_tokens.len())?;
+    }
+    let in_tokens = (b * prompts.first().map_or(0, Vec::len)) as f64;
+    let median = median(&mut steps);
+    Ok(Timings {
+        prefill_latency_s: prefill,
+        prefill_throughput_tok_s: in_tokens / prefill,
+        decode_median_latency_s: median,
+        decode_throughput_tok_s: median.map(|m| b as f64 / m),
+        decode_total_s: steps.iter().sum(),
+        total_latency_s: total,
+        total_throughput_tok_s: (in_tokens + (b * output_len) as f64) / total,
+    })
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, random_prompts};
+
+    #[test]
+    fn median_and_prompts() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        let p = random_prompts(3, 5, 7, 1);
+        assert_eq!((p.len(), p[0].len()), (3, 5));
+        assert!(p.iter().flatten().all(|&t| t < 7));
+        assert_ne!(p[0], p[1]);
+    }
+}

@@ -1,0 +1,260 @@
+//! Where a model comes from ([`ModelSource`]) and loading it with its tokenizer
+//! ([`LoadedModel`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::session::Generator;
+use super::{GenerationError, Result};
+use crate::loader::config::ModelConfig;
+use crate::loader::gguf::GgufFile;
+use crate::models::random::random_weights;
+use crate::models::{CausalLM, LoadOptions};
+use crate::tensor::DType;
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+/// Where to load a model from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// The embedded default (SmolLM2-135M-Instruct GGUF, fetched by [`crate::hub`]).
+    Default,
+    /// A GGUF file (weights, config and tokenizer in one).
+    Gguf(PathBuf),
+    /// An HF model directory (`config.json`, safetensors, `tokenizer.json`).
+    Dir(PathBuf),
+    /// Random weights for a `config.json` (a file, or a directory holding one); no tokenizer.
+    Dummy {
+        /// The config file or its directory.
+        config: PathBuf,
+        /// Storage dtype of the random weights.
+        dtype: DType,
+        /// RNG seed of the weights.
+        seed: u64,
+    },
+}
+
+impl ModelSource {
+    /// A GGUF file or an HF directory, decided by what `path` is.
+    ///
+    /// ```
+    /// use mllm_engine::generation::ModelSource;
+    /// let dir = std::env::temp_dir();
+    /// assert_eq!(ModelSource::from_path(&dir)?, ModelSource::Dir(dir.clone()));
+    /// assert!(ModelSource::from_path(dir.join("no-such-model.gguf")).is_err());
+    /// # Ok::<(), mllm_engine::generation::GenerationError>(())
+    /// ```
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bad = |reason: String| GenerationError::ModelPath {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot access it: {e}")))?;
+        if meta.is_dir() {
+            Ok(Self::Dir(path.to_path_buf()))
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            Ok(Self::Gguf(path.to_path_buf()))
+        } else {
+            Err(bad(
+                "expected a .gguf file or an HF model directory (config.json + safetensors)".into(),
+            ))
+        }
+    }
+}
+
+/// What was loaded, for logs and performance records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Model name (GGUF `general.name`, else the file or directory name).
+    pub name: String,
+    /// Checkpoint format: `gguf`, `safetensors` or `dummy`.
+    pub format: &'static str,
+    /// Quantization / dtype of the checkpoint, e.g. `Q4_1` or `bf16`.
+    pub quant: String,
+    /// Storage dtype of the weights in memory after loading (GGUF is dequantized).
+    pub weight_dtype: String,
+}
+
+/// A loaded model with its tokenizer (none for dummy weights).
+#[derive(Debug)]
+pub struct LoadedModel {
+    model: CausalLM,
+    tokenizer: Option<Tokenizer>,
+    info: ModelInfo,
+}
+
+impl LoadedModel {
+    /// Loads `source` (fetching the default model on first use).
+    pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
+        match source {
+            ModelSource::Default => Self::load_gguf(&crate::hub::default_model_path()?, opts),
+            ModelSource::Gguf(path) => Self::load_gguf(path, opts),
+            ModelSource::Dir(dir) => Self::load_dir(dir, opts),
+            ModelSource::Dummy { config, dtype, seed } => Self::load_dummy(config, *dtype, *seed),
+        }
+    }
+
+    fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let file = GgufFile::open(path).map_err(|source| GenerationError::Gguf {
+            path: path.into(),
+            source,
+        })?;
+        let config = ModelConfig::from_gguf(&file).map_err(|source| GenerationError::GgufConfig {
+            path: path.into(),
+            source,
+        })?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let model = CausalLM::from_gguf(&file, config, opts)?;
+        let name = file
+            .get_str("general.name")
+            .map(str::to_string)
+            .unwrap_or_else(|| file_name(path));
+        let info = ModelInfo {
+            name,
+            format: "gguf",
+            quant: gguf_quant(&file),
+            weight_dtype: opts.weight_dtype.unwrap_or(DType::F32).to_string(),
+        };
+        Ok(Self {
+            model,
+            tokenizer: Some(tokenizer),
+            info,
+        })
+    }
+
+    fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let model = CausalLM::from_dir(dir, opts)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        let quant = model.config().torch_dtype.clone().unwrap_or_else(|| "unknown".into());
+        let info = ModelInfo {
+            name: file_name(dir),
+            format: "safetensors",
+            weight_dtype: opts.weight_dtype.map_or_else(|| quant.clone(), |d| d.to_string()),
+            quant,
+        };
+        Ok(Self {
+            model,
+            tokenizer: Some(tokenizer),
+            info,
+        })
+    }
+
+    fn load_dummy(config: &Path, dtype: DType, seed: u64) -> Result<Self> {
+        let cfg = if config.is_dir() {
+            ModelConfig::from_dir(config)?
+        } else {
+            ModelConfig::from_file(config)?
+        };
+        let weights = random_weights(&cfg, seed, dtype)?;
+        let model = CausalLM::load(cfg, &weights, &LoadOptions::default())?;
+        let name = config_name(&model, config);
+        let info = ModelInfo {
+            name,
+            format: "dummy",
+            quant: dtype.to_string(),
+            weight_dtype: dtype.to_string(),
+        };
+        Ok(Self {
+            model,
+            tokenizer: None,
+            info,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &CausalLM {
+        &self.model
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    /// What was loaded.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The tokenizer; [`GenerationError::NoTokenizer`] for dummy weights.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| GenerationError::NoTokenizer {
+            model: self.info.name.clone(),
+        })
+    }
+
+    /// The model's context window (`max_position_embeddings`).
+    pub fn max_context(&self) -> usize {
+        self.config().max_position_embeddings
+    }
+
+    /// Renders a one-turn chat (optional system message, then `user`) with the model's chat
+    /// template and the generation prompt appended.
+    pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> Result<String> {
+        let template = self
+            .tokenizer()?
+            .chat_template()
+            .ok_or_else(|| GenerationError::NoChatTemplate {
+                model: self.info.name.clone(),
+            })?;
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = system {
+            messages.push(ChatMessage::new("system", system));
+        }
+        messages.push(ChatMessage::new("user", user));
+        Ok(template.render(&messages, true, None)?)
+    }
+
+    /// Checks that a prompt of `prompt_tokens` tokens leaves room for at least one generated
+    /// token in the model's context window.
+    pub fn check_prompt_len(&self, prompt_tokens: usize) -> Result<()> {
+        let max_context = self.max_context();
+        if prompt_tokens == 0 {
+            Err(GenerationError::EmptyPrompt)
+        } else if prompt_tokens >= max_context {
+            Err(GenerationError::PromptTooLong {
+                prompt_tokens,
+                max_context,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A [`Generator`] whose KV cache holds one sequence of up to `max_context_len` tokens.
+    pub fn into_generator(self, max_context_len: usize) -> Result<Generator> {
+        let tokenizer = self.tokenizer()?.clone();
+        Generator::new(self.model, tokenizer, self.info, max_context_len)
+    }
+
+    /// The model, its tokenizer and info.
+    pub fn into_parts(self) -> (CausalLM, Option<Tokenizer>, ModelInfo) {
+        (self.model, self.tokenizer, self.info)
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_stem()
+        .or_else(|| path.file_name())
+        .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// `<architecture> (<config file>)` for dummy models.
+fn config_name(model: &CausalLM, config: &Path) -> String {
+    let c = model.config();
+    let arch = c.architectures.first().unwrap_or(&c.model_type);
+    format!("{arch} ({})", config.display())
+}
+
+/// The ggml type holding most of the GGUF's weight elements (e.g. `Q4_1`); 1-D tensors (norms,
+/// biases) are left out as they stay f32 in every quantization.
+fn gguf_quant(file: &GgufFile) -> String {
+    let mut elems: HashMap<&'static str, u64> = HashMap::new();
+    for t in file.tensors().filter(|t| t.shape().len() > 1) {
+        *elems.entry(t.ggml_type().name()).or_default() += t.n_elements();
+    }
+    elems
+        .into_iter()
+        .max_by_key(|&(name, n)| (n, name))
+        .map_or_else(|| "unknown".into(), |(name, _)| name.to_string())
+}

@@ -1,0 +1,181 @@
+//! [`CausalLM`]: embedding → decoder layers → final norm → LM head, for every registered
+//! architecture, loaded from HF safetensors, a GGUF file or any [`WeightSource`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::arch::{lookup, ArchSpec};
+use super::decoder::DecoderLayer;
+use super::gguf::GgufWeights;
+use super::weights::{WeightReader, WeightSource};
+use super::{ModelError, Result};
+use crate::executor::forward_batch::ForwardBatch;
+use crate::layers::embedding::{Embedding, LmHead};
+use crate::layers::linear::{LinearMethod, UnquantizedLinearMethod};
+use crate::layers::norm::RmsNorm;
+use crate::layers::rotary::RotaryEmbedding;
+use crate::loader::config::ModelConfig;
+use crate::loader::gguf::GgufFile;
+use crate::loader::safetensors::SafetensorsModel;
+use crate::mem_cache::TokenToKvPool;
+use crate::tensor::{DType, Tensor};
+
+/// Options of loading a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Storage dtype of linear, embedding and LM-head weights (`None`: as in the checkpoint;
+    /// GGUF tensors are dequantized to f32). bf16 halves decode memory traffic on the CPU.
+    pub weight_dtype: Option<DType>,
+}
+
+/// A decoder-only causal language model.
+#[derive(Debug)]
+pub struct CausalLM {
+    config: ModelConfig,
+    arch: ArchSpec,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: LmHead,
+    rope: RotaryEmbedding,
+}
+
+impl CausalLM {
+    /// Loads an HF model directory (`config.json` + safetensors).
+    pub fn from_dir(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = ModelConfig::from_dir(dir).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        let st = SafetensorsModel::open(dir)?;
+        Self::load(config, &st, opts)
+    }
+
+    /// Loads a GGUF file's tensors for `config` (built from the GGUF metadata); the architecture
+    /// comes from `general.architecture`. Quantized tensors are dequantized.
+    pub fn from_gguf(file: &GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Self> {
+        let arch_name = file
+            .architecture()
+            .ok_or_else(|| ModelError::Invalid("GGUF has no general.architecture".into()))?;
+        let arch = lookup(arch_name)?;
+        let src = GgufWeights::new(file, &arch, config.num_attention_heads, config.num_key_value_heads);
+        Self::load_arch(config, arch, &src, opts)
+    }
+
+    /// Builds the model for `config.architectures[0]` (or `model_type`) from HF-named weights.
+    pub fn load(config: ModelConfig, src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
+        let name = config
+            .architectures
+            .first()
+            .cloned()
+            .unwrap_or_else(|| config.model_type.clone());
+        let arch = lookup(&name)?;
+        Self::load_arch(config, arch, src, opts)
+    }
+
+    fn load_arch(config: ModelConfig, arch: ArchSpec, src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
+        let mut w = WeightReader::new(src);
+        let method: Arc<dyn LinearMethod> = Arc::new(UnquantizedLinearMethod {
+            target: opts.weight_dtype,
+        });
+        let cast = |t: Tensor| -> Result<Tensor> {
+            Ok(match opts.weight_dtype {
+                Some(dt) => t.to_dtype(dt)?,
+                None => t,
+            })
+        };
+        let (v, h) = (config.vocab_size, config.hidden_size);
+        let embed = cast(w.take_shaped("model.embed_tokens.weight", &[v, h])?)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            layers.push(DecoderLayer::load(&config, &arch, i, &method, &mut w)?);
+        }
+        let norm = RmsNorm::new(w.take_shaped("model.norm.weight", &[h])?, config.rms_norm_eps as f32)?;
+        let lm_head = if config.tie_word_embeddings {
+            w.skip("lm_head.weight");
+            LmHead::new(embed.clone())?
+        } else {
+            LmHead::new(cast(w.take_shaped("lm_head.weight", &[v, h])?)?)?
+        };
+        w.finish()?;
+        let rope = RotaryEmbedding::new(
+            config.head_dim,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+            config.max_position_embeddings,
+        )?;
+        Ok(Self {
+            embed_tokens: Embedding::new(embed)?,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            arch,
+            config,
+        })
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The architecture variant.
+    pub fn arch(&self) -> &ArchSpec {
+        &self.arch
+    }
+
+    /// Runs the batch: `input_ids` / `positions` are the batch's new tokens (normally
+    /// `batch.input_ids` / `batch.positions`); K/V of every layer go to `pool`. Returns f32 logits
+    /// `[rows, vocab]` for [`ForwardBatch::logit_rows`] (last token per sequence, or all).
+    pub fn forward(
+        &self,
+        input_ids: &[u32],
+        positions: &[usize],
+        batch: &ForwardBatch,
+        pool: &mut TokenToKvPool,
+    ) -> Result<Tensor> {
+        if input_ids.len() != batch.num_tokens() || positions != batch.positions.as_slice() {
+            return Err(ModelError::Invalid(format!(
+                "forward: {} input ids / {} positions do not match the batch's {} tokens",
+                input_ids.len(),
+                positions.len(),
+                batch.num_tokens()
+            )));
+        }
+        if pool.num_layers() < self.layers.len() {
+            return Err(ModelError::Invalid(format!(
+                "KV pool has {} layers, the model {}",
+                pool.num_layers(),
+                self.layers.len()
+            )));
+        }
+        // One hop onto the rayon pool for the whole pass: each op's parallel loop then starts on a
+        // worker (the others steal) instead of the caller blocking on the pool once per op.
+        rayon::scope(|_| self.forward_layers(input_ids, batch, pool))
+    }
+
+    fn forward_layers(&self, input_ids: &[u32], batch: &ForwardBatch, pool: &mut TokenToKvPool) -> Result<Tensor> {
+        let mut x = self.embed_tokens.forward(input_ids)?;
+        let mut residual: Option<Tensor> = None;
+        for layer in &self.layers {
+            let (out, r) = layer.forward(&x, residual.as_ref(), &self.rope, batch, pool)?;
+            x = out;
+            residual = Some(r);
+        }
+        let rows = batch.logit_rows();
+        let (x, r) = if rows.len() == batch.num_tokens() {
+            (x, residual)
+        } else {
+            let pick = |t: &Tensor| -> Result<Tensor> {
+                let picked: Vec<Tensor> = rows
+                    .iter()
+                    .map(|&i| t.narrow_rows(i, 1))
+                    .collect::<std::result::Result<_, _>>()?;
+                Ok(crate::tensor::cat(&picked.iter().collect::<Vec<_>>())?)
+            };
+            let r = residual.as_ref().map(pick).transpose()?;
+            (pick(&x)?, r)
+        };
+        let (h, _) = self.norm.forward_residual(&x, r.as_ref())?;
+        self.lm_head.forward(&h)
+    }
+}

@@ -1,0 +1,345 @@
+//! `x · wᵀ` for a few rows of `x` (decode): weights are streamed once, row by row, and every
+//! row of `x` is dotted against each weight row while it is in L1. Memory-bound, so weights may
+//! stay bf16/f16 (half the bytes of f32); rows are converted on the fly. Parallel over weight
+//! rows with rayon; AVX-512 (four weight rows per pass, software prefetch) or AVX2+FMA dot
+//! products when the CPU has them (checked at run time).
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::{DType, Result, Tensor, TensorError};
+
+/// Weight rows per rayon task.
+const ROWS_PER_TASK: usize = 32;
+
+/// Whether the AVX-512 kernels can run (detected once).
+#[cfg(target_arch = "x86_64")]
+static HAS_AVX512: std::sync::LazyLock<bool> = std::sync::LazyLock::new(avx512::available);
+
+/// Lanes of independent accumulators (vectorized by LLVM).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn dot<const FMA: bool>(x: &[f32], w: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let n = x.len() / LANES * LANES;
+    for (xs, ws) in x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] = if FMA {
+                xs[l].mul_add(ws[l], acc[l])
+            } else {
+                acc[l] + xs[l] * ws[l]
+            };
+        }
+    }
+    let tail: f32 = x[n..].iter().zip(&w[n..]).map(|(a, b)| a * b).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn dot_bf16<const FMA: bool>(x: &[f32], w: &[u16]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let n = x.len() / LANES * LANES;
+    for (xs, ws) in x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let wv = f32::from_bits((ws[l] as u32) << 16);
+            acc[l] = if FMA {
+                xs[l].mul_add(wv, acc[l])
+            } else {
+                acc[l] + xs[l] * wv
+            };
+        }
+    }
+    let tail: f32 = x[n..]
+        .iter()
+        .zip(&w[n..])
+        .map(|(a, &b)| a * f32::from_bits((b as u32) << 16))
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The weight matrix as a typed slice.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [u16]),
+    F16(&'a [f16]),
+}
+
+/// Computes `out_t[j * m + i] = x_i · w_j` for weight rows `j0..j0 + out_t.len() / m`.
+#[inline(always)]
+fn rows<const FMA: bool>(xs: &[f32], m: usize, k: usize, w: Weights<'_>, j0: usize, out_t: &mut [f32]) {
+    let mut buf = Vec::new();
+    for (jj, o) in out_t.chunks_mut(m).enumerate() {
+        let r = (j0 + jj) * k..(j0 + jj + 1) * k;
+        let wrow: &[f32] = match w {
+            Weights::F32(s) => &s[r],
+            Weights::BF16(s) if m == 1 => {
+                o[0] = dot_bf16::<FMA>(xs, &s[r]);
+                continue;
+            }
+            Weights::BF16(s) => {
+                buf.resize(k, 0f32);
+                for (b, &v) in buf.iter_mut().zip(&s[r]) {
+                    *b = f32::from_bits((v as u32) << 16);
+                }
+                &buf
+            }
+            Weights::F16(s) => {
+                buf.resize(k, 0f32);
+                s[r].convert_to_f32_slice(&mut buf);
+                &buf
+            }
+        };
+        for (i, oi) in o.iter_mut().enumerate() {
+            *oi = dot::<FMA>(&xs[i * k..(i + 1) * k], wrow);
+        }
+    }
+}
+
+/// AVX-512 kernels: four weight rows per pass (one x load feeds four FMAs), bf16/f16 widened in
+/// registers, masked loads for the `K % 16` tail.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Weights;
+
+    /// Loads 16 weights (fewer under `mask`, zero-filled) from `p` as f32.
+    trait Load16 {
+        unsafe fn load16(p: *const Self, mask: __mmask16) -> __m512;
+    }
+
+    impl Load16 for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32, mask: __mmask16) -> __m512 {
+            _mm512_maskz_loadu_ps(mask, p)
+        }
+    }
+
+    impl Load16 for u16 {
+        /// bf16 bits: widen to u32 and shift into the high half.
+        #[inline(always)]
+        unsafe fn load16(p: *const u16, mask: __mmask16) -> __m512 {
+            let h = _mm256_maskz_loadu_epi16(mask, p as *const i16);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+
+    impl Load16 for half::f16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const half::f16, mask: __mmask16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p as *const i16))
+        }
+    }
+
+    /// Weight rows ahead of the current ones that [`dot4`] prefetches (four groups of four).
+    const PREFETCH_ROWS: usize = 16;
+
+    /// `x · w[r]` for four rows of `k` weights at `w[r]`.
+    #[inline(always)]
+    unsafe fn dot4<W: Load16>(x: &[f32], w: [*const W; 4]) -> [f32; 4] {
+        let k = x.len();
+        let xp = x.as_ptr();
+        let mut a = [_mm512_setzero_ps(); 4];
+        let mut b = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= k {
+            let x0 = _mm512_loadu_ps(xp.add(i));
+            let x1 = _mm512_loadu_ps(xp.add(i + 16));
+            for p in w {
+                // A hint only (never faults), hence `wrapping_add` past the end of the weights.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + PREFETCH_ROWS * k) as *const i8);
+            }
+            for r in 0..4 {
+                a[r] = _mm512_fmadd_ps(x0, W::load16(w[r].add(i), !0), a[r]);
+                b[r] = _mm512_fmadd_ps(x1, W::load16(w[r].add(i + 16), !0), b[r]);
+            }
+            i += 32;
+        }
+        while i < k {
+            let mask: __mmask16 = if k - i >= 16 { !0 } else { (1u16 << (k - i)) - 1 };
+            let x0 = _mm512_maskz_loadu_ps(mask, xp.add(i));
+            for r in 0..4 {
+                a[r] = _mm512_fmadd_ps(x0, W::load16(w[r].add(i), mask), a[r]);
+            }
+            i += 16;
+        }
+        let mut out = [0f32; 4];
+        for r in 0..4 {
+            out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r], b[r]));
+        }
+        out
+    }
+
+    /// Like [`super::rows`]: `out_t[j * m + i] = x_i · w_j` for rows `j0..j0 + out_t.len() / m`.
+    #[inline(always)]
+    unsafe fn rows_t<W: Load16>(xs: &[f32], m: usize, k: usize, w: &[W], j0: usize, out_t: &mut [f32]) {
+        let nrows = out_t.len() / m;
+        debug_assert!((j0 + nrows) * k <= w.len());
+        let base = w.as_ptr();
+        let mut j = 0;
+        while j < nrows {
+            let valid = (nrows - j).min(4);
+            let ptrs: [*const W; 4] = std::array::from_fn(|r| base.add((j0 + j + r.min(valid - 1)) * k));
+            for i in 0..m {
+                let d = dot4(&xs[i * k..(i + 1) * k], ptrs);
+                for (r, &v) in d.iter().enumerate().take(valid) {
+                    out_t[(j + r) * m + i] = v;
+                }
+            }
+            j += 4;
+        }
+    }
+
+    /// Whether the CPU has the features [`rows`] needs.
+    pub(super) fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+    }
+
+    /// # Safety
+    /// The CPU must support avx512f, avx512bw and avx512vl ([`available`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn rows(xs: &[f32], m: usize, k: usize, w: Weights<'_>, j0: usize, out_t: &mut [f32]) {
+        match w {
+            Weights::F32(s) => rows_t(xs, m, k, s, j0, out_t),
+            Weights::BF16(s) => rows_t(xs, m, k, s, j0, out_t),
+            Weights::F16(s) => rows_t(xs, m, k, s, j0, out_t),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn rows_avx2(xs: &[f32], m: usize, k: usize, w: Weights<'_>, j0: usize, out_t: &mut [f32]) {
+    rows::<true>(xs, m, k, w, j0, out_t)
+}
+
+fn rows_dispatch(xs: &[f32], m: usize, k: usize, w: Weights<'_>, j0: usize, out_t: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if *HAS_AVX512 {
+        // SAFETY: the CPU supports avx512f/bw/vl (checked once at first use).
+        return unsafe { avx512::rows(xs, m, k, w, j0, out_t) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the enabled target features (checked just above).
+        return unsafe { rows_avx2(xs, m, k, w, j0, out_t) };
+    }
+    rows::<false>(xs, m, k, w, j0, out_t)
+}
+
+/// `x · wᵀ` like [`matmul_t`](super::matmul_t), tuned for few rows of `x` (decode batches):
+/// `x` is `[..., K]` (any float dtype), `w` is `[N, K]` (f32, bf16 or f16, read in place).
+/// Returns f32 `[..., N]`. Slower than `matmul_t` for many rows (no register tiling).
+///
+/// ```
+/// use mllm_engine::tensor::{gemv_t, DType, Tensor};
+/// let x = Tensor::from_vec(vec![1.0f32, 2.0], &[1, 2]).unwrap();
+/// let w = Tensor::from_f32(&[1.0, 0.0, 3.0, 4.0, 0.5, 0.5], &[3, 2], DType::BF16).unwrap();
+/// assert_eq!(gemv_t(&x, &w).unwrap().to_f32_vec().unwrap(), vec![1.0, 11.0, 1.5]);
+/// ```
+pub fn gemv_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    const OP: &str = "gemv_t";
+    for (arg, t) in [("x", x), ("w", w)] {
+        if !t.dtype().is_float() {
+            return Err(TensorError::DType {
+                op: OP,
+                arg,
+                expected: "a float dtype (f32, bf16, f16)".into(),
+                got: t.dtype(),
+            });
+        }
+    }
+    let k = match (x.shape().last(), w.shape()) {
+        (Some(&k), &[_, wk]) if wk == k => k,
+        _ => {
+            return Err(TensorError::Shape {
+                op: OP,
+                arg: "w",
+                expected: format!("[N, K] with K = last dim of x {:?}", x.shape()),
+                got: w.shape().to_vec(),
+            })
+        }
+    };
+    let n = w.shape()[0];
+    let m = x.numel().checked_div(k).unwrap_or(0);
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().unwrap() = n;
+    if m == 0 || n == 0 || k == 0 {
+        return Tensor::from_vec(vec![0f32; x.numel() / k.max(1) * n], &out_shape);
+    }
+    let xbuf;
+    let xv: &[f32] = if x.dtype() == DType::F32 {
+        x.as_slice::<f32>()?
+    } else {
+        xbuf = x.to_f32_vec()?;
+        &xbuf
+    };
+    let wv = match w.dtype() {
+        DType::F32 => Weights::F32(w.as_slice::<f32>()?),
+        DType::BF16 => Weights::BF16(bytemuck_bf16(w.as_slice::<bf16>()?)),
+        _ => Weights::F16(w.as_slice::<f16>()?),
+    };
+    let run = |out_t: &mut [f32]| {
+        out_t
+            .par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(t, o)| rows_dispatch(xv, m, k, wv, t * ROWS_PER_TASK, o));
+    };
+    if m == 1 {
+        return Ok(Tensor::f32_filled(&out_shape, run));
+    }
+    let mut out_t = vec![0f32; n * m];
+    run(&mut out_t);
+    let out = {
+        let mut out = vec![0f32; m * n];
+        for (j, col) in out_t.chunks(m).enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                out[i * n + j] = v;
+            }
+        }
+        out
+    };
+    Tensor::from_vec(out, &out_shape)
+}
+
+/// bf16 values as their raw bits.
+fn bytemuck_bf16(s: &[bf16]) -> &[u16] {
+    // SAFETY: bf16 is a transparent wrapper around u16 (same size and alignment).
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u16, s.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::matmul_t;
+
+    #[test]
+    fn matches_matmul_t_all_dtypes() {
+        for (m, n, k) in [(1, 37, 19), (3, 70, 33), (5, 64, 128), (1, 1, 1)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
+            let x = Tensor::from_vec(x, &[m, k]).unwrap();
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                let w = Tensor::from_f32(&w, &[n, k], dt).unwrap();
+                let a = gemv_t(&x, &w).unwrap().to_f32_vec().unwrap();
+                let b = matmul_t(&x, &w).unwrap().to_f32_vec().unwrap();
+                let d = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+                assert!(d < 1e-4, "{m}x{n}x{k} {dt}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let x = Tensor::from_vec(vec![1.0f32; 4], &[2, 2]).unwrap();
+        let w = Tensor::from_vec(vec![1.0f32; 6], &[2, 3]).unwrap();
+        assert!(matches!(gemv_t(&x, &w), Err(TensorError::Shape { arg: "w", .. })));
+        let wi = Tensor::from_vec(vec![1i32; 4], &[2, 2]).unwrap();
+        assert!(matches!(gemv_t(&x, &wi), Err(TensorError::DType { arg: "w", .. })));
+    }
+}

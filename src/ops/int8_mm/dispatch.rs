@@ -1,0 +1,222 @@
+//! Which kernel configuration runs a W8A8 GEMM: by arch, then by M bucket
+//! and N·K. The table is measured (`mllm-kernel bench int8-mm --sweep`);
+//! the figures behind each choice are in `docs/int8_mm_dispatch.md`.
+
+use crate::jit::Arch;
+use crate::{Error, Result};
+
+/// One compiled kernel configuration (`mllm_int8_mm_config_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Int8MmConfig {
+    /// Hand-written mma.sync kernel for M ≤ 16 (weight streaming).
+    SkinnyM16,
+    /// Hand-written mma.sync kernel for M ≤ 32.
+    SkinnyM32,
+    /// Hand-written mma.sync kernel for M ≤ 64.
+    SkinnyM64,
+    /// CUTLASS 2.x tile 32x64x128.
+    Sm80T32x64x128,
+    /// CUTLASS 2.x tile 64x128x128.
+    Sm80T64x128x128,
+    /// CUTLASS 2.x tile 128x128x64.
+    Sm80T128x128x64,
+    /// CUTLASS 2.x tile 256x128x64.
+    Sm80T256x128x64,
+    /// CUTLASS 3.x Pingpong 64x128x128, cluster 1x1.
+    Sm90P64x128x128,
+    /// CUTLASS 3.x Pingpong 128x128x128, cluster 1x2.
+    Sm90P128x128x128,
+    /// CUTLASS 3.x Cooperative 128x256x128, cluster 2x1.
+    Sm90C128x256x128,
+    /// CUTLASS 3.x Cooperative 256x128x128, cluster 1x2.
+    Sm90C256x128x128,
+}
+
+/// Which family of kernels may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8MmPath {
+    /// The fastest for the GPU: SM90 kernels on sm_90.
+    Auto,
+    /// Skinny + CUTLASS 2.x only, also on Hopper (to test both paths on one GPU).
+    Sm80,
+}
+
+impl Int8MmConfig {
+    pub const ALL: [Int8MmConfig; 11] = [
+        Self::SkinnyM16,
+        Self::SkinnyM32,
+        Self::SkinnyM64,
+        Self::Sm80T32x64x128,
+        Self::Sm80T64x128x128,
+        Self::Sm80T128x128x64,
+        Self::Sm80T256x128x64,
+        Self::Sm90P64x128x128,
+        Self::Sm90P128x128x128,
+        Self::Sm90C128x256x128,
+        Self::Sm90C256x128x128,
+    ];
+
+    /// The `mllm_int8_mm_config_t` value (from the C header, via bindgen).
+    pub fn id(self) -> i32 {
+        use crate::ffi::dynamic::mllm_int8_mm_config_t as C;
+        let c = match self {
+            Self::SkinnyM16 => C::MLLM_INT8_MM_SKINNY_M16,
+            Self::SkinnyM32 => C::MLLM_INT8_MM_SKINNY_M32,
+            Self::SkinnyM64 => C::MLLM_INT8_MM_SKINNY_M64,
+            Self::Sm80T32x64x128 => C::MLLM_INT8_MM_SM80_32x64x128,
+            Self::Sm80T64x128x128 => C::MLLM_INT8_MM_SM80_64x128x128,
+            Self::Sm80T128x128x64 => C::MLLM_INT8_MM_SM80_128x128x64,
+            Self::Sm80T256x128x64 => C::MLLM_INT8_MM_SM80_256x128x64,
+            Self::Sm90P64x128x128 => C::MLLM_INT8_MM_SM90_P64x128x128,
+            Self::Sm90P128x128x128 => C::MLLM_INT8_MM_SM90_P128x128x128,
+            Self::Sm90C128x256x128 => C::MLLM_INT8_MM_SM90_C128x256x128,
+            Self::Sm90C256x128x128 => C::MLLM_INT8_MM_SM90_C256x128x128,
+        };
+        c.0 as i32
+    }
+
+    /// Short name, as `MLLM_INT8_MM_CONFIG` and the benchmark spell it.
+    ///
+    /// ```
+    /// use mllm_kernel::ops::Int8MmConfig;
+    /// for c in Int8MmConfig::ALL {
+    ///     assert_eq!(c.name().parse::<Int8MmConfig>().unwrap(), c);
+    /// }
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SkinnyM16 => "skinny_m16",
+            Self::SkinnyM32 => "skinny_m32",
+            Self::SkinnyM64 => "skinny_m64",
+            Self::Sm80T32x64x128 => "sm80_32x64x128",
+            Self::Sm80T64x128x128 => "sm80_64x128x128",
+            Self::Sm80T128x128x64 => "sm80_128x128x64",
+            Self::Sm80T256x128x64 => "sm80_256x128x64",
+            Self::Sm90P64x128x128 => "sm90_pingpong_64x128x128",
+            Self::Sm90P128x128x128 => "sm90_pingpong_128x128x128",
+            Self::Sm90C128x256x128 => "sm90_coop_128x256x128",
+            Self::Sm90C256x128x128 => "sm90_coop_256x128x128",
+        }
+    }
+
+    /// The kernel build variant holding it.
+    pub fn variant(self) -> &'static str {
+        if self.is_sm90() {
+            "sm90"
+        } else {
+            "sm80"
+        }
+    }
+
+    pub fn is_sm90(self) -> bool {
+        matches!(
+            self,
+            Self::Sm90P64x128x128 | Self::Sm90P128x128x128 | Self::Sm90C128x256x128 | Self::Sm90C256x128x128
+        )
+    }
+
+    /// Most rows of A it handles (skinny kernels are bounded).
+    pub fn max_m(self) -> usize {
+        match self {
+            Self::SkinnyM16 => 16,
+            Self::SkinnyM32 => 32,
+            Self::SkinnyM64 => 64,
+            _ => usize::MAX,
+        }
+    }
+
+    /// Whether it can run on `arch` (SM90 configs exist only for sm_90a).
+    pub fn runs_on(self, arch: Arch) -> bool {
+        arch.major >= 8 && (!self.is_sm90() || (arch.major == 9 && arch.minor == 0))
+    }
+}
+
+impl std::fmt::Display for Int8MmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Int8MmConfig {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "int8_scaled_mm",
+                arg: "config",
+                reason: format!(
+                    "unknown config `{s}`; known: {}",
+                    Self::ALL.map(|c| c.name()).join(", ")
+                ),
+            })
+    }
+}
+
+/// The configuration for an `m x n x k` problem on `arch`.
+///
+/// ```
+/// use mllm_kernel::ops::{select_int8_mm_config, Int8MmConfig, Int8MmPath};
+/// let h100 = "sm_90a".parse().unwrap();
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::SkinnyM16);
+/// assert!(select_int8_mm_config(h100, Int8MmPath::Auto, 8192, 8192, 8192).is_sm90());
+/// assert!(!select_int8_mm_config(h100, Int8MmPath::Sm80, 8192, 8192, 8192).is_sm90());
+/// ```
+pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k: usize) -> Int8MmConfig {
+    let _ = k;
+    if m <= 16 {
+        return Int8MmConfig::SkinnyM16;
+    }
+    if m <= 32 {
+        return Int8MmConfig::SkinnyM32;
+    }
+    if m <= 64 {
+        return Int8MmConfig::SkinnyM64;
+    }
+    let hopper = path == Int8MmPath::Auto && arch.major == 9 && arch.minor == 0;
+    if hopper {
+        return match m {
+            ..=128 => Int8MmConfig::Sm90P64x128x128,
+            129..=256 => Int8MmConfig::Sm90P128x128x128,
+            _ if n >= 4096 => Int8MmConfig::Sm90C128x256x128,
+            _ => Int8MmConfig::Sm90P128x128x128,
+        };
+    }
+    match m {
+        ..=128 => Int8MmConfig::Sm80T64x128x128,
+        _ => Int8MmConfig::Sm80T128x128x64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bucket_picks_a_config_that_runs_and_covers_m() {
+        for arch in ["sm_80", "sm_86", "sm_89", "sm_90a", "sm_100a"] {
+            let arch: Arch = arch.parse().unwrap();
+            for path in [Int8MmPath::Auto, Int8MmPath::Sm80] {
+                for m in [1, 3, 16, 17, 32, 33, 64, 65, 128, 129, 255, 256, 257, 1000, 4096, 8192] {
+                    for (n, k) in [(4096, 4096), (6144, 4096), (24576, 4096), (4096, 12288), (64, 16)] {
+                        let c = select_int8_mm_config(arch, path, m, n, k);
+                        assert!(c.runs_on(arch), "{c} on {arch}");
+                        assert!(m <= c.max_m(), "{c} for m={m}");
+                        if path == Int8MmPath::Sm80 {
+                            assert!(!c.is_sm90(), "forced sm80 path picked {c}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_distinct_and_names_parse() {
+        let mut ids: Vec<i32> = Int8MmConfig::ALL.iter().map(|c| c.id()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), Int8MmConfig::ALL.len());
+        assert!("nope".parse::<Int8MmConfig>().is_err());
+    }
+}
