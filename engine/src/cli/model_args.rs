@@ -12,11 +12,13 @@ use crate::tensor::DType;
 /// Storage dtype of the weights after loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum WeightDtype {
-    /// As in the checkpoint (GGUF and dummy weights: f32).
+    /// As in the checkpoint; GGUF: bf16; dummy weights: f32.
     #[default]
     Auto,
     /// 32-bit float.
     F32,
+    /// IEEE half.
+    F16,
     /// bfloat16 (half the memory traffic of decode).
     Bf16,
 }
@@ -27,6 +29,7 @@ impl WeightDtype {
         match self {
             Self::Auto => None,
             Self::F32 => Some(DType::F32),
+            Self::F16 => Some(DType::F16),
             Self::Bf16 => Some(DType::BF16),
         }
     }

@@ -95,6 +95,12 @@ impl LoadedModel {
     }
 
     fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        // Dequantized GGUF blocks carry ~4-8 bits of information; bf16 keeps
+        // them to 2^-9 relative at half the decode memory traffic of f32, and
+        // its prefill GEMM is faster than f16's on AVX-512 (measured).
+        let opts = &LoadOptions {
+            weight_dtype: Some(opts.weight_dtype.unwrap_or(DType::BF16)),
+        };
         let file = GgufFile::open(path).map_err(|source| GenerationError::Gguf {
             path: path.into(),
             source,
@@ -113,7 +119,7 @@ impl LoadedModel {
             name,
             format: "gguf",
             quant: gguf_quant(&file),
-            weight_dtype: opts.weight_dtype.unwrap_or(DType::F32).to_string(),
+            weight_dtype: opts.weight_dtype.unwrap_or(DType::BF16).to_string(),
         };
         Ok(Self {
             model,
