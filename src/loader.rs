@@ -43,7 +43,7 @@ pub type PerTokenQuantInt8Fn = unsafe extern "C" fn(
 /// `mllm_int8_scaled_mm_sm80` / `_sm90` of `mllm_kernel.h`.
 pub type Int8ScaledMmFn = unsafe extern "C" fn(*const mllm_int8_mm_args_t, i32, mllm_stream_t) -> mllm_result_t;
 
-/// `mllm_int8_scaled_mm_dynamic_sm80` of `mllm_kernel.h`.
+/// `mllm_int8_scaled_mm_dynamic_sm80` / `_sm90` of `mllm_kernel.h`.
 pub type Int8ScaledMmDynamicFn = unsafe extern "C" fn(
     *const std::ffi::c_void,
     mllm_dtype_t,
@@ -135,6 +135,13 @@ impl LoadedKernel {
         /// Quantize-then-GEMM launcher of `int8_scaled_mm[sm80]`.
         int8_scaled_mm_dynamic_sm80,
         mllm_int8_scaled_mm_dynamic_sm80,
+        Int8ScaledMmDynamicFn,
+        KernelId::Int8ScaledMm
+    );
+    c_launcher!(
+        /// Quantize-then-GEMM launcher of `int8_scaled_mm[sm90]`.
+        int8_scaled_mm_dynamic_sm90,
+        mllm_int8_scaled_mm_dynamic_sm90,
         Int8ScaledMmDynamicFn,
         KernelId::Int8ScaledMm
     );

@@ -144,12 +144,17 @@ fn every_registered_symbol_resolves() {
     let Some(gpu) = gpu_or_skip("every_registered_symbol_resolves") else {
         return;
     };
-    use mllm_kernel::registry::{KernelBuild, KernelId};
-    for build in KernelBuild::all() {
+    use mllm_kernel::registry::KernelBuild;
+    for build in KernelBuild::all().into_iter().filter(|b| b.targets(gpu.arch())) {
         let k = gpu.kernel(build).unwrap();
         for sym in ops::kernel_symbols(build) {
-            let ok = match build.id {
-                KernelId::PerTokenQuantInt8 => k.per_token_quant_int8().is_ok(),
+            // C-ABI launchers of nvcc kernels, else a cubin function.
+            let ok = match sym.as_str() {
+                "mllm_per_token_quant_int8" => k.per_token_quant_int8().is_ok(),
+                "mllm_int8_scaled_mm_sm80" => k.int8_scaled_mm_sm80().is_ok(),
+                "mllm_int8_scaled_mm_dynamic_sm80" => k.int8_scaled_mm_dynamic_sm80().is_ok(),
+                "mllm_int8_scaled_mm_sm90" => k.int8_scaled_mm_sm90().is_ok(),
+                "mllm_int8_scaled_mm_dynamic_sm90" => k.int8_scaled_mm_dynamic_sm90().is_ok(),
                 _ => k.function(build.id, &sym).is_ok(),
             };
             assert!(ok, "{build} lacks {sym} (from {})", k.origin());

@@ -91,6 +91,7 @@ typedef enum mllm_int8_mm_config_t {
   MLLM_INT8_MM_SM90_P128x128x128 = 21,
   MLLM_INT8_MM_SM90_C128x256x128 = 22,
   MLLM_INT8_MM_SM90_C256x128x128 = 23,
+  MLLM_INT8_MM_SM90_C256x128x128_CL2x1 = 24,
 } mllm_int8_mm_config_t;
 
 /* Skinny and SM80 configurations (kernel build `int8_scaled_mm[sm80]`). */
@@ -109,6 +110,11 @@ MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x, mllm_dtyp
 /* SM90 configurations (kernel build `int8_scaled_mm[sm90]`, sm_90a). */
 MLLM_API mllm_result_t mllm_int8_scaled_mm_sm90(const mllm_int8_mm_args_t* args, int32_t config,
                                                 mllm_stream_t stream);
+
+/* mllm_int8_scaled_mm_dynamic_sm80 for the SM90 configurations. */
+MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm90(const void* x, mllm_dtype_t x_dtype, int8_t* q,
+                                                        float* q_scales, const mllm_int8_mm_args_t* args,
+                                                        int32_t config, mllm_stream_t stream);
 
 #ifdef __cplusplus
 }

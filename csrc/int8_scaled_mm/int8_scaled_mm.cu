@@ -6,14 +6,32 @@
 // both into one object. Which config runs is the caller's choice (the Rust
 // dispatch table); each entry point checks its arguments and the GPU.
 #include "common.cuh"
+#include "dynamic_quant.cuh"
+
+namespace {
+using namespace mllm::int8_mm;
+
+// The dynamic path's own arguments; returns the GEMM args with A = q.
+mllm_result_t dynamic_args(const void* x, mllm_dtype_t x_dtype, int8_t* q, float* q_scales,
+                           const mllm_int8_mm_args_t* args, mllm_int8_mm_args_t* p) {
+  if (args == nullptr) return fail(MLLM_STATUS_INVALID_ARGUMENT, "args is NULL");
+  if (x_dtype != MLLM_DTYPE_F16 && x_dtype != MLLM_DTYPE_BF16)
+    return fail(MLLM_STATUS_UNSUPPORTED_DTYPE, "x must be f16 or bf16");
+  if ((args->m > 0 && (x == nullptr || q == nullptr || q_scales == nullptr)) || !aligned16(x) || !aligned16(q))
+    return fail(MLLM_STATUS_INVALID_ARGUMENT, "x, q and q_scales must be non-NULL and x, q 16-byte aligned");
+  *p = *args;
+  p->a = q;
+  p->scales_a = q_scales;
+  p->scales_a_per_row = 1;
+  return check_args(p);
+}
+}  // namespace
 
 #if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_SM80)
-#include "dynamic_quant.cuh"
 #include "skinny.cuh"
 #include "sm80.cuh"
 
 namespace {
-using namespace mllm::int8_mm;
 
 mllm_result_t check_sm80(const mllm_int8_mm_args_t* args, int32_t config) {
   mllm_result_t r = check_args(args);
@@ -43,16 +61,10 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x
                                                                    float* q_scales,
                                                                    const mllm_int8_mm_args_t* args,
                                                                    int32_t config, mllm_stream_t stream) {
-  if (args == nullptr) return fail(MLLM_STATUS_INVALID_ARGUMENT, "args is NULL");
-  if (x_dtype != MLLM_DTYPE_F16 && x_dtype != MLLM_DTYPE_BF16)
-    return fail(MLLM_STATUS_UNSUPPORTED_DTYPE, "x must be f16 or bf16");
-  if ((args->m > 0 && (x == nullptr || q == nullptr || q_scales == nullptr)) || !aligned16(x) || !aligned16(q))
-    return fail(MLLM_STATUS_INVALID_ARGUMENT, "x, q and q_scales must be non-NULL and x, q 16-byte aligned");
-  mllm_int8_mm_args_t p = *args;
-  p.a = q;
-  p.scales_a = q_scales;
-  p.scales_a_per_row = 1;
-  mllm_result_t r = check_sm80(&p, config);
+  mllm_int8_mm_args_t p;
+  mllm_result_t r = dynamic_args(x, x_dtype, q, q_scales, args, &p);
+  if (r.status != MLLM_STATUS_OK) return r;
+  r = check_sm80(&p, config);
   if (r.status != MLLM_STATUS_OK || p.m == 0) return r;
   const auto s = static_cast<cudaStream_t>(stream);
   r = cuda_result(dynamic_quant::launch(x, x_dtype, q, q_scales, p.m, p.k, s));
@@ -65,13 +77,34 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x
 #if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_SM90)
 #include "sm90.cuh"
 
-extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm90(const mllm_int8_mm_args_t* args, int32_t config,
-                                                           mllm_stream_t stream) {
-  using namespace mllm::int8_mm;
+namespace {
+mllm_result_t check_sm90(const mllm_int8_mm_args_t* args) {
   mllm_result_t r = check_args(args);
   if (r.status != MLLM_STATUS_OK) return r;
   if (device_sm() != 90) return fail(MLLM_STATUS_UNSUPPORTED, "the SM90 int8_scaled_mm configs need an sm_90 GPU");
-  if (args->m == 0) return ok();
-  return sm90::run(*args, config, static_cast<cudaStream_t>(stream));
+  return ok();
+}
+}  // namespace
+
+extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm90(const mllm_int8_mm_args_t* args, int32_t config,
+                                                           mllm_stream_t stream) {
+  mllm_result_t r = check_sm90(args);
+  if (r.status != MLLM_STATUS_OK || args->m == 0) return r;
+  return sm90::run(*args, config, static_cast<cudaStream_t>(stream), false);
+}
+
+extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm90(const void* x, mllm_dtype_t x_dtype, int8_t* q,
+                                                                   float* q_scales,
+                                                                   const mllm_int8_mm_args_t* args,
+                                                                   int32_t config, mllm_stream_t stream) {
+  mllm_int8_mm_args_t p;
+  mllm_result_t r = dynamic_args(x, x_dtype, q, q_scales, args, &p);
+  if (r.status != MLLM_STATUS_OK) return r;
+  r = check_sm90(&p);
+  if (r.status != MLLM_STATUS_OK || p.m == 0) return r;
+  const auto s = static_cast<cudaStream_t>(stream);
+  r = cuda_result(dynamic_quant::launch(x, x_dtype, q, q_scales, p.m, p.k, s));
+  if (r.status != MLLM_STATUS_OK) return r;
+  return sm90::run(p, config, s, true);
 }
 #endif

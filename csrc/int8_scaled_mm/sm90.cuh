@@ -6,6 +6,12 @@
 // scales are a run-time choice in one instantiation.
 #pragma once
 
+// The kernels wait on griddepcontrol before reading A, so the dynamic path
+// can launch them with programmatic dependent launch behind the quant kernel.
+#ifndef CUTLASS_ENABLE_GDC_FOR_SM90
+#define CUTLASS_ENABLE_GDC_FOR_SM90 1
+#endif
+
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
@@ -51,7 +57,7 @@ struct Gemm {
                                                       cutlass::gemm::PersistentScheduler>;
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
-  static mllm_result_t run(const mllm_int8_mm_args_t& p, cudaStream_t stream) {
+  static mllm_result_t run(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
     const int m = static_cast<int>(p.m), n = static_cast<int>(p.n), k = static_cast<int>(p.k);
     using StrideA = typename Kernel::StrideA;
     using StrideB = typename Kernel::StrideB;
@@ -75,7 +81,7 @@ struct Gemm {
     if (Op::get_workspace_size(args) != 0)
       return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM90 int8 GEMM unexpectedly needs a workspace");
     cutlass::Status s = op.initialize(args, nullptr, stream);
-    if (s == cutlass::Status::kSuccess) s = op.run(stream);
+    if (s == cutlass::Status::kSuccess) s = op.run(stream, nullptr, programmatic);
     if (s != cutlass::Status::kSuccess) {
       cudaError_t e = cudaGetLastError();
       return e != cudaSuccess ? cuda_result(e) : fail(MLLM_STATUS_CUDA_ERROR, cutlassGetStatusString(s));
@@ -90,24 +96,26 @@ using EpiPingpong = cutlass::epilogue::TmaWarpSpecialized;
 using EpiCooperative = cutlass::epilogue::TmaWarpSpecializedCooperative;
 
 template <class Out>
-mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream) {
+mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream, bool pdl) {
   switch (config) {
     case MLLM_INT8_MM_SM90_P64x128x128:
-      return Gemm<Out, Shape<_64, _128, _128>, Shape<_1, _1, _1>, Pingpong, EpiPingpong>::run(p, stream);
+      return Gemm<Out, Shape<_64, _128, _128>, Shape<_1, _1, _1>, Pingpong, EpiPingpong>::run(p, stream, pdl);
     case MLLM_INT8_MM_SM90_P128x128x128:
-      return Gemm<Out, Shape<_128, _128, _128>, Shape<_1, _2, _1>, Pingpong, EpiPingpong>::run(p, stream);
+      return Gemm<Out, Shape<_128, _128, _128>, Shape<_1, _2, _1>, Pingpong, EpiPingpong>::run(p, stream, pdl);
     case MLLM_INT8_MM_SM90_C128x256x128:
-      return Gemm<Out, Shape<_128, _256, _128>, Shape<_2, _1, _1>, Cooperative, EpiCooperative>::run(p, stream);
+      return Gemm<Out, Shape<_128, _256, _128>, Shape<_2, _1, _1>, Cooperative, EpiCooperative>::run(p, stream, pdl);
     case MLLM_INT8_MM_SM90_C256x128x128:
-      return Gemm<Out, Shape<_256, _128, _128>, Shape<_1, _2, _1>, Cooperative, EpiCooperative>::run(p, stream);
+      return Gemm<Out, Shape<_256, _128, _128>, Shape<_1, _2, _1>, Cooperative, EpiCooperative>::run(p, stream, pdl);
+    case MLLM_INT8_MM_SM90_C256x128x128_CL2x1:
+      return Gemm<Out, Shape<_256, _128, _128>, Shape<_2, _1, _1>, Cooperative, EpiCooperative>::run(p, stream, pdl);
     default:
       return fail(MLLM_STATUS_UNSUPPORTED, "not an SM90 int8_scaled_mm config");
   }
 }
 
-inline mllm_result_t run(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream) {
-  return p.out_dtype == MLLM_DTYPE_BF16 ? run_typed<cutlass::bfloat16_t>(p, config, stream)
-                                        : run_typed<cutlass::half_t>(p, config, stream);
+inline mllm_result_t run(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream, bool pdl) {
+  return p.out_dtype == MLLM_DTYPE_BF16 ? run_typed<cutlass::bfloat16_t>(p, config, stream, pdl)
+                                        : run_typed<cutlass::half_t>(p, config, stream, pdl);
 }
 
 }  // namespace mllm::int8_mm::sm90

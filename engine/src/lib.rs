@@ -11,10 +11,14 @@ pub mod cli;
 pub mod executor;
 pub mod generation;
 pub mod hub;
+pub mod io_struct;
 pub mod layers;
 pub mod loader;
 pub mod mem_cache;
 pub mod models;
+pub mod orchestrator;
+pub mod parsers;
+pub mod server;
 pub mod tensor;
 pub mod tokenizer;
 

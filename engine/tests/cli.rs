@@ -63,10 +63,10 @@ fn bad_values_are_named() {
 }
 
 #[test]
-fn serve_is_not_implemented_yet() {
-    let o = mllm(&["serve", "--port", "8000"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
+fn serve_rejects_a_missing_model() {
+    let o = mllm(&["serve", "--port", "0", "--model", "/no/such/model.gguf"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid --model"), "{}", stderr(&o));
 }
 
 const TINY_CONFIG: &str = r#"{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,

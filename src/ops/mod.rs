@@ -22,7 +22,10 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
         KernelId::RmsNorm => norm::symbols(build.variant),
         KernelId::PerTokenQuantInt8 => vec!["mllm_per_token_quant_int8".to_string()],
         KernelId::Int8ScaledMm => match build.variant {
-            Some("sm90") => vec!["mllm_int8_scaled_mm_sm90".to_string()],
+            Some("sm90") => vec![
+                "mllm_int8_scaled_mm_sm90".to_string(),
+                "mllm_int8_scaled_mm_dynamic_sm90".to_string(),
+            ],
             _ => vec![
                 "mllm_int8_scaled_mm_sm80".to_string(),
                 "mllm_int8_scaled_mm_dynamic_sm80".to_string(),

@@ -12,6 +12,7 @@ mod bench;
 mod generate;
 mod model_args;
 mod record;
+mod serve;
 
 use std::sync::OnceLock;
 
@@ -20,6 +21,7 @@ use clap::{Parser, Subcommand};
 pub use bench::BenchArgs;
 pub use generate::{GenerateArgs, SamplingArgs};
 pub use model_args::{ModelArgs, WeightDtype};
+pub use serve::ServeArgs;
 
 /// `mllm`: the mllm-rs serving engine.
 #[derive(Debug, Parser)]
@@ -37,12 +39,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Time prefill and decode of one static batch of random prompts (CPU backend).
     BenchOneBatch(BenchArgs),
-    /// The OpenAI-compatible HTTP server (not implemented yet).
-    Serve {
-        /// Arguments, ignored for now.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// The OpenAI-compatible HTTP server.
+    Serve(ServeArgs),
 }
 
 /// A command that exists in the interface but not yet in the engine (exit code 2).
@@ -64,7 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(&args),
         Command::BenchOneBatch(args) => bench::run(&args),
-        Command::Serve { .. } => Err(NotImplemented { command: "serve" }.into()),
+        Command::Serve(args) => serve::run(&args),
     }
 }
 

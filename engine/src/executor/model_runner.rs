@@ -78,6 +78,11 @@ impl ModelRunner {
         &self.kv_pool
     }
 
+    /// The KV pool, mutably (to free slots a prefix cache hands back).
+    pub fn kv_pool_mut(&mut self) -> &mut TokenToKvPool {
+        &mut self.kv_pool
+    }
+
     /// Allocates KV for the inputs' new tokens and lays out the batch.
     pub fn prepare(&mut self, inputs: &[SequenceInput], logits: LogitsMode) -> Result<ForwardBatch> {
         ForwardBatch::build(inputs, &mut self.req_pool, &mut self.kv_pool, logits)

@@ -12,6 +12,7 @@
 //! pool, gathering a sequence's K/V through its slot indices.
 
 pub mod attention;
+pub mod radix_cache;
 pub mod req_to_token;
 pub mod token_to_kv;
 

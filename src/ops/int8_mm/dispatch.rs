@@ -30,6 +30,8 @@ pub enum Int8MmConfig {
     Sm90C128x256x128,
     /// CUTLASS 3.x Cooperative 256x128x128, cluster 1x2.
     Sm90C256x128x128,
+    /// CUTLASS 3.x Cooperative 256x128x128, cluster 2x1 (B multicast).
+    Sm90C256x128x128Cl2x1,
 }
 
 /// Which family of kernels may run.
@@ -42,7 +44,7 @@ pub enum Int8MmPath {
 }
 
 impl Int8MmConfig {
-    pub const ALL: [Int8MmConfig; 11] = [
+    pub const ALL: [Int8MmConfig; 12] = [
         Self::SkinnyM16,
         Self::SkinnyM32,
         Self::SkinnyM64,
@@ -54,6 +56,7 @@ impl Int8MmConfig {
         Self::Sm90P128x128x128,
         Self::Sm90C128x256x128,
         Self::Sm90C256x128x128,
+        Self::Sm90C256x128x128Cl2x1,
     ];
 
     /// The `mllm_int8_mm_config_t` value (from the C header, via bindgen).
@@ -71,6 +74,7 @@ impl Int8MmConfig {
             Self::Sm90P128x128x128 => C::MLLM_INT8_MM_SM90_P128x128x128,
             Self::Sm90C128x256x128 => C::MLLM_INT8_MM_SM90_C128x256x128,
             Self::Sm90C256x128x128 => C::MLLM_INT8_MM_SM90_C256x128x128,
+            Self::Sm90C256x128x128Cl2x1 => C::MLLM_INT8_MM_SM90_C256x128x128_CL2x1,
         };
         c.0 as i32
     }
@@ -96,6 +100,7 @@ impl Int8MmConfig {
             Self::Sm90P128x128x128 => "sm90_pingpong_128x128x128",
             Self::Sm90C128x256x128 => "sm90_coop_128x256x128",
             Self::Sm90C256x128x128 => "sm90_coop_256x128x128",
+            Self::Sm90C256x128x128Cl2x1 => "sm90_coop_256x128x128_cl2x1",
         }
     }
 
@@ -111,7 +116,11 @@ impl Int8MmConfig {
     pub fn is_sm90(self) -> bool {
         matches!(
             self,
-            Self::Sm90P64x128x128 | Self::Sm90P128x128x128 | Self::Sm90C128x256x128 | Self::Sm90C256x128x128
+            Self::Sm90P64x128x128
+                | Self::Sm90P128x128x128
+                | Self::Sm90C128x256x128
+                | Self::Sm90C256x128x128
+                | Self::Sm90C256x128x128Cl2x1
         )
     }
 
@@ -164,28 +173,30 @@ impl std::str::FromStr for Int8MmConfig {
 /// assert!(!select_int8_mm_config(h100, Int8MmPath::Sm80, 8192, 8192, 8192).is_sm90());
 /// ```
 pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k: usize) -> Int8MmConfig {
-    let _ = k;
+    use Int8MmConfig::*;
+    // Small M streams the weight: the skinny kernel, which also overlaps
+    // the dynamic quantization (PDL).
     if m <= 16 {
-        return Int8MmConfig::SkinnyM16;
-    }
-    if m <= 32 {
-        return Int8MmConfig::SkinnyM32;
-    }
-    if m <= 64 {
-        return Int8MmConfig::SkinnyM64;
+        return SkinnyM16;
     }
     let hopper = path == Int8MmPath::Auto && arch.major == 9 && arch.minor == 0;
+    let wide = n >= 16384 || k >= 8192;
     if hopper {
         return match m {
-            ..=128 => Int8MmConfig::Sm90P64x128x128,
-            129..=256 => Int8MmConfig::Sm90P128x128x128,
-            _ if n >= 4096 => Int8MmConfig::Sm90C128x256x128,
-            _ => Int8MmConfig::Sm90P128x128x128,
+            ..=128 => Sm90P64x128x128,
+            129..=256 if n <= 4096 => Sm90P64x128x128,
+            129..=256 => Sm90P128x128x128,
+            257..=1024 if n <= 4096 => Sm90C128x256x128,
+            257..=1024 => Sm90P128x128x128,
+            _ if wide || m >= 8192 => Sm90C256x128x128,
+            _ => Sm90P128x128x128,
         };
     }
     match m {
-        ..=128 => Int8MmConfig::Sm80T64x128x128,
-        _ => Int8MmConfig::Sm80T128x128x64,
+        ..=128 => Sm80T32x64x128,
+        129..=512 if n <= 4096 => Sm80T64x128x128,
+        129..=2048 => Sm80T128x128x64,
+        _ => Sm80T256x128x64,
     }
 }
 

@@ -351,9 +351,10 @@ fn ffi_args(
 }
 
 /// Dynamic W8A8: quantizes `x: [M, K]` (bf16/f16) per token, then
-/// multiplies with `b`; the output has `x`'s dtype. At M ≤ 64 the quant and
-/// the GEMM run as one launch sequence where the GEMM streams the weight
-/// while the quantization runs (programmatic dependent launch on SM90).
+/// multiplies with `b`; the output has `x`'s dtype. On SM90 the GEMM is
+/// launched with programmatic dependent launch behind the quantization, so
+/// its launch and prologue (and, in the skinny kernel, the weight loads)
+/// overlap it.
 ///
 /// ```no_run
 /// use mllm_kernel::{ops, DeviceTensor, Gpu};
@@ -429,11 +430,6 @@ pub fn int8_scaled_mm_dynamic_into(
         return Ok(());
     }
     let config = resolve_int8_mm_config(gpu.arch(), p.m, p.n, p.k, config)?;
-    if config.is_sm90() {
-        // Large M: the quantization is a small share; run it separately.
-        super::per_token_quant_int8_into(gpu, x, q, q_scales)?;
-        return int8_scaled_mm_into(gpu, q, b, q_scales, scales_b, bias, out, Some(config));
-    }
     for (arg, t) in [
         ("x", x),
         ("b", b),
@@ -445,7 +441,11 @@ pub fn int8_scaled_mm_dynamic_into(
     }
     check_device(gpu, "out", out)?;
     let kernel = gpu.kernel(KernelBuild::new(KernelId::Int8ScaledMm, Some(config.variant()))?)?;
-    let launcher = kernel.int8_scaled_mm_dynamic_sm80()?;
+    let launcher = if config.is_sm90() {
+        kernel.int8_scaled_mm_dynamic_sm90()?
+    } else {
+        kernel.int8_scaled_mm_dynamic_sm80()?
+    };
     let stream = gpu.stream();
     let (xp, _gx) = x.raw_ptr(stream);
     let (bp, _gb) = b.raw_ptr(stream);

@@ -1,0 +1,127 @@
+//! `mllm serve`: the OpenAI-compatible HTTP server.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::model_args::{load_source, ModelArgs};
+use crate::generation::ModelSource;
+use crate::orchestrator::{Engine, EngineConfig};
+use crate::server::{router, serve, shutdown_signal, AppState};
+use crate::tensor::DType;
+
+/// Arguments of `mllm serve` (names as in SGLang).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Serve random weights for this HF config.json instead of a checkpoint (no tokenizer:
+    /// only `/generate` with `input_ids` works).
+    #[arg(long, value_name = "CONFIG", conflicts_with = "model")]
+    pub dummy_config: Option<PathBuf>,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind.
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// Model name in responses and /v1/models [default: the model's name].
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer <KEY>` on every endpoint but /health.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Most sequences running at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_running_requests: usize,
+    /// KV cache size in tokens (all running sequences together).
+    #[arg(long, default_value_t = 8192)]
+    pub max_total_tokens: usize,
+    /// Prompt tokens prefilled per step; longer prompts are prefilled in chunks.
+    #[arg(long, default_value_t = 8192)]
+    pub max_prefill_tokens: usize,
+    /// Sequences that may wait beyond the running ones; more get 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_queued_requests: usize,
+    /// Context length (at most the model's).
+    #[arg(long)]
+    pub context_length: Option<usize>,
+    /// Turn off the prefix (radix) cache that reuses the KV of shared prompt prefixes.
+    #[arg(long)]
+    pub disable_radix_cache: bool,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+}
+
+impl ServeArgs {
+    /// The engine configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_running_requests: self.max_running_requests,
+            max_total_tokens: self.max_total_tokens,
+            max_prefill_tokens: self.max_prefill_tokens,
+            context_length: self.context_length,
+            max_queued_requests: self.max_queued_requests,
+            disable_radix_cache: self.disable_radix_cache,
+        }
+    }
+}
+
+/// Runs `mllm serve` until SIGINT/SIGTERM.
+pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let (source, path) = match &args.dummy_config {
+        Some(config) => (
+            ModelSource::Dummy {
+                config: config.clone(),
+                dtype: DType::F32,
+                seed: 0,
+            },
+            config.display().to_string(),
+        ),
+        None => {
+            let s = args.model.source()?;
+            let p = args
+                .model
+                .model
+                .as_ref()
+                .map_or_else(|| "default".into(), |p| p.display().to_string());
+            (s, p)
+        }
+    };
+    let loaded = load_source(&source, args.model.weight_dtype)?;
+    let engine = Engine::start(loaded, args.engine_config()).context("cannot start the engine")?;
+    eprintln!(
+        "mllm: KV cache holds {} tokens; context length {}; max running requests {}",
+        engine.kv_capacity(),
+        engine.context_len(),
+        args.max_running_requests
+    );
+    let state = AppState::new(
+        engine.clone(),
+        args.served_model_name.clone(),
+        path,
+        args.api_key.clone(),
+    );
+    let app = router(state, args.max_body_bytes);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        eprintln!("mllm: serving on http://{}", listener.local_addr()?);
+        serve(listener, app, engine, shutdown_signal())
+            .await
+            .context("server failed")
+    })
+}

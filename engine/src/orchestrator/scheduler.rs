@@ -1,0 +1,532 @@
+//! The scheduler thread: owns the [`ModelRunner`], admits sequences FCFS, builds one mixed
+//! prefill + decode batch per step (chunked prefill under a token budget), samples, checks
+//! stop tokens and lengths, and retracts the newest sequence when decode runs out of KV slots.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::metrics::Metrics;
+use crate::executor::forward_batch::{LogitsMode, SequenceInput};
+use crate::executor::model_runner::ModelRunner;
+use crate::executor::sampler::{SampleOutput, Sampler, SequenceState};
+use crate::io_struct::{EventSender, Finish, SchedulerMsg, SeqId, TokenEvent, TokenizedRequest};
+use crate::mem_cache::radix_cache::{NodeId, RadixCache};
+
+/// Scheduling limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Most sequences running at once (request slots of the runner).
+    pub max_running_requests: usize,
+    /// Most prompt tokens prefilled in one step (longer prompts are chunked).
+    pub max_prefill_tokens: usize,
+    /// Longest sequence (prompt + output).
+    pub max_context_len: usize,
+    /// Reuse the KV of shared prompt prefixes (radix cache).
+    pub enable_radix_cache: bool,
+}
+
+/// One sequence in the scheduler.
+struct Seq {
+    id: SeqId,
+    /// Prompt, then generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    max_new: usize,
+    stop_ids: Vec<u32>,
+    state: Option<SequenceState>,
+    slot: Option<usize>,
+    /// Leading tokens whose K/V are in the cache.
+    cached: usize,
+    /// Leading tokens whose KV slots belong to the prefix cache (matched at admission).
+    prefix_len: usize,
+    /// The prefix cache node this sequence holds a lock on.
+    node: Option<NodeId>,
+    out: EventSender,
+    arrived: Instant,
+    last_token: Option<Instant>,
+}
+
+impl Seq {
+    fn output_len(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+/// The scheduler's state; [`Scheduler::run`] is the thread body.
+pub struct Scheduler {
+    runner: ModelRunner,
+    cfg: SchedulerConfig,
+    metrics: Arc<Metrics>,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    radix: RadixCache,
+    shutting_down: bool,
+}
+
+impl Scheduler {
+    /// A scheduler over `runner`.
+    pub fn new(runner: ModelRunner, cfg: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            runner,
+            cfg,
+            metrics,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            radix: RadixCache::new(!cfg.enable_radix_cache),
+            shutting_down: false,
+        }
+    }
+
+    /// KV slots the runner holds in total.
+    pub fn kv_capacity(&self) -> usize {
+        self.runner.kv_pool().capacity()
+    }
+
+    /// Serves messages until [`SchedulerMsg::Shutdown`] (after draining) or until every sender
+    /// is gone.
+    pub fn run(mut self, rx: Receiver<SchedulerMsg>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                if self.shutting_down {
+                    break;
+                }
+                match rx.recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.shutting_down = true;
+                        break;
+                    }
+                }
+            }
+            self.drop_disconnected();
+            self.step();
+            self.update_gauges();
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let cap = self.kv_capacity();
+        let free = self.runner.kv_pool().available() + self.radix.evictable_size();
+        let used = cap - free.min(cap);
+        self.metrics
+            .set_gauges(self.running.len(), self.waiting.len(), used, cap);
+    }
+
+    fn handle(&mut self, msg: SchedulerMsg) {
+        match msg {
+            SchedulerMsg::Add(req, out) => self.add(*req, out),
+            SchedulerMsg::Abort(rid) => self.abort(|id| id.rid == rid),
+            SchedulerMsg::AbortSeq(seq) => self.abort(|id| *id == seq),
+            SchedulerMsg::FlushCache(reply) => {
+                let _ = reply.send(self.flush_cache());
+            }
+            SchedulerMsg::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn add(&mut self, req: TokenizedRequest, out: EventSender) {
+        if self.shutting_down {
+            let _ = out.send(TokenEvent::Error("the server is shutting down".into()));
+            return;
+        }
+        if let Err(msg) = self.check(&req) {
+            let _ = out.send(TokenEvent::Error(msg));
+            return;
+        }
+        let state = match SequenceState::new(req.params, &req.input_ids) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = out.send(TokenEvent::Error(e.to_string()));
+                return;
+            }
+        };
+        Metrics::add(&self.metrics.prompt_tokens_total, req.input_ids.len() as u64);
+        self.waiting.push_back(Seq {
+            id: req.id,
+            prompt_len: req.input_ids.len(),
+            tokens: req.input_ids,
+            max_new: req.max_new_tokens,
+            stop_ids: req.stop_token_ids,
+            state: Some(state),
+            slot: None,
+            cached: 0,
+            prefix_len: 0,
+            node: None,
+            out,
+            arrived: Instant::now(),
+            last_token: None,
+        });
+    }
+
+    /// Rejects what could make a step fail (the handlers check these first).
+    fn check(&self, req: &TokenizedRequest) -> Result<(), String> {
+        let vocab = self.runner.model().config().vocab_size;
+        let limit = self.cfg.max_context_len.min(self.kv_capacity());
+        if req.input_ids.is_empty() {
+            return Err("the prompt is empty".into());
+        }
+        if let Some(bad) = req.input_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(format!("token id {bad} is out of the vocabulary (size {vocab})"));
+        }
+        if req.max_new_tokens == 0 || req.input_ids.len() + req.max_new_tokens > limit {
+            return Err(format!(
+                "prompt ({} tokens) + max_new_tokens ({}) exceeds the limit of {limit} tokens",
+                req.input_ids.len(),
+                req.max_new_tokens
+            ));
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, matches: impl Fn(&SeqId) -> bool) {
+        let (gone, kept): (Vec<Seq>, Vec<Seq>) = self.waiting.drain(..).partition(|s| matches(&s.id));
+        self.waiting = kept.into();
+        let (gone_running, kept): (Vec<Seq>, Vec<Seq>) = self.running.drain(..).partition(|s| matches(&s.id));
+        self.running = kept;
+        for mut s in gone.into_iter().chain(gone_running) {
+            self.free(&mut s);
+            let _ = s.out.send(TokenEvent::Aborted);
+        }
+    }
+
+    /// Sequences whose receiver is gone (client disconnected) are dropped with their KV.
+    fn drop_disconnected(&mut self) {
+        let closed = |s: &Seq| s.out.is_closed();
+        if self.running.iter().any(closed) || self.waiting.iter().any(closed) {
+            self.abort_where(closed);
+        }
+    }
+
+    fn abort_where(&mut self, pred: impl Fn(&Seq) -> bool) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if pred(&self.running[i]) {
+                let mut s = self.running.remove(i);
+                self.free(&mut s);
+            } else {
+                i += 1;
+            }
+        }
+        self.waiting.retain(|s| !pred(s));
+    }
+
+    /// Releases a sequence's KV slots and request slot, first handing its computed tokens to the
+    /// prefix cache.
+    fn free(&mut self, s: &mut Seq) {
+        self.release(s, true);
+    }
+
+    /// Releases a sequence; `cache`: keep its computed KV in the prefix cache (not after a
+    /// failed step, whose KV may be garbage).
+    fn release(&mut self, s: &mut Seq, cache: bool) {
+        let Some(slot) = s.slot.take() else {
+            return;
+        };
+        let result = (|| -> Result<(), String> {
+            let kv = self
+                .runner
+                .req_pool_mut()
+                .kv_indices(slot, 0..s.cached)
+                .map_err(|e| e.to_string())?;
+            // Slots before `prefix_len` are the tree's. Cached: the tree takes ours past what it
+            // already held, we free our duplicates of what it held. Not cached: free all ours.
+            let ours_end = if cache && !self.radix.is_disabled() {
+                let held = self
+                    .radix
+                    .insert(&s.tokens[..s.cached], &kv)
+                    .map_err(|e| e.to_string())?;
+                held.max(s.prefix_len)
+            } else {
+                s.cached
+            };
+            self.runner
+                .kv_pool_mut()
+                .free(&kv[s.prefix_len..ours_end])
+                .map_err(|e| e.to_string())?;
+            if let Some(node) = s.node.take() {
+                self.radix.dec_lock_ref(node).map_err(|e| e.to_string())?;
+            }
+            self.runner.req_pool_mut().free(slot).map_err(|e| e.to_string())
+        })();
+        if let Err(e) = result {
+            tracing::error!("releasing {:?}: {e}", s.id);
+        }
+        s.cached = 0;
+        s.prefix_len = 0;
+    }
+
+    /// Drops the prefix cache when nothing is in flight.
+    fn flush_cache(&mut self) -> bool {
+        if !self.running.is_empty() || !self.waiting.is_empty() {
+            return false;
+        }
+        match self.radix.reset() {
+            Ok(slots) => self.runner.kv_pool_mut().free(&slots).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Admits `s` into request slot `slot`, reusing its longest cached prefix (always leaving
+    /// one token to compute, for the logits).
+    fn admit(&mut self, s: &mut Seq, slot: usize) -> Result<(), String> {
+        let m = self.radix.match_prefix(&s.tokens[..s.tokens.len() - 1]);
+        self.radix.inc_lock_ref(m.last_node).map_err(|e| e.to_string())?;
+        s.node = Some(m.last_node);
+        s.slot = Some(slot);
+        if !m.kv_slots.is_empty() {
+            self.runner
+                .req_pool_mut()
+                .write(slot, 0, &m.kv_slots)
+                .map_err(|e| e.to_string())?;
+            Metrics::add(&self.metrics.cached_tokens_total, m.kv_slots.len() as u64);
+        }
+        s.cached = m.kv_slots.len();
+        s.prefix_len = m.kv_slots.len();
+        Ok(())
+    }
+
+    /// Moves the newest running sequence back to the queue front; its tokens are recomputed
+    /// when it is admitted again.
+    fn retract_newest(&mut self) -> bool {
+        let Some(mut s) = self.running.pop() else {
+            return false;
+        };
+        self.free(&mut s);
+        Metrics::add(&self.metrics.retractions_total, 1);
+        tracing::info!("retracted {:?} ({} tokens) for lack of KV slots", s.id, s.tokens.len());
+        self.waiting.push_front(s);
+        true
+    }
+
+    /// Free KV slots, counting what the prefix cache can evict.
+    fn kv_available(&self) -> usize {
+        self.runner.kv_pool().available() + self.radix.evictable_size()
+    }
+
+    /// Evicts from the prefix cache until `needed` slots are free in the pool.
+    fn make_room(&mut self, needed: usize) {
+        let available = self.runner.kv_pool().available();
+        if available < needed {
+            let pool = self.runner.kv_pool_mut();
+            self.radix.evict(needed - available, |slots| {
+                if let Err(e) = pool.free(slots) {
+                    tracing::error!("freeing evicted KV slots: {e}");
+                }
+            });
+        }
+    }
+
+    /// Chooses this step's work: every running sequence's pending tokens (decode: one; an
+    /// unfinished chunked prefill: the next chunk), then new sequences FCFS, prefill chunks
+    /// limited by `max_prefill_tokens` and free KV slots.
+    fn schedule(&mut self) -> Vec<(usize, usize)> {
+        // Decodes first: each needs one slot; retract the newest until they fit.
+        loop {
+            let decodes = self.running.iter().filter(|s| s.tokens.len() - s.cached == 1).count();
+            if decodes <= self.kv_available() || self.running.len() <= 1 {
+                break;
+            }
+            self.retract_newest();
+        }
+        let decodes = self.running.iter().filter(|s| s.tokens.len() - s.cached == 1).count();
+        let mut kv_left = self.kv_available().saturating_sub(decodes);
+        let mut budget = self.cfg.max_prefill_tokens;
+        let mut plan = Vec::new();
+        for (i, s) in self.running.iter().enumerate() {
+            let pending = s.tokens.len() - s.cached;
+            if pending == 1 {
+                plan.push((i, 1));
+                continue;
+            }
+            let take = pending.min(budget).min(kv_left);
+            if take > 0 {
+                budget -= take;
+                kv_left -= take;
+                plan.push((i, take));
+            }
+        }
+        while self.running.len() < self.cfg.max_running_requests && budget > 0 {
+            let Some(front) = self.waiting.front() else { break };
+            let cached = self
+                .radix
+                .rematch_prefix(&front.tokens[..front.tokens.len() - 1])
+                .kv_slots
+                .len();
+            let take = (front.tokens.len() - cached).min(budget);
+            // Admit only with room for the chunk plus one decode slot per running sequence.
+            if take + self.running.len() > kv_left || self.runner.req_pool_mut().available() == 0 {
+                break;
+            }
+            let Some(mut s) = self.waiting.pop_front() else { break };
+            let slot = match self.runner.req_pool_mut().alloc(1) {
+                Ok(slots) => slots[0],
+                Err(e) => {
+                    let _ = s.out.send(TokenEvent::Error(format!("no request slot: {e}")));
+                    continue;
+                }
+            };
+            if let Err(e) = self.admit(&mut s, slot) {
+                self.release(&mut s, false);
+                let _ = s.out.send(TokenEvent::Error(format!("prefix cache: {e}")));
+                continue;
+            }
+            // Locking the matched prefix made it unevictable: check the room again.
+            let take = (s.tokens.len() - s.cached).min(budget);
+            let planned: usize = plan.iter().map(|&(_, t)| t).sum();
+            if planned + take + self.running.len() > self.kv_available() {
+                self.release(&mut s, false);
+                self.waiting.push_front(s);
+                break;
+            }
+            budget -= take;
+            kv_left -= take;
+            self.running.push(s);
+            plan.push((self.running.len() - 1, take));
+        }
+        plan
+    }
+
+    /// Runs one step: forward the planned chunks, sample for sequences whose pending tokens are
+    /// all in, then emit tokens and retire finished sequences.
+    fn step(&mut self) {
+        let plan = self.schedule();
+        if plan.is_empty() {
+            if self.running.len() > 1 {
+                // Partly prefilled sequences hold all free KV slots: make room.
+                self.retract_newest();
+            } else if !self.waiting.is_empty() && self.running.is_empty() {
+                // Nothing fits even alone: cannot happen after `check`, but never spin.
+                let s = self.waiting.pop_front();
+                if let Some(s) = s {
+                    let _ = s
+                        .out
+                        .send(TokenEvent::Error("the request does not fit the KV cache".into()));
+                }
+            }
+            return;
+        }
+        let inputs: Vec<SequenceInput> = plan
+            .iter()
+            .map(|&(i, take)| {
+                let s = &self.running[i];
+                SequenceInput {
+                    req_slot: s.slot.unwrap_or(usize::MAX),
+                    prefix_len: s.cached,
+                    new_tokens: s.tokens[s.cached..s.cached + take].to_vec(),
+                }
+            })
+            .collect();
+        let needed = inputs.iter().map(|i| i.new_tokens.len()).sum();
+        self.make_room(needed);
+        let result = catch_unwind(AssertUnwindSafe(|| self.forward_and_sample(&plan, &inputs)));
+        let samples = match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.fail_batch(&plan, &e),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                return self.fail_batch(&plan, &format!("internal error (panic): {msg}"));
+            }
+        };
+        self.postprocess(samples);
+    }
+
+    /// Prepares, forwards and samples; returns `(running index, sample)` for sequences that
+    /// completed their pending tokens.
+    fn forward_and_sample(
+        &mut self,
+        plan: &[(usize, usize)],
+        inputs: &[SequenceInput],
+    ) -> Result<Vec<(usize, SampleOutput)>, String> {
+        let batch = self
+            .runner
+            .prepare(inputs, LogitsMode::LastPerSequence)
+            .map_err(|e| e.to_string())?;
+        for &(i, take) in plan {
+            self.running[i].cached += take;
+        }
+        let logits = self.runner.forward(&batch).map_err(|e| e.to_string())?;
+        let flat = logits.to_f32_vec().map_err(|e| e.to_string())?;
+        let vocab = self.runner.model().config().vocab_size;
+        let mut rows = Vec::new();
+        let mut who = Vec::new();
+        let mut states = Vec::new();
+        for (row, &(i, _)) in plan.iter().enumerate() {
+            let s = &mut self.running[i];
+            if s.cached == s.tokens.len() {
+                rows.extend_from_slice(&flat[row * vocab..(row + 1) * vocab]);
+                who.push(i);
+                states.push(s.state.take().ok_or("sequence state missing")?);
+            }
+        }
+        let sampled = Sampler::new().sample_flat(&mut rows, vocab, &mut states);
+        for (&i, st) in who.iter().zip(states) {
+            self.running[i].state = Some(st);
+        }
+        let sampled = sampled.map_err(|e| e.to_string())?;
+        Ok(who.into_iter().zip(sampled).collect())
+    }
+
+    fn fail_batch(&mut self, plan: &[(usize, usize)], msg: &str) {
+        tracing::error!("step failed: {msg}");
+        let failed: Vec<SeqId> = plan.iter().map(|&(i, _)| self.running[i].id.clone()).collect();
+        Metrics::add(&self.metrics.request_errors_total, failed.len() as u64);
+        let mut i = 0;
+        while i < self.running.len() {
+            if failed.contains(&self.running[i].id) {
+                let mut s = self.running.remove(i);
+                self.release(&mut s, false);
+                let _ = s.out.send(TokenEvent::Error(msg.to_string()));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn postprocess(&mut self, samples: Vec<(usize, SampleOutput)>) {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for (i, sample) in samples {
+            let s = &mut self.running[i];
+            let token = sample.token;
+            s.tokens.push(token);
+            Metrics::add(&self.metrics.generation_tokens_total, 1);
+            match s.last_token {
+                None => self.metrics.observe_ttft((now - s.arrived).as_secs_f64()),
+                Some(t) => self.metrics.observe_tpot((now - t).as_secs_f64()),
+            }
+            s.last_token = Some(now);
+            let finish = if s.stop_ids.contains(&token) {
+                Some(Finish::StopToken(token))
+            } else if s.output_len() >= s.max_new || s.tokens.len() >= self.cfg.max_context_len {
+                Some(Finish::Length)
+            } else {
+                None
+            };
+            let sent = s.out.send(TokenEvent::Token {
+                sample,
+                finish: finish.clone(),
+            });
+            if finish.is_some() || sent.is_err() {
+                done.push(s.id.clone());
+            }
+        }
+        if !done.is_empty() {
+            self.abort_where(|s| done.contains(&s.id));
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The HTTP server (axum): OpenAI-compatible endpoints ([`openai`]), SGLang's native ones
+//! ([`native`]), Bearer auth, a body size limit and graceful shutdown. Handlers validate
+//! ([`validate`]), tokenize off the runtime, and hand sequences to the [`Engine`].
+
+pub mod error;
+pub mod json;
+pub mod native;
+pub mod openai;
+pub mod protocol;
+pub mod stream;
+pub mod validate;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::orchestrator::Engine;
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The pipeline.
+    pub engine: Arc<Engine>,
+    /// The name in responses and `/v1/models` (never empty).
+    pub served_model_name: String,
+    /// What `--model` pointed at, for `/model_info`.
+    pub model_path: String,
+    /// Required Bearer token, if any.
+    pub api_key: Option<Arc<str>>,
+    /// Unix time the server started.
+    pub created: u64,
+}
+
+impl AppState {
+    /// State for `engine`; the served name is `served_model_name`, else the model's name.
+    pub fn new(
+        engine: Arc<Engine>,
+        served_model_name: Option<String>,
+        model_path: String,
+        api_key: Option<String>,
+    ) -> Self {
+        let name = served_model_name
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| engine.info().name.clone());
+        Self {
+            engine,
+            served_model_name: name,
+            model_path,
+            api_key: api_key.filter(|k| !k.is_empty()).map(Into::into),
+            created: unix_time(),
+        }
+    }
+
+    /// Accepts a missing `model` or the served name (or the loaded model's own name).
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            None => Ok(()),
+            Some(m) if m == self.served_model_name || m == self.engine.info().name => Ok(()),
+            Some(m) => Err(ApiError {
+                code: "model_not_found",
+                ..ApiError::invalid(
+                    "model",
+                    format!(
+                        "the model `{m}` does not exist; this server serves `{}`",
+                        self.served_model_name
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// The text of one token, for logprobs (`<id>` without a tokenizer).
+    pub fn token_str(&self, id: u32) -> String {
+        self.engine
+            .tokenizer()
+            .and_then(|t| t.decode(&[id], false).ok())
+            .unwrap_or_else(|| format!("<{id}>"))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_time() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A fresh request id with `prefix`.
+///
+/// ```
+/// let a = mllm_engine::server::new_rid("cmpl-");
+/// assert!(a.starts_with("cmpl-") && a != mllm_engine::server::new_rid("cmpl-"));
+/// ```
+pub fn new_rid(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}{:08x}{:08x}", nanos, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Compares in time independent of where the inputs differ.
+///
+/// ```
+/// use mllm_engine::server::constant_time_eq;
+/// assert!(constant_time_eq(b"secret", b"secret"));
+/// assert!(!constant_time_eq(b"secret", b"secreT") && !constant_time_eq(b"a", b"ab"));
+/// ```
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &app.api_key {
+        if req.uri().path() != "/health" {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "missing or wrong API key")
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// The router with every endpoint, auth and a `max_body_bytes` body limit.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health", get(native::health))
+        .route("/health_generate", get(native::health_generate))
+        .route("/v1/models", get(native::models))
+        .route("/model_info", get(native::model_info))
+        .route("/get_model_info", get(native::model_info))
+        .route("/server_info", get(native::server_info))
+        .route("/get_server_info", get(native::server_info))
+        .route("/metrics", get(native::metrics))
+        .route("/generate", post(native::generate).put(native::generate))
+        .route("/abort_request", post(native::abort_request))
+        .route("/flush_cache", post(native::flush_cache).get(native::flush_cache))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, lets in-flight requests finish,
+/// then stops the scheduler.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    engine: Arc<Engine>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal: draining in-flight requests");
+}

@@ -1,0 +1,717 @@
+//! End-to-end tests of `mllm serve` in-process: a tiny random-weight model (no tokenizer) for
+//! the pipeline, scheduling and errors, and the real SmolLM2 (when cached) for chat.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mllm_engine::generation::{LoadedModel, ModelSource};
+use mllm_engine::hub::{cached_model, HubConfig, DEFAULT_MODEL};
+use mllm_engine::orchestrator::{Engine, EngineConfig};
+use mllm_engine::server::{router, serve, AppState};
+use mllm_engine::tensor::DType;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const TINY_CONFIG: &str = r#"{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
+    "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 16, "vocab_size": 256, "rms_norm_eps": 1e-6, "max_position_embeddings": 256,
+    "tie_word_embeddings": true}"#;
+
+struct TestServer {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    async fn start_with(loaded: LoadedModel, cfg: EngineConfig, api_key: Option<&str>) -> Self {
+        let engine = Engine::start(loaded, cfg).expect("engine");
+        let state = AppState::new(
+            engine.clone(),
+            Some("tiny".into()),
+            "tiny".into(),
+            api_key.map(str::to_string),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, router(state, 64 << 10), engine.clone(), async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            engine,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn start(cfg: EngineConfig) -> Self {
+        Self::start_with(tiny_model(), cfg, None).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path, None, &[]).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (s, b) = http(self.addr, "POST", path, Some(&body.to_string()), &[]).await;
+        (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+
+    /// Waits until no sequence holds KV slots or runs.
+    async fn wait_idle(&self) {
+        let t = Instant::now();
+        while self.metric("mllm_kv_used_tokens").await != 0.0 || self.metric("mllm_num_running_reqs").await != 0.0 {
+            assert!(t.elapsed() < Duration::from_secs(20), "KV never freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn tiny_model() -> LoadedModel {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, TINY_CONFIG).unwrap();
+    let source = ModelSource::Dummy {
+        config,
+        dtype: DType::F32,
+        seed: 7,
+    };
+    LoadedModel::load(&source, &Default::default()).unwrap()
+}
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        max_running_requests: 16,
+        max_total_tokens: 4096,
+        max_prefill_tokens: 1024,
+        context_length: None,
+        max_queued_requests: 64,
+        disable_radix_cache: false,
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection, chunked bodies decoded.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let (method, path, body) = (method.to_string(), path.to_string(), body.map(str::to_string));
+    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    tokio::task::spawn_blocking(move || http_blocking(addr, &method, &path, body.as_deref(), &headers))
+        .await
+        .unwrap()
+}
+
+fn http_blocking(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(String, String)],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(body) } else { body.to_string() })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn ids_prompt(seed: u32, len: usize) -> Vec<u32> {
+    (0..len as u32).map(|i| (i * 7 + seed * 13 + 1) % 256).collect()
+}
+
+fn gen_body(ids: &[u32], max_new: usize) -> Value {
+    json!({"input_ids": ids, "sampling_params": {"max_new_tokens": max_new, "temperature": 0, "ignore_eos": true}})
+}
+
+fn output_ids(v: &Value) -> Vec<u64> {
+    v["output_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_models_info_metrics() {
+    let srv = TestServer::start(cfg()).await;
+    assert_eq!(srv.get("/health").await.0, 200);
+    let (s, b) = srv.get("/v1/models").await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["data"][0]["id"], "tiny");
+    let (s, b) = srv.get("/model_info").await;
+    assert!(s == 200 && b.contains("\"is_generation\":true"), "{b}");
+    let (s, b) = srv.get("/server_info").await;
+    assert!(s == 200 && b.contains("max_total_tokens"), "{b}");
+    assert_eq!(srv.get("/health_generate").await.0, 200);
+    assert_eq!(srv.metric("mllm_kv_capacity_tokens").await, 4096.0);
+    assert!(srv.metric("mllm_generation_tokens_total").await >= 1.0);
+    let (_, m) = srv.get("/metrics").await;
+    assert!(m.contains("mllm_time_to_first_token_seconds_bucket"), "{m}");
+    assert_eq!(srv.get("/nope").await.0, 404);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generate_plain_and_streamed_agree() {
+    let srv = TestServer::start(cfg()).await;
+    let ids = ids_prompt(1, 12);
+    let (s, v) = srv.post("/generate", &gen_body(&ids, 6)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(output_ids(&v).len(), 6);
+    assert_eq!(v["meta_info"]["finish_reason"]["type"], "length");
+    assert_eq!(v["meta_info"]["prompt_tokens"], 12);
+    let mut body = gen_body(&ids, 6);
+    body["stream"] = json!(true);
+    let (s, text) = http(srv.addr, "POST", "/generate", Some(&body.to_string()), &[]).await;
+    assert_eq!(s, 200);
+    let events = sse(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(output_ids(&last), output_ids(&v));
+    assert!(events.len() >= 7, "one event per token: {text}");
+    // A stop token ends the output (it is the last id, finish "stop").
+    let stop_at = output_ids(&v)[2];
+    let first = output_ids(&v).iter().position(|&t| t == stop_at).unwrap();
+    let body = json!({"input_ids": ids, "sampling_params": {"max_new_tokens": 6, "temperature": 0,
+                      "stop_token_ids": [stop_at]}});
+    let (_, w) = srv.post("/generate", &body).await;
+    assert_eq!(output_ids(&w), output_ids(&v)[..=first].to_vec(), "{w}");
+    assert_eq!(w["meta_info"]["finish_reason"]["type"], "stop");
+    assert_eq!(w["meta_info"]["finish_reason"]["matched"], stop_at);
+    // n = 2 with a seed: two choices.
+    let body =
+        json!({"input_ids": ids, "sampling_params": {"max_new_tokens": 3, "n": 2, "seed": 5, "ignore_eos": true}});
+    let (s, v) = srv.post("/generate", &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
+    // Logprobs.
+    let body = json!({"input_ids": ids, "return_logprob": true, "top_logprobs_num": 2,
+                      "sampling_params": {"max_new_tokens": 2, "temperature": 0}});
+    let (_, v) = srv.post("/generate", &body).await;
+    assert_eq!(
+        v["meta_info"]["output_token_logprobs"].as_array().map(Vec::len),
+        Some(2),
+        "{v}"
+    );
+    srv.wait_idle().await;
+    srv.stop().await;
+}
+
+async fn run_all(srv: &TestServer, prompts: &[Vec<u32>], max_new: usize, parallel: bool) -> Vec<Vec<u64>> {
+    if !parallel {
+        let mut out = Vec::new();
+        for p in prompts {
+            let (s, v) = srv.post("/generate", &gen_body(p, max_new)).await;
+            assert_eq!(s, 200, "{v}");
+            out.push(output_ids(&v));
+        }
+        return out;
+    }
+    let tasks: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (addr, body) = (srv.addr, gen_body(p, max_new).to_string());
+            tokio::spawn(async move { http(addr, "POST", "/generate", Some(&body), &[]).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        let (s, b) = t.await.unwrap();
+        assert_eq!(s, 200, "{b}");
+        out.push(output_ids(&serde_json::from_str(&b).unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_greedy_matches_sequential() {
+    let srv = TestServer::start(cfg()).await;
+    let prompts: Vec<Vec<u32>> = (0..16).map(|i| ids_prompt(i, 5 + i as usize)).collect();
+    let seq = run_all(&srv, &prompts, 8, false).await;
+    let par = run_all(&srv, &prompts, 8, true).await;
+    assert_eq!(seq, par);
+    srv.wait_idle().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_prefill_matches_one_shot() {
+    let prompts: Vec<Vec<u32>> = vec![ids_prompt(3, 150), ids_prompt(4, 9)];
+    let whole = TestServer::start(cfg()).await;
+    let expect = run_all(&whole, &prompts, 5, false).await;
+    whole.stop().await;
+    let chunked = TestServer::start(EngineConfig {
+        max_prefill_tokens: 16,
+        ..cfg()
+    })
+    .await;
+    assert_eq!(run_all(&chunked, &prompts, 5, true).await, expect);
+    chunked.wait_idle().await;
+    chunked.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tiny_kv_budget_retracts_and_completes() {
+    let prompts: Vec<Vec<u32>> = (0..8).map(|i| ids_prompt(i, 10)).collect();
+    let big = TestServer::start(cfg()).await;
+    let expect = run_all(&big, &prompts, 20, false).await;
+    big.stop().await;
+    let srv = TestServer::start(EngineConfig {
+        max_total_tokens: 64,
+        ..cfg()
+    })
+    .await;
+    assert_eq!(run_all(&srv, &prompts, 20, true).await, expect);
+    assert!(srv.metric("mllm_retractions_total").await > 0.0);
+    srv.wait_idle().await;
+    // Beyond the KV capacity: 400 naming the field.
+    let (s, v) = srv.post("/generate", &gen_body(&ids_prompt(1, 10), 60)).await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("sampling_params.max_new_tokens")),
+        "{v}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefix_cache_reuses_kv_and_flushes() {
+    let srv = TestServer::start(cfg()).await;
+    let shared = ids_prompt(9, 40);
+    let other = [&shared[..], &[5, 6, 7]].concat();
+    let first = run_all(&srv, std::slice::from_ref(&shared), 6, false).await;
+    assert_eq!(srv.metric("mllm_cached_tokens_total").await, 0.0);
+    assert_eq!(run_all(&srv, std::slice::from_ref(&shared), 6, false).await, first);
+    assert!(srv.metric("mllm_cached_tokens_total").await >= 39.0);
+    // A longer prompt sharing the prefix gives what a cold server gives.
+    let warm = run_all(&srv, std::slice::from_ref(&other), 6, true).await;
+    srv.wait_idle().await;
+    let (s, _) = http(srv.addr, "POST", "/flush_cache", None, &[]).await;
+    assert_eq!(s, 200);
+    let before = srv.metric("mllm_cached_tokens_total").await;
+    assert_eq!(run_all(&srv, &[other], 6, false).await, warm);
+    assert_eq!(
+        srv.metric("mllm_cached_tokens_total").await,
+        before,
+        "flushed: nothing reused"
+    );
+    srv.stop().await;
+    let cold = TestServer::start(EngineConfig {
+        disable_radix_cache: true,
+        ..cfg()
+    })
+    .await;
+    assert_eq!(run_all(&cold, &[shared], 6, false).await, first);
+    cold.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_request_ends_generation() {
+    let srv = TestServer::start(cfg()).await;
+    let body = json!({"rid": "victim", "input_ids": ids_prompt(2, 4),
+                      "sampling_params": {"max_new_tokens": 250, "ignore_eos": true}});
+    let addr = srv.addr;
+    let task = tokio::spawn(async move { http(addr, "POST", "/generate", Some(&body.to_string()), &[]).await });
+    let t = Instant::now();
+    while srv.metric("mllm_num_running_reqs").await == 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (s, _) = srv.post("/abort_request", &json!({"rid": "victim"})).await;
+    assert_eq!(s, 200);
+    let (s, b) = task.await.unwrap();
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (s, v["meta_info"]["finish_reason"]["type"].as_str()),
+        (200, Some("abort")),
+        "{b}"
+    );
+    srv.wait_idle().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_disconnect_frees_kv() {
+    let srv = TestServer::start(cfg()).await;
+    let mut body = gen_body(&ids_prompt(5, 8), 240);
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    let req = format!(
+        "POST /generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    srv.wait_idle().await;
+    // Non-streaming too: the handler is dropped with the connection.
+    let body = gen_body(&ids_prompt(6, 8), 240).to_string();
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    let req = format!(
+        "POST /generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let t = Instant::now();
+    while srv.metric("mllm_num_running_reqs").await == 0.0 && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(s);
+    srv.wait_idle().await;
+    assert!(
+        srv.metric("mllm_generation_tokens_total").await < 480.0,
+        "generation did not stop"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_400_naming_the_field() {
+    let srv = TestServer::start(cfg()).await;
+    let (s, b) = http(srv.addr, "POST", "/generate", Some("{not json"), &[]).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("malformed JSON"), "{b}");
+    let cases = [
+        (
+            "/generate",
+            json!({"input_ids": [1, 2], "sampling_params": {"temperature": "hot"}}),
+            "sampling_params",
+        ),
+        (
+            "/generate",
+            json!({"input_ids": [1, 2], "sampling_params": {"temperature": -1}}),
+            "sampling_params.temperature",
+        ),
+        ("/generate", json!({"input_ids": "x"}), "input_ids"),
+        (
+            "/generate",
+            json!({"input_ids": [1, 2], "sampling_params": {"n": 100}}),
+            "sampling_params.n",
+        ),
+        (
+            "/generate",
+            json!({"input_ids": [1, 2], "sampling_params": {"max_new_tokens": 0}}),
+            "sampling_params.max_new_tokens",
+        ),
+        ("/generate", json!({"input_ids": ids_prompt(1, 300)}), "input_ids"),
+        ("/generate", json!({"input_ids": []}), "input_ids"),
+        ("/generate", json!({"input_ids": [999]}), "input_ids"),
+        ("/generate", json!({}), "text"),
+        (
+            "/v1/completions",
+            json!({"prompt": [1, 2], "max_tokens": 0}),
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [1, 2], "max_tokens": 1000}),
+            "max_tokens",
+        ),
+        ("/v1/completions", json!({"prompt": [1, 2], "model": "gpt-9"}), "model"),
+        ("/v1/completions", json!({"prompt": [1, 2], "n": 0}), "n"),
+        ("/v1/completions", json!({"prompt": [1, 2], "top_p": 2}), "top_p"),
+        ("/v1/completions", json!({"max_tokens": 2}), "prompt"),
+        ("/v1/chat/completions", json!({"messages": []}), "messages"),
+        ("/v1/chat/completions", json!({"messages": "hi"}), "messages"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "temperature": "x"}),
+            "temperature",
+        ),
+    ];
+    for (path, body, param) in cases {
+        let (s, v) = srv.post(path, &body).await;
+        assert_eq!(s, 400, "{path} {body}: {v}");
+        assert_eq!(v["error"]["param"].as_str(), Some(param), "{path} {body}: {v}");
+        assert!(
+            v["error"]["message"].is_string() && v["error"]["type"].is_string(),
+            "{v}"
+        );
+    }
+    let (_, v) = srv.post("/generate", &json!({"input_ids": ids_prompt(1, 300)})).await;
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("300") && msg.contains("256"), "{msg}");
+    // Completions with ids work without a tokenizer; text needs one.
+    let (s, v) = srv
+        .post(
+            "/v1/completions",
+            &json!({"prompt": [1, 2, 3], "max_tokens": 3, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "tiny");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let (s, v) = srv
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("messages")), "{v}");
+    // Body limit.
+    let big = format!("{{\"text\": \"{}\"}}", "a".repeat(100 << 10));
+    let (s, b) = http(srv.addr, "POST", "/generate", Some(&big), &[]).await;
+    assert_eq!(s, 413, "{b}");
+    assert!(b.contains("\"error\""), "{b}");
+    srv.wait_idle().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_key_and_queue_limit() {
+    let srv = TestServer::start_with(
+        tiny_model(),
+        EngineConfig {
+            max_running_requests: 1,
+            max_queued_requests: 0,
+            ..cfg()
+        },
+        Some("sekrit"),
+    )
+    .await;
+    assert_eq!(srv.get("/health").await.0, 200);
+    assert_eq!(srv.get("/v1/models").await.0, 401);
+    let auth = [("Authorization", "Bearer sekrit")];
+    assert_eq!(http(srv.addr, "GET", "/v1/models", None, &auth).await.0, 200);
+    let wrong = [("Authorization", "Bearer sekriT")];
+    assert_eq!(http(srv.addr, "GET", "/v1/models", None, &wrong).await.0, 401);
+    // The one slot (1 running + 0 queued) is taken: the next request gets 429.
+    let body = gen_body(&ids_prompt(1, 4), 4).to_string();
+    let held = srv.engine.reserve(1).unwrap();
+    let (s, b) = http(srv.addr, "POST", "/generate", Some(&body), &auth).await;
+    assert_eq!(s, 429, "{b}");
+    assert!(b.contains("rate_limit_error"), "{b}");
+    drop(held);
+    assert_eq!(http(srv.addr, "POST", "/generate", Some(&body), &auth).await.0, 200);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_drains_in_flight_requests() {
+    let srv = TestServer::start(cfg()).await;
+    let addr = srv.addr;
+    let body = gen_body(&ids_prompt(1, 4), 100).to_string();
+    let task = tokio::spawn(async move { http(addr, "POST", "/generate", Some(&body), &[]).await });
+    let t = Instant::now();
+    while srv.metric("mllm_num_running_reqs").await == 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let engine = srv.engine.clone();
+    srv.stop().await;
+    let (s, b) = task.await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(output_ids(&serde_json::from_str(&b).unwrap()).len(), 100);
+    assert!(!engine.is_alive());
+    assert!(TcpStream::connect(addr).is_err());
+}
+
+fn smollm2() -> Option<LoadedModel> {
+    let cfg = HubConfig {
+        offline: true,
+        progress: false,
+        ..HubConfig::from_env().ok()?
+    };
+    let Some(path) = cached_model(&cfg, &DEFAULT_MODEL).ok().flatten() else {
+        eprintln!(
+            "SKIPPED: {} is not in the hub cache (run scripts/setup.sh)",
+            DEFAULT_MODEL.file_name
+        );
+        return None;
+    };
+    Some(LoadedModel::load(&ModelSource::Gguf(path), &Default::default()).expect("loading SmolLM2"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smollm2_chat_completions() {
+    let Some(model) = smollm2() else { return };
+    let srv = TestServer::start_with(
+        model,
+        EngineConfig {
+            max_total_tokens: 2048,
+            ..cfg()
+        },
+        None,
+    )
+    .await;
+    let msgs = json!([{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}]);
+    let body = json!({"model": "tiny", "messages": msgs, "max_tokens": 12, "temperature": 0,
+                      "logprobs": true, "top_logprobs": 2});
+    let (s, v) = srv.post("/v1/chat/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(text.contains("Paris"), "{text}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(
+        v["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let usage = &v["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap())
+    );
+    // Streamed: the same text, a usage chunk and [DONE].
+    let body = json!({"messages": msgs, "max_tokens": 12, "temperature": 0, "stream": true,
+                      "stream_options": {"include_usage": true}});
+    let (s, raw) = http(srv.addr, "POST", "/v1/chat/completions", Some(&body.to_string()), &[]).await;
+    assert_eq!(s, 200);
+    let events = sse(&raw);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    assert_eq!(
+        chunks.last().unwrap()["usage"]["completion_tokens"],
+        v["usage"]["completion_tokens"]
+    );
+    // A stop string never appears, not even in part.
+    let body = json!({"messages": msgs, "max_tokens": 12, "temperature": 0, "stop": "Paris"});
+    let (_, v) = srv.post("/v1/chat/completions", &body).await;
+    let stopped = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        !stopped.contains("Paris") && text.starts_with(stopped),
+        "{stopped:?} vs {text:?}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Completions with text and n = 2.
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 4, "n": 2, "temperature": 0});
+    let (s, v) = srv.post("/v1/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], v["choices"][1]["text"]);
+    srv.wait_idle().await;
+    srv.stop().await;
+}
+
+/// `mllm serve` as a process: prints its capacity and address, serves, and on SIGTERM finishes
+/// the in-flight request before exiting 0.
+#[test]
+fn mllm_serve_binary_drains_on_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, TINY_CONFIG).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mllm"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--max-total-tokens",
+            "512",
+            "--served-model-name",
+            "tiny",
+        ])
+        .arg("--dummy-config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = None;
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(a) = line.strip_prefix("mllm: serving on http://") {
+            addr = Some(a.parse::<SocketAddr>().unwrap());
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no address in {seen}"));
+    assert!(seen.contains("KV cache holds 512 tokens"), "{seen}");
+    std::thread::spawn(move || for _ in lines {});
+    let (s, _) = http_blocking(addr, "GET", "/health", None, &[]);
+    assert_eq!(s, 200);
+    let body = gen_body(&ids_prompt(1, 4), 200).to_string();
+    let req = std::thread::spawn(move || http_blocking(addr, "POST", "/generate", Some(&body), &[]));
+    std::thread::sleep(Duration::from_millis(20));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (s, b) = req.join().unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(output_ids(&serde_json::from_str(&b).unwrap()).len(), 200);
+    assert!(child.wait().unwrap().success());
+}
