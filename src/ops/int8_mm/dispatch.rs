@@ -169,15 +169,17 @@ impl std::str::FromStr for Int8MmConfig {
 /// use mllm_kernel::ops::{select_int8_mm_config, Int8MmConfig, Int8MmPath};
 /// let h100 = "sm_90a".parse().unwrap();
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::SkinnyM16);
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 128, 6144, 4096), Int8MmConfig::Sm90P64x128x128);
 /// assert!(select_int8_mm_config(h100, Int8MmPath::Auto, 8192, 8192, 8192).is_sm90());
 /// assert!(!select_int8_mm_config(h100, Int8MmPath::Sm80, 8192, 8192, 8192).is_sm90());
 /// ```
 pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k: usize) -> Int8MmConfig {
     use Int8MmConfig::*;
-    // Small M streams the weight: the skinny kernel, which also overlaps
-    // the dynamic quantization (PDL).
+    // Small M streams the weight. Narrow outputs: the skinny kernel (which
+    // also overlaps the dynamic quantization through PDL); wide ones keep
+    // more tiles in flight with CUTLASS's 32x64 tile (H200 sweep).
     if m <= 16 {
-        return SkinnyM16;
+        return if n >= 6144 { Sm80T32x64x128 } else { SkinnyM16 };
     }
     let hopper = path == Int8MmPath::Auto && arch.major == 9 && arch.minor == 0;
     let wide = n >= 16384 || k >= 8192;
@@ -188,7 +190,8 @@ pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k
             129..=256 => Sm90P128x128x128,
             257..=1024 if n <= 4096 => Sm90C128x256x128,
             257..=1024 => Sm90P128x128x128,
-            _ if wide || m >= 8192 => Sm90C256x128x128,
+            _ if m >= 8192 => Sm90C256x128x128Cl2x1,
+            _ if wide => Sm90C256x128x128,
             _ => Sm90P128x128x128,
         };
     }
