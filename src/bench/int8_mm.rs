@@ -6,7 +6,7 @@ use half::bf16;
 use serde::Serialize;
 
 use super::blas::{CublasBf16Gemm, LtInt8Gemm};
-use super::{copy_bandwidth, random_bf16, rotation, time_gpu, TimingPlan};
+use super::{copy_bandwidth, random_bf16, rotation, time_gpu, xorshift, TimingPlan};
 use crate::device::Gpu;
 use crate::dtype::DType;
 use crate::ops::{self, Int8MmConfig};
@@ -75,15 +75,7 @@ pub struct Int8MmRow {
 }
 
 fn random_i8(n: usize, seed: u64) -> Vec<i8> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s % 255) as i32 - 127) as i8
-        })
-        .collect()
+    xorshift(n, seed, |s| ((s % 255) as i32 - 127) as i8)
 }
 
 struct Set {

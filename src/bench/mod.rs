@@ -119,16 +119,21 @@ pub struct BandwidthRow {
     pub plan: TimingPlan,
 }
 
-pub(crate) fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
+/// Deterministic benchmark data (xorshift64): `n` draws mapped by `f`.
+pub(crate) fn xorshift<T>(n: usize, seed: u64, f: impl Fn(u64) -> T) -> Vec<T> {
     let mut s = seed | 1;
     (0..n)
         .map(|_| {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            bf16::from_f32((s % 2001) as f32 / 1000.0 - 1.0)
+            f(s)
         })
         .collect()
+}
+
+pub(crate) fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
+    xorshift(n, seed, |s| bf16::from_f32((s % 2001) as f32 / 1000.0 - 1.0))
 }
 
 /// Which bandwidth-bound op to time.

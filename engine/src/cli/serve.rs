@@ -104,8 +104,13 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         args.max_running_requests
     );
     // The embedded model is served under its hub name, not its GGUF title.
-    let default_name = matches!(source, ModelSource::Default)
-        .then(|| crate::hub::DEFAULT_MODEL.file_name.trim_end_matches(".gguf").trim_end_matches(".Q4_1").to_string());
+    let default_name = matches!(source, ModelSource::Default).then(|| {
+        crate::hub::DEFAULT_MODEL
+            .file_name
+            .trim_end_matches(".gguf")
+            .trim_end_matches(".Q4_1")
+            .to_string()
+    });
     let state = AppState::new(
         engine.clone(),
         args.served_model_name.clone().or(default_name),
