@@ -30,10 +30,14 @@ fn sm80() -> Arch {
     "sm_80".parse().unwrap()
 }
 
+/// The default toolchain: the checkout's own `.toolchain/`, or the
+/// CUDA_HOME that setup reused instead of installing one.
 fn env_at(root: &Path) -> KernelEnv {
+    let own = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.toolchain/cuda/nvidia/cu13")).is_dir();
     KernelEnv {
         cache_dir: Some(root.to_path_buf()),
         lock_timeout: Some(Duration::from_secs(120)),
+        cuda_home: std::env::var_os("CUDA_HOME").filter(|_| !own).map(Into::into),
         ..KernelEnv::default()
     }
 }
