@@ -866,9 +866,13 @@ fn fake_nvcc(sb: &Sandbox) -> PathBuf {
 fn real_compile_failures_are_recorded_as_failed_not_as_success() {
     let sb = Sandbox::empty();
     let nvcc = fake_nvcc(&sb);
-    let cuda_home = concat!(env!("CARGO_MANIFEST_DIR"), "/.toolchain/cuda/nvidia/cu13");
+    let own = concat!(env!("CARGO_MANIFEST_DIR"), "/.toolchain/cuda/nvidia/cu13");
+    let cuda_home = match std::env::var("CUDA_HOME") {
+        Ok(reused) if !own_toolchain() => reused,
+        _ => own.to_string(),
+    };
     let with_fake = |c: &mut Command| {
-        c.env("NVCC", &nvcc).env("CUDA_HOME", cuda_home);
+        c.env("NVCC", &nvcc).env("CUDA_HOME", &cuda_home);
     };
 
     let mut c = cmd(&sb.root);
