@@ -87,6 +87,8 @@ pub enum SchedulerMsg {
     Abort(String),
     /// Abort one sequence.
     AbortSeq(SeqId),
+    /// Abort every sequence (shutdown timeout reached).
+    AbortAll,
     /// Drop the prefix cache if no sequence is in flight; replies whether it did.
     FlushCache(tokio::sync::oneshot::Sender<bool>),
     /// Finish the running sequences, then exit.

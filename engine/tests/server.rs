@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use mllm_engine::generation::{LoadedModel, ModelSource};
 use mllm_engine::hub::{cached_model, HubConfig, DEFAULT_MODEL};
 use mllm_engine::orchestrator::{Engine, EngineConfig};
-use mllm_engine::server::{router, serve, AppState};
+use mllm_engine::parsers::{ReasoningParserKind, ToolParserKind};
+use mllm_engine::server::{router, serve_with, AppState, ServerParsers, DEFAULT_SHUTDOWN_TIMEOUT};
 use mllm_engine::tensor::DType;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -31,19 +32,37 @@ struct TestServer {
 
 impl TestServer {
     async fn start_with(loaded: LoadedModel, cfg: EngineConfig, api_key: Option<&str>) -> Self {
+        Self::start_full(loaded, cfg, api_key, ServerParsers::default(), DEFAULT_SHUTDOWN_TIMEOUT).await
+    }
+
+    async fn start_full(
+        loaded: LoadedModel,
+        cfg: EngineConfig,
+        api_key: Option<&str>,
+        parsers: ServerParsers,
+        shutdown_timeout: Duration,
+    ) -> Self {
         let engine = Engine::start(loaded, cfg).expect("engine");
         let state = AppState::new(
             engine.clone(),
             Some("tiny".into()),
             "tiny".into(),
             api_key.map(str::to_string),
-        );
+        )
+        .with_parsers(parsers);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, router(state, 64 << 10), engine.clone(), async {
+        let shutdown = async {
             let _ = rx.await;
-        }));
+        };
+        let task = tokio::spawn(serve_with(
+            listener,
+            router(state, 64 << 10),
+            engine.clone(),
+            shutdown,
+            shutdown_timeout,
+        ));
         Self {
             addr,
             engine,
@@ -714,4 +733,203 @@ fn mllm_serve_binary_drains_on_sigterm() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(output_ids(&serde_json::from_str(&b).unwrap()).len(), 200);
     assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_answers_503_with_retry_after_then_aborts_at_the_timeout() {
+    let srv = TestServer::start_full(
+        tiny_model(),
+        cfg(),
+        None,
+        ServerParsers::default(),
+        Duration::from_millis(500),
+    )
+    .await;
+    // A held permit stands for a request in flight that outlives the shutdown timeout.
+    let held = srv.engine.reserve(1).unwrap();
+    let (addr, engine) = (srv.addr, srv.engine.clone());
+    let stopping = tokio::spawn(srv.stop());
+    let t = Instant::now();
+    while !engine.is_draining() {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let body = gen_body(&ids_prompt(1, 4), 4).to_string();
+    let raw = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let req = format!(
+            "POST /generate HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw
+    })
+    .await
+    .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("retry-after: 5"), "{raw}");
+    assert!(raw.contains("draining"), "{raw}");
+    assert_eq!(http(addr, "GET", "/health", None, &[]).await.0, 503);
+    // Past the timeout the server stops although the permit is still held.
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the drain ignored its timeout")
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_completion_prompts_match_single_requests() {
+    let srv = TestServer::start(cfg()).await;
+    let prompts = [ids_prompt(2, 6), ids_prompt(5, 9)];
+    let body = json!({"prompt": prompts, "max_tokens": 5, "n": 2, "temperature": 0, "ignore_eos": true});
+    let (s, v) = srv.post("/v1/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    assert_eq!(v["usage"]["prompt_tokens"], 15);
+    assert_eq!(v["usage"]["completion_tokens"], 20);
+    for (p, ids) in prompts.iter().enumerate() {
+        let one =
+            json!({"input_ids": ids, "sampling_params": {"max_new_tokens": 5, "temperature": 0, "ignore_eos": true}});
+        let (_, single) = srv.post("/generate", &one).await;
+        for j in 0..2 {
+            let c = &choices[p * 2 + j];
+            assert_eq!(c["index"], p * 2 + j);
+            assert_eq!(c["finish_reason"], "length");
+            let lp = json!({"prompt": ids, "max_tokens": 5, "temperature": 0, "ignore_eos": true, "logprobs": 0});
+            let (_, solo) = srv.post("/v1/completions", &lp).await;
+            assert_eq!(solo["choices"][0]["text"], c["text"]);
+        }
+        assert_eq!(output_ids(&single).len(), 5);
+    }
+    let too_many = json!({"prompt": vec![ids_prompt(1, 2); 40], "max_tokens": 1, "n": 8});
+    let (s, v) = srv.post("/v1/completions", &too_many).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("prompt")), "{v}");
+    let (s, v) = srv
+        .post("/v1/completions", &json!({"prompt": [], "max_tokens": 1}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    srv.wait_idle().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chat_tool_and_format_fields_are_checked() {
+    let srv = TestServer::start(cfg()).await;
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let tool = json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}});
+    let cases = [
+        (
+            json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+            "response_format",
+            "json_object",
+        ),
+        (
+            json!({"messages": msgs, "tools": [tool], "tool_choice": "required"}),
+            "tool_choice",
+            "constrained",
+        ),
+        (
+            json!({"messages": msgs, "tools": [tool]}),
+            "tools",
+            "--tool-call-parser",
+        ),
+        (
+            json!({"messages": msgs, "tools": [{"type": "function"}]}),
+            "tools[0]",
+            "function",
+        ),
+        (
+            json!({"messages": msgs, "tool_choice": "auto"}),
+            "tool_choice",
+            "needs `tools`",
+        ),
+        (
+            json!({"messages": msgs, "chat_template_kwargs": [1]}),
+            "chat_template_kwargs",
+            "object",
+        ),
+    ];
+    for (body, param, words) in cases {
+        let (s, v) = srv.post("/v1/chat/completions", &body).await;
+        assert_eq!((s, v["error"]["param"].as_str()), (400, Some(param)), "{body} -> {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(words), "{v}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smollm2_chat_with_parsers_and_text_options() {
+    let Some(model) = smollm2() else { return };
+    let parsers = ServerParsers {
+        reasoning: Some(ReasoningParserKind::Qwen3),
+        tools: Some(ToolParserKind::Hermes),
+    };
+    let srv = TestServer::start_full(
+        model,
+        EngineConfig {
+            max_total_tokens: 2048,
+            ..cfg()
+        },
+        None,
+        parsers,
+        DEFAULT_SHUTDOWN_TIMEOUT,
+    )
+    .await;
+    let tool = json!({"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+    let msgs = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let body = json!({"messages": msgs, "tools": [tool], "max_tokens": 24, "temperature": 0});
+    let (s, v) = srv.post("/v1/chat/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    let message = &v["choices"][0]["message"];
+    let content = message["content"].as_str().unwrap_or_default().to_string();
+    for markup in ["<tool_call>", "</tool_call>", "<think>"] {
+        assert!(!content.contains(markup), "{v}");
+    }
+    // Streamed deltas rebuild the same message.
+    let stream = json!({"messages": msgs, "tools": [tool], "max_tokens": 24, "temperature": 0, "stream": true});
+    let (s, raw) = http(srv.addr, "POST", "/v1/chat/completions", Some(&stream.to_string()), &[]).await;
+    assert_eq!(s, 200);
+    let events = sse(&raw);
+    let deltas: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0].clone())
+        .collect();
+    let streamed: String = deltas.iter().filter_map(|c| c["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, content);
+    assert_eq!(
+        deltas.last().unwrap()["finish_reason"],
+        v["choices"][0]["finish_reason"]
+    );
+    // Tool turns and tool results reach the template.
+    let turns = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C and sunny"},
+    ]);
+    let body = json!({"messages": turns, "tools": [tool], "max_tokens": 8, "temperature": 0});
+    let (s, v) = srv.post("/v1/chat/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    // continue_final_message: the answer continues the given assistant text.
+    let partial = json!([{"role": "user", "content": "What is the capital of France?"},
+                         {"role": "assistant", "content": "The capital of France is"}]);
+    let body = json!({"messages": partial, "continue_final_message": true, "max_tokens": 4, "temperature": 0});
+    let (s, v) = srv.post("/v1/chat/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    let more = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(more.contains("Paris"), "{v}");
+    // no_stop_trim keeps the matched stop string; skip_special_tokens=false shows EOS text.
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0,
+                      "stop": "Paris", "no_stop_trim": true});
+    let (_, v) = srv.post("/v1/completions", &body).await;
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(text.ends_with("Paris"), "{v}");
+    srv.wait_idle().await;
+    srv.stop().await;
 }

@@ -1,6 +1,7 @@
 //! `mllm serve`: the OpenAI-compatible HTTP server.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -8,7 +9,8 @@ use clap::Args;
 use super::model_args::{load_source, ModelArgs};
 use crate::generation::ModelSource;
 use crate::orchestrator::{Engine, EngineConfig};
-use crate::server::{router, serve, shutdown_signal, AppState};
+use crate::parsers::{ReasoningParserKind, ToolParserKind};
+use crate::server::{router, serve_with, shutdown_signal, AppState, ServerParsers};
 use crate::tensor::DType;
 
 /// Arguments of `mllm serve` (names as in SGLang).
@@ -54,6 +56,17 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
+    /// Split `<think>` reasoning into `reasoning_content`: qwen3, qwen3-thinking, deepseek-r1.
+    #[arg(long, value_name = "NAME")]
+    pub reasoning_parser: Option<ReasoningParserKind>,
+    /// Read tool calls into `tool_calls` when a request sends `tools`: hermes, qwen25,
+    /// qwen3_coder, llama3.
+    #[arg(long, value_name = "NAME")]
+    pub tool_call_parser: Option<ToolParserKind>,
+    /// Seconds in-flight requests may run after SIGTERM/SIGINT before they are aborted
+    /// (new requests get 503 meanwhile).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
 }
 
 impl ServeArgs {
@@ -72,6 +85,8 @@ impl ServeArgs {
 
 /// Runs `mllm serve` until SIGINT/SIGTERM.
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout)
+        .map_err(|e| anyhow::anyhow!("invalid --shutdown-timeout {}: {e}", args.shutdown_timeout))?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -116,7 +131,11 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         args.served_model_name.clone().or(default_name),
         path,
         args.api_key.clone(),
-    );
+    )
+    .with_parsers(ServerParsers {
+        reasoning: args.reasoning_parser,
+        tools: args.tool_call_parser,
+    });
     let app = router(state, args.max_body_bytes);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,7 +147,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot bind {addr}"))?;
         eprintln!("mllm: serving on http://{}", listener.local_addr()?);
-        serve(listener, app, engine, shutdown_signal())
+        serve_with(listener, app, engine, shutdown_signal(), shutdown_timeout)
             .await
             .context("server failed")
     })

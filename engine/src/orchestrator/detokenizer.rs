@@ -15,21 +15,57 @@ pub struct DetokOutput {
     pub stopped: Option<String>,
 }
 
+/// How a sequence's tokens become text (SGLang's names).
+///
+/// ```
+/// use mllm_engine::orchestrator::TextOptions;
+/// let o = TextOptions::with_stops(vec!["\n\n".into()]);
+/// assert!(o.skip_special_tokens && !o.no_stop_trim);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextOptions {
+    /// Stop strings: generation ends where one appears.
+    pub stop: Vec<String>,
+    /// Leave special tokens out of the text (default on).
+    pub skip_special_tokens: bool,
+    /// Keep the matched stop string at the end of the text instead of cutting it.
+    pub no_stop_trim: bool,
+}
+
+impl Default for TextOptions {
+    fn default() -> Self {
+        Self::with_stops(Vec::new())
+    }
+}
+
+impl TextOptions {
+    /// The defaults with stop strings `stop`.
+    pub fn with_stops(stop: Vec<String>) -> Self {
+        Self {
+            stop,
+            skip_special_tokens: true,
+            no_stop_trim: false,
+        }
+    }
+}
+
 /// Per-sequence detokenizer; without a tokenizer (dummy weights) it produces no text.
 #[derive(Debug)]
 pub struct Detokenizer {
     tokenizer: Option<Arc<Tokenizer>>,
     stream: DecodeStream,
     stops: StopMatcher,
+    no_stop_trim: bool,
 }
 
 impl Detokenizer {
-    /// A detokenizer with the given stop strings.
-    pub fn new(tokenizer: Option<Arc<Tokenizer>>, stops: Vec<String>) -> Self {
+    /// A detokenizer applying `opts`.
+    pub fn new(tokenizer: Option<Arc<Tokenizer>>, opts: &TextOptions) -> Self {
         Self {
             tokenizer,
-            stream: DecodeStream::new(true),
-            stops: StopMatcher::new(stops),
+            stream: DecodeStream::new(opts.skip_special_tokens),
+            stops: StopMatcher::new(opts.stop.clone()),
+            no_stop_trim: opts.no_stop_trim,
         }
     }
 
@@ -41,15 +77,16 @@ impl Detokenizer {
         let Some(piece) = self.stream.step(tok, token).map_err(|e| e.to_string())? else {
             return Ok(DetokOutput::default());
         };
-        let (text, stopped) = self.stops.push(&piece);
-        Ok(DetokOutput {
-            text,
-            stopped: if stopped {
-                self.stops.matched().map(str::to_string)
-            } else {
-                None
-            },
-        })
+        let (mut text, stopped) = self.stops.push(&piece);
+        let stopped = if stopped {
+            self.stops.matched().map(str::to_string)
+        } else {
+            None
+        };
+        if let Some(stop) = stopped.as_deref().filter(|_| self.no_stop_trim) {
+            text.push_str(stop);
+        }
+        Ok(DetokOutput { text, stopped })
     }
 
     /// The held-back text at the end of generation (none after a stop string).

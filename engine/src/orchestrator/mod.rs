@@ -9,14 +9,14 @@ pub mod metrics;
 pub mod scheduler;
 pub mod tokenizer_stage;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-pub use detokenizer::Detokenizer;
+pub use detokenizer::{Detokenizer, TextOptions};
 pub use metrics::Metrics;
 pub use scheduler::{Scheduler, SchedulerConfig};
 
@@ -83,6 +83,9 @@ pub enum EngineError {
     /// The scheduler thread is gone.
     #[error("the scheduler is not running")]
     SchedulerGone,
+    /// The server is shutting down and admits no new requests.
+    #[error("the server is shutting down; send the request to another replica")]
+    Draining,
 }
 
 /// The running pipeline: model facts for the handlers, the scheduler's inbox and metrics.
@@ -94,6 +97,7 @@ pub struct Engine {
     info: ModelInfo,
     metrics: Arc<Metrics>,
     inflight: Arc<AtomicUsize>,
+    draining: AtomicBool,
     max_inflight: usize,
     kv_capacity: usize,
     context_len: usize,
@@ -156,6 +160,7 @@ impl Engine {
             info,
             metrics,
             inflight: Arc::new(AtomicUsize::new(0)),
+            draining: AtomicBool::new(false),
             max_inflight: cfg.max_running_requests + cfg.max_queued_requests,
             kv_capacity,
             context_len,
@@ -230,8 +235,33 @@ impl Engine {
             .map_err(|_| EngineError::SchedulerGone)
     }
 
-    /// Reserves room for `n` sequences, or [`EngineError::QueueFull`].
+    /// Stops admitting: from now on [`reserve`](Self::reserve) fails with
+    /// [`EngineError::Draining`] while what is in flight runs to the end.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`begin_drain`](Self::begin_drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Sequences admitted and not yet finished (their permits are alive).
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Aborts every sequence in flight; each stream ends with [`Finish::Abort`].
+    pub fn abort_all(&self) -> Result<(), EngineError> {
+        self.send(SchedulerMsg::AbortAll)
+    }
+
+    /// Reserves room for `n` sequences, or [`EngineError::QueueFull`] (or
+    /// [`EngineError::Draining`] once shutdown began).
     pub fn reserve(&self, n: usize) -> Result<Permit, EngineError> {
+        if self.is_draining() {
+            return Err(EngineError::Draining);
+        }
         let prev = self.inflight.fetch_add(n, Ordering::SeqCst);
         if prev + n > self.max_inflight {
             self.inflight.fetch_sub(n, Ordering::SeqCst);
@@ -246,8 +276,8 @@ impl Engine {
         })
     }
 
-    /// Submits one sequence; `stops` are its stop strings (applied by its detokenizer).
-    pub fn submit(&self, req: TokenizedRequest, stops: Vec<String>) -> Result<SeqStream, EngineError> {
+    /// Submits one sequence; `text` says how its detokenizer turns tokens into text.
+    pub fn submit(&self, req: TokenizedRequest, text: &TextOptions) -> Result<SeqStream, EngineError> {
         Metrics::add(&self.metrics.requests_total, 1);
         let (out, rx) = unbounded_channel();
         let id = req.id.clone();
@@ -256,7 +286,7 @@ impl Engine {
             rx,
             id,
             tx: self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            detok: Detokenizer::new(self.tokenizer.clone(), stops),
+            detok: Detokenizer::new(self.tokenizer.clone(), text),
             done: false,
             metrics: self.metrics.clone(),
         })

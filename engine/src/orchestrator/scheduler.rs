@@ -128,6 +128,7 @@ impl Scheduler {
             SchedulerMsg::Add(req, out) => self.add(*req, out),
             SchedulerMsg::Abort(rid) => self.abort(|id| id.rid == rid),
             SchedulerMsg::AbortSeq(seq) => self.abort(|id| *id == seq),
+            SchedulerMsg::AbortAll => self.abort(|_| true),
             SchedulerMsg::FlushCache(reply) => {
                 let _ = reply.send(self.flush_cache());
             }

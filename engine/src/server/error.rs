@@ -1,7 +1,7 @@
 //! [`ApiError`]: every failure a handler reports, with one status mapping and the OpenAI error
 //! body `{"error": {"message", "type", "param", "code"}}`.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -21,6 +21,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// A stable machine label (`invalid_value`, `model_not_found`, ...).
     pub code: &'static str,
+    /// Seconds for a `Retry-After` header (busy or draining servers).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -38,6 +40,7 @@ impl ApiError {
             message: message.into(),
             param: Some(param.to_string()),
             code: "invalid_value",
+            retry_after: None,
         }
     }
 
@@ -48,6 +51,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: "invalid_request",
+            retry_after: None,
         }
     }
 
@@ -58,6 +62,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code,
+            retry_after: None,
         }
     }
 
@@ -85,14 +90,28 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::QueueFull { .. } => Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()),
+            EngineError::QueueFull { .. } => Self {
+                retry_after: Some(1),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+            },
+            // A router retries elsewhere at once; a direct client may come back after restart.
+            EngineError::Draining => Self {
+                retry_after: Some(5),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "draining", e.to_string())
+            },
             EngineError::SchedulerGone => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
             _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()),
         }

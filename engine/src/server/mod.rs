@@ -2,6 +2,7 @@
 //! ([`native`]), Bearer auth, a body size limit and graceful shutdown. Handlers validate
 //! ([`validate`]), tokenize off the runtime, and hand sequences to the [`Engine`].
 
+pub mod chat_output;
 pub mod error;
 pub mod json;
 pub mod native;
@@ -13,7 +14,7 @@ pub mod validate;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
@@ -39,6 +40,18 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     /// Unix time the server started.
     pub created: u64,
+    /// `--reasoning-parser` / `--tool-call-parser`.
+    pub parsers: ServerParsers,
+}
+
+/// The output parsers the server was started with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerParsers {
+    /// Splits reasoning into `reasoning_content` (unless a request sends
+    /// `separate_reasoning: false`).
+    pub reasoning: Option<crate::parsers::ReasoningParserKind>,
+    /// Reads tool calls when a request sends `tools`.
+    pub tools: Option<crate::parsers::ToolParserKind>,
 }
 
 impl AppState {
@@ -58,7 +71,14 @@ impl AppState {
             model_path,
             api_key: api_key.filter(|k| !k.is_empty()).map(Into::into),
             created: unix_time(),
+            parsers: ServerParsers::default(),
         }
+    }
+
+    /// This state with output parsers.
+    pub fn with_parsers(mut self, parsers: ServerParsers) -> Self {
+        self.parsers = parsers;
+        self
     }
 
     /// Accepts a missing `model` or the served name (or the loaded model's own name).
@@ -168,15 +188,48 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, lets in-flight requests finish,
-/// then stops the scheduler.
+/// How long [`serve`] lets in-flight requests run after the shutdown signal.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`serve_with`] with [`DEFAULT_SHUTDOWN_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     engine: Arc<Engine>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    serve_with(listener, router, engine, shutdown, DEFAULT_SHUTDOWN_TIMEOUT).await
+}
+
+/// Serves `router` on `listener`. When `shutdown` resolves the server drains: `/health`
+/// turns 503 and new generation requests get 503 with `Retry-After` (a router sends them
+/// elsewhere) while in-flight requests run on for up to `shutdown_timeout`; what is still
+/// running then is aborted, so every stream ends with `finish_reason: "abort"` rather than
+/// being cut. Then the listener closes and the scheduler stops.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    engine: Arc<Engine>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown_timeout: Duration,
+) -> std::io::Result<()> {
+    let drainer = engine.clone();
+    let drain = async move {
+        shutdown.await;
+        drainer.begin_drain();
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        while drainer.inflight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if drainer.inflight() > 0 {
+            tracing::warn!(
+                "shutdown timeout ({shutdown_timeout:?}) reached: aborting {} sequences",
+                drainer.inflight()
+            );
+            let _ = drainer.abort_all();
+        }
+    };
+    let result = axum::serve(listener, router).with_graceful_shutdown(drain).await;
     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     result
 }

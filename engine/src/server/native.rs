@@ -43,7 +43,7 @@ pub async fn generate(State(app): State<AppState>, body: Result<Bytes, BytesReje
     let prompt_tokens = ids.len();
     let rid = req.rid.unwrap_or_else(|| new_rid(""));
     let reqs = spec.build(&app.engine, &rid, ids, "input_ids")?;
-    let rx = launch(&app.engine, reqs, &spec.stop, permit)?;
+    let rx = launch(&app.engine, reqs, &spec.text, permit)?;
     let meta = Meta {
         rid,
         prompt_tokens,
@@ -144,9 +144,12 @@ pub async fn flush_cache(State(app): State<AppState>) -> Result<Response, ApiErr
     }
 }
 
-/// `GET /health`: 200 while the scheduler runs, else 503.
+/// `GET /health`: 200 while the scheduler runs and the server admits requests; 503 once it
+/// drains for shutdown or when the scheduler has died. It never touches the model.
 pub async fn health(State(app): State<AppState>) -> Response {
-    if app.engine.is_alive() {
+    if app.engine.is_draining() {
+        ApiError::from(crate::orchestrator::EngineError::Draining).into_response()
+    } else if app.engine.is_alive() {
         StatusCode::OK.into_response()
     } else {
         ApiError::new(
@@ -158,7 +161,10 @@ pub async fn health(State(app): State<AppState>) -> Response {
     }
 }
 
-/// `GET /health_generate`: generates one token.
+/// How long `/health_generate` waits for its token.
+const HEALTH_GENERATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `GET /health_generate`: generates one token (503 when that takes longer than 20 s).
 pub async fn health_generate(State(app): State<AppState>) -> Result<Response, ApiError> {
     let spec = SamplingSpec::from_native(
         &NativeSampling {
@@ -170,9 +176,15 @@ pub async fn health_generate(State(app): State<AppState>) -> Result<Response, Ap
     );
     let permit = app.engine.reserve(1)?;
     let reqs = spec.build(&app.engine, &new_rid("health-"), vec![0], "input_ids")?;
-    let rx = launch(&app.engine, reqs, &[], permit)?;
-    collect(rx, 1).await?;
-    Ok(StatusCode::OK.into_response())
+    let rx = launch(&app.engine, reqs, &Default::default(), permit)?;
+    match tokio::time::timeout(HEALTH_GENERATE_TIMEOUT, collect(rx, 1)).await {
+        Ok(done) => done.map(|_| StatusCode::OK.into_response()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("no token within {HEALTH_GENERATE_TIMEOUT:?}"),
+        )),
+    }
 }
 
 /// `GET /v1/models`.

@@ -12,14 +12,17 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::chat_output::{ChatParsers, ChoiceStream};
 use super::error::ApiError;
 use super::json::{body_bytes, parse_body};
-use super::protocol::{ChatRequest, CompletionRequest, Content, OpenAiSampling, PromptField};
+use super::protocol::{ChatRequest, CompletionRequest, Content, Message, OpenAiSampling, PromptField};
 use super::stream::{collect, launch, Collected, Tagged};
 use super::validate::SamplingSpec;
 use super::{new_rid, unix_time, AppState};
 use crate::executor::sampler::SampleOutput;
 use crate::orchestrator::tokenizer_stage::{tokenize, PromptInput};
+use crate::orchestrator::Chunk;
+use crate::parsers::{CallIdGenerator, ReasoningParserKind, ToolParserKind};
 use crate::tokenizer::ChatMessage;
 
 /// Which endpoint's response shape.
@@ -29,6 +32,9 @@ enum Kind {
     Completion,
 }
 
+/// Most sequences (prompts × `n`) one `/v1/completions` request may ask for.
+pub const MAX_BATCH_SEQUENCES: usize = 256;
+
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(app): State<AppState>,
@@ -37,45 +43,49 @@ pub async fn chat_completions(
     let body = body_bytes(body)?;
     let req: ChatRequest = parse_body(&body)?;
     app.check_model(req.model.as_deref())?;
+    check_response_format(req.response_format.as_ref())?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",
             "`messages` must hold at least one message",
         ));
     }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
-        let content = match &m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for p in parts {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        (kind, _) => {
-                            return Err(ApiError::invalid(
-                                &format!("messages[{i}].content"),
-                                format!("unsupported content part type `{kind}` (only text parts)"),
-                            ))
-                        }
-                    }
-                }
-                text
-            }
-        };
-        messages.push(ChatMessage::new(m.role.clone(), content));
-    }
+    let messages = req
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| chat_message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
     let top = match (req.logprobs, req.top_logprobs) {
         (_, Some(k)) if k < 0 => return Err(ApiError::invalid("top_logprobs", "top_logprobs must be >= 0")),
         (Some(true), k) => Some(k.unwrap_or(0) as usize),
         _ => None,
     };
+    let tools = tool_setup(&app, &req)?;
+    let mut extra = match req.chat_template_kwargs.clone() {
+        None => serde_json::Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "chat_template_kwargs",
+                format!("must be a JSON object, got {other}"),
+            ))
+        }
+    };
+    if let Some(t) = tools.rendered {
+        extra.insert("tools".into(), Value::Array(t));
+    }
     let input = PromptInput::Chat {
         messages,
-        extra: req.chat_template_kwargs.clone(),
+        extra: Some(Value::Object(extra)),
+        add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
+        continue_final_message: req.continue_final_message,
     };
-    run(app, Kind::Chat, input, None, &req.sampling, top).await
+    let chat = ChatSetup {
+        reasoning: app.parsers.reasoning.filter(|_| req.separate_reasoning.unwrap_or(true)),
+        tools: tools.parser,
+    };
+    run(app, Kind::Chat, vec![Prompt::Input(input)], &req.sampling, top, chat).await
 }
 
 /// `POST /v1/completions`.
@@ -90,41 +100,213 @@ pub async fn completions(
         Some(k) if k < 0 => return Err(ApiError::invalid("logprobs", "logprobs must be >= 0")),
         k => k.map(|k| k as usize),
     };
-    let (input, ids) = match req.prompt {
-        PromptField::Text(t) => (PromptInput::Text(t), None),
-        PromptField::Ids(ids) => (PromptInput::Text(String::new()), Some(ids)),
-        PromptField::Texts(mut v) if v.len() == 1 => (PromptInput::Text(v.remove(0)), None),
-        PromptField::Texts(v) => {
+    let prompts: Vec<Prompt> = match req.prompt {
+        PromptField::Text(t) => vec![Prompt::Input(PromptInput::Text(t))],
+        PromptField::Ids(ids) => vec![Prompt::Ids(ids)],
+        PromptField::Texts(v) => v.into_iter().map(|t| Prompt::Input(PromptInput::Text(t))).collect(),
+        PromptField::IdLists(v) => v.into_iter().map(Prompt::Ids).collect(),
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must hold at least one prompt"));
+    }
+    run(app, Kind::Completion, prompts, &req.sampling, top, ChatSetup::default()).await
+}
+
+/// A chat message for the template, with the fields templates read.
+fn chat_message(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
+    let content = match &m.content {
+        None => String::new(),
+        Some(Content::Text(t)) => t.clone(),
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for p in parts {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => text.push_str(t),
+                    (kind, _) => {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].content"),
+                            format!("unsupported content part type `{kind}` (only text parts)"),
+                        ))
+                    }
+                }
+            }
+            text
+        }
+    };
+    let mut msg = ChatMessage::new(m.role.clone(), content);
+    if let Some(calls) = &m.tool_calls {
+        msg = msg.with("tool_calls", calls.clone());
+    }
+    for (key, value) in [
+        ("tool_call_id", &m.tool_call_id),
+        ("name", &m.name),
+        ("reasoning_content", &m.reasoning_content),
+    ] {
+        if let Some(v) = value {
+            msg = msg.with(key, Value::String(v.clone()));
+        }
+    }
+    Ok(msg)
+}
+
+/// Only plain text output exists here: no constrained decoding.
+fn check_response_format(format: Option<&Value>) -> Result<(), ApiError> {
+    match format.and_then(|f| f.get("type")).and_then(Value::as_str) {
+        None | Some("text") if format.is_none_or(|f| f.get("type").is_some()) => Ok(()),
+        None => Err(ApiError::invalid("response_format", "`response_format` needs a `type`")),
+        Some(kind) => Err(ApiError::invalid(
+            "response_format",
+            format!("response_format `{kind}` is not supported: this server has no constrained decoding (only `text`)"),
+        )),
+    }
+}
+
+/// What the request's `tools` / `tool_choice` mean here.
+struct ToolSetup {
+    /// Tools for the chat template.
+    rendered: Option<Vec<Value>>,
+    /// The parser reading calls out of the output.
+    parser: Option<ToolParserKind>,
+}
+
+fn tool_setup(app: &AppState, req: &ChatRequest) -> Result<ToolSetup, ApiError> {
+    let choice = match &req.tool_choice {
+        None => "auto",
+        Some(Value::String(s)) if matches!(s.as_str(), "none" | "auto") => s.as_str(),
+        Some(Value::String(s)) if s == "required" => {
             return Err(ApiError::invalid(
-                "prompt",
-                format!("batched prompts are not supported (got {} prompts)", v.len()),
+                "tool_choice",
+                "tool_choice `required` needs constrained decoding, which this server does not have; use `auto`",
+            ))
+        }
+        Some(Value::Object(_)) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "a named tool_choice needs constrained decoding, which this server does not have; use `auto`",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("tool_choice must be `none`, `auto`, `required` or an object, got {other}"),
             ))
         }
     };
-    run(app, Kind::Completion, input, ids, &req.sampling, top).await
+    let tools = match &req.tools {
+        Some(t) if !t.is_empty() => t,
+        _ if req.tool_choice.is_some() && choice != "none" => {
+            return Err(ApiError::invalid("tool_choice", "tool_choice needs `tools`"))
+        }
+        _ => {
+            return Ok(ToolSetup {
+                rendered: None,
+                parser: None,
+            })
+        }
+    };
+    for (i, t) in tools.iter().enumerate() {
+        let name = t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+        if t.get("type").and_then(Value::as_str) != Some("function") || name.is_none_or(str::is_empty) {
+            return Err(ApiError::invalid(
+                &format!("tools[{i}]"),
+                "each tool must be {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": ...}}",
+            ));
+        }
+    }
+    if choice == "none" {
+        return Ok(ToolSetup {
+            rendered: None,
+            parser: None,
+        });
+    }
+    let Some(parser) = app.parsers.tools else {
+        return Err(ApiError::invalid(
+            "tools",
+            format!(
+                "tool calls need the server started with --tool-call-parser ({}); or send tool_choice `none`",
+                ToolParserKind::NAMES.join(", ")
+            ),
+        ));
+    };
+    Ok(ToolSetup {
+        rendered: Some(tools.clone()),
+        parser: Some(parser),
+    })
+}
+
+/// One prompt of a request: to tokenize, or token ids already.
+enum Prompt {
+    Input(PromptInput),
+    Ids(Vec<u32>),
+}
+
+/// The output parsers a chat request asked for (none for completions).
+#[derive(Debug, Clone, Copy, Default)]
+struct ChatSetup {
+    reasoning: Option<ReasoningParserKind>,
+    tools: Option<ToolParserKind>,
+}
+
+impl ChatSetup {
+    /// The parsers for a prompt of `ids`: a qwen3 prompt that already opened `<think>` (a
+    /// thinking template) starts in reasoning.
+    fn parsers(self, app: &AppState, ids: &[u32]) -> ChatParsers {
+        let opened = || {
+            let tail = &ids[ids.len().saturating_sub(4)..];
+            app.engine
+                .tokenizer()
+                .and_then(|t| t.decode(tail, false).ok())
+                .is_some_and(|t| t.trim_end().ends_with("<think>"))
+        };
+        ChatParsers {
+            reasoning: self.reasoning.map(|k| k.parser(opened())),
+            tools: self.tools,
+        }
+    }
 }
 
 async fn run(
     app: AppState,
     kind: Kind,
-    input: PromptInput,
-    ids: Option<Vec<u32>>,
+    prompts: Vec<Prompt>,
     sampling: &OpenAiSampling,
     top: Option<usize>,
+    chat: ChatSetup,
 ) -> Result<Response, ApiError> {
     let spec = SamplingSpec::from_openai(sampling, top);
     let n = spec.check("")?;
-    let permit = app.engine.reserve(n)?;
+    let total = n * prompts.len();
+    if total > MAX_BATCH_SEQUENCES {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "{} prompts × n = {n} is {total} sequences; at most {MAX_BATCH_SEQUENCES} per request",
+                prompts.len()
+            ),
+        ));
+    }
+    let permit = app.engine.reserve(total)?;
     let prompt_param = if kind == Kind::Chat { "messages" } else { "prompt" };
-    let ids = match ids {
-        Some(ids) => ids,
-        None => tokenize(app.engine.tokenizer().cloned(), input).await?,
-    };
-    let prompt_tokens = ids.len();
-    let prefix = if kind == Kind::Chat { "chatcmpl-" } else { "cmpl-" };
-    let rid = new_rid(prefix);
-    let reqs = spec.build(&app.engine, &rid, ids, prompt_param)?;
-    let rx = launch(&app.engine, reqs, &spec.stop, permit)?;
+    let rid = new_rid(if kind == Kind::Chat { "chatcmpl-" } else { "cmpl-" });
+    let mut reqs = Vec::with_capacity(total);
+    let mut prompt_tokens = 0;
+    let mut parsers = ChatParsers::default();
+    for (p, prompt) in prompts.into_iter().enumerate() {
+        let ids = match prompt {
+            Prompt::Ids(ids) => ids,
+            Prompt::Input(input) => tokenize(app.engine.tokenizer().cloned(), input).await?,
+        };
+        prompt_tokens += ids.len();
+        if kind == Kind::Chat {
+            parsers = chat.parsers(&app, &ids);
+        }
+        for mut r in spec.build(&app.engine, &rid, ids, prompt_param)? {
+            // Choice `index` of prompt `p` is choice p·n + index of the response.
+            r.id.index += p * n;
+            reqs.push(r);
+        }
+    }
+    let rx = launch(&app.engine, reqs, &spec.text, permit)?;
     let ctx = Ctx {
         app,
         kind,
@@ -132,6 +314,7 @@ async fn run(
         created: unix_time(),
         logprobs: top.is_some(),
         prompt_tokens,
+        parsers,
     };
     if sampling.stream.unwrap_or(false) {
         let usage = sampling
@@ -139,9 +322,9 @@ async fn run(
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
-        return Ok(ctx.stream(rx, n, usage));
+        return Ok(ctx.stream(rx, total, usage));
     }
-    let choices = collect(rx, n).await?;
+    let choices = collect(rx, total).await?;
     Ok(Json(ctx.full(&choices)).into_response())
 }
 
@@ -153,6 +336,8 @@ struct Ctx {
     created: u64,
     logprobs: bool,
     prompt_tokens: usize,
+    /// Chat only: what the text of each choice goes through.
+    parsers: ChatParsers,
 }
 
 impl Ctx {
@@ -228,8 +413,11 @@ impl Ctx {
                 let reason = c.finish.as_ref().map(|f| f.openai_reason());
                 let lp = self.logprobs_of(&c.samples);
                 match self.kind {
-                    Kind::Chat => json!({"index": i, "message": {"role": "assistant", "content": c.text},
-                                         "logprobs": lp, "finish_reason": reason}),
+                    Kind::Chat => {
+                        let msg = self.parsers.parse(&c.text, CallIdGenerator::default());
+                        let reason = tool_calls_reason(reason, !msg.tool_calls.is_empty());
+                        json!({"index": i, "message": msg.to_json(), "logprobs": lp, "finish_reason": reason})
+                    }
                     Kind::Completion => json!({"index": i, "text": c.text, "logprobs": lp, "finish_reason": reason}),
                 }
             })
@@ -243,6 +431,9 @@ impl Ctx {
         let (tx, out) = mpsc::channel::<Result<Event, Infallible>>(64);
         tokio::spawn(async move {
             let send = |v: Value| Ok(Event::default().data(v.to_string()));
+            let mut choices: Vec<ChoiceStream> = (0..n)
+                .map(|_| self.parsers.stream(CallIdGenerator::default()))
+                .collect();
             if self.kind == Kind::Chat {
                 for i in 0..n {
                     let delta = json!([{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -254,27 +445,19 @@ impl Ctx {
             }
             let mut completion = 0;
             while let Some((i, c)) = rx.recv().await {
-                let msg = match c {
+                let msgs = match c {
                     Ok(c) => {
                         completion += usize::from(c.sample.is_some());
-                        let samples: Vec<SampleOutput> = c.sample.into_iter().collect();
-                        let lp = self.logprobs_of(&samples);
-                        let reason = c.finish.as_ref().map(|f| f.openai_reason());
-                        if c.text.is_empty() && reason.is_none() && !self.logprobs {
-                            continue;
-                        }
-                        let choice = match self.kind {
-                            Kind::Chat => json!({"index": i, "delta": {"content": c.text}, "logprobs": lp,
-                                                 "finish_reason": reason}),
-                            Kind::Completion => json!({"index": i, "text": c.text, "logprobs": lp,
-                                                       "finish_reason": reason}),
-                        };
-                        self.envelope(true, json!([choice]))
+                        self.stream_chunk(i, c, &mut choices[i])
                     }
-                    Err(e) => ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e).body(),
+                    Err(e) => {
+                        vec![ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e).body()]
+                    }
                 };
-                if tx.send(send(msg)).await.is_err() {
-                    return;
+                for msg in msgs {
+                    if tx.send(send(msg)).await.is_err() {
+                        return;
+                    }
                 }
             }
             if include_usage {
@@ -287,5 +470,49 @@ impl Ctx {
             let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
         });
         Sse::new(ReceiverStream::new(out)).into_response()
+    }
+
+    /// The SSE messages for one chunk of choice `i`: one per delta, the logprobs on the first
+    /// and the finish reason on the last.
+    fn stream_chunk(&self, i: usize, c: Chunk, choice: &mut ChoiceStream) -> Vec<Value> {
+        let samples: Vec<SampleOutput> = c.sample.into_iter().collect();
+        let lp = self.logprobs_of(&samples);
+        let reason = c.finish.as_ref().map(|f| f.openai_reason());
+        if self.kind == Kind::Completion {
+            if c.text.is_empty() && reason.is_none() && !self.logprobs {
+                return Vec::new();
+            }
+            let choice = json!({"index": i, "text": c.text, "logprobs": lp, "finish_reason": reason});
+            return vec![self.envelope(true, json!([choice]))];
+        }
+        let mut deltas = choice.push(&c.text);
+        if reason.is_some() {
+            deltas.extend(choice.finish());
+        }
+        if deltas.is_empty() && (reason.is_some() || self.logprobs) {
+            deltas.push(json!({}));
+        }
+        let reason = tool_calls_reason(reason, choice.calls() > 0);
+        let last = deltas.len().saturating_sub(1);
+        deltas
+            .into_iter()
+            .enumerate()
+            .map(|(k, delta)| {
+                let lp = if k == 0 { lp.clone() } else { Value::Null };
+                let reason = if k == last { reason } else { None };
+                self.envelope(
+                    true,
+                    json!([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}]),
+                )
+            })
+            .collect()
+    }
+}
+
+/// OpenAI reports `tool_calls` when the model stopped after calling tools.
+fn tool_calls_reason(reason: Option<&'static str>, called: bool) -> Option<&'static str> {
+    match reason {
+        Some("stop") if called => Some("tool_calls"),
+        r => r,
     }
 }

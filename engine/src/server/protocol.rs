@@ -55,6 +55,10 @@ pub struct OpenAiSampling {
     pub repetition_penalty: Option<f32>,
     /// Keep going past EOS.
     pub ignore_eos: Option<bool>,
+    /// Leave special tokens out of the text (default true).
+    pub skip_special_tokens: Option<bool>,
+    /// Keep a matched stop string at the end of the text.
+    pub no_stop_trim: Option<bool>,
     /// Stream SSE chunks.
     pub stream: Option<bool>,
     /// Stream options.
@@ -95,6 +99,14 @@ pub struct Message {
     pub role: String,
     /// The content (may be absent for assistant tool calls).
     pub content: Option<Content>,
+    /// An assistant turn's earlier tool calls (passed to the chat template as given).
+    pub tool_calls: Option<Value>,
+    /// A tool result's call id.
+    pub tool_call_id: Option<String>,
+    /// A participant or tool name.
+    pub name: Option<String>,
+    /// An assistant turn's reasoning, for templates that render it.
+    pub reasoning_content: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -110,12 +122,26 @@ pub struct ChatRequest {
     pub top_logprobs: Option<i64>,
     /// Extra chat template variables.
     pub chat_template_kwargs: Option<Value>,
+    /// Functions the model may call (rendered by the chat template).
+    pub tools: Option<Vec<Value>>,
+    /// `none`, `auto` (default with tools), `required` or a named function.
+    pub tool_choice: Option<Value>,
+    /// Output format; only `{"type": "text"}` is supported.
+    pub response_format: Option<Value>,
+    /// Split `<think>` reasoning into `reasoning_content` (default true; needs
+    /// `--reasoning-parser`).
+    pub separate_reasoning: Option<bool>,
+    /// Continue the last (assistant) message instead of starting a new turn.
+    #[serde(default)]
+    pub continue_final_message: bool,
+    /// Append the assistant turn opener (default true; false with `continue_final_message`).
+    pub add_generation_prompt: Option<bool>,
     /// Sampling.
     #[serde(flatten)]
     pub sampling: OpenAiSampling,
 }
 
-/// `prompt` of `/v1/completions`.
+/// `prompt` of `/v1/completions`: one prompt or a batch, as text or token ids.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum PromptField {
@@ -123,8 +149,10 @@ pub enum PromptField {
     Text(String),
     /// Token ids.
     Ids(Vec<u32>),
-    /// A list holding one text.
+    /// A batch of texts.
     Texts(Vec<String>),
+    /// A batch of token-id prompts.
+    IdLists(Vec<Vec<u32>>),
 }
 
 /// `POST /v1/completions`.
@@ -166,6 +194,10 @@ pub struct NativeSampling {
     pub stop_token_ids: Option<Vec<u32>>,
     /// Keep going past EOS.
     pub ignore_eos: Option<bool>,
+    /// Leave special tokens out of the text (default true).
+    pub skip_special_tokens: Option<bool>,
+    /// Keep a matched stop string at the end of the text.
+    pub no_stop_trim: Option<bool>,
     /// Number of sequences.
     pub n: Option<i64>,
     /// RNG seed.

@@ -8,23 +8,23 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use crate::io_struct::TokenizedRequest;
-use crate::orchestrator::{Chunk, Engine, Permit};
+use crate::orchestrator::{Chunk, Engine, Permit, TextOptions};
 
 /// A chunk of choice `index`, or that choice's error.
 pub type Tagged = (usize, Result<Chunk, String>);
 
-/// Submits `reqs` (each with the stop strings `stops`) and returns the merged chunk stream.
+/// Submits `reqs` (each detokenized with `text`) and returns the merged chunk stream.
 pub fn launch(
     engine: &Engine,
     reqs: Vec<TokenizedRequest>,
-    stops: &[String],
+    text: &TextOptions,
     permit: Permit,
 ) -> Result<mpsc::Receiver<Tagged>, ApiError> {
     let (tx, rx) = mpsc::channel(64);
     let permit = Arc::new(permit);
     let mut streams = Vec::with_capacity(reqs.len());
     for req in reqs {
-        streams.push(engine.submit(req, stops.to_vec())?);
+        streams.push(engine.submit(req, text)?);
     }
     for (i, mut seq) in streams.into_iter().enumerate() {
         let tx = tx.clone();

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::protocol::{NativeSampling, OpenAiSampling};
 use crate::executor::sampler::{SamplingError, SamplingParams};
 use crate::io_struct::{SeqId, TokenizedRequest};
-use crate::orchestrator::Engine;
+use crate::orchestrator::{Engine, TextOptions};
 
 /// Most choices (`n`) per request.
 pub const MAX_N: usize = 16;
@@ -24,8 +24,8 @@ pub struct SamplingSpec {
     pub default_max: Option<usize>,
     /// Sampling parameters (unvalidated).
     pub params: SamplingParams,
-    /// Stop strings.
-    pub stop: Vec<String>,
+    /// Stop strings and how tokens become text.
+    pub text: TextOptions,
     /// Extra stop token ids.
     pub stop_token_ids: Vec<u32>,
     /// Choices.
@@ -56,7 +56,11 @@ impl SamplingSpec {
                 seed: s.seed,
                 logprobs,
             },
-            stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+            text: TextOptions {
+                stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+                skip_special_tokens: s.skip_special_tokens.unwrap_or(true),
+                no_stop_trim: s.no_stop_trim.unwrap_or(false),
+            },
             stop_token_ids: s.stop_token_ids.clone().unwrap_or_default(),
             n: s.n,
             ignore_eos: s.ignore_eos.unwrap_or(false),
@@ -80,7 +84,11 @@ impl SamplingSpec {
                 seed: s.seed,
                 logprobs,
             },
-            stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+            text: TextOptions {
+                stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+                skip_special_tokens: s.skip_special_tokens.unwrap_or(true),
+                no_stop_trim: s.no_stop_trim.unwrap_or(false),
+            },
             stop_token_ids: s.stop_token_ids.clone().unwrap_or_default(),
             n: s.n,
             ignore_eos: s.ignore_eos.unwrap_or(false),

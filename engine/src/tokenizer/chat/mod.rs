@@ -23,6 +23,10 @@ pub struct ChatMessage {
     pub role: String,
     /// The text of the turn.
     pub content: String,
+    /// Further fields templates read, as given: `tool_calls`, `tool_call_id`, `name`,
+    /// `reasoning_content`.
+    #[serde(flatten, default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ChatMessage {
@@ -31,7 +35,20 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            extra: Default::default(),
         }
+    }
+
+    /// This message with field `key` set to `value` (for the template).
+    ///
+    /// ```
+    /// use mllm_engine::tokenizer::ChatMessage;
+    /// let m = ChatMessage::new("tool", "22 C").with("tool_call_id", "call_1".into());
+    /// assert_eq!(m.extra["tool_call_id"], "call_1");
+    /// ```
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
     }
 }
 
@@ -131,11 +148,10 @@ impl ChatTemplate {
         let msgs: Vec<Value> = messages
             .iter()
             .map(|m| {
-                let map: BTreeMap<&str, Value> = [
-                    ("role", Value::from(m.role.as_str())),
-                    ("content", Value::from(m.content.as_str())),
-                ]
-                .into();
+                let mut map: BTreeMap<&str, Value> =
+                    m.extra.iter().map(|(k, v)| (k.as_str(), json::to_value(v))).collect();
+                map.insert("role", Value::from(m.role.as_str()));
+                map.insert("content", Value::from(m.content.as_str()));
                 Value::from(map)
             })
             .collect();
