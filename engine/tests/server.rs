@@ -225,9 +225,28 @@ async fn health_models_info_metrics() {
     assert_eq!(v["data"][0]["id"], "tiny");
     let (s, b) = srv.get("/model_info").await;
     assert!(s == 200 && b.contains("\"is_generation\":true"), "{b}");
-    let (s, b) = srv.get("/server_info").await;
-    assert!(s == 200 && b.contains("max_total_tokens"), "{b}");
+    let info: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(info["architectures"], json!(["Qwen3ForCausalLM"]));
+    assert_eq!(
+        (&info["model_path"], &info["tokenizer_path"]),
+        (&json!("tiny"), &json!("tiny"))
+    );
+    assert_eq!(info["served_model_name"], "tiny");
     assert_eq!(srv.get("/health_generate").await.0, 200);
+    let (s, b) = srv.get("/server_info").await;
+    let info: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!((s, info["max_total_tokens"].as_u64()), (200, Some(4096)), "{b}");
+    assert_eq!(info["draining"], false);
+    assert!(info["requests_total"].as_u64() >= Some(1), "{b}");
+    for live in [
+        "num_running_reqs",
+        "num_queued_reqs",
+        "kv_used_tokens",
+        "kv_usage",
+        "cache_hit_rate",
+    ] {
+        assert!(info[live].is_number(), "{live} missing in {b}");
+    }
     assert_eq!(srv.metric("mllm_kv_capacity_tokens").await, 4096.0);
     assert!(srv.metric("mllm_generation_tokens_total").await >= 1.0);
     let (_, m) = srv.get("/metrics").await;

@@ -102,6 +102,7 @@ pub struct Engine {
     kv_capacity: usize,
     context_len: usize,
     vocab_size: usize,
+    architectures: Vec<String>,
     cfg: EngineConfig,
 }
 
@@ -128,6 +129,7 @@ impl Engine {
             return Err(bad("--context-length", "must be at least 2"));
         }
         let vocab_size = model.config().vocab_size;
+        let architectures = model.config().architectures.clone();
         let kv_dtype = KvDtype::F32;
         let kv_budget_bytes = Generator::kv_bytes_for(model.config(), cfg.max_total_tokens, kv_dtype);
         let runner = ModelRunner::new(
@@ -165,6 +167,7 @@ impl Engine {
             kv_capacity,
             context_len,
             vocab_size,
+            architectures,
             cfg,
         }))
     }
@@ -203,6 +206,11 @@ impl Engine {
     /// The vocabulary size of the model.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// The model's HF `architectures` (e.g. `["Qwen3ForCausalLM"]`).
+    pub fn architectures(&self) -> &[String] {
+        &self.architectures
     }
 
     /// The configuration.

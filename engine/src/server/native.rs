@@ -195,25 +195,38 @@ pub async fn models(State(app): State<AppState>) -> Json<Value> {
     }]}))
 }
 
-/// `GET /model_info`.
+/// `GET /model_info`: what a router reads when a worker registers.
 pub async fn model_info(State(app): State<AppState>) -> Json<Value> {
     let info = app.engine.info();
     Json(json!({
-        "model_path": app.model_path, "served_model_name": app.served_model_name,
+        "model_path": app.model_path, "tokenizer_path": app.model_path,
+        "served_model_name": app.served_model_name, "architectures": app.engine.architectures(),
         "is_generation": true, "format": info.format, "quant": info.quant, "weight_dtype": info.weight_dtype,
         "context_length": app.engine.context_len(), "vocab_size": app.engine.vocab_size(),
         "has_tokenizer": app.engine.tokenizer().is_some(),
     }))
 }
 
-/// `GET /server_info`.
+/// `GET /server_info`: the effective configuration and live counters.
 pub async fn server_info(State(app): State<AppState>) -> Json<Value> {
     let c = app.engine.config();
+    let m = app.engine.metrics();
+    let count = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (prompt, cached) = (count(&m.prompt_tokens_total), count(&m.cached_tokens_total));
+    let capacity = app.engine.kv_capacity();
     Json(json!({
-        "version": crate::version(), "served_model_name": app.served_model_name,
-        "max_running_requests": c.max_running_requests, "max_total_tokens": app.engine.kv_capacity(),
+        "version": crate::version(), "served_model_name": app.served_model_name, "model_path": app.model_path,
+        "max_running_requests": c.max_running_requests, "max_total_tokens": capacity,
         "max_prefill_tokens": c.max_prefill_tokens, "max_queued_requests": c.max_queued_requests,
-        "context_length": app.engine.context_len(), "uptime_s": unix_time().saturating_sub(app.created),
+        "context_length": app.engine.context_len(), "disable_radix_cache": c.disable_radix_cache,
+        "reasoning_parser": app.parsers.reasoning.map(|p| p.name()),
+        "tool_call_parser": app.parsers.tools.map(|p| p.name()),
+        "uptime_s": unix_time().saturating_sub(app.created), "draining": app.engine.is_draining(),
+        "num_running_reqs": m.running(), "num_queued_reqs": m.queued(),
+        "kv_used_tokens": m.kv_used(), "kv_usage": m.kv_used() as f64 / capacity.max(1) as f64,
+        "requests_total": count(&m.requests_total), "prompt_tokens_total": prompt,
+        "cached_tokens_total": cached, "generation_tokens_total": count(&m.generation_tokens_total),
+        "cache_hit_rate": if prompt == 0 { 0.0 } else { cached as f64 / prompt as f64 },
     }))
 }
 
