@@ -177,6 +177,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/server_info", get(native::server_info))
         .route("/get_server_info", get(native::server_info))
         .route("/metrics", get(native::metrics))
+        .route("/get_load", get(native::get_load))
         .route("/generate", post(native::generate).put(native::generate))
         .route("/abort_request", post(native::abort_request))
         .route("/flush_cache", post(native::flush_cache).get(native::flush_cache))

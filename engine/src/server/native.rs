@@ -230,6 +230,16 @@ pub async fn server_info(State(app): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// `GET /get_load`: load per data-parallel rank (one here), as SGLang reports it; routers
+/// poll it to balance.
+pub async fn get_load(State(app): State<AppState>) -> Json<Value> {
+    let m = app.engine.metrics();
+    Json(json!([{
+        "dp_rank": 0, "num_reqs": m.running() + m.queued(), "num_waiting_reqs": m.queued(),
+        "num_tokens": m.kv_used(),
+    }]))
+}
+
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(app): State<AppState>) -> Response {
     (
