@@ -1,7 +1,7 @@
 //! `x · wᵀ` for a few rows of `x` (decode): weights are streamed once, row by row, and every
 //! row of `x` is dotted against each weight row while it is in L1. Memory-bound, so weights may
 //! stay bf16/f16 (half the bytes of f32); rows are converted on the fly. Parallel over weight
-//! rows with rayon; AVX-512 (four weight rows per pass, software prefetch) or AVX2+FMA dot
+//! rows with rayon; AVX-512 (four weight rows × up to four x rows per pass, software prefetch) or AVX2+FMA dot
 //! products when the CPU has them (checked at run time).
 
 use half::slice::HalfFloatSliceExt;
@@ -134,60 +134,70 @@ mod avx512 {
         }
     }
 
-    /// Weight rows ahead of the current ones that [`dot4`] prefetches (four groups of four).
+    /// Weight rows ahead of the current ones that [`dot4xr`] prefetches (four groups of four).
     const PREFETCH_ROWS: usize = 16;
 
-    /// `x · w[r]` for four rows of `k` weights at `w[r]`.
+    /// `x_r · w[c]` for `R` rows of `x` (`k` apart from `x`) and four weight rows: each weight
+    /// vector is loaded and widened once for all `R` rows, each x vector feeds four FMAs
+    /// (`4·R` accumulators, at most 16 of the 32 registers).
     #[inline(always)]
-    unsafe fn dot4<W: Load16>(x: &[f32], w: [*const W; 4]) -> [f32; 4] {
-        let k = x.len();
-        let xp = x.as_ptr();
-        let mut a = [_mm512_setzero_ps(); 4];
-        let mut b = [_mm512_setzero_ps(); 4];
+    unsafe fn dot4xr<W: Load16, const R: usize>(x: *const f32, k: usize, w: [*const W; 4]) -> [[f32; 4]; R] {
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
         let mut i = 0;
-        while i + 32 <= k {
-            let x0 = _mm512_loadu_ps(xp.add(i));
-            let x1 = _mm512_loadu_ps(xp.add(i + 16));
+        while i < k {
+            let mask: __mmask16 = if k - i >= 16 { !0 } else { (1u16 << (k - i)) - 1 };
             for p in w {
                 // A hint only (never faults), hence `wrapping_add` past the end of the weights.
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + PREFETCH_ROWS * k) as *const i8);
             }
-            for r in 0..4 {
-                a[r] = _mm512_fmadd_ps(x0, W::load16(w[r].add(i), !0), a[r]);
-                b[r] = _mm512_fmadd_ps(x1, W::load16(w[r].add(i + 16), !0), b[r]);
-            }
-            i += 32;
-        }
-        while i < k {
-            let mask: __mmask16 = if k - i >= 16 { !0 } else { (1u16 << (k - i)) - 1 };
-            let x0 = _mm512_maskz_loadu_ps(mask, xp.add(i));
-            for r in 0..4 {
-                a[r] = _mm512_fmadd_ps(x0, W::load16(w[r].add(i), mask), a[r]);
+            let wv: [__m512; 4] = std::array::from_fn(|c| W::load16(w[c].add(i), mask));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm512_maskz_loadu_ps(mask, x.add(r * k + i));
+                for c in 0..4 {
+                    acc_r[c] = _mm512_fmadd_ps(xv, wv[c], acc_r[c]);
+                }
             }
             i += 16;
         }
-        let mut out = [0f32; 4];
-        for r in 0..4 {
-            out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r], b[r]));
-        }
-        out
+        acc.map(|a| a.map(|v| _mm512_reduce_add_ps(v)))
     }
 
     /// Like [`super::rows`]: `out_t[j * m + i] = x_i · w_j` for rows `j0..j0 + out_t.len() / m`.
     #[inline(always)]
     unsafe fn rows_t<W: Load16>(xs: &[f32], m: usize, k: usize, w: &[W], j0: usize, out_t: &mut [f32]) {
         let nrows = out_t.len() / m;
-        debug_assert!((j0 + nrows) * k <= w.len());
+        assert!((j0 + nrows) * k <= w.len() && m * k <= xs.len());
         let base = w.as_ptr();
         let mut j = 0;
         while j < nrows {
             let valid = (nrows - j).min(4);
             let ptrs: [*const W; 4] = std::array::from_fn(|r| base.add((j0 + j + r.min(valid - 1)) * k));
-            for i in 0..m {
-                let d = dot4(&xs[i * k..(i + 1) * k], ptrs);
+            let mut store = |i: usize, d: &[f32; 4]| {
                 for (r, &v) in d.iter().enumerate().take(valid) {
                     out_t[(j + r) * m + i] = v;
                 }
+            };
+            // Up to four x rows per pass over the (L1-resident) weight rows. Every row takes the
+            // same path whatever the batch, so a sequence's logits do not depend on its batch.
+            let mut i = 0;
+            while i < m {
+                let x = xs.as_ptr().add(i * k);
+                match m - i {
+                    1 => store(i, &dot4xr::<W, 1>(x, k, ptrs)[0]),
+                    2 => dot4xr::<W, 2>(x, k, ptrs)
+                        .iter()
+                        .enumerate()
+                        .for_each(|(r, d)| store(i + r, d)),
+                    3 => dot4xr::<W, 3>(x, k, ptrs)
+                        .iter()
+                        .enumerate()
+                        .for_each(|(r, d)| store(i + r, d)),
+                    _ => dot4xr::<W, 4>(x, k, ptrs)
+                        .iter()
+                        .enumerate()
+                        .for_each(|(r, d)| store(i + r, d)),
+                }
+                i += 4;
             }
             j += 4;
         }
@@ -320,7 +330,16 @@ mod tests {
 
     #[test]
     fn matches_matmul_t_all_dtypes() {
-        for (m, n, k) in [(1, 37, 19), (3, 70, 33), (5, 64, 128), (1, 1, 1)] {
+        for (m, n, k) in [
+            (1, 37, 19),
+            (3, 70, 33),
+            (5, 64, 128),
+            (1, 1, 1),
+            (2, 9, 17),
+            (4, 13, 48),
+            (6, 21, 100),
+            (8, 40, 576),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
             let x = Tensor::from_vec(x, &[m, k]).unwrap();
