@@ -16,6 +16,8 @@ Usage: scripts/setup.sh [--check] [--help]
            engine/src/hub/default_model.env) into $MLLM_CACHE_DIR or ~/.cache/mllm/models.
 Env: MLLM_VERSIONS_LOCK overrides the lock file (default third_party/versions.lock).
      MLLM_SKIP_MODEL_FETCH=1 skips the default model; MLLM_OFFLINE=1 never downloads it.
+     MLLM_SKIP_PY_TOOLS=1 skips .toolchain/venv-router (sglang-router) and venv-k8s
+     (kubernetes-validate), pinned with hashes in deploy/requirements/.
 EOF
 }
 
@@ -203,6 +205,47 @@ install_headers flashinfer "$TP/flashinfer" flashinfer/data/include/=include \
   flashinfer/data/cccl/libcudacxx/include/=cccl/libcudacxx/include \
   flashinfer/data/cccl/cub/cub/=cccl/cub/cub
 
+# ---- c2. Python tool venvs: sglang-router, kubernetes-validate ------------------------
+# install_venv NAME REQS: .toolchain/venv-NAME from a --require-hashes requirements file.
+# The stamp is the file's sha256, so an installed venv is reused without touching PyPI.
+# The pins are CPython 3.11 x86_64 wheels; elsewhere (or with MLLM_SKIP_PY_TOOLS=1) the
+# venvs are skipped, env.sh does not export them and their users skip with a reason.
+VENV_OK=()
+install_venv() {
+  local name=$1 reqs=$2 dir="$TC/venv-$1" want
+  want=$(sha "$reqs")
+  if stamp_ok "$dir/.stamp" "$want" && "$dir/bin/python" -c '' 2>/dev/null; then
+    say "venv-$name up to date: $dir"; VENV_OK+=("$name"); return 0
+  fi
+  if ((CHECK)); then problem "$dir is missing or stale vs $reqs (run scripts/setup.sh)"; return 0; fi
+  say "installing $(basename "$reqs") into $dir"
+  rm -rf "$dir.tmp"; TMPS+=("$dir.tmp")
+  python3 -m venv "$dir.tmp" || die "python3 -m venv failed (install python3-venv, or set MLLM_SKIP_PY_TOOLS=1)"
+  "$dir.tmp/bin/python" -m pip install -q --no-deps --only-binary=:all: --require-hashes -r "$reqs" ||
+    die "pip install -r $reqs failed (network? PIP_INDEX_URL?); set MLLM_SKIP_PY_TOOLS=1 to skip"
+  echo "$want" >"$dir.tmp/.stamp"
+  # venvs hard-code their path: rewrite the shebangs and activate scripts before the swap.
+  { grep -rlF "$dir.tmp" "$dir.tmp/bin" || true; } | xargs -r sed -i "s#$dir.tmp#$dir#g"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"; VENV_OK+=("$name")
+}
+PY_TAG=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)
+if [[ "${MLLM_SKIP_PY_TOOLS:-}" == 1 ]]; then
+  say "skipping sglang-router and kubernetes-validate (MLLM_SKIP_PY_TOOLS=1)"
+elif [[ "$PY_TAG" != 3.11 || "$(uname -m)" != x86_64 ]]; then
+  say "skipping sglang-router and kubernetes-validate: pinned for CPython 3.11 x86_64, found python $PY_TAG on $(uname -m)"
+else
+  install_venv router "$ROOT/deploy/requirements/router.txt"
+  install_venv k8s "$ROOT/deploy/requirements/k8s-validate.txt"
+fi
+venv_ok() { [[ " ${VENV_OK[*]} " == *" $1 "* ]]; }
+# One executable for $MLLM_SGLANG_ROUTER: the router's flags follow it directly.
+LAUNCHER="$TC/venv-router/bin/sglang-router-launch"
+launcher_text() { printf '#!/bin/sh\nexec "$(dirname "$0")/python" -m sglang_router.launch_router "$@"\n'; }
+if venv_ok router && [[ ! -x "$LAUNCHER" || "$(<"$LAUNCHER")" != "$(launcher_text)" ]]; then
+  if ((CHECK)); then problem "$LAUNCHER is missing or out of date (run scripts/setup.sh)"
+  else launcher_text >"$LAUNCHER.tmp" && chmod +x "$LAUNCHER.tmp" && mv "$LAUNCHER.tmp" "$LAUNCHER"; fi
+fi
+
 # ---- d. env.sh ---------------------------------------------------------------------
 ENV_SH="$TC/env.sh"
 env_text() {
@@ -213,6 +256,11 @@ case ":\$PATH:" in *":\$CUDA_HOME/bin:"*) ;; *) export PATH="\$CUDA_HOME/bin:\$P
 export CUTLASS_HOME="$TP/cutlass"
 export FLASHINFER_HOME="$TP/flashinfer"
 EOF
+  if venv_ok router; then
+    echo "# sglang-router launcher: \$MLLM_SGLANG_ROUTER --worker-urls URL... --policy cache_aware"
+    echo "export MLLM_SGLANG_ROUTER=\"$TC/venv-router/bin/sglang-router-launch\""
+  fi
+  if venv_ok k8s; then echo "export MLLM_KUBERNETES_VALIDATE=\"$TC/venv-k8s/bin/kubernetes-validate\""; fi
 }
 if ((CHECK)); then
   [[ -f "$ENV_SH" && "$(<"$ENV_SH")" == "$(env_text)" ]] || problem "$ENV_SH is missing or out of date"

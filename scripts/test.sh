@@ -15,6 +15,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+step "deploy/ (k8s schemas, kustomization, Dockerfile)"; bash scripts/validate-deploy.sh
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
