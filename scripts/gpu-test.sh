@@ -23,7 +23,7 @@ build() {
   cargo build --release --bin mllm-kernel
   cp target/release/mllm-kernel "$gpu/bin/"
   # Every test binary that can touch a GPU, by target name.
-  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm 2>/dev/null |
+  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -33,7 +33,7 @@ for line in sys.stdin:
 ' "$gpu/bin"
   # The same tests against the AOT build (kernels linked in, no cache used).
   MLLM_CUDA_ARCHS="$(echo "$archs" | sed 's/sm_//g; s/ /;/g')" \
-    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm 2>/dev/null |
+    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -86,8 +86,8 @@ run() {
   done
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm int8 jit.
-  for group in ${MLLM_GPU_BENCH:-norm int8 jit}; do
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 jit.
+  for group in ${MLLM_GPU_BENCH:-norm core int8 jit}; do
     case "$group" in
       norm)
         for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
@@ -107,6 +107,15 @@ run() {
           sed 's/^/[forced sm80 path] /' | tee -a "$out/bench.log" || status=1
         # Every config on every shape: the data behind the dispatch table.
         "$gpu/bin/mllm-kernel" bench int8-mm --sweep --json --repeats 10 >>"$out/int8_sweep.jsonl" 2>&1 || status=1
+        ;;
+      core)
+        {
+          "$gpu/bin/mllm-kernel" bench silu-and-mul --hidden 12288 --tokens 1,16,256,1024,4096
+          for op in qk-norm-rope embedding kv-store; do
+            "$gpu/bin/mllm-kernel" bench "$op" --hidden 4096 --tokens 1,16,256,1024,4096,8192
+          done
+          "$gpu/bin/mllm-kernel" bench argmax --tokens 1,16,64,256
+        } 2>&1 | tee -a "$out/bench.log" || status=1
         ;;
       jit) "$gpu/bin/mllm-kernel" bench jit 2>&1 | tee -a "$out/bench.log" || status=1 ;;
       *) echo "unknown bench group $group" | tee -a "$out/bench.log"; status=1 ;;

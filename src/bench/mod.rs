@@ -14,9 +14,11 @@ use crate::tensor::DeviceTensor;
 use crate::{ops, Error, Result};
 
 mod blas;
+mod core_ops;
 mod int8_mm;
 
 pub use blas::{CublasBf16Gemm, LtInt8Gemm};
+pub use core_ops::{bench_core_op, CoreOp};
 pub use int8_mm::{bench_int8_mm, default_shapes, GemmShape, Int8MmRow};
 
 /// How a timing was taken.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::bench::{bench_bandwidth, BandwidthOp, BandwidthRow, TimingPlan};
+use crate::bench::{bench_bandwidth, bench_core_op, BandwidthOp, BandwidthRow, CoreOp, TimingPlan};
 use crate::env::KernelEnv;
 use crate::jit::{cache::create_private_dir, JitCache, KernelSpec};
 use crate::registry::KernelBuild;
@@ -18,6 +18,16 @@ pub enum BenchOp {
     RmsNorm,
     FusedAddRmsNorm,
     PerTokenQuantInt8,
+    /// bf16 [T, 2 * hidden] -> [T, hidden] (pass the intermediate size as --hidden).
+    SiluAndMul,
+    /// Qwen3-8B q/k heads (32 + 8, dim 128) of a packed qkv buffer, norm on.
+    QkNormRope,
+    /// bf16 rows of --hidden gathered from a 151936-row table.
+    Embedding,
+    /// Qwen3-8B K/V rows (8 heads x 128) of a packed qkv buffer into a slot pool.
+    KvStore,
+    /// f32 logits [T, 151936] -> greedy ids + log-probabilities.
+    Argmax,
     /// W8A8 int8 GEMM vs cuBLASLt int8 and cuBLAS bf16 (Qwen3-8B shapes, 8192³).
     Int8Mm,
     /// JIT cold compile and warm cache-hit load of every kernel.
@@ -62,6 +72,11 @@ pub fn run(env: &KernelEnv, args: BenchArgs) -> anyhow::Result<i32> {
         BenchOp::RmsNorm => BandwidthOp::RmsNorm,
         BenchOp::FusedAddRmsNorm => BandwidthOp::FusedAddRmsNorm,
         BenchOp::PerTokenQuantInt8 => BandwidthOp::PerTokenQuantInt8,
+        BenchOp::SiluAndMul => return bench_core(env, &args, plan, CoreOp::SiluAndMul),
+        BenchOp::QkNormRope => return bench_core(env, &args, plan, CoreOp::QkNormRope),
+        BenchOp::Embedding => return bench_core(env, &args, plan, CoreOp::Embedding),
+        BenchOp::KvStore => return bench_core(env, &args, plan, CoreOp::KvStore),
+        BenchOp::Argmax => return bench_core(env, &args, plan, CoreOp::Argmax),
         BenchOp::Int8Mm => return bench_int8_mm(env, &args, plan),
         BenchOp::Jit => return bench_jit(env, args.json),
         BenchOp::JitLoadOnce => return jit_load_once(env, args.kernel.as_deref()),
@@ -71,6 +86,16 @@ pub fn run(env: &KernelEnv, args: BenchArgs) -> anyhow::Result<i32> {
     }
     let gpu = Gpu::with_env(0, env.clone())?;
     let rows = bench_bandwidth(&gpu, op, args.hidden, &args.tokens, plan)?;
+    print_rows(&gpu, &rows, args.json)?;
+    Ok(0)
+}
+
+fn bench_core(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan, op: CoreOp) -> anyhow::Result<i32> {
+    if args.hidden == 0 || args.tokens.contains(&0) {
+        anyhow::bail!("--hidden and every --tokens value must be > 0");
+    }
+    let gpu = Gpu::with_env(0, env.clone())?;
+    let rows = bench_core_op(&gpu, op, args.hidden, &args.tokens, plan)?;
     print_rows(&gpu, &rows, args.json)?;
     Ok(0)
 }

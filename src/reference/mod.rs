@@ -1,10 +1,18 @@
 //! Plain-Rust CPU references of every op: the oracle GPU tests compare to.
 //! They follow the kernels' documented numerics (and HF transformers').
 
+mod activation;
 mod int8_mm;
+mod memory;
 mod norm;
 mod quant;
+mod rope;
+mod sampling;
 
+pub use activation::silu_and_mul;
 pub use int8_mm::int8_scaled_mm;
+pub use memory::{embedding, kv_store};
 pub use norm::{fused_add_rms_norm, rms_norm};
 pub use quant::per_token_quant_int8;
+pub use rope::qk_norm_rope;
+pub use sampling::{argmax, token_logprobs};

@@ -1,0 +1,64 @@
+// SiLU-and-mul (SwiGLU's gate): x [T, 2I] -> out [T, I] with
+// out = silu(x[:, :I]) * x[:, I:], compiled by NVRTC.
+//
+// Grid (T, chunks): blockIdx.x is the row, blockIdx.y a slice of its
+// columns, so a single decode token still spreads over several SMs. When
+// I is a multiple of a 16-byte pack, each thread moves whole packs; else
+// single elements.
+//
+// Numerics follow HF transformers (`act_fn(gate) * up` in the element
+// type): silu(g) = g / (1 + exp(-g)) in f32, rounded to the element type,
+// then multiplied by up in f32 and rounded again.
+#include "mllm_dtype.cuh"
+#include "mllm_pack.cuh"
+
+namespace {
+
+template <typename D>
+__device__ __forceinline__ typename D::storage silu_mul(typename D::storage g, typename D::storage u) {
+  const float gf = D::to_float(g);
+  const float s = mllm::round_to<D>(gf / (1.f + expf(-gf)));
+  return D::from_float(s * D::to_float(u));
+}
+
+template <typename D, int VEC>
+__device__ __forceinline__ void silu_and_mul_row(const typename D::storage* x, typename D::storage* out, int inter) {
+  using P = mllm::Pack<typename D::storage, VEC>;
+  const long long row = blockIdx.x;
+  const int packs = inter / VEC;
+  const P* gate = reinterpret_cast<const P*>(x + row * 2 * inter);
+  const P* up = reinterpret_cast<const P*>(x + row * 2 * inter + inter);
+  P* o = reinterpret_cast<P*>(out + row * inter);
+  for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < packs; i += gridDim.y * blockDim.x) {
+    const P g = gate[i];
+    const P u = up[i];
+    P r;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) r.v[j] = silu_mul<D>(g.v[j], u.v[j]);
+    o[i] = r;
+  }
+}
+
+}  // namespace
+
+// Symbol: silu_and_mul_<dtype>(x, out, inter); grid (rows, any), any
+// block size.
+#define MLLM_SILU_AND_MUL_KERNEL(SUFFIX, D)                                                                 \
+  extern "C" __global__ void silu_and_mul_##SUFFIX(const D::storage* x, D::storage* out, int inter) {      \
+    constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
+    if (inter % VEC == 0) {                                                                                 \
+      silu_and_mul_row<D, VEC>(x, out, inter);                                                              \
+    } else {                                                                                                \
+      silu_and_mul_row<D, 1>(x, out, inter);                                                                \
+    }                                                                                                       \
+  }
+
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F32)
+MLLM_SILU_AND_MUL_KERNEL(f32, mllm::F32)
+#endif
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F16)
+MLLM_SILU_AND_MUL_KERNEL(f16, mllm::F16)
+#endif
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_BF16)
+MLLM_SILU_AND_MUL_KERNEL(bf16, mllm::BF16)
+#endif

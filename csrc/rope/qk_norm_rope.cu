@@ -1,0 +1,179 @@
+// Optional per-head RMSNorm (Qwen3's q_norm / k_norm) then NeoX rotary
+// embedding ("rotate halves"), in place on the q and k heads of a packed
+// row buffer (e.g. the fused qkv projection output), compiled by NVRTC.
+//
+// Layout: row t of the buffer starts at qk + t * row_stride; its q heads
+// are the q_heads * head_dim elements from column q_col, its k heads the
+// k_heads * head_dim elements from column k_col. One warp per (token,
+// head), all values in registers. For D = 64, 128, 256 with aligned
+// heads, lane l owns the D/64 consecutive rotary pairs (i, i + D/2) from
+// i = l * D/64, moved with one vector load per half; any other even
+// D <= 256 uses pairs i = l, l + 32, ... with element loads.
+//
+// cos_sin is [max_pos, D] f32: row p holds cos(p * f_i) for i < D/2, then
+// sin(p * f_i) (vLLM's cos_sin_cache layout); scaling schemes (linear,
+// llama3, yarn) live in the host-side builder of that cache. Positions are
+// i32 and are clamped to [0, max_pos) so a bad position never reads out of
+// bounds (callers validate them; a clamped one gives a wrong but finite
+// result).
+//
+// Numerics: the norm follows HF (n = T(x * rsqrt(mean(x^2) + eps)),
+// y = T(n * w)); the rotation is computed in f32 from the (normed) element
+// values and rounded once, as vLLM/SGLang do.
+#include "mllm_dtype.cuh"
+#include "mllm_pack.cuh"
+#include "mllm_reduce.cuh"
+
+namespace {
+
+constexpr int kMaxPairsPerLane = 4;  // D <= 256
+
+// Which rotary pair slot j of this lane holds: with CONTIG, lane l owns
+// the E = D/64 consecutive pairs from l * E (one E-element load per half);
+// otherwise pairs l, l + 32, ... (any even D <= 256).
+template <bool CONTIG, int E>
+__device__ __forceinline__ int pair_index(int lane, int j) {
+  return CONTIG ? lane * E + j : lane + 32 * j;
+}
+
+template <typename D, bool CONTIG, int E>
+__device__ __forceinline__ void qk_norm_rope_head(typename D::storage* qk, long long row_stride, const int* pos,
+                                                  const float* cos_sin, int max_pos,
+                                                  const typename D::storage* q_w,
+                                                  const typename D::storage* k_w, int tokens, int q_col,
+                                                  int q_heads, int k_col, int k_heads, int head_dim, float eps) {
+  using S = typename D::storage;
+  using P = mllm::Pack<S, E>;
+  using F = mllm::Pack<float, E>;
+  const long long warp = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  const int heads = q_heads + k_heads;
+  if (warp >= static_cast<long long>(tokens) * heads) return;  // whole warps leave together
+  const long long t = warp / heads;
+  const int h = static_cast<int>(warp - t * heads);
+  const bool is_q = h < q_heads;
+  S* x = qk + t * row_stride + (is_q ? q_col + h * head_dim : k_col + (h - q_heads) * head_dim);
+  const S* w = is_q ? q_w : k_w;
+  const int half = head_dim / 2;
+  // Everything this head reads is requested before any of it is used, so
+  // the loads (x, position -> cos/sin, weights) overlap.
+  int p = pos[t];
+  p = p < 0 ? 0 : (p >= max_pos ? max_pos - 1 : p);
+  const float* cs = cos_sin + static_cast<long long>(p) * head_dim;
+
+  float a[E];
+  float b[E];
+  F c;
+  F sn;
+  P wa;
+  P wb;
+  if (CONTIG) {
+    c = *reinterpret_cast<const F*>(cs + lane * E);
+    sn = *reinterpret_cast<const F*>(cs + half + lane * E);
+    if (w != nullptr) {
+      wa = *reinterpret_cast<const P*>(w + lane * E);
+      wb = *reinterpret_cast<const P*>(w + half + lane * E);
+    }
+    const P pa = *reinterpret_cast<const P*>(x + lane * E);
+    const P pb = *reinterpret_cast<const P*>(x + half + lane * E);
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      a[j] = D::to_float(pa.v[j]);
+      b[j] = D::to_float(pb.v[j]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      const int i = pair_index<CONTIG, E>(lane, j);
+      a[j] = i < half ? D::to_float(x[i]) : 0.f;
+      b[j] = i < half ? D::to_float(x[i + half]) : 0.f;
+    }
+  }
+  if (w != nullptr) {
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < E; ++j) ss += a[j] * a[j] + b[j] * b[j];
+    const float inv = 1.f / sqrtf(mllm::warp_sum(ss) / static_cast<float>(head_dim) + eps);
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      const int i = pair_index<CONTIG, E>(lane, j);
+      if (CONTIG || i < half) {
+        const float w1 = CONTIG ? D::to_float(wa.v[j]) : D::to_float(w[i]);
+        const float w2 = CONTIG ? D::to_float(wb.v[j]) : D::to_float(w[i + half]);
+        a[j] = mllm::round_to<D>(mllm::round_to<D>(a[j] * inv) * w1);
+        b[j] = mllm::round_to<D>(mllm::round_to<D>(b[j] * inv) * w2);
+      }
+    }
+  }
+  if (CONTIG) {
+    P oa;
+    P ob;
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      oa.v[j] = D::from_float(a[j] * c.v[j] - b[j] * sn.v[j]);
+      ob.v[j] = D::from_float(b[j] * c.v[j] + a[j] * sn.v[j]);
+    }
+    *reinterpret_cast<P*>(x + lane * E) = oa;
+    *reinterpret_cast<P*>(x + half + lane * E) = ob;
+  } else {
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      const int i = pair_index<CONTIG, E>(lane, j);
+      if (i < half) {
+        const float c = cs[i];
+        const float sn = cs[half + i];
+        x[i] = D::from_float(a[j] * c - b[j] * sn);
+        x[i + half] = D::from_float(b[j] * c + a[j] * sn);
+      }
+    }
+  }
+}
+
+// Contiguous per-lane pairs (vector loads) for D = 64, 128, 256 when every
+// head start is E-aligned; the strided layout for any other even D.
+template <typename D>
+__device__ __forceinline__ void qk_norm_rope_dispatch(typename D::storage* qk, long long row_stride, const int* pos,
+                                                      const float* cos_sin, int max_pos,
+                                                      const typename D::storage* q_w,
+                                                      const typename D::storage* k_w, int tokens, int q_col,
+                                                      int q_heads, int k_col, int k_heads, int head_dim,
+                                                      float eps) {
+  const int e = head_dim / 64;
+  const bool aligned = head_dim % 64 == 0 && e > 0 && row_stride % e == 0 && q_col % e == 0 && k_col % e == 0;
+#define MLLM_ROPE_ARGS qk, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_col, q_heads, k_col, k_heads, head_dim, eps
+  if (aligned && e == 1) {
+    qk_norm_rope_head<D, true, 1>(MLLM_ROPE_ARGS);
+  } else if (aligned && e == 2) {
+    qk_norm_rope_head<D, true, 2>(MLLM_ROPE_ARGS);
+  } else if (aligned && e == 4) {
+    qk_norm_rope_head<D, true, 4>(MLLM_ROPE_ARGS);
+  } else {
+    qk_norm_rope_head<D, false, kMaxPairsPerLane>(MLLM_ROPE_ARGS);
+  }
+#undef MLLM_ROPE_ARGS
+}
+
+}  // namespace
+
+// Symbol: qk_norm_rope_<dtype>(qk, row_stride, pos, cos_sin, max_pos, q_w,
+// k_w, tokens, q_col, q_heads, k_col, k_heads, head_dim, eps); q_w / k_w
+// null skips that norm. Launch one warp per (token, head): blockDim a
+// multiple of 32, grid covering tokens * (q_heads + k_heads) warps.
+#define MLLM_QK_NORM_ROPE_KERNEL(SUFFIX, D)                                                                  \
+  extern "C" __global__ void qk_norm_rope_##SUFFIX(                                                        \
+      D::storage* qk, long long row_stride, const int* pos, const float* cos_sin, int max_pos,             \
+      const D::storage* q_w, const D::storage* k_w, int tokens, int q_col, int q_heads, int k_col,         \
+      int k_heads, int head_dim, float eps) {                                                              \
+    qk_norm_rope_dispatch<D>(qk, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_col, q_heads, k_col,   \
+                         k_heads, head_dim, eps);                                                          \
+  }
+
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F32)
+MLLM_QK_NORM_ROPE_KERNEL(f32, mllm::F32)
+#endif
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F16)
+MLLM_QK_NORM_ROPE_KERNEL(f16, mllm::F16)
+#endif
+#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_BF16)
+MLLM_QK_NORM_ROPE_KERNEL(bf16, mllm::BF16)
+#endif

@@ -1,0 +1,106 @@
+//! SiLU-and-mul, SwiGLU's gate (NVRTC kernel `silu_and_mul`).
+
+use cudarc::driver::PushKernelArg;
+
+use super::launch::{dtype_function, float_symbols, row_chunks, units};
+use super::{expect_dtype, expect_float, expect_shape, rows_cols, Meta};
+use crate::device::Gpu;
+use crate::registry::KernelId;
+use crate::tensor::DeviceTensor;
+use crate::{Error, Result};
+
+const OP: &str = "silu_and_mul";
+
+pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
+    float_symbols(&[OP], variant)
+}
+
+/// Checks `x: [.., 2I]` (a float dtype, even last dimension). Returns
+/// `(rows, I)`.
+///
+/// ```
+/// use mllm_kernel::{ops::{validate_silu_and_mul, Meta}, DType};
+/// assert_eq!(validate_silu_and_mul(Meta::new(&[3, 16], DType::BF16)).unwrap(), (3, 8));
+/// assert!(validate_silu_and_mul(Meta::new(&[3, 15], DType::BF16)).is_err());
+/// ```
+pub fn validate_silu_and_mul(x: Meta) -> Result<(usize, usize)> {
+    expect_float(OP, "x", x.dtype)?;
+    let (rows, cols) = rows_cols(OP, "x", x)?;
+    if !cols.is_multiple_of(2) {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            arg: "x",
+            expected: "an even last dimension ([.., 2 * intermediate])".into(),
+            got: x.shape.to_vec(),
+        });
+    }
+    Ok((rows, cols / 2))
+}
+
+/// `out = silu(x[.., :I]) * x[.., I:]` for `x: [.., 2I]`; `out: [.., I]`.
+///
+/// ```no_run
+/// use mllm_kernel::{ops, DeviceTensor, Gpu};
+/// use half::bf16;
+/// let gpu = Gpu::new(0)?;
+/// let x = DeviceTensor::from_host(&gpu, &vec![bf16::ONE; 2 * 2 * 12288], &[2, 2 * 12288])?;
+/// let y = ops::silu_and_mul(&gpu, &x)?;
+/// assert_eq!(y.shape(), &[2, 12288]);
+/// # Ok::<(), mllm_kernel::Error>(())
+/// ```
+pub fn silu_and_mul(gpu: &Gpu, x: &DeviceTensor) -> Result<DeviceTensor> {
+    let (_, inter) = validate_silu_and_mul(x.into())?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("validated rank >= 1") = inter;
+    let mut out = DeviceTensor::zeros(gpu, &shape, x.dtype())?;
+    silu_and_mul_into(gpu, x, &mut out)?;
+    Ok(out)
+}
+
+/// [`silu_and_mul`] into a caller-provided `out` (`[.., I]`, dtype of `x`);
+/// allocates nothing, so it can be captured in a CUDA graph.
+pub fn silu_and_mul_into(gpu: &Gpu, x: &DeviceTensor, out: &mut DeviceTensor) -> Result<()> {
+    let (rows, inter) = validate_silu_and_mul(x.into())?;
+    expect_dtype(OP, "out", x.dtype(), out.dtype())?;
+    let mut want = x.shape().to_vec();
+    *want.last_mut().expect("validated rank >= 1") = inter;
+    expect_shape(OP, "out", &want, out.shape())?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = format!("{OP}_{}", x.dtype().symbol_suffix());
+    let f = dtype_function(gpu, KernelId::SiluAndMul, x.dtype(), &name)?;
+    let config = row_chunks(rows, units(inter, x.dtype()));
+    let inter_i = inter as i32;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch.arg(x.buffer()).arg(out.buffer_mut()).arg(&inter_i);
+    // SAFETY: signature (x, out, int inter), grid.x = rows; x holds rows*2I
+    // and out rows*I elements of the dtype, checked above.
+    unsafe { launch.launch(config) }
+        .map(drop)
+        .map_err(Error::driver("launch silu_and_mul"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    #[test]
+    fn validation_names_the_argument() {
+        let err = validate_silu_and_mul(Meta::new(&[2, 7], DType::F16)).unwrap_err();
+        assert!(
+            err.to_string().contains("`x`") && err.to_string().contains("even"),
+            "{err}"
+        );
+        let err = validate_silu_and_mul(Meta::new(&[2, 8], DType::I32)).unwrap_err();
+        assert!(err.to_string().contains("dtype i32"), "{err}");
+        let err = validate_silu_and_mul(Meta::new(&[], DType::F32)).unwrap_err();
+        assert!(err.to_string().contains("rank"), "{err}");
+        assert_eq!(validate_silu_and_mul(Meta::new(&[0, 8], DType::F32)).unwrap(), (0, 4));
+        assert_eq!(
+            validate_silu_and_mul(Meta::new(&[2, 3, 8], DType::F32)).unwrap(),
+            (6, 4)
+        );
+    }
+}
