@@ -123,7 +123,7 @@ pub fn fused_add_rms_norm(
 }
 
 /// 16-byte packs each thread keeps in registers (`CACHED` in the kernel).
-const PACKS_PER_THREAD: usize = 4;
+const PACKS_PER_THREAD: usize = 2;
 
 /// Threads per block: enough to cover a row with [`PACKS_PER_THREAD`] packs
 /// each (rows not a multiple of 16 bytes move 1-element packs), a whole
@@ -185,10 +185,10 @@ mod tests {
     }
 
     #[test]
-    fn threads_cover_a_row_with_four_packs_each() {
-        assert_eq!(threads_per_row(4096, DType::BF16), 128);
-        assert_eq!(threads_per_row(4096, DType::F32), 256);
-        assert_eq!(threads_per_row(5120, DType::F16), 160);
+    fn threads_cover_a_row_with_two_packs_each() {
+        assert_eq!(threads_per_row(4096, DType::BF16), 256);
+        assert_eq!(threads_per_row(4096, DType::F32), 512);
+        assert_eq!(threads_per_row(5120, DType::F16), 320);
         // Not a multiple of 8 bf16: 1-element packs.
         assert_eq!(threads_per_row(4100, DType::BF16), 1024);
         assert_eq!(threads_per_row(7, DType::BF16), 32);
