@@ -7,6 +7,7 @@
 //! ([`mem_cache`]) and the sampler ([`executor::sampler`]); models, the model
 //! runner and the server follow.
 
+pub mod bench_serve;
 pub mod cli;
 pub mod executor;
 pub mod generation;
@@ -18,6 +19,7 @@ pub mod mem_cache;
 pub mod models;
 pub mod orchestrator;
 pub mod parsers;
+pub mod quantization;
 pub mod server;
 pub mod tensor;
 pub mod tokenizer;

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::model_args::{load_source, ModelArgs};
+use super::model_args::ModelArgs;
 use super::record::{command_line, DeviceInfo, Revision};
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::{ModelRunner, RunnerConfig};
@@ -170,7 +170,7 @@ impl BenchArgs {
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     args.check()?;
     let source = args.source()?;
-    let loaded = load_source(&source, args.model.weight_dtype)?;
+    let loaded = args.model.load_source(&source)?;
     let (b, i, o) = (args.batch_size, args.input_len, args.output_len);
     let max_context = loaded.max_context();
     if i + o > max_context {

@@ -9,8 +9,10 @@
 //! ```
 
 mod bench;
+mod bench_serve;
 mod generate;
 mod model_args;
+mod quantize;
 mod record;
 mod serve;
 
@@ -19,6 +21,7 @@ use std::sync::OnceLock;
 use clap::{Parser, Subcommand};
 
 pub use bench::BenchArgs;
+pub use bench_serve::{BenchServeArgs, RequestRate};
 pub use generate::{GenerateArgs, SamplingArgs};
 pub use model_args::{ModelArgs, WeightDtype};
 pub use serve::ServeArgs;
@@ -41,6 +44,10 @@ pub enum Command {
     BenchOneBatch(BenchArgs),
     /// The OpenAI-compatible HTTP server.
     Serve(ServeArgs),
+    /// Load-test a running server (throughput, TTFT, TPOT).
+    BenchServe(BenchServeArgs),
+    /// Write a quantized (compressed-tensors W8A8) copy of a float HF checkpoint.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// A command that exists in the interface but not yet in the engine (exit code 2).
@@ -63,6 +70,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::BenchOneBatch(args) => bench::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::BenchServe(args) => bench_serve::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
     }
 }
 

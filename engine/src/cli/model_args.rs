@@ -1,4 +1,4 @@
-//! Model selection flags shared by `generate` and `bench-one-batch`.
+//! Model selection flags shared by `generate`, `serve` and `bench-one-batch`.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::generation::{LoadedModel, ModelSource};
 use crate::models::LoadOptions;
+use crate::quantization::QuantMethod;
 use crate::tensor::DType;
 
 /// Storage dtype of the weights after loading.
@@ -35,7 +36,24 @@ impl WeightDtype {
     }
 }
 
-/// `--model` and `--weight-dtype`.
+/// `--quantization`: quantize a float checkpoint's linear layers at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Quantization {
+    /// Int8 weights (per-channel absmax, symmetric) and dynamic per-token int8 activations;
+    /// embeddings, norms, the LM head and vision layers stay float.
+    W8a8,
+}
+
+impl Quantization {
+    /// The engine's method.
+    pub fn method(self) -> QuantMethod {
+        match self {
+            Self::W8a8 => QuantMethod::W8A8,
+        }
+    }
+}
+
+/// `--model`, `--weight-dtype` and `--quantization`.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A GGUF file or an HF model directory [default: the embedded SmolLM2-135M-Instruct Q4_1,
@@ -45,6 +63,10 @@ pub struct ModelArgs {
     /// Storage dtype of the weights in memory.
     #[arg(long, value_enum, default_value_t = WeightDtype::Auto)]
     pub weight_dtype: WeightDtype,
+    /// Quantize the linear layers of a float checkpoint at load time (a GGUF is dequantized
+    /// first). Checkpoints with their own `quantization_config` load quantized without it.
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub quantization: Option<Quantization>,
 }
 
 impl ModelArgs {
@@ -56,28 +78,51 @@ impl ModelArgs {
         }
     }
 
+    /// The load options these flags ask for.
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// use mllm_engine::cli::{Cli, Command};
+    /// use mllm_engine::quantization::QuantMethod;
+    /// let cli = Cli::try_parse_from(["mllm", "generate", "--prompt", "Hi", "--quantization", "w8a8"]).unwrap();
+    /// let Command::Generate(args) = cli.command else { unreachable!() };
+    /// assert_eq!(args.model.load_options().quantization, Some(QuantMethod::W8A8));
+    /// ```
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            weight_dtype: self.weight_dtype.dtype(),
+            quantization: self.quantization.map(Quantization::method),
+        }
+    }
+
     /// Loads the model, reporting progress on stderr.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let source = self.source()?;
-        load_source(&source, self.weight_dtype)
+        self.load_source(&source)
+    }
+
+    /// Loads `source` (e.g. [`ModelArgs::source`] or a dummy config) with these flags' options.
+    pub fn load_source(&self, source: &ModelSource) -> anyhow::Result<LoadedModel> {
+        load_with(source, &self.load_options())
     }
 }
 
-/// Loads `source` with a note on stderr.
-pub(crate) fn load_source(source: &ModelSource, weight_dtype: WeightDtype) -> anyhow::Result<LoadedModel> {
+/// Loads `source` with `opts`, with a note on stderr.
+fn load_with(source: &ModelSource, opts: &LoadOptions) -> anyhow::Result<LoadedModel> {
     let what = match source {
         ModelSource::Default => "the default model (SmolLM2-135M-Instruct Q4_1)".to_string(),
         ModelSource::Gguf(p) | ModelSource::Dir(p) => p.display().to_string(),
         ModelSource::Dummy { config, .. } => format!("random weights for {}", config.display()),
     };
     let t = std::time::Instant::now();
-    let opts = LoadOptions {
-        weight_dtype: weight_dtype.dtype(),
-    };
-    let loaded = LoadedModel::load(source, &opts).with_context(|| format!("cannot load {what}"))?;
+    let loaded = LoadedModel::load(source, opts).with_context(|| format!("cannot load {what}"))?;
     let info = loaded.info();
+    let quantized = match opts.quantization {
+        Some(QuantMethod::W8A8) => ", linear layers W8A8 int8 (quantized at load)",
+        None => "",
+    };
     eprintln!(
-        "mllm: loaded {} ({} {}, weights {}) in {:.2} s",
+        "mllm: loaded {} ({} {}, weights {}{quantized}) in {:.2} s",
         info.name,
         info.format,
         info.quant,

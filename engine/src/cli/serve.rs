@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::model_args::{load_source, ModelArgs};
+use super::model_args::ModelArgs;
 use crate::generation::ModelSource;
 use crate::orchestrator::{Engine, EngineConfig};
 use crate::parsers::{ReasoningParserKind, ToolParserKind};
@@ -110,7 +110,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             (s, p)
         }
     };
-    let loaded = load_source(&source, args.model.weight_dtype)?;
+    let loaded = args.model.load_source(&source)?;
     let engine = Engine::start(loaded, args.engine_config()).context("cannot start the engine")?;
     eprintln!(
         "mllm: KV cache holds {} tokens; context length {}; max running requests {}",

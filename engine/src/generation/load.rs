@@ -100,6 +100,7 @@ impl LoadedModel {
         // its prefill GEMM is faster than f16's on AVX-512 (measured).
         let opts = &LoadOptions {
             weight_dtype: Some(opts.weight_dtype.unwrap_or(DType::BF16)),
+            ..opts.clone()
         };
         let file = GgufFile::open(path).map_err(|source| GenerationError::Gguf {
             path: path.into(),

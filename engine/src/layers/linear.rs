@@ -1,9 +1,12 @@
-//! Linear layers with a pluggable [`LinearMethod`] (unquantized now; W8A8 / W4A16 later) and
-//! SGLang-style shard loading of stacked projections (q/k/v → `qkv_proj`, gate/up → `gate_up_proj`).
+//! Linear layers with a pluggable [`LinearMethod`] (unquantized here; quantized methods in
+//! [`crate::quantization`]) and SGLang-style shard loading of stacked projections (q/k/v →
+//! `qkv_proj`, gate/up → `gate_up_proj`).
 //!
-//! A method declares its parameters ([`LinearMethod::create_weights`]), each stored `[rows, ...]`
-//! with rows along the output dim, so a merged layer assembles every parameter by concatenating
-//! its shards' rows (a per-channel int8 scale `[out]` stacks the same way as a weight `[out, in]`).
+//! A method declares its parameters ([`LinearMethod::create_weights`]). Most are stored
+//! `[rows, ...]` with rows along the output dim ([`Stacking::Rows`]), so a merged layer assembles
+//! them by concatenating its shards' rows (a per-channel int8 scale `[out, 1]` stacks the same way
+//! as a weight `[out, in]`); per-tensor values (a static activation scale `[1]`) come once per
+//! shard ([`Stacking::PerShard`]) and are concatenated to `[shards]` for the method to reduce.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -26,16 +29,30 @@ pub(crate) fn dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// How the shards of a stacked layer make up one parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stacking {
+    /// Dim 0 runs over output rows; each shard holds its rows.
+    Rows,
+    /// Each shard holds the whole spec shape (e.g. a per-tensor scale `[1]`); stacked along dim 0.
+    PerShard,
+}
+
 /// One parameter a [`LinearMethod`] needs: its name within the layer (`"weight"`, `"bias"`,
-/// `"weight_scale"`, ...), its shape (first dim = output rows) and dtype (`None`: any float).
+/// `"weight_scale"`, ...), its shape, dtype (`None`: any float) and how shards stack.
+///
+/// A checkpoint tensor may omit trailing unit dims of the shape (`[n]` for `[n, 1]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightSpec {
     /// Name within the layer.
     pub name: &'static str,
-    /// Full shape; dim 0 runs over output features.
+    /// Full shape for [`Stacking::Rows`] (dim 0 runs over output features); one shard's shape
+    /// for [`Stacking::PerShard`].
     pub shape: Vec<usize>,
     /// Required dtype, or `None` for any float dtype.
     pub dtype: Option<DType>,
+    /// How stacked shards combine.
+    pub stacking: Stacking,
 }
 
 /// The loaded parameters of one linear layer, by name.
@@ -46,8 +63,10 @@ pub trait LinearMethod: Send + Sync + Debug {
     /// The parameters of a layer `in_features → out_features`.
     fn create_weights(&self, in_features: usize, out_features: usize, bias: bool) -> Vec<WeightSpec>;
 
-    /// Repacks weights once they are all loaded (e.g. transposes, casts). Default: nothing.
-    fn process_weights_after_loading(&self, _weights: &mut LinearWeights) -> Result<()> {
+    /// Repacks weights once they are all loaded (e.g. transposes, casts, quantization); the
+    /// only layout conversion. `output_sizes` are the rows of each stacked shard. Default:
+    /// nothing.
+    fn process_weights_after_loading(&self, _output_sizes: &[usize], _weights: &mut LinearWeights) -> Result<()> {
         Ok(())
     }
 
@@ -70,18 +89,20 @@ impl LinearMethod for UnquantizedLinearMethod {
             name: "weight",
             shape: vec![out_features, in_features],
             dtype: None,
+            stacking: Stacking::Rows,
         }];
         if bias {
             specs.push(WeightSpec {
                 name: "bias",
                 shape: vec![out_features],
                 dtype: None,
+                stacking: Stacking::Rows,
             });
         }
         specs
     }
 
-    fn process_weights_after_loading(&self, weights: &mut LinearWeights) -> Result<()> {
+    fn process_weights_after_loading(&self, _output_sizes: &[usize], weights: &mut LinearWeights) -> Result<()> {
         if let (Some(dt), Some(w)) = (self.target, weights.get_mut("weight")) {
             if w.dtype() != dt {
                 *w = w.to_dtype(dt)?;
@@ -189,21 +210,34 @@ impl Linear {
             },
         };
         let mut expected = spec.shape.clone();
-        expected[0] = expected[0] / total.max(1) * rows;
-        if tensor.shape() != expected.as_slice() {
+        match (spec.stacking, idx) {
+            (Stacking::Rows, _) => expected[0] = expected[0] / total.max(1) * rows,
+            (Stacking::PerShard, None) => expected[0] *= self.output_sizes.len(),
+            (Stacking::PerShard, Some(_)) => {}
+        }
+        let tensor = if tensor.shape() == expected.as_slice() {
+            tensor
+        } else if without_trailing_ones(tensor.shape()) == without_trailing_ones(&expected) {
+            tensor.reshape(&expected)?
+        } else {
             return Err(ModelError::WeightShape {
                 name: param.to_string(),
                 expected,
                 got: tensor.shape().to_vec(),
             });
-        }
-        if let Some(dt) = spec.dtype {
-            if tensor.dtype() != dt {
-                return Err(ModelError::Invalid(format!(
-                    "parameter `{param}` has dtype {}, expected {dt}",
-                    tensor.dtype()
-                )));
-            }
+        };
+        let dtype_ok = match spec.dtype {
+            Some(dt) => tensor.dtype() == dt,
+            None => tensor.dtype().is_float(),
+        };
+        if !dtype_ok {
+            let want = spec
+                .dtype
+                .map_or_else(|| "a float dtype".to_string(), |d| d.to_string());
+            return Err(ModelError::Invalid(format!(
+                "parameter `{param}` has dtype {}, expected {want}",
+                tensor.dtype()
+            )));
         }
         let name = spec.name;
         match idx {
@@ -250,7 +284,8 @@ impl Linear {
                 });
             }
         }
-        self.method.process_weights_after_loading(&mut self.weights)
+        self.method
+            .process_weights_after_loading(&self.output_sizes, &mut self.weights)
     }
 
     /// `x · Wᵀ (+ b)`: `x` `[..., in]` → f32 `[..., sum(output_sizes)]`.
@@ -276,6 +311,11 @@ impl Linear {
     pub fn weights(&self) -> &LinearWeights {
         &self.weights
     }
+}
+
+fn without_trailing_ones(shape: &[usize]) -> &[usize] {
+    let keep = shape.iter().rposition(|&d| d != 1).map_or(0, |i| i + 1);
+    &shape[..keep]
 }
 
 /// The fused q/k/v projection: shards `q` (`heads × head_dim`), `k` and `v` (`kv_heads × head_dim`).

@@ -251,6 +251,20 @@ impl ModelConfig {
         Self::from_value(value, path)
     }
 
+    /// The checkpoint's `quantization_config` object (compressed-tensors, GPTQ, ...), if any;
+    /// [`crate::quantization`] interprets it.
+    ///
+    /// ```
+    /// use mllm_engine::loader::config::ModelConfig;
+    /// let c = ModelConfig::from_json_str(r#"{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16,
+    ///     "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 10,
+    ///     "quantization_config": {"quant_method": "compressed-tensors"}}"#, "config.json").unwrap();
+    /// assert_eq!(c.quantization_config().unwrap()["quant_method"], "compressed-tensors");
+    /// ```
+    pub fn quantization_config(&self) -> Option<&Value> {
+        self.raw.get("quantization_config").filter(|v| !v.is_null())
+    }
+
     /// Builds the config from a parsed JSON document; `path` is only used in error messages.
     pub fn from_value(value: Value, path: &Path) -> Result<Self> {
         let raw: RawConfig = serde_json::from_value(value.clone()).map_err(|source| ConfigError::Json {

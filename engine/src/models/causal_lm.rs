@@ -2,7 +2,6 @@
 //! architecture, loaded from HF safetensors, a GGUF file or any [`WeightSource`].
 
 use std::path::Path;
-use std::sync::Arc;
 
 use super::arch::{lookup, ArchSpec};
 use super::decoder::DecoderLayer;
@@ -11,13 +10,13 @@ use super::weights::{WeightReader, WeightSource};
 use super::{ModelError, Result};
 use crate::executor::forward_batch::ForwardBatch;
 use crate::layers::embedding::{Embedding, LmHead};
-use crate::layers::linear::{LinearMethod, UnquantizedLinearMethod};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rotary::RotaryEmbedding;
 use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
 use crate::loader::safetensors::SafetensorsModel;
 use crate::mem_cache::TokenToKvPool;
+use crate::quantization::{QuantMethod, QuantizationConfig};
 use crate::tensor::{DType, Tensor};
 
 /// Options of loading a model.
@@ -26,6 +25,9 @@ pub struct LoadOptions {
     /// Storage dtype of linear, embedding and LM-head weights (`None`: as in the checkpoint;
     /// GGUF tensors are dequantized to f32). bf16 halves decode memory traffic on the CPU.
     pub weight_dtype: Option<DType>,
+    /// Quantize float linear weights at load time (`--quantization`). A checkpoint with its own
+    /// `quantization_config` is loaded as quantized regardless.
+    pub quantization: Option<QuantMethod>,
 }
 
 /// A decoder-only causal language model.
@@ -73,9 +75,7 @@ impl CausalLM {
 
     fn load_arch(config: ModelConfig, arch: ArchSpec, src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
         let mut w = WeightReader::new(src);
-        let method: Arc<dyn LinearMethod> = Arc::new(UnquantizedLinearMethod {
-            target: opts.weight_dtype,
-        });
+        let quant = QuantizationConfig::new(config.quantization_config(), opts.quantization, opts.weight_dtype)?;
         let cast = |t: Tensor| -> Result<Tensor> {
             Ok(match opts.weight_dtype {
                 Some(dt) => t.to_dtype(dt)?,
@@ -86,13 +86,14 @@ impl CausalLM {
         let embed = cast(w.take_shaped("model.embed_tokens.weight", &[v, h])?)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            layers.push(DecoderLayer::load(&config, &arch, i, &method, &mut w)?);
+            layers.push(DecoderLayer::load(&config, &arch, i, &quant, &mut w)?);
         }
         let norm = RmsNorm::new(w.take_shaped("model.norm.weight", &[h])?, config.rms_norm_eps as f32)?;
         let lm_head = if config.tie_word_embeddings {
             w.skip("lm_head.weight");
             LmHead::new(embed.clone())?
         } else {
+            quant.require_float("lm_head")?;
             LmHead::new(cast(w.take_shaped("lm_head.weight", &[v, h])?)?)?
         };
         w.finish()?;

@@ -1,19 +1,18 @@
 //! One decoder layer shared by Qwen3, Qwen2 and Llama: pre-norm attention (fused q/k/v, optional
 //! q/k bias and per-head q/k norm, NeoX RoPE, paged GQA attention) and a SiLU-gated MLP.
 
-use std::sync::Arc;
-
 use super::arch::ArchSpec;
 use super::weights::WeightReader;
 use super::{ModelError, Result};
 use crate::executor::forward_batch::ForwardBatch;
 use crate::layers::activation::silu_and_mul;
 use crate::layers::attention::RadixAttention;
-use crate::layers::linear::{merged_gate_up, qkv_linear, Linear, LinearMethod, Shard};
+use crate::layers::linear::{merged_gate_up, qkv_linear, Linear, Shard};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rotary::RotaryEmbedding;
 use crate::loader::config::ModelConfig;
 use crate::mem_cache::TokenToKvPool;
+use crate::quantization::QuantizationConfig;
 use crate::tensor::Tensor;
 
 /// Self-attention block.
@@ -68,22 +67,20 @@ impl DecoderLayer {
         cfg: &ModelConfig,
         arch: &ArchSpec,
         i: usize,
-        method: &Arc<dyn LinearMethod>,
+        quant: &QuantizationConfig,
         w: &mut WeightReader<'_>,
     ) -> Result<Self> {
         let p = format!("model.layers.{i}");
         let (h, d, eps) = (cfg.hidden_size, cfg.head_dim, cfg.rms_norm_eps as f32);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let bias = arch.qkv_bias || cfg.attention_bias;
-        let mut qkv_proj = qkv_linear(h, nh, nkv, d, bias, method.clone());
-        load_stacked(
-            w,
-            &mut qkv_proj,
-            &format!("{p}.self_attn"),
-            &["q_proj", "k_proj", "v_proj"],
-        )?;
-        let mut o_proj = Linear::new(nh * d, vec![h], false, method.clone());
-        load_stacked(w, &mut o_proj, &format!("{p}.self_attn"), &["o_proj"])?;
+        let (attn, mlp) = (format!("{p}.self_attn"), format!("{p}.mlp"));
+        const QKV: [&str; 3] = ["q_proj", "k_proj", "v_proj"];
+        const GATE_UP: [&str; 2] = ["gate_proj", "up_proj"];
+        let mut qkv_proj = qkv_linear(h, nh, nkv, d, bias, quant.linear_method(&attn, &QKV)?);
+        load_stacked(w, &mut qkv_proj, &attn, &QKV)?;
+        let mut o_proj = Linear::new(nh * d, vec![h], false, quant.linear_method(&attn, &["o_proj"])?);
+        load_stacked(w, &mut o_proj, &attn, &["o_proj"])?;
         let qk_norm = if arch.qk_norm {
             Some((
                 norm(w, &format!("{p}.self_attn.q_norm.weight"), d, eps)?,
@@ -92,10 +89,11 @@ impl DecoderLayer {
         } else {
             None
         };
-        let mut gate_up_proj = merged_gate_up(h, cfg.intermediate_size, method.clone());
-        load_stacked(w, &mut gate_up_proj, &format!("{p}.mlp"), &["gate_proj", "up_proj"])?;
-        let mut down_proj = Linear::new(cfg.intermediate_size, vec![h], false, method.clone());
-        load_stacked(w, &mut down_proj, &format!("{p}.mlp"), &["down_proj"])?;
+        let mut gate_up_proj = merged_gate_up(h, cfg.intermediate_size, quant.linear_method(&mlp, &GATE_UP)?);
+        load_stacked(w, &mut gate_up_proj, &mlp, &GATE_UP)?;
+        let down = quant.linear_method(&mlp, &["down_proj"])?;
+        let mut down_proj = Linear::new(cfg.intermediate_size, vec![h], false, down);
+        load_stacked(w, &mut down_proj, &mlp, &["down_proj"])?;
         Ok(Self {
             input_layernorm: norm(w, &format!("{p}.input_layernorm.weight"), h, eps)?,
             self_attn: SelfAttention {

@@ -1,0 +1,84 @@
+//! Weight quantization (at load time and offline): symmetric per-output-channel int8 with
+//! absmax scales, and the default list of layers that stay float.
+
+use super::ignore::PatternList;
+use crate::models::Result;
+use crate::tensor::{DType, Tensor};
+
+/// Layers never quantized by `--quantization w8a8` / `mllm quantize` unless asked: embeddings,
+/// norms, the LM head and vision towers. Matched against prefixed module names.
+pub const DEFAULT_SKIP: [&str; 4] = [
+    "re:(.*\\.)?lm_head$",
+    "re:.*embed",
+    "re:.*norm$",
+    "re:.*(vision|visual|image_encoder|mm_projector)",
+];
+
+/// [`DEFAULT_SKIP`] parsed.
+///
+/// ```
+/// let skip = mllm_engine::quantization::quantize::default_skip();
+/// assert!(skip.matches("lm_head") && skip.matches("model.embed_tokens"));
+/// assert!(skip.matches("model.layers.0.input_layernorm"));
+/// assert!(skip.matches("model.visual.blocks.0.attn.qkv"));
+/// assert!(!skip.matches("model.layers.0.mlp.down_proj"));
+/// ```
+pub fn default_skip() -> PatternList {
+    PatternList::parse(DEFAULT_SKIP).expect("default skip patterns are valid")
+}
+
+/// Quantizes a float weight `[n, k]` per output channel: `scale[j] = max(absmax_j, 1e-10) / 127`,
+/// `q = round(w / scale)`, as `mllm_kernel::reference::per_token_quant_int8` does per row.
+/// Returns int8 `[n, k]` and f32 scales `[n]`.
+///
+/// ```
+/// use mllm_engine::quantization::quantize::quantize_per_channel;
+/// use mllm_engine::tensor::Tensor;
+/// let w = Tensor::from_vec(vec![0.5f32, -1.0, 2.0, 1.0], &[2, 2]).unwrap();
+/// let (q, s) = quantize_per_channel(&w).unwrap();
+/// assert_eq!(q.as_slice::<i8>().unwrap(), &[64, -127, 127, 64]);
+/// assert_eq!(s.to_f32_vec().unwrap(), vec![1.0 / 127.0, 2.0 / 127.0]);
+/// ```
+pub fn quantize_per_channel(w: &Tensor) -> Result<(Tensor, Tensor)> {
+    let &[n, k] = w.shape() else {
+        return Err(crate::models::ModelError::Invalid(format!(
+            "per-channel quantization needs a 2-D weight, got shape {:?}",
+            w.shape()
+        )));
+    };
+    if !w.dtype().is_float() {
+        return Err(crate::models::ModelError::Invalid(format!(
+            "per-channel quantization needs a float weight, got {}",
+            w.dtype()
+        )));
+    }
+    let data = w.to_f32_vec()?;
+    let (q, scales) = if k == 0 {
+        (vec![], vec![1.0; n])
+    } else {
+        mllm_kernel::reference::per_token_quant_int8::<f32>(&data, k)
+    };
+    Ok((Tensor::from_vec(q, &[n, k])?, Tensor::from_vec(scales, &[n])?))
+}
+
+/// The float weight `q · scale` of an int8 weight `[n, k]` with per-channel scales `[n]` (f32).
+///
+/// ```
+/// use mllm_engine::quantization::quantize::{dequantize_per_channel, quantize_per_channel};
+/// use mllm_engine::tensor::Tensor;
+/// let w = Tensor::from_vec(vec![0.5f32, -1.0, 2.0, 1.0], &[2, 2]).unwrap();
+/// let (q, s) = quantize_per_channel(&w).unwrap();
+/// let back = dequantize_per_channel(&q, &s).unwrap().to_f32_vec().unwrap();
+/// assert!((back[0] - 0.5).abs() < 1.0 / 254.0 && back[1] == -1.0);
+/// ```
+pub fn dequantize_per_channel(q: &Tensor, scales: &Tensor) -> Result<Tensor> {
+    let k = q.shape().last().copied().unwrap_or(1).max(1);
+    let s = scales.to_f32_vec()?;
+    let v: Vec<f32> = q
+        .as_slice::<i8>()?
+        .chunks(k)
+        .zip(&s)
+        .flat_map(|(row, &sc)| row.iter().map(move |&x| x as f32 * sc))
+        .collect();
+    Ok(Tensor::from_f32(&v, q.shape(), DType::F32)?)
+}
