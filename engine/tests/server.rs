@@ -952,3 +952,53 @@ async fn smollm2_chat_with_parsers_and_text_options() {
     srv.wait_idle().await;
     srv.stop().await;
 }
+
+/// `mllm serve` binds before loading: until the model is up every path answers 503 `loading`
+/// (probes and routers wait rather than see a refused connection), then it serves.
+#[test]
+fn mllm_serve_answers_503_while_loading() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    // ~77M random f32 parameters: long enough to load (hundreds of ms) to be seen loading.
+    let big = TINY_CONFIG
+        .replace("\"hidden_size\": 64", "\"hidden_size\": 768")
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 2048")
+        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 8")
+        .replace("\"vocab_size\": 256", "\"vocab_size\": 32000")
+        .replace("\"head_dim\": 16", "\"head_dim\": 192");
+    std::fs::write(&config, big).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mllm"))
+        .args(["serve", "--port", "0", "--max-total-tokens", "256", "--dummy-config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            seen.push_str(&line);
+            let a = line.strip_prefix("mllm: listening on http://")?;
+            Some(a.split(';').next()?.parse::<SocketAddr>().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no listening line in {seen}"));
+    let (s, b) = http_blocking(addr, "GET", "/health", None, &[]);
+    assert_eq!(s, 503, "{b}");
+    assert!(b.contains("loading"), "{b}");
+    let served = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("mllm: serving on"));
+    assert!(served);
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(http_blocking(addr, "GET", "/health", None, &[]).0, 200);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(child.wait().unwrap().success());
+}

@@ -1,6 +1,8 @@
 //! `mllm serve`: the OpenAI-compatible HTTP server.
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +12,7 @@ use super::model_args::ModelArgs;
 use crate::generation::ModelSource;
 use crate::orchestrator::{Engine, EngineConfig};
 use crate::parsers::{ReasoningParserKind, ToolParserKind};
-use crate::server::{router, serve_with, shutdown_signal, AppState, ServerParsers};
+use crate::server::{loading_router, router, serve_with, shutdown_signal, AppState, ServerParsers};
 use crate::tensor::DType;
 
 /// Arguments of `mllm serve` (names as in SGLang).
@@ -110,7 +112,55 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             (s, p)
         }
     };
-    let loaded = args.model.load_source(&source)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        let local = listener.local_addr()?;
+        // Bound before loading so probes and routers see 503 "loading", not a refused
+        // connection; the same socket then serves the model.
+        let listener = listener.into_std()?;
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
+        let loading = tokio::spawn(
+            axum::serve(
+                tokio::net::TcpListener::from_std(listener.try_clone()?)?,
+                loading_router(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = loaded_rx.await;
+            })
+            .into_future(),
+        );
+        eprintln!("mllm: listening on http://{local}; /health answers 503 until the model is loaded");
+        let build = {
+            let args = args.clone();
+            tokio::task::spawn_blocking(move || build_app(&args, &source, path))
+        };
+        let (engine, app) = tokio::select! {
+            built = build => built.context("model loading panicked")??,
+            _ = shutdown_signal() => {
+                eprintln!("mllm: shutdown requested while loading; exiting");
+                return Ok(());
+            }
+        };
+        let _ = loaded_tx.send(());
+        let _ = loading.await;
+        eprintln!("mllm: serving on http://{local}");
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        serve_with(listener, app, engine, shutdown_signal(), shutdown_timeout)
+            .await
+            .context("server failed")
+    })
+}
+
+/// Loads the model, starts the engine and builds the router (on a blocking thread).
+fn build_app(args: &ServeArgs, source: &ModelSource, path: String) -> anyhow::Result<(Arc<Engine>, axum::Router)> {
+    let loaded = args.model.load_source(source)?;
     let engine = Engine::start(loaded, args.engine_config()).context("cannot start the engine")?;
     eprintln!(
         "mllm: KV cache holds {} tokens; context length {}; max running requests {}",
@@ -136,19 +186,5 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         reasoning: args.reasoning_parser,
         tools: args.tool_call_parser,
     });
-    let app = router(state, args.max_body_bytes);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let addr = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot bind {addr}"))?;
-        eprintln!("mllm: serving on http://{}", listener.local_addr()?);
-        serve_with(listener, app, engine, shutdown_signal(), shutdown_timeout)
-            .await
-            .context("server failed")
-    })
+    Ok((engine, router(state, args.max_body_bytes)))
 }

@@ -189,6 +189,17 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
+/// The router while the model loads: every path answers 503 `loading` with `Retry-After`, so
+/// health probes and routers wait instead of failing on a refused connection.
+pub fn loading_router() -> Router {
+    Router::new().fallback(|| async {
+        ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "loading", "the model is still loading")
+        }
+    })
+}
+
 /// How long [`serve`] lets in-flight requests run after the shutdown signal.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
