@@ -1,6 +1,8 @@
 //! End-to-end tests of `mllm serve` in-process: a tiny random-weight model (no tokenizer) for
 //! the pipeline, scheduling and errors, and the real SmolLM2 (when cached) for chat.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,24 +172,7 @@ fn http_blocking(
 }
 
 fn parse_response(raw: &[u8]) -> (u16, String) {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    (status, if chunked { dechunk(body) } else { body.to_string() })
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
+    common::split_response(raw).map_or((0, String::from_utf8_lossy(raw).into_owned()), |(s, _, b)| (s, b))
 }
 
 /// The `data:` payloads of an SSE body.

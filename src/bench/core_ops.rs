@@ -4,7 +4,7 @@
 
 use half::bf16;
 
-use super::{copy_bandwidth, random_bf16, rotation, time_gpu, xorshift, BandwidthRow, TimingPlan};
+use super::{random_bf16, rotation, time_gpu, xorshift, zeros_sets, BandwidthRow, RowShape, TimingPlan};
 use crate::device::Gpu;
 use crate::dtype::DType;
 use crate::tensor::DeviceTensor;
@@ -191,22 +191,13 @@ pub fn bench_core_op(
                 })?
             }
         };
-        let gbps = bytes as f64 / timing.median_us / 1e3;
-        let copy_gbps = copy_bandwidth(gpu, bytes / 2, plan)?;
-        rows.push(BandwidthRow {
-            op: op.name(),
-            dtype: if op == CoreOp::Argmax { "f32" } else { "bf16" }.into(),
+        let dtype = if op == CoreOp::Argmax { "f32" } else { "bf16" };
+        let shape = RowShape {
             tokens: t,
             hidden: op.width(hidden),
             bytes,
-            median_us: timing.median_us,
-            min_us: timing.min_us,
-            rotation: sets,
-            gbps,
-            copy_gbps,
-            ratio_to_copy: gbps / copy_gbps,
-            plan,
-        });
+        };
+        rows.push(BandwidthRow::measure(gpu, op.name(), dtype, shape, timing, sets, plan)?);
     }
     Ok(rows)
 }
@@ -216,8 +207,4 @@ fn bf16_sets(gpu: &Gpu, sets: usize, shape: &[usize]) -> Result<Vec<DeviceTensor
     (0..sets)
         .map(|k| DeviceTensor::from_host::<bf16>(gpu, &random_bf16(n, 11 + k as u64), shape))
         .collect()
-}
-
-fn zeros_sets(gpu: &Gpu, sets: usize, shape: &[usize], dtype: DType) -> Result<Vec<DeviceTensor>> {
-    (0..sets).map(|_| DeviceTensor::zeros(gpu, shape, dtype)).collect()
 }

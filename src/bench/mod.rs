@@ -216,27 +216,63 @@ pub fn bench_bandwidth(
                 })?
             }
         };
-        let gbps = bytes as f64 / timing.median_us / 1e3;
-        // The peer copies as many bytes as the op reads + writes.
-        let copy_gbps = copy_bandwidth(gpu, bytes / 2, plan)?;
-        rows.push(BandwidthRow {
-            op: op.name(),
-            dtype: "bf16".into(),
+        let shape = RowShape {
             tokens: t,
             hidden,
             bytes,
-            median_us: timing.median_us,
-            min_us: timing.min_us,
-            rotation: sets,
-            gbps,
-            copy_gbps,
-            ratio_to_copy: gbps / copy_gbps,
+        };
+        rows.push(BandwidthRow::measure(
+            gpu,
+            op.name(),
+            "bf16",
+            shape,
+            timing,
+            sets,
             plan,
-        });
+        )?);
     }
     Ok(rows)
 }
 
-fn zeros_sets(gpu: &Gpu, sets: usize, shape: &[usize], dtype: DType) -> Result<Vec<DeviceTensor>> {
+/// What a bandwidth row moved: `bytes` read + written for `tokens` rows `hidden` wide.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowShape {
+    pub(crate) tokens: usize,
+    pub(crate) hidden: usize,
+    pub(crate) bytes: usize,
+}
+
+impl BandwidthRow {
+    /// The row for an op's `timing`, with a copy of as many bytes as the op reads + writes
+    /// timed now as the peer.
+    pub(crate) fn measure(
+        gpu: &Gpu,
+        op: &'static str,
+        dtype: &str,
+        shape: RowShape,
+        timing: Timing,
+        rotation: usize,
+        plan: TimingPlan,
+    ) -> Result<Self> {
+        let gbps = shape.bytes as f64 / timing.median_us / 1e3;
+        let copy_gbps = copy_bandwidth(gpu, shape.bytes / 2, plan)?;
+        Ok(Self {
+            op,
+            dtype: dtype.into(),
+            tokens: shape.tokens,
+            hidden: shape.hidden,
+            bytes: shape.bytes,
+            median_us: timing.median_us,
+            min_us: timing.min_us,
+            rotation,
+            gbps,
+            copy_gbps,
+            ratio_to_copy: gbps / copy_gbps,
+            plan,
+        })
+    }
+}
+
+pub(crate) fn zeros_sets(gpu: &Gpu, sets: usize, shape: &[usize], dtype: DType) -> Result<Vec<DeviceTensor>> {
     (0..sets).map(|_| DeviceTensor::zeros(gpu, shape, dtype)).collect()
 }

@@ -55,6 +55,18 @@ pub struct WeightSpec {
     pub stacking: Stacking,
 }
 
+impl WeightSpec {
+    /// The optional `[out_features]` float bias every method registers the same way.
+    pub fn bias(out_features: usize) -> Self {
+        Self {
+            name: "bias",
+            shape: vec![out_features],
+            dtype: None,
+            stacking: Stacking::Rows,
+        }
+    }
+}
+
 /// The loaded parameters of one linear layer, by name.
 pub type LinearWeights = BTreeMap<&'static str, Tensor>;
 
@@ -92,12 +104,7 @@ impl LinearMethod for UnquantizedLinearMethod {
             stacking: Stacking::Rows,
         }];
         if bias {
-            specs.push(WeightSpec {
-                name: "bias",
-                shape: vec![out_features],
-                dtype: None,
-                stacking: Stacking::Rows,
-            });
+            specs.push(WeightSpec::bias(out_features));
         }
         specs
     }

@@ -10,7 +10,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use crate::layers::linear::{LinearMethod, LinearWeights, Stacking, WeightSpec};
+use crate::layers::linear::{LinearMethod, LinearWeights, WeightSpec};
 use crate::models::{ModelError, Result};
 use crate::tensor::Tensor;
 
@@ -52,12 +52,7 @@ impl LinearMethod for SchemeLinearMethod {
     fn create_weights(&self, in_features: usize, out_features: usize, bias: bool) -> Vec<WeightSpec> {
         let mut specs = self.scheme.create_weights(in_features, out_features);
         if bias {
-            specs.push(WeightSpec {
-                name: "bias",
-                shape: vec![out_features],
-                dtype: None,
-                stacking: Stacking::Rows,
-            });
+            specs.push(WeightSpec::bias(out_features));
         }
         specs
     }
