@@ -4,6 +4,8 @@
 //! compressed-tensors checkpoints written by `mllm quantize` and read back, a service smoke test
 //! through the in-process `mllm serve`, and SmolLM2 perplexity (skipped when not cached).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -647,7 +649,6 @@ fn greedy_direct(m: &CausalLM, prompt: &[u32], n: usize) -> Vec<u32> {
 async fn serve_w8a8_model_greedy_matches_engine() {
     use mllm_engine::orchestrator::{Engine, EngineConfig};
     use mllm_engine::server::{router, serve, AppState};
-    use std::io::{Read, Write};
 
     let input = fixture_copy("qwen3");
     let out = tempfile::tempdir().unwrap();
@@ -674,19 +675,10 @@ async fn serve_w8a8_model_greedy_matches_engine() {
     }));
     let body = json!({"input_ids": prompt_ids, "sampling_params": {"max_new_tokens": 12, "temperature": 0, "ignore_eos": true}})
         .to_string();
-    let raw = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        let req = format!(
-            "POST /generate HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        raw
-    })
-    .await
-    .unwrap();
+    let raw = tokio::task::spawn_blocking(move || common::raw_request(addr, "POST", "/generate", &body, &[]))
+        .await
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
     let _ = stop.send(());
     task.await.unwrap().unwrap();
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");

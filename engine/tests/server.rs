@@ -154,20 +154,7 @@ fn http_blocking(
     body: Option<&str>,
     headers: &[(String, String)],
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let body = body.unwrap_or("");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let raw = common::raw_request(addr, method, path, body.unwrap_or(""), headers);
     parse_response(&raw)
 }
 
@@ -759,19 +746,10 @@ async fn drain_answers_503_with_retry_after_then_aborts_at_the_timeout() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let body = gen_body(&ids_prompt(1, 4), 4).to_string();
-    let raw = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        let req = format!(
-            "POST /generate HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        raw
-    })
-    .await
-    .unwrap();
+    let raw = tokio::task::spawn_blocking(move || common::raw_request(addr, "POST", "/generate", &body, &[]))
+        .await
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
     assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
     assert!(raw.to_ascii_lowercase().contains("retry-after: 5"), "{raw}");
     assert!(raw.contains("draining"), "{raw}");

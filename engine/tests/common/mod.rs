@@ -1,6 +1,28 @@
 //! Helpers shared by the engine's HTTP tests (each test binary uses what it needs).
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+/// Sends one HTTP/1.1 request (`Connection: close`, JSON content type) and returns the raw
+/// response bytes.
+pub fn raw_request(addr: SocketAddr, method: &str, path: &str, body: &str, headers: &[(String, String)]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    raw
+}
+
 /// The status line, head and body (chunked transfer decoded) of a raw HTTP/1.1 response.
 pub fn split_response(raw: &[u8]) -> Result<(u16, String, String), String> {
     let text = String::from_utf8_lossy(raw);
