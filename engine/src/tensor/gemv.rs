@@ -150,7 +150,12 @@ mod avx512 {
                 // A hint only (never faults), hence `wrapping_add` past the end of the weights.
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + PREFETCH_ROWS * k) as *const i8);
             }
-            let wv: [__m512; 4] = std::array::from_fn(|c| W::load16(w[c].add(i), mask));
+            // Plain loops, not closures: a closure would not inherit the caller's target
+            // features, and the intrinsics in it would become calls.
+            let mut wv = [_mm512_setzero_ps(); 4];
+            for c in 0..4 {
+                wv[c] = W::load16(w[c].add(i), mask);
+            }
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let xv = _mm512_maskz_loadu_ps(mask, x.add(r * k + i));
                 for c in 0..4 {
@@ -159,7 +164,13 @@ mod avx512 {
             }
             i += 16;
         }
-        acc.map(|a| a.map(|v| _mm512_reduce_add_ps(v)))
+        let mut out = [[0f32; 4]; R];
+        for r in 0..R {
+            for c in 0..4 {
+                out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+            }
+        }
+        out
     }
 
     /// Like [`super::rows`]: `out_t[j * m + i] = x_i · w_j` for rows `j0..j0 + out_t.len() / m`.
