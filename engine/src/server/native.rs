@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
 use super::json::{body_bytes, parse_body};
-use super::protocol::{AbortBody, GenerateBody, NativeSampling};
+use super::protocol::{AbortBody, GenerateBody, NativeSampling, SamplingFields};
 use super::stream::{collect, launch, Collected};
 use super::validate::SamplingSpec;
 use super::{new_rid, unix_time, AppState};
@@ -169,8 +169,10 @@ pub async fn health_generate(State(app): State<AppState>) -> Result<Response, Ap
     let spec = SamplingSpec::from_native(
         &NativeSampling {
             max_new_tokens: Some(1),
-            temperature: Some(0.0),
-            ..Default::default()
+            fields: SamplingFields {
+                temperature: Some(0.0),
+                ..Default::default()
+            },
         },
         None,
     );

@@ -24,13 +24,9 @@ impl StopField {
     }
 }
 
-/// Sampling fields shared by `/v1/completions` and `/v1/chat/completions`.
+/// Sampling and text fields every generation endpoint takes under the same names.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct OpenAiSampling {
-    /// Most new tokens.
-    pub max_tokens: Option<i64>,
-    /// Same as `max_tokens` (newer name; wins when both are set).
-    pub max_completion_tokens: Option<i64>,
+pub struct SamplingFields {
     /// Temperature (0 = greedy); default 1.
     pub temperature: Option<f32>,
     /// Nucleus mass.
@@ -59,10 +55,22 @@ pub struct OpenAiSampling {
     pub skip_special_tokens: Option<bool>,
     /// Keep a matched stop string at the end of the text.
     pub no_stop_trim: Option<bool>,
+}
+
+/// Sampling fields of `/v1/completions` and `/v1/chat/completions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenAiSampling {
+    /// Most new tokens.
+    pub max_tokens: Option<i64>,
+    /// Same as `max_tokens` (newer name; wins when both are set).
+    pub max_completion_tokens: Option<i64>,
     /// Stream SSE chunks.
     pub stream: Option<bool>,
     /// Stream options.
     pub stream_options: Option<StreamOptions>,
+    /// The fields shared with `/generate`.
+    #[serde(flatten)]
+    pub fields: SamplingFields,
 }
 
 /// `stream_options`.
@@ -174,34 +182,9 @@ pub struct CompletionRequest {
 pub struct NativeSampling {
     /// Most new tokens (default 128).
     pub max_new_tokens: Option<i64>,
-    /// Temperature (default 1).
-    pub temperature: Option<f32>,
-    /// Nucleus mass.
-    pub top_p: Option<f32>,
-    /// Top-k.
-    pub top_k: Option<i32>,
-    /// Min-p.
-    pub min_p: Option<f32>,
-    /// Frequency penalty.
-    pub frequency_penalty: Option<f32>,
-    /// Presence penalty.
-    pub presence_penalty: Option<f32>,
-    /// Repetition penalty.
-    pub repetition_penalty: Option<f32>,
-    /// Stop strings.
-    pub stop: Option<StopField>,
-    /// Stop token ids.
-    pub stop_token_ids: Option<Vec<u32>>,
-    /// Keep going past EOS.
-    pub ignore_eos: Option<bool>,
-    /// Leave special tokens out of the text (default true).
-    pub skip_special_tokens: Option<bool>,
-    /// Keep a matched stop string at the end of the text.
-    pub no_stop_trim: Option<bool>,
-    /// Number of sequences.
-    pub n: Option<i64>,
-    /// RNG seed.
-    pub seed: Option<u64>,
+    /// The fields shared with the OpenAI endpoints.
+    #[serde(flatten)]
+    pub fields: SamplingFields,
 }
 
 /// `POST /generate`.

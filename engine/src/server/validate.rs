@@ -2,7 +2,7 @@
 //! the limit and the value.
 
 use super::error::ApiError;
-use super::protocol::{NativeSampling, OpenAiSampling};
+use super::protocol::{NativeSampling, OpenAiSampling, SamplingFields};
 use crate::executor::sampler::{SamplingError, SamplingParams};
 use crate::io_struct::{SeqId, TokenizedRequest};
 use crate::orchestrator::{Engine, TextOptions};
@@ -41,57 +41,46 @@ impl SamplingSpec {
             (Some(v), _) => (Some(v), "max_completion_tokens"),
             (None, v) => (v, "max_tokens"),
         };
-        Self {
-            max_new,
-            max_param,
-            default_max: None,
-            params: SamplingParams {
-                temperature: s.temperature.unwrap_or(1.0),
-                top_k: s.top_k.unwrap_or(0),
-                top_p: s.top_p.unwrap_or(1.0),
-                min_p: s.min_p.unwrap_or(0.0),
-                repetition_penalty: s.repetition_penalty.unwrap_or(1.0),
-                frequency_penalty: s.frequency_penalty.unwrap_or(0.0),
-                presence_penalty: s.presence_penalty.unwrap_or(0.0),
-                seed: s.seed,
-                logprobs,
-            },
-            text: TextOptions {
-                stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
-                skip_special_tokens: s.skip_special_tokens.unwrap_or(true),
-                no_stop_trim: s.no_stop_trim.unwrap_or(false),
-            },
-            stop_token_ids: s.stop_token_ids.clone().unwrap_or_default(),
-            n: s.n,
-            ignore_eos: s.ignore_eos.unwrap_or(false),
-        }
+        Self::from_fields(&s.fields, logprobs, max_new, max_param, None)
     }
 
     /// From `/generate`'s `sampling_params`.
     pub fn from_native(s: &NativeSampling, logprobs: Option<usize>) -> Self {
+        let max_param = "sampling_params.max_new_tokens";
+        Self::from_fields(&s.fields, logprobs, s.max_new_tokens, max_param, Some(128))
+    }
+
+    /// The shared fields with their defaults, plus the endpoint's length limit.
+    fn from_fields(
+        f: &SamplingFields,
+        logprobs: Option<usize>,
+        max_new: Option<i64>,
+        max_param: &'static str,
+        default_max: Option<usize>,
+    ) -> Self {
         Self {
-            max_new: s.max_new_tokens,
-            max_param: "sampling_params.max_new_tokens",
-            default_max: Some(128),
+            max_new,
+            max_param,
+            default_max,
             params: SamplingParams {
-                temperature: s.temperature.unwrap_or(1.0),
-                top_k: s.top_k.unwrap_or(0),
-                top_p: s.top_p.unwrap_or(1.0),
-                min_p: s.min_p.unwrap_or(0.0),
-                repetition_penalty: s.repetition_penalty.unwrap_or(1.0),
-                frequency_penalty: s.frequency_penalty.unwrap_or(0.0),
-                presence_penalty: s.presence_penalty.unwrap_or(0.0),
-                seed: s.seed,
+                temperature: f.temperature.unwrap_or(1.0),
+                top_k: f.top_k.unwrap_or(0),
+                top_p: f.top_p.unwrap_or(1.0),
+                min_p: f.min_p.unwrap_or(0.0),
+                repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+                frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+                presence_penalty: f.presence_penalty.unwrap_or(0.0),
+                seed: f.seed,
                 logprobs,
             },
             text: TextOptions {
-                stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
-                skip_special_tokens: s.skip_special_tokens.unwrap_or(true),
-                no_stop_trim: s.no_stop_trim.unwrap_or(false),
+                stop: f.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+                skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
+                no_stop_trim: f.no_stop_trim.unwrap_or(false),
             },
-            stop_token_ids: s.stop_token_ids.clone().unwrap_or_default(),
-            n: s.n,
-            ignore_eos: s.ignore_eos.unwrap_or(false),
+            stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
+            n: f.n,
+            ignore_eos: f.ignore_eos.unwrap_or(false),
         }
     }
 
