@@ -696,22 +696,6 @@ async fn serve_w8a8_model_greedy_matches_engine() {
 
 // ---------------------------------------------------------------- SmolLM2 perplexity
 
-fn smollm2_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MLLM_TEST_GGUF").filter(|p| !p.is_empty()) {
-        return Some(p.into());
-    }
-    let cfg = mllm_engine::hub::HubConfig {
-        offline: true,
-        progress: false,
-        ..mllm_engine::hub::HubConfig::from_env().expect("hub config")
-    };
-    let found = mllm_engine::hub::cached_model(&cfg, &mllm_engine::hub::DEFAULT_MODEL).expect("hub cache");
-    if found.is_none() {
-        eprintln!("SKIPPED smollm2_w8a8_perplexity: the default model is not cached (run scripts/setup.sh)");
-    }
-    found
-}
-
 fn perplexity(m: &CausalLM, ids: &[u32]) -> f64 {
     let logits = logits_all(m, ids);
     let nll: f64 = logits
@@ -734,7 +718,9 @@ fn perplexity(m: &CausalLM, ids: &[u32]) -> f64 {
 /// layout (perplexity in the hundreds) cannot meet.
 #[test]
 fn smollm2_w8a8_perplexity_close_to_unquantized() {
-    let Some(path) = smollm2_path() else { return };
+    let Some(path) = common::default_model_gguf("smollm2_w8a8_perplexity_close_to_unquantized") else {
+        return;
+    };
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prose.txt")).unwrap();
     let mut ppl = vec![];
     for quantization in [None, Some(QuantMethod::W8A8)] {

@@ -20,7 +20,6 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mllm_engine::hub::{cached_model, HubConfig, DEFAULT_MODEL};
 use serde_json::{json, Value};
 
 const MODEL_NAME: &str = "mllm-test";
@@ -211,18 +210,6 @@ fn spawn_worker(model: &Path, port: u16, dir: &Path, tag: &str) -> Proc {
     )
 }
 
-fn model_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MLLM_TEST_GGUF").filter(|p| !p.is_empty()) {
-        return Some(p.into());
-    }
-    let cfg = HubConfig {
-        offline: true,
-        progress: false,
-        ..HubConfig::from_env().expect("hub config")
-    };
-    cached_model(&cfg, &DEFAULT_MODEL).expect("reading the hub cache")
-}
-
 #[test]
 fn two_workers_behind_sglang_router() {
     let Some(router_bin) = std::env::var_os("MLLM_SGLANG_ROUTER").filter(|p| !p.is_empty()) else {
@@ -235,8 +222,7 @@ fn two_workers_behind_sglang_router() {
         "$MLLM_SGLANG_ROUTER={} does not exist (re-run scripts/setup.sh)",
         router_bin.display()
     );
-    let Some(model) = model_path() else {
-        eprintln!("SKIPPED two_workers_behind_sglang_router: {} is not cached and $MLLM_TEST_GGUF is unset (run scripts/setup.sh)", DEFAULT_MODEL.file_name);
+    let Some(model) = common::default_model_gguf("two_workers_behind_sglang_router") else {
         return;
     };
     let started = Instant::now();

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mllm_engine::generation::{LoadedModel, ModelSource};
-use mllm_engine::hub::{cached_model, HubConfig, DEFAULT_MODEL};
 use mllm_engine::orchestrator::{Engine, EngineConfig};
 use mllm_engine::parsers::{ReasoningParserKind, ToolParserKind};
 use mllm_engine::server::{router, serve_with, AppState, ServerParsers, DEFAULT_SHUTDOWN_TIMEOUT};
@@ -586,25 +585,16 @@ async fn shutdown_drains_in_flight_requests() {
     assert!(TcpStream::connect(addr).is_err());
 }
 
-fn smollm2() -> Option<LoadedModel> {
-    let cfg = HubConfig {
-        offline: true,
-        progress: false,
-        ..HubConfig::from_env().ok()?
-    };
-    let Some(path) = cached_model(&cfg, &DEFAULT_MODEL).ok().flatten() else {
-        eprintln!(
-            "SKIPPED: {} is not in the hub cache (run scripts/setup.sh)",
-            DEFAULT_MODEL.file_name
-        );
-        return None;
-    };
+fn smollm2(test: &str) -> Option<LoadedModel> {
+    let path = common::default_model_gguf(test)?;
     Some(LoadedModel::load(&ModelSource::Gguf(path), &Default::default()).expect("loading SmolLM2"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smollm2_chat_completions() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = smollm2("smollm2_chat_completions") else {
+        return;
+    };
     let srv = TestServer::start_with(
         model,
         EngineConfig {
@@ -846,7 +836,9 @@ async fn chat_tool_and_format_fields_are_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smollm2_chat_with_parsers_and_text_options() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = smollm2("smollm2_chat_with_parsers_and_text_options") else {
+        return;
+    };
     let parsers = ServerParsers {
         reasoning: Some(ReasoningParserKind::Qwen3),
         tools: Some(ToolParserKind::Hermes),

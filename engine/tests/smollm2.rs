@@ -4,36 +4,17 @@
 //! The model path is `$MLLM_TEST_GGUF`, else the hub cache (`scripts/setup.sh` fetches it); when
 //! neither has it the tests print `SKIPPED` and pass.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use mllm_engine::executor::forward_batch::{LogitsMode, SequenceInput};
 use mllm_engine::executor::model_runner::{ModelRunner, RunnerConfig};
 use mllm_engine::executor::sampler::SamplingParams;
 use mllm_engine::generation::{FinishReason, GenerateRequest, Generator, LoadedModel, ModelSource};
-use mllm_engine::hub::{cached_model, HubConfig, DEFAULT_MODEL};
 use mllm_engine::mem_cache::KvDtype;
 use mllm_engine::models::LoadOptions;
 use mllm_engine::tokenizer::ChatMessage;
-
-fn model_path(test: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MLLM_TEST_GGUF").filter(|p| !p.is_empty()) {
-        return Some(p.into());
-    }
-    let cfg = HubConfig {
-        offline: true,
-        progress: false,
-        ..HubConfig::from_env().expect("hub config")
-    };
-    let found = cached_model(&cfg, &DEFAULT_MODEL).expect("reading the hub cache");
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED {test}: {} is not in {} and MLLM_TEST_GGUF is unset (run scripts/setup.sh)",
-            DEFAULT_MODEL.file_name,
-            cfg.models_dir().display()
-        );
-    }
-    found
-}
 
 fn load(path: &Path) -> LoadedModel {
     LoadedModel::load(&ModelSource::Gguf(path.into()), &LoadOptions::default()).expect("loading SmolLM2")
@@ -41,7 +22,7 @@ fn load(path: &Path) -> LoadedModel {
 
 #[test]
 fn tokenizer_round_trip_and_chat_template() {
-    let Some(path) = model_path("tokenizer_round_trip_and_chat_template") else {
+    let Some(path) = common::default_model_gguf("tokenizer_round_trip_and_chat_template") else {
         return;
     };
     let m = load(&path);
@@ -84,7 +65,7 @@ fn tokenizer_round_trip_and_chat_template() {
 
 #[test]
 fn greedy_chat_answer_names_paris() {
-    let Some(path) = model_path("greedy_chat_answer_names_paris") else {
+    let Some(path) = common::default_model_gguf("greedy_chat_answer_names_paris") else {
         return;
     };
     let m = load(&path);
@@ -117,7 +98,7 @@ fn greedy_chat_answer_names_paris() {
 
 #[test]
 fn prose_perplexity_is_plausible() {
-    let Some(path) = model_path("prose_perplexity_is_plausible") else {
+    let Some(path) = common::default_model_gguf("prose_perplexity_is_plausible") else {
         return;
     };
     let m = load(&path);

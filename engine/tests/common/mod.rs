@@ -3,6 +3,31 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+
+use mllm_engine::hub::{cached_model, HubConfig, DEFAULT_MODEL};
+
+/// The default model's GGUF for `test`: `$MLLM_TEST_GGUF`, else the hub cache (never
+/// downloads). `None`, with a printed `SKIPPED` line naming `test`, when it is in neither.
+pub fn default_model_gguf(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MLLM_TEST_GGUF").filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    let cfg = HubConfig {
+        offline: true,
+        progress: false,
+        ..HubConfig::from_env().expect("hub config")
+    };
+    let found = cached_model(&cfg, &DEFAULT_MODEL).expect("reading the hub cache");
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED {test}: {} is not in {} and MLLM_TEST_GGUF is unset (run scripts/setup.sh)",
+            DEFAULT_MODEL.file_name,
+            cfg.models_dir().display()
+        );
+    }
+    found
+}
 
 /// Sends one HTTP/1.1 request (`Connection: close`, JSON content type) and returns the raw
 /// response bytes.
