@@ -17,6 +17,7 @@ pub mod layers;
 pub mod loader;
 pub mod mem_cache;
 pub mod models;
+pub mod multimodal;
 pub mod orchestrator;
 pub mod parsers;
 pub mod quantization;
