@@ -271,6 +271,8 @@ mod aot {
             .flag("-O3")
             .flag("-Xcompiler=-fPIC")
             .define("NDEBUG", None);
+        let mut fi_lib = lib.clone();
+        let mut fi_files = 0;
         for k in kernels {
             let entry = root.join("csrc").join(&k.entry);
             for (digits, specific) in &archs {
@@ -303,14 +305,24 @@ mod aot {
                 .unwrap();
             }
             if k.compiler == "nvcc" {
-                lib.file(&entry);
-                if k.needs.iter().any(|n| n == "cutlass") {
-                    lib.include(cutlass.join("include"))
+                let needs = |what: &str| k.needs.iter().any(|n| n == what);
+                // FlashInfer brings its own CCCL, which must not shadow the toolkit's for the
+                // other kernels: its sources go into a library of their own.
+                let target = if needs("flashinfer") { &mut fi_lib } else { &mut lib };
+                target.file(&entry);
+                if needs("cutlass") {
+                    target
+                        .include(cutlass.join("include"))
                         .include(cutlass.join("tools/util/include"))
                         .flag("--expt-relaxed-constexpr");
                 }
-                if k.needs.iter().any(|n| n == "flashinfer") {
-                    lib.include(flashinfer.join("include"));
+                if needs("flashinfer") {
+                    target
+                        .include(flashinfer.join("include"))
+                        .include(flashinfer.join("cccl/libcudacxx/include"))
+                        .include(flashinfer.join("cccl/cub"))
+                        .flag("--expt-relaxed-constexpr");
+                    fi_files += 1;
                 }
                 linked.push(format!("KernelId::{}", camel(&k.name)));
             }
@@ -319,8 +331,12 @@ mod aot {
         if !linked.is_empty() {
             for (digits, specific) in &archs {
                 lib.flag(gencode(digits, *specific));
+                fi_lib.flag(gencode(digits, *specific));
             }
             lib.compile("mllm_kernel_aot");
+            if fi_files > 0 {
+                fi_lib.compile("mllm_kernel_aot_flashinfer");
+            }
             for dir in ["lib64", "lib"] {
                 println!("cargo:rustc-link-search=native={}", cuda_home.join(dir).display());
             }

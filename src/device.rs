@@ -9,6 +9,7 @@ use cudarc::driver::{CudaContext, CudaStream};
 use crate::env::KernelEnv;
 use crate::jit::Arch;
 use crate::loader::{load_kernel, LoadedKernel};
+use crate::ops::Blas;
 use crate::registry::KernelBuild;
 use crate::{Error, Result};
 
@@ -90,6 +91,8 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
 /// # Ok::<(), mllm_kernel::Error>(())
 /// ```
 pub struct Gpu {
+    // First so the cuBLAS handle goes before the stream it is bound to.
+    blas: Mutex<Option<Blas>>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: Arch,
@@ -129,6 +132,7 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(Error::driver("create stream"))?;
         Ok(Self {
+            blas: Mutex::new(None),
             ctx,
             stream,
             arch: Arch::for_device(major, minor),
@@ -159,9 +163,25 @@ impl Gpu {
         &self.env
     }
 
+    /// `(free, total)` bytes of device memory now.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx.bind_to_thread().map_err(Error::driver("bind context"))?;
+        cudarc::driver::result::mem_get_info().map_err(Error::driver("query device memory"))
+    }
+
     /// Waits for all work on this handle's stream.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(Error::driver("stream synchronize"))
+    }
+
+    /// Runs `f` with this device's cuBLAS handle (created on first use, bound
+    /// to this handle's stream).
+    pub(crate) fn with_blas<R>(&self, f: impl FnOnce(&mut Blas) -> Result<R>) -> Result<R> {
+        let mut guard = self.blas.lock().unwrap();
+        if guard.is_none() {
+            *guard = Some(Blas::new(self)?);
+        }
+        f(guard.as_mut().expect("set above"))
     }
 
     /// The kernel build, loaded once per device (AOT if linked in, else the JIT cache).

@@ -8,7 +8,10 @@ use cudarc::driver::{CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
 use crate::device::Gpu;
-use crate::ffi::dynamic::{mllm_dtype_t, mllm_int8_mm_args_t, mllm_result_t, mllm_stream_t, MllmKernelLib};
+use crate::ffi::dynamic::{
+    mllm_attention_plan_args_t, mllm_attention_plan_t, mllm_attention_run_args_t, mllm_dtype_t, mllm_int8_mm_args_t,
+    mllm_result_t, mllm_stream_t, MllmKernelLib,
+};
 use crate::jit::{Compiler, JitCache, KernelSpec};
 use crate::registry::{KernelBuild, KernelId};
 use crate::{Error, Result};
@@ -51,6 +54,17 @@ pub type Int8ScaledMmDynamicFn = unsafe extern "C" fn(
     *mut f32,
     *const mllm_int8_mm_args_t,
     i32,
+    mllm_stream_t,
+) -> mllm_result_t;
+
+/// `mllm_attention_plan` of `mllm_kernel.h`.
+pub type AttentionPlanFn =
+    unsafe extern "C" fn(*const mllm_attention_plan_args_t, *mut mllm_attention_plan_t, mllm_stream_t) -> mllm_result_t;
+
+/// `mllm_attention_run` of `mllm_kernel.h`.
+pub type AttentionRunFn = unsafe extern "C" fn(
+    *const mllm_attention_run_args_t,
+    *const mllm_attention_plan_t,
     mllm_stream_t,
 ) -> mllm_result_t;
 
@@ -151,6 +165,20 @@ impl LoadedKernel {
         mllm_int8_scaled_mm_sm90,
         Int8ScaledMmFn,
         KernelId::Int8ScaledMm
+    );
+    c_launcher!(
+        /// The host-side scheduler of `attention[<variant>]`.
+        attention_plan,
+        mllm_attention_plan,
+        AttentionPlanFn,
+        KernelId::Attention
+    );
+    c_launcher!(
+        /// The per-layer launcher of `attention[<variant>]`.
+        attention_run,
+        mllm_attention_run,
+        AttentionRunFn,
+        KernelId::Attention
     );
 }
 

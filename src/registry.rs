@@ -79,6 +79,28 @@ impl KernelBuild {
         }
     }
 
+    /// Whether `mllm-kernel check` compiles this build for `arch` when it
+    /// checks the whole kernel. The four `attention` variants are one source
+    /// instantiated for another (head dim, dtype); compiling one per arch
+    /// (d64 f16 for sm_80, d128 bf16 for sm_90a) still compiles every source
+    /// line and every head dim and dtype, at a quarter of the CI time. A build
+    /// named explicitly (`attention[d64_bf16]`) and `cache rebuild` are not
+    /// affected.
+    ///
+    /// ```
+    /// use mllm_kernel::registry::KernelBuild;
+    /// let sm90 = "sm_90a".parse().unwrap();
+    /// let all = KernelBuild::parse("attention").unwrap();
+    /// let checked: Vec<String> = all.iter().filter(|b| b.checked_on(sm90)).map(|b| b.to_string()).collect();
+    /// assert_eq!(checked, ["attention[d128_bf16]"]);
+    /// ```
+    pub fn checked_on(&self, arch: crate::jit::Arch) -> bool {
+        match (self.id, self.variant) {
+            (KernelId::Attention, Some(v)) => v == if arch.major >= 9 { "d128_bf16" } else { "d64_f16" },
+            _ => self.targets(arch),
+        }
+    }
+
     /// Every build of every registered kernel.
     pub fn all() -> Vec<Self> {
         KernelId::ALL.iter().flat_map(|id| Self::of(*id)).collect()

@@ -47,6 +47,113 @@ impl DeviceTensor {
         })
     }
 
+    /// Uploads raw little-endian `bytes` holding `shape` elements of `dtype`
+    /// (a host tensor's storage).
+    pub fn from_bytes(gpu: &Gpu, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Self> {
+        let want = shape.iter().product::<usize>() * dtype.size();
+        if bytes.len() != want {
+            return Err(Error::InvalidArgument {
+                op: "from_bytes",
+                arg: "bytes",
+                reason: format!("{dtype} shape {shape:?} needs {want} bytes, got {}", bytes.len()),
+            });
+        }
+        let buf = if bytes.is_empty() {
+            gpu.stream().alloc_zeros::<u8>(1)
+        } else {
+            gpu.stream().clone_htod(bytes)
+        }
+        .map_err(Error::driver("upload tensor"))?;
+        Ok(Self {
+            buf,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// The same data viewed with another shape of equal element count.
+    ///
+    /// ```no_run
+    /// use mllm_kernel::{DeviceTensor, DType, Gpu};
+    /// let gpu = Gpu::new(0)?;
+    /// let t = DeviceTensor::zeros(&gpu, &[2, 6], DType::BF16)?.reshape(&[2, 3, 2])?;
+    /// assert_eq!(t.shape(), &[2, 3, 2]);
+    /// # Ok::<(), mllm_kernel::Error>(())
+    /// ```
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        if shape.iter().product::<usize>() != self.numel() {
+            return Err(Error::ShapeMismatch {
+                op: "reshape",
+                arg: "shape",
+                expected: format!("{} elements (from {:?})", self.numel(), self.shape),
+                got: shape.to_vec(),
+            });
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// Copies columns `col .. col + out.cols` of every row of `self`
+    /// (`[rows, W]`) into `out` (`[rows, ..]`, contiguous), e.g. the q heads
+    /// out of a fused qkv projection. One strided device copy.
+    pub fn copy_cols_into(&self, gpu: &Gpu, col: usize, out: &mut DeviceTensor) -> Result<()> {
+        const OP: &str = "copy_cols_into";
+        if out.dtype != self.dtype {
+            return Err(Error::DTypeMismatch {
+                op: OP,
+                arg: "out",
+                expected: self.dtype.to_string(),
+                got: out.dtype,
+            });
+        }
+        let rows = self.shape.first().copied().unwrap_or(0);
+        let width = self.numel().checked_div(rows).unwrap_or(0);
+        let out_rows = out.shape.first().copied().unwrap_or(0);
+        let take = out.numel().checked_div(out_rows).unwrap_or(0);
+        if out_rows != rows || col + take > width {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                arg: "out",
+                expected: format!(
+                    "{rows} rows of at most {} elements (columns {col}.. of {width})",
+                    width.saturating_sub(col)
+                ),
+                got: out.shape.clone(),
+            });
+        }
+        if rows == 0 || take == 0 {
+            return Ok(());
+        }
+        let es = self.dtype.size();
+        let stream = gpu.stream();
+        let (src, _gs) = self.raw_ptr(stream);
+        let (dst, _gd) = out.raw_ptr_mut(stream);
+        use cudarc::driver::sys::{cuMemcpy2DAsync_v2, CUmemorytype, CUDA_MEMCPY2D};
+        let copy = CUDA_MEMCPY2D {
+            srcXInBytes: col * es,
+            srcY: 0,
+            srcMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            srcHost: std::ptr::null(),
+            srcDevice: src,
+            srcArray: std::ptr::null_mut(),
+            srcPitch: width * es,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            dstHost: std::ptr::null_mut(),
+            dstDevice: dst,
+            dstArray: std::ptr::null_mut(),
+            dstPitch: take * es,
+            WidthInBytes: take * es,
+            Height: rows,
+        };
+        // SAFETY: both regions were bounds-checked above and are live
+        // device buffers ordered on `stream`.
+        unsafe { cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }
+            .result()
+            .map_err(Error::driver("strided column copy"))
+    }
+
     /// A zero-filled tensor.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
         let bytes = shape.iter().product::<usize>() * dtype.size();
@@ -54,6 +161,20 @@ impl DeviceTensor {
             .stream()
             .alloc_zeros::<u8>(bytes.max(1))
             .map_err(Error::driver("allocate tensor"))?;
+        Ok(Self {
+            buf,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// A tensor whose contents are unspecified until a kernel writes them
+    /// (skips the memset of [`DeviceTensor::zeros`] for outputs).
+    pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        let bytes = shape.iter().product::<usize>() * dtype.size();
+        // SAFETY: device memory is plain bytes to the host; every reader of
+        // an `empty` tensor is a kernel that writes it first.
+        let buf = unsafe { gpu.stream().alloc::<u8>(bytes.max(1)) }.map_err(Error::driver("allocate tensor"))?;
         Ok(Self {
             buf,
             shape: shape.to_vec(),

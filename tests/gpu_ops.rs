@@ -155,6 +155,8 @@ fn every_registered_symbol_resolves() {
                 "mllm_int8_scaled_mm_dynamic_sm80" => k.int8_scaled_mm_dynamic_sm80().is_ok(),
                 "mllm_int8_scaled_mm_sm90" => k.int8_scaled_mm_sm90().is_ok(),
                 "mllm_int8_scaled_mm_dynamic_sm90" => k.int8_scaled_mm_dynamic_sm90().is_ok(),
+                "mllm_attention_plan" => k.attention_plan().is_ok(),
+                "mllm_attention_run" => k.attention_run().is_ok(),
                 _ => k.function(build.id, &sym).is_ok(),
             };
             assert!(ok, "{build} lacks {sym} (from {})", k.origin());

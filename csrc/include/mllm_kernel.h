@@ -116,6 +116,72 @@ MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm90(const void* x, mllm_dtyp
                                                         float* q_scales, const mllm_int8_mm_args_t* args,
                                                         int32_t config, mllm_stream_t stream);
 
+/* Paged attention over a page-size-1 KV pool (FlashInfer FA2 kernels).
+ *
+ * k_cache, v_cache: [capacity, num_kv_heads, head_dim] (NHD) of `dtype`.
+ * Sequence i has qo_len_i = qo_indptr[i+1] - qo_indptr[i] new query rows and
+ * kv_len_i = kv_indptr[i+1] - kv_indptr[i] context slots, whose slot ids are
+ * kv_indices[kv_indptr[i] .. kv_indptr[i+1]]. Query j of sequence i sits at
+ * position kv_len_i - qo_len_i + j and sees context 0 ..= that position.
+ *
+ * Planning runs on the host once per batch (every layer reuses the plan): it
+ * writes the schedule into the pinned buffer `int_host` and copies it to
+ * `int_workspace` on `stream`. The caller must not rewrite `int_host` before
+ * that copy has run. Builds carry one (head_dim, dtype) variant each; a
+ * variant not in this build returns MLLM_STATUS_UNSUPPORTED. */
+typedef struct mllm_attention_plan_args_t {
+  void* float_workspace; /* device scratch for split-KV partial outputs */
+  int64_t float_workspace_bytes;
+  void* int_workspace; /* device schedule; 16-byte aligned */
+  void* int_host;      /* pinned host mirror, as large as int_workspace */
+  int64_t int_workspace_bytes;
+  const int32_t* qo_indptr; /* host, [batch_size + 1] */
+  const int32_t* kv_indptr; /* host, [batch_size + 1] */
+  int32_t batch_size;
+  int32_t num_qo_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim; /* 64 or 128 */
+  mllm_dtype_t dtype; /* F16 or BF16: q, caches and out */
+  int32_t cuda_graph; /* 1: fixed grid sizes, so decode launches can be captured */
+} mllm_attention_plan_args_t;
+
+/* What mllm_attention_plan chose; opaque to the caller, passed back to run. */
+typedef struct mllm_attention_plan_t {
+  int32_t prefill; /* 0: decode kernel (every qo_len is 1); 1: prefill kernel */
+  int32_t batch_size;
+  int32_t total_q;
+  int32_t num_qo_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim;
+  mllm_dtype_t dtype;
+  int32_t cuda_graph;
+  int64_t qo_indptr_offset;    /* device copies inside int_workspace */
+  int64_t kv_indptr_offset;
+  int64_t last_page_len_offset;
+  int64_t scheduler_offset; /* where FlashInfer's schedule starts */
+  int32_t info_len;
+  int64_t info[16]; /* FlashInfer's DecodePlanInfo / PrefillPlanInfo */
+} mllm_attention_plan_t;
+
+typedef struct mllm_attention_run_args_t {
+  const void* q;        /* [total_q, num_qo_heads, head_dim] */
+  const void* k_cache;  /* [capacity, num_kv_heads, head_dim] */
+  const void* v_cache;  /* [capacity, num_kv_heads, head_dim] */
+  const int32_t* kv_indices; /* device, [kv_indptr[batch_size]], each < capacity */
+  void* out;            /* [total_q, num_qo_heads, head_dim] */
+  void* float_workspace; /* the buffers the plan was made with */
+  void* int_workspace;
+  float sm_scale;
+} mllm_attention_run_args_t;
+
+/* Plans one batch (see mllm_attention_plan_args_t). */
+MLLM_API mllm_result_t mllm_attention_plan(const mllm_attention_plan_args_t* args, mllm_attention_plan_t* plan,
+                                           mllm_stream_t stream);
+
+/* Runs one layer with a plan from mllm_attention_plan. */
+MLLM_API mllm_result_t mllm_attention_run(const mllm_attention_run_args_t* args, const mllm_attention_plan_t* plan,
+                                          mllm_stream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

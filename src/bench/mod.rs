@@ -13,10 +13,12 @@ use crate::dtype::DType;
 use crate::tensor::DeviceTensor;
 use crate::{ops, Error, Result};
 
+mod attention;
 mod blas;
 mod core_ops;
 mod int8_mm;
 
+pub use attention::{bench_attention_decode, AttentionRow};
 pub use blas::{CublasBf16Gemm, LtInt8Gemm};
 pub use core_ops::{bench_core_op, CoreOp};
 pub use int8_mm::{bench_int8_mm, default_shapes, GemmShape, Int8MmRow};

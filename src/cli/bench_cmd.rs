@@ -30,6 +30,8 @@ pub enum BenchOp {
     Argmax,
     /// W8A8 int8 GEMM vs cuBLASLt int8 and cuBLAS bf16 (Qwen3-8B shapes, 8192³).
     Int8Mm,
+    /// Paged decode attention, Qwen3-8B heads (32 q / 8 kv, d128, bf16): KV bytes read vs a copy.
+    Attention,
     /// JIT cold compile and warm cache-hit load of every kernel.
     Jit,
     /// (internal) load one kernel from a warm cache and print microseconds.
@@ -57,6 +59,12 @@ pub struct BenchArgs {
     /// int8-mm: time every kernel config on every shape (the dispatch table's data).
     #[arg(long)]
     pub sweep: bool,
+    /// attention: decode batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub batch: Vec<usize>,
+    /// attention: context tokens per sequence.
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
+    pub context: Vec<usize>,
     /// Kernel for jit-load-once.
     #[arg(long, hide = true)]
     pub kernel: Option<String>,
@@ -78,6 +86,7 @@ pub fn run(env: &KernelEnv, args: BenchArgs) -> anyhow::Result<i32> {
         BenchOp::KvStore => return bench_core(env, &args, plan, CoreOp::KvStore),
         BenchOp::Argmax => return bench_core(env, &args, plan, CoreOp::Argmax),
         BenchOp::Int8Mm => return bench_int8_mm(env, &args, plan),
+        BenchOp::Attention => return bench_attention(env, &args, plan),
         BenchOp::Jit => return bench_jit(env, args.json),
         BenchOp::JitLoadOnce => return jit_load_once(env, args.kernel.as_deref()),
     };
@@ -97,6 +106,50 @@ fn bench_core(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan, op: CoreOp) -
     let gpu = Gpu::with_env(0, env.clone())?;
     let rows = bench_core_op(&gpu, op, args.hidden, &args.tokens, plan)?;
     print_rows(&gpu, &rows, args.json)?;
+    Ok(0)
+}
+
+fn bench_attention(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow::Result<i32> {
+    if args.batch.is_empty() || args.context.is_empty() || args.batch.contains(&0) || args.context.contains(&0) {
+        anyhow::bail!("--batch and --context need values > 0");
+    }
+    let gpu = Gpu::with_env(0, env.clone())?;
+    let rows = crate::bench::bench_attention_decode(&gpu, &args.batch, &args.context, plan)?;
+    let info = gpu.info();
+    if args.json {
+        for r in &rows {
+            let mut v = serde_json::to_value(r)?;
+            v["gpu"] = info.name.clone().into();
+            v["arch"] = gpu.arch().to_string().into();
+            v["driver"] = info.driver_version.clone().into();
+            println!("{v}");
+        }
+        return Ok(0);
+    }
+    println!(
+        "{} ({}), warmup {} / repeats {} (median); heads 32/8, d128, bf16",
+        info.name,
+        gpu.arch(),
+        plan.warmup,
+        plan.repeats
+    );
+    println!(
+        "{:<18} {:>6} {:>8} {:>10} {:>10} {:>9} {:>9} {:>7}",
+        "op", "batch", "context", "MiB", "median_us", "GB/s", "copyGB/s", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<18} {:>6} {:>8} {:>10.1} {:>10.2} {:>9.0} {:>9.0} {:>6.0}%",
+            r.op,
+            r.batch,
+            r.context,
+            r.bytes as f64 / (1 << 20) as f64,
+            r.median_us,
+            r.gbps,
+            r.copy_gbps,
+            100.0 * r.ratio_to_copy
+        );
+    }
     Ok(0)
 }
 

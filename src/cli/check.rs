@@ -22,20 +22,24 @@ pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool, kernels: &[String
         env.jit_disabled = false;
     }
     let jit = JitCache::new(env)?;
-    let builds = if kernels.is_empty() {
-        KernelBuild::all()
+    // (build, named explicitly with its variant)
+    let builds: Vec<(KernelBuild, bool)> = if kernels.is_empty() {
+        KernelBuild::all().into_iter().map(|b| (b, false)).collect()
     } else {
         let mut b = Vec::new();
         for k in kernels {
-            b.extend(KernelBuild::parse(k)?);
+            let explicit = k.contains('[');
+            b.extend(KernelBuild::parse(k)?.into_iter().map(|x| (x, explicit)));
         }
         b
     };
-    // Every (arch, build) pair that has code; CUTLASS 3.x builds only for sm_90a.
+    // Every (arch, build) pair that has code; CUTLASS 3.x builds only for
+    // sm_90a; one representative attention variant per arch unless named.
     let jobs: Vec<(Arch, KernelBuild)> = archs
         .iter()
-        .flat_map(|a| builds.iter().map(move |b| (*a, *b)))
-        .filter(|(a, b)| b.targets(*a))
+        .flat_map(|a| builds.iter().map(move |(b, explicit)| (*a, *b, *explicit)))
+        .filter(|(a, b, explicit)| if *explicit { b.targets(*a) } else { b.checked_on(*a) })
+        .map(|(a, b, _)| (a, b))
         .collect();
     let total = Instant::now();
     // Two nvcc at once: a CUTLASS 3.x translation unit peaks near 3 GB and

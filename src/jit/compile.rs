@@ -32,7 +32,8 @@ pub fn key_flags(spec: &KernelSpec, arch: Arch) -> Vec<String> {
             .map(String::from)
             .into();
             f.extend(arch.nvcc_gencode());
-            if spec.third_party.contains(&ThirdParty::Cutlass) {
+            // CUTLASS and FlashInfer call constexpr std:: functions from device code.
+            if spec.third_party.contains(&ThirdParty::Cutlass) || spec.third_party.contains(&ThirdParty::FlashInfer) {
                 f.push("--expt-relaxed-constexpr".into());
             }
             f
@@ -54,7 +55,14 @@ pub fn third_party_includes(env: &KernelEnv, spec: &KernelSpec) -> Vec<PathBuf> 
                 dirs.push(home.join("include"));
                 dirs.push(home.join("tools/util/include"));
             }
-            ThirdParty::FlashInfer => dirs.push(env.resolved_flashinfer_home().join("include")),
+            ThirdParty::FlashInfer => {
+                // FlashInfer needs the newer CCCL it bundles (cuda::fast_mod_div),
+                // ahead of the toolkit's own.
+                let home = env.resolved_flashinfer_home();
+                dirs.push(home.join("include"));
+                dirs.push(home.join("cccl/libcudacxx/include"));
+                dirs.push(home.join("cccl/cub"));
+            }
         }
     }
     dirs

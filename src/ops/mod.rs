@@ -2,22 +2,31 @@
 //! limits before any allocation or launch, then launches on the GPU's stream.
 
 mod activation;
+mod attention;
 mod embedding;
 mod int8_mm;
 mod kv_store;
 mod launch;
+mod linear;
 mod norm;
 mod quant;
 mod rope;
 mod sampling;
 
 pub use activation::{silu_and_mul, silu_and_mul_into, validate_silu_and_mul};
+pub use attention::{
+    paged_attention, paged_attention_into, plan_attention, validate_attention_batch, validate_paged_attention,
+    AttentionBatch, AttentionHeads, AttentionKernel, AttentionPlan, AttentionWorkspace, WorkspaceConfig,
+    ATTENTION_HEAD_DIMS,
+};
 pub use embedding::{embedding, embedding_into, validate_embedding, validate_token_ids};
 pub use int8_mm::{
     int8_scaled_mm, int8_scaled_mm_dynamic, int8_scaled_mm_dynamic_into, int8_scaled_mm_into, resolve_int8_mm_config,
     select_int8_mm_config, validate_int8_scaled_mm, Int8MmConfig, Int8MmPath, Int8MmProblem,
 };
 pub use kv_store::{kv_store, validate_kv_store, RowSpan};
+pub(crate) use linear::Blas;
+pub use linear::{linear, linear_into, validate_linear};
 pub use norm::{fused_add_rms_norm, rms_norm, rms_norm_into, validate_rms_norm};
 pub use quant::{per_token_quant_int8, per_token_quant_int8_into, validate_per_token_quant_int8};
 pub use rope::{qk_norm_rope, rope_cos_sin_cache, validate_qk_norm_rope, QkHeads, QkNormRope, MAX_ROPE_HEAD_DIM};
@@ -37,6 +46,7 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
         KernelId::Embedding => embedding::symbols(build.variant),
         KernelId::KvStore => kv_store::symbols(build.variant),
         KernelId::Argmax => sampling::symbols(build.variant),
+        KernelId::Attention => attention::symbols(),
         KernelId::Int8ScaledMm => match build.variant {
             Some("sm90") => vec![
                 "mllm_int8_scaled_mm_sm90".to_string(),

@@ -2,6 +2,7 @@
 //! They follow the kernels' documented numerics (and HF transformers').
 
 mod activation;
+mod attention;
 mod int8_mm;
 mod memory;
 mod norm;
@@ -10,6 +11,7 @@ mod rope;
 mod sampling;
 
 pub use activation::silu_and_mul;
+pub use attention::{paged_attention, PagedKv};
 pub use int8_mm::int8_scaled_mm;
 pub use memory::{embedding, kv_store};
 pub use norm::{fused_add_rms_norm, rms_norm};
