@@ -23,7 +23,7 @@ build() {
   cargo build --release --bin mllm-kernel
   cp target/release/mllm-kernel "$gpu/bin/"
   # Every test binary that can touch a GPU, by target name.
-  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops 2>/dev/null |
+  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -33,7 +33,7 @@ for line in sys.stdin:
 ' "$gpu/bin"
   # The same tests against the AOT build (kernels linked in, no cache used).
   MLLM_CUDA_ARCHS="$(echo "$archs" | sed 's/sm_//g; s/ /;/g')" \
-    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops 2>/dev/null |
+    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -41,18 +41,37 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         shutil.copy(m["executable"], sys.argv[1] + "/aot_" + m["target"]["name"])
 ' "$gpu/bin"
+  # The engine on CUDA: its GPU test and the CLI for bench-one-batch.
+  cargo build --release -p mllm-engine --bin mllm
+  cp target/release/mllm "$gpu/bin/"
+  cargo test --release -p mllm-engine --no-run --message-format=json --test gpu_engine 2>/dev/null |
+    python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
+' "$gpu/bin"
   strip "$gpu"/bin/*
   # Prebuilt cache: the GPU machine then loads instead of compiling.
   for a in $archs; do
     MLLM_KERNEL_CACHE_DIR="$gpu/cache" "$gpu/bin/mllm-kernel" cache rebuild --arch "$a"
   done
   tar -C third_party -cJf "$gpu/headers.tar.xz" cutlass flashinfer
+  # Binaries and cache compress ~4x; the device tool carries at most 64 MiB.
+  tar -C "$gpu" -cJf "$gpu/bundle.tar.xz" bin cache && rm -rf "$gpu/bin" "$gpu/cache"
   du -sh "$gpu"
 }
 
 run() {
   cd "$root"
   out=${OUT:-$gpu/out}
+  if [ -f "$gpu/bundle.tar.xz" ]; then
+    # The carried tree is a copy; unpack next to it and run from there.
+    rm -rf /tmp/mllm-gpu && mkdir -p /tmp/mllm-gpu && tar -C /tmp/mllm-gpu -xJf "$gpu/bundle.tar.xz"
+    cp "$gpu/headers.tar.xz" /tmp/mllm-gpu/
+    gpu=/tmp/mllm-gpu
+  fi
   mkdir -p "$out"
   export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
   export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
@@ -67,10 +86,15 @@ run() {
     "$gpu/bin/mllm-kernel" env
     echo "== cache as carried"; "$gpu/bin/mllm-kernel" cache list
   } 2>&1 | tee "$out/env.log"
+  # bf16 HF references of tiny random models for the engine's GPU test.
+  parity=/tmp/mllm-gpu-parity
+  rm -rf "$parity"
+  python3 scripts/gen_parity_fixtures.py --gpu --out "$parity" 2>&1 | tail -n 5 | tee -a "$out/tests.log" || status=1
+  export MLLM_GPU_PARITY_DIR=$parity
   for t in "$gpu"/bin/*; do
     name=$(basename "$t")
     case "$name" in
-      mllm-kernel) continue ;;
+      mllm-kernel | mllm) continue ;;
       aot_*)
         # AOT: JIT off and an empty cache, so any cache use would fail.
         echo "== $name (MLLM_KERNEL_JIT=0, empty cache)" | tee -a "$out/tests.log"
@@ -84,10 +108,28 @@ run() {
         ;;
     esac
   done
+  # `mllm serve --device cuda` answers a chat request on the tiny Qwen3.
+  echo "== mllm serve --device cuda (tiny random Qwen3)" | tee -a "$out/tests.log"
+  "$gpu/bin/mllm" serve --model "$parity/qwen3" --device cuda --port 30123 >"$out/serve.log" 2>&1 &
+  serve_pid=$!
+  for _ in $(seq 120); do
+    curl -sf localhost:30123/health >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  if curl -sS localhost:30123/v1/chat/completions -H 'content-type: application/json' \
+    -d '{"messages":[{"role":"user","content":"w5 w6 w7"}],"max_tokens":8,"temperature":0}' \
+    -o "$out/serve_chat.json" && grep -q '"choices"' "$out/serve_chat.json"; then
+    echo "serve chat: ok ($(cat "$out/serve_chat.json"))" | tee -a "$out/tests.log"
+  else
+    echo "serve chat: FAILED (see serve.log)" | tee -a "$out/tests.log"
+    status=1
+  fi
+  kill "$serve_pid" 2>/dev/null
+  wait "$serve_pid" 2>/dev/null || true
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 jit.
-  for group in ${MLLM_GPU_BENCH:-norm core int8 jit}; do
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 jit attention engine.
+  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine}; do
     case "$group" in
       norm)
         for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
@@ -118,6 +160,17 @@ run() {
         } 2>&1 | tee -a "$out/bench.log" || status=1
         ;;
       jit) "$gpu/bin/mllm-kernel" bench jit 2>&1 | tee -a "$out/bench.log" || status=1 ;;
+      attention) "$gpu/bin/mllm-kernel" bench attention 2>&1 | tee -a "$out/bench.log" || status=1 ;;
+      engine)
+        # Qwen3-8B bf16 with random weights: batch 1 at a 2048-token prompt, batch 64 at 1024.
+        for shape in "1 2048 64" "64 1024 32"; do
+          set -- $shape
+          "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 \
+            --model-config engine/tests/fixtures/qwen3-8b.config.json \
+            --batch-size "$1" --input-len "$2" --output-len "$3" --warmup 1 --repeats 3 --json \
+            --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
+        done
+        ;;
       *) echo "unknown bench group $group" | tee -a "$out/bench.log"; status=1 ;;
     esac
   done

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use mllm_engine::executor::device::Device;
 use mllm_engine::executor::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
 use mllm_engine::executor::model_runner::{ModelRunner, RunnerConfig};
 use mllm_engine::executor::sampler::{SamplingParams, SequenceState};
@@ -152,6 +153,8 @@ fn runner_steps_greedy_and_releases() {
     let rc = RunnerConfig {
         kv_budget_bytes: 1 << 20,
         kv_dtype: KvDtype::F32,
+        device: Device::Cpu,
+        gpu_mem_fraction: None,
         max_running_requests: 4,
         max_context_len: 64,
     };
@@ -355,6 +358,8 @@ fn greedy(m: CausalLM, prompt: &[u32], n: usize) -> Vec<u32> {
     let rc = RunnerConfig {
         kv_budget_bytes: 64 << 20,
         kv_dtype: KvDtype::F32,
+        device: Device::Cpu,
+        gpu_mem_fraction: None,
         max_running_requests: 1,
         max_context_len: prompt.len() + n + 1,
     };

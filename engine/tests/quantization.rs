@@ -664,6 +664,7 @@ async fn serve_w8a8_model_greedy_matches_engine() {
         context_length: None,
         max_queued_requests: 8,
         disable_radix_cache: false,
+        ..EngineConfig::default()
     };
     let engine = Engine::start(loaded, cfg).unwrap();
     let state = AppState::new(engine.clone(), Some("w8a8".into()), "w8a8".into(), None);

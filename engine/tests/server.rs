@@ -128,6 +128,7 @@ fn cfg() -> EngineConfig {
         context_length: None,
         max_queued_requests: 64,
         disable_radix_cache: false,
+        ..EngineConfig::default()
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 
 use std::path::Path;
 
+use mllm_engine::executor::device::Device;
 use mllm_engine::executor::forward_batch::{LogitsMode, SequenceInput};
 use mllm_engine::executor::model_runner::{ModelRunner, RunnerConfig};
 use mllm_engine::executor::sampler::SamplingParams;
@@ -109,6 +110,8 @@ fn prose_perplexity_is_plausible() {
     let rc = RunnerConfig {
         kv_budget_bytes: Generator::kv_bytes_for(model.config(), ids.len(), KvDtype::F32),
         kv_dtype: KvDtype::F32,
+        device: Device::Cpu,
+        gpu_mem_fraction: None,
         max_running_requests: 1,
         max_context_len: ids.len(),
     };

@@ -44,7 +44,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// An HF config.json (file or directory) for --load-format dummy.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, visible_alias = "model-config", value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Where the weights come from.
     #[arg(long, value_enum, default_value_t = LoadFormat::Auto)]
@@ -187,6 +187,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         kv_dtype,
         max_running_requests: b,
         max_context_len: i + o,
+        device: args.model.device.resolve()?,
+        gpu_mem_fraction: None,
     };
     let mut runner = ModelRunner::new(model, cfg).context("cannot size the KV cache")?;
     let prompts = random_prompts(b, i, vocab, args.seed);
@@ -201,7 +203,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None => None,
     };
     let revision = Revision::current();
-    let device = DeviceInfo::cpu();
+    let device = DeviceInfo::of(runner.device());
     for run in 0..args.warmup + args.repeats {
         let t = one_batch(&mut runner, &prompts, o).with_context(|| format!("run {run} failed"))?;
         let Some(repeat) = run.checked_sub(args.warmup) else {

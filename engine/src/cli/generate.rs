@@ -136,7 +136,7 @@ pub(crate) fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
     };
-    let mut generator = loaded.into_generator(ids.len() + max_tokens)?;
+    let mut generator = loaded.into_generator_on(ids.len() + max_tokens, args.model.device.resolve()?)?;
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
     let out = generator.generate(&ids, &req, |piece| {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use crate::executor::device::Device;
 use crate::generation::{LoadedModel, ModelSource};
 use crate::models::LoadOptions;
 use crate::quantization::QuantMethod;
@@ -53,7 +54,33 @@ impl Quantization {
     }
 }
 
-/// `--model`, `--weight-dtype` and `--quantization`.
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DeviceArg {
+    /// The first GPU when a CUDA driver and device are present, else the CPU.
+    #[default]
+    Auto,
+    /// The host CPU.
+    Cpu,
+    /// GPU 0 (an error when there is none).
+    Cuda,
+}
+
+impl DeviceArg {
+    /// The device to run on; `cuda` without a usable GPU is an error naming why.
+    pub fn resolve(self) -> anyhow::Result<Device> {
+        match self {
+            Self::Auto => Ok(Device::auto()),
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda => {
+                mllm_kernel::device::cuda_device_count().context("--device cuda")?;
+                Ok(Device::Cuda(0))
+            }
+        }
+    }
+}
+
+/// `--model`, `--weight-dtype`, `--quantization` and `--device`.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A GGUF file or an HF model directory [default: the embedded SmolLM2-135M-Instruct Q4_1,
@@ -67,6 +94,9 @@ pub struct ModelArgs {
     /// first). Checkpoints with their own `quantization_config` load quantized without it.
     #[arg(long, value_enum, value_name = "METHOD")]
     pub quantization: Option<Quantization>,
+    /// Where the model runs: auto picks the GPU when one is usable.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
 }
 
 impl ModelArgs {

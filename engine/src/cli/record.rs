@@ -7,9 +7,9 @@ use serde::Serialize;
 /// The device a benchmark ran on. GPU fields are `None` on the CPU backend.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct DeviceInfo {
-    /// `cpu` (GPU backends come later).
+    /// `cpu` or `cuda`.
     pub kind: &'static str,
-    /// CPU model name from `/proc/cpuinfo`.
+    /// CPU model name from `/proc/cpuinfo`, or the GPU's name.
     pub name: String,
     /// Logical cores available to this process.
     pub cores: usize,
@@ -24,6 +24,26 @@ pub(crate) struct DeviceInfo {
 }
 
 impl DeviceInfo {
+    /// The device a runner uses.
+    pub fn of(device: crate::executor::device::Device) -> Self {
+        use crate::executor::device::Device;
+        let Device::Cuda(ordinal) = device else {
+            return Self::cpu();
+        };
+        let mut info = Self::cpu();
+        info.kind = "cuda";
+        if let Ok(gpu) = mllm_kernel::device::list_devices().map(|mut d| {
+            let i = ordinal.min(d.len().saturating_sub(1));
+            d.swap_remove(i)
+        }) {
+            let (major, minor) = gpu.compute_capability;
+            info.name = gpu.name;
+            info.compute_capability = Some(format!("{major}.{minor}"));
+            info.driver = Some(gpu.driver_version);
+        }
+        info
+    }
+
     /// This machine's CPU.
     pub fn cpu() -> Self {
         let name = std::fs::read_to_string("/proc/cpuinfo")

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::model_args::ModelArgs;
+use crate::executor::device::Device;
 use crate::generation::ModelSource;
 use crate::orchestrator::{Engine, EngineConfig};
 use crate::parsers::{ReasoningParserKind, ToolParserKind};
@@ -40,9 +41,14 @@ pub struct ServeArgs {
     /// Most sequences running at once.
     #[arg(long, default_value_t = 32)]
     pub max_running_requests: usize,
-    /// KV cache size in tokens (all running sequences together).
-    #[arg(long, default_value_t = 8192)]
-    pub max_total_tokens: usize,
+    /// KV cache size in tokens (all running sequences together) [default: 8192 on the CPU; on a
+    /// GPU, what --mem-fraction-static leaves].
+    #[arg(long)]
+    pub max_total_tokens: Option<usize>,
+    /// GPU only: the fraction of GPU memory weights + KV cache may take (the rest stays free for
+    /// activations and workspaces) [default: 0.85 unless --max-total-tokens is given].
+    #[arg(long, value_name = "FRACTION")]
+    pub mem_fraction_static: Option<f64>,
     /// Prompt tokens prefilled per step; longer prompts are prefilled in chunks.
     #[arg(long, default_value_t = 8192)]
     pub max_prefill_tokens: usize,
@@ -72,16 +78,26 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The engine configuration.
-    pub fn engine_config(&self) -> EngineConfig {
-        EngineConfig {
+    /// The engine configuration (resolves `--device`).
+    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let device = self.model.device.resolve()?;
+        if device == Device::Cpu && self.mem_fraction_static.is_some() {
+            anyhow::bail!("--mem-fraction-static sizes a GPU's KV cache; on the CPU use --max-total-tokens");
+        }
+        Ok(EngineConfig {
             max_running_requests: self.max_running_requests,
-            max_total_tokens: self.max_total_tokens,
+            max_total_tokens: self.max_total_tokens.unwrap_or(8192),
             max_prefill_tokens: self.max_prefill_tokens,
             context_length: self.context_length,
             max_queued_requests: self.max_queued_requests,
             disable_radix_cache: self.disable_radix_cache,
-        }
+            device,
+            mem_fraction_static: match (device, self.max_total_tokens) {
+                (Device::Cuda(_), None) => Some(self.mem_fraction_static.unwrap_or(0.85)),
+                (Device::Cuda(_), Some(_)) => self.mem_fraction_static,
+                (Device::Cpu, _) => None,
+            },
+        })
     }
 }
 
@@ -161,7 +177,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
 /// Loads the model, starts the engine and builds the router (on a blocking thread).
 fn build_app(args: &ServeArgs, source: &ModelSource, path: String) -> anyhow::Result<(Arc<Engine>, axum::Router)> {
     let loaded = args.model.load_source(source)?;
-    let engine = Engine::start(loaded, args.engine_config()).context("cannot start the engine")?;
+    let engine = Engine::start(loaded, args.engine_config()?).context("cannot start the engine")?;
     eprintln!(
         "mllm: KV cache holds {} tokens; context length {}; max running requests {}",
         engine.kv_capacity(),

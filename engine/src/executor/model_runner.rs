@@ -1,19 +1,30 @@
 //! [`ModelRunner`]: owns the model and the KV pools; turns sequence inputs into a
-//! [`ForwardBatch`], runs the forward and samples the next tokens.
+//! [`ForwardBatch`], runs the forward (on the CPU or a GPU) and samples the next tokens.
 
+use std::sync::Arc;
+
+use super::cuda::{CudaModel, KvSizing};
+use super::device::Device;
 use super::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
 use super::sampler::{SampleOutput, Sampler, SequenceState};
+use crate::loader::config::ModelConfig;
 use crate::mem_cache::{capacity_for_budget, KvDtype, ReqToTokenPool, TokenToKvPool};
 use crate::models::{CausalLM, ModelError, Result};
 use crate::tensor::Tensor;
 
 /// Sizing of the runner's pools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RunnerConfig {
-    /// Bytes of KV cache (all layers, K and V).
+    /// Bytes of KV cache (all layers, K and V) at `kv_dtype`; sets the token capacity.
     pub kv_budget_bytes: usize,
-    /// Storage dtype of the KV cache.
+    /// Storage dtype of the host KV cache (a GPU stores K/V in the model's compute dtype, with
+    /// the same token capacity).
     pub kv_dtype: KvDtype,
+    /// Where the model runs.
+    pub device: Device,
+    /// On a GPU: size the K/V cache to what fits in this fraction of its memory instead of
+    /// `kv_budget_bytes` (`--mem-fraction-static`).
+    pub gpu_mem_fraction: Option<f64>,
     /// Request slots (sequences in flight).
     pub max_running_requests: usize,
     /// Longest sequence (prompt + output).
@@ -24,14 +35,24 @@ pub struct RunnerConfig {
 /// and decodes.
 #[derive(Debug)]
 pub struct ModelRunner {
-    model: CausalLM,
+    backend: Backend,
+    config: ModelConfig,
     req_pool: ReqToTokenPool,
     kv_pool: TokenToKvPool,
     sampler: Sampler,
 }
 
+/// The model on its device. The CUDA backend drops the host copy of the weights once uploaded.
+#[derive(Debug)]
+enum Backend {
+    Cpu(Box<CausalLM>),
+    Cuda(Box<CudaModel>),
+}
+
 impl ModelRunner {
-    /// A runner with pools sized by `cfg` (KV capacity from the byte budget).
+    /// A runner with pools sized by `cfg` (KV capacity from the byte budget). On
+    /// [`Device::Cuda`] the weights are uploaded (progress on stderr) and the K/V cache is
+    /// allocated on that GPU.
     pub fn new(model: CausalLM, cfg: RunnerConfig) -> Result<Self> {
         let c = model.config();
         let capacity = capacity_for_budget(
@@ -48,24 +69,53 @@ impl ModelRunner {
                 cfg.kv_budget_bytes
             )));
         }
-        let kv_pool = TokenToKvPool::new(
-            capacity,
-            c.num_hidden_layers,
-            c.num_key_value_heads,
-            c.head_dim,
-            cfg.kv_dtype,
-        );
+        let (layers, heads, dim) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
+        let config = c.clone();
+        let (backend, kv_pool) = match cfg.device {
+            Device::Cpu => (
+                Backend::Cpu(Box::new(model)),
+                TokenToKvPool::new(capacity, layers, heads, dim, cfg.kv_dtype),
+            ),
+            Device::Cuda(ordinal) => {
+                let gpu = Arc::new(mllm_kernel::Gpu::new(ordinal)?);
+                let sizing = match cfg.gpu_mem_fraction {
+                    Some(f) => KvSizing::MemFraction(f),
+                    None => KvSizing::Tokens(capacity),
+                };
+                let cuda = CudaModel::new(gpu, &model, sizing, cfg.max_context_len)?;
+                drop(model);
+                let pool = TokenToKvPool::allocator_only(cuda.kv_capacity(), layers, heads, dim, KvDtype::BF16);
+                (Backend::Cuda(Box::new(cuda)), pool)
+            }
+        };
         Ok(Self {
+            backend,
+            config,
             req_pool: ReqToTokenPool::new(cfg.max_running_requests, cfg.max_context_len),
             kv_pool,
-            model,
             sampler: Sampler::new(),
         })
     }
 
-    /// The model.
-    pub fn model(&self) -> &CausalLM {
-        &self.model
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Where the model runs.
+    pub fn device(&self) -> Device {
+        match &self.backend {
+            Backend::Cpu(_) => Device::Cpu,
+            Backend::Cuda(m) => Device::Cuda(m.gpu().info().ordinal),
+        }
+    }
+
+    /// The host model (`None` on a GPU, where only the uploaded copy is kept).
+    pub fn cpu_model(&self) -> Option<&CausalLM> {
+        match &self.backend {
+            Backend::Cpu(m) => Some(m),
+            Backend::Cuda(_) => None,
+        }
     }
 
     /// The request→token pool (allocate a slot per new request here).
@@ -90,8 +140,10 @@ impl ModelRunner {
 
     /// Runs the model: f32 logits `[rows, vocab]` for the batch's logit rows.
     pub fn forward(&mut self, batch: &ForwardBatch) -> Result<Tensor> {
-        self.model
-            .forward(&batch.input_ids, &batch.positions, batch, &mut self.kv_pool)
+        match &mut self.backend {
+            Backend::Cpu(m) => m.forward(&batch.input_ids, &batch.positions, batch, &mut self.kv_pool),
+            Backend::Cuda(m) => m.forward(batch),
+        }
     }
 
     /// Forward, then sample one token per sequence (`states[i]` for `batch.seqs[i]`; the batch
@@ -104,8 +156,25 @@ impl ModelRunner {
                 batch.batch_size()
             )));
         }
+        if let Backend::Cuda(m) = &mut self.backend {
+            if states.iter().all(|s| s.params().is_plain_greedy()) {
+                let ids = m.forward_greedy(batch)?;
+                return Ok(ids
+                    .into_iter()
+                    .zip(states.iter_mut())
+                    .map(|(token, s)| {
+                        s.push_output(token);
+                        SampleOutput {
+                            token,
+                            logprob: None,
+                            top_logprobs: None,
+                        }
+                    })
+                    .collect());
+            }
+        }
         let logits = self.forward(batch)?;
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.config.vocab_size;
         let mut flat = logits.to_f32_vec()?;
         self.sampler
             .sample_flat(&mut flat, vocab, states)

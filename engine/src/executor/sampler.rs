@@ -147,6 +147,23 @@ impl SamplingParams {
         self.temperature < GREEDY_TEMPERATURE_EPS
     }
 
+    /// Greedy with no penalties and no logprobs: the token is the raw logits' argmax, so a
+    /// backend may pick it without handing the logits to the sampler.
+    ///
+    /// ```
+    /// use mllm_engine::executor::sampler::SamplingParams;
+    /// assert!(SamplingParams::greedy().is_plain_greedy());
+    /// let p = SamplingParams { logprobs: Some(1), ..SamplingParams::greedy() };
+    /// assert!(!p.is_plain_greedy());
+    /// ```
+    pub fn is_plain_greedy(&self) -> bool {
+        self.is_greedy()
+            && self.repetition_penalty == 1.0
+            && self.frequency_penalty == 0.0
+            && self.presence_penalty == 0.0
+            && self.logprobs.is_none()
+    }
+
     /// Checks every parameter's range; the error names the first offending parameter.
     pub fn validate(&self) -> Result<(), SamplingError> {
         fn bad(param: &'static str, value: impl std::fmt::Display, expected: &'static str) -> SamplingError {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::session::Generator;
 use super::{GenerationError, Result};
+use crate::executor::device::Device;
 use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
 use crate::models::random::random_weights;
@@ -230,8 +231,13 @@ impl LoadedModel {
 
     /// A [`Generator`] whose KV cache holds one sequence of up to `max_context_len` tokens.
     pub fn into_generator(self, max_context_len: usize) -> Result<Generator> {
+        self.into_generator_on(max_context_len, Device::Cpu)
+    }
+
+    /// Like [`LoadedModel::into_generator`], running on `device`.
+    pub fn into_generator_on(self, max_context_len: usize, device: Device) -> Result<Generator> {
         let tokenizer = self.tokenizer()?.clone();
-        Generator::new(self.model, tokenizer, self.info, max_context_len)
+        Generator::on_device(self.model, tokenizer, self.info, max_context_len, device)
     }
 
     /// The model, its tokenizer and info.

@@ -5,6 +5,7 @@ use std::time::Instant;
 use super::load::ModelInfo;
 use super::stop::StopMatcher;
 use super::{GenerationError, Result};
+use crate::executor::device::Device;
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::{ModelRunner, RunnerConfig};
 use crate::executor::sampler::{SampleOutput, SamplingParams, SequenceState};
@@ -121,14 +122,27 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// A generator whose KV cache (f32) holds one sequence of `max_context_len` tokens.
+    /// A generator on the CPU whose KV cache (f32) holds one sequence of `max_context_len` tokens.
     pub fn new(model: CausalLM, tokenizer: Tokenizer, info: ModelInfo, max_context_len: usize) -> Result<Self> {
+        Self::on_device(model, tokenizer, info, max_context_len, Device::Cpu)
+    }
+
+    /// Like [`Generator::new`], running on `device`.
+    pub fn on_device(
+        model: CausalLM,
+        tokenizer: Tokenizer,
+        info: ModelInfo,
+        max_context_len: usize,
+        device: Device,
+    ) -> Result<Self> {
         let kv_dtype = KvDtype::F32;
         let cfg = RunnerConfig {
             kv_budget_bytes: Self::kv_bytes_for(model.config(), max_context_len, kv_dtype),
             kv_dtype,
             max_running_requests: 1,
             max_context_len,
+            device,
+            gpu_mem_fraction: None,
         };
         Ok(Self {
             runner: ModelRunner::new(model, cfg)?,

@@ -70,6 +70,11 @@ impl LmHead {
         Ok(Self { weight })
     }
 
+    /// The projection weight `[vocab, hidden]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Logits `[rows, vocab]` for hidden states `[rows, hidden]`.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         dense(hidden, &self.weight)

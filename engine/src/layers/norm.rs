@@ -31,6 +31,16 @@ impl RmsNorm {
         Ok(Self { weight, eps })
     }
 
+    /// The scale weight `[dim]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Epsilon added to the mean square.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
     /// Width of the normalized dim.
     pub fn dim(&self) -> usize {
         self.weight.shape()[0]

@@ -89,6 +89,26 @@ impl RotaryEmbedding {
         })
     }
 
+    /// The `[max_pos, head_dim]` f32 table GPU kernels read: per position the `head_dim / 2`
+    /// cosines, then the sines, with the same (scaled) frequencies and f32 rounding as
+    /// [`RotaryEmbedding::apply`].
+    ///
+    /// ```
+    /// use mllm_engine::layers::rotary::RotaryEmbedding;
+    /// let rope = RotaryEmbedding::new(4, 10000.0, None, 8).unwrap();
+    /// let t = rope.cos_sin_table(2);
+    /// assert_eq!(&t[..4], &[1.0, 1.0, 0.0, 0.0]); // position 0
+    /// assert_eq!(t[4], 1f32.cos());
+    /// ```
+    pub fn cos_sin_table(&self, max_pos: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(max_pos * self.head_dim);
+        for p in 0..max_pos {
+            out.extend(self.inv_freq.iter().map(|&f| (p as f32 * f).cos()));
+            out.extend(self.inv_freq.iter().map(|&f| (p as f32 * f).sin()));
+        }
+        out
+    }
+
     /// Rotates `x` `[heads, head_dim]` (one token) at position `pos` in place.
     fn rotate(&self, pos: usize, x: &mut [f32]) {
         let half = self.head_dim / 2;

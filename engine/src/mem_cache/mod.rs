@@ -25,6 +25,9 @@ pub use token_to_kv::{capacity_for_budget, KvBuffer, KvDtype, TokenToKvPool};
 /// Errors from the KV-cache pools and the paged attention.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MemCacheError {
+    /// Host access to a pool whose K/V live on a GPU ([`TokenToKvPool::allocator_only`]).
+    #[error("this KV pool's buffers live on the GPU; only its slot allocator is on the host")]
+    DeviceResident,
     /// [`ReqToTokenPool::alloc`] asked for more request slots than are free.
     #[error("req_to_token pool exhausted: requested {requested} request slot(s), only {free} free (pool size {size})")]
     ReqPoolFull {

@@ -164,6 +164,29 @@ impl TokenToKvPool {
         }
     }
 
+    /// The slot allocator alone, for a backend that keeps the K/V buffers itself (CUDA): the
+    /// same slots and accounting, no host buffers (host reads and writes return
+    /// [`MemCacheError::DeviceResident`]).
+    pub fn allocator_only(
+        capacity: usize,
+        num_layers: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        dtype: KvDtype,
+    ) -> Self {
+        assert!(
+            capacity < i32::MAX as usize,
+            "KV capacity {capacity} too large for i32 slot indices"
+        );
+        let mut pool = Self::new(0, num_layers, num_kv_heads, head_dim, dtype);
+        pool.k_buffers.clear();
+        pool.v_buffers.clear();
+        pool.capacity = capacity;
+        pool.free_slots = (1..=capacity as u32).rev().collect();
+        pool.allocated = vec![false; capacity + 1];
+        pool
+    }
+
     /// Usable slots (excluding the padding slot).
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -260,6 +283,9 @@ impl TokenToKvPool {
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {
+        if self.k_buffers.is_empty() && self.num_layers > 0 {
+            return Err(MemCacheError::DeviceResident);
+        }
         if layer >= self.num_layers {
             return Err(MemCacheError::LayerOutOfRange {
                 layer,

@@ -119,6 +119,31 @@ impl CausalLM {
         &self.config
     }
 
+    /// The token embedding.
+    pub fn embed_tokens(&self) -> &Embedding {
+        &self.embed_tokens
+    }
+
+    /// The decoder layers.
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// The final norm.
+    pub fn norm(&self) -> &RmsNorm {
+        &self.norm
+    }
+
+    /// The LM head (shares the embedding's storage when tied).
+    pub fn lm_head(&self) -> &LmHead {
+        &self.lm_head
+    }
+
+    /// The rotary embedding.
+    pub fn rope(&self) -> &RotaryEmbedding {
+        &self.rope
+    }
+
     /// The architecture variant.
     pub fn arch(&self) -> &ArchSpec {
         &self.arch

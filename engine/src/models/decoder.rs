@@ -61,7 +61,39 @@ fn norm(w: &mut WeightReader<'_>, name: &str, dim: usize, eps: f32) -> Result<Rm
     RmsNorm::new(w.take_shaped(name, &[dim])?, eps)
 }
 
+/// Borrowed parameters of one layer, for backends that upload them (CUDA).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerParams<'a> {
+    /// Pre-attention norm.
+    pub input_layernorm: &'a RmsNorm,
+    /// Fused q/k/v projection (q rows, then k, then v).
+    pub qkv_proj: &'a Linear,
+    /// Attention output projection.
+    pub o_proj: &'a Linear,
+    /// Per-head q and k norms (Qwen3).
+    pub qk_norm: Option<(&'a RmsNorm, &'a RmsNorm)>,
+    /// Pre-MLP norm.
+    pub post_attention_layernorm: &'a RmsNorm,
+    /// Fused gate/up projection (gate rows first).
+    pub gate_up_proj: &'a Linear,
+    /// MLP output projection.
+    pub down_proj: &'a Linear,
+}
+
 impl DecoderLayer {
+    /// The layer's parameters.
+    pub fn params(&self) -> LayerParams<'_> {
+        LayerParams {
+            input_layernorm: &self.input_layernorm,
+            qkv_proj: &self.self_attn.qkv_proj,
+            o_proj: &self.self_attn.o_proj,
+            qk_norm: self.self_attn.qk_norm.as_ref().map(|(q, k)| (q, k)),
+            post_attention_layernorm: &self.post_attention_layernorm,
+            gate_up_proj: &self.mlp.gate_up_proj,
+            down_proj: &self.mlp.down_proj,
+        }
+    }
+
     /// Builds layer `i` from HF names `model.layers.{i}.*`.
     pub(crate) fn load(
         cfg: &ModelConfig,

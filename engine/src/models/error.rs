@@ -54,9 +54,18 @@ pub enum ModelError {
         /// The shape in the checkpoint.
         got: Vec<usize>,
     },
+    /// A GPU op failed (no device, kernel build, launch, bad argument).
+    #[error("CUDA: {0}")]
+    Cuda(Box<mllm_kernel::Error>),
     /// A weight or input is invalid in another way.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<mllm_kernel::Error> for ModelError {
+    fn from(e: mllm_kernel::Error) -> Self {
+        ModelError::Cuda(Box::new(e))
+    }
 }
 
 fn near_names(near: &[String]) -> String {

@@ -29,4 +29,5 @@ pub mod random;
 pub mod weights;
 
 pub use causal_lm::{CausalLM, LoadOptions};
+pub use decoder::{DecoderLayer, LayerParams};
 pub use error::{ModelError, Result};

@@ -20,6 +20,7 @@ pub use detokenizer::{Detokenizer, TextOptions};
 pub use metrics::Metrics;
 pub use scheduler::{Scheduler, SchedulerConfig};
 
+use crate::executor::device::Device;
 use crate::executor::model_runner::{ModelRunner, RunnerConfig};
 use crate::executor::sampler::SampleOutput;
 use crate::generation::{Generator, LoadedModel, ModelInfo};
@@ -28,7 +29,7 @@ use crate::mem_cache::KvDtype;
 use crate::tokenizer::Tokenizer;
 
 /// Engine sizing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngineConfig {
     /// Most sequences running at once.
     pub max_running_requests: usize,
@@ -42,6 +43,11 @@ pub struct EngineConfig {
     pub max_queued_requests: usize,
     /// Turn the prefix (radix) cache off.
     pub disable_radix_cache: bool,
+    /// Where the model runs.
+    pub device: Device,
+    /// On a GPU, size the KV cache to this fraction of its memory (minus the weights) instead
+    /// of `max_total_tokens`.
+    pub mem_fraction_static: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +60,8 @@ impl Default for EngineConfig {
             context_length: None,
             max_queued_requests: 256,
             disable_radix_cache: false,
+            device: Device::Cpu,
+            mem_fraction_static: None,
         }
     }
 }
@@ -139,6 +147,8 @@ impl Engine {
                 kv_dtype,
                 max_running_requests: cfg.max_running_requests,
                 max_context_len: context_len,
+                device: cfg.device,
+                gpu_mem_fraction: cfg.mem_fraction_static,
             },
         )?;
         let kv_capacity = runner.kv_pool().capacity();

@@ -172,7 +172,7 @@ impl Scheduler {
 
     /// Rejects what could make a step fail (the handlers check these first).
     fn check(&self, req: &TokenizedRequest) -> Result<(), String> {
-        let vocab = self.runner.model().config().vocab_size;
+        let vocab = self.runner.config().vocab_size;
         let limit = self.cfg.max_context_len.min(self.kv_capacity());
         if req.input_ids.is_empty() {
             return Err("the prompt is empty".into());
@@ -462,7 +462,7 @@ impl Scheduler {
         }
         let logits = self.runner.forward(&batch).map_err(|e| e.to_string())?;
         let flat = logits.to_f32_vec().map_err(|e| e.to_string())?;
-        let vocab = self.runner.model().config().vocab_size;
+        let vocab = self.runner.config().vocab_size;
         let mut rows = Vec::new();
         let mut who = Vec::new();
         let mut states = Vec::new();

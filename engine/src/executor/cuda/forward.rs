@@ -1,0 +1,139 @@
+//! One forward pass on the GPU, op by op as the CPU decoder does it: embedding → per layer
+//! (fused add+RMSNorm, qkv GEMM, q/k norm + RoPE in place, KV store, paged attention, o GEMM,
+//! fused add+RMSNorm, gate/up GEMM, SiLU-and-mul, down GEMM) → final norm on the logit rows →
+//! LM-head GEMM with f32 output.
+
+use mllm_kernel::ops::{self, QkHeads, QkNormRope, RowSpan};
+use mllm_kernel::{DeviceTensor, Gpu};
+
+use super::attention::{Attention, BatchLayout, Plan};
+use super::weights::{GpuLayer, GpuWeights};
+use super::Dims;
+use crate::executor::forward_batch::ForwardBatch;
+use crate::models::{ModelError, Result};
+
+/// The batch's index inputs, uploaded once per forward.
+pub(super) struct StepInputs {
+    pub ids: DeviceTensor,
+    pub positions: DeviceTensor,
+    pub out_loc: DeviceTensor,
+    /// Rows of the last hidden state that get logits.
+    pub logit_rows: DeviceTensor,
+    pub num_logit_rows: usize,
+}
+
+fn to_i32(what: &str, v: impl IntoIterator<Item = usize>) -> Result<Vec<i32>> {
+    v.into_iter()
+        .map(|x| i32::try_from(x).map_err(|_| ModelError::Invalid(format!("{what} value {x} exceeds i32"))))
+        .collect()
+}
+
+impl StepInputs {
+    pub fn upload(gpu: &Gpu, batch: &ForwardBatch) -> Result<Self> {
+        let t = batch.num_tokens();
+        let ids = to_i32("token id", batch.input_ids.iter().map(|&i| i as usize))?;
+        let positions = to_i32("position", batch.positions.iter().copied())?;
+        let out_loc = to_i32("KV slot", batch.out_cache_loc.iter().map(|&s| s as usize))?;
+        let rows = to_i32("logit row", batch.logit_rows())?;
+        Ok(Self {
+            ids: DeviceTensor::from_host(gpu, &ids, &[t])?,
+            positions: DeviceTensor::from_host(gpu, &positions, &[t])?,
+            out_loc: DeviceTensor::from_host(gpu, &out_loc, &[t])?,
+            num_logit_rows: rows.len(),
+            logit_rows: DeviceTensor::from_host(gpu, &rows, &[rows.len()])?,
+        })
+    }
+}
+
+/// Runs the model over `inputs`; returns f32 logits `[rows, vocab]` on the GPU.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    gpu: &Gpu,
+    dims: &Dims,
+    w: &GpuWeights,
+    kv: &mut [(DeviceTensor, DeviceTensor)],
+    attn: &mut Attention,
+    layout: &BatchLayout,
+    inputs: &StepInputs,
+) -> Result<DeviceTensor> {
+    let t = inputs.ids.numel();
+    let dt = w.embed.dtype();
+    let mut residual = ops::embedding(gpu, &inputs.ids, &w.embed)?;
+    let mut h = DeviceTensor::empty(gpu, &[t, dims.hidden], dt)?;
+    let first = w
+        .layers
+        .first()
+        .ok_or_else(|| ModelError::Invalid("model has no layers".into()))?;
+    ops::rms_norm_into(gpu, &residual, &first.input_norm, dims.eps, &mut h)?;
+    let plan = attn.plan(gpu, layout)?;
+    for (i, (layer, (k_cache, v_cache))) in w.layers.iter().zip(kv.iter_mut()).enumerate() {
+        if i > 0 {
+            ops::fused_add_rms_norm(gpu, &mut h, &mut residual, &layer.input_norm, dims.eps)?;
+        }
+        let cache = (k_cache, v_cache);
+        let mut a = self_attention(gpu, dims, layer, cache, &w.cos_sin, (attn, &plan, layout), inputs, &h)?;
+        ops::fused_add_rms_norm(gpu, &mut a, &mut residual, &layer.post_norm, dims.eps)?;
+        h = mlp(gpu, dims, layer, &a)?;
+    }
+    // Final norm and LM head on the logit rows only (gathered like an embedding lookup).
+    let r = inputs.num_logit_rows;
+    let mut hr = gather_rows(gpu, &h, &inputs.logit_rows)?;
+    let mut rr = gather_rows(gpu, &residual, &inputs.logit_rows)?;
+    ops::fused_add_rms_norm(gpu, &mut hr, &mut rr, &w.norm, dims.eps)?;
+    let mut logits = DeviceTensor::empty(gpu, &[r, dims.vocab], mllm_kernel::DType::F32)?;
+    ops::linear_into(gpu, &hr, w.lm_head(), None, &mut logits)?;
+    Ok(logits)
+}
+
+/// `x[rows]` for a `[T, H]` tensor.
+fn gather_rows(gpu: &Gpu, x: &DeviceTensor, rows: &DeviceTensor) -> Result<DeviceTensor> {
+    Ok(ops::embedding(gpu, rows, x)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn self_attention(
+    gpu: &Gpu,
+    dims: &Dims,
+    layer: &GpuLayer,
+    (k_cache, v_cache): (&mut DeviceTensor, &mut DeviceTensor),
+    cos_sin: &DeviceTensor,
+    (attn, plan, layout): (&mut Attention, &Plan, &BatchLayout),
+    inputs: &StepInputs,
+    h: &DeviceTensor,
+) -> Result<DeviceTensor> {
+    let t = inputs.ids.numel();
+    let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
+    let mut qkv = ops::linear(gpu, h, &layer.qkv.weight, layer.qkv.bias.as_ref())?;
+    let args = QkNormRope {
+        heads: QkHeads::packed_qkv(nh, nkv, d),
+        positions: &inputs.positions,
+        cos_sin,
+        q_norm: layer.qk_norm.as_ref().map(|(q, _)| q),
+        k_norm: layer.qk_norm.as_ref().map(|(_, k)| k),
+        eps: dims.eps,
+    };
+    ops::qk_norm_rope(gpu, &mut qkv, &args)?;
+    let k = RowSpan {
+        tensor: &qkv,
+        col: nh * d,
+    };
+    let v = RowSpan {
+        tensor: &qkv,
+        col: (nh + nkv) * d,
+    };
+    ops::kv_store(gpu, k, v, &inputs.out_loc, k_cache, v_cache)?;
+    let mut q = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
+    qkv.copy_cols_into(gpu, 0, &mut q)?;
+    let mut o = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
+    attn.run(gpu, (plan, layout), &q, (k_cache, v_cache), &mut o)?;
+    let o = o.reshape(&[t, nh * d])?;
+    Ok(ops::linear(gpu, &o, &layer.o.weight, layer.o.bias.as_ref())?)
+}
+
+fn mlp(gpu: &Gpu, dims: &Dims, layer: &GpuLayer, h: &DeviceTensor) -> Result<DeviceTensor> {
+    let t = h.shape()[0];
+    let gu = ops::linear(gpu, h, &layer.gate_up.weight, layer.gate_up.bias.as_ref())?;
+    let mut act = DeviceTensor::empty(gpu, &[t, dims.intermediate], gu.dtype())?;
+    ops::silu_and_mul_into(gpu, &gu, &mut act)?;
+    Ok(ops::linear(gpu, &act, &layer.down.weight, layer.down.bias.as_ref())?)
+}

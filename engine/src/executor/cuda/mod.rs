@@ -1,0 +1,175 @@
+//! The CUDA backend of the [`ModelRunner`](super::model_runner::ModelRunner): the model's
+//! parameters and its K/V cache on one GPU, and a forward built from mllm-kernel ops (cuBLAS
+//! linears, fused add+RMSNorm, q/k norm + RoPE, KV store, FlashInfer paged attention). Every op
+//! runs on the [`Gpu`]'s one stream; the host waits only for the logits.
+
+mod attention;
+mod forward;
+mod weights;
+
+use std::sync::Arc;
+
+use mllm_kernel::{DeviceTensor, Gpu};
+
+use self::attention::{Attention, BatchLayout};
+use self::forward::StepInputs;
+use crate::executor::forward_batch::ForwardBatch;
+use crate::loader::config::ModelConfig;
+use crate::models::{CausalLM, ModelError, Result};
+use crate::tensor::{DType, Tensor};
+
+/// Sizes the forward needs.
+pub(crate) struct Dims {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub eps: f32,
+}
+
+impl Dims {
+    fn of(c: &ModelConfig) -> Self {
+        Self {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            vocab: c.vocab_size,
+            eps: c.rms_norm_eps as f32,
+        }
+    }
+}
+
+/// How many tokens the GPU K/V cache holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KvSizing {
+    /// Exactly this many tokens.
+    Tokens(usize),
+    /// What fits once the weights are resident, keeping `1 - fraction` of the GPU's memory free
+    /// for activations, cuBLAS and the attention workspace (SGLang's `--mem-fraction-static`).
+    MemFraction(f64),
+}
+
+/// A model resident on one GPU with a page-size-1 K/V cache of `kv_capacity + 1` slots per
+/// layer (slot 0 is the padding slot, as in the host pool).
+pub struct CudaModel {
+    gpu: Arc<Gpu>,
+    dims: Dims,
+    dtype: DType,
+    weights: weights::GpuWeights,
+    kv: Vec<(DeviceTensor, DeviceTensor)>,
+    attn: Attention,
+}
+
+impl std::fmt::Debug for CudaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaModel({}, {} layers, {}, {} KV slots)",
+            self.gpu.info().name,
+            self.kv.len(),
+            self.dtype,
+            self.kv.first().map_or(0, |(k, _)| k.shape()[0])
+        )
+    }
+}
+
+impl CudaModel {
+    /// Uploads `model` (in bf16, or f16 for an f16 checkpoint) and allocates the K/V cache.
+    /// Positions up to `max_context` get RoPE entries.
+    pub fn new(gpu: Arc<Gpu>, model: &CausalLM, kv: KvSizing, max_context: usize) -> Result<Self> {
+        let c = model.config();
+        let dims = Dims::of(c);
+        let dtype = weights::compute_dtype(model);
+        let kdt = weights::kernel_dtype(dtype)?;
+        let attn = Attention::new(&gpu, &dims, kdt)?;
+        let weights = weights::upload(&gpu, model, dtype, max_context.max(1))?;
+        let per_token = 2 * c.num_hidden_layers * dims.num_kv_heads * dims.head_dim * dtype.size();
+        let kv_capacity = match kv {
+            KvSizing::Tokens(n) => n,
+            KvSizing::MemFraction(f) => {
+                if !(f > 0.0 && f < 1.0) {
+                    return Err(ModelError::Invalid(format!(
+                        "--mem-fraction-static must be in (0, 1), got {f}"
+                    )));
+                }
+                let (free, total) = gpu.memory_info()?;
+                let keep = ((1.0 - f) * total as f64) as usize;
+                let tokens = free.saturating_sub(keep) / per_token.max(1);
+                if tokens < 2 {
+                    return Err(ModelError::Invalid(format!(
+                        "no room for a K/V cache: {} MiB free of {} MiB after loading the weights, and                          --mem-fraction-static {f} keeps {} MiB back; raise it or use a smaller model",
+                        free >> 20,
+                        total >> 20,
+                        keep >> 20
+                    )));
+                }
+                tokens.saturating_sub(1).min(i32::MAX as usize - 1)
+            }
+        };
+        let shape = [kv_capacity + 1, dims.num_kv_heads, dims.head_dim];
+        let kv = (0..c.num_hidden_layers)
+            .map(|_| {
+                Ok((
+                    DeviceTensor::zeros(&gpu, &shape, kdt)?,
+                    DeviceTensor::zeros(&gpu, &shape, kdt)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            gpu,
+            dims,
+            dtype,
+            weights,
+            kv,
+            attn,
+        })
+    }
+
+    /// Usable K/V slots (slot 0, the padding slot, excluded).
+    pub fn kv_capacity(&self) -> usize {
+        self.kv.first().map_or(0, |(k, _)| k.shape()[0] - 1)
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// The dtype weights, activations and the K/V cache are held in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Runs the batch; host f32 logits `[rows, vocab]` for [`ForwardBatch::logit_rows`].
+    pub fn forward(&mut self, batch: &ForwardBatch) -> Result<Tensor> {
+        let logits = self.forward_device(batch)?;
+        let host = logits.to_host::<f32>(&self.gpu)?;
+        Ok(Tensor::from_vec(host, logits.shape())?)
+    }
+
+    /// Runs the batch and takes the argmax of each logit row on the GPU (lowest id on ties, as
+    /// the host sampler's greedy), downloading only the ids.
+    pub fn forward_greedy(&mut self, batch: &ForwardBatch) -> Result<Vec<u32>> {
+        let logits = self.forward_device(batch)?;
+        let ids = mllm_kernel::ops::argmax(&self.gpu, &logits)?.to_host::<i32>(&self.gpu)?;
+        Ok(ids.into_iter().map(|i| i as u32).collect())
+    }
+
+    fn forward_device(&mut self, batch: &ForwardBatch) -> Result<DeviceTensor> {
+        let inputs = StepInputs::upload(&self.gpu, batch)?;
+        let layout = BatchLayout::of(&self.gpu, batch)?;
+        forward::forward(
+            &self.gpu,
+            &self.dims,
+            &self.weights,
+            &mut self.kv,
+            &mut self.attn,
+            &layout,
+            &inputs,
+        )
+    }
+}

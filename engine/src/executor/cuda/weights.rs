@@ -1,0 +1,175 @@
+//! Uploading a loaded [`CausalLM`]'s parameters to one GPU in the compute dtype.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use mllm_kernel::{DeviceTensor, Gpu};
+
+use crate::layers::linear::Linear;
+use crate::layers::norm::RmsNorm;
+use crate::models::{CausalLM, LayerParams, ModelError, Result};
+use crate::tensor::{DType, Tensor};
+
+/// A linear layer on the GPU: `[N, K]` weight and optional `[N]` bias.
+pub(super) struct GpuLinear {
+    pub weight: DeviceTensor,
+    pub bias: Option<DeviceTensor>,
+}
+
+/// One decoder layer's parameters on the GPU.
+pub(super) struct GpuLayer {
+    pub input_norm: DeviceTensor,
+    pub qkv: GpuLinear,
+    pub o: GpuLinear,
+    pub qk_norm: Option<(DeviceTensor, DeviceTensor)>,
+    pub post_norm: DeviceTensor,
+    pub gate_up: GpuLinear,
+    pub down: GpuLinear,
+}
+
+/// The whole model's parameters on the GPU.
+pub(super) struct GpuWeights {
+    pub embed: DeviceTensor,
+    pub layers: Vec<GpuLayer>,
+    pub norm: DeviceTensor,
+    /// `None` when tied to the embedding.
+    pub lm_head: Option<DeviceTensor>,
+    /// `[max_pos, head_dim]` f32 RoPE table.
+    pub cos_sin: DeviceTensor,
+}
+
+impl GpuWeights {
+    /// The LM-head weight (the embedding table when tied).
+    pub fn lm_head(&self) -> &DeviceTensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+/// The dtype the GPU computes in: the weights' own half dtype, else bf16.
+pub(super) fn compute_dtype(model: &CausalLM) -> DType {
+    match model.embed_tokens().weight().dtype() {
+        DType::F16 => DType::F16,
+        _ => DType::BF16,
+    }
+}
+
+/// Converts and uploads tensors, advancing a progress bar by bytes.
+struct Uploader<'a> {
+    gpu: &'a Gpu,
+    dtype: DType,
+    bar: ProgressBar,
+}
+
+impl Uploader<'_> {
+    fn tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
+        let t = if t.dtype() == self.dtype {
+            t.clone()
+        } else {
+            t.to_dtype(self.dtype)?
+        };
+        let kernel_dtype = kernel_dtype(self.dtype)?;
+        let out = DeviceTensor::from_bytes(self.gpu, t.as_bytes(), t.shape(), kernel_dtype)?;
+        self.bar.inc(t.as_bytes().len() as u64);
+        Ok(out)
+    }
+
+    fn norm(&self, n: &RmsNorm) -> Result<DeviceTensor> {
+        self.tensor(n.weight())
+    }
+
+    fn linear(&self, l: &Linear, what: &str) -> Result<GpuLinear> {
+        let w = l.weights();
+        let weight = w
+            .get("weight")
+            .ok_or_else(|| ModelError::Invalid(format!("{what} has no weight")))?;
+        if !weight.dtype().is_float() || w.keys().any(|k| !matches!(*k, "weight" | "bias")) {
+            return Err(ModelError::Invalid(format!(
+                "{what}: quantized linear layers ({}) do not run on CUDA yet; load the float checkpoint \
+                 without --quantization or use --device cpu",
+                w.keys().copied().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(GpuLinear {
+            weight: self.tensor(weight)?,
+            bias: w.get("bias").map(|b| self.tensor(b)).transpose()?,
+        })
+    }
+
+    fn layer(&self, p: LayerParams<'_>, i: usize) -> Result<GpuLayer> {
+        let name = |s: &str| format!("model.layers.{i}.{s}");
+        Ok(GpuLayer {
+            input_norm: self.norm(p.input_layernorm)?,
+            qkv: self.linear(p.qkv_proj, &name("self_attn.qkv_proj"))?,
+            o: self.linear(p.o_proj, &name("self_attn.o_proj"))?,
+            qk_norm: p
+                .qk_norm
+                .map(|(q, k)| Ok::<_, ModelError>((self.norm(q)?, self.norm(k)?)))
+                .transpose()?,
+            post_norm: self.norm(p.post_attention_layernorm)?,
+            gate_up: self.linear(p.gate_up_proj, &name("mlp.gate_up_proj"))?,
+            down: self.linear(p.down_proj, &name("mlp.down_proj"))?,
+        })
+    }
+}
+
+/// The kernel library's name for an engine dtype.
+pub(super) fn kernel_dtype(dtype: DType) -> Result<mllm_kernel::DType> {
+    Ok(match dtype {
+        DType::F32 => mllm_kernel::DType::F32,
+        DType::BF16 => mllm_kernel::DType::BF16,
+        DType::F16 => mllm_kernel::DType::F16,
+        DType::I8 => mllm_kernel::DType::I8,
+        DType::I32 => mllm_kernel::DType::I32,
+        DType::I64 => return Err(ModelError::Invalid("i64 tensors have no GPU kernels".into())),
+    })
+}
+
+/// Uploads every parameter of `model` in `dtype` (bf16/f16), with a progress bar on stderr;
+/// the RoPE table covers `max_pos` positions.
+pub(super) fn upload(gpu: &Gpu, model: &CausalLM, dtype: DType, max_pos: usize) -> Result<GpuWeights> {
+    let c = model.config();
+    let tied = c.tie_word_embeddings;
+    let floats: usize = model.embed_tokens().weight().numel()
+        + if tied { 0 } else { model.lm_head().weight().numel() }
+        + model
+            .layers()
+            .iter()
+            .map(|l| {
+                let p = l.params();
+                [p.qkv_proj, p.o_proj, p.gate_up_proj, p.down_proj]
+                    .iter()
+                    .flat_map(|lin| lin.weights().values())
+                    .map(Tensor::numel)
+                    .sum::<usize>()
+            })
+            .sum::<usize>();
+    let bar = ProgressBar::new((floats * dtype.size()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "mllm: uploading weights to GPU {bar:30} {binary_bytes}/{binary_total_bytes} ({eta})",
+        )
+        .expect("static template"),
+    );
+    let up = Uploader { gpu, dtype, bar };
+    let embed = up.tensor(model.embed_tokens().weight())?;
+    let layers = model
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| up.layer(l.params(), i))
+        .collect::<Result<Vec<_>>>()?;
+    let lm_head = if tied {
+        None
+    } else {
+        Some(up.tensor(model.lm_head().weight())?)
+    };
+    let norm = up.norm(model.norm())?;
+    up.bar.finish_and_clear();
+    let table = model.rope().cos_sin_table(max_pos);
+    let cos_sin = DeviceTensor::from_host(gpu, &table, &[max_pos, c.head_dim])?;
+    Ok(GpuWeights {
+        embed,
+        layers,
+        norm,
+        lm_head,
+        cos_sin,
+    })
+}
