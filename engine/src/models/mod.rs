@@ -25,6 +25,7 @@ mod causal_lm;
 mod decoder;
 mod error;
 pub mod gguf;
+pub mod qwen3_vl;
 pub mod random;
 pub mod weights;
 

@@ -1,0 +1,186 @@
+//! The Qwen3-VL vision tower ([`VisionTower`]): pixel patches → merged image embeddings plus
+//! the deepstack features, on the CPU in f32.
+
+use std::path::Path;
+
+use super::config::{VisionAct, VisionConfig};
+use super::layers::{activate, segment_attention, Rotary};
+use super::positions::{frame_bounds, patch_coords, position_taps};
+use super::weights::{BlockWeights, MergerWeights, VisionWeights};
+use crate::loader::safetensors::SafetensorsModel;
+use crate::models::weights::WeightSource;
+use crate::models::{ModelError, Result};
+use crate::multimodal::{GridThw, ImagePatches};
+use crate::tensor::Tensor;
+
+/// What the tower returns for a batch of images.
+#[derive(Debug, Clone)]
+pub struct VisionOutput {
+    /// Merged embeddings `[patches / merge², out_hidden_size]`, one row per LLM image token, in
+    /// input order.
+    pub embeddings: Tensor,
+    /// One `[patches / merge², out_hidden_size]` tensor per deepstack block, in block order.
+    pub deepstack: Vec<Tensor>,
+}
+
+/// The Qwen3-VL vision encoder with its weights (never quantized; kept in the checkpoint dtype).
+///
+/// ```no_run
+/// use mllm_engine::models::qwen3_vl::VisionTower;
+/// use mllm_engine::multimodal::{ImageProcessorConfig, Rgb8Image};
+///
+/// let tower = VisionTower::from_dir("Qwen3-VL-2B-Instruct")?;
+/// let img = Rgb8Image::new(64, 64, vec![128; 64 * 64 * 3]).expect("64x64 RGB");
+/// let patches = ImageProcessorConfig::default().preprocess(&img)?;
+/// let out = tower.forward_images(&[patches])?;
+/// assert_eq!(out.embeddings.shape()[1], tower.config().out_hidden_size);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct VisionTower {
+    cfg: VisionConfig,
+    weights: VisionWeights,
+}
+
+impl VisionTower {
+    /// Loads the tower of `cfg` from `src` (names under `model.visual.`, `visual.` or bare).
+    pub fn load(cfg: VisionConfig, src: &dyn WeightSource) -> Result<Self> {
+        cfg.validate().map_err(|e| ModelError::Invalid(e.to_string()))?;
+        let weights = VisionWeights::load(&cfg, src)?;
+        Ok(Self { cfg, weights })
+    }
+
+    /// Loads from a directory with `config.json` (a full Qwen3-VL config, or a bare vision
+    /// config) and safetensors weights.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let path = dir.join("config.json");
+        let json = std::fs::read_to_string(&path)
+            .map_err(|e| ModelError::Invalid(format!("reading {}: {e}", path.display())))?;
+        let parsed = if json.contains("\"vision_config\"") {
+            VisionConfig::from_model_config_json(&json)
+        } else {
+            VisionConfig::from_json(&json)
+        };
+        let cfg = parsed.map_err(|e| ModelError::Invalid(format!("{}: {e}", path.display())))?;
+        let src = SafetensorsModel::open(dir)?;
+        Self::load(cfg, &src)
+    }
+
+    /// The config.
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+
+    /// Runs preprocessed images (see [`crate::multimodal::ImageProcessorConfig::preprocess`]).
+    pub fn forward_images(&self, images: &[ImagePatches]) -> Result<VisionOutput> {
+        let cols = self.cfg.patch_dim();
+        let mut data = Vec::new();
+        for (i, img) in images.iter().enumerate() {
+            if img.patch_dim != cols || img.pixel_values.len() != img.grid.num_patches() * cols {
+                return Err(ModelError::Invalid(format!(
+                    "vision tower: image {i} has {} values of patch_dim {} for grid {:?}, expected {} x {cols}",
+                    img.pixel_values.len(),
+                    img.patch_dim,
+                    img.grid,
+                    img.grid.num_patches()
+                )));
+            }
+            data.extend_from_slice(&img.pixel_values);
+        }
+        let pixels = Tensor::from_vec(data, &[images.iter().map(|i| i.grid.num_patches()).sum(), cols])?;
+        let grids: Vec<GridThw> = images.iter().map(|i| i.grid).collect();
+        self.forward(&pixels, &grids)
+    }
+
+    /// `pixel_values` `[Σ t·h·w, patch_dim]` (rows of all inputs concatenated, HF order) with
+    /// one [`GridThw`] per input → merged embeddings and deepstack features.
+    pub fn forward(&self, pixel_values: &Tensor, grids: &[GridThw]) -> Result<VisionOutput> {
+        self.check_inputs(pixel_values, grids)?;
+        let merge = self.cfg.spatial_merge_size;
+        let mut h = self.weights.patch_embed.forward(pixel_values)?;
+        h = h.add(&self.position_embeddings(grids)?)?;
+        let coords: Vec<(usize, usize)> = grids.iter().flat_map(|g| patch_coords(*g, merge)).collect();
+        let rope = Rotary::new(&coords, self.cfg.head_dim(), self.cfg.rope_parameters.rope_theta);
+        let bounds = frame_bounds(grids);
+        let mut deepstack = Vec::new();
+        for (i, block) in self.weights.blocks.iter().enumerate() {
+            h = self.block(block, &h, &rope, &bounds)?;
+            if let Some(j) = self.cfg.deepstack_visual_indexes.iter().position(|&d| d == i) {
+                deepstack.push(self.merge(&self.weights.deepstack[j], &h)?);
+            }
+        }
+        let embeddings = self.merge(&self.weights.merger, &h)?;
+        Ok(VisionOutput { embeddings, deepstack })
+    }
+
+    /// Errors unless `pixel_values` is `[Σ patches, patch_dim]` of float and every grid is
+    /// non-empty with `h` and `w` multiples of the merge size.
+    fn check_inputs(&self, pixel_values: &Tensor, grids: &[GridThw]) -> Result<()> {
+        let merge = self.cfg.spatial_merge_size as u32;
+        if grids.is_empty() {
+            return Err(ModelError::Invalid("vision tower: no image grids given".into()));
+        }
+        if let Some(g) = grids
+            .iter()
+            .find(|g| g.t == 0 || g.h == 0 || g.w == 0 || g.h % merge + g.w % merge != 0)
+        {
+            return Err(ModelError::Invalid(format!(
+                "vision tower: grid {g:?} must be non-empty with h and w multiples of spatial_merge_size {merge}"
+            )));
+        }
+        let rows: usize = grids.iter().map(GridThw::num_patches).sum();
+        let want = [rows, self.cfg.patch_dim()];
+        if pixel_values.shape() != want || !pixel_values.dtype().is_float() {
+            return Err(ModelError::Invalid(format!(
+                "vision tower: pixel_values is {:?} {}, expected float {want:?} (Σ t·h·w of the grids, patch_dim)",
+                pixel_values.shape(),
+                pixel_values.dtype()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The learned table resampled to every input's grid, `[Σ patches, hidden]`.
+    fn position_embeddings(&self, grids: &[GridThw]) -> Result<Tensor> {
+        let d = self.cfg.hidden_size;
+        let (side, merge) = (self.cfg.grid_side(), self.cfg.spatial_merge_size);
+        let table = &self.weights.pos_embed;
+        let mut out = Vec::new();
+        for g in grids {
+            for taps in position_taps(*g, side, merge) {
+                let mut row = vec![0f32; d];
+                for (idx, w) in taps {
+                    let src = &table[idx * d..(idx + 1) * d];
+                    row.iter_mut().zip(src).for_each(|(o, &s)| *o += s * w);
+                }
+                out.extend_from_slice(&row);
+            }
+        }
+        let rows = out.len() / d;
+        Ok(Tensor::from_vec(out, &[rows, d])?)
+    }
+
+    /// One pre-norm block: `h + proj(attn(norm1 h))`, then `+ fc2(act(fc1(norm2 h)))`.
+    fn block(&self, w: &BlockWeights, h: &Tensor, rope: &Rotary, bounds: &[usize]) -> Result<Tensor> {
+        let qkv = w.qkv.forward(&w.norm1.forward(h)?)?;
+        let attn = segment_attention(&qkv, self.cfg.num_heads, rope, bounds)?;
+        let h = h.add(&w.proj.forward(&attn)?)?;
+        let mlp_in = w.fc1.forward(&w.norm2.forward(&h)?)?;
+        let mlp = w.fc2.forward(&activate(&mlp_in, self.cfg.hidden_act)?)?;
+        Ok(h.add(&mlp)?)
+    }
+
+    /// A patch merger over `h` `[patches, hidden]`: groups of `merge²` consecutive rows become
+    /// one row, normalised before (main merger) or after (deepstack) grouping, then the MLP.
+    fn merge(&self, w: &MergerWeights, h: &Tensor) -> Result<Tensor> {
+        let merged = self.cfg.hidden_size * self.cfg.merge_unit();
+        let groups = h.shape()[0] / self.cfg.merge_unit();
+        let x = if w.post_shuffle {
+            w.norm.forward(&h.reshape(&[groups, merged])?)?
+        } else {
+            w.norm.forward(h)?.reshape(&[groups, merged])?
+        };
+        let x = activate(&w.fc1.forward(&x)?, VisionAct::GeluErf)?;
+        w.fc2.forward(&x)
+    }
+}
