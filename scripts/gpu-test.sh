@@ -167,7 +167,7 @@ run() {
           set -- $shape
           "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 \
             --model-config engine/tests/fixtures/qwen3-8b.config.json \
-            --batch-size "$1" --input-len "$2" --output-len "$3" --warmup 1 --repeats 3 --json \
+            --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
             --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
         done
         ;;

@@ -18,6 +18,7 @@ pub mod dtype;
 pub mod env;
 mod error;
 pub mod ffi;
+pub mod graph;
 pub mod jit;
 pub mod loader;
 pub mod ops;

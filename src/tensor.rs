@@ -71,6 +71,32 @@ impl DeviceTensor {
         })
     }
 
+    /// Overwrites the first `data.len()` elements with `data` (stream-ordered; `data` may be
+    /// reused on return). For fixed input buffers of a captured CUDA graph.
+    pub fn write_from_host<T: HostElem>(&mut self, gpu: &Gpu, data: &[T]) -> Result<()> {
+        if T::DTYPE != self.dtype || data.len() > self.numel() {
+            return Err(Error::InvalidArgument {
+                op: "write_from_host",
+                arg: "data",
+                reason: format!(
+                    "{} {} elements do not fit a {} tensor of {} elements",
+                    data.len(),
+                    T::DTYPE,
+                    self.dtype,
+                    self.numel()
+                ),
+            });
+        }
+        let bytes = as_bytes(data);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let mut dst = self.buf.slice_mut(0..bytes.len());
+        gpu.stream()
+            .memcpy_htod(bytes, &mut dst)
+            .map_err(Error::driver("upload into tensor"))
+    }
+
     /// The same data viewed with another shape of equal element count.
     ///
     /// ```no_run

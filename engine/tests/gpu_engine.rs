@@ -80,12 +80,13 @@ fn load(dir: &Path) -> CausalLM {
     CausalLM::from_dir(dir, &opts).unwrap()
 }
 
-fn runner(dir: &Path, device: Device, max_running: usize) -> ModelRunner {
+fn runner(dir: &Path, device: Device, max_running: usize, graphs: usize) -> ModelRunner {
     let cfg = RunnerConfig {
         kv_budget_bytes: 64 << 20,
         kv_dtype: KvDtype::F32,
         device,
         gpu_mem_fraction: None,
+        cuda_graph_max_bs: graphs,
         max_running_requests: max_running,
         max_context_len: 512,
     };
@@ -264,8 +265,9 @@ fn gpu_engine_matches_hf_and_cpu() {
         if rope_err > 1e-3 || rc.attention_scaling != 1.0 {
             failures.push(format!("{name}: RoPE differs from HF's (max |diff| {rope_err})"));
         }
-        let mut gpu = runner(dir, Device::Cuda(0), prompts.len());
-        let mut cpu = runner(dir, Device::Cpu, prompts.len());
+        let mut gpu = runner(dir, Device::Cuda(0), prompts.len(), 0);
+        let mut graphed = runner(dir, Device::Cuda(0), prompts.len(), 8);
+        let mut cpu = runner(dir, Device::Cpu, prompts.len(), 0);
         let gpu_logits = all_logits(&mut gpu, &prompts);
         let cpu_logits = all_logits(&mut cpu, &prompts);
         let (mut vs_hf, mut vs_cpu) = (Worst::default(), Worst::default());
@@ -295,6 +297,12 @@ fn gpu_engine_matches_hf_and_cpu() {
         let n = reference.cases[0].greedy.len();
         for chunk in [false, true] {
             let outs = greedy(&mut gpu, &prompts, n, chunk);
+            // Decode on CUDA graphs (batch padded to the captured size 4) must be the same.
+            if greedy(&mut graphed, &prompts, n, chunk) != outs {
+                failures.push(format!(
+                    "{name}: CUDA-graph decode differs from eager (chunked: {chunk})"
+                ));
+            }
             for (c, (got, case)) in outs.iter().zip(&reference.cases).enumerate() {
                 if let Err(e) = check_greedy(&format!("{name} case {c} (chunked prefill: {chunk})"), got, case) {
                     eprintln!("{e}");
@@ -302,7 +310,18 @@ fn gpu_engine_matches_hf_and_cpu() {
                 }
             }
         }
+        // One sequence: the size-1 graph (and the size-4 graph padded from 3 sequences).
+        for set in [&prompts[..1], &prompts[1..]] {
+            let eager = greedy(&mut gpu, set, n, false);
+            if greedy(&mut graphed, set, n, false) != eager {
+                failures.push(format!(
+                    "{name}: CUDA-graph decode of {} sequence(s) differs from eager",
+                    set.len()
+                ));
+            }
+        }
     }
+    eprintln!("CUDA-graph decode checked against eager decode for every model");
     for (name, hf, cpu) in &worst {
         if !hf.ok() {
             failures.push(format!("{name}: GPU vs HF logits out of bounds"));

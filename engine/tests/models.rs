@@ -155,6 +155,7 @@ fn runner_steps_greedy_and_releases() {
         kv_dtype: KvDtype::F32,
         device: Device::Cpu,
         gpu_mem_fraction: None,
+        cuda_graph_max_bs: 0,
         max_running_requests: 4,
         max_context_len: 64,
     };
@@ -360,6 +361,7 @@ fn greedy(m: CausalLM, prompt: &[u32], n: usize) -> Vec<u32> {
         kv_dtype: KvDtype::F32,
         device: Device::Cpu,
         gpu_mem_fraction: None,
+        cuda_graph_max_bs: 0,
         max_running_requests: 1,
         max_context_len: prompt.len() + n + 1,
     };

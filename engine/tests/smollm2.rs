@@ -112,6 +112,7 @@ fn prose_perplexity_is_plausible() {
         kv_dtype: KvDtype::F32,
         device: Device::Cpu,
         gpu_mem_fraction: None,
+        cuda_graph_max_bs: 0,
         max_running_requests: 1,
         max_context_len: ids.len(),
     };

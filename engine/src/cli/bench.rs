@@ -189,6 +189,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         max_context_len: i + o,
         device: args.model.device.resolve()?,
         gpu_mem_fraction: None,
+        cuda_graph_max_bs: args.model.cuda_graph_max_bs(),
     };
     let mut runner = ModelRunner::new(model, cfg).context("cannot size the KV cache")?;
     let prompts = random_prompts(b, i, vocab, args.seed);
@@ -226,7 +227,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             },
             flags: Flags {
                 radix_cache: false,
-                cuda_graph: false,
+                cuda_graph: runner.device().is_cuda() && args.model.cuda_graph_max_bs() >= b,
                 jit_compile_included: false,
             },
             repeat,

@@ -136,7 +136,8 @@ pub(crate) fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
     };
-    let mut generator = loaded.into_generator_on(ids.len() + max_tokens, args.model.device.resolve()?)?;
+    let device = (args.model.device.resolve()?, args.model.cuda_graph_max_bs() > 0);
+    let mut generator = loaded.into_generator_on(ids.len() + max_tokens, device)?;
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
     let out = generator.generate(&ids, &req, |piece| {

@@ -97,6 +97,13 @@ pub struct ModelArgs {
     /// Where the model runs: auto picks the GPU when one is usable.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// GPU: decode batches of up to this many sequences replay CUDA graphs (captured per
+    /// batch size 1, 2, 4, 8, 16, ... on first use; larger batches run eagerly).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub cuda_graph_max_bs: usize,
+    /// GPU: run every step eagerly.
+    #[arg(long)]
+    pub disable_cuda_graph: bool,
 }
 
 impl ModelArgs {
@@ -122,6 +129,15 @@ impl ModelArgs {
         LoadOptions {
             weight_dtype: self.weight_dtype.dtype(),
             quantization: self.quantization.map(Quantization::method),
+        }
+    }
+
+    /// The largest decode batch that runs on a CUDA graph (0 with `--disable-cuda-graph`).
+    pub fn cuda_graph_max_bs(&self) -> usize {
+        if self.disable_cuda_graph {
+            0
+        } else {
+            self.cuda_graph_max_bs
         }
     }
 

@@ -92,6 +92,7 @@ impl ServeArgs {
             max_queued_requests: self.max_queued_requests,
             disable_radix_cache: self.disable_radix_cache,
             device,
+            cuda_graph_max_bs: self.model.cuda_graph_max_bs(),
             mem_fraction_static: match (device, self.max_total_tokens) {
                 (Device::Cuda(_), None) => Some(self.mem_fraction_static.unwrap_or(0.85)),
                 (Device::Cuda(_), Some(_)) => self.mem_fraction_static,

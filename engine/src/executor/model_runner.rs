@@ -25,6 +25,9 @@ pub struct RunnerConfig {
     /// On a GPU: size the K/V cache to what fits in this fraction of its memory instead of
     /// `kv_budget_bytes` (`--mem-fraction-static`).
     pub gpu_mem_fraction: Option<f64>,
+    /// On a GPU: run decode batches of up to this many sequences on CUDA graphs (0: never;
+    /// `--cuda-graph-max-bs`, `--disable-cuda-graph`).
+    pub cuda_graph_max_bs: usize,
     /// Request slots (sequences in flight).
     pub max_running_requests: usize,
     /// Longest sequence (prompt + output).
@@ -82,7 +85,7 @@ impl ModelRunner {
                     Some(f) => KvSizing::MemFraction(f),
                     None => KvSizing::Tokens(capacity),
                 };
-                let cuda = CudaModel::new(gpu, &model, sizing, cfg.max_context_len)?;
+                let cuda = CudaModel::new(gpu, &model, sizing, cfg.max_context_len, cfg.cuda_graph_max_bs)?;
                 drop(model);
                 let pool = TokenToKvPool::allocator_only(cuda.kv_capacity(), layers, heads, dim, KvDtype::BF16);
                 (Backend::Cuda(Box::new(cuda)), pool)

@@ -231,11 +231,12 @@ impl LoadedModel {
 
     /// A [`Generator`] whose KV cache holds one sequence of up to `max_context_len` tokens.
     pub fn into_generator(self, max_context_len: usize) -> Result<Generator> {
-        self.into_generator_on(max_context_len, Device::Cpu)
+        self.into_generator_on(max_context_len, (Device::Cpu, false))
     }
 
-    /// Like [`LoadedModel::into_generator`], running on `device`.
-    pub fn into_generator_on(self, max_context_len: usize, device: Device) -> Result<Generator> {
+    /// Like [`LoadedModel::into_generator`], running on `device` (with or without decode CUDA
+    /// graphs).
+    pub fn into_generator_on(self, max_context_len: usize, device: (Device, bool)) -> Result<Generator> {
         let tokenizer = self.tokenizer()?.clone();
         Generator::on_device(self.model, tokenizer, self.info, max_context_len, device)
     }

@@ -124,17 +124,19 @@ pub struct Generator {
 impl Generator {
     /// A generator on the CPU whose KV cache (f32) holds one sequence of `max_context_len` tokens.
     pub fn new(model: CausalLM, tokenizer: Tokenizer, info: ModelInfo, max_context_len: usize) -> Result<Self> {
-        Self::on_device(model, tokenizer, info, max_context_len, Device::Cpu)
+        Self::on_device(model, tokenizer, info, max_context_len, (Device::Cpu, false))
     }
 
-    /// Like [`Generator::new`], running on `device`.
+    /// Like [`Generator::new`], running on `device` (on a GPU, decode steps replay a CUDA graph
+    /// unless `cuda_graph` is false).
     pub fn on_device(
         model: CausalLM,
         tokenizer: Tokenizer,
         info: ModelInfo,
         max_context_len: usize,
-        device: Device,
+        (device, cuda_graph): (Device, bool),
     ) -> Result<Self> {
+        let cuda_graph_max_bs = usize::from(cuda_graph);
         let kv_dtype = KvDtype::F32;
         let cfg = RunnerConfig {
             kv_budget_bytes: Self::kv_bytes_for(model.config(), max_context_len, kv_dtype),
@@ -143,6 +145,7 @@ impl Generator {
             max_context_len,
             device,
             gpu_mem_fraction: None,
+            cuda_graph_max_bs,
         };
         Ok(Self {
             runner: ModelRunner::new(model, cfg)?,

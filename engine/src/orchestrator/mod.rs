@@ -48,6 +48,8 @@ pub struct EngineConfig {
     /// On a GPU, size the KV cache to this fraction of its memory (minus the weights) instead
     /// of `max_total_tokens`.
     pub mem_fraction_static: Option<f64>,
+    /// On a GPU, decode batches of up to this many sequences run on CUDA graphs (0: never).
+    pub cuda_graph_max_bs: usize,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
             disable_radix_cache: false,
             device: Device::Cpu,
             mem_fraction_static: None,
+            cuda_graph_max_bs: 32,
         }
     }
 }
@@ -149,6 +152,7 @@ impl Engine {
                 max_context_len: context_len,
                 device: cfg.device,
                 gpu_mem_fraction: cfg.mem_fraction_static,
+                cuda_graph_max_bs: cfg.cuda_graph_max_bs,
             },
         )?;
         let kv_capacity = runner.kv_pool().capacity();

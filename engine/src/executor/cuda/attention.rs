@@ -18,8 +18,15 @@ pub(super) struct BatchLayout {
     pub kv_indices: DeviceTensor,
 }
 
-impl BatchLayout {
-    pub fn of(gpu: &Gpu, batch: &ForwardBatch) -> Result<Self> {
+/// [`BatchLayout`]'s host side: offsets and the concatenated slot ids.
+pub(super) struct HostLayout {
+    pub qo_indptr: Vec<i32>,
+    pub kv_indptr: Vec<i32>,
+    pub kv_indices: Vec<i32>,
+}
+
+impl HostLayout {
+    pub fn of(batch: &ForwardBatch) -> Result<Self> {
         let too_big = || ModelError::Invalid("batch exceeds 2^31 tokens".into());
         let mut qo = Vec::with_capacity(batch.seqs.len() + 1);
         let mut kv = Vec::with_capacity(batch.seqs.len() + 1);
@@ -32,12 +39,40 @@ impl BatchLayout {
             indices.extend(s.kv_indices.iter().map(|&i| i as i32));
             kv.push(i32::try_from(indices.len()).map_err(|_| too_big())?);
         }
-        let n = indices.len();
         Ok(Self {
             qo_indptr: qo,
             kv_indptr: kv,
-            kv_indices: DeviceTensor::from_host(gpu, &indices, &[n])?,
+            kv_indices: indices,
         })
+    }
+
+    /// A decode layout padded to `size` sequences of one query over the padding slot 0.
+    pub fn padded(mut self, size: usize) -> Self {
+        for _ in self.qo_indptr.len() - 1..size {
+            self.qo_indptr.push(*self.qo_indptr.last().expect("non-empty") + 1);
+            self.kv_indices.push(0);
+            self.kv_indptr.push(self.kv_indices.len() as i32);
+        }
+        self
+    }
+}
+
+impl BatchLayout {
+    pub fn upload(gpu: &Gpu, h: HostLayout) -> Result<Self> {
+        let n = h.kv_indices.len();
+        Ok(Self {
+            kv_indices: DeviceTensor::from_host(gpu, &h.kv_indices, &[n])?,
+            qo_indptr: h.qo_indptr,
+            kv_indptr: h.kv_indptr,
+        })
+    }
+
+    /// Overwrites the layout in place; the slot ids go into the existing (large enough) buffer.
+    pub fn write(&mut self, gpu: &Gpu, h: HostLayout) -> Result<()> {
+        self.kv_indices.write_from_host(gpu, &h.kv_indices)?;
+        self.qo_indptr = h.qo_indptr;
+        self.kv_indptr = h.kv_indptr;
+        Ok(())
     }
 }
 
@@ -51,7 +86,8 @@ pub(super) struct Attention {
 pub(super) type Plan = ops::AttentionPlan;
 
 impl Attention {
-    pub fn new(gpu: &Gpu, dims: &Dims, dtype: mllm_kernel::DType) -> Result<Self> {
+    /// `cuda_graph`: plans keep launch shapes fixed per batch size (for captured decode).
+    pub fn new(gpu: &Gpu, dims: &Dims, dtype: mllm_kernel::DType, cuda_graph: bool) -> Result<Self> {
         let heads = ops::AttentionHeads {
             num_heads: dims.num_heads,
             num_kv_heads: dims.num_kv_heads,
@@ -61,7 +97,13 @@ impl Attention {
         // Unsupported head dims or dtypes fail here, at load, not at the first request.
         ops::validate_attention_batch(&[0, 1], &[0, 1], heads)?;
         Ok(Self {
-            workspace: ops::AttentionWorkspace::new(gpu, ops::WorkspaceConfig::default())?,
+            workspace: ops::AttentionWorkspace::new(
+                gpu,
+                ops::WorkspaceConfig {
+                    cuda_graph,
+                    ..ops::WorkspaceConfig::default()
+                },
+            )?,
             heads,
         })
     }

@@ -12,14 +12,22 @@ use super::Dims;
 use crate::executor::forward_batch::ForwardBatch;
 use crate::models::{ModelError, Result};
 
-/// The batch's index inputs, uploaded once per forward.
+/// The batch's per-token inputs on the host.
+pub(super) struct HostInputs {
+    pub ids: Vec<i32>,
+    pub positions: Vec<i32>,
+    pub out_loc: Vec<i32>,
+    /// Rows of the last hidden state that get logits.
+    pub logit_rows: Vec<i32>,
+}
+
+/// The same on the GPU, uploaded once per forward (or written into a captured graph's
+/// fixed buffers).
 pub(super) struct StepInputs {
     pub ids: DeviceTensor,
     pub positions: DeviceTensor,
     pub out_loc: DeviceTensor,
-    /// Rows of the last hidden state that get logits.
     pub logit_rows: DeviceTensor,
-    pub num_logit_rows: usize,
 }
 
 fn to_i32(what: &str, v: impl IntoIterator<Item = usize>) -> Result<Vec<i32>> {
@@ -28,34 +36,62 @@ fn to_i32(what: &str, v: impl IntoIterator<Item = usize>) -> Result<Vec<i32>> {
         .collect()
 }
 
-impl StepInputs {
-    pub fn upload(gpu: &Gpu, batch: &ForwardBatch) -> Result<Self> {
-        let t = batch.num_tokens();
-        let ids = to_i32("token id", batch.input_ids.iter().map(|&i| i as usize))?;
-        let positions = to_i32("position", batch.positions.iter().copied())?;
-        let out_loc = to_i32("KV slot", batch.out_cache_loc.iter().map(|&s| s as usize))?;
-        let rows = to_i32("logit row", batch.logit_rows())?;
+impl HostInputs {
+    pub fn of(batch: &ForwardBatch) -> Result<Self> {
         Ok(Self {
-            ids: DeviceTensor::from_host(gpu, &ids, &[t])?,
-            positions: DeviceTensor::from_host(gpu, &positions, &[t])?,
-            out_loc: DeviceTensor::from_host(gpu, &out_loc, &[t])?,
-            num_logit_rows: rows.len(),
-            logit_rows: DeviceTensor::from_host(gpu, &rows, &[rows.len()])?,
+            ids: to_i32("token id", batch.input_ids.iter().map(|&i| i as usize))?,
+            positions: to_i32("position", batch.positions.iter().copied())?,
+            out_loc: to_i32("KV slot", batch.out_cache_loc.iter().map(|&s| s as usize))?,
+            logit_rows: to_i32("logit row", batch.logit_rows())?,
         })
+    }
+
+    /// A decode batch padded to `size` rows: the padding rows read token 0 at position 0 and
+    /// write their K/V to the padding slot 0.
+    pub fn padded(mut self, size: usize) -> Self {
+        let n = self.ids.len();
+        self.ids.resize(size, 0);
+        self.positions.resize(size, 0);
+        self.out_loc.resize(size, 0);
+        self.logit_rows.extend(n as i32..size as i32);
+        self
     }
 }
 
-/// Runs the model over `inputs`; returns f32 logits `[rows, vocab]` on the GPU.
+impl StepInputs {
+    pub fn upload(gpu: &Gpu, h: &HostInputs) -> Result<Self> {
+        let up = |v: &[i32]| DeviceTensor::from_host(gpu, v, &[v.len()]);
+        Ok(Self {
+            ids: up(&h.ids)?,
+            positions: up(&h.positions)?,
+            out_loc: up(&h.out_loc)?,
+            logit_rows: up(&h.logit_rows)?,
+        })
+    }
+
+    /// Overwrites the buffers with `h` (same lengths).
+    pub fn write(&mut self, gpu: &Gpu, h: &HostInputs) -> Result<()> {
+        self.ids.write_from_host(gpu, &h.ids)?;
+        self.positions.write_from_host(gpu, &h.positions)?;
+        self.out_loc.write_from_host(gpu, &h.out_loc)?;
+        self.logit_rows.write_from_host(gpu, &h.logit_rows)?;
+        Ok(())
+    }
+}
+
+/// Runs the model over `inputs` with the attention `plan` made for `layout`; writes f32 logits
+/// `[rows, vocab]` into `logits`. Launches only (no host sync, no allocation outside the
+/// stream-ordered pool), so a decode step can be captured in a CUDA graph.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn forward(
+pub(super) fn forward_into(
     gpu: &Gpu,
     dims: &Dims,
     w: &GpuWeights,
     kv: &mut [(DeviceTensor, DeviceTensor)],
-    attn: &mut Attention,
-    layout: &BatchLayout,
+    (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
     inputs: &StepInputs,
-) -> Result<DeviceTensor> {
+    logits: &mut DeviceTensor,
+) -> Result<()> {
     let t = inputs.ids.numel();
     let dt = w.embed.dtype();
     let mut residual = ops::embedding(gpu, &inputs.ids, &w.embed)?;
@@ -65,24 +101,21 @@ pub(super) fn forward(
         .first()
         .ok_or_else(|| ModelError::Invalid("model has no layers".into()))?;
     ops::rms_norm_into(gpu, &residual, &first.input_norm, dims.eps, &mut h)?;
-    let plan = attn.plan(gpu, layout)?;
     for (i, (layer, (k_cache, v_cache))) in w.layers.iter().zip(kv.iter_mut()).enumerate() {
         if i > 0 {
             ops::fused_add_rms_norm(gpu, &mut h, &mut residual, &layer.input_norm, dims.eps)?;
         }
         let cache = (k_cache, v_cache);
-        let mut a = self_attention(gpu, dims, layer, cache, &w.cos_sin, (attn, &plan, layout), inputs, &h)?;
+        let mut a = self_attention(gpu, dims, layer, cache, &w.cos_sin, (attn, plan, layout), inputs, &h)?;
         ops::fused_add_rms_norm(gpu, &mut a, &mut residual, &layer.post_norm, dims.eps)?;
         h = mlp(gpu, dims, layer, &a)?;
     }
     // Final norm and LM head on the logit rows only (gathered like an embedding lookup).
-    let r = inputs.num_logit_rows;
     let mut hr = gather_rows(gpu, &h, &inputs.logit_rows)?;
     let mut rr = gather_rows(gpu, &residual, &inputs.logit_rows)?;
     ops::fused_add_rms_norm(gpu, &mut hr, &mut rr, &w.norm, dims.eps)?;
-    let mut logits = DeviceTensor::empty(gpu, &[r, dims.vocab], mllm_kernel::DType::F32)?;
-    ops::linear_into(gpu, &hr, w.lm_head(), None, &mut logits)?;
-    Ok(logits)
+    ops::linear_into(gpu, &hr, w.lm_head(), None, logits)?;
+    Ok(())
 }
 
 /// `x[rows]` for a `[T, H]` tensor.
@@ -97,7 +130,7 @@ fn self_attention(
     layer: &GpuLayer,
     (k_cache, v_cache): (&mut DeviceTensor, &mut DeviceTensor),
     cos_sin: &DeviceTensor,
-    (attn, plan, layout): (&mut Attention, &Plan, &BatchLayout),
+    (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
     inputs: &StepInputs,
     h: &DeviceTensor,
 ) -> Result<DeviceTensor> {

@@ -5,14 +5,16 @@
 
 mod attention;
 mod forward;
+mod graph;
 mod weights;
 
 use std::sync::Arc;
 
 use mllm_kernel::{DeviceTensor, Gpu};
 
-use self::attention::{Attention, BatchLayout};
-use self::forward::StepInputs;
+use self::attention::{Attention, BatchLayout, HostLayout};
+use self::forward::{HostInputs, StepInputs};
+use self::graph::DecodeGraphs;
 use crate::executor::forward_batch::ForwardBatch;
 use crate::loader::config::ModelConfig;
 use crate::models::{CausalLM, ModelError, Result};
@@ -62,6 +64,9 @@ pub struct CudaModel {
     weights: weights::GpuWeights,
     kv: Vec<(DeviceTensor, DeviceTensor)>,
     attn: Attention,
+    graphs: Option<DecodeGraphs>,
+    /// The last eager step's logits (graph steps keep theirs in the graph's buffer).
+    eager_logits: Option<DeviceTensor>,
 }
 
 impl std::fmt::Debug for CudaModel {
@@ -79,13 +84,23 @@ impl std::fmt::Debug for CudaModel {
 
 impl CudaModel {
     /// Uploads `model` (in bf16, or f16 for an f16 checkpoint) and allocates the K/V cache.
-    /// Positions up to `max_context` get RoPE entries.
-    pub fn new(gpu: Arc<Gpu>, model: &CausalLM, kv: KvSizing, max_context: usize) -> Result<Self> {
+    /// Positions up to `max_context` get RoPE entries. Decode batches of up to
+    /// `cuda_graph_max_bs` sequences run on CUDA graphs (0: never).
+    pub fn new(
+        gpu: Arc<Gpu>,
+        model: &CausalLM,
+        kv: KvSizing,
+        max_context: usize,
+        cuda_graph_max_bs: usize,
+    ) -> Result<Self> {
         let c = model.config();
         let dims = Dims::of(c);
         let dtype = weights::compute_dtype(model);
         let kdt = weights::kernel_dtype(dtype)?;
-        let attn = Attention::new(&gpu, &dims, kdt)?;
+        let attn = Attention::new(&gpu, &dims, kdt, false)?;
+        let graphs = (cuda_graph_max_bs > 0)
+            .then(|| DecodeGraphs::new(&gpu, &dims, kdt, cuda_graph_max_bs, max_context.max(1)))
+            .transpose()?;
         let weights = weights::upload(&gpu, model, dtype, max_context.max(1))?;
         let per_token = 2 * c.num_hidden_layers * dims.num_kv_heads * dims.head_dim * dtype.size();
         let kv_capacity = match kv {
@@ -126,6 +141,8 @@ impl CudaModel {
             weights,
             kv,
             attn,
+            graphs,
+            eager_logits: None,
         })
     }
 
@@ -146,30 +163,46 @@ impl CudaModel {
 
     /// Runs the batch; host f32 logits `[rows, vocab]` for [`ForwardBatch::logit_rows`].
     pub fn forward(&mut self, batch: &ForwardBatch) -> Result<Tensor> {
+        let rows = batch.logit_rows().len();
+        let gpu = self.gpu.clone();
         let logits = self.forward_device(batch)?;
-        let host = logits.to_host::<f32>(&self.gpu)?;
-        Ok(Tensor::from_vec(host, logits.shape())?)
+        let mut host = logits.to_host::<f32>(&gpu)?;
+        host.truncate(rows * self.dims.vocab);
+        Ok(Tensor::from_vec(host, &[rows, self.dims.vocab])?)
     }
 
     /// Runs the batch and takes the argmax of each logit row on the GPU (lowest id on ties, as
     /// the host sampler's greedy), downloading only the ids.
     pub fn forward_greedy(&mut self, batch: &ForwardBatch) -> Result<Vec<u32>> {
+        let rows = batch.logit_rows().len();
+        let gpu = self.gpu.clone();
         let logits = self.forward_device(batch)?;
-        let ids = mllm_kernel::ops::argmax(&self.gpu, &logits)?.to_host::<i32>(&self.gpu)?;
-        Ok(ids.into_iter().map(|i| i as u32).collect())
+        let ids = mllm_kernel::ops::argmax(&gpu, logits)?.to_host::<i32>(&gpu)?;
+        Ok(ids.into_iter().take(rows).map(|i| i as u32).collect())
     }
 
-    fn forward_device(&mut self, batch: &ForwardBatch) -> Result<DeviceTensor> {
-        let inputs = StepInputs::upload(&self.gpu, batch)?;
-        let layout = BatchLayout::of(&self.gpu, batch)?;
-        forward::forward(
+    /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph
+    /// replays it, anything else runs eagerly.
+    fn forward_device(&mut self, batch: &ForwardBatch) -> Result<&DeviceTensor> {
+        if let Some(g) = self.graphs.as_mut().filter(|g| g.size_for(batch).is_some()) {
+            return g.run(&self.gpu, &self.dims, &self.weights, &mut self.kv, batch);
+        }
+        let inputs = StepInputs::upload(&self.gpu, &HostInputs::of(batch)?)?;
+        let layout = BatchLayout::upload(&self.gpu, HostLayout::of(batch)?)?;
+        let plan = self.attn.plan(&self.gpu, &layout)?;
+        let rows = batch.logit_rows().len();
+        let mut logits = DeviceTensor::empty(&self.gpu, &[rows, self.dims.vocab], mllm_kernel::DType::F32)?;
+        let step = (&self.attn, &plan, &layout);
+        forward::forward_into(
             &self.gpu,
             &self.dims,
             &self.weights,
             &mut self.kv,
-            &mut self.attn,
-            &layout,
+            step,
             &inputs,
-        )
+            &mut logits,
+        )?;
+        self.eager_logits = Some(logits);
+        Ok(self.eager_logits.as_ref().expect("set above"))
     }
 }

@@ -1,0 +1,150 @@
+//! CUDA graphs for decode steps: one graph per batch size in a fixed list, captured the first
+//! time a decode batch pads to it, replayed after writing the step's inputs into the graph's
+//! fixed buffers and re-planning attention (outside the graph, as FlashInfer's CUDA-graph mode
+//! expects). Removes the per-kernel launch cost of ~14 launches per layer.
+
+use std::collections::HashMap;
+
+use mllm_kernel::graph::Graph;
+use mllm_kernel::{DeviceTensor, Gpu};
+
+use super::attention::{Attention, BatchLayout, HostLayout};
+use super::forward::{forward_into, HostInputs, StepInputs};
+use super::weights::GpuWeights;
+use super::Dims;
+use crate::executor::forward_batch::{ForwardBatch, ForwardMode, LogitsMode};
+use crate::models::{ModelError, Result};
+
+/// The batch sizes graphs are captured for, up to `max_bs` (SGLang's list: 1, 2, 4, then
+/// steps of 8).
+///
+/// ```ignore
+/// assert_eq!(capture_sizes(20), vec![1, 2, 4, 8, 16, 20]);
+/// ```
+pub(super) fn capture_sizes(max_bs: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> = [1, 2, 4]
+        .into_iter()
+        .chain((8..).step_by(8))
+        .take_while(|&s| s < max_bs)
+        .collect();
+    if max_bs > 0 {
+        sizes.push(max_bs);
+    }
+    sizes
+}
+
+/// One captured decode step and the fixed buffers it reads and writes.
+struct Captured {
+    graph: Graph,
+    inputs: StepInputs,
+    layout: BatchLayout,
+    logits: DeviceTensor,
+}
+
+/// Decode graphs of one model.
+pub(super) struct DecodeGraphs {
+    sizes: Vec<usize>,
+    /// Longest context a sequence may have (sizes the slot-id buffer).
+    max_context: usize,
+    attn: Attention,
+    captured: HashMap<usize, Captured>,
+}
+
+impl DecodeGraphs {
+    pub fn new(gpu: &Gpu, dims: &Dims, dtype: mllm_kernel::DType, max_bs: usize, max_context: usize) -> Result<Self> {
+        Ok(Self {
+            sizes: capture_sizes(max_bs),
+            max_context,
+            attn: Attention::new(gpu, dims, dtype, true)?,
+            captured: HashMap::new(),
+        })
+    }
+
+    /// The captured size a batch runs at, if it can run on a graph at all.
+    pub fn size_for(&self, batch: &ForwardBatch) -> Option<usize> {
+        let decode = batch.mode == ForwardMode::Decode && batch.logits == LogitsMode::LastPerSequence;
+        let fits = batch.seqs.iter().all(|s| s.kv_indices.len() <= self.max_context);
+        let bs = batch.batch_size();
+        (decode && fits)
+            .then(|| self.sizes.iter().copied().find(|&s| s >= bs))
+            .flatten()
+    }
+
+    /// Runs a decode batch (checked with [`DecodeGraphs::size_for`]) on its graph, capturing
+    /// it first if needed; returns the `[size, vocab]` f32 logits buffer (rows past the batch
+    /// are padding).
+    pub fn run(
+        &mut self,
+        gpu: &Gpu,
+        dims: &Dims,
+        w: &GpuWeights,
+        kv: &mut [(DeviceTensor, DeviceTensor)],
+        batch: &ForwardBatch,
+    ) -> Result<&DeviceTensor> {
+        let size = self
+            .size_for(batch)
+            .ok_or_else(|| ModelError::Invalid("batch cannot run on a decode CUDA graph".into()))?;
+        let inputs = HostInputs::of(batch)?.padded(size);
+        let layout = HostLayout::of(batch)?.padded(size);
+        if !self.captured.contains_key(&size) {
+            let c = self.capture(gpu, dims, w, kv, size, &inputs, layout)?;
+            self.captured.insert(size, c);
+            return Ok(&self.captured[&size].logits);
+        }
+        let c = self.captured.get_mut(&size).expect("checked above");
+        c.inputs.write(gpu, &inputs)?;
+        c.layout.write(gpu, layout)?;
+        // Planning writes the schedule into the workspace the captured kernels read.
+        self.attn.plan(gpu, &c.layout)?;
+        c.graph.launch()?;
+        Ok(&c.logits)
+    }
+
+    /// Runs the step once eagerly (loads every kernel and cuBLAS's choices for this shape),
+    /// then captures the same step; the capture does not execute, so the eager run's results
+    /// are the step's.
+    #[allow(clippy::too_many_arguments)]
+    fn capture(
+        &mut self,
+        gpu: &Gpu,
+        dims: &Dims,
+        w: &GpuWeights,
+        kv: &mut [(DeviceTensor, DeviceTensor)],
+        size: usize,
+        host_inputs: &HostInputs,
+        host_layout: HostLayout,
+    ) -> Result<Captured> {
+        let inputs = StepInputs::upload(gpu, host_inputs)?;
+        let mut slots = DeviceTensor::zeros(gpu, &[size * self.max_context], mllm_kernel::DType::I32)?;
+        slots.write_from_host(gpu, &host_layout.kv_indices)?;
+        let layout = BatchLayout {
+            qo_indptr: host_layout.qo_indptr,
+            kv_indptr: host_layout.kv_indptr,
+            kv_indices: slots,
+        };
+        let mut logits = DeviceTensor::empty(gpu, &[size, dims.vocab], mllm_kernel::DType::F32)?;
+        let plan = self.attn.plan(gpu, &layout)?;
+        forward_into(gpu, dims, w, kv, (&self.attn, &plan, &layout), &inputs, &mut logits)?;
+        let step = (&self.attn, &plan, &layout);
+        let graph = Graph::capture(gpu, || forward_into(gpu, dims, w, kv, step, &inputs, &mut logits))?;
+        Ok(Captured {
+            graph,
+            inputs,
+            layout,
+            logits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_sizes_follow_sglang() {
+        assert_eq!(capture_sizes(1), vec![1]);
+        assert_eq!(capture_sizes(20), vec![1, 2, 4, 8, 16, 20]);
+        assert_eq!(capture_sizes(32), vec![1, 2, 4, 8, 16, 24, 32]);
+        assert!(capture_sizes(0).is_empty());
+    }
+}
