@@ -23,6 +23,7 @@ use mllm_engine::executor::model_runner::{ModelRunner, RunnerConfig};
 use mllm_engine::executor::sampler::{SamplingParams, SequenceState};
 use mllm_engine::mem_cache::KvDtype;
 use mllm_engine::models::{CausalLM, LoadOptions};
+use mllm_engine::quantization::QuantMethod;
 use mllm_engine::tensor::DType;
 
 #[derive(serde::Deserialize)]
@@ -51,6 +52,8 @@ struct Reference {
 
 const MAX_FRAC: f32 = 0.03;
 const MEAN_FRAC: f32 = 0.01;
+const W8A8_MAX_FRAC: f32 = 0.08;
+const W8A8_MEAN_FRAC: f32 = 0.02;
 
 /// The fixture directories, or why the test is skipped.
 fn fixtures() -> Result<Vec<PathBuf>, String> {
@@ -73,14 +76,22 @@ fn fixtures() -> Result<Vec<PathBuf>, String> {
 }
 
 fn load(dir: &Path) -> CausalLM {
+    load_with(dir, None)
+}
+
+fn load_with(dir: &Path, quantization: Option<QuantMethod>) -> CausalLM {
     let opts = LoadOptions {
         weight_dtype: Some(DType::BF16),
-        ..LoadOptions::default()
+        quantization,
     };
     CausalLM::from_dir(dir, &opts).unwrap()
 }
 
 fn runner(dir: &Path, device: Device, max_running: usize, graphs: usize) -> ModelRunner {
+    runner_for(load(dir), device, max_running, graphs)
+}
+
+fn runner_for(model: CausalLM, device: Device, max_running: usize, graphs: usize) -> ModelRunner {
     let cfg = RunnerConfig {
         kv_budget_bytes: 64 << 20,
         kv_dtype: KvDtype::F32,
@@ -90,7 +101,7 @@ fn runner(dir: &Path, device: Device, max_running: usize, graphs: usize) -> Mode
         max_running_requests: max_running,
         max_context_len: 512,
     };
-    ModelRunner::new(load(dir), cfg).unwrap()
+    ModelRunner::new(model, cfg).unwrap()
 }
 
 fn reference(dir: &Path) -> Reference {
@@ -319,6 +330,27 @@ fn gpu_engine_matches_hf_and_cpu() {
                     set.len()
                 ));
             }
+        }
+    }
+    // W8A8 (weights quantized at load): the GPU's per-token quantization + int8_scaled_mm
+    // against the CPU scheme's reference on the same int8 weights. The GPU quantizes bf16
+    // activations, the CPU f32 ones, so an activation can land one int8 step apart; measured
+    // bounds below.
+    for dir in &dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+        let w8a8 = || load_with(dir, Some(QuantMethod::W8A8));
+        let gpu = all_logits(&mut runner_for(w8a8(), Device::Cuda(0), prompts.len(), 0), &prompts);
+        let cpu = all_logits(&mut runner_for(w8a8(), Device::Cpu, prompts.len(), 0), &prompts);
+        let mut w = Worst::default();
+        for (c, (g, r)) in gpu.iter().zip(&cpu).enumerate() {
+            for (p, (gp, cp)) in g.iter().zip(r).enumerate() {
+                w.add(|| format!("case {c} position {p}"), gp, cp);
+            }
+        }
+        w.report(&format!("{name}: W8A8 GPU vs W8A8 CPU"));
+        if !(w.max <= W8A8_MAX_FRAC && w.mean <= W8A8_MEAN_FRAC) {
+            failures.push(format!("{name}: W8A8 GPU vs CPU logits out of bounds"));
         }
     }
     eprintln!("CUDA-graph decode checked against eager decode for every model");

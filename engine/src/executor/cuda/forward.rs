@@ -136,7 +136,7 @@ fn self_attention(
 ) -> Result<DeviceTensor> {
     let t = inputs.ids.numel();
     let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
-    let mut qkv = ops::linear(gpu, h, &layer.qkv.weight, layer.qkv.bias.as_ref())?;
+    let mut qkv = layer.qkv.forward(gpu, h)?;
     let args = QkNormRope {
         heads: QkHeads::packed_qkv(nh, nkv, d),
         positions: &inputs.positions,
@@ -160,13 +160,13 @@ fn self_attention(
     let mut o = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
     attn.run(gpu, (plan, layout), &q, (k_cache, v_cache), &mut o)?;
     let o = o.reshape(&[t, nh * d])?;
-    Ok(ops::linear(gpu, &o, &layer.o.weight, layer.o.bias.as_ref())?)
+    layer.o.forward(gpu, &o)
 }
 
 fn mlp(gpu: &Gpu, dims: &Dims, layer: &GpuLayer, h: &DeviceTensor) -> Result<DeviceTensor> {
     let t = h.shape()[0];
-    let gu = ops::linear(gpu, h, &layer.gate_up.weight, layer.gate_up.bias.as_ref())?;
+    let gu = layer.gate_up.forward(gpu, h)?;
     let mut act = DeviceTensor::empty(gpu, &[t, dims.intermediate], gu.dtype())?;
     ops::silu_and_mul_into(gpu, &gu, &mut act)?;
-    Ok(ops::linear(gpu, &act, &layer.down.weight, layer.down.bias.as_ref())?)
+    layer.down.forward(gpu, &act)
 }

@@ -12,6 +12,20 @@ use crate::tensor::{DType, Tensor};
 pub(super) struct GpuLinear {
     pub weight: DeviceTensor,
     pub bias: Option<DeviceTensor>,
+    /// W8A8: the weight is int8 with these f32 per-channel scales `[N]`, and activations are
+    /// quantized per token at run time (the W8A8 scheme's layout after loading).
+    pub int8_scales: Option<DeviceTensor>,
+}
+
+impl GpuLinear {
+    /// `x · Wᵀ (+ b)` in x's dtype: cuBLAS for float weights, per-token quantization +
+    /// `int8_scaled_mm` for W8A8.
+    pub fn forward(&self, gpu: &Gpu, x: &DeviceTensor) -> Result<DeviceTensor> {
+        Ok(match &self.int8_scales {
+            None => mllm_kernel::ops::linear(gpu, x, &self.weight, self.bias.as_ref())?,
+            Some(s) => mllm_kernel::ops::int8_scaled_mm_dynamic(gpu, x, &self.weight, s, self.bias.as_ref())?,
+        })
+    }
 }
 
 /// One decoder layer's parameters on the GPU.
@@ -80,17 +94,35 @@ impl Uploader<'_> {
         let weight = w
             .get("weight")
             .ok_or_else(|| ModelError::Invalid(format!("{what} has no weight")))?;
-        if !weight.dtype().is_float() || w.keys().any(|k| !matches!(*k, "weight" | "bias")) {
-            return Err(ModelError::Invalid(format!(
-                "{what}: quantized linear layers ({}) do not run on CUDA yet; load the float checkpoint \
-                 without --quantization or use --device cpu",
-                w.keys().copied().collect::<Vec<_>>().join(", ")
-            )));
+        let bias = w.get("bias").map(|b| self.tensor(b)).transpose()?;
+        if weight.dtype().is_float() && w.keys().all(|k| matches!(*k, "weight" | "bias")) {
+            return Ok(GpuLinear {
+                weight: self.tensor(weight)?,
+                bias,
+                int8_scales: None,
+            });
         }
-        Ok(GpuLinear {
-            weight: self.tensor(weight)?,
-            bias: w.get("bias").map(|b| self.tensor(b)).transpose()?,
-        })
+        // The W8A8 scheme's layout after loading, with dynamic per-token activations.
+        let w8a8 = weight.dtype() == DType::I8 && w.keys().all(|k| matches!(*k, "weight" | "weight_scale" | "bias"));
+        match w.get("weight_scale").filter(|s| s.dtype() == DType::F32) {
+            Some(scales) if w8a8 => Ok(GpuLinear {
+                weight: self.raw(weight)?,
+                bias,
+                int8_scales: Some(self.raw(scales)?),
+            }),
+            _ => Err(ModelError::Invalid(format!(
+                "{what}: this quantized layout ({}) has no CUDA kernel (W8A8 with dynamic per-token \
+                 activations has); use --device cpu",
+                w.keys().copied().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Uploads a tensor as it is (int8 weights, f32 scales).
+    fn raw(&self, t: &Tensor) -> Result<DeviceTensor> {
+        let out = DeviceTensor::from_bytes(self.gpu, t.as_bytes(), t.shape(), kernel_dtype(t.dtype())?)?;
+        self.bar.inc(t.as_bytes().len() as u64);
+        Ok(out)
     }
 
     fn layer(&self, p: LayerParams<'_>, i: usize) -> Result<GpuLayer> {
