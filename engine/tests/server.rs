@@ -916,21 +916,26 @@ fn mllm_serve_answers_503_while_loading() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
-    // ~77M random f32 parameters: long enough to load (hundreds of ms) to be seen loading.
+    // ~230M random f32 parameters: loading takes seconds on the 2-core CI machine, so the
+    // first /health below (sent right after the listening line) sees it loading even when
+    // the test thread is descheduled for a while.
     let big = TINY_CONFIG
         .replace("\"hidden_size\": 64", "\"hidden_size\": 768")
         .replace("\"intermediate_size\": 96", "\"intermediate_size\": 2048")
-        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 8")
+        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 24")
         .replace("\"vocab_size\": 256", "\"vocab_size\": 32000")
         .replace("\"head_dim\": 16", "\"head_dim\": 192");
     std::fs::write(&config, big).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mllm"))
-        .args(["serve", "--port", "0", "--max-total-tokens", "256", "--dummy-config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mllm"))
+            .args(["serve", "--port", "0", "--max-total-tokens", "256", "--dummy-config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
     let mut seen = String::new();
     let addr = lines
         .by_ref()
@@ -952,9 +957,20 @@ fn mllm_serve_answers_503_while_loading() {
     std::thread::spawn(move || for _ in lines {});
     assert_eq!(http_blocking(addr, "GET", "/health", None, &[]).0, 200);
     let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// Kills the server if the test fails first (a leaked child would keep the test's output
+/// pipe open and hang the test runner).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

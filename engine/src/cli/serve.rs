@@ -13,7 +13,7 @@ use crate::executor::device::Device;
 use crate::generation::ModelSource;
 use crate::orchestrator::{Engine, EngineConfig};
 use crate::parsers::{ReasoningParserKind, ToolParserKind};
-use crate::server::{loading_router, router, serve_with, shutdown_signal, AppState, ServerParsers};
+use crate::server::{loading_router, router, serve_with, AppState, ServerParsers, ShutdownSignals};
 use crate::tensor::DType;
 
 /// Arguments of `mllm serve` (names as in SGLang).
@@ -134,6 +134,9 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
+        // Listening from the start, so a SIGTERM at any point (loading, the switch to serving)
+        // drains and exits.
+        let mut signals = ShutdownSignals::new().context("cannot listen for SIGINT/SIGTERM")?;
         let addr = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -160,7 +163,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         };
         let (engine, app) = tokio::select! {
             built = build => built.context("model loading panicked")??,
-            _ = shutdown_signal() => {
+            _ = signals.recv() => {
                 eprintln!("mllm: shutdown requested while loading; exiting");
                 return Ok(());
             }
@@ -169,9 +172,15 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let _ = loading.await;
         eprintln!("mllm: serving on http://{local}");
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        serve_with(listener, app, engine, shutdown_signal(), shutdown_timeout)
-            .await
-            .context("server failed")
+        serve_with(
+            listener,
+            app,
+            engine,
+            async move { signals.recv().await },
+            shutdown_timeout,
+        )
+        .await
+        .context("server failed")
     })
 }
 
