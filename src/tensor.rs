@@ -33,18 +33,7 @@ impl DeviceTensor {
                 reason: format!("shape {shape:?} holds {numel} elements but data has {}", data.len()),
             });
         }
-        let bytes = as_bytes(data);
-        let buf = if bytes.is_empty() {
-            gpu.stream().alloc_zeros::<u8>(1)
-        } else {
-            gpu.stream().clone_htod(bytes)
-        }
-        .map_err(Error::driver("upload tensor"))?;
-        Ok(Self {
-            buf,
-            shape: shape.to_vec(),
-            dtype: T::DTYPE,
-        })
+        Self::from_bytes(gpu, as_bytes(data), shape, T::DTYPE)
     }
 
     /// Uploads raw little-endian `bytes` holding `shape` elements of `dtype`
