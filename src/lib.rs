@@ -22,6 +22,7 @@ pub mod graph;
 pub mod jit;
 pub mod loader;
 pub mod ops;
+pub mod profile;
 pub mod reference;
 pub mod registry;
 pub mod tensor;

@@ -757,3 +757,39 @@ fn smollm2_w8a8_perplexity_close_to_unquantized() {
         diff * 100.0
     );
 }
+
+// ---------------------------------------------------------------- dummy weights
+
+/// `--load-format dummy --quantization w8a8` (how the GPU benchmarks measure W8A8) quantizes
+/// the random weights: every linear layer holds int8 weights afterwards, the embedding stays
+/// float, and the model info says so.
+#[test]
+fn dummy_weights_honour_quantization() {
+    let source = ModelSource::Dummy {
+        config: fixture("qwen3").join("config.json"),
+        dtype: DType::BF16,
+        seed: 3,
+    };
+    let opts = LoadOptions {
+        weight_dtype: None,
+        quantization: Some(QuantMethod::W8A8),
+    };
+    let loaded = LoadedModel::load(&source, &opts).unwrap();
+    assert_eq!(loaded.info().quant, "w8a8");
+    let model = loaded.model();
+    for (i, layer) in model.layers().iter().enumerate() {
+        let p = layer.params();
+        for (name, linear) in [
+            ("qkv", p.qkv_proj),
+            ("o", p.o_proj),
+            ("gate_up", p.gate_up_proj),
+            ("down", p.down_proj),
+        ] {
+            let w = linear.weights().get("weight").unwrap();
+            assert_eq!(w.dtype(), DType::I8, "layer {i} {name}");
+        }
+    }
+    assert!(model.embed_tokens().weight().dtype().is_float());
+    let plain = LoadedModel::load(&source, &LoadOptions::default()).unwrap();
+    assert_eq!(plain.info().quant, "bf16");
+}

@@ -52,7 +52,7 @@ pub fn silu_and_mul(gpu: &Gpu, x: &DeviceTensor) -> Result<DeviceTensor> {
     let (_, inter) = validate_silu_and_mul(x.into())?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("validated rank >= 1") = inter;
-    let mut out = DeviceTensor::zeros(gpu, &shape, x.dtype())?;
+    let mut out = DeviceTensor::empty(gpu, &shape, x.dtype())?;
     silu_and_mul_into(gpu, x, &mut out)?;
     Ok(out)
 }

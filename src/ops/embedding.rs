@@ -93,7 +93,7 @@ pub fn validate_token_ids(ids: &[i32], vocab: usize) -> Result<()> {
 /// ```
 pub fn embedding(gpu: &Gpu, ids: &DeviceTensor, table: &DeviceTensor) -> Result<DeviceTensor> {
     let (tokens, _, hidden) = validate_embedding(ids.into(), table.into())?;
-    let mut out = DeviceTensor::zeros(gpu, &[tokens, hidden], table.dtype())?;
+    let mut out = DeviceTensor::empty(gpu, &[tokens, hidden], table.dtype())?;
     embedding_into(gpu, ids, table, &mut out, None)?;
     Ok(out)
 }

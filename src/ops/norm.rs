@@ -56,7 +56,7 @@ pub fn validate_rms_norm(x: Meta, weight: Meta, eps: f32) -> Result<(usize, usiz
 /// ```
 pub fn rms_norm(gpu: &Gpu, x: &DeviceTensor, weight: &DeviceTensor, eps: f32) -> Result<DeviceTensor> {
     validate_rms_norm(x.into(), weight.into(), eps)?;
-    let mut out = DeviceTensor::zeros(gpu, x.shape(), x.dtype())?;
+    let mut out = DeviceTensor::empty(gpu, x.shape(), x.dtype())?;
     rms_norm_into(gpu, x, weight, eps, &mut out)?;
     Ok(out)
 }

@@ -28,8 +28,8 @@ pub fn validate_per_token_quant_int8(x: Meta) -> Result<(usize, usize)> {
 /// ```
 pub fn per_token_quant_int8(gpu: &Gpu, x: &DeviceTensor) -> Result<(DeviceTensor, DeviceTensor)> {
     let (rows, _) = validate_per_token_quant_int8(x.into())?;
-    let mut q = DeviceTensor::zeros(gpu, x.shape(), DType::I8)?;
-    let mut scales = DeviceTensor::zeros(gpu, &[rows], DType::F32)?;
+    let mut q = DeviceTensor::empty(gpu, x.shape(), DType::I8)?;
+    let mut scales = DeviceTensor::empty(gpu, &[rows], DType::F32)?;
     per_token_quant_int8_into(gpu, x, &mut q, &mut scales)?;
     Ok((q, scales))
 }

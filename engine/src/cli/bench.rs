@@ -244,6 +244,9 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             writeln!(f, "{line}").context("cannot write --out")?;
         }
     }
+    if let Some(report) = runner.profile_report() {
+        eprintln!("{report}");
+    }
     Ok(())
 }
 

@@ -184,6 +184,14 @@ impl ModelRunner {
             .map_err(|e| ModelError::Invalid(format!("sampling failed: {e}")))
     }
 
+    /// The CUDA backend's per-op GPU time report (`MLLM_CUDA_PROFILE=1`); `None` otherwise.
+    pub fn profile_report(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Cpu(_) => None,
+            Backend::Cuda(m) => m.profile_report(),
+        }
+    }
+
     /// Frees a finished request: the KV slots of its first `len` tokens and its request slot.
     pub fn release(&mut self, req_slot: usize, len: usize) -> Result<()> {
         let slots = self.req_pool.kv_indices(req_slot, 0..len)?;

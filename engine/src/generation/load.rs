@@ -11,6 +11,7 @@ use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
 use crate::models::random::random_weights;
 use crate::models::{CausalLM, LoadOptions};
+use crate::quantization::QuantMethod;
 use crate::tensor::DType;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -91,7 +92,7 @@ impl LoadedModel {
             ModelSource::Default => Self::load_gguf(&crate::hub::default_model_path()?, opts),
             ModelSource::Gguf(path) => Self::load_gguf(path, opts),
             ModelSource::Dir(dir) => Self::load_dir(dir, opts),
-            ModelSource::Dummy { config, dtype, seed } => Self::load_dummy(config, *dtype, *seed),
+            ModelSource::Dummy { config, dtype, seed } => Self::load_dummy(config, *dtype, *seed, opts),
         }
     }
 
@@ -147,19 +148,29 @@ impl LoadedModel {
         })
     }
 
-    fn load_dummy(config: &Path, dtype: DType, seed: u64) -> Result<Self> {
+    /// Random weights in `dtype`; `opts.quantization` applies as to a checkpoint (the weight
+    /// dtype is the dummy's own).
+    fn load_dummy(config: &Path, dtype: DType, seed: u64, opts: &LoadOptions) -> Result<Self> {
         let cfg = if config.is_dir() {
             ModelConfig::from_dir(config)?
         } else {
             ModelConfig::from_file(config)?
         };
         let weights = random_weights(&cfg, seed, dtype)?;
-        let model = CausalLM::load(cfg, &weights, &LoadOptions::default())?;
+        let opts = LoadOptions {
+            weight_dtype: None,
+            ..opts.clone()
+        };
+        let model = CausalLM::load(cfg, &weights, &opts)?;
         let name = config_name(&model, config);
+        let quant = match opts.quantization {
+            Some(QuantMethod::W8A8) => "w8a8".to_string(),
+            None => dtype.to_string(),
+        };
         let info = ModelInfo {
             name,
             format: "dummy",
-            quant: dtype.to_string(),
+            quant,
             weight_dtype: dtype.to_string(),
         };
         Ok(Self {

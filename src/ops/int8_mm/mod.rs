@@ -253,7 +253,7 @@ pub fn int8_scaled_mm(
         out_dtype,
         bias.map(Meta::from),
     )?;
-    let mut out = DeviceTensor::zeros(gpu, &[p.m, p.n], out_dtype)?;
+    let mut out = DeviceTensor::empty(gpu, &[p.m, p.n], out_dtype)?;
     int8_scaled_mm_into(gpu, a, b, scales_a, scales_b, bias, &mut out, None)?;
     Ok(out)
 }
@@ -383,9 +383,9 @@ pub fn int8_scaled_mm_dynamic(
         });
     };
     let n = b.shape().first().copied().unwrap_or(0);
-    let mut q = DeviceTensor::zeros(gpu, &[m, k], DType::I8)?;
-    let mut q_scales = DeviceTensor::zeros(gpu, &[m], DType::F32)?;
-    let mut out = DeviceTensor::zeros(gpu, &[m, n], x.dtype())?;
+    let mut q = DeviceTensor::empty(gpu, &[m, k], DType::I8)?;
+    let mut q_scales = DeviceTensor::empty(gpu, &[m], DType::F32)?;
+    let mut out = DeviceTensor::empty(gpu, &[m, n], x.dtype())?;
     int8_scaled_mm_dynamic_into(gpu, x, b, scales_b, bias, &mut q, &mut q_scales, &mut out, None)?;
     Ok(out)
 }

@@ -4,6 +4,7 @@
 //! LM-head GEMM with f32 output.
 
 use mllm_kernel::ops::{self, QkHeads, QkNormRope, RowSpan};
+use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, Plan};
@@ -81,7 +82,8 @@ impl StepInputs {
 
 /// Runs the model over `inputs` with the attention `plan` made for `layout`; writes f32 logits
 /// `[rows, vocab]` into `logits`. Launches only (no host sync, no allocation outside the
-/// stream-ordered pool), so a decode step can be captured in a CUDA graph.
+/// stream-ordered pool), so a decode step can be captured in a CUDA graph. `prof` (off inside
+/// a capture) charges GPU time to each op.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_into(
     gpu: &Gpu,
@@ -91,9 +93,11 @@ pub(super) fn forward_into(
     (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
     inputs: &StepInputs,
     logits: &mut DeviceTensor,
+    prof: &OpProfiler,
 ) -> Result<()> {
     let t = inputs.ids.numel();
     let dt = w.embed.dtype();
+    prof.begin(gpu)?;
     let mut residual = ops::embedding(gpu, &inputs.ids, &w.embed)?;
     let mut h = DeviceTensor::empty(gpu, &[t, dims.hidden], dt)?;
     let first = w
@@ -101,20 +105,26 @@ pub(super) fn forward_into(
         .first()
         .ok_or_else(|| ModelError::Invalid("model has no layers".into()))?;
     ops::rms_norm_into(gpu, &residual, &first.input_norm, dims.eps, &mut h)?;
+    prof.mark(gpu, "embed+norm")?;
     for (i, (layer, (k_cache, v_cache))) in w.layers.iter().zip(kv.iter_mut()).enumerate() {
         if i > 0 {
             ops::fused_add_rms_norm(gpu, &mut h, &mut residual, &layer.input_norm, dims.eps)?;
+            prof.mark(gpu, "add_rms_norm")?;
         }
         let cache = (k_cache, v_cache);
-        let mut a = self_attention(gpu, dims, layer, cache, &w.cos_sin, (attn, plan, layout), inputs, &h)?;
+        let step = (attn, plan, layout);
+        let mut a = self_attention(gpu, dims, layer, cache, &w.cos_sin, step, inputs, &h, prof)?;
         ops::fused_add_rms_norm(gpu, &mut a, &mut residual, &layer.post_norm, dims.eps)?;
-        h = mlp(gpu, dims, layer, &a)?;
+        prof.mark(gpu, "add_rms_norm")?;
+        h = mlp(gpu, dims, layer, &a, prof)?;
     }
     // Final norm and LM head on the logit rows only (gathered like an embedding lookup).
     let mut hr = gather_rows(gpu, &h, &inputs.logit_rows)?;
     let mut rr = gather_rows(gpu, &residual, &inputs.logit_rows)?;
     ops::fused_add_rms_norm(gpu, &mut hr, &mut rr, &w.norm, dims.eps)?;
+    prof.mark(gpu, "final_norm")?;
     ops::linear_into(gpu, &hr, w.lm_head(), None, logits)?;
+    prof.mark(gpu, "lm_head")?;
     Ok(())
 }
 
@@ -133,10 +143,12 @@ fn self_attention(
     (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
     inputs: &StepInputs,
     h: &DeviceTensor,
+    prof: &OpProfiler,
 ) -> Result<DeviceTensor> {
     let t = inputs.ids.numel();
     let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
     let mut qkv = layer.qkv.forward(gpu, h)?;
+    prof.mark(gpu, "qkv_proj")?;
     let args = QkNormRope {
         heads: QkHeads::packed_qkv(nh, nkv, d),
         positions: &inputs.positions,
@@ -146,6 +158,7 @@ fn self_attention(
         eps: dims.eps,
     };
     ops::qk_norm_rope(gpu, &mut qkv, &args)?;
+    prof.mark(gpu, "qk_norm_rope")?;
     let k = RowSpan {
         tensor: &qkv,
         col: nh * d,
@@ -155,18 +168,27 @@ fn self_attention(
         col: (nh + nkv) * d,
     };
     ops::kv_store(gpu, k, v, &inputs.out_loc, k_cache, v_cache)?;
+    prof.mark(gpu, "kv_store")?;
     let mut q = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
     qkv.copy_cols_into(gpu, 0, &mut q)?;
+    prof.mark(gpu, "q_copy")?;
     let mut o = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
     attn.run(gpu, (plan, layout), &q, (k_cache, v_cache), &mut o)?;
+    prof.mark(gpu, "attention")?;
     let o = o.reshape(&[t, nh * d])?;
-    layer.o.forward(gpu, &o)
+    let out = layer.o.forward(gpu, &o)?;
+    prof.mark(gpu, "o_proj")?;
+    Ok(out)
 }
 
-fn mlp(gpu: &Gpu, dims: &Dims, layer: &GpuLayer, h: &DeviceTensor) -> Result<DeviceTensor> {
+fn mlp(gpu: &Gpu, dims: &Dims, layer: &GpuLayer, h: &DeviceTensor, prof: &OpProfiler) -> Result<DeviceTensor> {
     let t = h.shape()[0];
     let gu = layer.gate_up.forward(gpu, h)?;
+    prof.mark(gpu, "gate_up_proj")?;
     let mut act = DeviceTensor::empty(gpu, &[t, dims.intermediate], gu.dtype())?;
     ops::silu_and_mul_into(gpu, &gu, &mut act)?;
-    layer.down.forward(gpu, &act)
+    prof.mark(gpu, "silu_and_mul")?;
+    let out = layer.down.forward(gpu, &act)?;
+    prof.mark(gpu, "down_proj")?;
+    Ok(out)
 }

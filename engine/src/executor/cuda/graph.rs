@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use mllm_kernel::graph::Graph;
+use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, HostLayout};
@@ -124,9 +125,19 @@ impl DecodeGraphs {
         };
         let mut logits = DeviceTensor::empty(gpu, &[size, dims.vocab], mllm_kernel::DType::F32)?;
         let plan = self.attn.plan(gpu, &layout)?;
-        forward_into(gpu, dims, w, kv, (&self.attn, &plan, &layout), &inputs, &mut logits)?;
+        let off = OpProfiler::default();
+        forward_into(
+            gpu,
+            dims,
+            w,
+            kv,
+            (&self.attn, &plan, &layout),
+            &inputs,
+            &mut logits,
+            &off,
+        )?;
         let step = (&self.attn, &plan, &layout);
-        let graph = Graph::capture(gpu, || forward_into(gpu, dims, w, kv, step, &inputs, &mut logits))?;
+        let graph = Graph::capture(gpu, || forward_into(gpu, dims, w, kv, step, &inputs, &mut logits, &off))?;
         Ok(Captured {
             graph,
             inputs,

@@ -10,12 +10,13 @@ mod weights;
 
 use std::sync::Arc;
 
+use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use self::attention::{Attention, BatchLayout, HostLayout};
 use self::forward::{HostInputs, StepInputs};
 use self::graph::DecodeGraphs;
-use crate::executor::forward_batch::ForwardBatch;
+use crate::executor::forward_batch::{ForwardBatch, ForwardMode};
 use crate::loader::config::ModelConfig;
 use crate::models::{CausalLM, ModelError, Result};
 use crate::tensor::{DType, Tensor};
@@ -67,6 +68,9 @@ pub struct CudaModel {
     graphs: Option<DecodeGraphs>,
     /// The last eager step's logits (graph steps keep theirs in the graph's buffer).
     eager_logits: Option<DeviceTensor>,
+    /// Per-op GPU time of prefill and decode steps (`MLLM_CUDA_PROFILE=1`; steps then run
+    /// eagerly).
+    profilers: [OpProfiler; 2],
 }
 
 impl std::fmt::Debug for CudaModel {
@@ -143,6 +147,7 @@ impl CudaModel {
             attn,
             graphs,
             eager_logits: None,
+            profilers: [OpProfiler::from_env(), OpProfiler::from_env()],
         })
     }
 
@@ -159,6 +164,14 @@ impl CudaModel {
     /// The dtype weights, activations and the K/V cache are held in.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The per-op GPU time report of prefill and decode steps, when `MLLM_CUDA_PROFILE=1`.
+    pub fn profile_report(&self) -> Option<String> {
+        let [prefill, decode] = &self.profilers;
+        prefill
+            .enabled()
+            .then(|| format!("prefill: {}decode: {}", prefill.report(), decode.report()))
     }
 
     /// Runs the batch; host f32 logits `[rows, vocab]` for [`ForwardBatch::logit_rows`].
@@ -184,7 +197,9 @@ impl CudaModel {
     /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph
     /// replays it, anything else runs eagerly.
     fn forward_device(&mut self, batch: &ForwardBatch) -> Result<&DeviceTensor> {
-        if let Some(g) = self.graphs.as_mut().filter(|g| g.size_for(batch).is_some()) {
+        let prof = &self.profilers[usize::from(batch.mode == ForwardMode::Decode)];
+        let graphs = self.graphs.as_mut().filter(|_| !prof.enabled());
+        if let Some(g) = graphs.filter(|g| g.size_for(batch).is_some()) {
             return g.run(&self.gpu, &self.dims, &self.weights, &mut self.kv, batch);
         }
         let inputs = StepInputs::upload(&self.gpu, &HostInputs::of(batch)?)?;
@@ -201,7 +216,9 @@ impl CudaModel {
             step,
             &inputs,
             &mut logits,
+            prof,
         )?;
+        prof.end()?;
         self.eager_logits = Some(logits);
         Ok(self.eager_logits.as_ref().expect("set above"))
     }
