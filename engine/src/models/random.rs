@@ -3,27 +3,44 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use super::arch::lookup;
 use super::Result;
 use crate::loader::config::ModelConfig;
-use crate::tensor::{DType, Tensor};
+use half::{bf16, f16};
+
+use crate::tensor::{DType, Element, Tensor};
 
 /// splitmix64 → uniform `[-scale, scale)`.
-fn fill(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = *seed;
+/// `n` values of one splitmix64 stream, `u · scale + offset` for `u` uniform in [-1, 1),
+/// computed in f32 and stored as `T`: element `i` mixes `seed + (start + i + 1)·γ`, so any slice
+/// of the stream can be computed on its own (in parallel, identical to a sequential walk), and
+/// bf16 weights never pass through an f32 copy.
+fn fill<T: Element>(n: usize, start: u64, seed: u64, scale: f32, offset: f32) -> Vec<T> {
+    (0..n as u64)
+        .into_par_iter()
+        .map(|i| {
+            let mut z = seed.wrapping_add((start + i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            let u = (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            T::from_f64((u * scale + offset) as f64)
         })
         .collect()
 }
 
-/// Every parameter `config`'s architecture loads, with HF names, random values of `dtype`
-/// (norm weights near 1, projections scaled by `1/sqrt(fan_in)`).
+/// [`fill`] into a tensor of `dtype`.
+fn random_tensor(shape: &[usize], dtype: DType, (start, seed): (u64, u64), scale: f32, offset: f32) -> Result<Tensor> {
+    let n = shape.iter().product();
+    Ok(match dtype {
+        DType::BF16 => Tensor::from_vec(fill::<bf16>(n, start, seed, scale, offset), shape)?,
+        DType::F16 => Tensor::from_vec(fill::<f16>(n, start, seed, scale, offset), shape)?,
+        _ => Tensor::from_f32(&fill::<f32>(n, start, seed, scale, offset), shape, dtype)?,
+    })
+}
+
 pub fn random_weights(config: &ModelConfig, seed: u64, dtype: DType) -> Result<HashMap<String, Tensor>> {
     let arch = lookup(config.architectures.first().unwrap_or(&config.model_type))?;
     let (h, d, inter) = (config.hidden_size, config.head_dim, config.intermediate_size);
@@ -55,18 +72,17 @@ pub fn random_weights(config: &ModelConfig, seed: u64, dtype: DType) -> Result<H
         add("input_layernorm.weight", vec![h]);
         add("post_attention_layernorm.weight", vec![h]);
     }
-    let mut s = seed;
+    let mut start = 0u64;
     let mut out = HashMap::new();
     for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let v = if shape.len() == 1 && name.ends_with("norm.weight") {
-            fill(n, &mut s, 0.1).into_iter().map(|x| x + 1.0).collect()
-        } else if shape.len() == 1 {
-            fill(n, &mut s, 0.1)
-        } else {
-            fill(n, &mut s, 1.0 / (shape[1] as f32).sqrt())
+        let (scale, offset) = match shape.len() {
+            1 if name.ends_with("norm.weight") => (0.1, 1.0),
+            1 => (0.1, 0.0),
+            _ => (1.0 / (shape[1] as f32).sqrt(), 0.0),
         };
-        out.insert(name, Tensor::from_f32(&v, &shape, dtype)?);
+        let t = random_tensor(&shape, dtype, (start, seed), scale, offset)?;
+        start += t.numel() as u64;
+        out.insert(name, t);
     }
     Ok(out)
 }
