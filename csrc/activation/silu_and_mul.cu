@@ -11,6 +11,7 @@
 // then multiplied by up in f32 and rounded again.
 #include "mllm_dtype.cuh"
 #include "mllm_pack.cuh"
+#include "mllm_reduce.cuh"
 
 namespace {
 
@@ -39,10 +40,45 @@ __device__ __forceinline__ void silu_and_mul_row(const typename D::storage* x, t
   }
 }
 
+// One block per row: out as silu_and_mul_row writes it, then its per-token
+// int8 quantization (q, scales[row]) from the packs this thread wrote.
+template <typename D, int VEC>
+__device__ __forceinline__ void silu_and_mul_quant_row(const typename D::storage* x, typename D::storage* out,
+                                                       signed char* q, float* scales, int inter) {
+  using P = mllm::Pack<typename D::storage, VEC>;
+  const long long row = blockIdx.x;
+  const int packs = inter / VEC;
+  const P* gate = reinterpret_cast<const P*>(x + row * 2 * inter);
+  const P* up = reinterpret_cast<const P*>(x + row * 2 * inter + inter);
+  P* o = reinterpret_cast<P*>(out + row * inter);
+  float local = 0.f;
+  for (int i = threadIdx.x; i < packs; i += blockDim.x) {
+    const P g = gate[i];
+    const P u = up[i];
+    P r;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      r.v[j] = silu_mul<D>(g.v[j], u.v[j]);
+      local = fmaxf(local, fabsf(D::to_float(r.v[j])));
+    }
+    o[i] = r;
+  }
+  const float absmax = mllm::block_max(local);
+  if (threadIdx.x == 0) scales[row] = mllm::RowQuant::scale(absmax);
+  const mllm::RowQuant quant(absmax);
+  signed char* qr = q + row * inter;
+  for (int i = threadIdx.x; i < packs; i += blockDim.x) {
+    const P r = o[i];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) qr[i * VEC + j] = quant(D::to_float(r.v[j]));
+  }
+}
+
 }  // namespace
 
-// Symbol: silu_and_mul_<dtype>(x, out, inter); grid (rows, any), any
-// block size.
+// Symbols: silu_and_mul_<dtype>(x, out, inter), grid (rows, any), any
+// block size; silu_and_mul_quant_<dtype>(x, out, q, scales, inter), grid
+// (rows, 1), which also writes out's per-token int8 quantization.
 #define MLLM_SILU_AND_MUL_KERNEL(SUFFIX, D)                                                                 \
   extern "C" __global__ void silu_and_mul_##SUFFIX(const D::storage* x, D::storage* out, int inter) {      \
     constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
@@ -50,6 +86,15 @@ __device__ __forceinline__ void silu_and_mul_row(const typename D::storage* x, t
       silu_and_mul_row<D, VEC>(x, out, inter);                                                              \
     } else {                                                                                                \
       silu_and_mul_row<D, 1>(x, out, inter);                                                                \
+    }                                                                                                       \
+  }                                                                                                         \
+  extern "C" __global__ void silu_and_mul_quant_##SUFFIX(const D::storage* x, D::storage* out,             \
+                                                         signed char* q, float* scales, int inter) {       \
+    constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
+    if (inter % VEC == 0) {                                                                                 \
+      silu_and_mul_quant_row<D, VEC>(x, out, q, scales, inter);                                             \
+    } else {                                                                                                \
+      silu_and_mul_quant_row<D, 1>(x, out, q, scales, inter);                                               \
     }                                                                                                       \
   }
 

@@ -156,12 +156,37 @@ __device__ __forceinline__ void rms_norm_dispatch(typename D::storage* out, cons
   }
 }
 
+// After the fused form: quantizes the normalized row x per token into q and
+// scales[row]. Each thread re-reads only the packs it wrote, so the row needs
+// no extra barrier beyond the block reduction.
+template <typename D>
+__device__ __forceinline__ void quantize_own_packs(const typename D::storage* x, signed char* q, float* scales,
+                                                   int cols) {
+  using S = typename D::storage;
+  constexpr int VEC = 16 / sizeof(S);
+  const long long row = blockIdx.x;
+  const int vec = cols % VEC == 0 ? VEC : 1;
+  const S* xr = x + row * cols;
+  signed char* qr = q + row * cols;
+  float local = 0.f;
+  for (int i = threadIdx.x * vec; i < cols; i += blockDim.x * vec)
+    for (int j = 0; j < vec; ++j) local = fmaxf(local, fabsf(D::to_float(xr[i + j])));
+  const float absmax = mllm::block_max(local);
+  if (threadIdx.x == 0) scales[row] = mllm::RowQuant::scale(absmax);
+  const mllm::RowQuant quant(absmax);
+  for (int i = threadIdx.x * vec; i < cols; i += blockDim.x * vec)
+    for (int j = 0; j < vec; ++j) qr[i + j] = quant(D::to_float(xr[i + j]));
+}
+
 }  // namespace
 
 // Symbols: rms_norm_<dtype>(x, w, out, cols, eps) and
 // fused_add_rms_norm_<dtype>(x, residual, w, cols, eps), launched with
 // one block per row (grid = rows); the fused form updates
-// residual <- x + residual and x <- rmsnorm(residual) * w in place.
+// residual <- x + residual and x <- rmsnorm(residual) * w in place;
+// fused_add_rms_norm_quant_<dtype>(x, residual, w, q, scales, cols, eps)
+// does the same, then writes x's per-token int8 quantization (q, scales) for
+// a W8A8 GEMM, exactly as per_token_quant_int8 would.
 #define MLLM_RMS_NORM_KERNELS(SUFFIX, D)                                                                    \
   extern "C" __global__ void rms_norm_##SUFFIX(const D::storage* x, const D::storage* w, D::storage* out,   \
                                                int cols, float eps) {                                       \
@@ -170,6 +195,12 @@ __device__ __forceinline__ void rms_norm_dispatch(typename D::storage* out, cons
   extern "C" __global__ void fused_add_rms_norm_##SUFFIX(D::storage* x, D::storage* residual,              \
                                                          const D::storage* w, int cols, float eps) {      \
     rms_norm_dispatch<D, true>(x, x, residual, w, cols, eps);                                               \
+  }                                                                                                         \
+  extern "C" __global__ void fused_add_rms_norm_quant_##SUFFIX(D::storage* x, D::storage* residual,        \
+                                                               const D::storage* w, signed char* q,         \
+                                                               float* scales, int cols, float eps) {       \
+    rms_norm_dispatch<D, true>(x, x, residual, w, cols, eps);                                               \
+    quantize_own_packs<D>(x, q, scales, cols);                                                              \
   }
 
 // The JIT builds one dtype per cache entry (kernels.list variants); AOT all.

@@ -1,5 +1,5 @@
 //! Benchmarks of the model-step kernels (SiLU-and-mul, q/k norm + RoPE,
-//! embedding, KV store, argmax), each against a device copy of the bytes
+//! embedding, KV store, argmax, sampling), each against a device copy of the bytes
 //! it must move, with buffers rotated past L2 like the norm benchmarks.
 
 use half::bf16;
@@ -28,6 +28,9 @@ pub enum CoreOp {
     KvStore,
     /// f32 logits `[T, 151936]` → greedy ids + log-probabilities.
     Argmax,
+    /// f32 logits `[T, 151936]` → seeded samples (temperature 0.8, top-k 50,
+    /// top-p 0.95) + log-probabilities.
+    Sampling,
 }
 
 impl CoreOp {
@@ -43,6 +46,7 @@ impl CoreOp {
             CoreOp::Embedding => "embedding",
             CoreOp::KvStore => "kv_store",
             CoreOp::Argmax => "argmax",
+            CoreOp::Sampling => "sampling",
         }
     }
 
@@ -53,7 +57,7 @@ impl CoreOp {
             CoreOp::SiluAndMul | CoreOp::Embedding => hidden,
             CoreOp::QkNormRope => (hq + hk) * d,
             CoreOp::KvStore => hk * d,
-            CoreOp::Argmax => VOCAB,
+            CoreOp::Argmax | CoreOp::Sampling => VOCAB,
         }
     }
 
@@ -69,6 +73,8 @@ impl CoreOp {
             CoreOp::KvStore => 4 * tokens * w * 2 + tokens * 4,
             // Logits read once (the logprob pass re-reads them, mostly from L2).
             CoreOp::Argmax => tokens * w * 4 + tokens * 8,
+            // Logits read once (the threshold searches re-read them from L2), params, outputs.
+            CoreOp::Sampling => tokens * w * 4 + tokens * (4 * ops::SampleParams::WORDS + 8),
         }
     }
 }
@@ -91,8 +97,10 @@ pub fn bench_core_op(
 ) -> Result<Vec<BandwidthRow>> {
     let mut rows = Vec::with_capacity(tokens.len());
     // Sampling batches stop well below prefill token counts (and a
-    // [8192, 151936] f32 logits buffer is 5 GB): argmax runs up to 1024 rows.
-    let tokens = tokens.iter().filter(|&&t| op != CoreOp::Argmax || t <= 1024);
+    // [8192, 151936] f32 logits buffer is 5 GB): argmax and sampling run up
+    // to 1024 rows.
+    let logits_op = matches!(op, CoreOp::Argmax | CoreOp::Sampling);
+    let tokens = tokens.iter().filter(|&&t| !logits_op || t <= 1024);
     for &t in tokens {
         let bytes = op.bytes(t, hidden);
         let sets = rotation(gpu, bytes)?;
@@ -176,12 +184,7 @@ pub fn bench_core_op(
                 })?
             }
             CoreOp::Argmax => {
-                let logits = (0..sets)
-                    .map(|k| {
-                        let v: Vec<f32> = xorshift(t * VOCAB, 41 + k as u64, |s| (s % 20_001) as f32 / 1000.0 - 10.0);
-                        DeviceTensor::from_host(gpu, &v, &[t, VOCAB])
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let logits = logits_sets(gpu, sets, t)?;
                 let mut ids = zeros_sets(gpu, sets, &[t], DType::I32)?;
                 let mut lps = zeros_sets(gpu, sets, &[t], DType::F32)?;
                 let mut i = 0;
@@ -190,8 +193,29 @@ pub fn bench_core_op(
                     ops::argmax_into(gpu, &logits[i], &mut ids[i], Some(&mut lps[i]))
                 })?
             }
+            CoreOp::Sampling => {
+                let logits = logits_sets(gpu, sets, t)?;
+                let rows: Vec<ops::SampleParams> = (0..t)
+                    .map(|r| ops::SampleParams {
+                        temperature: 0.8,
+                        top_k: 50,
+                        top_p: 0.95,
+                        seed: r as u64,
+                        ..Default::default()
+                    })
+                    .collect();
+                let words = ops::SampleParams::pack(&rows)?;
+                let params = DeviceTensor::from_host(gpu, &words, &[t, ops::SampleParams::WORDS])?;
+                let mut ids = zeros_sets(gpu, sets, &[t], DType::I32)?;
+                let mut lps = zeros_sets(gpu, sets, &[t], DType::F32)?;
+                let mut i = 0;
+                time_gpu(gpu, plan, || {
+                    i = (i + 1) % sets;
+                    ops::sample_into(gpu, &logits[i], &params, &mut ids[i], Some(&mut lps[i]))
+                })?
+            }
         };
-        let dtype = if op == CoreOp::Argmax { "f32" } else { "bf16" };
+        let dtype = if logits_op { "f32" } else { "bf16" };
         let shape = RowShape {
             tokens: t,
             hidden: op.width(hidden),
@@ -200,6 +224,16 @@ pub fn bench_core_op(
         rows.push(BandwidthRow::measure(gpu, op.name(), dtype, shape, timing, sets, plan)?);
     }
     Ok(rows)
+}
+
+/// `sets` f32 logits buffers `[t, VOCAB]` with values in [-10, 10].
+fn logits_sets(gpu: &Gpu, sets: usize, t: usize) -> Result<Vec<DeviceTensor>> {
+    (0..sets)
+        .map(|k| {
+            let v: Vec<f32> = xorshift(t * VOCAB, 41 + k as u64, |s| (s % 20_001) as f32 / 1000.0 - 10.0);
+            DeviceTensor::from_host(gpu, &v, &[t, VOCAB])
+        })
+        .collect()
 }
 
 fn bf16_sets(gpu: &Gpu, sets: usize, shape: &[usize]) -> Result<Vec<DeviceTensor>> {

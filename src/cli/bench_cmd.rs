@@ -28,6 +28,8 @@ pub enum BenchOp {
     KvStore,
     /// f32 logits [T, 151936] -> greedy ids + log-probabilities.
     Argmax,
+    /// f32 logits [T, 151936] -> seeded top-k 50 / top-p 0.95 samples (e.g. --tokens 1,64).
+    Sampling,
     /// W8A8 int8 GEMM vs cuBLASLt int8 and cuBLAS bf16 (Qwen3-8B shapes, 8192³).
     Int8Mm,
     /// Paged decode attention, Qwen3-8B heads (32 q / 8 kv, d128, bf16): KV bytes read vs a copy.
@@ -85,6 +87,7 @@ pub fn run(env: &KernelEnv, args: BenchArgs) -> anyhow::Result<i32> {
         BenchOp::Embedding => return bench_core(env, &args, plan, CoreOp::Embedding),
         BenchOp::KvStore => return bench_core(env, &args, plan, CoreOp::KvStore),
         BenchOp::Argmax => return bench_core(env, &args, plan, CoreOp::Argmax),
+        BenchOp::Sampling => return bench_core(env, &args, plan, CoreOp::Sampling),
         BenchOp::Int8Mm => return bench_int8_mm(env, &args, plan),
         BenchOp::Attention => return bench_attention(env, &args, plan),
         BenchOp::Jit => return bench_jit(env, args.json),

@@ -1,10 +1,11 @@
 //! SiLU-and-mul, SwiGLU's gate (NVRTC kernel `silu_and_mul`).
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::launch::{dtype_function, float_symbols, row_chunks, units};
 use super::{expect_dtype, expect_float, expect_shape, rows_cols, Meta};
 use crate::device::Gpu;
+use crate::dtype::DType;
 use crate::registry::KernelId;
 use crate::tensor::DeviceTensor;
 use crate::{Error, Result};
@@ -12,7 +13,7 @@ use crate::{Error, Result};
 const OP: &str = "silu_and_mul";
 
 pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
-    float_symbols(&[OP], variant)
+    float_symbols(&[OP, "silu_and_mul_quant"], variant)
 }
 
 /// Checks `x: [.., 2I]` (a float dtype, even last dimension). Returns
@@ -81,10 +82,69 @@ pub fn silu_and_mul_into(gpu: &Gpu, x: &DeviceTensor, out: &mut DeviceTensor) ->
         .map_err(Error::driver("launch silu_and_mul"))
 }
 
+/// [`silu_and_mul_into`], then the per-token int8 quantization of `out` into `q` (`[rows, I]`
+/// i8) and `scales` (`[rows]` f32), bit-identical to
+/// [`per_token_quant_int8`](super::per_token_quant_int8) on it: the input of a W8A8 down
+/// projection without a separate quantization kernel. One block per row.
+///
+/// ```no_run
+/// use mllm_kernel::{ops, DType, DeviceTensor, Gpu};
+/// use half::bf16;
+/// let gpu = Gpu::new(0)?;
+/// let x = DeviceTensor::from_host(&gpu, &vec![bf16::ONE; 2 * 12288], &[1, 2 * 12288])?;
+/// let mut out = DeviceTensor::empty(&gpu, &[1, 12288], DType::BF16)?;
+/// let mut q = DeviceTensor::empty(&gpu, &[1, 12288], DType::I8)?;
+/// let mut scales = DeviceTensor::empty(&gpu, &[1], DType::F32)?;
+/// ops::silu_and_mul_quant_into(&gpu, &x, &mut out, &mut q, &mut scales)?;
+/// # Ok::<(), mllm_kernel::Error>(())
+/// ```
+pub fn silu_and_mul_quant_into(
+    gpu: &Gpu,
+    x: &DeviceTensor,
+    out: &mut DeviceTensor,
+    q: &mut DeviceTensor,
+    scales: &mut DeviceTensor,
+) -> Result<()> {
+    let (rows, inter) = validate_silu_and_mul(x.into())?;
+    expect_dtype(OP, "out", x.dtype(), out.dtype())?;
+    let mut want = x.shape().to_vec();
+    *want.last_mut().expect("validated rank >= 1") = inter;
+    expect_shape(OP, "out", &want, out.shape())?;
+    expect_dtype(OP, "q", DType::I8, q.dtype())?;
+    expect_shape(OP, "q", &[rows, inter], q.shape())?;
+    expect_dtype(OP, "scales", DType::F32, scales.dtype())?;
+    expect_shape(OP, "scales", &[rows], scales.shape())?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = format!("silu_and_mul_quant_{}", x.dtype().symbol_suffix());
+    let f = dtype_function(gpu, KernelId::SiluAndMul, x.dtype(), &name)?;
+    let config = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (QUANT_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let inter_i = inter as i32;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(x.buffer())
+        .arg(out.buffer_mut())
+        .arg(q.buffer_mut())
+        .arg(scales.buffer_mut())
+        .arg(&inter_i);
+    // SAFETY: signature (x, out, q, scales, int inter), grid.x = rows, grid.y = 1; x holds
+    // rows*2I, out and q rows*I, scales rows elements (checked above).
+    unsafe { launch.launch(config) }
+        .map(drop)
+        .map_err(Error::driver("launch silu_and_mul_quant"))
+}
+
+/// Threads of the quantizing form's one block per row (12288-wide rows: 1.5 packs each).
+const QUANT_BLOCK: u32 = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DType;
 
     #[test]
     fn validation_names_the_argument() {

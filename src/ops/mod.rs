@@ -11,9 +11,10 @@ mod linear;
 mod norm;
 mod quant;
 mod rope;
+mod sample;
 mod sampling;
 
-pub use activation::{silu_and_mul, silu_and_mul_into, validate_silu_and_mul};
+pub use activation::{silu_and_mul, silu_and_mul_into, silu_and_mul_quant_into, validate_silu_and_mul};
 pub use attention::{
     paged_attention, paged_attention_into, plan_attention, validate_attention_batch, validate_paged_attention,
     AttentionBatch, AttentionHeads, AttentionKernel, AttentionPlan, AttentionWorkspace, WorkspaceConfig,
@@ -27,9 +28,10 @@ pub use int8_mm::{
 pub use kv_store::{kv_store, validate_kv_store, RowSpan};
 pub(crate) use linear::Blas;
 pub use linear::{linear, linear_into, validate_linear};
-pub use norm::{fused_add_rms_norm, rms_norm, rms_norm_into, validate_rms_norm};
+pub use norm::{fused_add_rms_norm, fused_add_rms_norm_quant, rms_norm, rms_norm_into, validate_rms_norm};
 pub use quant::{per_token_quant_int8, per_token_quant_int8_into, validate_per_token_quant_int8};
 pub use rope::{qk_norm_rope, rope_cos_sin_cache, validate_qk_norm_rope, QkHeads, QkNormRope, MAX_ROPE_HEAD_DIM};
+pub use sample::{sample, sample_into, validate_sample, SampleParams};
 pub use sampling::{argmax, argmax_into, token_logprobs, token_logprobs_into, validate_logits};
 
 use crate::dtype::DType;
@@ -46,6 +48,7 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
         KernelId::Embedding => embedding::symbols(build.variant),
         KernelId::KvStore => kv_store::symbols(build.variant),
         KernelId::Argmax => sampling::symbols(build.variant),
+        KernelId::Sample => sample::symbols(build.variant),
         KernelId::Attention => attention::symbols(),
         KernelId::Int8ScaledMm => match build.variant {
             Some("sm90") => vec![

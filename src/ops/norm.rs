@@ -16,14 +16,27 @@ pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
     [DType::F32, DType::F16, DType::BF16]
         .into_iter()
         .filter(|d| variant.is_none_or(|v| v == d.symbol_suffix()))
-        .flat_map(|d| [symbol(false, d), symbol(true, d)])
+        .flat_map(|d| [Form::Plain, Form::FusedAdd, Form::FusedAddQuant].map(|f| symbol(f, d)))
         .collect()
 }
 
-/// `rms_norm_bf16` / `fused_add_rms_norm_bf16`: the one place names are built.
-fn symbol(fused: bool, dtype: DType) -> String {
-    let prefix = if fused { "fused_add_" } else { "" };
-    format!("{prefix}rms_norm_{}", dtype.symbol_suffix())
+/// The kernel's three entry points.
+#[derive(Clone, Copy)]
+enum Form {
+    Plain,
+    FusedAdd,
+    FusedAddQuant,
+}
+
+/// `rms_norm_bf16` / `fused_add_rms_norm_bf16` / `fused_add_rms_norm_quant_bf16`: the one
+/// place names are built.
+fn symbol(form: Form, dtype: DType) -> String {
+    let base = match form {
+        Form::Plain => "rms_norm",
+        Form::FusedAdd => "fused_add_rms_norm",
+        Form::FusedAddQuant => "fused_add_rms_norm_quant",
+    };
+    format!("{base}_{}", dtype.symbol_suffix())
 }
 
 /// Checks `x: [.., H]` and `weight: [H]` of one float dtype, and `eps`.
@@ -76,7 +89,7 @@ pub fn rms_norm_into(
     if rows == 0 {
         return Ok(());
     }
-    let (f, config) = launch_shape(gpu, rows, cols, false, x.dtype())?;
+    let (f, config) = launch_shape(gpu, rows, cols, Form::Plain, x.dtype())?;
     let cols_i = cols as i32;
     let mut launch = gpu.stream().launch_builder(&f);
     launch
@@ -106,7 +119,7 @@ pub fn fused_add_rms_norm(
     if rows == 0 {
         return Ok(());
     }
-    let (f, config) = launch_shape(gpu, rows, cols, true, x.dtype())?;
+    let (f, config) = launch_shape(gpu, rows, cols, Form::FusedAdd, x.dtype())?;
     let cols_i = cols as i32;
     let mut launch = gpu.stream().launch_builder(&f);
     launch
@@ -120,6 +133,60 @@ pub fn fused_add_rms_norm(
     unsafe { launch.launch(config) }
         .map(drop)
         .map_err(Error::driver("launch fused_add_rms_norm"))
+}
+
+/// [`fused_add_rms_norm`], then the per-token int8 quantization of the normalized `x` into
+/// `q` (`[rows, H]` i8) and `scales` (`[rows]` f32), bit-identical to
+/// [`per_token_quant_int8`](super::per_token_quant_int8) on it: the input of a W8A8 GEMM
+/// without a separate quantization kernel.
+///
+/// ```no_run
+/// use mllm_kernel::{ops, DType, DeviceTensor, Gpu};
+/// use half::bf16;
+/// let gpu = Gpu::new(0)?;
+/// let mut x = DeviceTensor::from_host(&gpu, &vec![bf16::ONE; 4096], &[1, 4096])?;
+/// let mut residual = DeviceTensor::from_host(&gpu, &vec![bf16::ONE; 4096], &[1, 4096])?;
+/// let w = DeviceTensor::from_host(&gpu, &vec![bf16::ONE; 4096], &[4096])?;
+/// let mut q = DeviceTensor::empty(&gpu, &[1, 4096], DType::I8)?;
+/// let mut scales = DeviceTensor::empty(&gpu, &[1], DType::F32)?;
+/// ops::fused_add_rms_norm_quant(&gpu, &mut x, &mut residual, &w, 1e-6, &mut q, &mut scales)?;
+/// # Ok::<(), mllm_kernel::Error>(())
+/// ```
+pub fn fused_add_rms_norm_quant(
+    gpu: &Gpu,
+    x: &mut DeviceTensor,
+    residual: &mut DeviceTensor,
+    weight: &DeviceTensor,
+    eps: f32,
+    q: &mut DeviceTensor,
+    scales: &mut DeviceTensor,
+) -> Result<()> {
+    let (rows, cols) = validate_rms_norm((&*x).into(), weight.into(), eps)?;
+    expect_dtype(OP, "residual", x.dtype(), residual.dtype())?;
+    expect_shape(OP, "residual", x.shape(), residual.shape())?;
+    expect_dtype(OP, "q", DType::I8, q.dtype())?;
+    expect_shape(OP, "q", &[rows, cols], q.shape())?;
+    expect_dtype(OP, "scales", DType::F32, scales.dtype())?;
+    expect_shape(OP, "scales", &[rows], scales.shape())?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let (f, config) = launch_shape(gpu, rows, cols, Form::FusedAddQuant, x.dtype())?;
+    let cols_i = cols as i32;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(x.buffer_mut())
+        .arg(residual.buffer_mut())
+        .arg(weight.buffer())
+        .arg(q.buffer_mut())
+        .arg(scales.buffer_mut())
+        .arg(&cols_i)
+        .arg(&eps);
+    // SAFETY: symbol signature (x, residual, w, q, scales, int cols, float eps), one block per
+    // row; x/residual/q hold rows*cols elements, scales rows, w cols (checked above).
+    unsafe { launch.launch(config) }
+        .map(drop)
+        .map_err(Error::driver("launch fused_add_rms_norm_quant"))
 }
 
 /// 16-byte packs each thread keeps in registers (`CACHED` in the kernel).
@@ -137,16 +204,10 @@ fn threads_per_row(cols: usize, dtype: DType) -> u32 {
 /// The function and launch shape: one block per row, threads capped by what
 /// the compiled function allows (registers can make that < 1024; the packs
 /// past the cached ones are then re-read).
-fn launch_shape(
-    gpu: &Gpu,
-    rows: usize,
-    cols: usize,
-    fused: bool,
-    dtype: DType,
-) -> Result<(CudaFunction, LaunchConfig)> {
+fn launch_shape(gpu: &Gpu, rows: usize, cols: usize, form: Form, dtype: DType) -> Result<(CudaFunction, LaunchConfig)> {
     // One JIT build per dtype keeps the cold compile short.
     let kernel = gpu.kernel(KernelBuild::new(KernelId::RmsNorm, Some(dtype.symbol_suffix()))?)?;
-    let name = symbol(fused, dtype);
+    let name = symbol(form, dtype);
     let f = kernel.function(KernelId::RmsNorm, &name)?;
     let want = threads_per_row(cols, dtype);
     let max = kernel.max_threads(KernelId::RmsNorm, &name)?;

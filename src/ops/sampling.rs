@@ -24,11 +24,16 @@ pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
 /// assert!(validate_logits(Meta::new(&[4, 0], DType::F32)).is_err());
 /// ```
 pub fn validate_logits(logits: Meta) -> Result<(usize, usize)> {
-    expect_float(OP, "logits", logits.dtype)?;
+    logits_rows(OP, logits)
+}
+
+/// [`validate_logits`] with errors naming `op` (shared with `sample`).
+pub(super) fn logits_rows(op: &'static str, logits: Meta) -> Result<(usize, usize)> {
+    expect_float(op, "logits", logits.dtype)?;
     match *logits.shape {
         [b, v] if v > 0 && v <= i32::MAX as usize && b <= i32::MAX as usize => Ok((b, v)),
         _ => Err(Error::ShapeMismatch {
-            op: OP,
+            op,
             arg: "logits",
             expected: "[batch, vocab] with 0 < vocab < 2^31".into(),
             got: logits.shape.to_vec(),

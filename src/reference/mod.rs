@@ -8,6 +8,7 @@ mod memory;
 mod norm;
 mod quant;
 mod rope;
+mod sample;
 mod sampling;
 
 pub use activation::silu_and_mul;
@@ -17,4 +18,5 @@ pub use memory::{embedding, kv_store};
 pub use norm::{fused_add_rms_norm, rms_norm};
 pub use quant::per_token_quant_int8;
 pub use rope::qk_norm_rope;
+pub use sample::{kept_cdf, philox4x32_10, sample, sample_uniform, KeptCdf, Sampled};
 pub use sampling::{argmax, token_logprobs};

@@ -8,7 +8,7 @@ use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, Plan};
-use super::weights::{GpuLayer, GpuWeights};
+use super::weights::{GpuLayer, GpuLinear, GpuWeights, LinearInput};
 use super::Dims;
 use crate::executor::forward_batch::ForwardBatch;
 use crate::models::{ModelError, Result};
@@ -107,16 +107,17 @@ pub(super) fn forward_into(
     ops::rms_norm_into(gpu, &residual, &first.input_norm, dims.eps, &mut h)?;
     prof.mark(gpu, "embed+norm")?;
     for (i, (layer, (k_cache, v_cache))) in w.layers.iter().zip(kv.iter_mut()).enumerate() {
-        if i > 0 {
-            ops::fused_add_rms_norm(gpu, &mut h, &mut residual, &layer.input_norm, dims.eps)?;
-            prof.mark(gpu, "add_rms_norm")?;
-        }
+        let hq = if i > 0 {
+            add_norm(gpu, dims, &mut h, &mut residual, &layer.input_norm, &layer.qkv, prof)?
+        } else {
+            None
+        };
         let cache = (k_cache, v_cache);
         let step = (attn, plan, layout);
-        let mut a = self_attention(gpu, dims, layer, cache, &w.cos_sin, step, inputs, &h, prof)?;
-        ops::fused_add_rms_norm(gpu, &mut a, &mut residual, &layer.post_norm, dims.eps)?;
-        prof.mark(gpu, "add_rms_norm")?;
-        h = mlp(gpu, dims, layer, &a, prof)?;
+        let x = linear_input(&h, &hq);
+        let mut a = self_attention(gpu, dims, layer, cache, &w.cos_sin, step, inputs, x, prof)?;
+        let aq = add_norm(gpu, dims, &mut a, &mut residual, &layer.post_norm, &layer.gate_up, prof)?;
+        h = mlp(gpu, dims, layer, linear_input(&a, &aq), prof)?;
     }
     // Final norm and LM head on the logit rows only (gathered like an embedding lookup).
     let mut hr = gather_rows(gpu, &h, &inputs.logit_rows)?;
@@ -126,6 +127,39 @@ pub(super) fn forward_into(
     ops::linear_into(gpu, &hr, w.lm_head(), None, logits)?;
     prof.mark(gpu, "lm_head")?;
     Ok(())
+}
+
+/// `residual += x; x = rms_norm(residual) * w` in place; when `next` is a W8A8 layer the same
+/// kernel also quantizes `x` per token for it (saving a quantization kernel), and the int8
+/// rows and scales are returned.
+fn add_norm(
+    gpu: &Gpu,
+    dims: &Dims,
+    x: &mut DeviceTensor,
+    residual: &mut DeviceTensor,
+    w: &DeviceTensor,
+    next: &GpuLinear,
+    prof: &OpProfiler,
+) -> Result<Option<(DeviceTensor, DeviceTensor)>> {
+    if !next.is_int8() {
+        ops::fused_add_rms_norm(gpu, x, residual, w, dims.eps)?;
+        prof.mark(gpu, "add_rms_norm")?;
+        return Ok(None);
+    }
+    let t = x.shape()[0];
+    let mut q = DeviceTensor::empty(gpu, &[t, dims.hidden], mllm_kernel::DType::I8)?;
+    let mut scales = DeviceTensor::empty(gpu, &[t], mllm_kernel::DType::F32)?;
+    ops::fused_add_rms_norm_quant(gpu, x, residual, w, dims.eps, &mut q, &mut scales)?;
+    prof.mark(gpu, "add_rms_norm_quant")?;
+    Ok(Some((q, scales)))
+}
+
+/// The float rows, or their int8 form when one was made.
+fn linear_input<'a>(x: &'a DeviceTensor, quantized: &'a Option<(DeviceTensor, DeviceTensor)>) -> LinearInput<'a> {
+    match quantized {
+        Some((q, s)) => LinearInput::Int8(q, s),
+        None => LinearInput::Float(x),
+    }
 }
 
 /// `x[rows]` for a `[T, H]` tensor.
@@ -142,7 +176,7 @@ fn self_attention(
     cos_sin: &DeviceTensor,
     (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
     inputs: &StepInputs,
-    h: &DeviceTensor,
+    h: LinearInput<'_>,
     prof: &OpProfiler,
 ) -> Result<DeviceTensor> {
     let t = inputs.ids.numel();
@@ -176,19 +210,29 @@ fn self_attention(
     attn.run(gpu, (plan, layout), &q, (k_cache, v_cache), &mut o)?;
     prof.mark(gpu, "attention")?;
     let o = o.reshape(&[t, nh * d])?;
-    let out = layer.o.forward(gpu, &o)?;
+    let out = layer.o.forward(gpu, LinearInput::Float(&o))?;
     prof.mark(gpu, "o_proj")?;
     Ok(out)
 }
 
-fn mlp(gpu: &Gpu, dims: &Dims, layer: &GpuLayer, h: &DeviceTensor, prof: &OpProfiler) -> Result<DeviceTensor> {
-    let t = h.shape()[0];
+/// gate/up GEMM, SiLU-and-mul (quantizing for a W8A8 down projection in the same kernel),
+/// down GEMM.
+fn mlp(gpu: &Gpu, dims: &Dims, layer: &GpuLayer, h: LinearInput<'_>, prof: &OpProfiler) -> Result<DeviceTensor> {
     let gu = layer.gate_up.forward(gpu, h)?;
     prof.mark(gpu, "gate_up_proj")?;
+    let t = gu.shape()[0];
     let mut act = DeviceTensor::empty(gpu, &[t, dims.intermediate], gu.dtype())?;
-    ops::silu_and_mul_into(gpu, &gu, &mut act)?;
+    let quantized = if layer.down.is_int8() {
+        let mut q = DeviceTensor::empty(gpu, &[t, dims.intermediate], mllm_kernel::DType::I8)?;
+        let mut scales = DeviceTensor::empty(gpu, &[t], mllm_kernel::DType::F32)?;
+        ops::silu_and_mul_quant_into(gpu, &gu, &mut act, &mut q, &mut scales)?;
+        Some((q, scales))
+    } else {
+        ops::silu_and_mul_into(gpu, &gu, &mut act)?;
+        None
+    };
     prof.mark(gpu, "silu_and_mul")?;
-    let out = layer.down.forward(gpu, &act)?;
+    let out = layer.down.forward(gpu, linear_input(&act, &quantized))?;
     prof.mark(gpu, "down_proj")?;
     Ok(out)
 }

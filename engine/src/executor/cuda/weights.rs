@@ -15,15 +15,42 @@ pub(super) struct GpuLinear {
     /// W8A8: the weight is int8 with these f32 per-channel scales `[N]`, and activations are
     /// quantized per token at run time (the W8A8 scheme's layout after loading).
     pub int8_scales: Option<DeviceTensor>,
+    /// The activations' (and the output's) dtype.
+    pub act_dtype: mllm_kernel::DType,
+}
+
+/// What a linear layer reads: float rows, or (for a W8A8 layer) their per-token int8
+/// quantization `(q [T, K], scales [T])` made by the kernel before it.
+#[derive(Clone, Copy)]
+pub(super) enum LinearInput<'a> {
+    Float(&'a DeviceTensor),
+    Int8(&'a DeviceTensor, &'a DeviceTensor),
 }
 
 impl GpuLinear {
-    /// `x · Wᵀ (+ b)` in x's dtype: cuBLAS for float weights, per-token quantization +
-    /// `int8_scaled_mm` for W8A8.
-    pub fn forward(&self, gpu: &Gpu, x: &DeviceTensor) -> Result<DeviceTensor> {
-        Ok(match &self.int8_scales {
-            None => mllm_kernel::ops::linear(gpu, x, &self.weight, self.bias.as_ref())?,
-            Some(s) => mllm_kernel::ops::int8_scaled_mm_dynamic(gpu, x, &self.weight, s, self.bias.as_ref())?,
+    /// Whether the layer is W8A8 (wants [`LinearInput::Int8`]).
+    pub fn is_int8(&self) -> bool {
+        self.int8_scales.is_some()
+    }
+
+    /// `x · Wᵀ (+ b)` in the activations' dtype: cuBLAS for float weights; `int8_scaled_mm`
+    /// for W8A8, quantizing float input per token first.
+    pub fn forward(&self, gpu: &Gpu, x: LinearInput<'_>) -> Result<DeviceTensor> {
+        use mllm_kernel::ops;
+        let bias = self.bias.as_ref();
+        Ok(match (&self.int8_scales, x) {
+            (None, LinearInput::Float(x)) => ops::linear(gpu, x, &self.weight, bias)?,
+            (Some(sw), LinearInput::Float(x)) => ops::int8_scaled_mm_dynamic(gpu, x, &self.weight, sw, bias)?,
+            (Some(sw), LinearInput::Int8(q, sq)) => {
+                let mut out = DeviceTensor::empty(gpu, &[q.shape()[0], self.weight.shape()[0]], self.act_dtype)?;
+                ops::int8_scaled_mm_into(gpu, q, &self.weight, sq, sw, bias, &mut out, None)?;
+                out
+            }
+            (None, LinearInput::Int8(..)) => {
+                return Err(ModelError::Invalid(
+                    "int8 activations fed to a float linear layer".into(),
+                ))
+            }
         })
     }
 }
@@ -100,6 +127,7 @@ impl Uploader<'_> {
                 weight: self.tensor(weight)?,
                 bias,
                 int8_scales: None,
+                act_dtype: kernel_dtype(self.dtype)?,
             });
         }
         // The W8A8 scheme's layout after loading, with dynamic per-token activations.
@@ -109,6 +137,7 @@ impl Uploader<'_> {
                 weight: self.raw(weight)?,
                 bias,
                 int8_scales: Some(self.raw(scales)?),
+                act_dtype: kernel_dtype(self.dtype)?,
             }),
             _ => Err(ModelError::Invalid(format!(
                 "{what}: this quantized layout ({}) has no CUDA kernel (W8A8 with dynamic per-token \
