@@ -1,10 +1,19 @@
-//! Qwen3-VL on the CPU. For now the vision tower ([`VisionTower`]): pixel patches from
-//! [`crate::multimodal`] → patch embedding (Conv3d as a matmul), bilinearly resampled learned
-//! position embeddings, axial 2-D rotary, `depth` pre-LayerNorm blocks of per-frame non-causal
-//! attention and GELU MLP, then the 2×2 patch merger and the deepstack mergers.
+//! Qwen3-VL (`Qwen3VLForConditionalGeneration`) on the CPU.
 //!
-//! Parity with transformers' `Qwen3VLVisionModel` is checked by `engine/tests/qwen3_vl_vision.rs`
-//! against fixtures from `scripts/fixtures/qwen3_vl_vision.py`.
+//! * The vision tower ([`VisionTower`]): pixel patches from [`crate::multimodal`] → patch
+//!   embedding (Conv3d as a matmul), bilinearly resampled learned position embeddings, axial
+//!   2-D rotary, `depth` pre-LayerNorm blocks of per-frame non-causal attention and GELU MLP,
+//!   then the 2×2 patch merger and the deepstack mergers.
+//! * The full model ([`Qwen3VlModel`]): image embeddings replace the placeholder tokens'
+//!   embeddings ([`VisualRows`]), the Qwen3 text decoder runs with interleaved M-RoPE
+//!   ([`MRotaryEmbedding`]) at 3-axis positions ([`rope_positions`]), and deepstack level `k`
+//!   is added to the image rows after decoder layer `k`. [`Qwen3VlModel::forward_step`] runs
+//!   one KV-cached step ([`VlKvCache`]) at explicit positions; `forward` and greedy `generate`
+//!   sit on top.
+//!
+//! Parity with transformers is checked by `engine/tests/qwen3_vl_vision.rs` (tower) and
+//! `engine/tests/qwen3_vl_model.rs` (positions, logits, greedy continuation), against fixtures
+//! from `scripts/fixtures/qwen3_vl_vision.py` and `scripts/fixtures/qwen3_vl_model.py`.
 //!
 //! ```no_run
 //! use mllm_engine::models::qwen3_vl::VisionTower;
@@ -19,13 +28,27 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cache;
 mod config;
 mod layers;
+mod model;
+mod model_config;
+mod mrope;
 mod positions;
+mod rope_index;
+mod splice;
+mod text;
 mod vision;
 mod weights;
 
+pub use cache::VlKvCache;
 pub use config::{VisionAct, VisionConfig, VisionConfigError, VisionRope};
+pub use model::{PreparedPrompt, Qwen3VlModel};
+pub use model_config::Qwen3VlConfig;
+pub use mrope::{MRotaryEmbedding, MropeLayout, MropePos};
 pub use positions::{frame_bounds, patch_coords, position_taps, PosTaps};
+pub use rope_index::{rope_positions, text_position, RopeIndexError, RopePositions};
+pub use splice::VisualRows;
+pub use text::StepLogits;
 pub use vision::{VisionOutput, VisionTower};
 pub use weights::VISION_PREFIXES;
