@@ -1,9 +1,12 @@
 //! Request and response types shared by the serving stages: the HTTP handlers build a
 //! [`TokenizedRequest`], the scheduler answers on the request's channel with [`TokenEvent`]s.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use crate::executor::sampler::{SampleOutput, SamplingParams};
+use crate::multimodal::MultimodalInputs;
 
 /// Identifies one sequence in flight: the request id and, for `n > 1`, the choice index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -27,6 +30,9 @@ pub struct TokenizedRequest {
     pub max_new_tokens: usize,
     /// Tokens that end generation (EOS unless `ignore_eos`, plus the request's `stop_token_ids`).
     pub stop_token_ids: Vec<u32>,
+    /// The prompt's images (pixels, grids, placeholder ranges in `input_ids`, hashes), shared by
+    /// the `n` choices of a request; `None` for text.
+    pub mm: Option<Arc<MultimodalInputs>>,
 }
 
 /// Why a sequence ended.

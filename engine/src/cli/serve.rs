@@ -10,7 +10,8 @@ use clap::Args;
 
 use super::model_args::ModelArgs;
 use crate::executor::device::Device;
-use crate::generation::ModelSource;
+use crate::generation::{LoadedModel, ModelSource};
+use crate::multimodal::{ImageLimits, LocalMediaRoot, VisionSetup};
 use crate::orchestrator::{Engine, EngineConfig};
 use crate::parsers::{ReasoningParserKind, ToolParserKind};
 use crate::server::{loading_router, router, serve_with, AppState, ServerParsers, ShutdownSignals};
@@ -75,9 +76,51 @@ pub struct ServeArgs {
     /// (new requests get 503 meanwhile).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+    /// Let image parts name local files (paths or file:// URLs) inside DIR (after resolving
+    /// `..` and symlinks) [default: off; only data: URIs].
+    #[arg(long, value_name = "DIR")]
+    pub allowed_local_media_path: Option<PathBuf>,
+    /// Most images in one chat request (vision models).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_images_per_request: usize,
+    /// Largest image in bytes, as encoded (PNG/JPEG/WebP); base64 payloads also count against
+    /// --max-body-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 20 << 20)]
+    pub max_image_bytes: usize,
+    /// Largest image in pixels (width x height) before resizing; the checkpoint's
+    /// preprocessor_config.json max_pixels then bounds the resized image.
+    #[arg(long, value_name = "PIXELS", default_value_t = 1 << 25)]
+    pub max_image_pixels: u64,
 }
 
 impl ServeArgs {
+    /// The per-request image limits.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_images: self.max_images_per_request,
+            max_bytes: self.max_image_bytes,
+            max_pixels: self.max_image_pixels,
+        }
+    }
+
+    /// Image input for the model at `source`: only HF directories whose `config.json` has a
+    /// `vision_config` accept images.
+    fn vision_setup(&self, source: &ModelSource, loaded: &LoadedModel) -> anyhow::Result<Option<VisionSetup>> {
+        let root = match &self.allowed_local_media_path {
+            Some(dir) => Some(
+                LocalMediaRoot::new(dir)
+                    .with_context(|| format!("invalid --allowed-local-media-path {}", dir.display()))?,
+            ),
+            None => None,
+        };
+        let ModelSource::Dir(dir) = source else {
+            return Ok(None);
+        };
+        let setup = VisionSetup::from_model_dir(dir, loaded.tokenizer().ok(), self.image_limits(), root)
+            .context("cannot set up image input")?;
+        Ok(setup)
+    }
+
     /// The engine configuration (resolves `--device`).
     pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
         let device = self.model.device.resolve()?;
@@ -187,6 +230,19 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
 /// Loads the model, starts the engine and builds the router (on a blocking thread).
 fn build_app(args: &ServeArgs, source: &ModelSource, path: String) -> anyhow::Result<(Arc<Engine>, axum::Router)> {
     let loaded = args.model.load_source(source)?;
+    let vision = args.vision_setup(source, &loaded)?;
+    match &vision {
+        Some(v) => eprintln!(
+            "mllm: image input on: at most {} images of {} bytes / {} pixels per request; local files: {}",
+            v.limits.max_images,
+            v.limits.max_bytes,
+            v.limits.max_pixels,
+            v.local_root
+                .as_ref()
+                .map_or_else(|| "off".to_string(), |r| r.path().display().to_string())
+        ),
+        None => eprintln!("mllm: image input off (the model has no vision_config)"),
+    }
     let engine = Engine::start(loaded, args.engine_config()?).context("cannot start the engine")?;
     eprintln!(
         "mllm: KV cache holds {} tokens; context length {}; max running requests {}",
@@ -211,6 +267,7 @@ fn build_app(args: &ServeArgs, source: &ModelSource, path: String) -> anyhow::Re
     .with_parsers(ServerParsers {
         reasoning: args.reasoning_parser,
         tools: args.tool_call_parser,
-    });
+    })
+    .with_vision(vision);
     Ok((engine, router(state, args.max_body_bytes)))
 }

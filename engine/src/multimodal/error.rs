@@ -64,6 +64,14 @@ pub enum ImageInputError {
     /// The long side is more than 200 times the short side (the HF limit).
     #[error("image aspect ratio {ratio:.1} ({width}x{height}) is over the limit of 200")]
     AspectRatio { width: u32, height: u32, ratio: f64 },
+    /// The image would need more placeholder tokens than the context has room for.
+    #[error("the {width}x{height} image needs {tokens} tokens but only {budget} are left in the context")]
+    TooManyTokens {
+        width: u32,
+        height: u32,
+        tokens: usize,
+        budget: usize,
+    },
     /// The number of `<|image_pad|>` placeholders differs from the number of
     /// images.
     #[error("the prompt has {placeholders} image placeholders but {images} images were given")]

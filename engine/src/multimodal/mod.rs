@@ -14,6 +14,10 @@
 //! 4. [`expand_image_placeholders`]: each `<|image_pad|>` of the prompt
 //!    becomes [`GridThw::num_tokens`] copies.
 //!
+//! [`VisionSetup::prepare`] runs steps 1-3 for the server; [`MultimodalInputs::expand`] runs
+//! step 4 and is what a tokenized request carries to the model, together with the
+//! prefix-cache key of its image tokens ([`MultimodalInputs::radix_key`]).
+//!
 //! Parity with transformers is checked against committed fixtures
 //! (`engine/tests/vl_preprocess.rs`, made by
 //! `scripts/fixtures/qwen3_vl_processor.py`).
@@ -40,15 +44,19 @@
 mod config;
 mod decode;
 mod error;
+mod inputs;
 mod patches;
 mod placeholders;
 mod resize;
+mod setup;
 mod source;
 
 pub use config::{ImageLimits, ImageProcessorConfig};
 pub use decode::{decode_image, Rgb8Image};
 pub use error::{ImageConfigError, ImageInputError};
+pub use inputs::{image_hash, image_key_id, ImageHash, ImageInput, MultimodalInputs, IMAGE_KEY_BASE};
 pub use patches::{GridThw, ImagePatches};
 pub use placeholders::{expand_image_placeholders, VisionTokenIds};
 pub use resize::{resize_bicubic, smart_resize, MAX_ASPECT_RATIO};
+pub use setup::VisionSetup;
 pub use source::{load_image_url, LocalMediaRoot};

@@ -227,6 +227,13 @@ impl Engine {
         &self.architectures
     }
 
+    /// Whether the model runner runs requests with images ([`TokenizedRequest::mm`]). Until
+    /// the Qwen3-VL runner is wired in this is false: image requests are validated and
+    /// tokenized, then refused (501) instead of running image placeholders as text.
+    pub fn accepts_images(&self) -> bool {
+        scheduler::RUNNER_RUNS_IMAGES
+    }
+
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg

@@ -2,6 +2,7 @@
 //! prefill + decode batch per step (chunked prefill under a token budget), samples, checks
 //! stop tokens and lengths, and retracts the newest sequence when decode runs out of KV slots.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -14,6 +15,12 @@ use crate::executor::model_runner::ModelRunner;
 use crate::executor::sampler::{SampleOutput, Sampler, SequenceState};
 use crate::io_struct::{EventSender, Finish, SchedulerMsg, SeqId, TokenEvent, TokenizedRequest};
 use crate::mem_cache::radix_cache::{NodeId, RadixCache};
+use crate::multimodal::MultimodalInputs;
+
+/// Whether the model runner can run image requests. False until the Qwen3-VL runner is wired
+/// in (it then takes [`Seq::mm`] with each prefill chunk); meanwhile [`Scheduler`] refuses
+/// requests with images rather than running their placeholders as text.
+pub(crate) const RUNNER_RUNS_IMAGES: bool = false;
 
 /// Scheduling limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +51,8 @@ struct Seq {
     prefix_len: usize,
     /// The prefix cache node this sequence holds a lock on.
     node: Option<NodeId>,
+    /// The prompt's images.
+    mm: Option<Arc<MultimodalInputs>>,
     out: EventSender,
     arrived: Instant,
     last_token: Option<Instant>,
@@ -52,6 +61,20 @@ struct Seq {
 impl Seq {
     fn output_len(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// The prefix-cache key of the first `len` tokens: the tokens, with image placeholders
+    /// replaced by ids of their image's hash, so different images never share KV.
+    fn radix_key(&self, len: usize) -> Cow<'_, [u32]> {
+        match &self.mm {
+            None => Cow::Borrowed(&self.tokens[..len]),
+            Some(mm) => mm.radix_key(&self.tokens[..len]),
+        }
+    }
+
+    /// A cached prefix of `len` tokens cut back to hold no partial image.
+    fn clamp_prefix(&self, len: usize) -> usize {
+        self.mm.as_ref().map_or(len, |mm| mm.clamp_prefix(len))
     }
 }
 
@@ -164,6 +187,7 @@ impl Scheduler {
             cached: 0,
             prefix_len: 0,
             node: None,
+            mm: req.mm,
             out,
             arrived: Instant::now(),
             last_token: None,
@@ -176,6 +200,9 @@ impl Scheduler {
         let limit = self.cfg.max_context_len.min(self.kv_capacity());
         if req.input_ids.is_empty() {
             return Err("the prompt is empty".into());
+        }
+        if req.mm.is_some() && !RUNNER_RUNS_IMAGES {
+            return Err("this model runner cannot run images yet".into());
         }
         if let Some(bad) = req.input_ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(format!("token id {bad} is out of the vocabulary (size {vocab})"));
@@ -245,7 +272,7 @@ impl Scheduler {
             let ours_end = if cache && !self.radix.is_disabled() {
                 let held = self
                     .radix
-                    .insert(&s.tokens[..s.cached], &kv)
+                    .insert(&s.radix_key(s.cached), &kv)
                     .map_err(|e| e.to_string())?;
                 held.max(s.prefix_len)
             } else {
@@ -279,9 +306,11 @@ impl Scheduler {
     }
 
     /// Admits `s` into request slot `slot`, reusing its longest cached prefix (always leaving
-    /// one token to compute, for the logits).
+    /// one token to compute, for the logits, and never part of an image).
     fn admit(&mut self, s: &mut Seq, slot: usize) -> Result<(), String> {
-        let m = self.radix.match_prefix(&s.tokens[..s.tokens.len() - 1]);
+        let mut m = self.radix.match_prefix(&s.radix_key(s.tokens.len() - 1));
+        // The lock on the deeper node also protects the shorter prefix kept.
+        m.kv_slots.truncate(s.clamp_prefix(m.kv_slots.len()));
         self.radix.inc_lock_ref(m.last_node).map_err(|e| e.to_string())?;
         s.node = Some(m.last_node);
         s.slot = Some(slot);
@@ -359,11 +388,12 @@ impl Scheduler {
         }
         while self.running.len() < self.cfg.max_running_requests && budget > 0 {
             let Some(front) = self.waiting.front() else { break };
-            let cached = self
+            let hit = self
                 .radix
-                .rematch_prefix(&front.tokens[..front.tokens.len() - 1])
+                .rematch_prefix(&front.radix_key(front.tokens.len() - 1))
                 .kv_slots
                 .len();
+            let cached = front.clamp_prefix(hit);
             let take = (front.tokens.len() - cached).min(budget);
             // Admit only with room for the chunk plus one decode slot per running sequence.
             if take + self.running.len() > kv_left || self.runner.req_pool_mut().available() == 0 {

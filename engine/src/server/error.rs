@@ -120,6 +120,6 @@ impl From<EngineError> for ApiError {
 
 impl From<TokenizeError> for ApiError {
     fn from(e: TokenizeError) -> Self {
-        Self::invalid(e.param, e.message)
+        Self::invalid(&e.param, e.message)
     }
 }

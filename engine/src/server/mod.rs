@@ -25,6 +25,7 @@ use axum::Router;
 
 pub use error::ApiError;
 
+use crate::multimodal::VisionSetup;
 use crate::orchestrator::Engine;
 
 /// Shared state of the handlers.
@@ -42,6 +43,8 @@ pub struct AppState {
     pub created: u64,
     /// `--reasoning-parser` / `--tool-call-parser`.
     pub parsers: ServerParsers,
+    /// Image input, for a model with a vision tower (`None`: requests with images get 400).
+    pub vision: Option<Arc<VisionSetup>>,
 }
 
 /// The output parsers the server was started with.
@@ -72,7 +75,42 @@ impl AppState {
             api_key: api_key.filter(|k| !k.is_empty()).map(Into::into),
             created: unix_time(),
             parsers: ServerParsers::default(),
+            vision: None,
         }
+    }
+
+    /// This state accepting images as `vision` says.
+    pub fn with_vision(mut self, vision: Option<VisionSetup>) -> Self {
+        self.vision = vision.map(Arc::new);
+        self
+    }
+
+    /// The image setup, or the 400 for a model without a vision tower.
+    pub fn vision_or_400(&self, param: &str) -> Result<Arc<VisionSetup>, ApiError> {
+        self.vision.clone().ok_or_else(|| {
+            ApiError::invalid(
+                param,
+                format!("model `{}` does not accept images", self.served_model_name),
+            )
+        })
+    }
+
+    /// For a vision model, refuses prompts (text or ids) that hold `<|image_pad|>` tokens
+    /// without images: the model would find no image for them.
+    pub fn check_no_image_tokens(&self, ids: &[u32], param: &str) -> Result<(), ApiError> {
+        let Some(v) = &self.vision else { return Ok(()) };
+        let n = ids.iter().filter(|&&t| t == v.tokens.image_pad).count();
+        if n > 0 {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "the prompt holds {n} image placeholder token(s) (id {}) but no images; send images as \
+                     image_url parts of /v1/chat/completions",
+                    v.tokens.image_pad
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// This state with output parsers.

@@ -28,6 +28,12 @@ use crate::orchestrator::tokenizer_stage::{tokenize, PromptInput};
 pub async fn generate(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
     let req: GenerateBody = parse_body(&body)?;
+    if req.image_data.is_some() {
+        return Err(ApiError::invalid(
+            "image_data",
+            "`image_data` is not supported on /generate; send images as image_url parts to /v1/chat/completions",
+        ));
+    }
     let top = req.return_logprob.then(|| req.top_logprobs_num.unwrap_or(0));
     let spec = SamplingSpec::from_native(&req.sampling_params, top);
     let n = spec.check("sampling_params.")?;
@@ -40,9 +46,10 @@ pub async fn generate(State(app): State<AppState>, body: Result<Bytes, BytesReje
         (Some(_), Some(_)) => return Err(ApiError::invalid("text", "give either `text` or `input_ids`, not both")),
         (None, None) => return Err(ApiError::invalid("text", "`text` or `input_ids` is required")),
     };
+    app.check_no_image_tokens(&ids, "input_ids")?;
     let prompt_tokens = ids.len();
     let rid = req.rid.unwrap_or_else(|| new_rid(""));
-    let reqs = spec.build(&app.engine, &rid, ids, "input_ids")?;
+    let reqs = spec.build(&app.engine, &rid, ids, None, "input_ids")?;
     let rx = launch(&app.engine, reqs, &spec.text, permit)?;
     let meta = Meta {
         rid,
@@ -177,7 +184,7 @@ pub async fn health_generate(State(app): State<AppState>) -> Result<Response, Ap
         None,
     );
     let permit = app.engine.reserve(1)?;
-    let reqs = spec.build(&app.engine, &new_rid("health-"), vec![0], "input_ids")?;
+    let reqs = spec.build(&app.engine, &new_rid("health-"), vec![0], None, "input_ids")?;
     let rx = launch(&app.engine, reqs, &Default::default(), permit)?;
     match tokio::time::timeout(HEALTH_GENERATE_TIMEOUT, collect(rx, 1)).await {
         Ok(done) => done.map(|_| StatusCode::OK.into_response()),

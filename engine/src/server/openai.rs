@@ -1,10 +1,12 @@
 //! `/v1/chat/completions` and `/v1/completions`.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,10 +22,11 @@ use super::stream::{collect, launch, Collected, Tagged};
 use super::validate::SamplingSpec;
 use super::{new_rid, unix_time, AppState};
 use crate::executor::sampler::SampleOutput;
-use crate::orchestrator::tokenizer_stage::{tokenize, PromptInput};
+use crate::multimodal::VisionSetup;
+use crate::orchestrator::tokenizer_stage::{tokenize, tokenize_with_images, ImageRef, PromptInput};
 use crate::orchestrator::Chunk;
 use crate::parsers::{CallIdGenerator, ReasoningParserKind, ToolParserKind};
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{ChatMessage, ContentPart};
 
 /// Which endpoint's response shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,12 +53,24 @@ pub async fn chat_completions(
             "`messages` must hold at least one message",
         ));
     }
+    let mut images = Vec::new();
     let messages = req
         .messages
         .iter()
         .enumerate()
-        .map(|(i, m)| chat_message(i, m))
+        .map(|(i, m)| chat_message(i, m, &mut images))
         .collect::<Result<Vec<_>, _>>()?;
+    let vision = match images.first() {
+        None => None,
+        Some(first) => {
+            let vision = app.vision_or_400(&first.param)?;
+            vision
+                .limits
+                .check_count(images.len())
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            Some(vision)
+        }
+    };
     let top = match (req.logprobs, req.top_logprobs) {
         (_, Some(k)) if k < 0 => return Err(ApiError::invalid("top_logprobs", "top_logprobs must be >= 0")),
         (Some(true), k) => Some(k.unwrap_or(0) as usize),
@@ -85,7 +100,11 @@ pub async fn chat_completions(
         reasoning: app.parsers.reasoning.filter(|_| req.separate_reasoning.unwrap_or(true)),
         tools: tools.parser,
     };
-    run(app, Kind::Chat, vec![Prompt::Input(input)], &req.sampling, top, chat).await
+    let prompt = match vision {
+        Some(vision) => Prompt::WithImages(input, images, vision),
+        None => Prompt::Input(input),
+    };
+    run(app, Kind::Chat, vec![prompt], &req.sampling, top, chat).await
 }
 
 /// `POST /v1/completions`.
@@ -112,28 +131,57 @@ pub async fn completions(
     run(app, Kind::Completion, prompts, &req.sampling, top, ChatSetup::default()).await
 }
 
-/// A chat message for the template, with the fields templates read.
-fn chat_message(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
-    let content = match &m.content {
-        None => String::new(),
-        Some(Content::Text(t)) => t.clone(),
+/// A chat message for the template, with the fields templates read. Image parts are appended
+/// to `images` (in prompt order) and become `{"type": "image"}` parts for the template.
+fn chat_message(i: usize, m: &Message, images: &mut Vec<ImageRef>) -> Result<ChatMessage, ApiError> {
+    let mut msg = match &m.content {
+        None => ChatMessage::new(m.role.clone(), String::new()),
+        Some(Content::Text(t)) => ChatMessage::new(m.role.clone(), t.clone()),
         Some(Content::Parts(parts)) => {
-            let mut text = String::new();
-            for p in parts {
-                match (p.kind.as_str(), &p.text) {
-                    ("text", Some(t)) => text.push_str(t),
-                    (kind, _) => {
+            let mut out = Vec::with_capacity(parts.len());
+            let mut has_image = false;
+            for (j, p) in parts.iter().enumerate() {
+                let param = format!("messages[{i}].content[{j}]");
+                let url = match (p.kind.as_str(), &p.text, &p.image_url, &p.image) {
+                    ("text", Some(t), _, _) => {
+                        out.push(ContentPart::Text { text: t.clone() });
+                        continue;
+                    }
+                    ("image_url", _, Some(u), _) => u.url.clone(),
+                    ("image", _, _, Some(u)) => u.clone(),
+                    ("text" | "image_url" | "image", ..) => {
                         return Err(ApiError::invalid(
-                            &format!("messages[{i}].content"),
-                            format!("unsupported content part type `{kind}` (only text parts)"),
+                            &param,
+                            format!(
+                                "a `{}` part needs its `{}` field",
+                                p.kind,
+                                if p.kind == "image_url" {
+                                    "image_url.url"
+                                } else {
+                                    &p.kind
+                                }
+                            ),
                         ))
                     }
-                }
+                    (kind, ..) => {
+                        return Err(ApiError::invalid(
+                            &param,
+                            format!("unsupported content part type `{kind}` (text, image_url and image parts only)"),
+                        ))
+                    }
+                };
+                has_image = true;
+                images.push(ImageRef { url, param });
+                out.push(ContentPart::Image);
             }
-            text
+            let mut msg = ChatMessage::with_parts(m.role.clone(), out);
+            if !has_image {
+                // Text-only parts stay one string, as every (text) template expects.
+                msg.parts = None;
+            }
+            msg
         }
     };
-    let mut msg = ChatMessage::new(m.role.clone(), content);
     if let Some(calls) = &m.tool_calls {
         msg = msg.with("tool_calls", calls.clone());
     }
@@ -234,10 +282,11 @@ fn tool_setup(app: &AppState, req: &ChatRequest) -> Result<ToolSetup, ApiError> 
     })
 }
 
-/// One prompt of a request: to tokenize, or token ids already.
+/// One prompt of a request: to tokenize, token ids already, or a chat with images.
 enum Prompt {
     Input(PromptInput),
     Ids(Vec<u32>),
+    WithImages(PromptInput, Vec<ImageRef>, Arc<VisionSetup>),
 }
 
 /// The output parsers a chat request asked for (none for completions).
@@ -292,15 +341,36 @@ async fn run(
     let mut prompt_tokens = 0;
     let mut parsers = ChatParsers::default();
     for (p, prompt) in prompts.into_iter().enumerate() {
-        let ids = match prompt {
-            Prompt::Ids(ids) => ids,
-            Prompt::Input(input) => tokenize(app.engine.tokenizer().cloned(), input).await?,
+        let (ids, mm) = match prompt {
+            Prompt::Ids(ids) => (ids, None),
+            Prompt::Input(input) => (tokenize(app.engine.tokenizer().cloned(), input).await?, None),
+            Prompt::WithImages(input, images, vision) => {
+                let tok = app.engine.tokenizer().cloned();
+                let max = app.engine.max_seq_len();
+                let (ids, mm) = tokenize_with_images(tok, input, images, vision, max).await?;
+                if !app.engine.accepts_images() {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "images_not_supported",
+                        format!(
+                            "the request's {} image(s) ({} tokens) are valid, but this server's model runner \
+                             cannot run images yet (the Qwen3-VL runner is not wired in)",
+                            mm.images.len(),
+                            mm.num_image_tokens()
+                        ),
+                    ));
+                }
+                (ids, Some(Arc::new(mm)))
+            }
         };
+        if mm.is_none() {
+            app.check_no_image_tokens(&ids, prompt_param)?;
+        }
         prompt_tokens += ids.len();
         if kind == Kind::Chat {
             parsers = chat.parsers(&app, &ids);
         }
-        for mut r in spec.build(&app.engine, &rid, ids, prompt_param)? {
+        for mut r in spec.build(&app.engine, &rid, ids, mm, prompt_param)? {
             // Choice `index` of prompt `p` is choice p·n + index of the response.
             r.id.index += p * n;
             reqs.push(r);
@@ -451,7 +521,7 @@ impl Ctx {
                         self.stream_chunk(i, c, &mut choices[i])
                     }
                     Err(e) => {
-                        vec![ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e).body()]
+                        vec![ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e).body()]
                     }
                 };
                 for msg in msgs {

@@ -86,7 +86,8 @@ pub struct StreamOptions {
 pub enum Content {
     /// Plain text.
     Text(String),
-    /// Parts; only `{"type": "text", "text": ...}` parts are supported.
+    /// Parts: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}`
+    /// or `{"type": "image", "image": <url>}`.
     Parts(Vec<ContentPart>),
 }
 
@@ -98,6 +99,20 @@ pub struct ContentPart {
     pub kind: String,
     /// The text of a text part.
     pub text: Option<String>,
+    /// The image of an `image_url` part.
+    pub image_url: Option<ImageUrl>,
+    /// The image URL of an `image` part (the HF processor's spelling).
+    pub image: Option<String>,
+}
+
+/// `image_url` of a content part.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageUrl {
+    /// A `data:image/...;base64,` URI, or a local path / `file://` URL when the server allows a
+    /// local media directory; `http(s)` URLs are refused.
+    pub url: String,
+    /// OpenAI's `low`/`high`/`auto`; accepted and ignored (the checkpoint's processor decides).
+    pub detail: Option<String>,
 }
 
 /// One chat message.
@@ -207,6 +222,8 @@ pub struct GenerateBody {
     pub return_logprob: bool,
     /// Alternatives per token with `return_logprob`.
     pub top_logprobs_num: Option<usize>,
+    /// SGLang's images for `/generate`: not supported (refused with a 400, never ignored).
+    pub image_data: Option<serde_json::Value>,
 }
 
 /// `POST /abort_request`.

@@ -1,10 +1,13 @@
 //! Validation: wire sampling fields → [`TokenizedRequest`]s, with 400s that name the field,
 //! the limit and the value.
 
+use std::sync::Arc;
+
 use super::error::ApiError;
 use super::protocol::{NativeSampling, OpenAiSampling, SamplingFields};
 use crate::executor::sampler::{SamplingError, SamplingParams};
 use crate::io_struct::{SeqId, TokenizedRequest};
+use crate::multimodal::MultimodalInputs;
 use crate::orchestrator::{Engine, TextOptions};
 
 /// Most choices (`n`) per request.
@@ -114,12 +117,13 @@ impl SamplingSpec {
         Ok(n as usize)
     }
 
-    /// The sequences to submit for a tokenized prompt.
+    /// The sequences to submit for a tokenized prompt (with its images, if any).
     pub fn build(
         &self,
         engine: &Engine,
         rid: &str,
         input_ids: Vec<u32>,
+        mm: Option<Arc<MultimodalInputs>>,
         prompt_param: &str,
     ) -> Result<Vec<TokenizedRequest>, ApiError> {
         let n = self.check("")?;
@@ -176,6 +180,7 @@ impl SamplingSpec {
                     params,
                     max_new_tokens: max_new,
                     stop_token_ids: stop_token_ids.clone(),
+                    mm: mm.clone(),
                 }
             })
             .collect())

@@ -20,7 +20,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use chat::{ChatMessage, ChatTemplate, ChatTemplateError};
+pub use chat::{ChatMessage, ChatTemplate, ChatTemplateError, ContentPart};
 pub use pretok::SUPPORTED_PRE_TOKENIZERS;
 pub use stream::DecodeStream;
 

@@ -16,13 +16,31 @@ use serde::{Deserialize, Serialize};
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// One piece of a message with images, in order; rendered for the template as HF's processors
+/// pass it: `{"type": "text", "text": ...}` or `{"type": "image"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// Text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image (the template writes the model's placeholder for it).
+    Image,
+}
+
 /// One chat turn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant`, `tool`, ...
     pub role: String,
-    /// The text of the turn.
+    /// The text of the turn (of a turn with `parts`: its text parts joined).
     pub content: String,
+    /// A turn with images: its parts, given to the template as `content` (a list) instead of
+    /// the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<ContentPart>>,
     /// Further fields templates read, as given: `tool_calls`, `tool_call_id`, `name`,
     /// `reasoning_content`.
     #[serde(flatten, default)]
@@ -35,7 +53,29 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            parts: None,
             extra: Default::default(),
+        }
+    }
+
+    /// A message of text and image parts; the template sees `content` as the list of parts.
+    ///
+    /// ```
+    /// use mllm_engine::tokenizer::{ChatMessage, ContentPart};
+    /// let m = ChatMessage::with_parts("user", vec![ContentPart::Image, ContentPart::Text { text: "hi".into() }]);
+    /// assert_eq!(m.content, "hi");
+    /// ```
+    pub fn with_parts(role: impl Into<String>, parts: Vec<ContentPart>) -> Self {
+        let content: String = parts
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::Text { text } => Some(text.as_str()),
+                ContentPart::Image => None,
+            })
+            .collect();
+        Self {
+            parts: Some(parts),
+            ..Self::new(role, content)
         }
     }
 
@@ -151,7 +191,11 @@ impl ChatTemplate {
                 let mut map: BTreeMap<&str, Value> =
                     m.extra.iter().map(|(k, v)| (k.as_str(), json::to_value(v))).collect();
                 map.insert("role", Value::from(m.role.as_str()));
-                map.insert("content", Value::from(m.content.as_str()));
+                let content = match &m.parts {
+                    Some(parts) => json::to_value(&serde_json::to_value(parts).unwrap_or_default()),
+                    None => Value::from(m.content.as_str()),
+                };
+                map.insert("content", content);
                 Value::from(map)
             })
             .collect();

@@ -202,3 +202,84 @@ fn errors() {
     let t = ChatTemplate::new("{{ strftime_now('%Q') }}", "", "").unwrap();
     assert!(matches!(t.render(&[], false, None), Err(ChatTemplateError::Render(_))));
 }
+
+/// The content-rendering part of Qwen3-VL-Instruct's published template: a `namespace` image
+/// counter, a macro, `content is iterable and content is not mapping`, `'image' in item`.
+pub(crate) const QWEN3_VL: &str = r#"{%- set image_count = namespace(value=0) %}
+{%- macro render_content(content, do_vision_count) %}
+    {%- if content is string %}
+        {{- content }}
+    {%- elif content is iterable and content is not mapping %}
+        {%- for item in content %}
+            {%- if 'image' in item or 'image_url' in item or item.type == 'image' %}
+                {%- if do_vision_count %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                {%- endif %}
+                {%- if add_vision_id %}
+                    {{- 'Picture ' ~ image_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}
+            {%- elif 'text' in item %}
+                {{- item.text }}
+            {%- else %}
+                {{- raise_exception('Unexpected item type in content.') }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif content is none or content is undefined %}
+        {{- '' }}
+    {%- else %}
+        {{- raise_exception('Unexpected content type.') }}
+    {%- endif %}
+{%- endmacro %}
+{%- for message in messages %}
+    {%- set content = render_content(message.content, true) %}
+    {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}"#;
+
+#[test]
+fn image_parts_reach_the_template_as_hf_passes_them() {
+    let t = ChatTemplate::new(QWEN3_VL, "", "<|im_end|>").unwrap();
+    let user = ChatMessage::with_parts(
+        "user",
+        vec![
+            ContentPart::Text {
+                text: "Compare ".into(),
+            },
+            ContentPart::Image,
+            ContentPart::Text { text: " and ".into() },
+            ContentPart::Image,
+        ],
+    );
+    let msgs = [
+        msg("system", "Be brief."),
+        user,
+        msg("assistant", "Same."),
+        msg("user", "Sure?"),
+    ];
+    let out = t.render(&msgs, true, None).unwrap();
+    let pad = "<|vision_start|><|image_pad|><|vision_end|>";
+    assert_eq!(
+        out,
+        format!(
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCompare {pad} and {pad}<|im_end|>\n\
+             <|im_start|>assistant\nSame.<|im_end|>\n<|im_start|>user\nSure?<|im_end|>\n<|im_start|>assistant\n"
+        )
+    );
+    // `add_vision_id` numbers the pictures through the namespace counter.
+    let out = t
+        .render(&msgs[1..2], false, Some(&json!({"add_vision_id": true})))
+        .unwrap();
+    assert!(
+        out.contains(&format!("Compare Picture 1: {pad} and Picture 2: {pad}")),
+        "{out}"
+    );
+    // What the template iterates over is exactly HF's part dicts.
+    let t = ChatTemplate::new("{{ messages[0].content | tojson }}", "", "").unwrap();
+    assert_eq!(
+        t.render(&msgs[1..2], false, None).unwrap(),
+        r#"[{"text": "Compare ", "type": "text"}, {"type": "image"}, {"text": " and ", "type": "text"}, {"type": "image"}]"#
+    );
+}
