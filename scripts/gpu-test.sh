@@ -23,7 +23,7 @@ build() {
   cargo build --release --bin mllm-kernel
   cp target/release/mllm-kernel "$gpu/bin/"
   # Every test binary that can touch a GPU, by target name.
-  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention 2>/dev/null |
+  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -33,7 +33,7 @@ for line in sys.stdin:
 ' "$gpu/bin"
   # The same tests against the AOT build (kernels linked in, no cache used).
   MLLM_CUDA_ARCHS="$(echo "$archs" | sed 's/sm_//g; s/ /;/g')" \
-    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention 2>/dev/null |
+    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -157,18 +157,23 @@ run() {
             "$gpu/bin/mllm-kernel" bench "$op" --hidden 4096 --tokens 1,16,256,1024,4096,8192
           done
           "$gpu/bin/mllm-kernel" bench argmax --tokens 1,16,64,256
+          "$gpu/bin/mllm-kernel" bench sampling --tokens 1,16,64
         } 2>&1 | tee -a "$out/bench.log" || status=1
         ;;
       jit) "$gpu/bin/mllm-kernel" bench jit 2>&1 | tee -a "$out/bench.log" || status=1 ;;
       attention) "$gpu/bin/mllm-kernel" bench attention 2>&1 | tee -a "$out/bench.log" || status=1 ;;
       engine)
-        # Qwen3-8B bf16 with random weights: batch 1 at a 2048-token prompt, batch 64 at 1024.
-        for shape in "1 2048 64" "64 1024 32"; do
-          set -- $shape
-          "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 \
-            --model-config engine/tests/fixtures/qwen3-8b.config.json \
-            --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
-            --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
+        # Qwen3-8B with random weights, bf16 and W8A8 in the same run: batch 1 at a
+        # 2048-token prompt, batch 64 at 1024.
+        for quant in "" "--quantization w8a8"; do
+          for shape in "1 2048 64" "64 1024 32"; do
+            set -- $shape
+            # shellcheck disable=SC2086
+            "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 $quant \
+              --model-config engine/tests/fixtures/qwen3-8b.config.json \
+              --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
+              --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
+          done
         done
         ;;
       *) echo "unknown bench group $group" | tee -a "$out/bench.log"; status=1 ;;

@@ -181,10 +181,23 @@ fn all_logits(r: &mut ModelRunner, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
 /// Greedy continuations of all `prompts` decoded together (prefill in one batch, then decode
 /// batches); `chunk` splits each prompt's prefill in two steps to exercise the cached prefix.
 fn greedy(r: &mut ModelRunner, prompts: &[Vec<u32>], n: usize, chunk: bool) -> Vec<Vec<u32>> {
+    let params = vec![SamplingParams::greedy(); prompts.len()];
+    decode(r, prompts, &params, n, chunk)
+}
+
+/// `n` tokens per prompt, each request sampled with its own `params`.
+fn decode(
+    r: &mut ModelRunner,
+    prompts: &[Vec<u32>],
+    params: &[SamplingParams],
+    n: usize,
+    chunk: bool,
+) -> Vec<Vec<u32>> {
     let slots = r.req_pool_mut().alloc(prompts.len()).unwrap();
     let mut states: Vec<SequenceState> = prompts
         .iter()
-        .map(|p| SequenceState::new(SamplingParams::greedy(), p).unwrap())
+        .zip(params)
+        .map(|(p, params)| SequenceState::new(params.clone(), p).unwrap())
         .collect();
     let mut next: Vec<SequenceInput> = slots
         .iter()
@@ -363,4 +376,71 @@ fn gpu_engine_matches_hf_and_cpu() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Requests without penalties or logprobs are sampled on the GPU: a seed reproduces the
+/// tokens (eager or on CUDA graphs), different seeds differ, top-k 1 is the greedy token, a
+/// greedy request in a mixed batch stays greedy, and the host sampler's requests (penalties)
+/// still run.
+#[test]
+fn gpu_sampling_is_seeded_and_filtered() {
+    let dirs = match fixtures() {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipping gpu_sampling_is_seeded_and_filtered: {why}");
+            return;
+        }
+    };
+    let dir = dirs[0].as_path();
+    let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+    let (mut gpu, mut graphed) = (runner(dir, Device::Cuda(0), 8, 0), runner(dir, Device::Cuda(0), 8, 8));
+    let sampled = |seed: u64| SamplingParams {
+        temperature: 1.3,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.01,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    };
+    let n = 24;
+    let seeded: Vec<SamplingParams> = (0..prompts.len() as u64).map(sampled).collect();
+    let first = decode(&mut gpu, &prompts, &seeded, n, false);
+    assert_eq!(
+        decode(&mut gpu, &prompts, &seeded, n, false),
+        first,
+        "same seeds, other tokens"
+    );
+    assert_eq!(
+        decode(&mut graphed, &prompts, &seeded, n, false),
+        first,
+        "graphs change sampling"
+    );
+    let reseeded: Vec<SamplingParams> = (100..100 + prompts.len() as u64).map(sampled).collect();
+    assert_ne!(decode(&mut gpu, &prompts, &reseeded, n, false), first, "seeds ignored");
+    let greedy_tokens = greedy(&mut gpu, &prompts, n, false);
+    let top1: Vec<SamplingParams> = seeded
+        .iter()
+        .map(|p| SamplingParams { top_k: 1, ..p.clone() })
+        .collect();
+    assert_eq!(
+        decode(&mut gpu, &prompts, &top1, n, false),
+        greedy_tokens,
+        "top-k 1 is not greedy"
+    );
+    let mut mixed = seeded.clone();
+    mixed[0] = SamplingParams::greedy();
+    assert_eq!(
+        decode(&mut gpu, &prompts, &mixed, n, false)[0],
+        greedy_tokens[0],
+        "greedy row changed"
+    );
+    let penalized = vec![
+        SamplingParams {
+            repetition_penalty: 1.2,
+            ..SamplingParams::greedy()
+        };
+        prompts.len()
+    ];
+    let host = decode(&mut gpu, &prompts, &penalized, n, false);
+    assert!(host.iter().all(|t| t.len() == n));
 }

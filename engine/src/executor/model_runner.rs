@@ -160,20 +160,8 @@ impl ModelRunner {
             )));
         }
         if let Backend::Cuda(m) = &mut self.backend {
-            if states.iter().all(|s| s.params().is_plain_greedy()) {
-                let ids = m.forward_greedy(batch)?;
-                return Ok(ids
-                    .into_iter()
-                    .zip(states.iter_mut())
-                    .map(|(token, s)| {
-                        s.push_output(token);
-                        SampleOutput {
-                            token,
-                            logprob: None,
-                            top_logprobs: None,
-                        }
-                    })
-                    .collect());
+            if let Some(out) = m.sample_on_gpu(batch, states)? {
+                return Ok(out);
             }
         }
         let logits = self.forward(batch)?;

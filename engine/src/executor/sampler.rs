@@ -157,8 +157,20 @@ impl SamplingParams {
     /// assert!(!p.is_plain_greedy());
     /// ```
     pub fn is_plain_greedy(&self) -> bool {
-        self.is_greedy()
-            && self.repetition_penalty == 1.0
+        self.is_greedy() && self.is_plain()
+    }
+
+    /// No penalties and no logprobs: the token depends only on the raw logits row, the
+    /// temperature, the truncation filters and a random draw, so a backend can sample it where
+    /// the logits are (the GPU) instead of handing them to this sampler.
+    ///
+    /// ```
+    /// use mllm_engine::executor::sampler::SamplingParams;
+    /// assert!(SamplingParams { top_p: 0.9, ..Default::default() }.is_plain());
+    /// assert!(!SamplingParams { repetition_penalty: 1.1, ..Default::default() }.is_plain());
+    /// ```
+    pub fn is_plain(&self) -> bool {
+        self.repetition_penalty == 1.0
             && self.frequency_penalty == 0.0
             && self.presence_penalty == 0.0
             && self.logprobs.is_none()
@@ -308,6 +320,12 @@ impl SequenceState {
     /// The tokens generated so far.
     pub fn output_tokens(&self) -> &[u32] {
         &self.tokens[self.prompt_len..]
+    }
+
+    /// A fresh 64-bit seed from the request's RNG (seeded requests get a reproducible
+    /// sequence), for a backend that draws its random numbers elsewhere (the GPU sampler).
+    pub fn next_seed(&mut self) -> u64 {
+        self.rng.next_u64()
     }
 
     /// Records a generated token ([`Sampler::sample`] does this for the token it picks).

@@ -4,6 +4,7 @@
 use super::ignore::PatternList;
 use crate::models::Result;
 use crate::tensor::{DType, Tensor};
+use rayon::prelude::*;
 
 /// Layers never quantized by `--quantization w8a8` / `mllm quantize` unless asked: embeddings,
 /// norms, the LM head and vision towers. Matched against prefixed module names.
@@ -56,7 +57,17 @@ pub fn quantize_per_channel(w: &Tensor) -> Result<(Tensor, Tensor)> {
     let (q, scales) = if k == 0 {
         (vec![], vec![1.0; n])
     } else {
-        mllm_kernel::reference::per_token_quant_int8::<f32>(&data, k)
+        // Rows are independent: blocks of rows in parallel, concatenated in order.
+        let parts: Vec<(Vec<i8>, Vec<f32>)> = data
+            .par_chunks(k * 64)
+            .map(|rows| mllm_kernel::reference::per_token_quant_int8::<f32>(rows, k))
+            .collect();
+        let (mut q, mut scales) = (Vec::with_capacity(n * k), Vec::with_capacity(n));
+        for (pq, ps) in parts {
+            q.extend(pq);
+            scales.extend(ps);
+        }
+        (q, scales)
     };
     Ok((Tensor::from_vec(q, &[n, k])?, Tensor::from_vec(scales, &[n])?))
 }

@@ -6,6 +6,7 @@
 mod attention;
 mod forward;
 mod graph;
+mod sampling;
 mod weights;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use self::attention::{Attention, BatchLayout, HostLayout};
 use self::forward::{HostInputs, StepInputs};
 use self::graph::DecodeGraphs;
 use crate::executor::forward_batch::{ForwardBatch, ForwardMode};
+use crate::executor::sampler::{SampleOutput, SequenceState};
 use crate::loader::config::ModelConfig;
 use crate::models::{CausalLM, ModelError, Result};
 use crate::tensor::{DType, Tensor};
@@ -184,14 +186,22 @@ impl CudaModel {
         Ok(Tensor::from_vec(host, &[rows, self.dims.vocab])?)
     }
 
-    /// Runs the batch and takes the argmax of each logit row on the GPU (lowest id on ties, as
-    /// the host sampler's greedy), downloading only the ids.
-    pub fn forward_greedy(&mut self, batch: &ForwardBatch) -> Result<Vec<u32>> {
-        let rows = batch.logit_rows().len();
+    /// Runs the batch and picks each sequence's token on the GPU, downloading only the ids,
+    /// when no request needs the host sampler (penalties, logprobs); `None` (nothing run)
+    /// otherwise. Greedy requests take the argmax (lowest id on ties, as the host sampler);
+    /// the others sample with their filters and a seed from their own RNG.
+    pub fn sample_on_gpu(
+        &mut self,
+        batch: &ForwardBatch,
+        states: &mut [SequenceState],
+    ) -> Result<Option<Vec<SampleOutput>>> {
+        if !sampling::all_on_gpu(states) {
+            return Ok(None);
+        }
         let gpu = self.gpu.clone();
         let logits = self.forward_device(batch)?;
-        let ids = mllm_kernel::ops::argmax(&gpu, logits)?.to_host::<i32>(&gpu)?;
-        Ok(ids.into_iter().take(rows).map(|i| i as u32).collect())
+        let ids = sampling::pick(&gpu, logits, states)?;
+        Ok(Some(sampling::outputs(ids, states)))
     }
 
     /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph
