@@ -29,6 +29,7 @@ fn main() {
         "NVCC",
         "CUTLASS_HOME",
         "FLASHINFER_HOME",
+        "MLLM_AOT_ATTENTION_VARIANTS",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -272,6 +273,14 @@ mod aot {
             .flag("-Xcompiler=-fPIC")
             .define("NDEBUG", None);
         let mut fi_lib = lib.clone();
+        // MLLM_AOT_ATTENTION_VARIANTS=d128_bf16[,..] links only those FlashInfer variants
+        // (CI: `mllm-kernel check` compiles every variant already; each one adds minutes).
+        if let Ok(list) = env::var("MLLM_AOT_ATTENTION_VARIANTS") {
+            fi_lib.define("MLLM_VARIANT", None);
+            for v in list.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                fi_lib.define(&format!("MLLM_VARIANT_{}", v.to_uppercase()), None);
+            }
+        }
         let mut fi_files = 0;
         for k in kernels {
             let entry = root.join("csrc").join(&k.entry);

@@ -90,10 +90,23 @@ __device__ __forceinline__ Best scan_row(const typename D::storage* row, int voc
   using P = mllm::Pack<typename D::storage, VEC>;
   const P* packs = reinterpret_cast<const P*>(row);
   Best b{neg_inf(), kNone, 0.f};
-  for (int p = threadIdx.x; p < vocab / VEC; p += blockDim.x) {
-    const P x = packs[p];
+  // One block streams the whole row, so it is latency-bound: UNROLL packs per thread are
+  // loaded before any is used (measured on H200, f32 V = 151936: 34 us with one in flight).
+  constexpr int UNROLL = 8;
+  const int n = vocab / VEC;
+  const int stride = blockDim.x;
+  for (int p0 = threadIdx.x; p0 < n; p0 += stride * UNROLL) {
+    P x[UNROLL];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) push(b, D::to_float(x.v[j]), p * VEC + j);
+    for (int u = 0; u < UNROLL; ++u)
+      if (p0 + u * stride < n) x[u] = packs[p0 + u * stride];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = p0 + u * stride;
+      if (p >= n) break;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) push(b, D::to_float(x[u].v[j]), p * VEC + j);
+    }
   }
   return block_merge(b);
 }
