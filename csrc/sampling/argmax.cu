@@ -92,7 +92,9 @@ __device__ __forceinline__ Best scan_row(const typename D::storage* row, int voc
   Best b{neg_inf(), kNone, 0.f};
   // One block streams the whole row, so it is latency-bound: UNROLL packs per thread are
   // loaded before any is used (measured on H200, f32 V = 151936: 34 us with one in flight).
-  constexpr int UNROLL = 8;
+  // The kernels' __launch_bounds__(1024) keeps the registers this needs within a 1024-thread
+  // block's budget.
+  constexpr int UNROLL = 4;
   const int n = vocab / VEC;
   const int stride = blockDim.x;
   for (int p0 = threadIdx.x; p0 < n; p0 += stride * UNROLL) {
@@ -124,15 +126,16 @@ __device__ __forceinline__ Best scan(const typename D::storage* logits, int voca
 // token_logprob_<dtype>(logits, vocab, ids, logprob); grid = rows, blockDim
 // a multiple of 32 (<= 1024).
 #define MLLM_ARGMAX_KERNELS(SUFFIX, D)                                                                     \
-  extern "C" __global__ void argmax_##SUFFIX(const D::storage* logits, int vocab, int* ids, float* logprob) { \
+  extern "C" __global__ void __launch_bounds__(1024)                                                       \
+      argmax_##SUFFIX(const D::storage* logits, int vocab, int* ids, float* logprob) {                       \
     const Best b = scan<D>(logits, vocab);                                                                 \
     if (threadIdx.x == 0) {                                                                                \
       ids[blockIdx.x] = b.i == kNone ? 0 : b.i;                                                            \
       if (logprob != nullptr) logprob[blockIdx.x] = -logf(b.s);                                            \
     }                                                                                                      \
   }                                                                                                        \
-  extern "C" __global__ void token_logprob_##SUFFIX(const D::storage* logits, int vocab, const int* ids,    \
-                                                    float* logprob) {                                      \
+  extern "C" __global__ void __launch_bounds__(1024)                                                       \
+      token_logprob_##SUFFIX(const D::storage* logits, int vocab, const int* ids, float* logprob) {          \
     const Best b = scan<D>(logits, vocab);                                                                 \
     if (threadIdx.x == 0) {                                                                                \
       const int id = ids[blockIdx.x];                                                                      \
