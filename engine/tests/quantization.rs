@@ -732,7 +732,7 @@ fn smollm2_w8a8_perplexity_close_to_unquantized() {
         };
         let loaded = LoadedModel::load(&ModelSource::Gguf(path.clone()), &opts).unwrap();
         let ids = loaded.tokenizer().unwrap().encode(&text, false).unwrap();
-        let (model, _, _) = loaded.into_parts();
+        let (model, _, _) = loaded.into_parts().unwrap();
         let p = perplexity(&model, &ids);
         eprintln!(
             "SmolLM2-135M {:?}: perplexity {p:.3} on {} tokens ({:.1} s)",
@@ -776,7 +776,7 @@ fn dummy_weights_honour_quantization() {
     };
     let loaded = LoadedModel::load(&source, &opts).unwrap();
     assert_eq!(loaded.info().quant, "w8a8");
-    let model = loaded.model();
+    let model = loaded.model().unwrap();
     for (i, layer) in model.layers().iter().enumerate() {
         let p = layer.params();
         for (name, linear) in [

@@ -1,8 +1,10 @@
-//! Image parts in `/v1/chat/completions`, end to end on the CPU: a tiny Qwen-VL-shaped model
-//! directory (`tests/fixtures/vl_tiny`, random weights written next to a copy). Every bad image
-//! is a 400 naming the part and the numbers, the server keeps serving after each, and a valid
-//! image request is validated and tokenized, then refused with 501 until the Qwen3-VL runner is
-//! wired in. A text-only model answers 400 "does not accept images".
+//! Image parts in `/v1/chat/completions`, end to end on the CPU. On a tiny Qwen-VL-shaped text
+//! model directory (`tests/fixtures/vl_tiny`: a Qwen3 text decoder with a `vision_config`,
+//! random weights written next to a copy) every bad image is a 400 naming the part and the
+//! numbers, the server keeps serving after each, and a valid image request is validated and
+//! tokenized, then refused with 501 (its runner runs text only). A text-only model answers 400
+//! "does not accept images". The tiny Qwen3-VL checkpoint (`tests/fixtures/qwen3_vl_model`)
+//! answers image chats, streaming and not.
 
 mod common;
 
@@ -62,7 +64,7 @@ struct Server {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    _model: tempfile::TempDir,
+    _model: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -70,10 +72,16 @@ impl Server {
     /// local files under `media`.
     async fn start(vision: bool, limits: ImageLimits, media: Option<&Path>) -> Self {
         let model = model_dir(vision);
-        let loaded = LoadedModel::load(&ModelSource::Dir(model.path().to_path_buf()), &Default::default()).unwrap();
+        let mut s = Self::start_dir(model.path(), limits, media).await;
+        s._model = Some(model);
+        s
+    }
+
+    /// A server for the model directory `dir`.
+    async fn start_dir(dir: &Path, limits: ImageLimits, media: Option<&Path>) -> Self {
+        let loaded = LoadedModel::load(&ModelSource::Dir(dir.to_path_buf()), &Default::default()).unwrap();
         let root = media.map(|m| LocalMediaRoot::new(m).unwrap());
-        let setup = VisionSetup::from_model_dir(model.path(), loaded.tokenizer().ok(), limits, root).unwrap();
-        assert_eq!(setup.is_some(), vision);
+        let setup = VisionSetup::from_model_dir(dir, loaded.tokenizer().ok(), limits, root).unwrap();
         let engine: Arc<Engine> = Engine::start(loaded, EngineConfig::default()).unwrap();
         let state = AppState::new(engine.clone(), Some("tiny-vl".into()), "tiny-vl".into(), None).with_vision(setup);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -93,7 +101,7 @@ impl Server {
             addr,
             stop: Some(stop),
             task,
-            _model: model,
+            _model: None,
         }
     }
 
@@ -237,7 +245,7 @@ async fn bad_images_are_400s_and_the_server_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn valid_images_are_tokenized_then_refused_until_the_runner_runs_them() {
+async fn valid_images_are_tokenized_then_refused_by_a_text_runner() {
     let media = tempfile::tempdir().unwrap();
     let root = media.path().join("media");
     std::fs::create_dir_all(&root).unwrap();
@@ -305,6 +313,52 @@ async fn a_text_model_does_not_accept_images() {
     );
     // Without a vision tower, placeholder-looking text is just text.
     let (status, body) = s.chat(json!("Describe <|image_pad|>")).await;
+    assert_eq!(status, 200, "{body}");
+    s.assert_serving().await;
+    s.stop().await;
+}
+
+/// `engine/tests/fixtures/qwen3_vl_model`: the tiny random Qwen3-VL checkpoint with a word-level
+/// tokenizer whose vision tokens have the checkpoint's ids (248-250).
+fn qwen3_vl_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl_model")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen3_vl_answers_image_chats_streaming_and_not() {
+    let s = Server::start_dir(&qwen3_vl_dir(), ImageLimits::default(), None).await;
+    // 32x48 pixels → a 2x3 grid of merged patches: 6 image tokens.
+    let body = |stream: bool| {
+        json!({"messages": [{"role": "user", "content": one_image(&data_uri("image/png", &png(32, 48)))}],
+               "max_tokens": 4, "temperature": 0, "stream": stream})
+    };
+    let (status, first) = s.post("/v1/chat/completions", &body(false)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["object"], "chat.completion", "{first}");
+    assert!(first["choices"][0]["message"]["content"].is_string(), "{first}");
+    let prompt_tokens = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 6, "{first}");
+    // Same request again (a prefix-cache hit): the same answer.
+    let (status, again) = s.post("/v1/chat/completions", &body(false)).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["choices"][0]["message"], first["choices"][0]["message"]);
+    // Streaming.
+    let (status, sse) = s.post("/v1/chat/completions", &body(true)).await;
+    assert_eq!(status, 200, "{sse}");
+    let sse = sse.as_str().unwrap_or_default().to_string();
+    assert!(sse.contains("chat.completion.chunk"), "{sse}");
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+    let streamed: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(streamed, first["choices"][0]["message"]["content"].as_str().unwrap());
+    // A different image, and text alone, are answered too.
+    let two = json!([image_part(&data_uri("image/png", &png(64, 32))), {"type": "text", "text": "and"},
+                     image_part(&data_uri("image/png", &png(32, 48)))]);
+    let (status, body) = s.chat(two).await;
     assert_eq!(status, 200, "{body}");
     s.assert_serving().await;
     s.stop().await;

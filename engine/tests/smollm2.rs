@@ -105,7 +105,7 @@ fn prose_perplexity_is_plausible() {
     let m = load(&path);
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prose.txt")).unwrap();
     let ids = m.tokenizer().unwrap().encode(&text, false).unwrap();
-    let (model, _, _) = m.into_parts();
+    let (model, _, _) = m.into_parts().unwrap();
     let vocab = model.config().vocab_size;
     let rc = RunnerConfig {
         kv_budget_bytes: Generator::kv_bytes_for(model.config(), ids.len(), KvDtype::F32),

@@ -179,7 +179,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             i + o
         );
     }
-    let (model, _, info) = loaded.into_parts();
+    let (model, _, info) = loaded.into_runner_parts();
     let vocab = model.config().vocab_size;
     let kv_dtype = KvDtype::F32;
     let cfg = RunnerConfig {

@@ -1,6 +1,7 @@
 //! [`ModelRunner`]: owns the model and the KV pools; turns sequence inputs into a
 //! [`ForwardBatch`], runs the forward (on the CPU or a GPU) and samples the next tokens.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::cuda::{CudaModel, KvSizing};
@@ -9,7 +10,9 @@ use super::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
 use super::sampler::{SampleOutput, Sampler, SequenceState};
 use crate::loader::config::ModelConfig;
 use crate::mem_cache::{capacity_for_budget, KvDtype, ReqToTokenPool, TokenToKvPool};
+use crate::models::qwen3_vl::{Qwen3VlModel, StepLogits, VlRequests};
 use crate::models::{CausalLM, ModelError, Result};
+use crate::multimodal::MultimodalInputs;
 use crate::tensor::Tensor;
 
 /// Sizing of the runner's pools.
@@ -50,13 +53,47 @@ pub struct ModelRunner {
 enum Backend {
     Cpu(Box<CausalLM>),
     Cuda(Box<CudaModel>),
+    /// Qwen3-VL on the CPU, one sequence at a time, with its image requests' state.
+    Vl(Box<Qwen3VlModel>, VlRequests),
+}
+
+/// The weights a [`ModelRunner`] runs.
+#[derive(Debug)]
+pub enum RunnerModel {
+    /// A text decoder (CPU or GPU).
+    Text(Box<CausalLM>),
+    /// Qwen3-VL: text and images (CPU only for now).
+    Qwen3Vl(Box<Qwen3VlModel>),
+}
+
+impl RunnerModel {
+    /// The text decoder's config (a Qwen3-VL model's `text_config`).
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Self::Text(m) => m.config(),
+            Self::Qwen3Vl(m) => &m.config().text,
+        }
+    }
+}
+
+impl From<CausalLM> for RunnerModel {
+    fn from(m: CausalLM) -> Self {
+        Self::Text(Box::new(m))
+    }
+}
+
+impl From<Qwen3VlModel> for RunnerModel {
+    fn from(m: Qwen3VlModel) -> Self {
+        Self::Qwen3Vl(Box::new(m))
+    }
 }
 
 impl ModelRunner {
     /// A runner with pools sized by `cfg` (KV capacity from the byte budget). On
     /// [`Device::Cuda`] the weights are uploaded (progress on stderr) and the K/V cache is
-    /// allocated on that GPU.
-    pub fn new(model: CausalLM, cfg: RunnerConfig) -> Result<Self> {
+    /// allocated on that GPU. A Qwen3-VL model runs on the CPU only.
+    pub fn new(model: impl Into<RunnerModel>, cfg: RunnerConfig) -> Result<Self> {
+        let model = model.into();
         let c = model.config();
         let capacity = capacity_for_budget(
             cfg.kv_budget_bytes,
@@ -74,12 +111,21 @@ impl ModelRunner {
         }
         let (layers, heads, dim) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
         let config = c.clone();
-        let (backend, kv_pool) = match cfg.device {
-            Device::Cpu => (
-                Backend::Cpu(Box::new(model)),
+        let (backend, kv_pool) = match (model, cfg.device) {
+            (RunnerModel::Text(model), Device::Cpu) => (
+                Backend::Cpu(model),
                 TokenToKvPool::new(capacity, layers, heads, dim, cfg.kv_dtype),
             ),
-            Device::Cuda(ordinal) => {
+            (RunnerModel::Qwen3Vl(model), Device::Cpu) => (
+                Backend::Vl(model, VlRequests::default()),
+                TokenToKvPool::new(capacity, layers, heads, dim, cfg.kv_dtype),
+            ),
+            (RunnerModel::Qwen3Vl(_), Device::Cuda(_)) => {
+                return Err(ModelError::Invalid(
+                    "Qwen3-VL runs on the CPU backend for now; use --device cpu".into(),
+                ))
+            }
+            (RunnerModel::Text(model), Device::Cuda(ordinal)) => {
                 let gpu = Arc::new(mllm_kernel::Gpu::new(ordinal)?);
                 let sizing = match cfg.gpu_mem_fraction {
                     Some(f) => KvSizing::MemFraction(f),
@@ -108,16 +154,59 @@ impl ModelRunner {
     /// Where the model runs.
     pub fn device(&self) -> Device {
         match &self.backend {
-            Backend::Cpu(_) => Device::Cpu,
+            Backend::Cpu(_) | Backend::Vl(..) => Device::Cpu,
             Backend::Cuda(m) => Device::Cuda(m.gpu().info().ordinal),
         }
     }
 
-    /// The host model (`None` on a GPU, where only the uploaded copy is kept).
+    /// The host text model (`None` on a GPU, where only the uploaded copy is kept, and for
+    /// Qwen3-VL).
     pub fn cpu_model(&self) -> Option<&CausalLM> {
         match &self.backend {
             Backend::Cpu(m) => Some(m),
-            Backend::Cuda(_) => None,
+            Backend::Cuda(_) | Backend::Vl(..) => None,
+        }
+    }
+
+    /// Whether the model runs requests with images (Qwen3-VL).
+    pub fn runs_images(&self) -> bool {
+        matches!(self.backend, Backend::Vl(..))
+    }
+
+    /// Checks a request's images (`None`: a text request) against its prompt's image
+    /// placeholders, before it is queued. A runner without images accepts only text.
+    pub fn check_images(&self, prompt: &[u32], mm: Option<&MultimodalInputs>) -> Result<()> {
+        match (&self.backend, mm) {
+            (Backend::Vl(m, _), mm) => VlRequests::check(m, prompt, mm),
+            (_, Some(_)) => Err(ModelError::Invalid("this model runner cannot run images yet".into())),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// Registers the images of the request admitted into `req_slot` (`prompt`: its prompt
+    /// tokens); its prefill chunks then get their image rows and all its steps their 3-axis
+    /// positions. Undone by [`ModelRunner::detach_images`] or [`ModelRunner::release`].
+    pub fn attach_images(&mut self, req_slot: usize, prompt: &[u32], mm: Arc<MultimodalInputs>) -> Result<()> {
+        match &mut self.backend {
+            Backend::Vl(m, reqs) => reqs.attach(m, req_slot, prompt, mm),
+            _ => Err(ModelError::Invalid("this model runner cannot run images".into())),
+        }
+    }
+
+    /// Runs the vision tower for the images of `req_slot`'s request that tokens `range` reach
+    /// and that are not encoded yet (a no-op for text requests). Errors concern that request
+    /// only; [`ModelRunner::forward`] would meet the same error.
+    pub fn encode_images(&mut self, req_slot: usize, range: Range<usize>) -> Result<()> {
+        match &mut self.backend {
+            Backend::Vl(m, reqs) => reqs.encode(m, req_slot, range),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets the images of the request in `req_slot` (when it leaves the slot).
+    pub fn detach_images(&mut self, req_slot: usize) {
+        if let Backend::Vl(_, reqs) = &mut self.backend {
+            reqs.detach(req_slot);
         }
     }
 
@@ -146,6 +235,7 @@ impl ModelRunner {
         match &mut self.backend {
             Backend::Cpu(m) => m.forward(&batch.input_ids, &batch.positions, batch, &mut self.kv_pool),
             Backend::Cuda(m) => m.forward(batch),
+            Backend::Vl(m, reqs) => forward_vl(m, reqs, &mut self.kv_pool, batch),
         }
     }
 
@@ -175,7 +265,7 @@ impl ModelRunner {
     /// The CUDA backend's per-op GPU time report (`MLLM_CUDA_PROFILE=1`); `None` otherwise.
     pub fn profile_report(&self) -> Option<String> {
         match &self.backend {
-            Backend::Cpu(_) => None,
+            Backend::Cpu(_) | Backend::Vl(..) => None,
             Backend::Cuda(m) => m.profile_report(),
         }
     }
@@ -185,6 +275,43 @@ impl ModelRunner {
         let slots = self.req_pool.kv_indices(req_slot, 0..len)?;
         self.kv_pool.free(&slots)?;
         self.req_pool.free(req_slot)?;
+        self.detach_images(req_slot);
         Ok(())
     }
+}
+
+/// A Qwen3-VL batch, one sequence at a time on the shared pool: each sequence's 3-axis
+/// positions and image rows come from `reqs`; logits rows in batch order.
+fn forward_vl(
+    model: &Qwen3VlModel,
+    reqs: &mut VlRequests,
+    pool: &mut TokenToKvPool,
+    batch: &ForwardBatch,
+) -> Result<Tensor> {
+    let logits = match batch.logits {
+        LogitsMode::LastPerSequence => StepLogits::Last,
+        LogitsMode::All => StepLogits::All,
+    };
+    let vocab = model.vocab_size();
+    let mut out = Vec::with_capacity(batch.logit_rows().len() * vocab);
+    for s in &batch.seqs {
+        let range = s.prefix_len..s.prefix_len + s.extend_len;
+        let ids = &batch.input_ids[s.start..s.start + s.extend_len];
+        let positions = reqs.positions_of(s.req_slot, range.clone());
+        reqs.encode(model, s.req_slot, range.clone())?;
+        let visual = reqs.visual_rows(s.req_slot, range.clone())?;
+        let l = model.forward_paged(
+            ids,
+            &positions,
+            visual.as_ref(),
+            pool,
+            &s.kv_indices,
+            s.prefix_len,
+            logits,
+        )?;
+        out.extend(l.to_f32_vec()?);
+        reqs.prefilled(s.req_slot, range.end);
+    }
+    let rows = out.len() / vocab;
+    Ok(Tensor::from_vec(out, &[rows, vocab])?)
 }

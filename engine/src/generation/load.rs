@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use super::session::Generator;
 use super::{GenerationError, Result};
 use crate::executor::device::Device;
+use crate::executor::model_runner::RunnerModel;
 use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
+use crate::models::qwen3_vl::Qwen3VlModel;
 use crate::models::random::random_weights;
-use crate::models::{CausalLM, LoadOptions};
+use crate::models::{CausalLM, LoadOptions, ModelError};
 use crate::quantization::QuantMethod;
 use crate::tensor::DType;
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -77,10 +79,14 @@ pub struct ModelInfo {
     pub weight_dtype: String,
 }
 
-/// A loaded model with its tokenizer (none for dummy weights).
+/// The HF architecture loaded as [`Qwen3VlModel`] (text and images, served on the CPU).
+pub const QWEN3_VL_ARCH: &str = "Qwen3VLForConditionalGeneration";
+
+/// A loaded model with its tokenizer (none for dummy weights): a text decoder, or Qwen3-VL for
+/// an HF directory whose `architectures` is [`QWEN3_VL_ARCH`].
 #[derive(Debug)]
 pub struct LoadedModel {
-    model: CausalLM,
+    model: RunnerModel,
     tokenizer: Option<Tokenizer>,
     info: ModelInfo,
 }
@@ -113,7 +119,7 @@ impl LoadedModel {
             source,
         })?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let model = CausalLM::from_gguf(&file, config, opts)?;
+        let model = CausalLM::from_gguf(&file, config, opts)?.into();
         let name = file
             .get_str("general.name")
             .map(str::to_string)
@@ -132,7 +138,12 @@ impl LoadedModel {
     }
 
     fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let model = CausalLM::from_dir(dir, opts)?;
+        let config = ModelConfig::from_dir(dir)?;
+        let model: RunnerModel = if config.architectures.iter().any(|a| a == QWEN3_VL_ARCH) {
+            Qwen3VlModel::from_dir(dir, opts)?.into()
+        } else {
+            CausalLM::from_dir(dir, opts)?.into()
+        };
         let tokenizer = Tokenizer::from_dir(dir)?;
         let quant = model.config().torch_dtype.clone().unwrap_or_else(|| "unknown".into());
         let info = ModelInfo {
@@ -163,6 +174,7 @@ impl LoadedModel {
         };
         let model = CausalLM::load(cfg, &weights, &opts)?;
         let name = config_name(&model, config);
+        let model = model.into();
         let quant = match opts.quantization {
             Some(QuantMethod::W8A8) => "w8a8".to_string(),
             None => dtype.to_string(),
@@ -180,9 +192,18 @@ impl LoadedModel {
         })
     }
 
-    /// The model.
-    pub fn model(&self) -> &CausalLM {
-        &self.model
+    /// The text model; an error for a Qwen3-VL model ([`LoadedModel::is_vision_language`]),
+    /// which runs only through [`LoadedModel::into_runner_parts`] (`mllm serve`).
+    pub fn model(&self) -> Result<&CausalLM> {
+        match &self.model {
+            RunnerModel::Text(m) => Ok(m),
+            RunnerModel::Qwen3Vl(_) => Err(ModelError::Invalid(vl_only_serves(&self.info.name)).into()),
+        }
+    }
+
+    /// Whether the model is Qwen3-VL (text and images; served by `mllm serve` on the CPU).
+    pub fn is_vision_language(&self) -> bool {
+        matches!(self.model, RunnerModel::Qwen3Vl(_))
     }
 
     /// The model's config.
@@ -247,15 +268,33 @@ impl LoadedModel {
 
     /// Like [`LoadedModel::into_generator`], running on `device` (with or without decode CUDA
     /// graphs).
+    /// A Qwen3-VL model errors: it runs only through `mllm serve`.
     pub fn into_generator_on(self, max_context_len: usize, device: (Device, bool)) -> Result<Generator> {
         let tokenizer = self.tokenizer()?.clone();
-        Generator::on_device(self.model, tokenizer, self.info, max_context_len, device)
+        match self.model {
+            RunnerModel::Text(m) => Generator::on_device(*m, tokenizer, self.info, max_context_len, device),
+            RunnerModel::Qwen3Vl(_) => Err(ModelError::Invalid(vl_only_serves(&self.info.name)).into()),
+        }
     }
 
-    /// The model, its tokenizer and info.
-    pub fn into_parts(self) -> (CausalLM, Option<Tokenizer>, ModelInfo) {
+    /// The text model, its tokenizer and info; an error for a Qwen3-VL model (use
+    /// [`LoadedModel::into_runner_parts`]).
+    pub fn into_parts(self) -> Result<(CausalLM, Option<Tokenizer>, ModelInfo)> {
+        match self.model {
+            RunnerModel::Text(m) => Ok((*m, self.tokenizer, self.info)),
+            RunnerModel::Qwen3Vl(_) => Err(ModelError::Invalid(vl_only_serves(&self.info.name)).into()),
+        }
+    }
+
+    /// The model as a [`crate::executor::model_runner::ModelRunner`] takes it (text or
+    /// Qwen3-VL), its tokenizer and info.
+    pub fn into_runner_parts(self) -> (RunnerModel, Option<Tokenizer>, ModelInfo) {
         (self.model, self.tokenizer, self.info)
     }
+}
+
+fn vl_only_serves(name: &str) -> String {
+    format!("model `{name}` is Qwen3-VL, which runs only through `mllm serve` (on the CPU) for now")
 }
 
 fn file_name(path: &Path) -> String {

@@ -266,7 +266,26 @@ impl ModelConfig {
     }
 
     /// Builds the config from a parsed JSON document; `path` is only used in error messages.
+    ///
+    /// A vision-language config (`text_config` object, no top-level `hidden_size`, e.g.
+    /// Qwen3-VL) is read from its `text_config`, keeping the top level's `architectures`,
+    /// `tie_word_embeddings`, dtype and `quantization_config`: what KV sizing and the scheduler
+    /// need.
+    ///
+    /// ```
+    /// use mllm_engine::loader::config::ModelConfig;
+    /// let c = ModelConfig::from_json_str(r#"{"architectures": ["Qwen3VLForConditionalGeneration"],
+    ///     "model_type": "qwen3_vl", "tie_word_embeddings": true, "vision_config": {},
+    ///     "text_config": {"model_type": "qwen3_vl_text", "hidden_size": 64, "intermediate_size": 128,
+    ///       "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+    ///       "head_dim": 32, "vocab_size": 256, "max_position_embeddings": 512}}"#, "config.json")?;
+    /// assert_eq!(c.architectures, ["Qwen3VLForConditionalGeneration"]);
+    /// assert_eq!((c.num_hidden_layers, c.head_dim, c.max_position_embeddings), (3, 32, 512));
+    /// assert!(c.tie_word_embeddings);
+    /// # Ok::<(), mllm_engine::loader::config::ConfigError>(())
+    /// ```
     pub fn from_value(value: Value, path: &Path) -> Result<Self> {
+        let value = text_config_of(value);
         let raw: RawConfig = serde_json::from_value(value.clone()).map_err(|source| ConfigError::Json {
             path: path.to_path_buf(),
             source,
@@ -339,6 +358,37 @@ impl ModelConfig {
             raw: value,
         })
     }
+}
+
+/// The `text_config` of a vision-language config with the top level's model-wide keys merged
+/// in; any other config unchanged.
+fn text_config_of(value: Value) -> Value {
+    let Some(Value::Object(text)) = value.get("text_config") else {
+        return value;
+    };
+    if value.get("hidden_size").is_some() {
+        return value;
+    }
+    let mut merged = text.clone();
+    for key in [
+        "architectures",
+        "tie_word_embeddings",
+        "torch_dtype",
+        "dtype",
+        "quantization_config",
+    ] {
+        match value.get(key) {
+            Some(v) if !v.is_null() => {
+                if key == "architectures" || key == "tie_word_embeddings" {
+                    merged.insert(key.into(), v.clone());
+                } else {
+                    merged.entry(key).or_insert_with(|| v.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    Value::Object(merged)
 }
 
 /// Sampling defaults of an HF `generation_config.json`. Every field is optional.

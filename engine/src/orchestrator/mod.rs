@@ -114,6 +114,7 @@ pub struct Engine {
     context_len: usize,
     vocab_size: usize,
     architectures: Vec<String>,
+    accepts_images: bool,
     cfg: EngineConfig,
 }
 
@@ -133,7 +134,7 @@ impl Engine {
         if cfg.max_total_tokens < 2 {
             return Err(bad("--max-total-tokens", "must be at least 2"));
         }
-        let (model, tokenizer, info) = loaded.into_parts();
+        let (model, tokenizer, info) = loaded.into_runner_parts();
         let model_ctx = model.config().max_position_embeddings;
         let context_len = cfg.context_length.map_or(model_ctx, |c| c.min(model_ctx));
         if context_len < 2 {
@@ -156,6 +157,7 @@ impl Engine {
             },
         )?;
         let kv_capacity = runner.kv_pool().capacity();
+        let accepts_images = runner.runs_images();
         let metrics = Arc::new(Metrics::default());
         let sched_cfg = SchedulerConfig {
             max_running_requests: cfg.max_running_requests,
@@ -182,6 +184,7 @@ impl Engine {
             context_len,
             vocab_size,
             architectures,
+            accepts_images,
             cfg,
         }))
     }
@@ -227,11 +230,12 @@ impl Engine {
         &self.architectures
     }
 
-    /// Whether the model runner runs requests with images ([`TokenizedRequest::mm`]). Until
-    /// the Qwen3-VL runner is wired in this is false: image requests are validated and
-    /// tokenized, then refused (501) instead of running image placeholders as text.
+    /// Whether the model runner runs requests with images ([`TokenizedRequest::mm`]): true
+    /// for Qwen3-VL. Otherwise image requests (to a text decoder whose checkpoint has a
+    /// `vision_config`) are validated and tokenized, then refused (501) instead of running
+    /// image placeholders as text.
     pub fn accepts_images(&self) -> bool {
-        scheduler::RUNNER_RUNS_IMAGES
+        self.accepts_images
     }
 
     /// The configuration.

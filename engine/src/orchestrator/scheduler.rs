@@ -1,6 +1,12 @@
 //! The scheduler thread: owns the [`ModelRunner`], admits sequences FCFS, builds one mixed
 //! prefill + decode batch per step (chunked prefill under a token budget), samples, checks
 //! stop tokens and lengths, and retracts the newest sequence when decode runs out of KV slots.
+//!
+//! Image requests ([`TokenizedRequest::mm`]) run only on a runner that runs images (Qwen3-VL):
+//! their images are checked against the placeholders on arrival, registered with the runner
+//! on admission ([`ModelRunner::attach_images`]), encoded before the prefill chunk their
+//! placeholders first enter ([`ModelRunner::encode_images`]) and forgotten when the sequence
+//! leaves its request slot. An image that fails fails its request only.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -16,11 +22,6 @@ use crate::executor::sampler::{SampleOutput, Sampler, SequenceState};
 use crate::io_struct::{EventSender, Finish, SchedulerMsg, SeqId, TokenEvent, TokenizedRequest};
 use crate::mem_cache::radix_cache::{NodeId, RadixCache};
 use crate::multimodal::MultimodalInputs;
-
-/// Whether the model runner can run image requests. False until the Qwen3-VL runner is wired
-/// in (it then takes [`Seq::mm`] with each prefill chunk); meanwhile [`Scheduler`] refuses
-/// requests with images rather than running their placeholders as text.
-pub(crate) const RUNNER_RUNS_IMAGES: bool = false;
 
 /// Scheduling limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,9 +202,9 @@ impl Scheduler {
         if req.input_ids.is_empty() {
             return Err("the prompt is empty".into());
         }
-        if req.mm.is_some() && !RUNNER_RUNS_IMAGES {
-            return Err("this model runner cannot run images yet".into());
-        }
+        self.runner
+            .check_images(&req.input_ids, req.mm.as_deref())
+            .map_err(|e| e.to_string())?;
         if let Some(bad) = req.input_ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(format!("token id {bad} is out of the vocabulary (size {vocab})"));
         }
@@ -285,6 +286,7 @@ impl Scheduler {
             if let Some(node) = s.node.take() {
                 self.radix.dec_lock_ref(node).map_err(|e| e.to_string())?;
             }
+            self.runner.detach_images(slot);
             self.runner.req_pool_mut().free(slot).map_err(|e| e.to_string())
         })();
         if let Err(e) = result {
@@ -314,6 +316,11 @@ impl Scheduler {
         self.radix.inc_lock_ref(m.last_node).map_err(|e| e.to_string())?;
         s.node = Some(m.last_node);
         s.slot = Some(slot);
+        if let Some(mm) = &s.mm {
+            self.runner
+                .attach_images(slot, &s.tokens[..s.prompt_len], mm.clone())
+                .map_err(|e| e.to_string())?;
+        }
         if !m.kv_slots.is_empty() {
             self.runner
                 .req_pool_mut()
@@ -409,7 +416,7 @@ impl Scheduler {
             };
             if let Err(e) = self.admit(&mut s, slot) {
                 self.release(&mut s, false);
-                let _ = s.out.send(TokenEvent::Error(format!("prefix cache: {e}")));
+                let _ = s.out.send(TokenEvent::Error(format!("admitting the request: {e}")));
                 continue;
             }
             // Locking the matched prefix made it unevictable: check the room again.
@@ -447,6 +454,10 @@ impl Scheduler {
             }
             return;
         }
+        let plan = self.encode_images(plan);
+        if plan.is_empty() {
+            return;
+        }
         let inputs: Vec<SequenceInput> = plan
             .iter()
             .map(|&(i, take)| {
@@ -474,6 +485,37 @@ impl Scheduler {
             }
         };
         self.postprocess(samples);
+    }
+
+    /// Runs the vision tower for the images the planned chunks reach; a request whose image
+    /// fails gets the error and leaves. Returns the plan of the others (indices updated).
+    fn encode_images(&mut self, plan: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+        let mut failed = Vec::new();
+        for &(i, take) in &plan {
+            let s = &self.running[i];
+            let (Some(slot), Some(_)) = (s.slot, &s.mm) else {
+                continue;
+            };
+            if let Err(e) = self.runner.encode_images(slot, s.cached..s.cached + take) {
+                failed.push((s.id.clone(), format!("image input: {e}")));
+            }
+        }
+        if failed.is_empty() {
+            return plan;
+        }
+        let ids: Vec<(SeqId, usize)> = plan.iter().map(|&(i, t)| (self.running[i].id.clone(), t)).collect();
+        Metrics::add(&self.metrics.request_errors_total, failed.len() as u64);
+        for (id, msg) in &failed {
+            tracing::error!("{id:?}: {msg}");
+            if let Some(i) = self.running.iter().position(|s| s.id == *id) {
+                let mut s = self.running.remove(i);
+                self.release(&mut s, false);
+                let _ = s.out.send(TokenEvent::Error(msg.clone()));
+            }
+        }
+        ids.into_iter()
+            .filter_map(|(id, t)| Some((self.running.iter().position(|s| s.id == id)?, t)))
+            .collect()
     }
 
     /// Prepares, forwards and samples; returns `(running index, sample)` for sequences that

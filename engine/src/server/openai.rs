@@ -354,7 +354,7 @@ async fn run(
                         "images_not_supported",
                         format!(
                             "the request's {} image(s) ({} tokens) are valid, but this server's model runner \
-                             cannot run images yet (the Qwen3-VL runner is not wired in)",
+                             cannot run images (only Qwen3VLForConditionalGeneration checkpoints run them)",
                             mm.images.len(),
                             mm.num_image_tokens()
                         ),

@@ -11,6 +11,10 @@
 //!   one KV-cached step ([`VlKvCache`]) at explicit positions; `forward` and greedy `generate`
 //!   sit on top.
 //!
+//! Serving: the engine's `ModelRunner` runs [`Qwen3VlModel::forward_paged`] per sequence on
+//! its shared KV pool, with [`VlRequests`] holding each image request's positions and tower
+//! rows.
+//!
 //! Parity with transformers is checked by `engine/tests/qwen3_vl_vision.rs` (tower) and
 //! `engine/tests/qwen3_vl_model.rs` (positions, logits, greedy continuation), against fixtures
 //! from `scripts/fixtures/qwen3_vl_vision.py` and `scripts/fixtures/qwen3_vl_model.py`.
@@ -35,6 +39,7 @@ mod model;
 mod model_config;
 mod mrope;
 mod positions;
+mod requests;
 mod rope_index;
 mod splice;
 mod text;
@@ -47,6 +52,7 @@ pub use model::{PreparedPrompt, Qwen3VlModel};
 pub use model_config::Qwen3VlConfig;
 pub use mrope::{MRotaryEmbedding, MropeLayout, MropePos};
 pub use positions::{frame_bounds, patch_coords, position_taps, PosTaps};
+pub use requests::VlRequests;
 pub use rope_index::{rope_positions, text_position, RopeIndexError, RopePositions};
 pub use splice::VisualRows;
 pub use text::StepLogits;

@@ -12,6 +12,7 @@ use super::splice::VisualRows;
 use super::text::{StepLogits, TextModel};
 use super::vision::{VisionOutput, VisionTower};
 use crate::loader::safetensors::SafetensorsModel;
+use crate::mem_cache::TokenToKvPool;
 use crate::models::weights::WeightSource;
 use crate::models::{LoadOptions, ModelError, Result};
 use crate::multimodal::{GridThw, ImagePatches};
@@ -41,6 +42,14 @@ pub struct Qwen3VlModel {
     cfg: Qwen3VlConfig,
     vision: VisionTower,
     text: TextModel,
+}
+
+impl std::fmt::Debug for Qwen3VlModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qwen3VlModel")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A prompt made ready for the decoder: positions of every token, the rope delta and the
@@ -148,6 +157,24 @@ impl Qwen3VlModel {
         logits: StepLogits,
     ) -> Result<Tensor> {
         self.text.forward(ids, positions, visual, cache, logits)
+    }
+
+    /// [`Qwen3VlModel::forward_step`] on a shared paged KV pool (the engine's
+    /// [`TokenToKvPool`]): `slots` are the KV slots of the sequence's whole context, the last
+    /// `ids.len()` of them (from `prefix`) already allocated for the new tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_paged(
+        &self,
+        ids: &[u32],
+        positions: &[MropePos],
+        visual: Option<&VisualRows>,
+        pool: &mut TokenToKvPool,
+        slots: &[u32],
+        prefix: usize,
+        logits: StepLogits,
+    ) -> Result<Tensor> {
+        self.text
+            .forward_paged(ids, positions, visual, pool, slots, prefix, logits)
     }
 
     /// Prefills `ids[cache.len()..]` of a prepared prompt (the cache may already hold a prefix

@@ -75,6 +75,9 @@ impl Qwen3VlConfig {
             .find_map(|k| text_cfg.get(*k).filter(|v| v.is_object()).cloned())
             .unwrap_or(Value::Null);
         let obj = text_cfg.as_object_mut().expect("checked object");
+        if let Some(archs) = root.get("architectures").filter(|v| v.is_array()) {
+            obj.insert("architectures".into(), archs.clone());
+        }
         if let Some(tie) = root.get("tie_word_embeddings").filter(|v| v.is_boolean()) {
             obj.insert("tie_word_embeddings".into(), tie.clone());
         }

@@ -171,14 +171,7 @@ impl TextModel {
         cache: &mut VlKvCache,
         logits: StepLogits,
     ) -> Result<Tensor> {
-        let n = ids.len();
-        let hidden = self.embed.weight().shape()[1];
-        if n == 0 || positions.len() != n {
-            return Err(ModelError::Invalid(format!(
-                "forward_step: {n} token ids and {} positions (need the same, non-zero count)",
-                positions.len()
-            )));
-        }
+        self.check_step(ids, positions, visual)?;
         let (_, kv_heads, head_dim) = self.heads;
         if cache.num_layers() != self.layers.len() || cache.kv_shape() != (kv_heads, head_dim) {
             return Err(ModelError::Invalid(format!(
@@ -189,25 +182,87 @@ impl TextModel {
                 (kv_heads, head_dim)
             )));
         }
+        cache.extend(ids.len(), |pool, slots, prefix| {
+            self.run(ids, positions, visual, pool, slots, prefix, logits)
+        })
+    }
+
+    /// Like [`TextModel::forward`] on a shared paged pool: `slots` are the KV slots of the
+    /// whole context, the last `ids.len()` of them (from `prefix`) already allocated for the
+    /// new tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_paged(
+        &self,
+        ids: &[u32],
+        positions: &[MropePos],
+        visual: Option<&VisualRows>,
+        pool: &mut TokenToKvPool,
+        slots: &[u32],
+        prefix: usize,
+        logits: StepLogits,
+    ) -> Result<Tensor> {
+        self.check_step(ids, positions, visual)?;
+        let (_, kv_heads, head_dim) = self.heads;
+        if pool.num_layers() != self.layers.len() || (pool.num_kv_heads(), pool.head_dim()) != (kv_heads, head_dim) {
+            return Err(ModelError::Invalid(format!(
+                "KV pool has {} layers of {:?} (kv heads, head dim), the model {} of {:?}",
+                pool.num_layers(),
+                (pool.num_kv_heads(), pool.head_dim()),
+                self.layers.len(),
+                (kv_heads, head_dim)
+            )));
+        }
+        if slots.len() != prefix + ids.len() {
+            return Err(ModelError::Invalid(format!(
+                "{} KV slots for {prefix} cached and {} new tokens",
+                slots.len(),
+                ids.len()
+            )));
+        }
+        self.run(ids, positions, visual, pool, slots, prefix, logits)
+    }
+
+    fn check_step(&self, ids: &[u32], positions: &[MropePos], visual: Option<&VisualRows>) -> Result<()> {
+        let n = ids.len();
+        let hidden = self.embed.weight().shape()[1];
+        if n == 0 || positions.len() != n {
+            return Err(ModelError::Invalid(format!(
+                "forward_step: {n} token ids and {} positions (need the same, non-zero count)",
+                positions.len()
+            )));
+        }
         if let Some(v) = visual {
             v.check(n, hidden, self.layers.len())?;
         }
+        Ok(())
+    }
+
+    /// The decoder over checked inputs; new K/V go to `slots[prefix..]`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        ids: &[u32],
+        positions: &[MropePos],
+        visual: Option<&VisualRows>,
+        pool: &mut TokenToKvPool,
+        slots: &[u32],
+        prefix: usize,
+        logits: StepLogits,
+    ) -> Result<Tensor> {
+        let n = ids.len();
         let mut x = self.embed.forward(ids)?;
         if let Some(v) = visual {
             x = scatter_rows(&x, &v.rows, &v.embeddings, true)?;
         }
-        let x = rayon::scope(|_| {
-            cache.extend(n, |pool, slots, prefix| {
-                let mut x = x;
-                for (i, layer) in self.layers.iter().enumerate() {
-                    x = self.layer(i, layer.params(), &x, positions, pool, slots, prefix)?;
-                    // Deepstack level i joins the image rows after layer i.
-                    if let Some((v, d)) = visual.and_then(|v| Some((v, v.deepstack.get(i)?))) {
-                        x = scatter_rows(&x, &v.rows, d, false)?;
-                    }
+        let x = rayon::scope(|_| -> Result<Tensor> {
+            for (i, layer) in self.layers.iter().enumerate() {
+                x = self.layer(i, layer.params(), &x, positions, pool, slots, prefix)?;
+                // Deepstack level i joins the image rows after layer i.
+                if let Some((v, d)) = visual.and_then(|v| Some((v, v.deepstack.get(i)?))) {
+                    x = scatter_rows(&x, &v.rows, d, false)?;
                 }
-                Ok(x)
-            })
+            }
+            Ok(x)
         })?;
         let x = match logits {
             StepLogits::All => x,

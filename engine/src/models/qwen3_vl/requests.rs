@@ -1,0 +1,214 @@
+//! [`VlRequests`]: what a serving runner keeps per in-flight Qwen3-VL request, keyed by its
+//! request slot: the prompt's 3-axis positions and rope delta (computed once from the whole
+//! prompt, so chunks and prefix-cache hits get the positions of a single prefill), and the
+//! vision tower's rows of each image from when its placeholders first enter a prefill chunk
+//! until they are all prefilled.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::model::Qwen3VlModel;
+use super::mrope::MropePos;
+use super::rope_index::text_position;
+use super::splice::VisualRows;
+use super::vision::VisionOutput;
+use crate::models::{ModelError, Result};
+use crate::multimodal::{GridThw, MultimodalInputs};
+use crate::tensor::Tensor;
+
+/// One request with images.
+#[derive(Debug)]
+struct Request {
+    /// Positions of the prompt's tokens.
+    positions: Vec<MropePos>,
+    /// Rope delta: a token at index `i` past the prompt sits at `i + delta`.
+    delta: i64,
+    mm: Arc<MultimodalInputs>,
+    /// The tower's rows per image, while the image is being prefilled.
+    encoded: Vec<Option<VisionOutput>>,
+}
+
+/// Image state of the requests of one runner. Requests without an entry are text: token `i`
+/// sits at `(i, i, i)`.
+#[derive(Debug, Default)]
+pub struct VlRequests {
+    by_slot: HashMap<usize, Request>,
+}
+
+impl VlRequests {
+    /// Checks that `mm` matches `prompt`'s placeholders for `model`: one run of
+    /// `grid.num_tokens(merge)` image tokens per image at its `token_range`, none elsewhere
+    /// (none at all for a text request, `mm = None`).
+    pub fn check(model: &Qwen3VlModel, prompt: &[u32], mm: Option<&MultimodalInputs>) -> Result<()> {
+        match mm {
+            Some(mm) => Self::positions(model, prompt, mm).map(|_| ()),
+            None => model.visual_rows(prompt, None, 0..0).map(|_| ()),
+        }
+    }
+
+    fn positions(model: &Qwen3VlModel, prompt: &[u32], mm: &MultimodalInputs) -> Result<(Vec<MropePos>, i64)> {
+        let cfg = model.config();
+        let (pad, merge) = (cfg.image_token_id, cfg.vision.spatial_merge_size as u32);
+        if mm.tokens.image_pad != pad {
+            return Err(ModelError::Invalid(format!(
+                "the request's image token id {} is not the model's ({pad})",
+                mm.tokens.image_pad
+            )));
+        }
+        let mut placed = 0;
+        for (i, im) in mm.images.iter().enumerate() {
+            let r = &im.token_range;
+            let want = im.patches.grid.num_tokens(merge);
+            let all_pads = r.end <= prompt.len() && prompt[r.clone()].iter().all(|&t| t == pad);
+            if !all_pads || r.len() != want {
+                return Err(ModelError::Invalid(format!(
+                    "image features and image tokens do not match: image {i} (grid {:?}) needs {want} \
+                     placeholder tokens, its token range {}..{} of the {}-token prompt does not hold them",
+                    im.patches.grid,
+                    r.start,
+                    r.end,
+                    prompt.len()
+                )));
+            }
+            placed += r.len();
+        }
+        let total = prompt.iter().filter(|&&t| t == pad).count();
+        if total != placed {
+            return Err(ModelError::Invalid(format!(
+                "image features and image tokens do not match: {total} placeholder token(s) (id {pad}), \
+                 {placed} belong to the request's {} image(s)",
+                mm.images.len()
+            )));
+        }
+        let grids: Vec<GridThw> = mm.grids();
+        let rope = model.rope_positions(prompt, &grids, 0..prompt.len())?;
+        Ok((rope.positions, rope.delta))
+    }
+
+    /// Registers the request in `slot` with its prompt and images (replacing what the slot held).
+    pub fn attach(
+        &mut self,
+        model: &Qwen3VlModel,
+        slot: usize,
+        prompt: &[u32],
+        mm: Arc<MultimodalInputs>,
+    ) -> Result<()> {
+        let (positions, delta) = Self::positions(model, prompt, &mm)?;
+        let encoded = vec![None; mm.images.len()];
+        self.by_slot.insert(
+            slot,
+            Request {
+                positions,
+                delta,
+                mm,
+                encoded,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets the request in `slot` (it finished, failed or was retracted).
+    pub fn detach(&mut self, slot: usize) {
+        self.by_slot.remove(&slot);
+    }
+
+    /// Whether `slot` holds a request with images.
+    pub fn has(&self, slot: usize) -> bool {
+        self.by_slot.contains_key(&slot)
+    }
+
+    /// Runs the vision tower for every image of `slot`'s request whose placeholders meet
+    /// `range` and are not encoded yet.
+    pub fn encode(&mut self, model: &Qwen3VlModel, slot: usize, range: Range<usize>) -> Result<()> {
+        let Some(req) = self.by_slot.get_mut(&slot) else {
+            return Ok(());
+        };
+        for (im, out) in req.mm.images.iter().zip(req.encoded.iter_mut()) {
+            let r = &im.token_range;
+            if out.is_some() || r.start >= range.end || r.end <= range.start {
+                continue;
+            }
+            let o = model.vision().forward_images(std::slice::from_ref(&im.patches))?;
+            let rows = o.embeddings.shape().first().copied().unwrap_or(0);
+            if rows != r.len() {
+                return Err(ModelError::Invalid(format!(
+                    "image features and image tokens do not match: the vision tower gave {rows} rows \
+                     for the {} placeholder tokens at {}..{}",
+                    r.len(),
+                    r.start,
+                    r.end
+                )));
+            }
+            *out = Some(o);
+        }
+        Ok(())
+    }
+
+    /// The 3-axis positions of tokens `range` of `slot`'s sequence.
+    pub fn positions_of(&self, slot: usize, range: Range<usize>) -> Vec<MropePos> {
+        match self.by_slot.get(&slot) {
+            None => range.map(|i| text_position(i, 0)).collect(),
+            Some(req) => range
+                .map(|i| {
+                    req.positions
+                        .get(i)
+                        .copied()
+                        .unwrap_or_else(|| text_position(i, req.delta))
+                })
+                .collect(),
+        }
+    }
+
+    /// The image rows of the step running tokens `range` of `slot`'s sequence (`None` when the
+    /// range holds no image token). Their images must be encoded ([`VlRequests::encode`]).
+    pub fn visual_rows(&self, slot: usize, range: Range<usize>) -> Result<Option<VisualRows>> {
+        let Some(req) = self.by_slot.get(&slot) else {
+            return Ok(None);
+        };
+        let mut rows = Vec::new();
+        let mut embeddings: Vec<f32> = Vec::new();
+        let mut deepstack: Vec<Vec<f32>> = Vec::new();
+        let mut width = 0;
+        for (k, (im, out)) in req.mm.images.iter().zip(&req.encoded).enumerate() {
+            let r = &im.token_range;
+            let (lo, hi) = (r.start.max(range.start), r.end.min(range.end));
+            if lo >= hi {
+                continue;
+            }
+            let out = out.as_ref().ok_or_else(|| {
+                ModelError::Invalid(format!("image {k} is not encoded before its tokens {lo}..{hi} run"))
+            })?;
+            width = out.embeddings.shape()[1];
+            rows.extend(lo - range.start..hi - range.start);
+            embeddings.extend(out.embeddings.narrow_rows(lo - r.start, hi - lo)?.to_f32_vec()?);
+            deepstack.resize(out.deepstack.len(), Vec::new());
+            for (acc, d) in deepstack.iter_mut().zip(&out.deepstack) {
+                acc.extend(d.narrow_rows(lo - r.start, hi - lo)?.to_f32_vec()?);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let shape = [rows.len(), width];
+        Ok(Some(VisualRows {
+            embeddings: Tensor::from_vec(embeddings, &shape)?,
+            deepstack: deepstack
+                .into_iter()
+                .map(|d| Tensor::from_vec(d, &shape))
+                .collect::<std::result::Result<_, _>>()?,
+            rows,
+        }))
+    }
+
+    /// Drops the tower's rows of `slot`'s images whose placeholders all lie before `len`.
+    pub fn prefilled(&mut self, slot: usize, len: usize) {
+        if let Some(req) = self.by_slot.get_mut(&slot) {
+            for (im, out) in req.mm.images.iter().zip(req.encoded.iter_mut()) {
+                if im.token_range.end <= len {
+                    *out = None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Qwen3-VL through the serving engine on the CPU (`Engine` → scheduler → `ModelRunner` on the
+//! shared KV pool), on the tiny fixture `engine/tests/fixtures/qwen3_vl_model` (see
+//! `qwen3_vl_model.rs`): greedy continuations equal transformers' for the text, one-image and
+//! two-image prompts, batched or alone, chunked or not, with and without prefix-cache hits;
+//! different images never share KV; a bad request fails alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mllm_engine::executor::device::Device;
+use mllm_engine::executor::sampler::SamplingParams;
+use mllm_engine::generation::{LoadedModel, ModelSource};
+use mllm_engine::io_struct::{SeqId, TokenizedRequest};
+use mllm_engine::loader::safetensors::SafetensorsModel;
+use mllm_engine::models::qwen3_vl::Qwen3VlModel;
+use mllm_engine::multimodal::{image_hash, GridThw, ImageInput, ImagePatches, MultimodalInputs, VisionTokenIds};
+use mllm_engine::orchestrator::{Engine, EngineConfig, TextOptions};
+
+const IMAGE_PAD: u32 = 250;
+const TOKENS: VisionTokenIds = VisionTokenIds {
+    image_pad: IMAGE_PAD,
+    vision_start: 248,
+    vision_end: 249,
+};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl_model")
+}
+
+fn reference() -> SafetensorsModel {
+    SafetensorsModel::open(fixture_dir().join("reference.safetensors")).unwrap()
+}
+
+fn ints(r: &SafetensorsModel, name: &str) -> Vec<i64> {
+    r.get(name).unwrap().as_slice::<i64>().unwrap().to_vec()
+}
+
+/// Prompt `p`'s ids, images (token ranges: the runs of placeholders) and HF greedy tokens.
+fn prompt(r: &SafetensorsModel, p: &str) -> (Vec<u32>, Option<MultimodalInputs>, Vec<u32>) {
+    let ids: Vec<u32> = ints(r, &format!("{p}.input_ids")).iter().map(|&x| x as u32).collect();
+    let want = ints(r, &format!("{p}.generated")).iter().map(|&x| x as u32).collect();
+    if p == "a" {
+        return (ids, None, want);
+    }
+    let grids: Vec<GridThw> = ints(r, &format!("{p}.image_grid_thw"))
+        .chunks(3)
+        .map(|g| GridThw {
+            t: g[0] as u32,
+            h: g[1] as u32,
+            w: g[2] as u32,
+        })
+        .collect();
+    let px = r.get(&format!("{p}.pixel_values")).unwrap();
+    let cols = px.shape()[1];
+    let all = px.to_f32_vec().unwrap();
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let start = i;
+        while i < ids.len() && ids[i] == IMAGE_PAD {
+            i += 1;
+        }
+        if i > start {
+            runs.push(start..i);
+        } else {
+            i += 1;
+        }
+    }
+    let mut start = 0;
+    let images = grids
+        .iter()
+        .zip(runs)
+        .map(|(g, token_range)| {
+            let n = g.num_patches() * cols;
+            start += n;
+            let pixel_values = all[start - n..start].to_vec();
+            let bytes: Vec<u8> = pixel_values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            ImageInput {
+                patches: ImagePatches {
+                    pixel_values,
+                    patch_dim: cols,
+                    grid: *g,
+                },
+                token_range,
+                hash: image_hash(&bytes),
+            }
+        })
+        .collect();
+    (ids, Some(MultimodalInputs { images, tokens: TOKENS }), want)
+}
+
+fn engine(cfg: EngineConfig) -> Arc<Engine> {
+    let loaded = LoadedModel::load(&ModelSource::Dir(fixture_dir()), &Default::default()).unwrap();
+    assert!(loaded.is_vision_language());
+    let engine = Engine::start(loaded, cfg).unwrap();
+    assert!(engine.accepts_images());
+    assert_eq!(engine.architectures(), ["Qwen3VLForConditionalGeneration"]);
+    assert_eq!((engine.vocab_size(), engine.context_len()), (256, 512));
+    engine
+}
+
+fn request(rid: &str, ids: &[u32], mm: Option<MultimodalInputs>, max_new_tokens: usize) -> TokenizedRequest {
+    TokenizedRequest {
+        id: SeqId {
+            rid: rid.into(),
+            index: 0,
+        },
+        input_ids: ids.to_vec(),
+        params: SamplingParams::greedy(),
+        max_new_tokens,
+        stop_token_ids: vec![],
+        mm: mm.map(Arc::new),
+    }
+}
+
+/// Submits the requests together and collects each one's tokens (or its error).
+async fn run(engine: &Engine, reqs: Vec<TokenizedRequest>) -> Vec<Result<Vec<u32>, String>> {
+    let mut streams: Vec<_> = reqs
+        .into_iter()
+        .map(|r| engine.submit(r, &TextOptions::default()).unwrap())
+        .collect();
+    let mut out = Vec::new();
+    for s in &mut streams {
+        let mut tokens = Vec::new();
+        let mut result = Ok(());
+        while let Some(chunk) = s.next().await {
+            match chunk {
+                Ok(c) => tokens.extend(c.sample.map(|x| x.token)),
+                Err(e) => result = Err(e),
+            }
+        }
+        out.push(result.map(|_| tokens));
+    }
+    out
+}
+
+async fn run_one(engine: &Engine, rid: &str, p: &(Vec<u32>, Option<MultimodalInputs>, Vec<u32>)) -> Vec<u32> {
+    let req = request(rid, &p.0, p.1.clone(), p.2.len());
+    run(engine, vec![req]).await.remove(0).unwrap()
+}
+
+fn no_cache() -> EngineConfig {
+    EngineConfig {
+        disable_radix_cache: true,
+        ..EngineConfig::default()
+    }
+}
+
+/// Named `qwen3_vl` so `cargo nextest run -p mllm-engine qwen3_vl` selects these tests.
+mod qwen3_vl {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn engine_greedy_matches_transformers_alone_and_batched() {
+        let r = reference();
+        let prompts: Vec<_> = ["a", "b", "c"].iter().map(|p| prompt(&r, p)).collect();
+        let e = engine(no_cache());
+        for (p, name) in prompts.iter().zip(["a", "b", "c"]) {
+            assert_eq!(run_one(&e, name, p).await, p.2, "prompt {name} alone");
+        }
+        // All three in one mixed batch.
+        let reqs = prompts
+            .iter()
+            .zip(["a", "b", "c"])
+            .map(|(p, n)| request(n, &p.0, p.1.clone(), p.2.len()))
+            .collect();
+        for (got, p) in run(&e, reqs).await.into_iter().zip(&prompts) {
+            assert_eq!(got.unwrap(), p.2);
+        }
+        e.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunked_prefill_through_images_matches_one_pass() {
+        let r = reference();
+        // 5-token chunks cut both images of (c) and the image of (b) mid-way.
+        for budget in [5, 7] {
+            let e = engine(EngineConfig {
+                max_prefill_tokens: budget,
+                ..no_cache()
+            });
+            for name in ["b", "c"] {
+                let p = prompt(&r, name);
+                assert_eq!(run_one(&e, name, &p).await, p.2, "prompt {name}, {budget}-token chunks");
+            }
+            e.shutdown();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prefix_cache_hits_repeat_and_different_images_do_not_share() {
+        let r = reference();
+        let b = prompt(&r, "b");
+        // The same text with another image (pixels negated, so another hash).
+        let mut other = b.clone();
+        let mm = other.1.as_mut().unwrap();
+        let px = &mut mm.images[0].patches.pixel_values;
+        px.iter_mut().for_each(|x| *x = -*x);
+        let bytes: Vec<u8> = px.iter().flat_map(|x| x.to_le_bytes()).collect();
+        mm.images[0].hash = image_hash(&bytes);
+        let fresh = engine(no_cache());
+        let other_want = run_one(&fresh, "other", &other).await;
+        fresh.shutdown();
+        assert_ne!(other_want, b.2, "the two images should lead to different continuations");
+
+        let e = engine(EngineConfig::default());
+        let cached = || e.metrics().cached_tokens_total.load(Ordering::SeqCst);
+        assert_eq!(run_one(&e, "b1", &b).await, b.2);
+        assert_eq!(cached(), 0);
+        assert_eq!(run_one(&e, "b2", &b).await, b.2, "repeat with a prefix-cache hit");
+        let hit = cached();
+        assert!(
+            hit >= b.0.len() as u64 - 1,
+            "the repeat reuses the whole prompt but one: {hit}"
+        );
+        // Only the text before the image is shared with the other image's request.
+        let image_start = b.1.as_ref().unwrap().images[0].token_range.start as u64;
+        assert_eq!(run_one(&e, "other", &other).await, other_want);
+        assert!(cached() - hit <= image_start, "{} tokens reused", cached() - hit);
+        e.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_image_requests_fail_alone() {
+        let r = reference();
+        let (b, c) = (prompt(&r, "b"), prompt(&r, "c"));
+        let e = engine(no_cache());
+        // Image tokens whose range does not match the grid; placeholders without images.
+        let mut bad = b.1.clone().unwrap();
+        bad.images[0].patches.grid = GridThw { t: 1, h: 4, w: 8 };
+        let no_image = request("no-image", &b.0, None, 4);
+        let reqs = vec![
+            request("bad", &b.0, Some(bad), 4),
+            request("c", &c.0, c.1.clone(), c.2.len()),
+            no_image,
+        ];
+        let out = run(&e, reqs).await;
+        let err = out[0].clone().unwrap_err();
+        assert!(err.contains("image features and image tokens do not match"), "{err}");
+        assert_eq!(out[1].clone().unwrap(), c.2);
+        // Placeholders without images are rejected, not run as text.
+        let err = out[2].clone().unwrap_err();
+        assert!(err.contains("placeholder"), "{err}");
+        // The engine still serves.
+        assert_eq!(run_one(&e, "b", &b).await, b.2);
+        e.shutdown();
+    }
+
+    #[test]
+    fn vl_model_on_cuda_is_a_clear_error() {
+        let loaded = LoadedModel::load(&ModelSource::Dir(fixture_dir()), &Default::default()).unwrap();
+        let cfg = EngineConfig {
+            device: Device::Cuda(0),
+            ..EngineConfig::default()
+        };
+        let err = Engine::start(loaded, cfg).unwrap_err().to_string();
+        assert!(err.contains("Qwen3-VL runs on the CPU backend for now"), "{err}");
+        // The model also loads on its own.
+        Qwen3VlModel::from_dir(fixture_dir(), &Default::default()).unwrap();
+    }
+}
