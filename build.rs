@@ -172,6 +172,7 @@ fn bind_header(header: &Path, out: &Path) {
             .rustified_enum("mllm_dtype_t")
             .newtype_enum("mllm_status_t")
             .newtype_enum("mllm_int8_mm_config_t")
+            .newtype_enum("mllm_decode_kernel_t")
             .layout_tests(false)
             .derive_debug(true)
     };

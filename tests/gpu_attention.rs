@@ -23,7 +23,9 @@ mod common;
 use common::{gpu_or_skip, random_f32};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
-use mllm_kernel::ops::{self, AttentionHeads, AttentionKernel, AttentionWorkspace, Meta, WorkspaceConfig};
+use mllm_kernel::ops::{
+    self, AttentionHeads, AttentionKernel, AttentionWorkspace, DecodeKernel, Meta, WorkspaceConfig,
+};
 use mllm_kernel::reference::{self, PagedKv};
 use mllm_kernel::{DType, DeviceTensor, Gpu};
 
@@ -93,7 +95,7 @@ fn run_case<T: FloatElem>(gpu: &Gpu, ws: &mut AttentionWorkspace, case: &Case, h
     let want = reference::paged_attention(&q, &qo_indptr, h, &kv, scale);
 
     let plan = ops::plan_attention(gpu, ws, &qo_indptr, &kv_indptr, heads).unwrap();
-    let decode_group = [1, 2, 4, 8].contains(&(h / hk));
+    let decode_group = [1, 2, 4, 8].contains(&(h / hk)) && !ws.config().decode_kernel.uses_tensor_cores(h / hk);
     let expect_kernel = if case.qo.iter().all(|&l| l == 1) && decode_group {
         AttentionKernel::Decode
     } else {
@@ -130,7 +132,17 @@ fn run_case<T: FloatElem>(gpu: &Gpu, ws: &mut AttentionWorkspace, case: &Case, h
 /// Runs `cases` for every head dim, dtype and head config (plus `extra`).
 fn sweep(test: &str, cases: &[Case], extra_heads: &[(usize, usize)]) {
     let Some(gpu) = gpu_or_skip(test) else { return };
-    let mut ws = AttentionWorkspace::new(&gpu, WorkspaceConfig::default()).unwrap();
+    for decode_kernel in [DecodeKernel::CudaCores, DecodeKernel::TensorCores] {
+        let config = WorkspaceConfig {
+            decode_kernel,
+            ..WorkspaceConfig::default()
+        };
+        let mut ws = AttentionWorkspace::new(&gpu, config).unwrap();
+        sweep_heads(&gpu, &mut ws, cases, extra_heads);
+    }
+}
+
+fn sweep_heads(gpu: &Gpu, ws: &mut AttentionWorkspace, cases: &[Case], extra_heads: &[(usize, usize)]) {
     let mut seed = 1000;
     for d in ops::ATTENTION_HEAD_DIMS {
         for dtype in [DType::BF16, DType::F16] {
@@ -144,8 +156,8 @@ fn sweep(test: &str, cases: &[Case], extra_heads: &[(usize, usize)]) {
                 for case in cases {
                     seed += 10;
                     match dtype {
-                        DType::BF16 => run_case::<bf16>(&gpu, &mut ws, case, heads, seed),
-                        _ => run_case::<f16>(&gpu, &mut ws, case, heads, seed),
+                        DType::BF16 => run_case::<bf16>(gpu, ws, case, heads, seed),
+                        _ => run_case::<f16>(gpu, ws, case, heads, seed),
                     }
                 }
             }

@@ -307,6 +307,102 @@ fn embedding_matches_reference() {
     }
 }
 
+// ---------------------------------------------------------- qk_norm_rope_store
+
+/// The fused kernel runs the same per-head code as `qk_norm_rope` (checked
+/// against the reference above) and then stores, so it must equal
+/// `qk_norm_rope` + `kv_store` + a q copy bit for bit, including skipped
+/// (out-of-pool) slots and clamped positions.
+fn check_rope_store<T: FloatElem>(gpu: &Gpu) {
+    let max_pos = 4096;
+    let packed = rope_cases()
+        .into_iter()
+        .filter(|c| c.heads == QkHeads::packed_qkv(c.heads.q_heads, c.heads.k_heads, c.heads.head_dim));
+    for (seed, c) in packed.enumerate() {
+        let seed = seed as u64;
+        let (t, h, d) = (c.tokens, c.heads, c.heads.head_dim);
+        let (hq, hk) = (h.q_heads, h.k_heads);
+        let slots = t + 7;
+        let cache = ops::rope_cos_sin_cache(d, max_pos, 1e6);
+        let qkv: Vec<T> = cast(&random_f32(t * c.width, 2600 + seed, 4.0));
+        let mut pos = random_index(t, 2700 + seed, max_pos);
+        let mut loc: Vec<i32> = (0..t as i32).map(|i| (i * 5 + 3) % slots as i32).collect();
+        if t >= 3 {
+            pos[1] = max_pos as i32 + 5;
+            loc[2] = -1;
+        }
+        let pool0: Vec<T> = cast(&random_f32(slots * hk * d, 2800 + seed, 1.0));
+        let weights: Vec<T> = cast(&random_f32(2 * d, 2900 + seed, 2.0));
+        let up = |v: &[T], shape: &[usize]| DeviceTensor::from_host(gpu, v, shape).unwrap();
+        let posd = DeviceTensor::from_host(gpu, &pos, &[t]).unwrap();
+        let locd = DeviceTensor::from_host(gpu, &loc, &[t]).unwrap();
+        let csd = DeviceTensor::from_host(gpu, &cache, &[max_pos, d]).unwrap();
+        let (qwd, kwd) = (up(&weights[..d], &[d]), up(&weights[d..], &[d]));
+        let args = ops::QkNormRope {
+            heads: h,
+            positions: &posd,
+            cos_sin: &csd,
+            q_norm: c.norm.then_some(&qwd),
+            k_norm: c.norm.then_some(&kwd),
+            eps: 1e-6,
+        };
+        // Unfused: rotate in place, store k/v, copy q out.
+        let mut qkv_d = up(&qkv, &[t, c.width]);
+        let (mut k1, mut v1) = (up(&pool0, &[slots, hk, d]), up(&pool0, &[slots, hk, d]));
+        ops::qk_norm_rope(gpu, &mut qkv_d, &args).unwrap();
+        let k = ops::RowSpan {
+            tensor: &qkv_d,
+            col: hq * d,
+        };
+        let v = ops::RowSpan {
+            tensor: &qkv_d,
+            col: (hq + hk) * d,
+        };
+        ops::kv_store(gpu, k, v, &locd, &mut k1, &mut v1).unwrap();
+        let rotated = qkv_d.to_host::<T>(gpu).unwrap();
+        let want_q: Vec<T> = (0..t)
+            .flat_map(|i| rotated[i * c.width..i * c.width + hq * d].to_vec())
+            .collect();
+        // Fused.
+        let src = up(&qkv, &[t, c.width]);
+        let mut q2 = DeviceTensor::zeros(gpu, &[t, hq, d], T::DTYPE).unwrap();
+        let (mut k2, mut v2) = (up(&pool0, &[slots, hk, d]), up(&pool0, &[slots, hk, d]));
+        let out = ops::RopeStoreOut {
+            q_out: &mut q2,
+            k_cache: &mut k2,
+            v_cache: &mut v2,
+            out_loc: &locd,
+        };
+        ops::qk_norm_rope_store(gpu, &src, &args, out).unwrap();
+        let what = format!("qk_norm_rope_store {} T={t} {h:?} norm={}", T::DTYPE, c.norm);
+        assert_eq!(bits(&q2.to_host::<T>(gpu).unwrap()), bits(&want_q), "{what}: q");
+        assert_eq!(
+            bits(&k2.to_host::<T>(gpu).unwrap()),
+            bits(&k1.to_host::<T>(gpu).unwrap()),
+            "{what}: k cache"
+        );
+        assert_eq!(
+            bits(&v2.to_host::<T>(gpu).unwrap()),
+            bits(&v1.to_host::<T>(gpu).unwrap()),
+            "{what}: v cache"
+        );
+        assert_eq!(
+            bits(&src.to_host::<T>(gpu).unwrap()),
+            bits(&qkv),
+            "{what}: qkv must stay unchanged"
+        );
+    }
+}
+
+#[test]
+fn qk_norm_rope_store_equals_the_unfused_ops() {
+    if let Some(gpu) = gpu_or_skip("qk_norm_rope_store_equals_the_unfused_ops") {
+        check_rope_store::<bf16>(&gpu);
+        check_rope_store::<f16>(&gpu);
+        check_rope_store::<f32>(&gpu);
+    }
+}
+
 // ---------------------------------------------------------------- kv_store
 
 fn check_kv_store<T: FloatElem>(gpu: &Gpu) {

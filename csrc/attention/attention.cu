@@ -73,6 +73,8 @@ mllm_result_t check_plan_args(const mllm_attention_plan_args_t* a) {
     if (qo < 1 || kv < qo)
       return fail(MLLM_STATUS_INVALID_ARGUMENT, "every sequence needs 1 <= qo_len <= kv_len");
   }
+  if (a->decode_kernel != MLLM_DECODE_KERNEL_CUDA_CORES && a->decode_kernel != MLLM_DECODE_KERNEL_TENSOR_CORES)
+    return fail(MLLM_STATUS_INVALID_ARGUMENT, "decode_kernel must be one of MLLM_DECODE_KERNEL_*");
   if (device_sm() < 80) return fail(MLLM_STATUS_UNSUPPORTED, "FlashInfer's FA2 kernels need SM80 or newer");
   return ok();
 }
@@ -114,14 +116,16 @@ mllm_result_t plan_variant(const mllm_attention_plan_args_t* a, mllm_attention_p
   void* sched_dev = at(a->int_workspace, p->scheduler_offset);
   void* sched_host = at(a->int_host, p->scheduler_offset);
   const size_t sched_bytes = size_t(a->int_workspace_bytes - p->scheduler_offset);
-  p->prefill = !(all_single_queries(a) && Tag::decode_supports_group(group));
+  const bool single = all_single_queries(a);
+  p->prefill = !(single && Tag::decode_supports_group(group) && a->decode_kernel == MLLM_DECODE_KERNEL_CUDA_CORES);
   std::vector<int64_t> info;
   cudaError_t e;
   if (p->prefill) {
     flashinfer::PrefillPlanInfo pi;
     e = Tag::prefill_plan(a->float_workspace, size_t(a->float_workspace_bytes), sched_dev, sched_host, sched_bytes,
                           pi, qo.data(), kv.data(), uint32_t(qo.back()), uint32_t(a->batch_size),
-                          uint32_t(a->num_qo_heads), uint32_t(a->num_kv_heads), a->cuda_graph != 0, stream);
+                          uint32_t(a->num_qo_heads), uint32_t(a->num_kv_heads), a->cuda_graph != 0,
+                          /*uniform_q_len=*/single ? 1 : 0, stream);
     info = pi.ToVector();
   } else {
     flashinfer::DecodePlanInfo di;

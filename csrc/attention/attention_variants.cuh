@@ -195,12 +195,12 @@ struct Variant {
   static cudaError_t prefill_plan(void* float_ws, size_t float_bytes, void* int_ws, void* int_host, size_t int_bytes,
                                   fi::PrefillPlanInfo& info, int32_t* qo_indptr_h, int32_t* kv_indptr_h,
                                   uint32_t total_q, uint32_t batch_size, uint32_t num_qo_heads, uint32_t num_kv_heads,
-                                  bool cuda_graph, cudaStream_t stream) {
+                                  bool cuda_graph, int64_t uniform_q_len, cudaStream_t stream) {
     return fi::PrefillPlan<int32_t>(float_ws, float_bytes, int_ws, int_host, int_bytes, info, qo_indptr_h, kv_indptr_h,
                                     total_q, batch_size, num_qo_heads, num_kv_heads, HEAD_DIM, HEAD_DIM,
                                     /*page_size=*/1, cuda_graph, sizeof(T), /*window_left=*/-1,
                                     /*fixed_split_size=*/-1, /*disable_split_kv=*/false,
-                                    /*num_colocated_ctas=*/0, /*uniform_q_len=*/0, stream, sizeof(T));
+                                    /*num_colocated_ctas=*/0, uniform_q_len, stream, sizeof(T));
   }
 
   static cudaError_t decode_run(const RunPointers& r, const RunShape& s, const std::vector<int64_t>& v,

@@ -81,6 +81,8 @@ typedef enum mllm_int8_mm_config_t {
   MLLM_INT8_MM_SKINNY_M16 = 0,
   MLLM_INT8_MM_SKINNY_M32 = 1,
   MLLM_INT8_MM_SKINNY_M64 = 2,
+  /* M <= 16 with the weight streamed by TMA bulk copies (SM90+). */
+  MLLM_INT8_MM_STREAM_M16 = 3,
   /* CUTLASS 2.x tensor-op kernels (SM80+; PTX runs on newer GPUs). */
   MLLM_INT8_MM_SM80_32x64x128 = 10,
   MLLM_INT8_MM_SM80_64x128x128 = 11,
@@ -143,7 +145,17 @@ typedef struct mllm_attention_plan_args_t {
   int32_t head_dim; /* 64 or 128 */
   mllm_dtype_t dtype; /* F16 or BF16: q, caches and out */
   int32_t cuda_graph; /* 1: fixed grid sizes, so decode launches can be captured */
+  int32_t decode_kernel; /* mllm_decode_kernel_t: what runs a batch whose every qo_len is 1 */
 } mllm_attention_plan_args_t;
+
+/* Decode-batch kernels: FlashInfer's CUDA-core decode kernel, or its prefill
+ * kernel with one query row per sequence (tensor cores over the packed GQA
+ * group, FlashInfer's `use_tensor_cores`). The caller picks; see the Rust
+ * `DecodeKernel`. */
+typedef enum mllm_decode_kernel_t {
+  MLLM_DECODE_KERNEL_CUDA_CORES = 0,
+  MLLM_DECODE_KERNEL_TENSOR_CORES = 1,
+} mllm_decode_kernel_t;
 
 /* What mllm_attention_plan chose; opaque to the caller, passed back to run. */
 typedef struct mllm_attention_plan_t {

@@ -63,6 +63,41 @@ __device__ __forceinline__ void store2<__half>(__half* p, float x, float y) {
   *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y);
 }
 
+// Sums the per-warp partial tiles (partial[w][i * 4 + j][lane] is warp w's
+// accumulator j of m-tile i) and writes the block's 8 output columns. Warp w
+// finishes m-tiles w, w + NWARPS, ...: c0/c1 are row g, c2/c3 row g + 8;
+// columns t*2 and t*2 + 1 of the 8-column tile.
+template <typename Out, int NWARPS, int MT>
+__device__ __forceinline__ void finish_tile(const int (*partial)[MT * 4][32], const float* __restrict__ sa,
+                                            const float* __restrict__ sb, const Out* __restrict__ bias,
+                                            Out* __restrict__ out, int m, int n, int n0, int sa_per_row,
+                                            int sb_per_col) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  for (int i = warp; i < MT; i += NWARPS) {
+    int sum[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int w = 0; w < NWARPS; ++w)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) sum[j] += partial[w][i * 4 + j][lane];
+    const int c = n0 + t * 2;
+    if (c >= n) continue;
+    const float sb0 = sb_per_col ? sb[c] : sb[0];
+    const float sb1 = sb_per_col ? sb[c + 1] : sb[0];
+    const float b0 = bias ? static_cast<float>(bias[c]) : 0.f;
+    const float b1 = bias ? static_cast<float>(bias[c + 1]) : 0.f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = i * 16 + g + h * 8;
+      if (row >= m) continue;
+      const float s = sa_per_row ? sa[row] : sa[0];
+      // scale_a * (scale_b * acc) + bias, the CUTLASS epilogue's order.
+      store2(out + static_cast<int64_t>(row) * n + c, fmaf(s, sb0 * static_cast<float>(sum[h * 2]), b0),
+             fmaf(s, sb1 * static_cast<float>(sum[h * 2 + 1]), b1));
+    }
+  }
+}
+
 template <typename Out, int MT>
 __global__ void __launch_bounds__(WARPS * 32)
     skinny_kernel(const int8_t* __restrict__ a, const int8_t* __restrict__ b, const float* __restrict__ sa,
@@ -120,37 +155,14 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
     for (int j = 0; j < 4; ++j) partial[warp][i * 4 + j][lane] = acc[i][j];
   __syncthreads();
-
-  // Warp w finishes m-tiles w, w + WARPS, ...: c0/c1 are row g, c2/c3 row
-  // g + 8; columns t*2 and t*2 + 1 of the 8-column tile.
-  for (int i = warp; i < MT; i += WARPS) {
-    int sum[4] = {0, 0, 0, 0};
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) sum[j] += partial[w][i * 4 + j][lane];
-    const int c = n0 + t * 2;
-    if (c >= n) continue;
-    const float sb0 = sb_per_col ? sb[c] : sb[0];
-    const float sb1 = sb_per_col ? sb[c + 1] : sb[0];
-    const float b0 = bias ? static_cast<float>(bias[c]) : 0.f;
-    const float b1 = bias ? static_cast<float>(bias[c + 1]) : 0.f;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = i * 16 + g + h * 8;
-      if (row >= m) continue;
-      const float s = sa_per_row ? sa[row] : sa[0];
-      // scale_a * (scale_b * acc) + bias, the CUTLASS epilogue's order.
-      store2(out + static_cast<int64_t>(row) * n + c, fmaf(s, sb0 * static_cast<float>(sum[h * 2]), b0),
-             fmaf(s, sb1 * static_cast<float>(sum[h * 2 + 1]), b1));
-    }
-  }
+  finish_tile<Out, WARPS, MT>(partial, sa, sb, bias, out, m, n, n0, sa_per_row, sb_per_col);
 }
 
 // Rows of A the config covers.
 inline int max_rows(int config) {
   switch (config) {
     case MLLM_INT8_MM_SKINNY_M16: return 16;
+    case MLLM_INT8_MM_STREAM_M16: return 16;
     case MLLM_INT8_MM_SKINNY_M32: return 32;
     case MLLM_INT8_MM_SKINNY_M64: return 64;
     default: return 0;

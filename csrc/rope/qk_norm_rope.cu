@@ -36,31 +36,18 @@ __device__ __forceinline__ int pair_index(int lane, int j) {
   return CONTIG ? lane * E + j : lane + 32 * j;
 }
 
+// One head: optional RMSNorm with w, then the NeoX rotation by the angle
+// row cs (cos then sin); reads x, writes y (y == x for in place).
 template <typename D, bool CONTIG, int E>
-__device__ __forceinline__ void qk_norm_rope_head(typename D::storage* qk, long long row_stride, const int* pos,
-                                                  const float* cos_sin, int max_pos,
-                                                  const typename D::storage* q_w,
-                                                  const typename D::storage* k_w, int tokens, int q_col,
-                                                  int q_heads, int k_col, int k_heads, int head_dim, float eps) {
-  using S = typename D::storage;
-  using P = mllm::Pack<S, E>;
+__device__ __forceinline__ void norm_rope_head(const typename D::storage* x, typename D::storage* y,
+                                               const float* cs, const typename D::storage* w, int head_dim,
+                                               float eps) {
+  using P = mllm::Pack<typename D::storage, E>;
   using F = mllm::Pack<float, E>;
-  const long long warp = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
-  const int heads = q_heads + k_heads;
-  if (warp >= static_cast<long long>(tokens) * heads) return;  // whole warps leave together
-  const long long t = warp / heads;
-  const int h = static_cast<int>(warp - t * heads);
-  const bool is_q = h < q_heads;
-  S* x = qk + t * row_stride + (is_q ? q_col + h * head_dim : k_col + (h - q_heads) * head_dim);
-  const S* w = is_q ? q_w : k_w;
   const int half = head_dim / 2;
   // Everything this head reads is requested before any of it is used, so
   // the loads (x, position -> cos/sin, weights) overlap.
-  int p = pos[t];
-  p = p < 0 ? 0 : (p >= max_pos ? max_pos - 1 : p);
-  const float* cs = cos_sin + static_cast<long long>(p) * head_dim;
-
   float a[E];
   float b[E];
   F c;
@@ -113,8 +100,8 @@ __device__ __forceinline__ void qk_norm_rope_head(typename D::storage* qk, long 
       oa.v[j] = D::from_float(a[j] * c.v[j] - b[j] * sn.v[j]);
       ob.v[j] = D::from_float(b[j] * c.v[j] + a[j] * sn.v[j]);
     }
-    *reinterpret_cast<P*>(x + lane * E) = oa;
-    *reinterpret_cast<P*>(x + half + lane * E) = ob;
+    *reinterpret_cast<P*>(y + lane * E) = oa;
+    *reinterpret_cast<P*>(y + half + lane * E) = ob;
   } else {
 #pragma unroll
     for (int j = 0; j < E; ++j) {
@@ -122,10 +109,79 @@ __device__ __forceinline__ void qk_norm_rope_head(typename D::storage* qk, long 
       if (i < half) {
         const float c = cs[i];
         const float sn = cs[half + i];
-        x[i] = D::from_float(a[j] * c - b[j] * sn);
-        x[i + half] = D::from_float(b[j] * c + a[j] * sn);
+        y[i] = D::from_float(a[j] * c - b[j] * sn);
+        y[i + half] = D::from_float(b[j] * c + a[j] * sn);
       }
     }
+  }
+}
+
+// The cos/sin row of token t's position, clamped into the cache.
+__device__ __forceinline__ const float* rotary_row(const int* pos, long long t, const float* cos_sin, int max_pos,
+                                                   int head_dim) {
+  int p = pos[t];
+  p = p < 0 ? 0 : (p >= max_pos ? max_pos - 1 : p);
+  return cos_sin + static_cast<long long>(p) * head_dim;
+}
+
+template <typename D, bool CONTIG, int E>
+__device__ __forceinline__ void qk_norm_rope_head(typename D::storage* qk, long long row_stride, const int* pos,
+                                                  const float* cos_sin, int max_pos,
+                                                  const typename D::storage* q_w,
+                                                  const typename D::storage* k_w, int tokens, int q_col,
+                                                  int q_heads, int k_col, int k_heads, int head_dim, float eps) {
+  const long long warp = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int heads = q_heads + k_heads;
+  if (warp >= static_cast<long long>(tokens) * heads) return;  // whole warps leave together
+  const long long t = warp / heads;
+  const int h = static_cast<int>(warp - t * heads);
+  const bool is_q = h < q_heads;
+  typename D::storage* x = qk + t * row_stride + (is_q ? q_col + h * head_dim : k_col + (h - q_heads) * head_dim);
+  norm_rope_head<D, CONTIG, E>(x, x, rotary_row(pos, t, cos_sin, max_pos, head_dim), is_q ? q_w : k_w, head_dim,
+                               eps);
+}
+
+// Fused: reads a packed qkv row (q heads, then k, then v), writes the normed
+// and rotated q heads to q_out [T, q_heads, D], the k heads to
+// k_cache[loc[t]] and copies the v heads to v_cache[loc[t]] (pool rows of
+// kv_heads * D). One warp per (token, head) over q_heads + 2 * kv_heads
+// heads. A slot outside [0, num_slots) skips that token's K/V writes.
+template <typename D, bool CONTIG, int E>
+__device__ __forceinline__ void qk_norm_rope_store_head(const typename D::storage* qkv, long long row_stride,
+                                                        const int* pos, const float* cos_sin, int max_pos,
+                                                        const typename D::storage* q_w,
+                                                        const typename D::storage* k_w, int tokens, int q_heads,
+                                                        int kv_heads, int head_dim, float eps,
+                                                        typename D::storage* q_out, typename D::storage* k_cache,
+                                                        typename D::storage* v_cache, const int* loc,
+                                                        long long num_slots) {
+  using S = typename D::storage;
+  const long long warp = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int heads = q_heads + 2 * kv_heads;
+  if (warp >= static_cast<long long>(tokens) * heads) return;
+  const long long t = warp / heads;
+  const int h = static_cast<int>(warp - t * heads);
+  const S* x = qkv + t * row_stride + static_cast<long long>(h) * head_dim;
+  if (h < q_heads) {
+    S* y = q_out + (t * q_heads + h) * head_dim;
+    norm_rope_head<D, CONTIG, E>(x, y, rotary_row(pos, t, cos_sin, max_pos, head_dim), q_w, head_dim, eps);
+    return;
+  }
+  const long long slot = loc[t];
+  if (slot < 0 || slot >= num_slots) return;
+  const int hk = h - q_heads;
+  if (hk < kv_heads) {
+    S* y = k_cache + (slot * kv_heads + hk) * head_dim;
+    norm_rope_head<D, CONTIG, E>(x, y, rotary_row(pos, t, cos_sin, max_pos, head_dim), k_w, head_dim, eps);
+    return;
+  }
+  S* y = v_cache + (slot * kv_heads + hk - kv_heads) * head_dim;
+  const int lane = threadIdx.x & 31;
+  if (CONTIG) {
+    using P = mllm::Pack<S, 2 * E>;  // a lane's D/32 elements
+    reinterpret_cast<P*>(y)[lane] = reinterpret_cast<const P*>(x)[lane];
+  } else {
+    for (int i = lane; i < head_dim; i += 32) y[i] = x[i];
   }
 }
 
@@ -159,6 +215,33 @@ __device__ __forceinline__ void qk_norm_rope_dispatch(typename D::storage* qk, l
 // k_w, tokens, q_col, q_heads, k_col, k_heads, head_dim, eps); q_w / k_w
 // null skips that norm. Launch one warp per (token, head): blockDim a
 // multiple of 32, grid covering tokens * (q_heads + k_heads) warps.
+// Symbol: qk_norm_rope_store_<dtype>(qkv, row_stride, pos, cos_sin,
+// max_pos, q_w, k_w, tokens, q_heads, kv_heads, head_dim, eps, q_out,
+// k_cache, v_cache, loc, num_slots); one warp per (token, head) over
+// tokens * (q_heads + 2 * kv_heads) warps.
+template <typename D>
+__device__ __forceinline__ void qk_norm_rope_store_dispatch(
+    const typename D::storage* qkv, long long row_stride, const int* pos, const float* cos_sin, int max_pos,
+    const typename D::storage* q_w, const typename D::storage* k_w, int tokens, int q_heads, int kv_heads,
+    int head_dim, float eps, typename D::storage* q_out, typename D::storage* k_cache, typename D::storage* v_cache,
+    const int* loc, long long num_slots) {
+  const int e = head_dim / 64;
+  const bool aligned = head_dim % 64 == 0 && e > 0 && row_stride % e == 0;
+#define MLLM_ROPE_STORE_ARGS                                                                                   \
+  qkv, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_heads, kv_heads, head_dim, eps, q_out, k_cache, \
+      v_cache, loc, num_slots
+  if (aligned && e == 1) {
+    qk_norm_rope_store_head<D, true, 1>(MLLM_ROPE_STORE_ARGS);
+  } else if (aligned && e == 2) {
+    qk_norm_rope_store_head<D, true, 2>(MLLM_ROPE_STORE_ARGS);
+  } else if (aligned && e == 4) {
+    qk_norm_rope_store_head<D, true, 4>(MLLM_ROPE_STORE_ARGS);
+  } else {
+    qk_norm_rope_store_head<D, false, kMaxPairsPerLane>(MLLM_ROPE_STORE_ARGS);
+  }
+#undef MLLM_ROPE_STORE_ARGS
+}
+
 #define MLLM_QK_NORM_ROPE_KERNEL(SUFFIX, D)                                                                  \
   extern "C" __global__ void qk_norm_rope_##SUFFIX(                                                        \
       D::storage* qk, long long row_stride, const int* pos, const float* cos_sin, int max_pos,             \
@@ -166,6 +249,14 @@ __device__ __forceinline__ void qk_norm_rope_dispatch(typename D::storage* qk, l
       int k_heads, int head_dim, float eps) {                                                              \
     qk_norm_rope_dispatch<D>(qk, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_col, q_heads, k_col,   \
                          k_heads, head_dim, eps);                                                          \
+  }                                                                                                        \
+  extern "C" __global__ void qk_norm_rope_store_##SUFFIX(                                                  \
+      const D::storage* qkv, long long row_stride, const int* pos, const float* cos_sin, int max_pos,      \
+      const D::storage* q_w, const D::storage* k_w, int tokens, int q_heads, int kv_heads, int head_dim,   \
+      float eps, D::storage* q_out, D::storage* k_cache, D::storage* v_cache, const int* loc,              \
+      long long num_slots) {                                                                               \
+    qk_norm_rope_store_dispatch<D>(qkv, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_heads,      \
+                                   kv_heads, head_dim, eps, q_out, k_cache, v_cache, loc, num_slots);      \
   }
 
 #if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F32)

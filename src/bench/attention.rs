@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{copy_bandwidth, random_bf16, rotation, time_gpu, TimingPlan};
 use crate::device::Gpu;
 use crate::dtype::DType;
-use crate::ops::{self, AttentionHeads, AttentionWorkspace, WorkspaceConfig};
+use crate::ops::{self, AttentionHeads, AttentionWorkspace, DecodeKernel, WorkspaceConfig};
 use crate::tensor::DeviceTensor;
 use crate::Result;
 
@@ -24,6 +24,9 @@ const HEADS: AttentionHeads = AttentionHeads {
 #[derive(Debug, Clone, Serialize)]
 pub struct AttentionRow {
     pub op: &'static str,
+    /// `cuda-cores` (FlashInfer's decode kernel) or `tensor-cores` (its
+    /// prefill kernel, one query row per sequence).
+    pub kernel: &'static str,
     pub dtype: &'static str,
     pub batch: usize,
     /// Context tokens per sequence.
@@ -45,7 +48,8 @@ pub struct AttentionRow {
     pub plan: TimingPlan,
 }
 
-/// Times decode attention for every (batch, context) pair.
+/// Times decode attention for every (batch, context) pair, on both decode
+/// kernels.
 ///
 /// ```no_run
 /// use mllm_kernel::bench::{bench_attention_decode, TimingPlan};
@@ -66,7 +70,22 @@ pub fn bench_attention_decode(
         head_dim: d,
         ..
     } = HEADS;
-    let mut ws = AttentionWorkspace::new(gpu, WorkspaceConfig::default())?;
+    let kernels = [
+        (DecodeKernel::CudaCores, "cuda-cores"),
+        (DecodeKernel::TensorCores, "tensor-cores"),
+    ];
+    let mut workspaces = kernels
+        .iter()
+        .map(|&(decode_kernel, _)| {
+            AttentionWorkspace::new(
+                gpu,
+                WorkspaceConfig {
+                    decode_kernel,
+                    ..WorkspaceConfig::default()
+                },
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
     for &b in batches {
         for &ctx in contexts {
@@ -85,33 +104,36 @@ pub fn bench_attention_decode(
                 .collect::<Result<Vec<_>>>()?;
             let qo: Vec<i32> = (0..=b as i32).collect();
             let kv: Vec<i32> = (0..=b).map(|i| (i * ctx) as i32).collect();
-            let attn = ops::plan_attention(gpu, &mut ws, &qo, &kv, HEADS)?;
             let q = DeviceTensor::from_host(gpu, &random_bf16(b * h * d, 7), &[b, h, d])?;
             let mut out = DeviceTensor::zeros(gpu, &[b, h, d], DType::BF16)?;
-            let mut i = 0;
-            let timing = time_gpu(gpu, plan, || {
-                i = (i + 1) % sets;
-                ops::paged_attention_into(gpu, &attn, &ws, &q, &k, &v, &indices[i], None, &mut out)
-            })?;
-            let gbps = bytes as f64 / timing.median_us / 1e3;
             let copy_gbps = copy_bandwidth(gpu, bytes / 2, plan)?;
-            rows.push(AttentionRow {
-                op: "attention_decode",
-                dtype: "bf16",
-                batch: b,
-                context: ctx,
-                num_heads: h,
-                num_kv_heads: hk,
-                head_dim: d,
-                bytes,
-                median_us: timing.median_us,
-                min_us: timing.min_us,
-                rotation: sets,
-                gbps,
-                copy_gbps,
-                ratio_to_copy: gbps / copy_gbps,
-                plan,
-            });
+            for (ws, &(_, kernel)) in workspaces.iter_mut().zip(&kernels) {
+                let attn = ops::plan_attention(gpu, ws, &qo, &kv, HEADS)?;
+                let mut i = 0;
+                let timing = time_gpu(gpu, plan, || {
+                    i = (i + 1) % sets;
+                    ops::paged_attention_into(gpu, &attn, ws, &q, &k, &v, &indices[i], None, &mut out)
+                })?;
+                let gbps = bytes as f64 / timing.median_us / 1e3;
+                rows.push(AttentionRow {
+                    op: "attention_decode",
+                    kernel,
+                    dtype: "bf16",
+                    batch: b,
+                    context: ctx,
+                    num_heads: h,
+                    num_kv_heads: hk,
+                    head_dim: d,
+                    bytes,
+                    median_us: timing.median_us,
+                    min_us: timing.min_us,
+                    rotation: sets,
+                    gbps,
+                    copy_gbps,
+                    ratio_to_copy: gbps / copy_gbps,
+                    plan,
+                });
+            }
         }
     }
     Ok(rows)

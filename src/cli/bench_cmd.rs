@@ -137,13 +137,14 @@ fn bench_attention(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyho
         plan.repeats
     );
     println!(
-        "{:<18} {:>6} {:>8} {:>10} {:>10} {:>9} {:>9} {:>7}",
-        "op", "batch", "context", "MiB", "median_us", "GB/s", "copyGB/s", "ratio"
+        "{:<18} {:<13} {:>6} {:>8} {:>10} {:>10} {:>9} {:>9} {:>7}",
+        "op", "kernel", "batch", "context", "MiB", "median_us", "GB/s", "copyGB/s", "ratio"
     );
     for r in &rows {
         println!(
-            "{:<18} {:>6} {:>8} {:>10.1} {:>10.2} {:>9.0} {:>9.0} {:>6.0}%",
+            "{:<18} {:<13} {:>6} {:>8} {:>10.1} {:>10.2} {:>9.0} {:>9.0} {:>6.0}%",
             r.op,
+            r.kernel,
             r.batch,
             r.context,
             r.bytes as f64 / (1 << 20) as f64,

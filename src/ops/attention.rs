@@ -26,7 +26,9 @@ use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, PinnedHostSlice};
 use super::{expect_dtype, expect_shape, ffi_result, Meta};
 use crate::device::Gpu;
 use crate::dtype::DType;
-use crate::ffi::dynamic::{mllm_attention_plan_args_t, mllm_attention_plan_t, mllm_attention_run_args_t};
+use crate::ffi::dynamic::{
+    mllm_attention_plan_args_t, mllm_attention_plan_t, mllm_attention_run_args_t, mllm_decode_kernel_t,
+};
 use crate::registry::{KernelBuild, KernelId};
 use crate::tensor::DeviceTensor;
 use crate::{Error, Result};
@@ -102,6 +104,58 @@ pub enum AttentionKernel {
     /// Batch prefill with the causal mask (prefill, extend and mixed batches;
     /// also decode when the GQA group has no decode instantiation).
     Prefill,
+}
+
+/// What runs a batch whose every sequence has one new query row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodeKernel {
+    /// Tensor cores for GQA groups of 4 or more, else the CUDA-core kernel.
+    #[default]
+    Auto,
+    /// FlashInfer's batch decode kernel (CUDA cores, one KV token per
+    /// warp-row and stage).
+    CudaCores,
+    /// FlashInfer's prefill kernel with one query row per sequence: the GQA
+    /// group's rows share a 16-row tensor-core tile, so each KV chunk is read
+    /// once per group (FlashInfer's `use_tensor_cores`).
+    TensorCores,
+}
+
+impl DecodeKernel {
+    /// Whether a decode batch with `group` query heads per KV head runs on
+    /// the prefill kernel.
+    ///
+    /// ```
+    /// use mllm_kernel::ops::DecodeKernel;
+    /// assert!(DecodeKernel::Auto.uses_tensor_cores(4));
+    /// assert!(!DecodeKernel::Auto.uses_tensor_cores(1));
+    /// assert!(DecodeKernel::TensorCores.uses_tensor_cores(1));
+    /// ```
+    pub fn uses_tensor_cores(self, group: usize) -> bool {
+        match self {
+            // Groups of 4+ fill a quarter or more of the 16-row tile; the
+            // CUDA-core kernel's per-token loop leaves DRAM idle there
+            // (`mllm-kernel bench attention` measures both).
+            Self::Auto => group >= 4,
+            Self::CudaCores => false,
+            Self::TensorCores => true,
+        }
+    }
+}
+
+impl std::str::FromStr for DecodeKernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cuda-cores" => Ok(Self::CudaCores),
+            "tensor-cores" => Ok(Self::TensorCores),
+            _ => Err(invalid(
+                "decode_kernel",
+                format!("unknown decode kernel `{s}`; known: auto, cuda-cores, tensor-cores"),
+            )),
+        }
+    }
 }
 
 /// Totals of a validated batch.
@@ -199,6 +253,8 @@ pub struct WorkspaceConfig {
     /// Plan for CUDA-graph replay: launch grids depend only on the batch
     /// size, not on the sequence lengths (FlashInfer's `use_cuda_graph`).
     pub cuda_graph: bool,
+    /// The kernel for batches of single-row queries.
+    pub decode_kernel: DecodeKernel,
 }
 
 impl Default for WorkspaceConfig {
@@ -207,6 +263,7 @@ impl Default for WorkspaceConfig {
             float_bytes: 128 << 20,
             int_bytes: 8 << 20,
             cuda_graph: false,
+            decode_kernel: DecodeKernel::Auto,
         }
     }
 }
@@ -343,9 +400,10 @@ fn kernel_build(heads: AttentionHeads) -> Result<KernelBuild> {
 /// let gpu = Gpu::new(0)?;
 /// let mut ws = AttentionWorkspace::new(&gpu, WorkspaceConfig::default())?;
 /// let heads = AttentionHeads { num_heads: 32, num_kv_heads: 8, head_dim: 128, dtype: DType::BF16 };
-/// // Two decoding sequences with 100 and 7 context tokens.
+/// // Two decoding sequences with 100 and 7 context tokens; groups of 4 decode
+/// // on the tensor-core (prefill) kernel by default.
 /// let plan = ops::plan_attention(&gpu, &mut ws, &[0, 1, 2], &[0, 100, 107], heads)?;
-/// assert_eq!(plan.kernel(), AttentionKernel::Decode);
+/// assert_eq!(plan.kernel(), AttentionKernel::Prefill);
 /// # Ok::<(), mllm_kernel::Error>(())
 /// ```
 pub fn plan_attention(
@@ -396,6 +454,14 @@ pub fn plan_attention(
         head_dim: heads.head_dim as i32,
         dtype: heads.dtype.to_ffi().expect("bf16/f16 checked by validation"),
         cuda_graph: i32::from(config.cuda_graph),
+        decode_kernel: if config
+            .decode_kernel
+            .uses_tensor_cores(heads.num_heads / heads.num_kv_heads)
+        {
+            mllm_decode_kernel_t::MLLM_DECODE_KERNEL_TENSOR_CORES.0 as i32
+        } else {
+            mllm_decode_kernel_t::MLLM_DECODE_KERNEL_CUDA_CORES.0 as i32
+        },
     };
     // SAFETY: all-integer C struct (its enum's zero is MLLM_DTYPE_F32).
     let mut raw: mllm_attention_plan_t = unsafe { std::mem::zeroed() };

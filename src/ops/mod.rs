@@ -11,13 +11,14 @@ mod linear;
 mod norm;
 mod quant;
 mod rope;
+mod rope_store;
 mod sample;
 mod sampling;
 
 pub use activation::{silu_and_mul, silu_and_mul_into, silu_and_mul_quant_into, validate_silu_and_mul};
 pub use attention::{
     paged_attention, paged_attention_into, plan_attention, validate_attention_batch, validate_paged_attention,
-    AttentionBatch, AttentionHeads, AttentionKernel, AttentionPlan, AttentionWorkspace, WorkspaceConfig,
+    AttentionBatch, AttentionHeads, AttentionKernel, AttentionPlan, AttentionWorkspace, DecodeKernel, WorkspaceConfig,
     ATTENTION_HEAD_DIMS,
 };
 pub use embedding::{embedding, embedding_into, validate_embedding, validate_token_ids};
@@ -31,6 +32,7 @@ pub use linear::{linear, linear_into, validate_linear};
 pub use norm::{fused_add_rms_norm, fused_add_rms_norm_quant, rms_norm, rms_norm_into, validate_rms_norm};
 pub use quant::{per_token_quant_int8, per_token_quant_int8_into, validate_per_token_quant_int8};
 pub use rope::{qk_norm_rope, rope_cos_sin_cache, validate_qk_norm_rope, QkHeads, QkNormRope, MAX_ROPE_HEAD_DIM};
+pub use rope_store::{qk_norm_rope_store, validate_qk_norm_rope_store, RopeStoreOut};
 pub use sample::{sample, sample_into, validate_sample, SampleParams};
 pub use sampling::{argmax, argmax_into, token_logprobs, token_logprobs_into, validate_logits};
 

@@ -16,7 +16,7 @@ const OP: &str = "qk_norm_rope";
 pub const MAX_ROPE_HEAD_DIM: usize = 256;
 
 pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
-    float_symbols(&[OP], variant)
+    float_symbols(&[OP, "qk_norm_rope_store"], variant)
 }
 
 /// Where the q and k heads sit in each row of a `[T, W]` buffer: q heads

@@ -14,6 +14,9 @@ pub enum Int8MmConfig {
     SkinnyM32,
     /// Hand-written mma.sync kernel for M ≤ 64.
     SkinnyM64,
+    /// M ≤ 16 with the weight streamed into shared memory by TMA bulk
+    /// copies (SM90+).
+    StreamM16,
     /// CUTLASS 2.x tile 32x64x128.
     Sm80T32x64x128,
     /// CUTLASS 2.x tile 64x128x128.
@@ -44,10 +47,11 @@ pub enum Int8MmPath {
 }
 
 impl Int8MmConfig {
-    pub const ALL: [Int8MmConfig; 12] = [
+    pub const ALL: [Int8MmConfig; 13] = [
         Self::SkinnyM16,
         Self::SkinnyM32,
         Self::SkinnyM64,
+        Self::StreamM16,
         Self::Sm80T32x64x128,
         Self::Sm80T64x128x128,
         Self::Sm80T128x128x64,
@@ -66,6 +70,7 @@ impl Int8MmConfig {
             Self::SkinnyM16 => C::MLLM_INT8_MM_SKINNY_M16,
             Self::SkinnyM32 => C::MLLM_INT8_MM_SKINNY_M32,
             Self::SkinnyM64 => C::MLLM_INT8_MM_SKINNY_M64,
+            Self::StreamM16 => C::MLLM_INT8_MM_STREAM_M16,
             Self::Sm80T32x64x128 => C::MLLM_INT8_MM_SM80_32x64x128,
             Self::Sm80T64x128x128 => C::MLLM_INT8_MM_SM80_64x128x128,
             Self::Sm80T128x128x64 => C::MLLM_INT8_MM_SM80_128x128x64,
@@ -92,6 +97,7 @@ impl Int8MmConfig {
             Self::SkinnyM16 => "skinny_m16",
             Self::SkinnyM32 => "skinny_m32",
             Self::SkinnyM64 => "skinny_m64",
+            Self::StreamM16 => "stream_m16",
             Self::Sm80T32x64x128 => "sm80_32x64x128",
             Self::Sm80T64x128x128 => "sm80_64x128x128",
             Self::Sm80T128x128x64 => "sm80_128x128x64",
@@ -127,16 +133,20 @@ impl Int8MmConfig {
     /// Most rows of A it handles (skinny kernels are bounded).
     pub fn max_m(self) -> usize {
         match self {
-            Self::SkinnyM16 => 16,
+            Self::SkinnyM16 | Self::StreamM16 => 16,
             Self::SkinnyM32 => 32,
             Self::SkinnyM64 => 64,
             _ => usize::MAX,
         }
     }
 
-    /// Whether it can run on `arch` (SM90 configs exist only for sm_90a).
+    /// Whether it can run on `arch` (SM90 configs exist only for sm_90a;
+    /// the bulk-copy kernel needs SM90 or newer).
     pub fn runs_on(self, arch: Arch) -> bool {
-        arch.major >= 8 && (!self.is_sm90() || (arch.major == 9 && arch.minor == 0))
+        match self {
+            Self::StreamM16 => arch.major >= 9,
+            _ => arch.major >= 8 && (!self.is_sm90() || (arch.major == 9 && arch.minor == 0)),
+        }
     }
 }
 
@@ -168,20 +178,27 @@ impl std::str::FromStr for Int8MmConfig {
 /// ```
 /// use mllm_kernel::ops::{select_int8_mm_config, Int8MmConfig, Int8MmPath};
 /// let h100 = "sm_90a".parse().unwrap();
-/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::SkinnyM16);
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::StreamM16);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 128, 6144, 4096), Int8MmConfig::Sm90P64x128x128);
 /// assert!(select_int8_mm_config(h100, Int8MmPath::Auto, 8192, 8192, 8192).is_sm90());
 /// assert!(!select_int8_mm_config(h100, Int8MmPath::Sm80, 8192, 8192, 8192).is_sm90());
 /// ```
 pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k: usize) -> Int8MmConfig {
     use Int8MmConfig::*;
-    // Small M streams the weight. Narrow outputs: the skinny kernel (which
-    // also overlaps the dynamic quantization through PDL); wide ones keep
-    // more tiles in flight with CUTLASS's 32x64 tile (H200 sweep).
-    if m <= 16 {
-        return if n >= 6144 { Sm80T32x64x128 } else { SkinnyM16 };
-    }
     let hopper = path == Int8MmPath::Auto && arch.major == 9 && arch.minor == 0;
+    // Small M streams the weight: on Hopper through TMA bulk copies. Before
+    // it, narrow outputs take the skinny kernel (which also overlaps the
+    // dynamic quantization through PDL) and wide ones keep more tiles in
+    // flight with CUTLASS's 32x64 tile (H200 sweep).
+    if m <= 16 {
+        return if hopper {
+            StreamM16
+        } else if n >= 6144 {
+            Sm80T32x64x128
+        } else {
+            SkinnyM16
+        };
+    }
     let wide = n >= 16384 || k >= 8192;
     if hopper {
         return match m {

@@ -1,9 +1,9 @@
 //! One forward pass on the GPU, op by op as the CPU decoder does it: embedding → per layer
-//! (fused add+RMSNorm, qkv GEMM, q/k norm + RoPE in place, KV store, paged attention, o GEMM,
+//! (fused add+RMSNorm, qkv GEMM, q/k norm + RoPE fused with the KV store, paged attention, o GEMM,
 //! fused add+RMSNorm, gate/up GEMM, SiLU-and-mul, down GEMM) → final norm on the logit rows →
 //! LM-head GEMM with f32 output.
 
-use mllm_kernel::ops::{self, QkHeads, QkNormRope, RowSpan};
+use mllm_kernel::ops::{self, QkHeads, QkNormRope, RopeStoreOut};
 use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
@@ -181,7 +181,7 @@ fn self_attention(
 ) -> Result<DeviceTensor> {
     let t = inputs.ids.numel();
     let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
-    let mut qkv = layer.qkv.forward(gpu, h)?;
+    let qkv = layer.qkv.forward(gpu, h)?;
     prof.mark(gpu, "qkv_proj")?;
     let args = QkNormRope {
         heads: QkHeads::packed_qkv(nh, nkv, d),
@@ -191,21 +191,16 @@ fn self_attention(
         k_norm: layer.qk_norm.as_ref().map(|(_, k)| k),
         eps: dims.eps,
     };
-    ops::qk_norm_rope(gpu, &mut qkv, &args)?;
-    prof.mark(gpu, "qk_norm_rope")?;
-    let k = RowSpan {
-        tensor: &qkv,
-        col: nh * d,
-    };
-    let v = RowSpan {
-        tensor: &qkv,
-        col: (nh + nkv) * d,
-    };
-    ops::kv_store(gpu, k, v, &inputs.out_loc, k_cache, v_cache)?;
-    prof.mark(gpu, "kv_store")?;
+    // q/k norm + RoPE, the K/V store and the q copy in one kernel.
     let mut q = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
-    qkv.copy_cols_into(gpu, 0, &mut q)?;
-    prof.mark(gpu, "q_copy")?;
+    let out = RopeStoreOut {
+        q_out: &mut q,
+        k_cache,
+        v_cache,
+        out_loc: &inputs.out_loc,
+    };
+    ops::qk_norm_rope_store(gpu, &qkv, &args, out)?;
+    prof.mark(gpu, "qk_norm_rope_store")?;
     let mut o = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
     attn.run(gpu, (plan, layout), &q, (k_cache, v_cache), &mut o)?;
     prof.mark(gpu, "attention")?;

@@ -1,0 +1,164 @@
+// Small-M int8 GEMM on SM90 (M <= 16) that streams the weight with TMA bulk
+// copies. The skinny kernel's per-lane vector loads keep 64 registers per
+// thread busy holding bytes in flight, which caps residency at two 512-thread
+// blocks per SM: N = 4096 then runs in two latency-bound waves. Here one
+// thread asks the copy engine for each 1 KiB run of a weight row and the
+// bytes land in shared memory, so a block is 4 warps and ~37 KiB: six fit on
+// an SM, every block of a 4096-wide layer is resident at once, and each has
+// its whole stage ring (32 KiB) in flight from its first cycle.
+//
+// * a block owns 8 output columns (one mma n-tile), i.e. 8 contiguous weight
+//   rows, and walks K in stages of STAGE_K bytes per row through a ring of
+//   STAGES shared-memory slots, one mbarrier per slot;
+// * rows sit STAGE_K + 64 bytes apart in a slot, so the 16-byte reads of
+//   rows g and g + 1 by one quarter-warp fall on disjoint banks;
+// * the math is the skinny kernel's (mma.sync m16n8k32 with A read through
+//   L1 and a lane's 16 bytes feeding two k-permuted mma steps), and so is the
+//   epilogue;
+// * the first stages are requested before griddepcontrol.wait, so under
+//   programmatic dependent launch the weight is already on its way while the
+//   kernel that writes A finishes.
+#pragma once
+
+#include "skinny.cuh"
+
+namespace mllm::int8_mm::stream {
+
+constexpr int WARPS = 4;
+constexpr int ROWS = 8;
+constexpr int STAGE_K = 1024;
+constexpr int STAGES = 4;
+constexpr int ROW_PITCH = STAGE_K + 64;
+
+struct Smem {
+  alignas(128) int8_t b[STAGES][ROWS][ROW_PITCH];
+  alignas(8) uint64_t full[STAGES];
+  int partial[WARPS][4][32];
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void barrier_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)));
+}
+
+__device__ __forceinline__ void barrier_expect(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar))
+      : "memory");
+}
+#endif
+
+template <typename Out>
+__global__ void __launch_bounds__(WARPS * 32)
+    stream_kernel(const int8_t* __restrict__ a, const int8_t* __restrict__ b, const float* __restrict__ sa,
+                  const float* __restrict__ sb, const Out* __restrict__ bias, Out* __restrict__ out, int m, int n,
+                  int k, int sa_per_row, int sb_per_col) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ Smem s;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int n0 = blockIdx.x * ROWS;
+  const int stages = (k + STAGE_K - 1) / STAGE_K;
+  const int8_t* rows = b + static_cast<int64_t>(n0) * k;
+
+  // Only thread 0 touches the barriers' arrival side: one arrive (with the
+  // byte count) per use of a slot.
+  auto request = [&](int stage) {
+    const int slot = stage % STAGES;
+    const int k0 = stage * STAGE_K;
+    const int bytes = min(STAGE_K, k - k0);
+    barrier_expect(&s.full[slot], static_cast<uint32_t>(bytes * ROWS));
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) bulk_copy(&s.b[slot][r][0], rows + static_cast<int64_t>(r) * k + k0, bytes, &s.full[slot]);
+  };
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int i = 0; i < STAGES; ++i) barrier_init(&s.full[i]);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int st = 0; st < min(STAGES, stages); ++st) request(st);
+  }
+  __syncthreads();
+  skinny::wait_for_producer();
+
+  auto load_a = [&](int row, int kk) {
+    return (row < m && kk < k) ? *reinterpret_cast<const uint4*>(a + static_cast<int64_t>(row) * k + kk)
+                               : make_uint4(0, 0, 0, 0);
+  };
+  int acc[4] = {0, 0, 0, 0};
+  for (int st = 0; st < stages; ++st) {
+    const int slot = st % STAGES;
+    const int k0 = st * STAGE_K;
+    const int kn = min(STAGE_K, k - k0);
+    barrier_wait(&s.full[slot], static_cast<uint32_t>((st / STAGES) & 1));
+    // Warp w takes the 64-byte steps w, w + WARPS, ... of the stage.
+    for (int c = warp * 64; c < kn; c += WARPS * 64) {
+      const int kk = c + t * 16;
+      if (kk >= kn) continue;  // k % 16 == 0: a lane's 16 bytes are all in or all out
+      const uint4 bv = *reinterpret_cast<const uint4*>(&s.b[slot][g][kk]);
+      const uint4 lo = load_a(g, k0 + kk);
+      const uint4 hi = load_a(g + 8, k0 + kk);
+      skinny::mma_s8(acc, lo.x, hi.x, lo.y, hi.y, bv.x, bv.y);
+      skinny::mma_s8(acc, lo.z, hi.z, lo.w, hi.w, bv.z, bv.w);
+    }
+    __syncthreads();  // the slot is free once every warp has read it
+    if (threadIdx.x == 0 && st + STAGES < stages) request(st + STAGES);
+  }
+  // The next kernel may start its prologue while this one writes out.
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+
+#pragma unroll
+  for (int j = 0; j < 4; ++j) s.partial[warp][j][lane] = acc[j];
+  __syncthreads();
+  skinny::finish_tile<Out, WARPS, 1>(s.partial, sa, sb, bias, out, m, n, n0, sa_per_row, sb_per_col);
+#else
+  __trap();  // the host side refuses this config below SM90
+#endif
+}
+
+template <typename Out>
+cudaError_t launch_typed(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(p.n / ROWS));
+  cfg.blockDim = dim3(WARPS * 32);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  if (programmatic) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, stream_kernel<Out>, p.a, p.b, p.scales_a, p.scales_b,
+                            static_cast<const Out*>(p.bias), static_cast<Out*>(p.out), static_cast<int>(p.m),
+                            static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col);
+}
+
+// n % 8 == 0 and k % 16 == 0 hold (check_args): every block has 8 real rows
+// and every bulk copy is a whole number of 16-byte units at 16-byte offsets.
+inline cudaError_t launch(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
+  return p.out_dtype == MLLM_DTYPE_BF16 ? launch_typed<__nv_bfloat16>(p, stream, programmatic)
+                                        : launch_typed<__half>(p, stream, programmatic);
+}
+
+}  // namespace mllm::int8_mm::stream
