@@ -227,6 +227,38 @@ mod qwen3_vl {
     }
 
     #[test]
+    fn batched_tower_equals_one_image_at_a_time() {
+        // The two images of (c) (grids 8x4 and 4x6) and a third of another size, in one forward.
+        let (r, m) = (reference(), model());
+        let mut imgs = images(&r, "c");
+        let mut wide = imgs[1].clone();
+        wide.grid = GridThw { t: 1, h: 2, w: 12 };
+        imgs.push(wide);
+        let refs: Vec<&ImagePatches> = imgs.iter().collect();
+        let batched = m.vision().forward_each(&refs).unwrap();
+        assert_eq!(batched.len(), 3);
+        for (i, (img, got)) in imgs.iter().zip(&batched).enumerate() {
+            let alone = m.vision().forward_images(std::slice::from_ref(img)).unwrap();
+            let rows = img.grid.num_tokens(2);
+            assert_eq!(got.embeddings.shape(), [rows, m.config().text.hidden_size], "image {i}");
+            let pairs =
+                std::iter::once((&got.embeddings, &alone.embeddings)).chain(got.deepstack.iter().zip(&alone.deepstack));
+            for (a, b) in pairs {
+                let d = max_abs_diff(a, &b.to_f32_vec().unwrap());
+                assert!(d <= 1e-6, "image {i}: batched differs from alone by {d}");
+            }
+            assert_eq!(got.deepstack.len(), alone.deepstack.len());
+        }
+        // A bad image is named before any work.
+        let mut bad = imgs[0].clone();
+        bad.pixel_values.pop();
+        let err = m.vision().forward_each(&[&imgs[0], &bad]).unwrap_err().to_string();
+        assert!(err.contains("image 1") && err.contains("vision tower"), "{err}");
+        let err = m.vision().check_image(&bad).unwrap_err().to_string();
+        assert!(err.contains("patch_dim"), "{err}");
+    }
+
+    #[test]
     fn text_only_model_has_no_visual_rows() {
         let (r, m) = (reference(), model());
         assert!(m.visual_rows(&ids(&r, "a"), None, 0..3).unwrap().is_none());

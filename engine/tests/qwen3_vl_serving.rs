@@ -2,7 +2,8 @@
 //! shared KV pool), on the tiny fixture `engine/tests/fixtures/qwen3_vl_model` (see
 //! `qwen3_vl_model.rs`): greedy continuations equal transformers' for the text, one-image and
 //! two-image prompts, batched or alone, chunked or not, with and without prefix-cache hits;
-//! different images never share KV; a bad request fails alone.
+//! different images never share KV; a bad request fails alone; a step's images of several
+//! requests are encoded in one vision-tower forward.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -13,7 +14,7 @@ use mllm_engine::executor::sampler::SamplingParams;
 use mllm_engine::generation::{LoadedModel, ModelSource};
 use mllm_engine::io_struct::{SeqId, TokenizedRequest};
 use mllm_engine::loader::safetensors::SafetensorsModel;
-use mllm_engine::models::qwen3_vl::Qwen3VlModel;
+use mllm_engine::models::qwen3_vl::{Qwen3VlModel, VisualRows, VlRequests};
 use mllm_engine::multimodal::{image_hash, GridThw, ImageInput, ImagePatches, MultimodalInputs, VisionTokenIds};
 use mllm_engine::orchestrator::{Engine, EngineConfig, TextOptions};
 
@@ -244,6 +245,79 @@ mod qwen3_vl {
         assert!(err.contains("placeholder"), "{err}");
         // The engine still serves.
         assert_eq!(run_one(&e, "b", &b).await, b.2);
+        e.shutdown();
+    }
+
+    fn assert_rows_eq(got: &VisualRows, want: &VisualRows, what: &str) {
+        assert_eq!(got.rows, want.rows, "{what}");
+        let pairs =
+            std::iter::once((&got.embeddings, &want.embeddings)).chain(got.deepstack.iter().zip(&want.deepstack));
+        for (a, b) in pairs {
+            let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+            assert_eq!(a.len(), b.len(), "{what}");
+            let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(d <= 1e-6, "{what}: batched rows differ from one request's by {d}");
+        }
+    }
+
+    #[test]
+    fn a_step_encodes_every_queued_image_in_one_tower_forward() {
+        let r = reference();
+        let m = Qwen3VlModel::from_dir(fixture_dir(), &Default::default()).unwrap();
+        let (b, c) = (prompt(&r, "b"), prompt(&r, "c"));
+        let mm = |p: &(Vec<u32>, Option<MultimodalInputs>, Vec<u32>)| Arc::new(p.1.clone().unwrap());
+        // Requests in slots 3 and 1: (b)'s one image, (c)'s two, three grids of two sizes.
+        let mut reqs = VlRequests::default();
+        reqs.attach(&m, 3, &b.0, mm(&b)).unwrap();
+        reqs.attach(&m, 1, &c.0, mm(&c)).unwrap();
+        reqs.encode(&m, 3, 0..b.0.len()).unwrap();
+        reqs.encode(&m, 1, 0..c.0.len()).unwrap();
+        assert_eq!(reqs.tower_forwards(), 0, "encode only queues");
+        let got_b = reqs.visual_rows(3, 0..b.0.len()).unwrap().unwrap();
+        let got_c = reqs.visual_rows(1, 0..c.0.len()).unwrap().unwrap();
+        assert_eq!(reqs.tower_forwards(), 1, "one forward for the step's three images");
+        // Each request encoded on its own gets the same rows.
+        for (p, got, what) in [(&b, &got_b, "b"), (&c, &got_c, "c")] {
+            let mut alone = VlRequests::default();
+            alone.attach(&m, 0, &p.0, mm(p)).unwrap();
+            alone.encode(&m, 0, 0..p.0.len()).unwrap();
+            let want = alone.visual_rows(0, 0..p.0.len()).unwrap().unwrap();
+            assert_rows_eq(got, &want, what);
+        }
+        // Encoded rows are kept until prefilled; nothing is encoded twice.
+        reqs.encode(&m, 1, 0..c.0.len()).unwrap();
+        reqs.visual_rows(1, 0..c.0.len()).unwrap();
+        assert_eq!(reqs.tower_forwards(), 1);
+
+        // An image that does not fit the tower fails its request at `encode` and queues none of
+        // its images; the other request's image still runs.
+        let mut bad = (*mm(&c)).clone();
+        bad.images[1].patches.pixel_values.truncate(100);
+        let mut reqs = VlRequests::default();
+        reqs.attach(&m, 0, &c.0, Arc::new(bad)).unwrap();
+        reqs.attach(&m, 1, &b.0, mm(&b)).unwrap();
+        let err = reqs.encode(&m, 0, 0..c.0.len()).unwrap_err().to_string();
+        assert!(err.contains("image 1") && err.contains("vision tower"), "{err}");
+        reqs.encode(&m, 1, 0..b.0.len()).unwrap();
+        reqs.detach(0);
+        let got = reqs.visual_rows(1, 0..b.0.len()).unwrap().unwrap();
+        assert_rows_eq(&got, &got_b, "b next to a failed request");
+        assert_eq!(reqs.tower_forwards(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_image_requests_in_one_step_match_transformers() {
+        let r = reference();
+        let (b, c) = (prompt(&r, "b"), prompt(&r, "c"));
+        let e = engine(no_cache());
+        // Both prefill in the first step: their three images go through one tower forward.
+        let reqs = vec![
+            request("c", &c.0, c.1.clone(), c.2.len()),
+            request("b", &b.0, b.1.clone(), b.2.len()),
+        ];
+        let out = run(&e, reqs).await;
+        assert_eq!(out[0].clone().unwrap(), c.2, "prompt c");
+        assert_eq!(out[1].clone().unwrap(), b.2, "prompt b");
         e.shutdown();
     }
 

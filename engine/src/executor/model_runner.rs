@@ -193,9 +193,9 @@ impl ModelRunner {
         }
     }
 
-    /// Runs the vision tower for the images of `req_slot`'s request that tokens `range` reach
-    /// and that are not encoded yet (a no-op for text requests). Errors concern that request
-    /// only; [`ModelRunner::forward`] would meet the same error.
+    /// Checks and queues the images of `req_slot`'s request that tokens `range` reach and that
+    /// are not encoded yet (a no-op for text requests); the next forward encodes every queued
+    /// image of the step in one vision-tower pass. Errors concern that request only.
     pub fn encode_images(&mut self, req_slot: usize, range: Range<usize>) -> Result<()> {
         match &mut self.backend {
             Backend::Vl(m, reqs) => reqs.encode(m, req_slot, range),

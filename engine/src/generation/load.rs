@@ -83,7 +83,7 @@ pub struct ModelInfo {
 pub const QWEN3_VL_ARCH: &str = "Qwen3VLForConditionalGeneration";
 
 /// A loaded model with its tokenizer (none for dummy weights): a text decoder, or Qwen3-VL for
-/// an HF directory whose `architectures` is [`QWEN3_VL_ARCH`].
+/// an HF directory whose `architectures` is `Qwen3VLForConditionalGeneration`.
 #[derive(Debug)]
 pub struct LoadedModel {
     model: RunnerModel,

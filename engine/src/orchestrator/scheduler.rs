@@ -4,9 +4,9 @@
 //!
 //! Image requests ([`TokenizedRequest::mm`]) run only on a runner that runs images (Qwen3-VL):
 //! their images are checked against the placeholders on arrival, registered with the runner
-//! on admission ([`ModelRunner::attach_images`]), encoded before the prefill chunk their
-//! placeholders first enter ([`ModelRunner::encode_images`]) and forgotten when the sequence
-//! leaves its request slot. An image that fails fails its request only.
+//! on admission ([`ModelRunner::attach_images`]), queued by the step they enter
+//! ([`ModelRunner::encode_images`]; its forward encodes them all in one tower forward) and
+//! forgotten when the sequence leaves its slot. An image that fails fails its request only.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -487,8 +487,8 @@ impl Scheduler {
         self.postprocess(samples);
     }
 
-    /// Runs the vision tower for the images the planned chunks reach; a request whose image
-    /// fails gets the error and leaves. Returns the plan of the others (indices updated).
+    /// Checks and queues the images the planned chunks reach (the forward encodes them at once);
+    /// a request whose image fails gets the error and leaves. Returns the others' plan.
     fn encode_images(&mut self, plan: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
         let mut failed = Vec::new();
         for &(i, take) in &plan {

@@ -113,6 +113,9 @@ enum Kind {
 pub struct QuantizationConfig {
     kind: Kind,
     float: Arc<dyn LinearMethod>,
+    /// `(model prefix, checkpoint prefix)`: layer names are matched as the checkpoint spells
+    /// them (see [`QuantizationConfig::with_checkpoint_prefix`]).
+    rename: Option<(String, String)>,
 }
 
 impl QuantizationConfig {
@@ -144,6 +147,7 @@ impl QuantizationConfig {
         Ok(Self {
             kind,
             float: Arc::new(UnquantizedLinearMethod { target: float_dtype }),
+            rename: None,
         })
     }
 
@@ -152,6 +156,42 @@ impl QuantizationConfig {
         Self {
             kind: Kind::None,
             float: Arc::new(UnquantizedLinearMethod { target: float_dtype }),
+            rename: None,
+        }
+    }
+
+    /// Matches layers under the checkpoint's names: a model that loads a nested decoder under
+    /// shorter names asks for `model.layers.0.mlp` where the checkpoint (and so its `ignore` /
+    /// `targets` and `--ignore`) says `model.language_model.layers.0.mlp`. Names starting with
+    /// `model_prefix` are matched with it replaced by `checkpoint_prefix`; others (`lm_head`)
+    /// as given. Errors name layers the checkpoint's way too.
+    ///
+    /// ```
+    /// use mllm_engine::quantization::QuantizationConfig;
+    /// let ct = serde_json::json!({"quant_method": "compressed-tensors", "format": "int-quantized",
+    ///     "config_groups": {"g": {"targets": ["Linear"],
+    ///         "weights": {"num_bits": 8, "type": "int", "strategy": "channel", "dynamic": false},
+    ///         "input_activations": {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": true}}},
+    ///     "ignore": ["lm_head", "model.language_model.layers.0.mlp.down_proj"]});
+    /// let q = QuantizationConfig::new(Some(&ct), None, None)
+    ///     .unwrap()
+    ///     .with_checkpoint_prefix("model.", "model.language_model.");
+    /// let quantized = |p: &str| format!("{:?}", q.linear_method(p, &["down_proj"]).unwrap()).contains("W8A8");
+    /// assert!(!quantized("model.layers.0.mlp") && quantized("model.layers.1.mlp"));
+    /// ```
+    pub fn with_checkpoint_prefix(mut self, model_prefix: &str, checkpoint_prefix: &str) -> Self {
+        self.rename = Some((model_prefix.to_string(), checkpoint_prefix.to_string()));
+        self
+    }
+
+    /// `name` as the checkpoint spells it.
+    fn checkpoint_name(&self, name: &str) -> String {
+        match &self.rename {
+            Some((from, to)) => match name.strip_prefix(from.as_str()) {
+                Some(rest) => format!("{to}{rest}"),
+                None => name.to_string(),
+            },
+            None => name.to_string(),
         }
     }
 
@@ -172,6 +212,7 @@ impl QuantizationConfig {
     /// The method of the linear layer made of `parts` under `prefix` (one part for a plain
     /// layer, several for a fused one: `["q_proj", "k_proj", "v_proj"]`).
     pub fn linear_method(&self, prefix: &str, parts: &[&str]) -> Result<Arc<dyn LinearMethod>, QuantError> {
+        let prefix = &self.checkpoint_name(prefix);
         let scheme: Option<W8A8Int8> = match &self.kind {
             Kind::None => None,
             Kind::AtLoad { skip } => fused_decision(prefix, parts, |name| {
@@ -209,6 +250,7 @@ impl QuantizationConfig {
 
     /// Errors if `layer` (e.g. `lm_head`, which the engine keeps float) would be quantized.
     pub fn require_float(&self, layer: &str) -> Result<(), QuantError> {
+        let layer = &self.checkpoint_name(layer);
         let quantized = match &self.kind {
             Kind::None | Kind::AtLoad { .. } => None,
             Kind::CompressedTensors(ct) => ct.group_for(layer).map(|g| g.describe(ct.format)),
@@ -288,6 +330,53 @@ mod tests {
         assert!(!none.is_quantized());
         assert!(!is_w8a8(
             &none.linear_method("model.layers.0.mlp", &["down_proj"]).unwrap()
+        ));
+    }
+
+    #[test]
+    fn nested_decoder_names_match_as_the_checkpoint_spells_them() {
+        // Qwen3-VL: the decoder loads as `model.layers.*`, the checkpoint says
+        // `model.language_model.layers.*`; ignore entries use the checkpoint's names.
+        let v = ct(json!([
+            "lm_head",
+            "re:model.visual.*",
+            "re:.*visual.*",
+            "model.language_model.layers.0.mlp.down_proj",
+            "re:model\\.language_model\\.layers\\.1\\.self_attn\\.",
+            "model.language_model.layers.2.self_attn.k_proj"
+        ]));
+        let q = QuantizationConfig::new(Some(&v), None, None)
+            .unwrap()
+            .with_checkpoint_prefix("model.", "model.language_model.");
+        let method = |p: &str, parts: &[&str]| q.linear_method(p, parts).map(|m| is_w8a8(&m));
+        let qkv = ["q_proj", "k_proj", "v_proj"];
+        assert!(!method("model.layers.0.mlp", &["down_proj"]).unwrap());
+        assert!(method("model.layers.0.mlp", &["gate_proj", "up_proj"]).unwrap());
+        assert!(method("model.layers.0.self_attn", &qkv).unwrap());
+        assert!(!method("model.layers.1.self_attn", &qkv).unwrap());
+        assert!(!method("model.layers.1.self_attn", &["o_proj"]).unwrap());
+        assert!(method("model.layers.1.mlp", &["down_proj"]).unwrap());
+        let err = method("model.layers.2.self_attn", &qkv).unwrap_err().to_string();
+        assert!(
+            err.contains("model.language_model.layers.2.self_attn.{q_proj,k_proj,v_proj}")
+                && err.contains("model.language_model.layers.2.self_attn.k_proj: not quantized"),
+            "{err}"
+        );
+        q.require_float("lm_head").unwrap();
+
+        // Without the mapping the same list misses the decoder's layers.
+        let plain = QuantizationConfig::new(Some(&v), None, None).unwrap();
+        assert!(is_w8a8(
+            &plain.linear_method("model.layers.0.mlp", &["down_proj"]).unwrap()
+        ));
+
+        // At load, the default skips still see the nested names (nothing of the decoder skipped).
+        let q = QuantizationConfig::new(None, Some(QuantMethod::W8A8), None)
+            .unwrap()
+            .with_checkpoint_prefix("model.", "model.language_model.");
+        assert!(is_w8a8(&q.linear_method("model.layers.0.mlp", &["down_proj"]).unwrap()));
+        assert!(!is_w8a8(
+            &q.linear_method("model.visual.blocks.0.attn", &["qkv"]).unwrap()
         ));
     }
 }

@@ -6,14 +6,13 @@ use crate::models::Result;
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
+/// The vision towers' layers (Qwen3-VL `model.visual.*`, mergers included): never quantized,
+/// and written as this one pattern into a checkpoint's `ignore`.
+pub const VISION_SKIP: &str = "re:.*(vision|visual|image_encoder|mm_projector)";
+
 /// Layers never quantized by `--quantization w8a8` / `mllm quantize` unless asked: embeddings,
 /// norms, the LM head and vision towers. Matched against prefixed module names.
-pub const DEFAULT_SKIP: [&str; 4] = [
-    "re:(.*\\.)?lm_head$",
-    "re:.*embed",
-    "re:.*norm$",
-    "re:.*(vision|visual|image_encoder|mm_projector)",
-];
+pub const DEFAULT_SKIP: [&str; 4] = ["re:(.*\\.)?lm_head$", "re:.*embed", "re:.*norm$", VISION_SKIP];
 
 /// [`DEFAULT_SKIP`] parsed.
 ///

@@ -2,11 +2,13 @@
 //! quantize`): the layout llm-compressor produces and vLLM / pymllm / our loader read.
 //!
 //! Per quantized linear layer `<name>`: `<name>.weight` int8 `[n, k]` and `<name>.weight_scale`
-//! f32 `[n, 1]`; every other tensor (embeddings, norms, LM head, ignored layers) is copied in its
-//! original dtype. `config.json` gains `quantization_config` (format `int-quantized`, one group
-//! targeting `Linear`: int8 channel symmetric static weights, int8 token symmetric dynamic input
-//! activations) whose `ignore` lists every 2-D linear weight left float. Tokenizer and other
-//! non-weight files are copied.
+//! f32 `[n, 1]`; every other tensor (embeddings, norms, LM head, ignored layers, a vision tower)
+//! is copied in its original dtype under its name. `config.json` gains `quantization_config`
+//! at its top level (format `int-quantized`, one group targeting `Linear`: int8 channel
+//! symmetric static weights, int8 token symmetric dynamic input activations) whose `ignore` lists
+//! every 2-D linear weight left float by name, and a vision tower as the one pattern
+//! [`VISION_SKIP`] (it matches however a reader prefixes the tower: `model.visual.`, `visual.`).
+//! Tokenizer and other non-weight files are copied.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use safetensors::Dtype as StDtype;
 use serde_json::{json, Value};
 
 use super::ignore::PatternList;
-use super::quantize::{default_skip, quantize_per_channel};
+use super::quantize::{default_skip, quantize_per_channel, VISION_SKIP};
 use super::QuantError;
 use crate::loader::safetensors::SafetensorsModel;
 use crate::tensor::{DType, Tensor};
@@ -127,6 +129,7 @@ pub fn write_w8a8(input: &Path, out: &Path, ignore: &[String], progress: bool) -
         )));
     }
     let user = PatternList::parse(ignore)?;
+    let vision = PatternList::parse([VISION_SKIP])?;
     let mut skip = default_skip();
     skip.extend(user.clone());
     let st = SafetensorsModel::open(input).map_err(|e| QuantError::Invalid(e.to_string()))?;
@@ -165,8 +168,12 @@ pub fn write_w8a8(input: &Path, out: &Path, ignore: &[String], progress: bool) -
                 summary.quantized += 1;
             }
             None => {
-                if let Some(m) = module.filter(|m| t.rank() == 2 && !is_non_linear(m) && !user.matches(m)) {
-                    ignored.push(m.to_string());
+                match module {
+                    // Every tower weight, whatever its rank: readers may load the Conv3d patch
+                    // embedding as a linear layer.
+                    Some(m) if vision.matches(m) => ignored.push(VISION_SKIP.to_string()),
+                    Some(m) if t.rank() == 2 && !is_non_linear(m) && !user.matches(m) => ignored.push(m.to_string()),
+                    _ => {}
                 }
                 tensors.push((name.clone(), t));
                 summary.copied += 1;

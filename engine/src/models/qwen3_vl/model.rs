@@ -3,6 +3,7 @@
 //! `forward_step` and a greedy `generate`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::cache::VlKvCache;
 use super::model_config::Qwen3VlConfig;
@@ -11,10 +12,11 @@ use super::rope_index::{rope_positions, text_position, RopePositions};
 use super::splice::VisualRows;
 use super::text::{StepLogits, TextModel};
 use super::vision::{VisionOutput, VisionTower};
+use crate::layers::embedding::{Embedding, LmHead};
 use crate::loader::safetensors::SafetensorsModel;
 use crate::mem_cache::TokenToKvPool;
 use crate::models::weights::WeightSource;
-use crate::models::{LoadOptions, ModelError, Result};
+use crate::models::{DecoderLayer, LoadOptions, ModelError, Result};
 use crate::multimodal::{GridThw, ImagePatches};
 use crate::tensor::Tensor;
 
@@ -40,7 +42,8 @@ use crate::tensor::Tensor;
 /// ```
 pub struct Qwen3VlModel {
     cfg: Qwen3VlConfig,
-    vision: VisionTower,
+    /// Shared with the serving state that batches image encoding ([`super::VlRequests`]).
+    vision: Arc<VisionTower>,
     text: TextModel,
 }
 
@@ -74,7 +77,7 @@ impl Qwen3VlModel {
     /// Builds the model from HF-named weights (`model.language_model.*`, `model.visual.*`,
     /// `lm_head.weight`; the older `language_model.*` / `visual.*` names are accepted too).
     pub fn load(cfg: Qwen3VlConfig, src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
-        let vision = VisionTower::load(cfg.vision.clone(), src)?;
+        let vision = Arc::new(VisionTower::load(cfg.vision.clone(), src)?);
         let text = TextModel::load(&cfg, src, opts)?;
         Ok(Self { cfg, vision, text })
     }
@@ -87,6 +90,26 @@ impl Qwen3VlModel {
     /// The vision tower.
     pub fn vision(&self) -> &VisionTower {
         &self.vision
+    }
+
+    /// The vision tower, shared.
+    pub fn shared_vision(&self) -> Arc<VisionTower> {
+        self.vision.clone()
+    }
+
+    /// The text decoder's layers (their linear layers quantized as loaded).
+    pub fn text_layers(&self) -> &[DecoderLayer] {
+        self.text.layers()
+    }
+
+    /// The text token embedding.
+    pub fn embed_tokens(&self) -> &Embedding {
+        self.text.embed()
+    }
+
+    /// The LM head (shares the embedding's storage when tied).
+    pub fn lm_head(&self) -> &LmHead {
+        self.text.lm_head()
     }
 
     /// An empty KV cache for `capacity` tokens of one sequence.

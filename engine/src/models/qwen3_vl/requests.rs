@@ -3,6 +3,11 @@
 //! prompt, so chunks and prefix-cache hits get the positions of a single prefill), and the
 //! vision tower's rows of each image from when its placeholders first enter a prefill chunk
 //! until they are all prefilled.
+//!
+//! Encoding is batched across requests: [`VlRequests::encode`] checks and queues a request's
+//! images (its errors concern that request only), and the step's first
+//! [`VlRequests::visual_rows`] runs the tower once over every queued image of every request
+//! ([`VlRequests::encode_queued`]), then splits the rows back per image.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -12,7 +17,7 @@ use super::model::Qwen3VlModel;
 use super::mrope::MropePos;
 use super::rope_index::text_position;
 use super::splice::VisualRows;
-use super::vision::VisionOutput;
+use super::vision::{VisionOutput, VisionTower};
 use crate::models::{ModelError, Result};
 use crate::multimodal::{GridThw, MultimodalInputs};
 use crate::tensor::Tensor;
@@ -25,8 +30,19 @@ struct Request {
     /// Rope delta: a token at index `i` past the prompt sits at `i + delta`.
     delta: i64,
     mm: Arc<MultimodalInputs>,
-    /// The tower's rows per image, while the image is being prefilled.
-    encoded: Vec<Option<VisionOutput>>,
+    /// Per image: where its tower rows are.
+    encoded: Vec<Encoding>,
+}
+
+/// The tower's rows of one image of a request.
+#[derive(Debug, Clone)]
+enum Encoding {
+    /// Not reached by a prefill chunk yet, or already prefilled (rows dropped).
+    Absent,
+    /// Checked and waiting for the batched tower forward.
+    Queued,
+    /// The rows, while the image is being prefilled.
+    Ready(VisionOutput),
 }
 
 /// Image state of the requests of one runner. Requests without an entry are text: token `i`
@@ -34,6 +50,10 @@ struct Request {
 #[derive(Debug, Default)]
 pub struct VlRequests {
     by_slot: HashMap<usize, Request>,
+    /// The tower that runs queued images (the model's, kept from the first `encode`).
+    tower: Option<Arc<VisionTower>>,
+    /// Tower forwards run so far.
+    tower_forwards: u64,
 }
 
 impl VlRequests {
@@ -95,7 +115,7 @@ impl VlRequests {
         mm: Arc<MultimodalInputs>,
     ) -> Result<()> {
         let (positions, delta) = Self::positions(model, prompt, &mm)?;
-        let encoded = vec![None; mm.images.len()];
+        let encoded = vec![Encoding::Absent; mm.images.len()];
         self.by_slot.insert(
             slot,
             Request {
@@ -118,31 +138,84 @@ impl VlRequests {
         self.by_slot.contains_key(&slot)
     }
 
-    /// Runs the vision tower for every image of `slot`'s request whose placeholders meet
-    /// `range` and are not encoded yet.
+    /// Queues every image of `slot`'s request whose placeholders meet `range` and that is not
+    /// encoded yet, after checking it against the tower: an error here concerns this request
+    /// only, and the batched forward ([`VlRequests::encode_queued`]) then meets only images
+    /// that fit. Nothing is queued when any image fails.
     pub fn encode(&mut self, model: &Qwen3VlModel, slot: usize, range: Range<usize>) -> Result<()> {
         let Some(req) = self.by_slot.get_mut(&slot) else {
             return Ok(());
         };
-        for (im, out) in req.mm.images.iter().zip(req.encoded.iter_mut()) {
+        let tower = model.vision();
+        let unit = tower.config().merge_unit();
+        let mut reached = Vec::new();
+        for (k, (im, enc)) in req.mm.images.iter().zip(&req.encoded).enumerate() {
             let r = &im.token_range;
-            if out.is_some() || r.start >= range.end || r.end <= range.start {
+            if !matches!(enc, Encoding::Absent) || r.start >= range.end || r.end <= range.start {
                 continue;
             }
-            let o = model.vision().forward_images(std::slice::from_ref(&im.patches))?;
-            let rows = o.embeddings.shape().first().copied().unwrap_or(0);
+            tower
+                .check_image(&im.patches)
+                .map_err(|e| ModelError::Invalid(format!("image {k}: {e}")))?;
+            let rows = im.patches.grid.num_patches() / unit;
             if rows != r.len() {
                 return Err(ModelError::Invalid(format!(
-                    "image features and image tokens do not match: the vision tower gave {rows} rows \
-                     for the {} placeholder tokens at {}..{}",
+                    "image features and image tokens do not match: the vision tower gives {rows} rows \
+                     for image {k}, its {} placeholder tokens are at {}..{}",
                     r.len(),
                     r.start,
                     r.end
                 )));
             }
-            *out = Some(o);
+            reached.push(k);
+        }
+        for k in reached {
+            req.encoded[k] = Encoding::Queued;
+        }
+        if self.tower.is_none() {
+            self.tower = Some(model.shared_vision());
         }
         Ok(())
+    }
+
+    /// Runs the tower once over every queued image of every request and keeps each image's
+    /// rows; a no-op when nothing is queued. Called by [`VlRequests::visual_rows`], so a step's
+    /// images are encoded together before its first sequence runs.
+    pub fn encode_queued(&mut self) -> Result<()> {
+        let mut queued: Vec<(usize, usize)> = Vec::new();
+        for (&slot, req) in &self.by_slot {
+            for (k, enc) in req.encoded.iter().enumerate() {
+                if matches!(enc, Encoding::Queued) {
+                    queued.push((slot, k));
+                }
+            }
+        }
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let tower = self
+            .tower
+            .clone()
+            .ok_or_else(|| ModelError::Invalid("images queued without a vision tower".into()))?;
+        // Slot order, so a step's batch does not depend on the map's iteration order.
+        queued.sort_unstable();
+        let images: Vec<&_> = queued
+            .iter()
+            .map(|&(slot, k)| &self.by_slot[&slot].mm.images[k].patches)
+            .collect();
+        let outputs = tower.forward_each(&images)?;
+        self.tower_forwards += 1;
+        for ((slot, k), out) in queued.into_iter().zip(outputs) {
+            if let Some(req) = self.by_slot.get_mut(&slot) {
+                req.encoded[k] = Encoding::Ready(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many vision-tower forwards this runner ran (one per step with new images).
+    pub fn tower_forwards(&self) -> u64 {
+        self.tower_forwards
     }
 
     /// The 3-axis positions of tokens `range` of `slot`'s sequence.
@@ -161,8 +234,10 @@ impl VlRequests {
     }
 
     /// The image rows of the step running tokens `range` of `slot`'s sequence (`None` when the
-    /// range holds no image token). Their images must be encoded ([`VlRequests::encode`]).
-    pub fn visual_rows(&self, slot: usize, range: Range<usize>) -> Result<Option<VisualRows>> {
+    /// range holds no image token). Their images must be queued ([`VlRequests::encode`]); the
+    /// first call of a step encodes every queued image ([`VlRequests::encode_queued`]).
+    pub fn visual_rows(&mut self, slot: usize, range: Range<usize>) -> Result<Option<VisualRows>> {
+        self.encode_queued()?;
         let Some(req) = self.by_slot.get(&slot) else {
             return Ok(None);
         };
@@ -176,9 +251,11 @@ impl VlRequests {
             if lo >= hi {
                 continue;
             }
-            let out = out.as_ref().ok_or_else(|| {
-                ModelError::Invalid(format!("image {k} is not encoded before its tokens {lo}..{hi} run"))
-            })?;
+            let Encoding::Ready(out) = out else {
+                return Err(ModelError::Invalid(format!(
+                    "image {k} is not encoded before its tokens {lo}..{hi} run"
+                )));
+            };
             width = out.embeddings.shape()[1];
             rows.extend(lo - range.start..hi - range.start);
             embeddings.extend(out.embeddings.narrow_rows(lo - r.start, hi - lo)?.to_f32_vec()?);
@@ -206,7 +283,7 @@ impl VlRequests {
         if let Some(req) = self.by_slot.get_mut(&slot) {
             for (im, out) in req.mm.images.iter().zip(req.encoded.iter_mut()) {
                 if im.token_range.end <= len {
-                    *out = None;
+                    *out = Encoding::Absent;
                 }
             }
         }

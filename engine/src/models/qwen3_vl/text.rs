@@ -129,7 +129,11 @@ impl TextModel {
         let c = &cfg.text;
         let mut w = WeightReader::new(view);
         let arch = lookup("Qwen3ForCausalLM")?;
-        let quant = QuantizationConfig::new(c.quantization_config(), opts.quantization, opts.weight_dtype)?;
+        let mut quant = QuantizationConfig::new(c.quantization_config(), opts.quantization, opts.weight_dtype)?;
+        // `ignore` / `targets` name layers as the checkpoint does, not as the view renames them.
+        if let Some(p) = view.prefix {
+            quant = quant.with_checkpoint_prefix("model.", p);
+        }
         let cast = |t: Tensor| -> Result<Tensor> {
             Ok(match opts.weight_dtype {
                 Some(dt) => t.to_dtype(dt)?,
@@ -306,6 +310,21 @@ impl TextModel {
         let h = p.post_attention_layernorm.forward(&x)?;
         let m = p.down_proj.forward(&silu_and_mul(&p.gate_up_proj.forward(&h)?)?)?;
         Ok(x.add(&m)?)
+    }
+
+    /// The decoder layers.
+    pub(crate) fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// The token embedding.
+    pub(crate) fn embed(&self) -> &Embedding {
+        &self.embed
+    }
+
+    /// The LM head.
+    pub(crate) fn lm_head(&self) -> &LmHead {
+        &self.lm_head
     }
 
     /// The vocabulary size.

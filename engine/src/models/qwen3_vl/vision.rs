@@ -23,6 +23,20 @@ pub struct VisionOutput {
     pub deepstack: Vec<Tensor>,
 }
 
+impl VisionOutput {
+    /// Rows `start..start + len` of the embeddings and of every deepstack level.
+    pub fn rows(&self, start: usize, len: usize) -> Result<VisionOutput> {
+        Ok(VisionOutput {
+            embeddings: self.embeddings.narrow_rows(start, len)?,
+            deepstack: self
+                .deepstack
+                .iter()
+                .map(|d| d.narrow_rows(start, len))
+                .collect::<std::result::Result<_, _>>()?,
+        })
+    }
+}
+
 /// The Qwen3-VL vision encoder with its weights (never quantized; kept in the checkpoint dtype).
 ///
 /// ```no_run
@@ -39,6 +53,14 @@ pub struct VisionOutput {
 pub struct VisionTower {
     cfg: VisionConfig,
     weights: VisionWeights,
+}
+
+impl std::fmt::Debug for VisionTower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VisionTower")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VisionTower {
@@ -73,23 +95,68 @@ impl VisionTower {
 
     /// Runs preprocessed images (see [`crate::multimodal::ImageProcessorConfig::preprocess`]).
     pub fn forward_images(&self, images: &[ImagePatches]) -> Result<VisionOutput> {
+        let images: Vec<&ImagePatches> = images.iter().collect();
+        let (pixels, grids) = self.stack(&images)?;
+        self.forward(&pixels, &grids)
+    }
+
+    /// Runs `images` (of any number of requests) in one forward and returns each image's own
+    /// output. Patch rows are concatenated, but attention stays within each image's frames and
+    /// position embeddings and rotary follow each image's grid, so an image gets the rows it
+    /// gets alone; batching only saves the per-call overhead and feeds the matmuls more rows.
+    pub fn forward_each(&self, images: &[&ImagePatches]) -> Result<Vec<VisionOutput>> {
+        let (pixels, grids) = self.stack(images)?;
+        let out = self.forward(&pixels, &grids)?;
+        let unit = self.cfg.merge_unit();
+        let mut start = 0;
+        grids
+            .iter()
+            .map(|g| {
+                let rows = g.num_patches() / unit;
+                start += rows;
+                out.rows(start - rows, rows)
+            })
+            .collect()
+    }
+
+    /// Errors unless `image`'s pixel values fit the tower: `patch_dim` columns, one row per patch
+    /// of its grid, `h` and `w` multiples of the merge size. What [`VisionTower::forward`] would
+    /// reject, checked per image so a batch can leave a bad one out.
+    pub fn check_image(&self, image: &ImagePatches) -> Result<()> {
         let cols = self.cfg.patch_dim();
-        let mut data = Vec::new();
+        let g = image.grid;
+        if image.patch_dim != cols || image.pixel_values.len() != g.num_patches() * cols {
+            return Err(ModelError::Invalid(format!(
+                "vision tower: {} values of patch_dim {} for grid {g:?}, expected {} x {cols}",
+                image.pixel_values.len(),
+                image.patch_dim,
+                g.num_patches()
+            )));
+        }
+        self.check_grid(&g)
+    }
+
+    fn check_grid(&self, g: &GridThw) -> Result<()> {
+        let merge = self.cfg.spatial_merge_size as u32;
+        if g.t == 0 || g.h == 0 || g.w == 0 || g.h % merge + g.w % merge != 0 {
+            return Err(ModelError::Invalid(format!(
+                "vision tower: grid {g:?} must be non-empty with h and w multiples of spatial_merge_size {merge}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The images' patch rows concatenated in order, and their grids.
+    fn stack(&self, images: &[&ImagePatches]) -> Result<(Tensor, Vec<GridThw>)> {
+        let cols = self.cfg.patch_dim();
+        let mut data = Vec::with_capacity(images.iter().map(|i| i.pixel_values.len()).sum());
         for (i, img) in images.iter().enumerate() {
-            if img.patch_dim != cols || img.pixel_values.len() != img.grid.num_patches() * cols {
-                return Err(ModelError::Invalid(format!(
-                    "vision tower: image {i} has {} values of patch_dim {} for grid {:?}, expected {} x {cols}",
-                    img.pixel_values.len(),
-                    img.patch_dim,
-                    img.grid,
-                    img.grid.num_patches()
-                )));
-            }
+            self.check_image(img)
+                .map_err(|e| ModelError::Invalid(format!("image {i}: {e}")))?;
             data.extend_from_slice(&img.pixel_values);
         }
         let pixels = Tensor::from_vec(data, &[images.iter().map(|i| i.grid.num_patches()).sum(), cols])?;
-        let grids: Vec<GridThw> = images.iter().map(|i| i.grid).collect();
-        self.forward(&pixels, &grids)
+        Ok((pixels, images.iter().map(|i| i.grid).collect()))
     }
 
     /// `pixel_values` `[Σ t·h·w, patch_dim]` (rows of all inputs concatenated, HF order) with
@@ -116,18 +183,10 @@ impl VisionTower {
     /// Errors unless `pixel_values` is `[Σ patches, patch_dim]` of float and every grid is
     /// non-empty with `h` and `w` multiples of the merge size.
     fn check_inputs(&self, pixel_values: &Tensor, grids: &[GridThw]) -> Result<()> {
-        let merge = self.cfg.spatial_merge_size as u32;
         if grids.is_empty() {
             return Err(ModelError::Invalid("vision tower: no image grids given".into()));
         }
-        if let Some(g) = grids
-            .iter()
-            .find(|g| g.t == 0 || g.h == 0 || g.w == 0 || g.h % merge + g.w % merge != 0)
-        {
-            return Err(ModelError::Invalid(format!(
-                "vision tower: grid {g:?} must be non-empty with h and w multiples of spatial_merge_size {merge}"
-            )));
-        }
+        grids.iter().try_for_each(|g| self.check_grid(g))?;
         let rows: usize = grids.iter().map(GridThw::num_patches).sum();
         let want = [rows, self.cfg.patch_dim()];
         if pixel_values.shape() != want || !pixel_values.dtype().is_float() {
