@@ -92,8 +92,12 @@ run() {
   rm -rf "$parity"
   python3 scripts/gen_parity_fixtures.py --gpu --out "$parity" 2>&1 | tail -n 5 | tee -a "$out/tests.log" || status=1
   export MLLM_GPU_PARITY_DIR=$parity
+  # MLLM_GPU_TESTS=0 skips the test binaries (benchmarks only).
   for t in "$gpu"/bin/*; do
+    [ "${MLLM_GPU_TESTS:-1}" = 0 ] && break
     name=$(basename "$t")
+    # MLLM_GPU_TEST_ONLY: a regex of test binaries to run (default: all).
+    [[ "$name" =~ ${MLLM_GPU_TEST_ONLY:-.} ]] || continue
     case "$name" in
       mllm-kernel | mllm) continue ;;
       aot_*)
@@ -105,7 +109,7 @@ run() {
         ;;
       *)
         echo "== $name" | tee -a "$out/tests.log"
-        "$t" --test-threads=1 --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
+        timeout "${MLLM_GPU_TEST_TIMEOUT:-900}" "$t" --test-threads=1 --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
         ;;
     esac
   done
@@ -129,7 +133,7 @@ run() {
   wait "$serve_pid" 2>/dev/null || true
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 jit attention engine.
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine.
   for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine}; do
     case "$group" in
       norm)
@@ -162,7 +166,15 @@ run() {
         } 2>&1 | tee -a "$out/bench.log" || status=1
         ;;
       jit) "$gpu/bin/mllm-kernel" bench jit 2>&1 | tee -a "$out/bench.log" || status=1 ;;
-      attention) "$gpu/bin/mllm-kernel" bench attention 2>&1 | tee -a "$out/bench.log" || status=1 ;;
+      attention)
+        "$gpu/bin/mllm-kernel" bench attention --batch 1,16,64 --context 1024,2048,4096 2>&1 |
+          tee -a "$out/bench.log" || status=1
+        ;;
+      int8-small)
+        # Small M only: every config, the decode shapes.
+        "$gpu/bin/mllm-kernel" bench int8-mm --ms 1,16 2>&1 | tee -a "$out/bench.log" || status=1
+        "$gpu/bin/mllm-kernel" bench int8-mm --sweep --json --repeats 10 --ms 1,16 >>"$out/int8_sweep.jsonl" 2>&1 || status=1
+        ;;
       engine)
         # Qwen3-8B with random weights, bf16 and W8A8 in the same run: batch 1 at a
         # 2048-token prompt, batch 64 at 1024.

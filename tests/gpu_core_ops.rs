@@ -326,7 +326,8 @@ fn check_rope_store<T: FloatElem>(gpu: &Gpu) {
         let cache = ops::rope_cos_sin_cache(d, max_pos, 1e6);
         let qkv: Vec<T> = cast(&random_f32(t * c.width, 2600 + seed, 4.0));
         let mut pos = random_index(t, 2700 + seed, max_pos);
-        let mut loc: Vec<i32> = (0..t as i32).map(|i| (i * 5 + 3) % slots as i32).collect();
+        // Distinct slots: two tokens writing one slot would race.
+        let mut loc: Vec<i32> = (0..t as i32).map(|i| slots as i32 - 1 - i).collect();
         if t >= 3 {
             pos[1] = max_pos as i32 + 5;
             loc[2] = -1;

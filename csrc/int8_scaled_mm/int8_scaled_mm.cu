@@ -58,7 +58,10 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm80(const mllm_int8_mm_ar
                                                            mllm_stream_t stream) {
   mllm_result_t r = check_sm80(args, config);
   if (r.status != MLLM_STATUS_OK || args->m == 0) return r;
-  return run_sm80(*args, config, static_cast<cudaStream_t>(stream), false);
+  // On SM90 the skinny/stream kernels start streaming the weight while the
+  // kernel before them (e.g. the norm that quantized A) finishes: they read
+  // nothing else before griddepcontrol.wait. CUTLASS 2.x kernels ignore it.
+  return run_sm80(*args, config, static_cast<cudaStream_t>(stream), device_sm() >= 90);
 }
 
 extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x, mllm_dtype_t x_dtype, int8_t* q,
@@ -94,7 +97,9 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm90(const mllm_int8_mm_ar
                                                            mllm_stream_t stream) {
   mllm_result_t r = check_sm90(args);
   if (r.status != MLLM_STATUS_OK || args->m == 0) return r;
-  return sm90::run(*args, config, static_cast<cudaStream_t>(stream), false);
+  // Built with CUTLASS_ENABLE_GDC_FOR_SM90: the prologue overlaps the
+  // previous kernel and waits for it before reading A.
+  return sm90::run(*args, config, static_cast<cudaStream_t>(stream), true);
 }
 
 extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm90(const void* x, mllm_dtype_t x_dtype, int8_t* q,

@@ -113,9 +113,10 @@ __global__ void __launch_bounds__(WARPS * 32)
     barrier_wait(&s.full[slot], static_cast<uint32_t>((st / STAGES) & 1));
     // Warp w takes the 64-byte steps w, w + WARPS, ... of the stage.
     for (int c = warp * 64; c < kn; c += WARPS * 64) {
+      // k % 16 == 0: a lane's 16 bytes are all in or all out. Lanes past the
+      // end multiply zeros: mma.sync needs the whole warp.
       const int kk = c + t * 16;
-      if (kk >= kn) continue;  // k % 16 == 0: a lane's 16 bytes are all in or all out
-      const uint4 bv = *reinterpret_cast<const uint4*>(&s.b[slot][g][kk]);
+      const uint4 bv = kk < kn ? *reinterpret_cast<const uint4*>(&s.b[slot][g][kk]) : make_uint4(0, 0, 0, 0);
       const uint4 lo = load_a(g, k0 + kk);
       const uint4 hi = load_a(g + 8, k0 + kk);
       skinny::mma_s8(acc, lo.x, hi.x, lo.y, hi.y, bv.x, bv.y);

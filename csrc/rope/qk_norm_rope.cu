@@ -36,6 +36,12 @@ __device__ __forceinline__ int pair_index(int lane, int j) {
   return CONTIG ? lane * E + j : lane + 32 * j;
 }
 
+// The rotation with its roundings spelled out (fmaf, __fmul_rn): left to
+// the compiler, contraction may differ between the in-place and the fused
+// kernel and flip an output's last bit.
+__device__ __forceinline__ float rotate_lo(float a, float b, float c, float s) { return fmaf(a, c, -__fmul_rn(b, s)); }
+__device__ __forceinline__ float rotate_hi(float a, float b, float c, float s) { return fmaf(b, c, __fmul_rn(a, s)); }
+
 // One head: optional RMSNorm with w, then the NeoX rotation by the angle
 // row cs (cos then sin); reads x, writes y (y == x for in place).
 template <typename D, bool CONTIG, int E>
@@ -79,7 +85,7 @@ __device__ __forceinline__ void norm_rope_head(const typename D::storage* x, typ
   if (w != nullptr) {
     float ss = 0.f;
 #pragma unroll
-    for (int j = 0; j < E; ++j) ss += a[j] * a[j] + b[j] * b[j];
+    for (int j = 0; j < E; ++j) ss = fmaf(b[j], b[j], fmaf(a[j], a[j], ss));
     const float inv = 1.f / sqrtf(mllm::warp_sum(ss) / static_cast<float>(head_dim) + eps);
 #pragma unroll
     for (int j = 0; j < E; ++j) {
@@ -97,8 +103,8 @@ __device__ __forceinline__ void norm_rope_head(const typename D::storage* x, typ
     P ob;
 #pragma unroll
     for (int j = 0; j < E; ++j) {
-      oa.v[j] = D::from_float(a[j] * c.v[j] - b[j] * sn.v[j]);
-      ob.v[j] = D::from_float(b[j] * c.v[j] + a[j] * sn.v[j]);
+      oa.v[j] = D::from_float(rotate_lo(a[j], b[j], c.v[j], sn.v[j]));
+      ob.v[j] = D::from_float(rotate_hi(a[j], b[j], c.v[j], sn.v[j]));
     }
     *reinterpret_cast<P*>(y + lane * E) = oa;
     *reinterpret_cast<P*>(y + half + lane * E) = ob;
@@ -109,8 +115,8 @@ __device__ __forceinline__ void norm_rope_head(const typename D::storage* x, typ
       if (i < half) {
         const float c = cs[i];
         const float sn = cs[half + i];
-        y[i] = D::from_float(a[j] * c - b[j] * sn);
-        y[i + half] = D::from_float(b[j] * c + a[j] * sn);
+        y[i] = D::from_float(rotate_lo(a[j], b[j], c, sn));
+        y[i + half] = D::from_float(rotate_hi(a[j], b[j], c, sn));
       }
     }
   }

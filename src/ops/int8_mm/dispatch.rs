@@ -186,17 +186,19 @@ impl std::str::FromStr for Int8MmConfig {
 pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k: usize) -> Int8MmConfig {
     use Int8MmConfig::*;
     let hopper = path == Int8MmPath::Auto && arch.major == 9 && arch.minor == 0;
-    // Small M streams the weight: on Hopper through TMA bulk copies. Before
-    // it, narrow outputs take the skinny kernel (which also overlaps the
-    // dynamic quantization through PDL) and wide ones keep more tiles in
-    // flight with CUTLASS's 32x64 tile (H200 sweep).
+    // Small M streams the weight. On Hopper the bulk-copy kernel wins for
+    // qkv/o-sized layers at M <= 16 and for down (K = 12288) at M = 1, where
+    // the weight read is everything; CUTLASS's 32x64 tile keeps more tiles in
+    // flight for gate_up's 24576 columns, and Pingpong 64x128 wins down at
+    // M = 16 (H200 sweep, docs/int8_mm_dispatch.md). Before Hopper: skinny
+    // for narrow outputs, the 32x64 tile for wide ones.
     if m <= 16 {
-        return if hopper {
-            StreamM16
-        } else if n >= 6144 {
-            Sm80T32x64x128
-        } else {
-            SkinnyM16
+        return match () {
+            _ if n >= 16384 => Sm80T32x64x128,
+            _ if hopper && k >= 8192 && m > 8 => Sm90P64x128x128,
+            _ if hopper => StreamM16,
+            _ if n >= 6144 => Sm80T32x64x128,
+            _ => SkinnyM16,
         };
     }
     let wide = n >= 16384 || k >= 8192;
