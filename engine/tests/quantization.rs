@@ -13,13 +13,17 @@ use std::sync::Arc;
 use mllm_engine::executor::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
 use mllm_engine::generation::{LoadedModel, ModelSource};
 use mllm_engine::layers::linear::{Linear, LinearMethod, Shard};
+use mllm_engine::loader::config::ModelConfig;
 use mllm_engine::loader::safetensors::SafetensorsModel;
 use mllm_engine::mem_cache::{KvDtype, ReqToTokenPool, TokenToKvPool};
+use mllm_engine::models::weights::WeightSource;
 use mllm_engine::models::{CausalLM, LoadOptions};
+use mllm_engine::quantization::observe::CALIBRATION_TEXT;
 use mllm_engine::quantization::quantize::{dequantize_per_channel, quantize_per_channel};
 use mllm_engine::quantization::scheme::SchemeLinearMethod;
+use mllm_engine::quantization::smooth::{smooth, DEFAULT_ALPHA};
 use mllm_engine::quantization::w8a8::{ActivationScale, W8A8Int8, WeightScale};
-use mllm_engine::quantization::writer::write_w8a8;
+use mllm_engine::quantization::writer::{write_w8a8, write_w8a8_with, Smoothing};
 use mllm_engine::quantization::QuantMethod;
 use mllm_engine::tensor::{DType, Tensor};
 use serde_json::{json, Value};
@@ -595,6 +599,18 @@ fn mllm_quantize_cli_writes_a_loadable_checkpoint() {
     let st = SafetensorsModel::open(out.path()).unwrap();
     assert_eq!(st.dtype("model.layers.1.mlp.down_proj.weight").unwrap(), DType::F32);
     assert_eq!(st.dtype("model.layers.0.mlp.down_proj.weight").unwrap(), DType::I8);
+    let smoothed = out.path().join("smoothed");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mllm"))
+        .args(["quantize", "--quiet", "--smoothquant-alpha", "0.5"])
+        .arg("--model")
+        .arg(input.path())
+        .arg("--out")
+        .arg(&smoothed)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stderr.contains("tensors smoothed"), "{stderr}");
+    load(&smoothed, None, None);
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_mllm"))
         .args(["quantize", "--quiet", "--ignore", "re:("])
         .arg("--model")
@@ -707,55 +723,193 @@ fn perplexity(m: &CausalLM, ids: &[u32]) -> f64 {
     (nll / (ids.len() - 1) as f64).exp()
 }
 
-/// SmolLM2-135M (GGUF Q4_1 dequantized to f32, then W8A8-quantized on the CPU): perplexity on
-/// the committed paragraph close to the unquantized model's.
-///
-/// Measured (x86-64, 387 tokens): 14.116 unquantized, 14.821 W8A8 (+5.0%). Of that, int8
-/// weights alone (activations float) cost +1.1% and per-token int8 activations alone +3.8%: the
-/// gap is round-to-nearest W8A8 itself on a 135M model, spread over all layers (keeping any one
-/// projection type or the first/last three layers float leaves +2.9..4.3%). The 3%
-/// needs outlier smoothing (SmoothQuant, as llm-compressor's W8A8 recipe applies before
-/// quantizing), which is not part of this scheme; the bound here is 6%, which a broken scale or
-/// layout (perplexity in the hundreds) cannot meet.
-#[test]
-fn smollm2_w8a8_perplexity_close_to_unquantized() {
-    let Some(path) = common::default_model_gguf("smollm2_w8a8_perplexity_close_to_unquantized") else {
-        return;
-    };
+/// SmolLM2-135M's GGUF (Q4_1) dequantized once to f32 tensors under HF names, with its config
+/// and the token ids of the committed paragraph and of the built-in calibration text.
+struct SmolLm2 {
+    config: ModelConfig,
+    weights: HashMap<String, Tensor>,
+    eval_ids: Vec<u32>,
+    calibration_ids: Vec<u32>,
+}
+
+fn smollm2(test: &str) -> Option<SmolLm2> {
+    use mllm_engine::loader::gguf::GgufFile;
+    use mllm_engine::models::gguf::GgufWeights;
+    use mllm_engine::tokenizer::Tokenizer;
+    let path = common::default_model_gguf(test)?;
+    let file = GgufFile::open(&path).unwrap();
+    let config = ModelConfig::from_gguf(&file).unwrap();
+    let arch = mllm_engine::models::arch::lookup(file.architecture().unwrap()).unwrap();
+    let src = GgufWeights::new(&file, &arch, config.num_attention_heads, config.num_key_value_heads);
+    let weights = src
+        .names()
+        .into_iter()
+        .filter_map(|n| src.get(&n).unwrap().map(|t| (n, t)))
+        .collect();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prose.txt")).unwrap();
-    let mut ppl = vec![];
-    for quantization in [None, Some(QuantMethod::W8A8)] {
-        let t = std::time::Instant::now();
+    Some(SmolLm2 {
+        eval_ids: tok.encode(&text, false).unwrap(),
+        calibration_ids: tok.encode(CALIBRATION_TEXT, false).unwrap(),
+        config,
+        weights,
+    })
+}
+
+impl SmolLm2 {
+    fn perplexity(&self, src: &dyn WeightSource, quantization: Option<QuantMethod>) -> f64 {
         let opts = LoadOptions {
             weight_dtype: Some(DType::F32),
             quantization,
         };
-        let loaded = LoadedModel::load(&ModelSource::Gguf(path.clone()), &opts).unwrap();
-        let ids = loaded.tokenizer().unwrap().encode(&text, false).unwrap();
-        let (model, _, _) = loaded.into_parts().unwrap();
-        let p = perplexity(&model, &ids);
-        eprintln!(
-            "SmolLM2-135M {:?}: perplexity {p:.3} on {} tokens ({:.1} s)",
-            quantization,
-            ids.len(),
-            t.elapsed().as_secs_f64()
-        );
-        ppl.push(p);
+        perplexity(
+            &CausalLM::load(self.config.clone(), src, &opts).unwrap(),
+            &self.eval_ids,
+        )
     }
-    let diff = (ppl[1] - ppl[0]).abs() / ppl[0];
+
+    /// W8A8 perplexity after SmoothQuant with strength `alpha`.
+    fn smoothed_perplexity(&self, alpha: f32) -> f64 {
+        let smoothed = smooth(&self.config, &self.weights, &self.calibration_ids, alpha).unwrap();
+        self.perplexity(&smoothed, Some(QuantMethod::W8A8))
+    }
+}
+
+/// SmolLM2-135M (GGUF Q4_1 dequantized to f32, then W8A8-quantized on the CPU): perplexity on
+/// the committed paragraph (387 tokens) close to the unquantized model's.
+///
+/// Measured (x86-64): 14.116 unquantized; plain W8A8 14.821 (+5.0%): int8 weights alone cost
+/// +1.1%, per-token int8 activations alone +3.8%, spread over all layers. The bound for the
+/// plain path is 6%, which a broken scale or layout (perplexity in the hundreds) cannot meet.
+/// With SmoothQuant at the default α = 0.5 (calibrated on the built-in text, not this
+/// paragraph) W8A8 measures 14.373 (+1.8%), within the 3%: smoothing folds the per-channel
+/// activation outliers into the weights (exactly, in float), so per-token scales waste fewer
+/// int8 steps on them.
+/// `smollm2_smoothquant_alpha_sweep` (ignored) prints the α sweep.
+#[test]
+fn smollm2_w8a8_perplexity_close_to_unquantized() {
+    let Some(m) = smollm2("smollm2_w8a8_perplexity_close_to_unquantized") else {
+        return;
+    };
+    let t = std::time::Instant::now();
+    let base = m.perplexity(&m.weights, None);
+    let plain = m.perplexity(&m.weights, Some(QuantMethod::W8A8));
+    let smoothed = m.smoothed_perplexity(DEFAULT_ALPHA);
+    let rel = |p: f64| (p - base) / base;
     eprintln!(
-        "W8A8 vs unquantized perplexity: {:.3} vs {:.3} ({:+.2}%)",
-        ppl[1],
-        ppl[0],
-        100.0 * (ppl[1] - ppl[0]) / ppl[0]
+        "SmolLM2-135M perplexity on {} tokens: {base:.3} unquantized, {plain:.3} W8A8 ({:+.2}%), {smoothed:.3} W8A8 + SmoothQuant α={DEFAULT_ALPHA} ({:+.2}%) ({:.1} s)",
+        m.eval_ids.len(),
+        100.0 * rel(plain),
+        100.0 * rel(smoothed),
+        t.elapsed().as_secs_f64()
     );
+    assert!(rel(plain).abs() < 0.06, "W8A8 perplexity {plain} vs {base}");
     assert!(
-        diff < 0.06,
-        "W8A8 perplexity {} vs {} ({:.2}%)",
-        ppl[1],
-        ppl[0],
-        diff * 100.0
+        rel(smoothed).abs() < 0.03,
+        "W8A8 + SmoothQuant perplexity {smoothed} vs {base}"
     );
+}
+
+/// The α sweep behind [`DEFAULT_ALPHA`]: `cargo nextest run -p mllm-engine --test quantization
+/// --run-ignored only smollm2_smoothquant_alpha_sweep --no-capture`.
+#[test]
+#[ignore = "slow: six calibrations and quantized passes of SmolLM2"]
+fn smollm2_smoothquant_alpha_sweep() {
+    let Some(m) = smollm2("smollm2_smoothquant_alpha_sweep") else {
+        return;
+    };
+    let base = m.perplexity(&m.weights, None);
+    for alpha in [0.3, 0.4, 0.5, 0.6, 0.7, 0.8] {
+        let p = m.smoothed_perplexity(alpha);
+        eprintln!(
+            "alpha {alpha}: W8A8 + SmoothQuant perplexity {p:.3} vs {base:.3} ({:+.2}%)",
+            100.0 * (p - base) / base
+        );
+    }
+}
+
+// ---------------------------------------------------------------- SmoothQuant on fixtures
+
+/// Smoothing only moves scale between a producer and its consumers: the float model computes
+/// the same logits (within f32 rounding) on all three fixtures (GQA, q/k/v bias, q/k norm).
+#[test]
+fn smoothing_is_exact_in_float() {
+    for arch in ARCHS {
+        let dir = fixture(arch);
+        let st = SafetensorsModel::open(&dir).unwrap();
+        let config = ModelConfig::from_dir(&dir).unwrap();
+        let calib = prompt(40, 7, config.vocab_size as u32);
+        let smoothed = smooth(&config, &st, &calib, DEFAULT_ALPHA).unwrap();
+        for name in [
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.1.post_attention_layernorm.weight",
+            "model.layers.0.self_attn.v_proj.weight",
+            "model.layers.1.mlp.down_proj.weight",
+        ] {
+            let (a, b) = (
+                st.get(name).unwrap().to_f32_vec().unwrap(),
+                smoothed.get(name).unwrap().unwrap(),
+            );
+            assert_ne!(a, b.to_f32_vec().unwrap(), "{arch}: {name} was not smoothed");
+        }
+        let opts = LoadOptions::default();
+        let base = CausalLM::load(config.clone(), &st, &opts).unwrap();
+        let sm = CausalLM::load(config.clone(), &smoothed, &opts).unwrap();
+        let ids = prompt(24, 2, config.vocab_size as u32);
+        let (a, b) = (logits_all(&base, &ids), logits_all(&sm, &ids));
+        let max = a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{arch}: smoothed vs original float logits: max |diff| {max:.2e}");
+        assert!(max <= 1e-5, "{arch}: {max}");
+    }
+}
+
+/// A smoothed checkpoint is a standard compressed-tensors W8A8 one: it loads with no knowledge
+/// of SmoothQuant and computes exactly what smoothing then quantizing at load does.
+#[test]
+fn smoothed_checkpoint_round_trips() {
+    for arch in ARCHS {
+        let input = fixture_copy(arch);
+        let config = ModelConfig::from_dir(input.path()).unwrap();
+        let smoothing = Smoothing {
+            alpha: 0.6,
+            calibration_ids: prompt(40, 9, config.vocab_size as u32),
+        };
+        let out = tempfile::tempdir().unwrap();
+        let summary = write_w8a8_with(input.path(), out.path(), &[], false, Some(&smoothing)).unwrap();
+        assert_eq!(summary.quantized, 2 * 7, "{arch}");
+        // Per layer: 2 norms, q/k/v/gate/up/o/down weights, v bias if any.
+        assert!(summary.smoothed >= 2 * 9, "{arch}: {}", summary.smoothed);
+        let cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["quantization_config"]["format"], "int-quantized");
+        let (src, st) = (
+            SafetensorsModel::open(input.path()).unwrap(),
+            SafetensorsModel::open(out.path()).unwrap(),
+        );
+        let norm = "model.layers.0.input_layernorm.weight";
+        assert_eq!(st.dtype(norm).unwrap(), src.dtype(norm).unwrap());
+        assert_ne!(st.get(norm).unwrap().as_bytes(), src.get(norm).unwrap().as_bytes());
+
+        let from_ckpt = load(out.path(), None, None);
+        let smoothed = smooth(&config, &src, &smoothing.calibration_ids, smoothing.alpha).unwrap();
+        let opts = LoadOptions {
+            weight_dtype: None,
+            quantization: Some(QuantMethod::W8A8),
+        };
+        let at_load = CausalLM::load(config, &smoothed, &opts).unwrap();
+        let ids = prompt(20, 1, from_ckpt.config().vocab_size as u32);
+        assert_eq!(logits_all(&from_ckpt, &ids), logits_all(&at_load, &ids), "{arch}");
+    }
+    let input = fixture_copy("llama");
+    let config = ModelConfig::from_dir(input.path()).unwrap();
+    let st = SafetensorsModel::open(input.path()).unwrap();
+    let err = smooth(&config, &st, &[1, 2], 1.5).unwrap_err().to_string();
+    assert!(err.contains("alpha must be in [0, 1]"), "{err}");
 }
 
 // ---------------------------------------------------------------- dummy weights

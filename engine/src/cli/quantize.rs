@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::quantization::writer::write_w8a8;
+use crate::quantization::observe::CALIBRATION_TEXT;
+use crate::quantization::writer::{write_w8a8_with, Smoothing};
+use crate::tokenizer::Tokenizer;
 
 /// The scheme to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,6 +44,11 @@ pub struct QuantizeArgs {
     /// repeatable. Embeddings, norms, lm_head and vision layers are always kept.
     #[arg(long, value_name = "PATTERN")]
     pub ignore: Vec<String>,
+    /// Apply SmoothQuant with this migration strength α in [0, 1] before quantizing (0.5 is
+    /// a good start): calibrates on a built-in text with the model's tokenizer and folds the
+    /// factors into the norm and linear weights. Off by default.
+    #[arg(long, value_name = "ALPHA")]
+    pub smoothquant_alpha: Option<f32>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -50,15 +57,27 @@ pub struct QuantizeArgs {
 /// Runs `mllm quantize`.
 pub fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
+    let smoothing = match args.smoothquant_alpha {
+        Some(alpha) => {
+            let tok =
+                Tokenizer::from_dir(&args.model).context("SmoothQuant calibration needs the model's tokenizer")?;
+            Some(Smoothing {
+                alpha,
+                calibration_ids: tok.encode(CALIBRATION_TEXT, false)?,
+            })
+        }
+        None => None,
+    };
     let summary = match args.scheme {
-        QuantizeScheme::W8a8 => write_w8a8(&args.model, &args.out, &args.ignore, !args.quiet),
+        QuantizeScheme::W8a8 => write_w8a8_with(&args.model, &args.out, &args.ignore, !args.quiet, smoothing.as_ref()),
     }
     .with_context(|| format!("cannot quantize {}", args.model.display()))?;
     eprintln!(
-        "mllm: wrote {} in {:.1} s: {} linear layers W8A8 int8, {} tensors kept, ignore {:?}, copied {}",
+        "mllm: wrote {} in {:.1} s: {} linear layers W8A8 int8, {} tensors smoothed, {} tensors kept, ignore {:?}, copied {}",
         args.out.display(),
         t.elapsed().as_secs_f64(),
         summary.quantized,
+        summary.smoothed,
         summary.copied,
         summary.ignore,
         summary.files.join(", ")

@@ -30,6 +30,12 @@ pub struct LoadOptions {
     pub quantization: Option<QuantMethod>,
 }
 
+/// The architecture of `config.architectures[0]` (or `model_type`).
+fn arch_of(config: &ModelConfig) -> Result<ArchSpec> {
+    let name = config.architectures.first().unwrap_or(&config.model_type);
+    lookup(name)
+}
+
 /// A decoder-only causal language model.
 #[derive(Debug)]
 pub struct CausalLM {
@@ -64,18 +70,35 @@ impl CausalLM {
 
     /// Builds the model for `config.architectures[0]` (or `model_type`) from HF-named weights.
     pub fn load(config: ModelConfig, src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
-        let name = config
-            .architectures
-            .first()
-            .cloned()
-            .unwrap_or_else(|| config.model_type.clone());
-        let arch = lookup(&name)?;
+        let arch = arch_of(&config)?;
         Self::load_arch(config, arch, src, opts)
     }
 
+    /// As [`CausalLM::load`] with the per-layer decisions of `quant` instead of those derived
+    /// from the checkpoint and `opts.quantization` (calibration observers, for SmoothQuant).
+    pub fn load_with(
+        config: ModelConfig,
+        src: &dyn WeightSource,
+        opts: &LoadOptions,
+        quant: QuantizationConfig,
+    ) -> Result<Self> {
+        let arch = arch_of(&config)?;
+        Self::build(config, arch, src, opts, &quant)
+    }
+
     fn load_arch(config: ModelConfig, arch: ArchSpec, src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
-        let mut w = WeightReader::new(src);
         let quant = QuantizationConfig::new(config.quantization_config(), opts.quantization, opts.weight_dtype)?;
+        Self::build(config, arch, src, opts, &quant)
+    }
+
+    fn build(
+        config: ModelConfig,
+        arch: ArchSpec,
+        src: &dyn WeightSource,
+        opts: &LoadOptions,
+        quant: &QuantizationConfig,
+    ) -> Result<Self> {
+        let mut w = WeightReader::new(src);
         let cast = |t: Tensor| -> Result<Tensor> {
             Ok(match opts.weight_dtype {
                 Some(dt) => t.to_dtype(dt)?,
@@ -86,7 +109,7 @@ impl CausalLM {
         let embed = cast(w.take_shaped("model.embed_tokens.weight", &[v, h])?)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            layers.push(DecoderLayer::load(&config, &arch, i, &quant, &mut w)?);
+            layers.push(DecoderLayer::load(&config, &arch, i, quant, &mut w)?);
         }
         let norm = RmsNorm::new(w.take_shaped("model.norm.weight", &[h])?, config.rms_norm_eps as f32)?;
         let lm_head = if config.tie_word_embeddings {

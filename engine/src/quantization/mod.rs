@@ -25,8 +25,10 @@
 pub mod config;
 pub mod ignore;
 pub mod int8_gemm;
+pub mod observe;
 pub mod quantize;
 pub mod scheme;
+pub mod smooth;
 pub mod w8a8;
 pub mod writer;
 
@@ -39,6 +41,7 @@ use crate::layers::linear::{LinearMethod, UnquantizedLinearMethod};
 use crate::tensor::DType;
 use config::CompressedTensorsConfig;
 use ignore::{fused_decision, PatternList};
+use observe::{ActivationStats, ObservedLinearMethod};
 use scheme::SchemeLinearMethod;
 use w8a8::W8A8Int8;
 
@@ -106,6 +109,8 @@ enum Kind {
     CompressedTensors(CompressedTensorsConfig),
     /// Float weights quantized at load time, except layers matching `skip`.
     AtLoad { skip: PatternList },
+    /// Every linear layer stays float and records its inputs (calibration).
+    Observe(Arc<ActivationStats>),
 }
 
 /// Decides, per linear layer, which [`LinearMethod`] it gets.
@@ -160,6 +165,15 @@ impl QuantizationConfig {
         }
     }
 
+    /// Every linear layer float, recording its inputs' per-channel max into `stats` under the
+    /// name of its first part (calibration for [`smooth`]).
+    pub fn observing(stats: Arc<ActivationStats>) -> Self {
+        Self {
+            kind: Kind::Observe(stats),
+            ..Self::unquantized(None)
+        }
+    }
+
     /// Matches layers under the checkpoint's names: a model that loads a nested decoder under
     /// shorter names asks for `model.layers.0.mlp` where the checkpoint (and so its `ignore` /
     /// `targets` and `--ignore`) says `model.language_model.layers.0.mlp`. Names starting with
@@ -197,7 +211,7 @@ impl QuantizationConfig {
 
     /// Whether any layer may be quantized.
     pub fn is_quantized(&self) -> bool {
-        !matches!(self.kind, Kind::None)
+        !matches!(self.kind, Kind::None | Kind::Observe(_))
     }
 
     /// A short name for logs: `none`, `compressed-tensors` or `w8a8 (at load)`.
@@ -206,6 +220,7 @@ impl QuantizationConfig {
             Kind::None => "none",
             Kind::CompressedTensors(_) => "compressed-tensors",
             Kind::AtLoad { .. } => "w8a8 (at load)",
+            Kind::Observe(_) => "none (calibrating)",
         }
     }
 
@@ -215,6 +230,14 @@ impl QuantizationConfig {
         let prefix = &self.checkpoint_name(prefix);
         let scheme: Option<W8A8Int8> = match &self.kind {
             Kind::None => None,
+            Kind::Observe(stats) => {
+                let layer = format!("{prefix}.{}", parts.first().copied().unwrap_or_default());
+                return Ok(Arc::new(ObservedLinearMethod::new(
+                    layer,
+                    self.float.clone(),
+                    stats.clone(),
+                )));
+            }
             Kind::AtLoad { skip } => fused_decision(prefix, parts, |name| {
                 Ok(match skip.first_match(name) {
                     Some(p) => (None, format!("skipped by `{}`", p.as_str())),
@@ -252,7 +275,7 @@ impl QuantizationConfig {
     pub fn require_float(&self, layer: &str) -> Result<(), QuantError> {
         let layer = &self.checkpoint_name(layer);
         let quantized = match &self.kind {
-            Kind::None | Kind::AtLoad { .. } => None,
+            Kind::None | Kind::AtLoad { .. } | Kind::Observe(_) => None,
             Kind::CompressedTensors(ct) => ct.group_for(layer).map(|g| g.describe(ct.format)),
         };
         match quantized {

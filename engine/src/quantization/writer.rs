@@ -9,6 +9,10 @@
 //! every 2-D linear weight left float by name, and a vision tower as the one pattern
 //! [`VISION_SKIP`] (it matches however a reader prefixes the tower: `model.visual.`, `visual.`).
 //! Tokenizer and other non-weight files are copied.
+//!
+//! With [`Smoothing`] the float model is first smoothed ([`super::smooth`]): the factors are
+//! folded into the norm and linear weights before quantizing, so the checkpoint is a standard
+//! W8A8 one that every reader loads without knowing about SmoothQuant.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +24,11 @@ use serde_json::{json, Value};
 
 use super::ignore::PatternList;
 use super::quantize::{default_skip, quantize_per_channel, VISION_SKIP};
+use super::smooth::{smooth, SmoothedWeights};
 use super::QuantError;
+use crate::loader::config::ModelConfig;
 use crate::loader::safetensors::SafetensorsModel;
+use crate::models::weights::WeightSource;
 use crate::tensor::{DType, Tensor};
 
 /// What [`write_w8a8`] did.
@@ -35,6 +42,18 @@ pub struct WriteSummary {
     pub files: Vec<String>,
     /// The `ignore` list written.
     pub ignore: Vec<String>,
+    /// Tensors rewritten by SmoothQuant before quantizing (0 without smoothing).
+    pub smoothed: usize,
+}
+
+/// SmoothQuant before quantizing: strength and the calibration tokens (e.g. the model's
+/// tokenization of [`super::observe::CALIBRATION_TEXT`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Smoothing {
+    /// Migration strength α in `[0, 1]`.
+    pub alpha: f32,
+    /// Token ids the float model is calibrated on.
+    pub calibration_ids: Vec<u32>,
 }
 
 /// The `quantization_config` of a W8A8 int8 checkpoint with `ignore`.
@@ -103,6 +122,17 @@ fn is_non_linear(module: &str) -> bool {
 /// (created if needed; must not be `input`). `ignore` adds layer patterns (exact or `re:`) to
 /// keep float; a progress bar is drawn on stderr when `progress`.
 pub fn write_w8a8(input: &Path, out: &Path, ignore: &[String], progress: bool) -> Result<WriteSummary, QuantError> {
+    write_w8a8_with(input, out, ignore, progress, None)
+}
+
+/// [`write_w8a8`], smoothing the float model first when `smoothing` is given.
+pub fn write_w8a8_with(
+    input: &Path,
+    out: &Path,
+    ignore: &[String],
+    progress: bool,
+    smoothing: Option<&Smoothing>,
+) -> Result<WriteSummary, QuantError> {
     if !input.is_dir() {
         return Err(QuantError::Invalid(format!(
             "{} is not a directory: `mllm quantize` reads an HF model directory (config.json + safetensors, f32/bf16/f16)",
@@ -133,6 +163,15 @@ pub fn write_w8a8(input: &Path, out: &Path, ignore: &[String], progress: bool) -
     let mut skip = default_skip();
     skip.extend(user.clone());
     let st = SafetensorsModel::open(input).map_err(|e| QuantError::Invalid(e.to_string()))?;
+    let smoothed: Option<SmoothedWeights<'_>> = match smoothing {
+        None => None,
+        Some(sm) => {
+            let model_config = ModelConfig::from_dir(input).map_err(|e| QuantError::Invalid(e.to_string()))?;
+            let w = smooth(&model_config, &st, &sm.calibration_ids, sm.alpha)
+                .map_err(|e| QuantError::Invalid(format!("SmoothQuant: {e}")))?;
+            Some(w)
+        }
+    };
     let names: Vec<String> = st.names().into_iter().map(String::from).collect();
 
     let bar = if progress {
@@ -151,10 +190,27 @@ pub fn write_w8a8(input: &Path, out: &Path, ignore: &[String], progress: bool) -
         copied: 0,
         files: vec![],
         ignore: vec![],
+        smoothed: 0,
     };
     for name in &names {
         bar.set_message(name.clone());
-        let t = st.get(name).map_err(|e| QuantError::Invalid(e.to_string()))?;
+        let t = match &smoothed {
+            Some(w) if w.is_smoothed(name) => {
+                summary.smoothed += 1;
+                let t = WeightSource::get(w, name)
+                    .map_err(|e| QuantError::Invalid(e.to_string()))?
+                    .expect("smoothed tensors exist");
+                // Quantized from f32; kept tensors (norms) go back to the checkpoint's dtype.
+                match linear_module(name, &t, &skip) {
+                    Some(_) => t,
+                    None => {
+                        let dt = st.dtype(name).map_err(|e| QuantError::Invalid(e.to_string()))?;
+                        t.to_dtype(dt).map_err(|e| QuantError::Invalid(e.to_string()))?
+                    }
+                }
+            }
+            _ => st.get(name).map_err(|e| QuantError::Invalid(e.to_string()))?,
+        };
         let module = name.strip_suffix(".weight");
         match linear_module(name, &t, &skip) {
             Some(module) => {
