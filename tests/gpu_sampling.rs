@@ -1,6 +1,8 @@
 //! The `sample` kernel (seeded top-k / top-p / min-p sampling) against
-//! `reference::sample`. GPU tests are skipped (with the reason printed)
-//! where no CUDA device exists; the validation test runs everywhere.
+//! `reference::sample`, and the `argmax` kernel (split over several blocks
+//! per row) against `reference::argmax`. GPU tests are skipped (with the
+//! reason printed) where no CUDA device exists; the validation test runs
+//! everywhere.
 //!
 //! Tolerances: both sides draw the same `u` (Philox, bit exact) and divide
 //! by the temperature the same way (IEEE f32), so the ranking and top-k are
@@ -10,7 +12,13 @@
 //! less the mass of tokens whose top-p / min-p membership is within
 //! rounding of its boundary, as a fraction of the kept mass) exceeds 1e-4; the
 //! log-probabilities (f32 block sum vs f64) within 1e-4 absolute + 1e-5
-//! relative, as argmax's.
+//! relative, as argmax's. Argmax ids are exact.
+//!
+//! The sampling kernel has a fast path (candidates above a pivot compacted
+//! into shared memory) and a full-row fallback; which one a row takes is
+//! not visible, so the cases below are built to reach both: top-k rows and
+//! peaky rows compact; flat 152k rows with top-p or min-p alone, top-k
+//! of 2000 or more, and no filter at all take the full-row path.
 
 mod common;
 
@@ -79,22 +87,26 @@ fn logits_for(batch: usize, vocab: usize, seed: u64, peaky: bool) -> Vec<f32> {
 /// Every row: the GPU's token is the reference's where the draw is clear of
 /// rounding (`margin` > 1e-4), and elsewhere a kept token whose CDF step
 /// lies within 1e-4 (plus the ambiguous mass) of `u`; its logprob matches
-/// the reference's for that token. Peaky rows must mostly be clear.
-fn check_against_reference<T: FloatElem>(gpu: &Gpu, batch: usize, vocab: usize, seed: u64, peaky: bool) {
-    let what = format!("sample {} [{batch}, {vocab}] peaky={peaky}", T::DTYPE);
-    let logits: Vec<T> = cast(&logits_for(batch, vocab, seed, peaky));
-    let rows = mixed_params(batch, vocab, seed);
-    let want = reference::sample(&logits, vocab, &rows);
-    let (ids, lps) = run(gpu, &logits, [batch, vocab], &rows);
+/// the reference's for that token. A row the reference rejects (NaN, +inf,
+/// no finite logit) must give -1 and NaN. Returns the rows clear of rounding.
+fn check_rows<T: FloatElem>(gpu: &Gpu, what: &str, logits: &[T], vocab: usize, rows: &[SampleParams]) -> usize {
+    let batch = rows.len();
+    let want = reference::sample(logits, vocab, rows);
+    let (ids, lps) = run(gpu, logits, [batch, vocab], rows);
     let mut clear = 0;
-    for (r, (w, p)) in want.iter().zip(&rows).enumerate() {
+    for (r, (w, p)) in want.iter().zip(rows).enumerate() {
         let row = &logits[r * vocab..(r + 1) * vocab];
-        let kept = reference::kept_cdf(row, p).unwrap_or_else(|| panic!("{what}: reference row {r} invalid"));
         let id = ids[r];
         let ctx = format!(
             "{what} row {r} ({p:?}): gpu {id}, reference {} (u {}, margin {:.2e})",
             w.id, w.u, w.margin
         );
+        let Some(kept) = reference::kept_cdf(row, p) else {
+            assert_eq!((id, w.id), (-1, -1), "{ctx}");
+            assert!(lps[r].is_nan(), "{ctx}: logprob {}", lps[r]);
+            continue;
+        };
+        assert!(id >= 0 && (id as usize) < vocab, "{ctx}: not a token");
         if w.margin > MARGIN {
             clear += 1;
             assert_eq!(id, w.id, "{ctx}");
@@ -118,18 +130,28 @@ fn check_against_reference<T: FloatElem>(gpu: &Gpu, batch: usize, vocab: usize, 
             lps[r]
         );
     }
+    // Deterministic: the same inputs give the same bits.
+    assert_eq!(
+        same_bits(&run(gpu, logits, [batch, vocab], rows)),
+        same_bits(&(ids, lps)),
+        "{what}: rerun differs"
+    );
+    clear
+}
+
+/// [`check_rows`] on [`logits_for`] rows with [`mixed_params`]; peaky rows
+/// must mostly be clear of rounding.
+fn check_against_reference<T: FloatElem>(gpu: &Gpu, batch: usize, vocab: usize, seed: u64, peaky: bool) {
+    let what = format!("sample {} [{batch}, {vocab}] peaky={peaky}", T::DTYPE);
+    let logits: Vec<T> = cast(&logits_for(batch, vocab, seed, peaky));
+    let rows = mixed_params(batch, vocab, seed);
+    let clear = check_rows(gpu, &what, &logits, vocab, &rows);
     if peaky {
         assert!(
             clear * 10 >= batch * 9,
             "{what}: only {clear} of {batch} rows clear of rounding"
         );
     }
-    // Deterministic: the same inputs give the same bits.
-    assert_eq!(
-        run(gpu, &logits, [batch, vocab], &rows),
-        (ids, lps),
-        "{what}: rerun differs"
-    );
 }
 
 #[test]
@@ -352,6 +374,325 @@ fn bad_rows_and_arguments() {
     assert_eq!(ops::sample(&gpu, &empty, &no_params).unwrap().0.shape(), &[0]);
     ops::sample_into(&gpu, &ld, &pd, &mut ids, None).unwrap();
     gpu.synchronize().unwrap();
+}
+
+/// The engine's common filter settings, each reaching the fast path or the
+/// full-row fallback depending on the row (see the top of the file).
+fn filter_sets() -> Vec<SampleParams> {
+    let p = |temperature: f32, top_k: i32, top_p: f32, min_p: f32| SampleParams {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        ..Default::default()
+    };
+    vec![
+        p(0.8, 50, 0.95, 0.0),   // the bench's setting
+        p(1.0, 0, 0.95, 0.0),    // nucleus alone
+        p(1.0, -1, 1.0, 0.05),   // min-p alone
+        p(1e-3, 20, 0.9, 0.0),   // tiny temperature (scaled logits in the thousands)
+        p(1e-3, 0, 1.0, 0.0),    // tiny temperature, no filter
+        p(0.7, 1000, 0.9, 0.0),  // a large top-k
+        p(1.0, 2000, 0.9, 0.01), // a top-k whose candidates overflow shared memory
+        p(1.0, 3000, 0.9, 0.0),  // top-k above twice the block's threads
+        p(1.2, 0, 0.5, 0.02),    // top-p and min-p without top-k
+        p(0.9, 50, 1.0, 0.3),    // top-k and min-p
+        p(1.0, 1, 1.0, 0.0),     // greedy as the engine sends it
+    ]
+}
+
+/// `set`'s filters with a per-row seed and offset.
+fn seeded(set: SampleParams, seed: u64, r: usize) -> SampleParams {
+    SampleParams {
+        seed: seed.wrapping_mul(7919) + r as u64,
+        offset: (r * 3) as u64,
+        ..set
+    }
+}
+
+/// Logits with many exact ties: [`logits_for`] rounded to eighths, so a
+/// 152k row holds hundreds of tokens at its max.
+fn tied_logits(batch: usize, vocab: usize, seed: u64) -> Vec<f32> {
+    logits_for(batch, vocab, seed, false)
+        .iter()
+        .map(|v| (v * 8.0).round() / 8.0)
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Rows {
+    Flat,
+    Peaky,
+    Tied,
+}
+
+fn rows_of(kind: Rows, batch: usize, vocab: usize, seed: u64) -> Vec<f32> {
+    match kind {
+        Rows::Flat => logits_for(batch, vocab, seed, false),
+        Rows::Peaky => logits_for(batch, vocab, seed, true),
+        Rows::Tied => tied_logits(batch, vocab, seed),
+    }
+}
+
+#[test]
+fn filter_sets_match_reference() {
+    let Some(gpu) = gpu_or_skip("filter_sets_match_reference") else {
+        return;
+    };
+    let sets = filter_sets();
+    for (v, &vocab) in [1000usize, 151_936].iter().enumerate() {
+        for (k, kind) in [Rows::Flat, Rows::Peaky, Rows::Tied].into_iter().enumerate() {
+            let (mut clear, mut total) = (0, 0);
+            let mut check = |batch: usize, seed: u64, rows: &[SampleParams]| {
+                let what = format!("sample f32 [{batch}, {vocab}] {kind:?}");
+                let logits = rows_of(kind, batch, vocab, seed);
+                clear += check_rows(&gpu, &what, &logits, vocab, rows);
+                total += batch;
+            };
+            // B = 1 and 7: every set on a whole batch; B = 64: the sets mixed.
+            for (i, set) in sets.iter().enumerate() {
+                for batch in [1usize, 7] {
+                    let seed = 1000 * v as u64 + 100 * k as u64 + 10 * i as u64 + batch as u64;
+                    let rows: Vec<SampleParams> = (0..batch).map(|r| seeded(*set, seed, r)).collect();
+                    check(batch, seed, &rows);
+                }
+            }
+            let seed = 5000 + 10 * v as u64 + k as u64;
+            let rows: Vec<SampleParams> = (0..64).map(|r| seeded(sets[r % sets.len()], seed, r)).collect();
+            check(64, seed, &rows);
+            if matches!(kind, Rows::Peaky) {
+                assert!(
+                    clear * 10 >= total * 9,
+                    "vocab {vocab} peaky: only {clear} of {total} rows clear of rounding"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn filter_sets_match_reference_16_bit() {
+    let Some(gpu) = gpu_or_skip("filter_sets_match_reference_16_bit") else {
+        return;
+    };
+    let sets = filter_sets();
+    let vocab = 151_936;
+    for (k, kind) in [Rows::Flat, Rows::Peaky].into_iter().enumerate() {
+        let rows: Vec<SampleParams> = (0..2 * sets.len())
+            .map(|r| seeded(sets[r % sets.len()], 300 + k as u64, r))
+            .collect();
+        let logits = rows_of(kind, rows.len(), vocab, 300 + k as u64);
+        check_rows::<bf16>(&gpu, &format!("sample bf16 {kind:?}"), &cast(&logits), vocab, &rows);
+        check_rows::<f16>(&gpu, &format!("sample f16 {kind:?}"), &cast(&logits), vocab, &rows);
+    }
+}
+
+/// Rows the kernel must reject (NaN, +inf, all -inf, a logit the
+/// temperature overflows) mixed with valid ones, under every filter set,
+/// and logits the temperature sends to -inf (dropped, not rejected).
+#[test]
+fn bad_and_extreme_rows_under_filters() {
+    let Some(gpu) = gpu_or_skip("bad_and_extreme_rows_under_filters") else {
+        return;
+    };
+    let sets = filter_sets();
+    for vocab in [1000usize, 151_936] {
+        let batch = 64;
+        let mut logits = logits_for(batch, vocab, 77, false);
+        let mut rows: Vec<SampleParams> = (0..batch).map(|r| seeded(sets[r % sets.len()], 77, r)).collect();
+        let at = random_index(batch, 78, vocab);
+        for r in 0..batch {
+            let row = &mut logits[r * vocab..(r + 1) * vocab];
+            match r % 6 {
+                0 => row[at[r]] = f32::NAN,
+                1 => row[at[r]] = f32::INFINITY,
+                2 => row.fill(f32::NEG_INFINITY),
+                3 => {
+                    // 1e38 / 1e-3 overflows to +inf: rejected.
+                    row[at[r]] = 1e38;
+                    rows[r].temperature = 1e-3;
+                }
+                4 => {
+                    // -3e38 / 0.5 is -inf: those tokens drop out (every one
+                    // of them in every other such row: rejected).
+                    rows[r].temperature = 0.5;
+                    if r % 12 == 4 {
+                        for i in (at[r] % 97..vocab).step_by(97) {
+                            row[i] = -3e38;
+                        }
+                    } else {
+                        row.fill(-3e38);
+                    }
+                }
+                _ => {
+                    // Mostly -inf: few finite tokens, below any top-k.
+                    for (i, v) in row.iter_mut().enumerate() {
+                        if i % 50 != r % 50 {
+                            *v = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+        }
+        let what = format!("sample extreme rows [{batch}, {vocab}]");
+        check_rows(&gpu, &what, &logits, vocab, &rows);
+    }
+}
+
+/// Index `n` random positions in `0..vocab`.
+fn random_index(n: usize, seed: u64, vocab: usize) -> Vec<usize> {
+    random_f32(n, seed, 1.0)
+        .iter()
+        .map(|x| (((x + 1.0) / 2.0 * vocab as f32) as usize).min(vocab - 1))
+        .collect()
+}
+
+// ---------------------------------------------------------------- argmax
+
+/// Argmax rows, by `(r + seed) % 8`: random; a run of equal maxima longer than any
+/// chunk (so every chunk boundary inside it has the max on both sides);
+/// all equal; the max only at the last index; isolated ties plus NaNs; only
+/// NaN; only -inf; the max only at index 0 with -inf around.
+fn argmax_rows(batch: usize, vocab: usize, seed: u64) -> Vec<f32> {
+    let mut v = random_f32(batch * vocab, seed, 12.0);
+    let at = random_index(batch * 3, seed + 1, vocab);
+    for r in 0..batch {
+        let row = &mut v[r * vocab..(r + 1) * vocab];
+        match (r as u64 + seed) % 8 {
+            0 => {}
+            1 => {
+                let start = at[3 * r] / 2;
+                let end = (start + 40_000).min(vocab);
+                row[start..end].fill(50.0);
+            }
+            2 => row.fill(0.0),
+            3 => row[vocab - 1] = 50.0,
+            4 => {
+                let (a, b, c) = (at[3 * r], at[3 * r + 1], at[3 * r + 2]);
+                row[a] = 50.0;
+                row[b] = 50.0;
+                row[c] = f32::NAN;
+                row[(c + 1) % vocab] = f32::NAN;
+            }
+            5 => row.fill(f32::NAN),
+            6 => row.fill(f32::NEG_INFINITY),
+            _ => {
+                row.fill(f32::NEG_INFINITY);
+                row[0] = -5.0;
+                row[at[3 * r]] = -7.0;
+            }
+        }
+    }
+    v
+}
+
+/// ids exact; logprobs (and token_logprobs of given ids, one out of range)
+/// within 1e-4 + 1e-5 relative, NaN where the reference says NaN.
+fn check_argmax<T: FloatElem>(gpu: &Gpu, batch: usize, vocab: usize, seed: u64) -> (Vec<i32>, Vec<f32>) {
+    let what = format!("argmax {} [{batch}, {vocab}]", T::DTYPE);
+    let logits: Vec<T> = cast(&argmax_rows(batch, vocab, seed));
+    let want = reference::argmax(&logits, vocab);
+    let ld = DeviceTensor::from_host(gpu, &logits, &[batch, vocab]).unwrap();
+    let mut ids = DeviceTensor::zeros(gpu, &[batch], DType::I32).unwrap();
+    let mut lps = DeviceTensor::zeros(gpu, &[batch], DType::F32).unwrap();
+    ops::argmax_into(gpu, &ld, &mut ids, Some(&mut lps)).unwrap();
+    let got_ids = ids.to_host::<i32>(gpu).unwrap();
+    let got_lp = lps.to_host::<f32>(gpu).unwrap();
+    assert_eq!(got_ids, want.iter().map(|w| w.0).collect::<Vec<_>>(), "{what}: ids");
+    // Equal infinities (a -inf token's logprob) count as close.
+    let close = |g: f32, w: f32| (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-4 + 1e-5 * w.abs();
+    for (b, (g, w)) in got_lp.iter().zip(&want).enumerate() {
+        assert!(close(*g, w.1), "{what}: row {b} logprob gpu {g} vs reference {}", w.1);
+    }
+    assert_eq!(
+        ops::argmax(gpu, &ld).unwrap().to_host::<i32>(gpu).unwrap(),
+        got_ids,
+        "{what}: plain"
+    );
+    let mut pick: Vec<i32> = random_index(batch, seed + 2, vocab).iter().map(|&i| i as i32).collect();
+    pick[0] = got_ids[0];
+    if batch >= 2 {
+        pick[1] = vocab as i32;
+    }
+    let want_t = reference::token_logprobs(&logits, vocab, &pick);
+    let pd = DeviceTensor::from_host(gpu, &pick, &[batch]).unwrap();
+    let got_t = ops::token_logprobs(gpu, &ld, &pd).unwrap().to_host::<f32>(gpu).unwrap();
+    for (b, (g, w)) in got_t.iter().zip(&want_t).enumerate() {
+        assert!(close(*g, *w), "{what}: token_logprob row {b}: gpu {g} vs reference {w}");
+    }
+    (got_ids, got_lp)
+}
+
+/// Ids and logprob bits: NaN logprobs (bad rows) compare equal to themselves.
+fn same_bits((ids, lps): &(Vec<i32>, Vec<f32>)) -> (Vec<i32>, Vec<u32>) {
+    (ids.clone(), lps.iter().map(|x| x.to_bits()).collect())
+}
+
+#[test]
+fn argmax_split_rows_match_reference() {
+    let Some(gpu) = gpu_or_skip("argmax_split_rows_match_reference") else {
+        return;
+    };
+    // Back-to-back launches of every shape: each split row's arrival
+    // counter must be back at 0 for the next launch.
+    // Seeds 0..8 give a one-row batch every row pattern.
+    for round in 0..2 {
+        for &batch in &[1usize, 3, 64, 8] {
+            for &vocab in &[1usize, 1000, 151_936, 151_937] {
+                for seed in 0..if batch < 8 { 8 } else { 1 } {
+                    let first = check_argmax::<f32>(&gpu, batch, vocab, seed);
+                    if round == 1 {
+                        // Same bits again (the sum's order is fixed).
+                        assert_eq!(
+                            same_bits(&check_argmax::<f32>(&gpu, batch, vocab, seed)),
+                            same_bits(&first)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for batch in [1usize, 3, 64] {
+        for vocab in [1000usize, 151_936, 151_937] {
+            for seed in 0..if batch < 8 { 8 } else { 1 } {
+                check_argmax::<bf16>(&gpu, batch, vocab, 40 + seed);
+                check_argmax::<f16>(&gpu, batch, vocab, 48 + seed);
+            }
+        }
+    }
+    // Past the split limit (one block per row) and just under it.
+    check_argmax::<f32>(&gpu, 600, 4096, 60);
+    check_argmax::<bf16>(&gpu, 511, 4096, 61);
+}
+
+/// The split argmax as a CUDA-graph-style caller uses it: the same
+/// buffers, many launches in a row without a sync, then one check.
+#[test]
+fn argmax_relaunches_without_sync() {
+    let Some(gpu) = gpu_or_skip("argmax_relaunches_without_sync") else {
+        return;
+    };
+    let (batch, vocab) = (2, 151_936);
+    let logits = argmax_rows(batch, vocab, 89); // a run of maxima over many chunks; all equal
+    let want = reference::argmax(&logits, vocab);
+    let ld = DeviceTensor::from_host(&gpu, &logits, &[batch, vocab]).unwrap();
+    let mut ids = DeviceTensor::zeros(&gpu, &[batch], DType::I32).unwrap();
+    let mut lps = DeviceTensor::zeros(&gpu, &[batch], DType::F32).unwrap();
+    let mut outs = Vec::new();
+    for _ in 0..3 {
+        for _ in 0..50 {
+            ops::argmax_into(&gpu, &ld, &mut ids, Some(&mut lps)).unwrap();
+        }
+        outs.push((ids.to_host::<i32>(&gpu).unwrap(), lps.to_host::<f32>(&gpu).unwrap()));
+    }
+    assert_eq!(outs[0].0, want.iter().map(|w| w.0).collect::<Vec<_>>());
+    assert!(outs
+        .windows(2)
+        .all(|w| w[0].0 == w[1].0 && bits(&w[0].1) == bits(&w[1].1)));
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]

@@ -1,24 +1,37 @@
 // Greedy sampling and token log-probabilities over logits [B, V], compiled
-// by NVRTC. One block per row and one pass over it: each thread keeps the
-// best (value, index) it has seen and an online softmax sum
-// s = sum exp(x - best), rescaled when best grows; the block then merges
-// the threads' triples. 16-byte loads when V is a multiple of a pack.
+// by NVRTC. grid = (rows, chunks): each block streams one chunk of a row,
+// keeping per thread the best (value, index) seen and an online softmax sum
+// s = sum exp(x - best), rescaled when best grows, then merges its threads'
+// triples. With one chunk per row that block writes the result; else it
+// leaves its triple in device scratch and the row's last block to arrive
+// merges them all (one launch; a lone block per row is latency-bound on one
+// SM). 16-byte loads when V is a multiple of a pack.
 //
 // argmax: the largest logit, ties to the lowest index (as torch.argmax);
 // NaN logits are skipped (a row of only NaN gives id 0). With a non-null
 // `logprob`, also writes log_softmax(row)[id] = -log(s) (NaN when the row
-// holds a NaN: the model output is broken, say so).
+// holds a NaN, or holds no value above -inf: the model output is broken,
+// say so).
 // token_logprob: log_softmax(row)[ids[b]] = x[id] - max - log(s) for given
 // ids (a sampled token); an id outside [0, V) gets NaN.
 //
-// The sum is f32 (per-thread sums, then a tree), so it differs from an f64
-// reference in the last bits only.
+// The sum is f32 (per-thread sums, a tree per block, then the chunks in
+// index order), so it differs from an f64 reference in the last bits only;
+// the same shape always sums in the same order.
 #include "mllm_dtype.cuh"
 #include "mllm_pack.cuh"
 
 namespace {
 
 constexpr int kNone = 0x7fffffff;
+
+// Scratch for split rows. The host (ops::sampling::argmax_grid) splits a
+// row only while rows <= kMaxSplitRows and rows x chunks <= kMaxPartials.
+// Module globals: allocated once at load, at fixed addresses (CUDA-graph
+// safe); each row's counter is back to 0 when a launch ends. Launches of
+// one module must not overlap (a Gpu runs all ops on one stream).
+constexpr int kMaxSplitRows = 512;
+constexpr int kMaxPartials = 1024;
 
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
@@ -28,6 +41,9 @@ struct Best {
   int i;    // its lowest index, kNone if none
   float s;  // sum of exp(x - v) over the part (NaN if it held a NaN)
 };
+
+__device__ Best g_partials[kMaxPartials];
+__device__ unsigned int g_arrivals[kMaxSplitRows];
 
 // exp(from - to) for to >= from, with exp(-inf - -inf) = 1.
 __device__ __forceinline__ float rescale(float from, float to) { return from == to ? 1.f : expf(from - to); }
@@ -64,7 +80,8 @@ __device__ __forceinline__ Best warp_merge(Best b) {
   return b;
 }
 
-// Merges every thread's Best; all threads get the result.
+// Merges every thread's Best; all threads get the result. A second call
+// needs a barrier after the first (both use sv/si/ss).
 __device__ __forceinline__ Best block_merge(Best b) {
   __shared__ float sv[32];
   __shared__ int si[32];
@@ -85,19 +102,20 @@ __device__ __forceinline__ Best block_merge(Best b) {
   return warp_merge(b);
 }
 
+// Elements [begin, end) of a row, both multiples of VEC.
 template <typename D, int VEC>
-__device__ __forceinline__ Best scan_row(const typename D::storage* row, int vocab) {
+__device__ __forceinline__ Best scan_range(const typename D::storage* row, int begin, int end) {
   using P = mllm::Pack<typename D::storage, VEC>;
   const P* packs = reinterpret_cast<const P*>(row);
   Best b{neg_inf(), kNone, 0.f};
-  // One block streams the whole row, so it is latency-bound: UNROLL packs per thread are
-  // loaded before any is used (measured on H200, f32 V = 151936: 34 us with one in flight).
-  // The kernels' __launch_bounds__(1024) keeps the registers this needs within a 1024-thread
-  // block's budget.
+  // UNROLL packs per thread are loaded before any is used (a block that
+  // streams a long row is latency-bound; measured on H200, f32 V = 151936
+  // in one block: 34 us with one in flight, 28 with four).
   constexpr int UNROLL = 4;
-  const int n = vocab / VEC;
+  const int first = begin / VEC;
+  const int n = end / VEC;
   const int stride = blockDim.x;
-  for (int p0 = threadIdx.x; p0 < n; p0 += stride * UNROLL) {
+  for (int p0 = first + threadIdx.x; p0 < n; p0 += stride * UNROLL) {
     P x[UNROLL];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u)
@@ -113,31 +131,66 @@ __device__ __forceinline__ Best scan_row(const typename D::storage* row, int voc
   return block_merge(b);
 }
 
+__device__ __forceinline__ Best load_partial(const Best* p) {
+  Best b;  // L2 loads: L1 is not coherent with the other blocks' stores
+  b.v = __ldcg(&p->v);
+  b.i = __ldcg(&p->i);
+  b.s = __ldcg(&p->s);
+  return b;
+}
+
+// The whole row's Best, in every thread of the block that completes the
+// row (returns true there; false in the other blocks of a split row).
+// Row blockIdx.x, chunk blockIdx.y of gridDim.y, `chunk` elements each.
 template <typename D>
-__device__ __forceinline__ Best scan(const typename D::storage* logits, int vocab) {
+__device__ __forceinline__ bool row_best(const typename D::storage* logits, int vocab, int chunk, Best* out) {
   constexpr int VEC = mllm::PackWidth<typename D::storage>::value;
-  const typename D::storage* row = logits + static_cast<long long>(blockIdx.x) * vocab;
-  return vocab % VEC == 0 ? scan_row<D, VEC>(row, vocab) : scan_row<D, 1>(row, vocab);
+  const int row = blockIdx.x;
+  const int c = blockIdx.y;
+  const int chunks = gridDim.y;
+  const typename D::storage* x = logits + static_cast<long long>(row) * vocab;
+  const int begin = c * chunk;
+  const int end = static_cast<int>(min(static_cast<long long>(vocab), static_cast<long long>(begin) + chunk));
+  Best b = (vocab % VEC == 0 && chunk % VEC == 0) ? scan_range<D, VEC>(x, begin, end) : scan_range<D, 1>(x, begin, end);
+  if (chunks == 1) {
+    *out = b;
+    return true;
+  }
+  if (gridDim.x > kMaxSplitRows || gridDim.x * chunks > kMaxPartials) __trap();  // a host planning bug: be loud
+  __shared__ int last;
+  if (threadIdx.x == 0) {
+    g_partials[row * chunks + c] = b;
+    __threadfence();  // the partial is visible before the arrival counts
+    last = atomicAdd(&g_arrivals[row], 1u) == static_cast<unsigned int>(chunks - 1);
+    if (last) __threadfence();  // and every counted partial before we read them
+  }
+  __syncthreads();  // also ends block_merge's reads of its shared arrays
+  if (!last) return false;
+  Best m{neg_inf(), kNone, 0.f};
+  for (int k = threadIdx.x; k < chunks; k += blockDim.x) m = merge(m, load_partial(&g_partials[row * chunks + k]));
+  *out = block_merge(m);
+  if (threadIdx.x == 0) g_arrivals[row] = 0;  // ready for the next launch
+  return true;
 }
 
 }  // namespace
 
-// Symbols: argmax_<dtype>(logits, vocab, ids, logprob_or_null) and
-// token_logprob_<dtype>(logits, vocab, ids, logprob); grid = rows, blockDim
-// a multiple of 32 (<= 1024).
+// Symbols: argmax_<dtype>(logits, vocab, chunk, ids, logprob_or_null) and
+// token_logprob_<dtype>(logits, vocab, chunk, ids, logprob); grid = (rows,
+// chunks = ceil(vocab / chunk)), blockDim a multiple of 32 (<= 256).
 #define MLLM_ARGMAX_KERNELS(SUFFIX, D)                                                                     \
-  extern "C" __global__ void __launch_bounds__(1024)                                                       \
-      argmax_##SUFFIX(const D::storage* logits, int vocab, int* ids, float* logprob) {                       \
-    const Best b = scan<D>(logits, vocab);                                                                 \
-    if (threadIdx.x == 0) {                                                                                \
+  extern "C" __global__ void __launch_bounds__(256)                                                        \
+      argmax_##SUFFIX(const D::storage* logits, int vocab, int chunk, int* ids, float* logprob) {           \
+    Best b;                                                                                                \
+    if (row_best<D>(logits, vocab, chunk, &b) && threadIdx.x == 0) {                                       \
       ids[blockIdx.x] = b.i == kNone ? 0 : b.i;                                                            \
-      if (logprob != nullptr) logprob[blockIdx.x] = -logf(b.s);                                            \
+      if (logprob != nullptr) logprob[blockIdx.x] = b.i == kNone ? __int_as_float(0x7fc00000) : -logf(b.s); \
     }                                                                                                      \
   }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(1024)                                                       \
-      token_logprob_##SUFFIX(const D::storage* logits, int vocab, const int* ids, float* logprob) {          \
-    const Best b = scan<D>(logits, vocab);                                                                 \
-    if (threadIdx.x == 0) {                                                                                \
+  extern "C" __global__ void __launch_bounds__(256)                                                        \
+      token_logprob_##SUFFIX(const D::storage* logits, int vocab, int chunk, const int* ids, float* logprob) { \
+    Best b;                                                                                                \
+    if (row_best<D>(logits, vocab, chunk, &b) && threadIdx.x == 0) {                                       \
       const int id = ids[blockIdx.x];                                                                      \
       const D::storage* row = logits + static_cast<long long>(blockIdx.x) * vocab;                         \
       logprob[blockIdx.x] =                                                                                \

@@ -10,23 +10,39 @@
 // renormalized survivors by inverse CDF in ascending id order with
 // u = Philox4x32-10(counter = (offset, 0), key = seed), 24 bits.
 //
-// Passes: (1) max, online softmax sum, min, finite count and NaN/+inf check;
-// (2) per active filter, a search for the rank threshold over the 64-bit
-// composite key (order_key(x) << 32 | ~id): each probe counts the tokens at
-// or above a pivot, sums their exp(x - max), and returns the nearest keys on
-// both sides, so the interval snaps to real tokens (pivots bisect values
-// first, then keys); (3) the kept mass when min-p is on; (4) a block-wide
-// prefix scan in id order up to the token where the kept mass crosses
-// u x (kept mass).
+// Fast path (a row with a filter on): (A) one pass over the raw logits
+// for the max, NaN/+inf, the finite count and each thread's two largest
+// logits; the k-th largest of those is a pivot with at least k tokens at
+// or above it, usually few more (top-k: k; top-p alone: 1.5 x threads,
+// about the top 2k tokens of a 152k row); min-p alone pivots at
+// max + log(min_p) less a margin. (C) one pass compacting the
+// tokens at or above the pivot into shared memory (at most kCap) and
+// summing the row's softmax. Then, in shared memory: sort by rank, top-k,
+// top-p by a prefix scan, min-p, sort the survivors by id and pick by a
+// prefix scan. It falls back to the full-row path below when the pivot
+// set overflows, or (top-p without top-k) when the nucleus does not fit
+// in it, or top-k > 2 x threads, or no filter is on.
+//
+// Full-row path: (1) max, online softmax sum, min, finite count and
+// NaN/+inf check; (2) per active filter, a search for the rank threshold
+// over the 64-bit composite key (order_key(x) << 32 | ~id): each probe
+// counts the tokens at or above a pivot, sums their exp(x - max), and
+// returns the nearest keys on both sides, so the interval snaps to real
+// tokens (pivots bisect values first, then keys); (3) the kept mass when
+// min-p is on; (4) a block-wide prefix scan in id order up to the token
+// where the kept mass crosses u x (kept mass).
 //
 // Output: ids[b] and, with a non-null `logprob`, log_softmax(x)[id] over
 // the whole row (before truncation, vLLM's default). A row holding NaN or
 // +inf after scaling, with no finite logit, or with out-of-range params
 // (temperature not finite > 0, top_p outside (0, 1], min_p outside [0, 1])
 // gets id -1 and logprob NaN: the host reports it, never a silent token.
-// Sums are f32 in a fixed order, so a (row, params) pair always gives the
-// same token.
+// Sums are f32 in a fixed order (the two paths round differently, both
+// within the tests' margins of the f64 reference), and which path a row
+// takes depends only on the row and its params, so a (row, params) pair
+// always gives the same token.
 #include "mllm_dtype.cuh"
+#include "mllm_pack.cuh"
 
 namespace {
 
@@ -354,46 +370,403 @@ __device__ int scan_pick(const Row<D>& row, int vocab, float m, u64 cut, float m
   return block_reduce(MaxInt{last}).v;
 }
 
+// ---------------------------------------------------------------- full-row path
+
+// What a path drew: a token (or -1 for a bad row), the row max and softmax sum.
+struct Drawn {
+  int id;
+  float m;
+  float s;
+};
+
+constexpr int kFallback = -2;  // Drawn::id of a fast path that cannot decide the row
+
 template <typename D>
-__device__ __forceinline__ void sample_row(const typename D::storage* logits, int vocab, const unsigned int* params,
-                                           int* ids, float* logprob) {
-  const int b = blockIdx.x;
-  const Params p = load_params(params + 8 * b);
-  const Row<D> row{logits + static_cast<long long>(b) * vocab, p.temperature, p.temperature != 1.f};
-  const bool params_ok = p.temperature > 0.f && p.temperature < pos_inf() && p.top_p > 0.f && p.top_p <= 1.f &&
-                         p.min_p >= 0.f && p.min_p <= 1.f;  // NaN fails every comparison
-  if (!params_ok) {
-    if (threadIdx.x == 0) {
-      ids[b] = -1;
-      if (logprob != nullptr) logprob[b] = __int_as_float(0x7fc00000);
-    }
-    return;
-  }
+__device__ Drawn sample_full(const Row<D>& row, int vocab, const Params& p) {
   const Summary sum = summarize(row, vocab);
-  if (sum.bad || sum.finite == 0) {
-    if (threadIdx.x == 0) {
-      ids[b] = -1;
-      if (logprob != nullptr) logprob[b] = __int_as_float(0x7fc00000);
-    }
-    return;
-  }
+  if (sum.bad || sum.finite == 0) return Drawn{-1, 0.f, 0.f};
   // Below every finite token (a token's low word is ~id > 0), and above all.
   Cut cut{static_cast<u64>(order_key(sum.lo)) << 32, sum.finite, sum.s};
   const u64 top = static_cast<u64>(order_key(sum.m) + 1u) << 32;
   if (p.top_k > 0 && p.top_k < sum.finite) cut = search(row, vocab, sum.m, cut, top, true, p.top_k, 0.f);
   if (p.top_p < 1.f && cut.cnt > 1) cut = search(row, vocab, sum.m, cut, top, false, 0, p.top_p * cut.mass);
   const float mass = p.min_p > 0.f ? kept_mass(row, vocab, sum.m, cut.key, p.min_p) : cut.mass;
-  const int id = scan_pick(row, vocab, sum.m, cut.key, p.min_p, uniform(p) * mass);
+  return Drawn{scan_pick(row, vocab, sum.m, cut.key, p.min_p, uniform(p) * mass), sum.m, sum.s};
+}
+
+// ---------------------------------------------------------------- fast path
+
+constexpr unsigned int kFull = 0xffffffffu;
+constexpr unsigned int kKeyNegInf = 0x007fffffu;  // order_key(-inf)
+constexpr unsigned int kKeyPosInf = 0xff800000u;  // order_key(+inf)
+constexpr int kNoHit = 0x7fffffff;
+// Candidates compacted into shared memory: 32 KB of keys, at most kItems
+// per thread of a 1024-thread block (the host gives V > 992 1024 threads,
+// and a smaller V at least V threads).
+constexpr int kCap = 4096;
+constexpr int kItems = 4;
+
+// Pass A over the raw logits.
+struct KeyScan {
+  unsigned int hi;  // largest order key (a NaN lies above +inf's)
+  unsigned int lo;  // smallest (a NaN with the sign bit lies below -inf's)
+  int finite;       // keys strictly between -inf's and +inf's
+  int dropped;      // finite logits that scale to -inf
+  static __device__ __forceinline__ KeyScan identity() { return KeyScan{0u, 0xffffffffu, 0, 0}; }
+};
+
+__device__ __forceinline__ KeyScan merge(const KeyScan& a, const KeyScan& b) {
+  return KeyScan{a.hi > b.hi ? a.hi : b.hi, a.lo < b.lo ? a.lo : b.lo, a.finite + b.finite, a.dropped + b.dropped};
+}
+
+__device__ __forceinline__ KeyScan shfl_xor(const KeyScan& v, int o) {
+  return KeyScan{__shfl_xor_sync(kFull, v.hi, o), __shfl_xor_sync(kFull, v.lo, o), __shfl_xor_sync(kFull, v.finite, o),
+                 __shfl_xor_sync(kFull, v.dropped, o)};
+}
+
+// This thread's exclusive prefix of v (threads in order) and the block's
+// total (the last thread's inclusive sum). May be called again at once.
+struct Prefix {
+  float before;
+  float total;
+};
+
+__device__ __forceinline__ Prefix block_prefix(float v) {
+  __shared__ float warp_sum[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  float incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float y = __shfl_up_sync(kFull, incl, o);
+    if (lane >= o) incl += y;
+  }
+  float excl = __shfl_up_sync(kFull, incl, 1);
+  if (lane == 0) excl = 0.f;
+  if (lane == 31) warp_sum[warp] = incl;
+  __syncthreads();
+  float before = 0.f;
+  for (int w = 0; w < warp; ++w) before += warp_sum[w];
+  if (threadIdx.x == blockDim.x - 1) total = before + incl;
+  __syncthreads();
+  return Prefix{before + excl, total};
+}
+
+// Sorts a[0, n) in shared memory, n a power of two; the caller has synced
+// the writes. Ends with a barrier.
+template <typename K, bool kDescending>
+__device__ void bitonic_sort(K* a, int n) {
+  for (int size = 2; size <= n; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int q = threadIdx.x; q < (n >> 1); q += blockDim.x) {
+        const int i = 2 * q - (q & (stride - 1));
+        const int j = i + stride;
+        const bool up = ((i & size) == 0) != kDescending;  // this pair ascending
+        const K x = a[i];
+        const K y = a[j];
+        if (x != y && (x > y) == up) {
+          a[i] = y;
+          a[j] = x;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+__device__ __forceinline__ int pow2_at_least(int n) {
+  int r = 1;
+  while (r < n) r <<= 1;
+  return r;
+}
+
+// Every raw logit v whose scaled value v / t is >= ps (finite) is >= this:
+// ps x t less a margin for both roundings; -inf where that is unsure.
+__device__ __forceinline__ float raw_floor(float ps, float t) {
+  if (t == 1.f) return ps;
+  const float r = ps * t;
+  const float lo = r - fabsf(r) * 0x1p-20f - 0x1p-120f;
+  return (t < 0x1p29f && fabsf(lo) <= 3.0e38f) ? lo : neg_inf();
+}
+
+// Calls f(v[VEC], first index, valid) for every pack of the row, UNROLL
+// loads in flight per thread; the calls are warp-uniform (invalid packs at
+// the tail), so f may use warp collectives.
+template <typename D, int VEC, typename F>
+__device__ __forceinline__ void for_each_pack(const typename D::storage* row, int vocab, F& f) {
+  using P = mllm::Pack<typename D::storage, VEC>;
+  constexpr int UNROLL = 4;
+  const P* packs = reinterpret_cast<const P*>(row);
+  const int n = vocab / VEC;
+  const int threads = blockDim.x;
+  for (int base = 0; base < n; base += threads * UNROLL) {
+    P x[UNROLL] = {};
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = base + u * threads + threadIdx.x;
+      if (p < n) x[u] = packs[p];
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = base + u * threads + threadIdx.x;
+      float v[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = D::to_float(x[u].v[j]);
+      f(v, p * VEC, p < n);
+    }
+  }
+}
+
+// The row through passes A and C and shared memory (see the top), or
+// kFallback. `cand` is the block's kCap-key buffer; `want_s`: the caller
+// needs the softmax sum (for the logprob).
+template <typename D, int VEC>
+__device__ Drawn sample_compact(const typename D::storage* x, int vocab, const Params& p, bool want_s, u64* cand) {
+  __shared__ int cand_count;
+  __shared__ float z_shared;
+  const Drawn fallback{kFallback, 0.f, 0.f};
+  const float t = p.temperature;
+  const bool scaled = t != 1.f;
+  const int lane = threadIdx.x & 31;
+
+  // Pass A. A finite logit scales to -inf only when t < 1 and it is below
+  // -FLT_MAX x t; the exact division runs for those alone.
+  const float neg_lim = t < 1.f ? -1.7e38f * t : neg_inf();
+  KeyScan a = KeyScan::identity();
+  unsigned int second = 0u;  // this thread's second largest key (a.hi the largest)
+  auto pass_a = [&](const float* v, int, bool ok) {
+    if (!ok) return;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const unsigned int k = order_key(v[j]);
+      const unsigned int below = k < a.hi ? k : a.hi;
+      second = below > second ? below : second;
+      a.hi = k > a.hi ? k : a.hi;
+      a.lo = k < a.lo ? k : a.lo;
+      a.finite += (k > kKeyNegInf && k < kKeyPosInf) ? 1 : 0;
+      if (v[j] < neg_lim && k > kKeyNegInf && v[j] / t == neg_inf()) ++a.dropped;
+    }
+  };
+  for_each_pack<D, VEC>(x, vocab, pass_a);
+  const unsigned int thread_max = a.hi;
+  a = block_reduce(a);
+  const int finite = a.finite - a.dropped;
+  const float m_raw = key_value(a.hi);
+  const float m = scaled ? m_raw / t : m_raw;
+  if (a.hi >= kKeyPosInf || a.lo < kKeyNegInf || finite == 0 || m == pos_inf()) return Drawn{-1, 0.f, 0.f};
+
+  const bool topk = p.top_k > 0 && p.top_k < finite;
+  const bool topp = p.top_p < 1.f;
+  const bool minp = p.min_p > 0.f;
+  if (!topk && !topp && !minp) return fallback;  // nothing to cut: the full-row path is two passes
+
+  // The pivot: candidates are the finite tokens with key(x) >= key(ps).
+  float ps = neg_inf();
+  bool covers_minp = minp;  // the candidates hold every token min-p keeps
+  if (finite > kCap) {
+    if (topk || topp) {
+      const int keys = 2 * static_cast<int>(blockDim.x);  // each a distinct token's
+      const int kth = topk ? p.top_k : (3 * keys) / 4;
+      if (kth > keys) return fallback;
+      unsigned int* tkeys = reinterpret_cast<unsigned int*>(cand);
+      const int n2 = pow2_at_least(keys);
+      tkeys[2 * threadIdx.x] = thread_max;
+      tkeys[2 * threadIdx.x + 1] = second;
+      for (int i = keys + threadIdx.x; i < n2; i += blockDim.x) tkeys[i] = 0u;
+      __syncthreads();
+      bitonic_sort<unsigned int, true>(tkeys, n2);
+      // kth tokens lie at or above it (scaling keeps the order).
+      const unsigned int tk = tkeys[kth - 1];
+      if (tk > kKeyNegInf) ps = scaled ? key_value(tk) / t : key_value(tk);
+      __syncthreads();  // all have read tkeys before the compaction reuses it
+    }
+    if (minp) {
+      float pm = neg_inf();
+      if (!topk && p.min_p >= 1e-30f) {
+        // exp(x - m) < min_p below pm, with room for expf/logf/rounding errors.
+        const float lm = logf(p.min_p);
+        pm = m + lm - (1e-3f + 4e-6f * (fabsf(m) + fabsf(lm)));
+        if (!topp || pm > ps) ps = pm;
+      }
+      covers_minp = ps <= pm;
+    }
+    if (ps == neg_inf()) return fallback;  // more than kCap candidates
+  }
+
+  // Pass C: compact the candidates (warp-aggregated slots) and sum the
+  // softmax. The sum's x / t is a reciprocal product with one correction
+  // (q + (x - q t) / t): the IEEE quotient but in rare last-ulp cases, so
+  // each term is the reference's exp(x / t - m) to a few ulp, without the
+  // division's cost (an ulp of x / t matters: scaled logits reach the
+  // thousands at tiny temperatures).
+  const unsigned int pkey = ps == neg_inf() ? kKeyNegInf + 1u : order_key(ps);
+  const float r_lo = raw_floor(ps, t);
+  const bool need_s = want_s || (topp && !topk);
+  const float inv_t = 1.f / t;
+  if (threadIdx.x == 0) cand_count = 0;
+  __syncthreads();
+  float s_part = 0.f;
+  auto pass_c = [&](const float* v, int i0, bool ok) {
+    unsigned int bits = 0u;
+    if (ok) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        if (need_s) {
+          const float q = v[j] * inv_t;  // +-inf stays (a -inf term is 0)
+          s_part += expf((fabsf(q) <= 3.4e38f ? fmaf(fmaf(-q, t, v[j]), inv_t, q) : q) - m);
+        }
+        if (v[j] >= r_lo) {
+          const unsigned int k = order_key(scaled ? v[j] / t : v[j]);
+          if (k >= pkey && k > kKeyNegInf && k < kKeyPosInf) bits |= 1u << j;
+        }
+      }
+    }
+    if (__any_sync(kFull, bits != 0u)) {
+      const int c = __popc(bits);
+      int incl = c;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(kFull, incl, o);
+        if (lane >= o) incl += y;
+      }
+      int base = 0;
+      if (lane == 31) base = atomicAdd(&cand_count, incl);
+      int slot = __shfl_sync(kFull, base, 31) + incl - c;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        if (bits & (1u << j)) {
+          if (slot < kCap) cand[slot] = composite(scaled ? v[j] / t : v[j], i0 + j);
+          ++slot;
+        }
+      }
+    }
+  };
+  for_each_pack<D, VEC>(x, vocab, pass_c);
+  __syncthreads();
+  const int nc = cand_count;
+  const float s = need_s ? block_reduce(Sum{s_part}).v : 0.f;
+  const int n2 = pow2_at_least(nc);
+  if (nc > kCap || n2 > kItems * static_cast<int>(blockDim.x) || (topk && nc < p.top_k)) return fallback;
+
+  // Rank order: (x descending, id ascending). Zero pads sort last.
+  for (int i = nc + threadIdx.x; i < n2; i += blockDim.x) cand[i] = 0ull;
+  __syncthreads();
+  bitonic_sort<u64, true>(cand, n2);
+
+  // Thread i owns ranks [kItems i, kItems (i + 1)): weights and prefix mass.
+  const int j0 = threadIdx.x * kItems;
+  u64 key[kItems];
+  float w[kItems];
+  float cum[kItems];
+  float local = 0.f;
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    key[q] = j0 + q < nc ? cand[j0 + q] : 0ull;
+    w[q] = j0 + q < nc ? expf(key_value(static_cast<unsigned int>(key[q] >> 32)) - m) : 0.f;
+    local += w[q];
+  }
+  float run = block_prefix(local).before;
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    run += w[q];
+    cum[q] = run;
+  }
+
+  int len = topk ? p.top_k : nc;  // kept so far: the first `len` ranks
+  if (topp && (topk ? p.top_k : finite) > 1) {
+    float z = s;  // the mass top-p is relative to: the top-k's, else the row's
+    if (topk) {
+#pragma unroll
+      for (int q = 0; q < kItems; ++q)
+        if (j0 + q == len - 1) z_shared = cum[q];
+      __syncthreads();
+      z = z_shared;
+    }
+    const float target = p.top_p * z;
+    int hit = kNoHit;
+#pragma unroll
+    for (int q = 0; q < kItems; ++q)
+      if (hit == kNoHit && j0 + q < len && cum[q] >= target) hit = j0 + q;
+    const int first = block_reduce(MinInt{hit}).v;
+    if (first != kNoHit) {
+      len = first + 1;
+    } else if (!topk && !covers_minp && nc < finite) {
+      return fallback;  // the nucleus reaches below the candidates
+    }
+  }
+
+  // Survivors (min-p too) re-keyed by id, in place: each thread rewrites
+  // only the ranks it owns, then one sort by id.
+  const int n2k = pow2_at_least(len);
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    const int j = j0 + q;
+    if (j < n2k) {
+      const bool keep = j < len && w[q] >= p.min_p;
+      const unsigned int id = 0xffffffffu - static_cast<unsigned int>(key[q]);
+      cand[j] = keep ? (static_cast<u64>(id) << 32 | __float_as_uint(w[q])) : ~0ull;
+    }
+  }
+  __syncthreads();
+  bitonic_sort<u64, false>(cand, n2k);
+
+  // Inverse CDF in id order, as scan_pick.
+  int ids_q[kItems];
+  float local2 = 0.f;
+  int last = -1;
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    const u64 e = j0 + q < n2k ? cand[j0 + q] : ~0ull;
+    w[q] = e == ~0ull ? 0.f : __uint_as_float(static_cast<unsigned int>(e));
+    ids_q[q] = static_cast<int>(e >> 32);
+    local2 += w[q];
+    if (w[q] > 0.f) last = ids_q[q];
+  }
+  const Prefix pre = block_prefix(local2);
+  const float target = uniform(p) * pre.total;
+  run = pre.before;
+  int hit = kNoHit;
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    run += w[q];
+    if (hit == kNoHit && w[q] > 0.f && run > target) hit = ids_q[q];
+  }
+  const int found = block_reduce(MinInt{hit}).v;
+  return Drawn{found != kNoHit ? found : block_reduce(MaxInt{last}).v, m, s};
+}
+
+template <typename D>
+__device__ __forceinline__ void sample_row(const typename D::storage* logits, int vocab, const unsigned int* params,
+                                           int* ids, float* logprob) {
+  __shared__ u64 cand[kCap];  // one buffer for both pack widths' fast paths
+  const int b = blockIdx.x;
+  const Params p = load_params(params + 8 * b);
+  const typename D::storage* x = logits + static_cast<long long>(b) * vocab;
+  const Row<D> row{x, p.temperature, p.temperature != 1.f};
+  const bool params_ok = p.temperature > 0.f && p.temperature < pos_inf() && p.top_p > 0.f && p.top_p <= 1.f &&
+                         p.min_p >= 0.f && p.min_p <= 1.f;  // NaN fails every comparison
+  Drawn d{-1, 0.f, 0.f};
+  if (params_ok) {
+    constexpr int VEC = mllm::PackWidth<typename D::storage>::value;
+    d.id = kFallback;
+    if (p.top_k > 0 || p.top_p < 1.f || p.min_p > 0.f) {
+      d = vocab % VEC == 0 ? sample_compact<D, VEC>(x, vocab, p, logprob != nullptr, cand)
+                           : sample_compact<D, 1>(x, vocab, p, logprob != nullptr, cand);
+    }
+    if (d.id == kFallback) d = sample_full(row, vocab, p);
+  }
   if (threadIdx.x == 0) {
-    ids[b] = id;
-    if (logprob != nullptr) logprob[b] = row.at(id) - sum.m - logf(sum.s);
+    ids[b] = d.id;
+    if (logprob != nullptr) logprob[b] = d.id < 0 ? __int_as_float(0x7fc00000) : row.at(d.id) - d.m - logf(d.s);
   }
 }
 
 }  // namespace
 
 // Symbols: sample_<dtype>(logits, vocab, params [B, 8] words, ids, logprob
-// or null); grid = rows, blockDim a multiple of 32 (<= 1024).
+// or null); grid = rows, blockDim a multiple of 32 (<= 1024), 1024 when
+// vocab > 992 and at least vocab otherwise.
 #define MLLM_SAMPLE_KERNEL(SUFFIX, D)                                                                \
   extern "C" __global__ void __launch_bounds__(1024)                                                 \
       sample_##SUFFIX(const D::storage* logits, int vocab, const unsigned int* params, int* ids,    \

@@ -238,7 +238,8 @@ pub fn sample_into(
 }
 
 /// One block per row: 1024 threads for a real vocabulary, fewer (whole
-/// warps) for tiny ones.
+/// warps, at least one thread per logit) for tiny ones. The kernel's fast
+/// path keeps up to 4 candidates per thread, so it needs this shape.
 fn sample_blocks(batch: usize, vocab: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (batch as u32, 1, 1),

@@ -60,7 +60,11 @@ pub fn argmax(gpu: &Gpu, logits: &DeviceTensor) -> Result<DeviceTensor> {
 
 /// [`argmax`] into `ids: [B]` i32; with `logprobs: [B]` f32 also writes the
 /// chosen token's `log_softmax` (of the raw logits; NaN for a row holding
-/// a NaN). Allocates nothing.
+/// a NaN or nothing above -inf). Allocates nothing: a batch of few rows is
+/// split over many blocks in one launch, through scratch the kernel module
+/// holds (fixed addresses, reset by each launch, so CUDA-graph safe; it
+/// relies on the module's launches not overlapping, as on a [`Gpu`]'s one
+/// stream).
 pub fn argmax_into(
     gpu: &Gpu,
     logits: &DeviceTensor,
@@ -83,16 +87,23 @@ pub fn argmax_into(
         dtype,
         &format!("argmax_{}", dtype.symbol_suffix()),
     )?;
+    let (cfg, chunk) = argmax_grid(batch, vocab, dtype);
     let (vocab_i, null) = (vocab as i32, 0u64);
     let mut launch = gpu.stream().launch_builder(&f);
-    launch.arg(logits.buffer()).arg(&vocab_i).arg(ids.buffer_mut());
+    launch
+        .arg(logits.buffer())
+        .arg(&vocab_i)
+        .arg(&chunk)
+        .arg(ids.buffer_mut());
     match logprobs {
         Some(lp) => launch.arg(lp.buffer_mut()),
         None => launch.arg(&null),
     };
-    // SAFETY: signature (logits, int vocab, int* ids, float* logprob or
-    // null); one block per row; logits [B, V], ids and logprobs [B] (checked above).
-    unsafe { launch.launch(row_blocks(batch, vocab)) }
+    // SAFETY: signature (logits, int vocab, int chunk, int* ids, float*
+    // logprob or null); grid (rows, ceil(V / chunk)) within the kernel's
+    // scratch limits (argmax_grid); logits [B, V], ids and logprobs [B]
+    // (checked above).
+    unsafe { launch.launch(cfg) }
         .map(drop)
         .map_err(Error::driver("launch argmax"))
 }
@@ -128,27 +139,67 @@ pub fn token_logprobs_into(gpu: &Gpu, logits: &DeviceTensor, ids: &DeviceTensor,
     let dtype = logits.dtype();
     let name = format!("token_logprob_{}", dtype.symbol_suffix());
     let f = dtype_function(gpu, KernelId::Argmax, dtype, &name)?;
+    let (cfg, chunk) = argmax_grid(batch, vocab, dtype);
     let vocab_i = vocab as i32;
     let mut launch = gpu.stream().launch_builder(&f);
     launch
         .arg(logits.buffer())
         .arg(&vocab_i)
+        .arg(&chunk)
         .arg(ids.buffer())
         .arg(out.buffer_mut());
-    // SAFETY: signature (logits, int vocab, const int* ids, float* out); one
-    // block per row; logits [B, V], ids and out [B] (checked above).
-    unsafe { launch.launch(row_blocks(batch, vocab)) }
+    // SAFETY: signature (logits, int vocab, int chunk, const int* ids,
+    // float* out); grid as in argmax_into; logits [B, V], ids and out [B]
+    // (checked above).
+    unsafe { launch.launch(cfg) }
         .map(drop)
         .map_err(Error::driver("launch token_logprob"))
 }
 
-/// One block per row; 1024 threads for a real vocabulary, fewer for tiny ones.
-fn row_blocks(batch: usize, vocab: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (batch as u32, 1, 1),
-        block_dim: ((vocab.div_ceil(32).clamp(1, 32) * 32) as u32, 1, 1),
-        shared_mem_bytes: 0,
+/// Blocks a batch aims at before rows stop being split (~4 per SM of an
+/// H100/H200's 132, so one decode row reads at many SMs' bandwidth).
+const SPLIT_TARGET_BLOCKS: usize = 512;
+/// Most blocks one row is split over.
+const MAX_CHUNKS: usize = 128;
+/// Fewest vector units (16-byte packs, or elements) per chunk: one per thread.
+const MIN_CHUNK_UNITS: usize = 256;
+/// Threads per block (the kernels' `__launch_bounds__`).
+const ARGMAX_THREADS: usize = 256;
+/// The kernel's scratch: split rows only while `rows <= MAX_SPLIT_ROWS` and
+/// `rows * chunks <= MAX_PARTIALS` (`kMaxSplitRows`, `kMaxPartials` in
+/// `csrc/sampling/argmax.cu`).
+const MAX_SPLIT_ROWS: usize = 512;
+const MAX_PARTIALS: usize = 1024;
+
+/// Grid `(rows, chunks)` and the chunk length in elements (a multiple of
+/// the 16-byte pack when `vocab` is): few rows are split over many blocks,
+/// the last block of a row merging the others' partials.
+fn argmax_grid(batch: usize, vocab: usize, dtype: DType) -> (LaunchConfig, i32) {
+    let vec = 16 / dtype.size();
+    let (units, per_unit) = if vocab.is_multiple_of(vec) {
+        (vocab / vec, vec)
+    } else {
+        (vocab, 1)
+    };
+    let mut chunks = SPLIT_TARGET_BLOCKS
+        .div_ceil(batch.max(1))
+        .min(MAX_CHUNKS)
+        .min(units.div_ceil(MIN_CHUNK_UNITS))
+        .max(1);
+    if batch > MAX_SPLIT_ROWS {
+        chunks = 1;
+    } else {
+        chunks = chunks.min(MAX_PARTIALS / batch.max(1)).max(1);
     }
+    let chunk_units = units.div_ceil(chunks);
+    let chunks = units.div_ceil(chunk_units);
+    let threads = chunk_units.div_ceil(32).clamp(1, ARGMAX_THREADS / 32) * 32;
+    let cfg = LaunchConfig {
+        grid_dim: (batch as u32, chunks as u32, 1),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (cfg, (chunk_units * per_unit) as i32)
 }
 
 #[cfg(test)]
@@ -162,7 +213,38 @@ mod tests {
         let e = validate_logits(Meta::new(&[4, 8], DType::I32)).unwrap_err();
         assert!(e.to_string().contains("dtype i32"), "{e}");
         assert_eq!(validate_logits(Meta::new(&[0, 8], DType::BF16)).unwrap(), (0, 8));
-        assert_eq!(row_blocks(3, 5).block_dim.0, 32);
-        assert_eq!(row_blocks(3, 151_936).block_dim.0, 1024);
+    }
+
+    #[test]
+    fn argmax_grid_splits_few_rows_within_the_scratch() {
+        let (c, chunk) = argmax_grid(1, 151_936, DType::F32);
+        assert_eq!((c.grid_dim, c.block_dim.0, chunk), ((1, 128, 1), 256, 1188));
+        let (c, chunk) = argmax_grid(64, 151_936, DType::BF16);
+        assert_eq!((c.grid_dim, chunk), ((64, 8, 1), 18_992));
+        // Odd vocabulary: element chunks; tiny ones: one block of one warp.
+        let (c, chunk) = argmax_grid(3, 151_937, DType::F32);
+        assert_eq!((c.grid_dim.1, chunk), (128, 1188));
+        let (c, chunk) = argmax_grid(5, 1, DType::BF16);
+        assert_eq!((c.grid_dim, c.block_dim.0, chunk), ((5, 1, 1), 32, 1));
+        assert_eq!(argmax_grid(1024, 151_936, DType::F32).0.grid_dim, (1024, 1, 1));
+        for batch in (1..=600).chain([1023, 5000]) {
+            for vocab in [1, 7, 1000, 4096, 32_000, 151_936, 151_937, 1 << 20] {
+                for dtype in [DType::F32, DType::BF16] {
+                    let (c, chunk) = argmax_grid(batch, vocab, dtype);
+                    let (rows, chunks) = (c.grid_dim.0 as usize, c.grid_dim.1 as usize);
+                    let chunk = chunk as usize;
+                    assert_eq!(rows, batch);
+                    assert!(chunks == 1 || (rows <= MAX_SPLIT_ROWS && rows * chunks <= MAX_PARTIALS));
+                    // Every chunk holds at least one element; together they cover the row.
+                    assert!(
+                        chunk * (chunks - 1) < vocab && chunk * chunks >= vocab,
+                        "{batch} {vocab}"
+                    );
+                    let vec = 16 / dtype.size();
+                    assert!(!vocab.is_multiple_of(vec) || chunk.is_multiple_of(vec));
+                    assert!(c.block_dim.0 % 32 == 0 && c.block_dim.0 as usize <= ARGMAX_THREADS);
+                }
+            }
+        }
     }
 }

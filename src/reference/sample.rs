@@ -59,7 +59,8 @@ pub struct Sampled {
 
 /// Per row of `vocab` logits and its [`SampleParams`]: the `sample`
 /// kernel's token and logprob, computed in f64 with a full sort (the
-/// kernel searches thresholds instead). `top_k <= 0` is off, as on the GPU.
+/// kernel sorts a compacted candidate set, or searches thresholds over the
+/// whole row). `top_k <= 0` is off, as on the GPU.
 ///
 /// ```
 /// use mllm_kernel::{ops::SampleParams, reference};
