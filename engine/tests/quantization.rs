@@ -624,6 +624,21 @@ fn mllm_quantize_cli_writes_a_loadable_checkpoint() {
         !bad.status.success() && err.contains("invalid layer pattern `re:(`"),
         "{err}"
     );
+    // SmoothQuant calibrates text decoders only: a VL checkpoint is refused with what to do.
+    let vl = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl_model");
+    let vl_run = std::process::Command::new(env!("CARGO_BIN_EXE_mllm"))
+        .args(["quantize", "--quiet", "--smoothquant-alpha", "0.5"])
+        .arg("--model")
+        .arg(&vl)
+        .arg("--out")
+        .arg(out.path().join("vl"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&vl_run.stderr);
+    assert!(
+        !vl_run.status.success() && err.contains("without --smoothquant-alpha"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------- service smoke test

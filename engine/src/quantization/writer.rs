@@ -167,8 +167,15 @@ pub fn write_w8a8_with(
         None => None,
         Some(sm) => {
             let model_config = ModelConfig::from_dir(input).map_err(|e| QuantError::Invalid(e.to_string()))?;
-            let w = smooth(&model_config, &st, &sm.calibration_ids, sm.alpha)
-                .map_err(|e| QuantError::Invalid(format!("SmoothQuant: {e}")))?;
+            let w = smooth(&model_config, &st, &sm.calibration_ids, sm.alpha).map_err(|e| {
+                // Calibration runs the text-only decoder; say what works instead.
+                let hint = if model_config.architectures.iter().any(|a| a.contains("VL")) {
+                    " (SmoothQuant covers text-only decoders; quantize this vision-language checkpoint without --smoothquant-alpha)"
+                } else {
+                    ""
+                };
+                QuantError::Invalid(format!("SmoothQuant: {e}{hint}"))
+            })?;
             Some(w)
         }
     };
