@@ -290,26 +290,11 @@ fn forward_matches_dequantized_reference() {
 // ---------------------------------------------------------------- model-level helpers
 
 fn logits_all(m: &CausalLM, ids: &[u32]) -> Vec<Vec<f32>> {
-    let c = m.config();
-    let mut req = ReqToTokenPool::new(2, ids.len() + 1);
-    let mut kv = TokenToKvPool::new(
-        ids.len() + 8,
-        c.num_hidden_layers,
-        c.num_key_value_heads,
-        c.head_dim,
-        KvDtype::F32,
-    );
-    let slot = req.alloc(1).unwrap()[0];
-    let seq = SequenceInput {
-        req_slot: slot,
-        prefix_len: 0,
-        new_tokens: ids.to_vec(),
-    };
-    let b = ForwardBatch::build(&[seq], &mut req, &mut kv, LogitsMode::All).unwrap();
-    let l = m.forward(&b.input_ids, &b.positions, &b, &mut kv).unwrap();
-    l.to_f32_vec()
+    m.forward_prompt(ids, LogitsMode::All)
         .unwrap()
-        .chunks(c.vocab_size)
+        .to_f32_vec()
+        .unwrap()
+        .chunks(m.config().vocab_size)
         .map(|r| r.to_vec())
         .collect()
 }

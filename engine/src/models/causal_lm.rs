@@ -8,14 +8,14 @@ use super::decoder::DecoderLayer;
 use super::gguf::GgufWeights;
 use super::weights::{WeightReader, WeightSource};
 use super::{ModelError, Result};
-use crate::executor::forward_batch::ForwardBatch;
+use crate::executor::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
 use crate::layers::embedding::{Embedding, LmHead};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rotary::RotaryEmbedding;
 use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
 use crate::loader::safetensors::SafetensorsModel;
-use crate::mem_cache::TokenToKvPool;
+use crate::mem_cache::{KvDtype, ReqToTokenPool, TokenToKvPool};
 use crate::quantization::{QuantMethod, QuantizationConfig};
 use crate::tensor::{DType, Tensor};
 
@@ -170,6 +170,29 @@ impl CausalLM {
     /// The architecture variant.
     pub fn arch(&self) -> &ArchSpec {
         &self.arch
+    }
+
+    /// Runs one whole prompt `ids` as a single prefill in fresh f32 KV pools sized for it;
+    /// returns f32 logits for the rows `mode` asks for. For evaluation and calibration, not
+    /// serving (the scheduler owns the pools there).
+    pub fn forward_prompt(&self, ids: &[u32], mode: LogitsMode) -> Result<Tensor> {
+        let c = &self.config;
+        let mut req = ReqToTokenPool::new(2, ids.len() + 1);
+        let mut kv = TokenToKvPool::new(
+            ids.len() + 8,
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            KvDtype::F32,
+        );
+        let slot = req.alloc(1)?[0];
+        let seq = SequenceInput {
+            req_slot: slot,
+            prefix_len: 0,
+            new_tokens: ids.to_vec(),
+        };
+        let batch = ForwardBatch::build(&[seq], &mut req, &mut kv, mode)?;
+        self.forward(&batch.input_ids, &batch.positions, &batch, &mut kv)
     }
 
     /// Runs the batch: `input_ids` / `positions` are the batch's new tokens (normally

@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::QuantizationConfig;
-use crate::executor::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
+use crate::executor::forward_batch::LogitsMode;
 use crate::layers::linear::{LinearMethod, LinearWeights, WeightSpec};
 use crate::loader::config::ModelConfig;
-use crate::mem_cache::{KvDtype, ReqToTokenPool, TokenToKvPool};
 use crate::models::weights::WeightSource;
 use crate::models::{CausalLM, LoadOptions, ModelError, Result};
 use crate::tensor::Tensor;
@@ -101,23 +100,7 @@ pub fn calibrate(config: ModelConfig, src: &dyn WeightSource, ids: &[u32]) -> Re
     let stats = Arc::new(ActivationStats::default());
     let quant = QuantizationConfig::observing(stats.clone());
     let model = CausalLM::load_with(config, src, &LoadOptions::default(), quant)?;
-    let c = model.config();
-    let mut req = ReqToTokenPool::new(2, ids.len() + 1);
-    let mut kv = TokenToKvPool::new(
-        ids.len() + 8,
-        c.num_hidden_layers,
-        c.num_key_value_heads,
-        c.head_dim,
-        KvDtype::F32,
-    );
-    let slot = req.alloc(1)?[0];
-    let seq = SequenceInput {
-        req_slot: slot,
-        prefix_len: 0,
-        new_tokens: ids.to_vec(),
-    };
-    let batch = ForwardBatch::build(&[seq], &mut req, &mut kv, LogitsMode::LastPerSequence)?;
-    model.forward(&batch.input_ids, &batch.positions, &batch, &mut kv)?;
+    model.forward_prompt(ids, LogitsMode::LastPerSequence)?;
     drop(model);
     Ok(Arc::try_unwrap(stats).expect("the model holding the observers was dropped"))
 }
