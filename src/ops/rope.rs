@@ -1,7 +1,7 @@
 //! Optional per-head q/k RMSNorm + NeoX rotary embedding, in place on a
 //! packed row buffer (NVRTC kernel `qk_norm_rope`).
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use super::launch::{dtype_function, expect_i32_vec, float_symbols, leading_rows};
 use super::{expect_dtype, expect_float, expect_shape, Meta};
@@ -205,35 +205,13 @@ pub fn qk_norm_rope(gpu: &Gpu, qk: &mut DeviceTensor, args: &QkNormRope) -> Resu
     if warps == 0 {
         return Ok(());
     }
-    let dtype = qk.dtype();
-    let f = dtype_function(
-        gpu,
-        KernelId::QkNormRope,
-        dtype,
-        &format!("{OP}_{}", dtype.symbol_suffix()),
-    )?;
-    const WARPS_PER_BLOCK: usize = 8;
-    let config = LaunchConfig {
-        grid_dim: (warps.div_ceil(WARPS_PER_BLOCK) as u32, 1, 1),
-        block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let f = rope_function(gpu, OP, qk.dtype())?;
     let null = 0u64;
     let (row_stride, max_pos) = (width as i64, args.cos_sin.shape()[0] as i32);
     let ints = [tokens, h.q_col, h.q_heads, h.k_col, h.k_heads, h.head_dim].map(|v| v as i32);
     let mut launch = gpu.stream().launch_builder(&f);
-    launch
-        .arg(qk.buffer_mut())
-        .arg(&row_stride)
-        .arg(args.positions.buffer())
-        .arg(args.cos_sin.buffer())
-        .arg(&max_pos);
-    for w in [args.q_norm, args.k_norm] {
-        match w {
-            Some(w) => launch.arg(w.buffer()),
-            None => launch.arg(&null),
-        };
-    }
+    launch.arg(qk.buffer_mut()).arg(&row_stride);
+    push_rotary_inputs(&mut launch, args, &max_pos, &null);
     for v in &ints {
         launch.arg(v);
     }
@@ -242,9 +220,50 @@ pub fn qk_norm_rope(gpu: &Gpu, qk: &mut DeviceTensor, args: &QkNormRope) -> Resu
     // k_w, int tokens, q_col, q_heads, k_col, k_heads, head_dim, float eps);
     // one warp per (token, head); every head lies inside its row, positions
     // are [T] and clamped to cos_sin's rows, weights [D] or null (checked above).
-    unsafe { launch.launch(config) }
+    unsafe { launch.launch(per_head_config(warps)) }
         .map(drop)
         .map_err(Error::driver("launch qk_norm_rope"))
+}
+
+/// The `<op>_<dtype>` function of the `qk_norm_rope` kernel.
+pub(super) fn rope_function(gpu: &Gpu, op: &str, dtype: DType) -> Result<CudaFunction> {
+    dtype_function(
+        gpu,
+        KernelId::QkNormRope,
+        dtype,
+        &format!("{op}_{}", dtype.symbol_suffix()),
+    )
+}
+
+/// Both rope kernels run one warp per (token, head), 8 warps a block.
+pub(super) fn per_head_config(warps: usize) -> LaunchConfig {
+    const WARPS_PER_BLOCK: usize = 8;
+    LaunchConfig {
+        grid_dim: (warps.div_ceil(WARPS_PER_BLOCK) as u32, 1, 1),
+        block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Pushes the arguments both rope kernels take after their row buffer and
+/// row stride: positions, cos_sin, max_pos, then the q and k norm weights
+/// (`null` for a missing one).
+pub(super) fn push_rotary_inputs<'a>(
+    launch: &mut LaunchArgs<'a>,
+    args: &'a QkNormRope<'a>,
+    max_pos: &'a i32,
+    null: &'a u64,
+) {
+    launch
+        .arg(args.positions.buffer())
+        .arg(args.cos_sin.buffer())
+        .arg(max_pos);
+    for w in [args.q_norm, args.k_norm] {
+        match w {
+            Some(w) => launch.arg(w.buffer()),
+            None => launch.arg(null),
+        };
+    }
 }
 
 /// The NeoX rotary cache `[max_pos, head_dim]` f32 for [`qk_norm_rope`]:

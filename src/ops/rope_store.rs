@@ -5,13 +5,11 @@
 //! A decode layer then runs one small kernel where [`super::qk_norm_rope`],
 //! [`super::kv_store`] and a q copy ran three.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
-use super::launch::dtype_function;
-use super::rope::{validate_qk_norm_rope, QkHeads, QkNormRope};
+use super::rope::{per_head_config, push_rotary_inputs, rope_function, validate_qk_norm_rope, QkHeads, QkNormRope};
 use super::{expect_dtype, expect_shape, validate_kv_store, Meta};
 use crate::device::Gpu;
-use crate::registry::KernelId;
 use crate::tensor::DeviceTensor;
 use crate::{Error, Result};
 
@@ -139,35 +137,13 @@ pub fn qk_norm_rope_store(gpu: &Gpu, qkv: &DeviceTensor, args: &QkNormRope, out:
     if warps == 0 {
         return Ok(());
     }
-    let dtype = qkv.dtype();
-    let f = dtype_function(
-        gpu,
-        KernelId::QkNormRope,
-        dtype,
-        &format!("{OP}_{}", dtype.symbol_suffix()),
-    )?;
-    const WARPS_PER_BLOCK: usize = 8;
-    let config = LaunchConfig {
-        grid_dim: (warps.div_ceil(WARPS_PER_BLOCK) as u32, 1, 1),
-        block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let f = rope_function(gpu, OP, qkv.dtype())?;
     let null = 0u64;
     let (row_stride, max_pos, num_slots) = (width as i64, args.cos_sin.shape()[0] as i32, slots as i64);
     let ints = [tokens, h.q_heads, h.k_heads, h.head_dim].map(|v| v as i32);
     let mut launch = gpu.stream().launch_builder(&f);
-    launch
-        .arg(qkv.buffer())
-        .arg(&row_stride)
-        .arg(args.positions.buffer())
-        .arg(args.cos_sin.buffer())
-        .arg(&max_pos);
-    for w in [args.q_norm, args.k_norm] {
-        match w {
-            Some(w) => launch.arg(w.buffer()),
-            None => launch.arg(&null),
-        };
-    }
+    launch.arg(qkv.buffer()).arg(&row_stride);
+    push_rotary_inputs(&mut launch, args, &max_pos, &null);
     for v in &ints {
         launch.arg(v);
     }
@@ -182,7 +158,7 @@ pub fn qk_norm_rope_store(gpu: &Gpu, qkv: &DeviceTensor, args: &QkNormRope, out:
     // k_w, int tokens, q_heads, kv_heads, head_dim, float eps, q_out, k_cache,
     // v_cache, loc, i64 num_slots); one warp per (token, head) over
     // Hq + 2 Hkv heads; shapes checked above, slots outside the pool skipped.
-    unsafe { launch.launch(config) }
+    unsafe { launch.launch(per_head_config(warps)) }
         .map(drop)
         .map_err(Error::driver("launch qk_norm_rope_store"))
 }
