@@ -139,18 +139,8 @@ __global__ void __launch_bounds__(WARPS * 32)
 
 template <typename Out>
 cudaError_t launch_typed(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(p.n / ROWS));
-  cfg.blockDim = dim3(WARPS * 32);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  if (programmatic) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-  }
-  return cudaLaunchKernelEx(&cfg, stream_kernel<Out>, p.a, p.b, p.scales_a, p.scales_b,
+  const skinny::LaunchConfig l(dim3(static_cast<unsigned>(p.n / ROWS)), dim3(WARPS * 32), stream, programmatic);
+  return cudaLaunchKernelEx(&l.cfg, stream_kernel<Out>, p.a, p.b, p.scales_a, p.scales_b,
                             static_cast<const Out*>(p.bias), static_cast<Out*>(p.out), static_cast<int>(p.m),
                             static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col);
 }
