@@ -15,6 +15,10 @@ use mllm_engine::models::{LoadOptions, ModelError};
 use mllm_engine::multimodal::{GridThw, ImagePatches};
 use mllm_engine::tensor::Tensor;
 
+mod common;
+
+use common::vl::{hf_images, ints};
+
 /// Max |rust − hf| over all logits. Both sides compute in f32 with the same op order except
 /// inside reductions (matmul, softmax, norms), whose rounding differs at ~1e-7 relative per op;
 /// over 3 layers and logits of magnitude ≤ 6 that stays near 1e-5, so 1e-4 leaves a 10x margin
@@ -34,10 +38,6 @@ fn model() -> Qwen3VlModel {
     Qwen3VlModel::from_dir(fixture_dir(), &LoadOptions::default()).unwrap()
 }
 
-fn ints(r: &SafetensorsModel, name: &str) -> Vec<i64> {
-    r.get(name).unwrap().as_slice::<i64>().unwrap().to_vec()
-}
-
 fn ids(r: &SafetensorsModel, p: &str) -> Vec<u32> {
     ints(r, &format!("{p}.input_ids")).iter().map(|&x| x as u32).collect()
 }
@@ -47,30 +47,7 @@ fn images(r: &SafetensorsModel, p: &str) -> Vec<ImagePatches> {
     if p == "a" {
         return vec![];
     }
-    let grids: Vec<GridThw> = ints(r, &format!("{p}.image_grid_thw"))
-        .chunks(3)
-        .map(|g| GridThw {
-            t: g[0] as u32,
-            h: g[1] as u32,
-            w: g[2] as u32,
-        })
-        .collect();
-    let px = r.get(&format!("{p}.pixel_values")).unwrap();
-    let cols = px.shape()[1];
-    let all = px.to_f32_vec().unwrap();
-    let mut start = 0;
-    grids
-        .iter()
-        .map(|g| {
-            let n = g.num_patches() * cols;
-            start += n;
-            ImagePatches {
-                pixel_values: all[start - n..start].to_vec(),
-                patch_dim: cols,
-                grid: *g,
-            }
-        })
-        .collect()
+    hf_images(r, p)
 }
 
 fn max_abs_diff(got: &Tensor, want: &[f32]) -> f32 {

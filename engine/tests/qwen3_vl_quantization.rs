@@ -10,11 +10,15 @@ use mllm_engine::layers::linear::Linear;
 use mllm_engine::loader::safetensors::SafetensorsModel;
 use mllm_engine::models::qwen3_vl::Qwen3VlModel;
 use mllm_engine::models::LoadOptions;
-use mllm_engine::multimodal::{GridThw, ImagePatches};
+use mllm_engine::multimodal::ImagePatches;
 use mllm_engine::quantization::writer::write_w8a8;
 use mllm_engine::quantization::QuantMethod;
 use mllm_engine::tensor::DType;
 use serde_json::{json, Value};
+
+mod common;
+
+use common::vl::{hf_images, ints};
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl_model")
@@ -28,10 +32,6 @@ fn load(dir: &Path, quantization: Option<QuantMethod>) -> Qwen3VlModel {
     Qwen3VlModel::from_dir(dir, &opts).unwrap()
 }
 
-fn ints(r: &SafetensorsModel, name: &str) -> Vec<i64> {
-    r.get(name).unwrap().as_slice::<i64>().unwrap().to_vec()
-}
-
 /// Prompt `p` of the fixture followed by HF's greedy continuation (more text positions after
 /// the images), and the prompt's images.
 fn prompt(p: &str) -> (Vec<u32>, Vec<ImagePatches>) {
@@ -41,30 +41,7 @@ fn prompt(p: &str) -> (Vec<u32>, Vec<ImagePatches>) {
         .flat_map(|n| ints(&r, n))
         .map(|x| x as u32)
         .collect();
-    let grids: Vec<GridThw> = ints(&r, &format!("{p}.image_grid_thw"))
-        .chunks(3)
-        .map(|g| GridThw {
-            t: g[0] as u32,
-            h: g[1] as u32,
-            w: g[2] as u32,
-        })
-        .collect();
-    let px = r.get(&format!("{p}.pixel_values")).unwrap();
-    let cols = px.shape()[1];
-    let all = px.to_f32_vec().unwrap();
-    let mut start = 0;
-    let images = grids
-        .iter()
-        .map(|g| {
-            let n = g.num_patches() * cols;
-            start += n;
-            ImagePatches {
-                pixel_values: all[start - n..start].to_vec(),
-                patch_dim: cols,
-                grid: *g,
-            }
-        })
-        .collect();
+    let images = hf_images(&r, p);
     (ids, images)
 }
 

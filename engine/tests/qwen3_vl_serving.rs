@@ -15,8 +15,12 @@ use mllm_engine::generation::{LoadedModel, ModelSource};
 use mllm_engine::io_struct::{SeqId, TokenizedRequest};
 use mllm_engine::loader::safetensors::SafetensorsModel;
 use mllm_engine::models::qwen3_vl::{Qwen3VlModel, VisualRows, VlRequests};
-use mllm_engine::multimodal::{image_hash, GridThw, ImageInput, ImagePatches, MultimodalInputs, VisionTokenIds};
+use mllm_engine::multimodal::{image_hash, GridThw, ImageInput, MultimodalInputs, VisionTokenIds};
 use mllm_engine::orchestrator::{Engine, EngineConfig, TextOptions};
+
+mod common;
+
+use common::vl::{hf_images, ints};
 
 const IMAGE_PAD: u32 = 250;
 const TOKENS: VisionTokenIds = VisionTokenIds {
@@ -33,10 +37,6 @@ fn reference() -> SafetensorsModel {
     SafetensorsModel::open(fixture_dir().join("reference.safetensors")).unwrap()
 }
 
-fn ints(r: &SafetensorsModel, name: &str) -> Vec<i64> {
-    r.get(name).unwrap().as_slice::<i64>().unwrap().to_vec()
-}
-
 /// Prompt `p`'s ids, images (token ranges: the runs of placeholders) and HF greedy tokens.
 fn prompt(r: &SafetensorsModel, p: &str) -> (Vec<u32>, Option<MultimodalInputs>, Vec<u32>) {
     let ids: Vec<u32> = ints(r, &format!("{p}.input_ids")).iter().map(|&x| x as u32).collect();
@@ -44,17 +44,6 @@ fn prompt(r: &SafetensorsModel, p: &str) -> (Vec<u32>, Option<MultimodalInputs>,
     if p == "a" {
         return (ids, None, want);
     }
-    let grids: Vec<GridThw> = ints(r, &format!("{p}.image_grid_thw"))
-        .chunks(3)
-        .map(|g| GridThw {
-            t: g[0] as u32,
-            h: g[1] as u32,
-            w: g[2] as u32,
-        })
-        .collect();
-    let px = r.get(&format!("{p}.pixel_values")).unwrap();
-    let cols = px.shape()[1];
-    let all = px.to_f32_vec().unwrap();
     let mut runs = Vec::new();
     let mut i = 0;
     while i < ids.len() {
@@ -68,21 +57,13 @@ fn prompt(r: &SafetensorsModel, p: &str) -> (Vec<u32>, Option<MultimodalInputs>,
             i += 1;
         }
     }
-    let mut start = 0;
-    let images = grids
-        .iter()
+    let images = hf_images(r, p)
+        .into_iter()
         .zip(runs)
-        .map(|(g, token_range)| {
-            let n = g.num_patches() * cols;
-            start += n;
-            let pixel_values = all[start - n..start].to_vec();
-            let bytes: Vec<u8> = pixel_values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        .map(|(patches, token_range)| {
+            let bytes: Vec<u8> = patches.pixel_values.iter().flat_map(|x| x.to_le_bytes()).collect();
             ImageInput {
-                patches: ImagePatches {
-                    pixel_values,
-                    patch_dim: cols,
-                    grid: *g,
-                },
+                patches,
                 token_range,
                 hash: image_hash(&bytes),
             }

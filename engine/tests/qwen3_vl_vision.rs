@@ -14,6 +14,10 @@ use mllm_engine::models::ModelError;
 use mllm_engine::multimodal::{GridThw, ImagePatches};
 use mllm_engine::tensor::Tensor;
 
+mod common;
+
+use common::vl::{grid_list, split_by_grid};
+
 /// Parity target: max |rust − hf| / max |hf| per output.
 const REL_TOL: f32 = 1e-4;
 
@@ -30,14 +34,7 @@ fn ref_f32(r: &SafetensorsModel, name: &str) -> Vec<f32> {
 }
 
 fn grids(r: &SafetensorsModel) -> Vec<GridThw> {
-    let g = ref_f32(r, "grid_thw");
-    g.chunks(3)
-        .map(|c| GridThw {
-            t: c[0] as u32,
-            h: c[1] as u32,
-            w: c[2] as u32,
-        })
-        .collect()
+    grid_list(ref_f32(r, "grid_thw").into_iter().map(|x| x as u32))
 }
 
 /// The fixture's pixel values (the formula of the generator script), `[rows, cols]`.
@@ -91,19 +88,7 @@ fn images_one_at_a_time_match_the_batch() {
     let cols = t.config().patch_dim();
     let rows: usize = grids.iter().map(GridThw::num_patches).sum();
     let all = pixels(rows, cols).to_f32_vec().unwrap();
-    let mut start = 0;
-    let images: Vec<ImagePatches> = grids
-        .iter()
-        .map(|g| {
-            let n = g.num_patches() * cols;
-            start += n;
-            ImagePatches {
-                pixel_values: all[start - n..start].to_vec(),
-                patch_dim: cols,
-                grid: *g,
-            }
-        })
-        .collect();
+    let images = split_by_grid(&all, cols, &grids);
     let batch = t.forward_images(&images).unwrap().embeddings.to_f32_vec().unwrap();
     let mut offset = 0;
     for img in &images {

@@ -1,6 +1,8 @@
 //! Helpers shared by the engine's HTTP tests (each test binary uses what it needs).
 #![allow(dead_code)]
 
+pub mod vl;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
