@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::logits::{argmax, kl, log_softmax};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -297,24 +299,6 @@ fn logits_all(m: &CausalLM, ids: &[u32]) -> Vec<Vec<f32>> {
         .chunks(m.config().vocab_size)
         .map(|r| r.to_vec())
         .collect()
-}
-
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-    row.iter().map(|&v| v as f64 - lse).collect()
-}
-
-/// KL(p ‖ q) of the softmaxes of two logit rows.
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let (lp, lq) = (log_softmax(p), log_softmax(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
 }
 
 fn prompt(len: usize, seed: u32, vocab: u32) -> Vec<u32> {

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 mod common;
 
+use common::logits::{argmax, kl};
 use common::vl::{hf_images, ints};
 
 fn fixture_dir() -> PathBuf {
@@ -70,24 +71,6 @@ fn linears(m: &Qwen3VlModel) -> Vec<(String, &Linear)> {
 
 fn weight_dtype(l: &Linear) -> DType {
     l.weights()["weight"].dtype()
-}
-
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-    row.iter().map(|&v| v as f64 - lse).collect()
-}
-
-/// KL(p ‖ q) of the softmaxes of two logit rows.
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let (lp, lq) = (log_softmax(p), log_softmax(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
 }
 
 fn config(dir: &Path) -> Value {

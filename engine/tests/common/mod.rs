@@ -1,6 +1,7 @@
 //! Helpers shared by the engine's HTTP tests (each test binary uses what it needs).
 #![allow(dead_code)]
 
+pub mod logits;
 pub mod vl;
 
 use std::io::{Read, Write};
