@@ -10,6 +10,12 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 source .toolchain/env.sh
 step() { printf '\n== %s\n' "$*"; }
+# A one-shot run gains nothing from incremental caches; they cost gigabytes.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kib / 1024)) MiB free under $root; a full run needs about 6 GiB" >&2
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
