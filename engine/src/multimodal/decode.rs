@@ -1,6 +1,8 @@
 //! PNG/JPEG/WebP bytes to an 8-bit RGB image, the way HF's processor sees a
 //! PIL image: transparency is composited onto opaque white with PIL's integer
-//! `alpha_composite` arithmetic; EXIF orientation is not applied (the
+//! `alpha_composite` arithmetic; JPEG goes through libjpeg-turbo as in PIL
+//! (CMYK JPEG, which libjpeg does not turn into RGB, through the `image`
+//! crate); EXIF orientation is not applied (the
 //! processor does not apply it either).
 
 use std::io::Cursor;
@@ -9,6 +11,7 @@ use image::{DynamicImage, ImageFormat, ImageReader};
 
 use super::config::ImageLimits;
 use super::error::ImageInputError;
+use super::jpeg::{decode_jpeg, JpegDecode};
 
 /// An 8-bit RGB image, rows top to bottom, `[r, g, b]` per pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +111,13 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8Image, Ima
     // RGBA at 16 bits per channel is the largest buffer a decoder makes.
     image_limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(1 << 20));
     reader.limits(image_limits);
+    if format == ImageFormat::Jpeg {
+        match decode_jpeg(bytes) {
+            Ok(JpegDecode::Rgb(img)) => return Ok(img),
+            Ok(JpegDecode::NotRgbConvertible) => {}
+            Err(reason) => return Err(ImageInputError::Decode { format: name, reason }),
+        }
+    }
     let decoded = reader.decode().map_err(decode_err)?;
     Ok(to_rgb(decoded))
 }

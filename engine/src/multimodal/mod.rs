@@ -45,6 +45,7 @@ mod config;
 mod decode;
 mod error;
 mod inputs;
+mod jpeg;
 mod patches;
 mod placeholders;
 mod resize;
