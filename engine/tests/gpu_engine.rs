@@ -83,6 +83,7 @@ fn load_with(dir: &Path, quantization: Option<QuantMethod>) -> CausalLM {
     let opts = LoadOptions {
         weight_dtype: Some(DType::BF16),
         quantization,
+        ..Default::default()
     };
     CausalLM::from_dir(dir, &opts).unwrap()
 }

@@ -311,6 +311,7 @@ fn load(dir: &Path, weight_dtype: Option<DType>, quantization: Option<QuantMetho
         &LoadOptions {
             weight_dtype,
             quantization,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -745,6 +746,7 @@ impl SmolLm2 {
         let opts = LoadOptions {
             weight_dtype: Some(DType::F32),
             quantization,
+            ..Default::default()
         };
         perplexity(
             &CausalLM::load(self.config.clone(), src, &opts).unwrap(),
@@ -884,16 +886,67 @@ fn smoothed_checkpoint_round_trips() {
         let opts = LoadOptions {
             weight_dtype: None,
             quantization: Some(QuantMethod::W8A8),
+            ..Default::default()
         };
         let at_load = CausalLM::load(config, &smoothed, &opts).unwrap();
         let ids = prompt(20, 1, from_ckpt.config().vocab_size as u32);
         assert_eq!(logits_all(&from_ckpt, &ids), logits_all(&at_load, &ids), "{arch}");
+        // `--quantization w8a8 --smoothquant-alpha` at load time: the same model again.
+        let opts = LoadOptions {
+            smoothing: Some(smoothing.clone()),
+            ..opts
+        };
+        let via_options = CausalLM::from_dir(input.path(), &opts).unwrap();
+        assert_eq!(logits_all(&from_ckpt, &ids), logits_all(&via_options, &ids), "{arch}");
     }
     let input = fixture_copy("llama");
     let config = ModelConfig::from_dir(input.path()).unwrap();
     let st = SafetensorsModel::open(input.path()).unwrap();
     let err = smooth(&config, &st, &[1, 2], 1.5).unwrap_err().to_string();
     assert!(err.contains("alpha must be in [0, 1]"), "{err}");
+}
+
+/// Load-time SmoothQuant is refused, with the fix in the message, where it cannot apply:
+/// without `--quantization w8a8`, on an already quantized checkpoint, and without calibration
+/// tokens (dummy weights have no tokenizer).
+#[test]
+fn load_time_smoothing_errors_say_what_to_change() {
+    let input = fixture_copy("qwen3");
+    let smoothing = Some(Smoothing {
+        alpha: 0.5,
+        calibration_ids: vec![1, 2, 3],
+    });
+    let err = |r: Result<CausalLM, mllm_engine::models::ModelError>| r.unwrap_err().to_string();
+    let no_quant = LoadOptions {
+        smoothing: smoothing.clone(),
+        ..Default::default()
+    };
+    let e = err(CausalLM::from_dir(input.path(), &no_quant));
+    assert!(e.contains("add --quantization w8a8"), "{e}");
+
+    let out = tempfile::tempdir().unwrap();
+    write_w8a8_with(input.path(), out.path(), &[], false, None).unwrap();
+    let w8a8 = LoadOptions {
+        quantization: Some(QuantMethod::W8A8),
+        ..no_quant
+    };
+    let e = err(CausalLM::from_dir(out.path(), &w8a8));
+    assert!(e.contains("already quantized"), "{e}");
+
+    let dummy = ModelSource::Dummy {
+        config: fixture("qwen3").join("config.json"),
+        dtype: DType::BF16,
+        seed: 3,
+    };
+    let no_ids = LoadOptions {
+        smoothing: Some(Smoothing {
+            alpha: 0.5,
+            calibration_ids: vec![],
+        }),
+        ..w8a8
+    };
+    let e = LoadedModel::load(&dummy, &no_ids).unwrap_err().to_string();
+    assert!(e.contains("no tokenizer"), "{e}");
 }
 
 // ---------------------------------------------------------------- dummy weights
@@ -911,6 +964,7 @@ fn dummy_weights_honour_quantization() {
     let opts = LoadOptions {
         weight_dtype: None,
         quantization: Some(QuantMethod::W8A8),
+        ..Default::default()
     };
     let loaded = LoadedModel::load(&source, &opts).unwrap();
     assert_eq!(loaded.info().quant, "w8a8");

@@ -29,6 +29,7 @@ fn load(dir: &Path, quantization: Option<QuantMethod>) -> Qwen3VlModel {
     let opts = LoadOptions {
         weight_dtype: None,
         quantization,
+        ..Default::default()
     };
     Qwen3VlModel::from_dir(dir, &opts).unwrap()
 }

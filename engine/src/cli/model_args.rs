@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use crate::executor::device::Device;
 use crate::generation::{LoadedModel, ModelSource};
 use crate::models::LoadOptions;
+use crate::quantization::writer::Smoothing;
 use crate::quantization::QuantMethod;
 use crate::tensor::DType;
 
@@ -94,6 +95,11 @@ pub struct ModelArgs {
     /// first). Checkpoints with their own `quantization_config` load quantized without it.
     #[arg(long, value_enum, value_name = "METHOD")]
     pub quantization: Option<Quantization>,
+    /// With `--quantization w8a8`: apply SmoothQuant with this migration strength α in [0, 1]
+    /// first (0.5 is the usual choice), calibrated on a built-in text, as `mllm quantize
+    /// --smoothquant-alpha` does. Text-only models.
+    #[arg(long, value_name = "ALPHA", requires = "quantization")]
+    pub smoothquant_alpha: Option<f32>,
     /// Where the model runs: auto picks the GPU when one is usable.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
@@ -129,6 +135,11 @@ impl ModelArgs {
         LoadOptions {
             weight_dtype: self.weight_dtype.dtype(),
             quantization: self.quantization.map(Quantization::method),
+            // The loader tokenizes the calibration text once the tokenizer is open.
+            smoothing: self.smoothquant_alpha.map(|alpha| Smoothing {
+                alpha,
+                calibration_ids: Vec::new(),
+            }),
         }
     }
 

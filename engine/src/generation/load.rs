@@ -13,6 +13,7 @@ use crate::loader::gguf::GgufFile;
 use crate::models::qwen3_vl::Qwen3VlModel;
 use crate::models::random::random_weights;
 use crate::models::{CausalLM, LoadOptions, ModelError};
+use crate::quantization::observe::CALIBRATION_TEXT;
 use crate::quantization::QuantMethod;
 use crate::tensor::DType;
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -79,6 +80,16 @@ pub struct ModelInfo {
     pub weight_dtype: String,
 }
 
+/// `opts` with SmoothQuant's calibration tokens (the built-in calibration text in `tokenizer`'s
+/// ids) when smoothing was asked for without them.
+fn with_calibration(opts: &LoadOptions, tokenizer: &Tokenizer) -> Result<LoadOptions> {
+    let mut opts = opts.clone();
+    if let Some(sm) = opts.smoothing.as_mut().filter(|sm| sm.calibration_ids.is_empty()) {
+        sm.calibration_ids = tokenizer.encode(CALIBRATION_TEXT, false)?;
+    }
+    Ok(opts)
+}
+
 /// The HF architecture loaded as [`Qwen3VlModel`] (text and images, served on the CPU).
 pub const QWEN3_VL_ARCH: &str = "Qwen3VLForConditionalGeneration";
 
@@ -119,6 +130,7 @@ impl LoadedModel {
             source,
         })?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
+        let opts = &with_calibration(opts, &tokenizer)?;
         let model = CausalLM::from_gguf(&file, config, opts)?.into();
         let name = file
             .get_str("general.name")
@@ -139,12 +151,13 @@ impl LoadedModel {
 
     fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        let opts = &with_calibration(opts, &tokenizer)?;
         let model: RunnerModel = if config.architectures.iter().any(|a| a == QWEN3_VL_ARCH) {
             Qwen3VlModel::from_dir(dir, opts)?.into()
         } else {
             CausalLM::from_dir(dir, opts)?.into()
         };
-        let tokenizer = Tokenizer::from_dir(dir)?;
         let quant = model.config().torch_dtype.clone().unwrap_or_else(|| "unknown".into());
         let info = ModelInfo {
             name: file_name(dir),

@@ -1,5 +1,7 @@
 //! Paged attention layer: stores this step's K/V in the [`TokenToKvPool`] at the batch's
-//! `out_cache_loc`, then runs causal extend (or decode) attention per sequence.
+//! `out_cache_loc`, then runs causal extend (or decode) attention per sequence, sequences in parallel.
+
+use rayon::prelude::*;
 
 use crate::executor::forward_batch::ForwardBatch;
 use crate::mem_cache::{decode_attention, extend_attention, TokenToKvPool};
@@ -51,15 +53,24 @@ impl RadixAttention {
             )));
         }
         pool.set_kv(self.layer_id, &batch.out_cache_loc, k, v)?;
+        let pool = &*pool;
+        // Sequences in parallel: a decode sequence is one query row, which the kernel cannot
+        // split, so a serial loop left all but one core idle for a whole decode batch.
+        let per_seq = batch
+            .seqs
+            .par_iter()
+            .map(|s| {
+                let qs = &q[s.start * qrow..(s.start + s.extend_len) * qrow];
+                let dims = [s.extend_len, self.num_heads, self.head_dim];
+                if s.extend_len == 1 {
+                    decode_attention(qs, dims, pool, self.layer_id, &s.kv_indices, self.scale)
+                } else {
+                    extend_attention(qs, dims, pool, self.layer_id, &s.kv_indices, s.prefix_len, self.scale)
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(q.len());
-        for s in &batch.seqs {
-            let qs = &q[s.start * qrow..(s.start + s.extend_len) * qrow];
-            let dims = [s.extend_len, self.num_heads, self.head_dim];
-            let o = if s.extend_len == 1 {
-                decode_attention(qs, dims, pool, self.layer_id, &s.kv_indices, self.scale)?
-            } else {
-                extend_attention(qs, dims, pool, self.layer_id, &s.kv_indices, s.prefix_len, self.scale)?
-            };
+        for o in per_seq {
             out.extend_from_slice(&o);
         }
         Ok(out)

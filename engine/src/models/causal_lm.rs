@@ -16,6 +16,8 @@ use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
 use crate::loader::safetensors::SafetensorsModel;
 use crate::mem_cache::{KvDtype, ReqToTokenPool, TokenToKvPool};
+use crate::quantization::smooth::smooth;
+use crate::quantization::writer::Smoothing;
 use crate::quantization::{QuantMethod, QuantizationConfig};
 use crate::tensor::{DType, Tensor};
 
@@ -28,6 +30,11 @@ pub struct LoadOptions {
     /// Quantize float linear weights at load time (`--quantization`). A checkpoint with its own
     /// `quantization_config` is loaded as quantized regardless.
     pub quantization: Option<QuantMethod>,
+    /// SmoothQuant before load-time W8A8 quantization (`--smoothquant-alpha`): activation
+    /// outliers are migrated into the weights, calibrated on `calibration_ids` (left empty by
+    /// the CLI; [`LoadedModel`](crate::generation::LoadedModel) tokenizes the built-in
+    /// calibration text with the model's tokenizer).
+    pub smoothing: Option<Smoothing>,
 }
 
 /// The architecture of `config.architectures[0]` (or `model_type`).
@@ -88,7 +95,26 @@ impl CausalLM {
 
     fn load_arch(config: ModelConfig, arch: ArchSpec, src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
         let quant = QuantizationConfig::new(config.quantization_config(), opts.quantization, opts.weight_dtype)?;
-        Self::build(config, arch, src, opts, &quant)
+        let Some(sm) = &opts.smoothing else {
+            return Self::build(config, arch, src, opts, &quant);
+        };
+        if config.quantization_config().is_some() {
+            return Err(ModelError::Invalid(
+                "--smoothquant-alpha applies to float checkpoints; this one is already quantized".into(),
+            ));
+        }
+        if opts.quantization != Some(QuantMethod::W8A8) {
+            return Err(ModelError::Invalid(
+                "--smoothquant-alpha smooths the weights for W8A8; add --quantization w8a8".into(),
+            ));
+        }
+        if sm.calibration_ids.is_empty() {
+            return Err(ModelError::Invalid(
+                "SmoothQuant needs calibration tokens, and this model has no tokenizer to make them".into(),
+            ));
+        }
+        let smoothed = smooth(&config, src, &sm.calibration_ids, sm.alpha)?;
+        Self::build(config, arch, &smoothed, opts, &quant)
     }
 
     fn build(

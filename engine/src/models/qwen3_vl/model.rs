@@ -77,6 +77,13 @@ impl Qwen3VlModel {
     /// Builds the model from HF-named weights (`model.language_model.*`, `model.visual.*`,
     /// `lm_head.weight`; the older `language_model.*` / `visual.*` names are accepted too).
     pub fn load(cfg: Qwen3VlConfig, src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
+        if opts.smoothing.is_some() {
+            // Calibration runs a text-only decoder; Qwen3-VL's needs M-RoPE and images.
+            return Err(ModelError::Invalid(
+                "SmoothQuant covers text-only decoders; load this vision-language model without --smoothquant-alpha"
+                    .into(),
+            ));
+        }
         let vision = Arc::new(VisionTower::load(cfg.vision.clone(), src)?);
         let text = TextModel::load(&cfg, src, opts)?;
         Ok(Self { cfg, vision, text })
