@@ -1,13 +1,14 @@
 //! CPU paged attention over a [`TokenToKvPool`], f32 compute (page size 1).
 //!
 //! Queries are row-major `[n_tokens, num_heads, head_dim]` f32 slices with their dims passed
-//! explicitly; K/V are gathered from the pool through a sequence's KV slot indices. With GQA,
+//! explicitly; K/V are read through a sequence's KV slot indices, in place from an f32 pool (no
+//! copy: decode reads each cached row once) or gathered to f32 first from a bf16 pool. With GQA,
 //! `num_heads / num_kv_heads` consecutive query heads share each KV head. Query tokens run in
 //! parallel with rayon (a few per task, all heads each); the softmax subtracts the row maximum.
 
 use rayon::prelude::*;
 
-use super::{MemCacheError, Result, TokenToKvPool};
+use super::{KvBuffer, MemCacheError, Result, TokenToKvPool};
 
 /// Causal attention for an extend (prefill) step.
 ///
@@ -123,50 +124,108 @@ fn attend(
         )));
     }
 
-    let seq_len = kv_slots.len();
     let row = kv_heads * head_dim;
-    let mut k = vec![0.0f32; seq_len * row];
-    let mut v = vec![0.0f32; seq_len * row];
-    pool.gather_kv(layer, kv_slots, &mut k, &mut v)?;
+    let buffers = (pool.k_buffer(layer)?, pool.v_buffer(layer)?);
+    pool.check_slots(kv_slots)?;
     if expected == 0 {
         return Ok(Vec::new());
     }
-
-    let group = num_heads / kv_heads;
-    let qrow = num_heads * head_dim;
-    let mut out = vec![0.0f32; expected];
     let shape = Shape {
         num_heads,
         head_dim,
-        group,
-        row,
+        group: num_heads / kv_heads,
         prefix_len,
         scale,
     };
-    // Query tokens in parallel, a few per task (later tokens see more keys); all heads per token.
+    match buffers {
+        (KvBuffer::F32(k), KvBuffer::F32(v)) => {
+            let kv = InPlace {
+                k,
+                v,
+                slots: kv_slots,
+                row,
+            };
+            Ok(attend_rows(q, expected, &kv, &shape))
+        }
+        _ => {
+            let mut k = vec![0.0f32; kv_slots.len() * row];
+            let mut v = vec![0.0f32; kv_slots.len() * row];
+            pool.gather_kv(layer, kv_slots, &mut k, &mut v)?;
+            Ok(attend_rows(q, expected, &Gathered { k: &k, v: &v, row }, &shape))
+        }
+    }
+}
+
+/// Where [`rows`] reads a token's K/V (all KV heads, `row` floats) from.
+pub(super) trait KvRows: Sync {
+    /// K of the sequence's `j`-th token.
+    fn k(&self, j: usize) -> &[f32];
+    /// V of the sequence's `j`-th token.
+    fn v(&self, j: usize) -> &[f32];
+}
+
+/// Rows copied out of a pool, `[seq_len, kv_heads, head_dim]`.
+struct Gathered<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    row: usize,
+}
+
+impl KvRows for Gathered<'_> {
+    #[inline(always)]
+    fn k(&self, j: usize) -> &[f32] {
+        &self.k[j * self.row..][..self.row]
+    }
+    #[inline(always)]
+    fn v(&self, j: usize) -> &[f32] {
+        &self.v[j * self.row..][..self.row]
+    }
+}
+
+/// An f32 pool layer read through the sequence's (checked) slots.
+struct InPlace<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    slots: &'a [u32],
+    row: usize,
+}
+
+impl KvRows for InPlace<'_> {
+    #[inline(always)]
+    fn k(&self, j: usize) -> &[f32] {
+        &self.k[self.slots[j] as usize * self.row..][..self.row]
+    }
+    #[inline(always)]
+    fn v(&self, j: usize) -> &[f32] {
+        &self.v[self.slots[j] as usize * self.row..][..self.row]
+    }
+}
+
+/// Query tokens in parallel, a few per task (later tokens see more keys); all heads per token.
+fn attend_rows(q: &[f32], len: usize, kv: &impl KvRows, shape: &Shape) -> Vec<f32> {
+    let qrow = shape.num_heads * shape.head_dim;
+    let mut out = vec![0.0f32; len];
     out.par_chunks_mut(QUERY_ROWS_PER_TASK * qrow)
         .enumerate()
         .for_each(|(t, o)| {
             let i0 = t * QUERY_ROWS_PER_TASK;
             let n = o.len() / qrow;
-            rows_dispatch(&q[i0 * qrow..(i0 + n) * qrow], i0, &k, &v, &shape, o);
+            rows_dispatch(&q[i0 * qrow..(i0 + n) * qrow], i0, kv, shape, o);
         });
-    Ok(out)
+    out
 }
 
 /// Query tokens per rayon task in [`attend`].
 const QUERY_ROWS_PER_TASK: usize = 4;
 
 /// Dimensions shared by every query row of one [`attend`] call.
-struct Shape {
-    num_heads: usize,
-    head_dim: usize,
+pub(super) struct Shape {
+    pub(super) num_heads: usize,
+    pub(super) head_dim: usize,
     /// Query heads per KV head.
-    group: usize,
-    /// Floats per gathered K/V token row (`kv_heads * head_dim`).
-    row: usize,
-    prefix_len: usize,
-    scale: f32,
+    pub(super) group: usize,
+    pub(super) prefix_len: usize,
+    pub(super) scale: f32,
 }
 
 /// Independent accumulators of [`dot`] (vectorized by LLVM).
@@ -186,10 +245,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Attention of query tokens `i0..` (`q`: `[n, num_heads, head_dim]`) into `out` (same shape,
-/// zero-filled) over the gathered `k`/`v` (`[seq_len, kv_heads, head_dim]`).
+/// zero-filled) over the sequence's K/V rows `kv`.
 #[inline(always)]
-fn rows(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) {
-    let (d, row) = (s.head_dim, s.row);
+fn rows(q: &[f32], i0: usize, kv: &impl KvRows, s: &Shape, out: &mut [f32]) {
+    let d = s.head_dim;
     let qrow = s.num_heads * d;
     let mut scores = vec![0.0f32; s.prefix_len + i0 + q.len() / qrow];
     for (ii, (qt, ot)) in q.chunks_exact(qrow).zip(out.chunks_exact_mut(qrow)).enumerate() {
@@ -198,7 +257,7 @@ fn rows(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) 
             let off = h / s.group * d;
             let mut max = f32::NEG_INFINITY;
             for (j, sc) in scores[..visible].iter_mut().enumerate() {
-                *sc = dot(qi, &k[j * row + off..][..d]) * s.scale;
+                *sc = dot(qi, &kv.k(j)[off..off + d]) * s.scale;
                 max = max.max(*sc);
             }
             let mut sum = 0.0f32;
@@ -209,7 +268,7 @@ fn rows(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) 
             let inv = 1.0 / sum;
             for (j, &p) in scores[..visible].iter().enumerate() {
                 let w = p * inv;
-                for (o, &x) in oi.iter_mut().zip(&v[j * row + off..][..d]) {
+                for (o, &x) in oi.iter_mut().zip(&kv.v(j)[off..off + d]) {
                     *o += w * x;
                 }
             }
@@ -219,17 +278,27 @@ fn rows(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn rows_avx2(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) {
-    rows(q, i0, k, v, s, out)
+fn rows_avx2(q: &[f32], i0: usize, kv: &impl KvRows, s: &Shape, out: &mut [f32]) {
+    rows(q, i0, kv, s, out)
 }
 
-fn rows_dispatch(q: &[f32], i0: usize, k: &[f32], v: &[f32], s: &Shape, out: &mut [f32]) {
+fn rows_dispatch(q: &[f32], i0: usize, kv: &impl KvRows, s: &Shape, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::tensor::simd::has_avx512() {
+        use super::attention_avx512::rows;
+        // SAFETY: the CPU has AVX-512F (checked) and the head dim matches the instantiation.
+        match s.head_dim {
+            64 => return unsafe { rows::<4>(q, i0, kv, s, out) },
+            128 => return unsafe { rows::<8>(q, i0, kv, s, out) },
+            _ => {}
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the enabled target features (checked just above).
-        return unsafe { rows_avx2(q, i0, k, v, s, out) };
+        return unsafe { rows_avx2(q, i0, kv, s, out) };
     }
-    rows(q, i0, k, v, s, out)
+    rows(q, i0, kv, s, out)
 }
 
 #[cfg(test)]
@@ -392,6 +461,43 @@ mod tests {
             assert!(max_diff(&dec, &full[prefix * qrow..]) < 1e-5);
             let d = max_diff(&dec, &reference[prefix * qrow..]);
             assert!(d < tol, "decode vs naive ({dtype:?}): {d}");
+        }
+    }
+
+    #[test]
+    fn long_sequences_every_head_dim_path() {
+        // 64 and 128 take the AVX-512 rows where the CPU has them (16-key blocks plus a tail);
+        // 48 the portable ones. 37 tokens with a 20-token prefix cross several blocks.
+        for d in [64, 128, 48] {
+            let (total, prefix) = (37, 20);
+            let mut rng = Rng(d as u64);
+            let row = KV_HEADS * d;
+            let (q, k, v) = (rng.vec(total * HEADS * d), rng.vec(total * row), rng.vec(total * row));
+            let mut pool = TokenToKvPool::new(64, 1, KV_HEADS, d, KvDtype::F32);
+            let mut slots = pool.alloc(total).unwrap();
+            slots.reverse();
+            pool.set_kv(0, &slots, &k, &v).unwrap();
+            let scale = 1.0 / (d as f32).sqrt();
+            let reference = naive(&q, &k, &v, total, HEADS, KV_HEADS, d);
+            let qrow = HEADS * d;
+            let ext = extend_attention(
+                &q[prefix * qrow..],
+                [total - prefix, HEADS, d],
+                &pool,
+                0,
+                &slots,
+                prefix,
+                scale,
+            )
+            .unwrap();
+            let diff = max_diff(&ext, &reference[prefix * qrow..]);
+            assert!(diff < 1e-5, "head_dim {d}: extend vs naive {diff}");
+            let dec = decode_attention(&q[(total - 1) * qrow..], [1, HEADS, d], &pool, 0, &slots, scale).unwrap();
+            assert_eq!(
+                dec,
+                ext[(total - prefix - 1) * qrow..],
+                "head_dim {d}: decode vs extend"
+            );
         }
     }
 

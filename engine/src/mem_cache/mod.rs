@@ -12,6 +12,8 @@
 //! pool, gathering a sequence's K/V through its slot indices.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 pub mod radix_cache;
 pub mod req_to_token;
 pub mod token_to_kv;

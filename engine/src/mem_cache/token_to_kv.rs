@@ -295,7 +295,7 @@ impl TokenToKvPool {
         Ok(())
     }
 
-    fn check_slots(&self, slots: &[u32]) -> Result<()> {
+    pub(super) fn check_slots(&self, slots: &[u32]) -> Result<()> {
         match slots.iter().find(|&&s| s as usize > self.capacity) {
             Some(&s) => Err(MemCacheError::KvSlotOutOfRange {
                 slot: s as u64,

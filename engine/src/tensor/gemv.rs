@@ -8,7 +8,8 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{DType, Result, Tensor, TensorError};
+use super::ops::{nt_dims, NtDims};
+use super::{DType, Result, Tensor};
 
 /// Weight rows per rayon task.
 const ROWS_PER_TASK: usize = 32;
@@ -264,34 +265,9 @@ fn rows_dispatch(xs: &[f32], m: usize, k: usize, w: Weights<'_>, j0: usize, out_
 /// assert_eq!(gemv_t(&x, &w).unwrap().to_f32_vec().unwrap(), vec![1.0, 11.0, 1.5]);
 /// ```
 pub fn gemv_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    const OP: &str = "gemv_t";
-    for (arg, t) in [("x", x), ("w", w)] {
-        if !t.dtype().is_float() {
-            return Err(TensorError::DType {
-                op: OP,
-                arg,
-                expected: "a float dtype (f32, bf16, f16)".into(),
-                got: t.dtype(),
-            });
-        }
-    }
-    let k = match (x.shape().last(), w.shape()) {
-        (Some(&k), &[_, wk]) if wk == k => k,
-        _ => {
-            return Err(TensorError::Shape {
-                op: OP,
-                arg: "w",
-                expected: format!("[N, K] with K = last dim of x {:?}", x.shape()),
-                got: w.shape().to_vec(),
-            })
-        }
-    };
-    let n = w.shape()[0];
-    let m = x.numel().checked_div(k).unwrap_or(0);
-    let mut out_shape = x.shape().to_vec();
-    *out_shape.last_mut().unwrap() = n;
+    let NtDims { m, n, k, out_shape } = nt_dims("gemv_t", x, w)?;
     if m == 0 || n == 0 || k == 0 {
-        return Tensor::from_vec(vec![0f32; x.numel() / k.max(1) * n], &out_shape);
+        return Tensor::from_vec(vec![0f32; out_shape.iter().product()], &out_shape);
     }
     let xbuf;
     let xv: &[f32] = if x.dtype() == DType::F32 {
@@ -337,7 +313,7 @@ fn bytemuck_bf16(s: &[bf16]) -> &[u16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::matmul_t;
+    use crate::tensor::{matmul_t, TensorError};
 
     #[test]
     fn matches_matmul_t_all_dtypes() {

@@ -8,8 +8,11 @@
 //! their inputs may be any float dtype (weights can stay bf16/f16 in memory) and their outputs
 //! are f32.
 
+mod bf16_dot;
 mod gemv;
 mod ops;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod simd;
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use thiserror::Error;
 
+pub use bf16_dot::{bf16_dot_available, matmul_bf16_t};
 pub use gemv::gemv_t;
 pub use ops::{cat, matmul_t};
 

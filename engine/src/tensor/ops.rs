@@ -42,15 +42,61 @@ fn f32_data<'a>(t: &'a Tensor, buf: &'a mut Vec<f32>) -> Result<&'a [f32]> {
 
 /// Raw pointer that may be shared across rayon tasks writing disjoint regions.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: only used to write disjoint output regions from parallel tasks.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     /// Method access makes closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// Sizes of `x · wᵀ` with `x` `[..., K]` and `w` `[N, K]`, both float.
+pub(super) struct NtDims {
+    /// Rows of `x` (product of its leading dims).
+    pub m: usize,
+    /// Rows of `w`.
+    pub n: usize,
+    /// The shared inner dim.
+    pub k: usize,
+    /// `x`'s shape with the last dim replaced by `N`.
+    pub out_shape: Vec<usize>,
+}
+
+/// Checks dtypes and shapes of `x · wᵀ` for `op`.
+pub(super) fn nt_dims(op: &'static str, x: &Tensor, w: &Tensor) -> Result<NtDims> {
+    for (arg, t) in [("x", x), ("w", w)] {
+        if !t.dtype().is_float() {
+            return Err(TensorError::DType {
+                op,
+                arg,
+                expected: "a float dtype (f32, bf16, f16)".into(),
+                got: t.dtype(),
+            });
+        }
+    }
+    let k = match (x.shape().last(), w.shape()) {
+        (Some(&k), &[_, wk]) if wk == k => k,
+        _ => {
+            return Err(TensorError::Shape {
+                op,
+                arg: "w",
+                expected: format!("[N, K] with K = last dim of x {:?}", x.shape()),
+                got: w.shape().to_vec(),
+            })
+        }
+    };
+    let n = w.shape()[0];
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().unwrap() = n;
+    Ok(NtDims {
+        m: x.numel().checked_div(k).unwrap_or(0),
+        n,
+        k,
+        out_shape,
+    })
 }
 
 /// Elements per rayon task of elementwise ops (smaller inputs run on one thread).
