@@ -74,8 +74,13 @@ pub fn matmul_bf16_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     let (xb, wb) = (bits(&xb), bits(w.as_slice::<bf16>()?));
     let (m, n, k) = (d.m, d.n, d.k);
-    // Decode-sized inputs are bandwidth-bound: small blocks keep both cores streaming.
-    let block = if m <= 8 { 16 } else { 64 };
+    // Decode-sized inputs are bandwidth-bound: about eight blocks per thread keep every core
+    // streaming without paying a task per few rows. Prefill blocks keep their weights in L2.
+    let block = if m <= 8 {
+        (n / (8 * rayon::current_num_threads())).next_multiple_of(16).max(16)
+    } else {
+        64
+    };
     Ok(Tensor::f32_filled(&d.out_shape, |out| {
         let dst = SendPtr(out.as_mut_ptr());
         (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
@@ -188,6 +193,8 @@ mod kernel {
             }
             let mut xv = [_mm512_setzero_si512(); RX];
             for i in 0..RX {
+                // The next x tile's rows, from L2: prefill passes many x tiles per weight tile.
+                _mm_prefetch::<_MM_HINT_T0>(x[i].wrapping_add(kk + RX * k) as *const i8);
                 xv[i] = _mm512_loadu_epi16(x[i].add(kk) as *const i16);
             }
             for j in 0..RW {
