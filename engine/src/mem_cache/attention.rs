@@ -466,23 +466,24 @@ mod tests {
 
     #[test]
     fn long_sequences_every_head_dim_path() {
-        // 64 and 128 take the AVX-512 rows where the CPU has them (16-key blocks plus a tail);
-        // 48 the portable ones. 37 tokens with a 20-token prefix cross several blocks.
-        for d in [64, 128, 48] {
+        // 64 and 128 take the AVX-512 rows where the CPU has them (16-key blocks plus a tail,
+        // GQA groups of 4, 3 and 5 = 4 + 1 heads per pass); 48 the portable ones. 37 tokens with
+        // a 20-token prefix cross several blocks.
+        for (d, heads, kv_heads) in [(64, 8, 2), (64, 6, 2), (128, 5, 1), (128, 8, 2), (48, 8, 2)] {
             let (total, prefix) = (37, 20);
-            let mut rng = Rng(d as u64);
-            let row = KV_HEADS * d;
-            let (q, k, v) = (rng.vec(total * HEADS * d), rng.vec(total * row), rng.vec(total * row));
-            let mut pool = TokenToKvPool::new(64, 1, KV_HEADS, d, KvDtype::F32);
+            let mut rng = Rng(d as u64 + heads as u64);
+            let row = kv_heads * d;
+            let (q, k, v) = (rng.vec(total * heads * d), rng.vec(total * row), rng.vec(total * row));
+            let mut pool = TokenToKvPool::new(64, 1, kv_heads, d, KvDtype::F32);
             let mut slots = pool.alloc(total).unwrap();
             slots.reverse();
             pool.set_kv(0, &slots, &k, &v).unwrap();
             let scale = 1.0 / (d as f32).sqrt();
-            let reference = naive(&q, &k, &v, total, HEADS, KV_HEADS, d);
-            let qrow = HEADS * d;
+            let reference = naive(&q, &k, &v, total, heads, kv_heads, d);
+            let qrow = heads * d;
             let ext = extend_attention(
                 &q[prefix * qrow..],
-                [total - prefix, HEADS, d],
+                [total - prefix, heads, d],
                 &pool,
                 0,
                 &slots,
@@ -491,8 +492,11 @@ mod tests {
             )
             .unwrap();
             let diff = max_diff(&ext, &reference[prefix * qrow..]);
-            assert!(diff < 1e-5, "head_dim {d}: extend vs naive {diff}");
-            let dec = decode_attention(&q[(total - 1) * qrow..], [1, HEADS, d], &pool, 0, &slots, scale).unwrap();
+            assert!(
+                diff < 1e-5,
+                "head_dim {d}, {heads}/{kv_heads} heads: extend vs naive {diff}"
+            );
+            let dec = decode_attention(&q[(total - 1) * qrow..], [1, heads, d], &pool, 0, &slots, scale).unwrap();
             assert_eq!(
                 dec,
                 ext[(total - prefix - 1) * qrow..],

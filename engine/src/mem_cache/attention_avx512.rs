@@ -1,7 +1,8 @@
-//! AVX-512 attention rows for head dims 64 and 128 (`16 · DC`): the query head lives in `DC`
-//! registers, scores come 16 keys at a time through one shuffle-tree reduction, the softmax
-//! uses a vector `exp`, and V is accumulated in registers with the normalization applied once
-//! at the end. Same contract as [`super::attention`]'s scalar rows.
+//! AVX-512 attention rows for head dims 64 and 128 (`16 · DC`). The query heads that share a KV
+//! head (GQA) run together, up to four at a time, so each cached K/V row is loaded once for all
+//! of them; scores come 16 keys at a time through one shuffle-tree reduction per head, the
+//! softmax uses a vector `exp`, and V is accumulated in registers with the normalization
+//! applied once at the end. Same contract as [`super::attention`]'s scalar rows.
 
 use std::arch::x86_64::*;
 
@@ -19,81 +20,107 @@ pub(super) unsafe fn rows<const DC: usize>(q: &[f32], i0: usize, kv: &impl KvRow
     debug_assert_eq!(s.head_dim, d);
     let qrow = s.num_heads * d;
     let n = q.len() / qrow;
-    let mut scores = vec![0f32; (s.prefix_len + i0 + n).next_multiple_of(16)];
+    let stride = (s.prefix_len + i0 + n).next_multiple_of(16);
+    let mut scores = vec![0f32; 4 * stride];
     for ii in 0..n {
         let visible = s.prefix_len + i0 + ii + 1;
-        for h in 0..s.num_heads {
+        let mut h = 0;
+        while h < s.num_heads {
+            // Heads h.. up to the end of their GQA group, at most four per pass.
+            let count = (s.group - h % s.group).min(4);
             let at = (ii * s.num_heads + h) * d;
-            let (qh, oh) = (&q[at..at + d], &mut out[at..at + d]);
-            head::<DC>(qh, kv, h / s.group * d, visible, s.scale, &mut scores, oh);
+            let (qh, oh) = (&q[at..at + count * d], &mut out[at..at + count * d]);
+            let args = (kv, h / s.group * d, visible, s.scale, &mut scores[..], stride);
+            match count {
+                1 => heads::<DC, 1>(qh, oh, args),
+                2 => heads::<DC, 2>(qh, oh, args),
+                3 => heads::<DC, 3>(qh, oh, args),
+                _ => heads::<DC, 4>(qh, oh, args),
+            }
+            h += count;
         }
     }
 }
 
-/// One query head over keys `0..visible`, reading each key's floats `off..off + 16·DC`.
+/// `H` consecutive query heads (`q`, `out`: `[H, 16·DC]`) over keys `0..visible`, reading each
+/// key's floats `off..off + 16·DC`; `scores` holds `H` rows of `stride` floats.
 #[target_feature(enable = "avx512f")]
-unsafe fn head<const DC: usize>(
+unsafe fn heads<const DC: usize, const H: usize>(
     q: &[f32],
-    kv: &impl KvRows,
-    off: usize,
-    visible: usize,
-    scale: f32,
-    scores: &mut [f32],
     out: &mut [f32],
+    (kv, off, visible, scale, scores, stride): (&impl KvRows, usize, usize, f32, &mut [f32], usize),
 ) {
     let d = 16 * DC;
-    let mut qv = [_mm512_setzero_ps(); DC];
-    for (c, v) in qv.iter_mut().enumerate() {
-        *v = _mm512_loadu_ps(q.as_ptr().add(16 * c));
-    }
     let mask_for = |j0: usize| -> __mmask16 {
         let cnt = (visible - j0).min(16);
         (((1u32 << cnt) - 1) & 0xFFFF) as __mmask16
     };
 
-    // Scores, 16 keys per reduction.
-    let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+    // Scores, 16 keys per reduction; each K row is loaded once for the H heads.
+    let mut maxv = [_mm512_set1_ps(f32::NEG_INFINITY); H];
     let mut j0 = 0;
     while j0 < visible {
-        let mut part = [_mm512_setzero_ps(); 16];
-        for (t, p) in part.iter_mut().enumerate().take(visible - j0) {
+        let mut part = [[_mm512_setzero_ps(); 16]; H];
+        for t in 0..(visible - j0).min(16) {
             let k = kv.k(j0 + t)[off..off + d].as_ptr();
-            let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
-            for (c, qc) in qv.iter().enumerate().skip(1) {
-                acc = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(k.add(16 * c)), acc);
+            let mut kv_c = [_mm512_setzero_ps(); DC];
+            for (c, v) in kv_c.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(k.add(16 * c));
             }
-            *p = acc;
+            for (hh, ph) in part.iter_mut().enumerate() {
+                let qp = q.as_ptr().add(hh * d);
+                let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qp), kv_c[0]);
+                for (c, kc) in kv_c.iter().enumerate().skip(1) {
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(16 * c)), *kc, acc);
+                }
+                ph[t] = acc;
+            }
         }
         let mask = mask_for(j0);
-        let sc = _mm512_mul_ps(reduce16(part), _mm512_set1_ps(scale));
-        _mm512_mask_storeu_ps(scores.as_mut_ptr().add(j0), mask, sc);
-        maxv = _mm512_mask_max_ps(maxv, mask, maxv, sc);
+        for hh in 0..H {
+            let sc = _mm512_mul_ps(reduce16(part[hh]), _mm512_set1_ps(scale));
+            _mm512_mask_storeu_ps(scores.as_mut_ptr().add(hh * stride + j0), mask, sc);
+            maxv[hh] = _mm512_mask_max_ps(maxv[hh], mask, maxv[hh], sc);
+        }
         j0 += 16;
     }
-    let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
 
-    // Unnormalized probabilities in place, and their sum.
-    let mut sumv = _mm512_setzero_ps();
-    let mut j0 = 0;
-    while j0 < visible {
-        let mask = mask_for(j0);
-        let p = scores.as_mut_ptr().add(j0);
-        let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, p), max));
-        _mm512_mask_storeu_ps(p, mask, e);
-        sumv = _mm512_mask_add_ps(sumv, mask, sumv, e);
-        j0 += 16;
+    // Unnormalized probabilities in place, and each head's 1 / sum.
+    let mut inv = [0f32; H];
+    for hh in 0..H {
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv[hh]));
+        let mut sumv = _mm512_setzero_ps();
+        let mut j0 = 0;
+        while j0 < visible {
+            let mask = mask_for(j0);
+            let p = scores.as_mut_ptr().add(hh * stride + j0);
+            let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, p), max));
+            _mm512_mask_storeu_ps(p, mask, e);
+            sumv = _mm512_mask_add_ps(sumv, mask, sumv, e);
+            j0 += 16;
+        }
+        inv[hh] = 1.0 / _mm512_reduce_add_ps(sumv);
     }
-    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sumv));
 
-    let mut acc = [_mm512_setzero_ps(); DC];
-    for (j, &p) in scores[..visible].iter().enumerate() {
+    // Weighted V; each V row is loaded once for the H heads.
+    let mut acc = [[_mm512_setzero_ps(); DC]; H];
+    for j in 0..visible {
         let v = kv.v(j)[off..off + d].as_ptr();
-        let p = _mm512_set1_ps(p);
-        for (c, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(p, _mm512_loadu_ps(v.add(16 * c)), *a);
+        let mut v_c = [_mm512_setzero_ps(); DC];
+        for (c, x) in v_c.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(v.add(16 * c));
+        }
+        for (hh, ah) in acc.iter_mut().enumerate() {
+            let p = _mm512_set1_ps(*scores.get_unchecked(hh * stride + j));
+            for (a, x) in ah.iter_mut().zip(&v_c) {
+                *a = _mm512_fmadd_ps(p, *x, *a);
+            }
         }
     }
-    for (c, a) in acc.iter().enumerate() {
-        _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(*a, inv));
+    for (hh, ah) in acc.iter().enumerate() {
+        let scale = _mm512_set1_ps(inv[hh]);
+        for (c, a) in ah.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(hh * d + 16 * c), _mm512_mul_ps(*a, scale));
+        }
     }
 }
