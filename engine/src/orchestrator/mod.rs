@@ -4,6 +4,7 @@
 //! [`TokenizedRequest`], read its text chunks from a [`SeqStream`]; dropping the stream aborts
 //! the sequence and frees its KV slots.
 
+pub mod batch_log;
 pub mod detokenizer;
 pub mod metrics;
 pub mod scheduler;

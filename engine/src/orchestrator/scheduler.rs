@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::batch_log::{DecodeLog, Load, PrefillLine};
 use super::metrics::Metrics;
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::ModelRunner;
@@ -88,6 +89,9 @@ pub struct Scheduler {
     running: Vec<Seq>,
     radix: RadixCache,
     shutting_down: bool,
+    /// Sequences admitted and their prefix-cache hits in the current step (for the batch log).
+    admitted: (usize, usize),
+    decode_log: DecodeLog,
 }
 
 impl Scheduler {
@@ -101,6 +105,8 @@ impl Scheduler {
             running: Vec::new(),
             radix: RadixCache::new(!cfg.enable_radix_cache),
             shutting_down: false,
+            admitted: (0, 0),
+            decode_log: DecodeLog::default(),
         }
     }
 
@@ -139,12 +145,38 @@ impl Scheduler {
         self.update_gauges();
     }
 
-    fn update_gauges(&self) {
+    fn load(&self) -> Load {
         let cap = self.kv_capacity();
         let free = self.runner.kv_pool().available() + self.radix.evictable_size();
-        let used = cap - free.min(cap);
-        self.metrics
-            .set_gauges(self.running.len(), self.waiting.len(), used, cap);
+        Load {
+            kv_used: cap - free.min(cap),
+            kv_capacity: cap,
+            running: self.running.len(),
+            queued: self.waiting.len(),
+        }
+    }
+
+    fn update_gauges(&self) {
+        let l = self.load();
+        self.metrics.set_gauges(l.running, l.queued, l.kv_used, l.kv_capacity);
+    }
+
+    /// A prefill line for a step that computed prompt tokens, else counts a decode step.
+    fn log_step(&mut self, prompt_tokens: usize, generated: usize) {
+        let load = self.load();
+        if prompt_tokens > 0 {
+            let (new_seqs, cached_tokens) = std::mem::take(&mut self.admitted);
+            let line = PrefillLine {
+                new_seqs,
+                new_tokens: prompt_tokens,
+                cached_tokens,
+                hit_rate: self.radix.hit_rate(),
+                load,
+            };
+            tracing::info!("{line}");
+        } else if let Some(line) = self.decode_log.record(generated, load) {
+            tracing::info!("{line}");
+        }
     }
 
     fn handle(&mut self, msg: SchedulerMsg) {
@@ -330,6 +362,8 @@ impl Scheduler {
         }
         s.cached = m.kv_slots.len();
         s.prefix_len = m.kv_slots.len();
+        self.admitted.0 += 1;
+        self.admitted.1 += s.cached;
         Ok(())
     }
 
@@ -470,6 +504,12 @@ impl Scheduler {
             })
             .collect();
         let needed = inputs.iter().map(|i| i.new_tokens.len()).sum();
+        // Prompt chunks: everything but one-token steps of sequences already generating.
+        let prompt_tokens: usize = plan
+            .iter()
+            .filter(|&&(i, take)| take > 1 || self.running[i].output_len() == 0)
+            .map(|&(_, take)| take)
+            .sum();
         self.make_room(needed);
         let result = catch_unwind(AssertUnwindSafe(|| self.forward_and_sample(&plan, &inputs)));
         let samples = match result {
@@ -484,7 +524,9 @@ impl Scheduler {
                 return self.fail_batch(&plan, &format!("internal error (panic): {msg}"));
             }
         };
+        let generated = samples.len();
         self.postprocess(samples);
+        self.log_step(prompt_tokens, generated);
     }
 
     /// Checks and queues the images the planned chunks reach (the forward encodes them at once);
