@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::executor::device::Device;
 use crate::generation::{LoadedModel, ModelSource};
+use crate::mem_cache::KvDtype;
 use crate::models::LoadOptions;
 use crate::quantization::writer::Smoothing;
 use crate::quantization::QuantMethod;
@@ -34,6 +35,29 @@ impl WeightDtype {
             Self::F32 => Some(DType::F32),
             Self::F16 => Some(DType::F16),
             Self::Bf16 => Some(DType::BF16),
+        }
+    }
+}
+
+/// `--kv-cache-dtype`: storage of the CPU KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum KvCacheDtype {
+    /// Follow the weights: bf16 weights keep bf16 KV, others f32.
+    #[default]
+    Auto,
+    /// 32-bit float.
+    F32,
+    /// bfloat16: half the memory and bandwidth of f32.
+    Bf16,
+}
+
+impl KvCacheDtype {
+    /// The explicit choice, or `None` for auto.
+    pub fn dtype(self) -> Option<KvDtype> {
+        match self {
+            Self::Auto => None,
+            Self::F32 => Some(KvDtype::F32),
+            Self::Bf16 => Some(KvDtype::BF16),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::executor::device::Device;
 use crate::executor::model_runner::RunnerModel;
 use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
+use crate::mem_cache::KvDtype;
 use crate::models::qwen3_vl::Qwen3VlModel;
 use crate::models::random::random_weights;
 use crate::models::{CausalLM, LoadOptions, ModelError};
@@ -78,6 +79,26 @@ pub struct ModelInfo {
     pub quant: String,
     /// Storage dtype of the weights in memory after loading (GGUF is dequantized).
     pub weight_dtype: String,
+}
+
+impl ModelInfo {
+    /// The CPU KV cache dtype that follows the weights: bf16 for bf16 weights (half the KV
+    /// memory and bandwidth, the precision a GPU keeps), f32 otherwise.
+    ///
+    /// ```
+    /// use mllm_engine::generation::ModelInfo;
+    /// use mllm_engine::mem_cache::KvDtype;
+    /// let info = |w: &str| ModelInfo { name: "m".into(), format: "gguf", quant: "Q4_1".into(), weight_dtype: w.into() };
+    /// assert_eq!(info("bf16").default_kv_dtype(), KvDtype::BF16);
+    /// assert_eq!(info("f32").default_kv_dtype(), KvDtype::F32);
+    /// ```
+    pub fn default_kv_dtype(&self) -> KvDtype {
+        if self.weight_dtype == DType::BF16.to_string() {
+            KvDtype::BF16
+        } else {
+            KvDtype::F32
+        }
+    }
 }
 
 /// `opts` with SmoothQuant's calibration tokens (the built-in calibration text in `tokenizer`'s

@@ -137,34 +137,67 @@ fn attend(
         prefix_len,
         scale,
     };
+    let in_place = |k, v| InPlace {
+        k,
+        v,
+        slots: kv_slots,
+        row,
+    };
     match buffers {
-        (KvBuffer::F32(k), KvBuffer::F32(v)) => {
+        (KvBuffer::F32(k), KvBuffer::F32(v)) => Ok(attend_rows(q, expected, &in_place(k, v), &shape, rows_dispatch)),
+        #[cfg(target_arch = "x86_64")]
+        (KvBuffer::BF16(k), KvBuffer::BF16(v)) if simd_rows::<InPlace<'_, half::bf16>>(head_dim).is_some() => {
             let kv = InPlace {
-                k,
-                v,
+                k: k.as_slice(),
+                v: v.as_slice(),
                 slots: kv_slots,
                 row,
             };
-            Ok(attend_rows(q, expected, &kv, &shape))
+            let run = simd_rows(head_dim).expect("checked in the guard");
+            Ok(attend_rows(q, expected, &kv, &shape, run))
         }
         _ => {
             let mut k = vec![0.0f32; kv_slots.len() * row];
             let mut v = vec![0.0f32; kv_slots.len() * row];
             pool.gather_kv(layer, kv_slots, &mut k, &mut v)?;
-            Ok(attend_rows(q, expected, &Gathered { k: &k, v: &v, row }, &shape))
+            let kv = Gathered { k: &k, v: &v, row };
+            Ok(attend_rows(q, expected, &kv, &shape, rows_dispatch))
         }
     }
 }
 
-/// Where [`rows`] reads a token's K/V (all KV heads, `row` floats) from.
-pub(super) trait KvRows: Sync {
-    /// K of the sequence's `j`-th token.
-    fn k(&self, j: usize) -> &[f32];
-    /// V of the sequence's `j`-th token.
-    fn v(&self, j: usize) -> &[f32];
+/// Signature of the per-task attention rows over a [`KvRows`] source.
+type RowsFn<R> = fn(&[f32], usize, &R, &Shape, &mut [f32]);
+
+/// The AVX-512 rows for this head dim over `R`, where the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+fn simd_rows<R: KvRows>(head_dim: usize) -> Option<RowsFn<R>>
+where
+    R::Elem: super::attention_avx512::Load16,
+{
+    use super::attention_avx512::rows;
+    if !crate::tensor::simd::has_avx512() {
+        return None;
+    }
+    // SAFETY (both): AVX-512F is present (checked above) and the head dim matches DC.
+    match head_dim {
+        64 => Some(|q, i0, kv, s, out| unsafe { rows::<4, R>(q, i0, kv, s, out) }),
+        128 => Some(|q, i0, kv, s, out| unsafe { rows::<8, R>(q, i0, kv, s, out) }),
+        _ => None,
+    }
 }
 
-/// Rows copied out of a pool, `[seq_len, kv_heads, head_dim]`.
+/// Where the attention rows read a token's K/V (all KV heads, `row` values) from.
+pub(super) trait KvRows: Sync {
+    /// Stored element type (f32, or bf16 read in place by the AVX-512 rows).
+    type Elem: Copy;
+    /// K of the sequence's `j`-th token.
+    fn k(&self, j: usize) -> &[Self::Elem];
+    /// V of the sequence's `j`-th token.
+    fn v(&self, j: usize) -> &[Self::Elem];
+}
+
+/// Rows copied out of a pool as f32, `[seq_len, kv_heads, head_dim]`.
 struct Gathered<'a> {
     k: &'a [f32],
     v: &'a [f32],
@@ -172,6 +205,7 @@ struct Gathered<'a> {
 }
 
 impl KvRows for Gathered<'_> {
+    type Elem = f32;
     #[inline(always)]
     fn k(&self, j: usize) -> &[f32] {
         &self.k[j * self.row..][..self.row]
@@ -182,27 +216,28 @@ impl KvRows for Gathered<'_> {
     }
 }
 
-/// An f32 pool layer read through the sequence's (checked) slots.
-struct InPlace<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
+/// A pool layer read in place through the sequence's (checked) slots.
+struct InPlace<'a, E> {
+    k: &'a [E],
+    v: &'a [E],
     slots: &'a [u32],
     row: usize,
 }
 
-impl KvRows for InPlace<'_> {
+impl<E: Copy + Sync> KvRows for InPlace<'_, E> {
+    type Elem = E;
     #[inline(always)]
-    fn k(&self, j: usize) -> &[f32] {
+    fn k(&self, j: usize) -> &[E] {
         &self.k[self.slots[j] as usize * self.row..][..self.row]
     }
     #[inline(always)]
-    fn v(&self, j: usize) -> &[f32] {
+    fn v(&self, j: usize) -> &[E] {
         &self.v[self.slots[j] as usize * self.row..][..self.row]
     }
 }
 
 /// Query tokens in parallel, a few per task (later tokens see more keys); all heads per token.
-fn attend_rows(q: &[f32], len: usize, kv: &impl KvRows, shape: &Shape) -> Vec<f32> {
+fn attend_rows<R: KvRows>(q: &[f32], len: usize, kv: &R, shape: &Shape, run: RowsFn<R>) -> Vec<f32> {
     let qrow = shape.num_heads * shape.head_dim;
     let mut out = vec![0.0f32; len];
     out.par_chunks_mut(QUERY_ROWS_PER_TASK * qrow)
@@ -210,7 +245,7 @@ fn attend_rows(q: &[f32], len: usize, kv: &impl KvRows, shape: &Shape) -> Vec<f3
         .for_each(|(t, o)| {
             let i0 = t * QUERY_ROWS_PER_TASK;
             let n = o.len() / qrow;
-            rows_dispatch(&q[i0 * qrow..(i0 + n) * qrow], i0, kv, shape, o);
+            run(&q[i0 * qrow..(i0 + n) * qrow], i0, kv, shape, o);
         });
     out
 }
@@ -247,7 +282,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Attention of query tokens `i0..` (`q`: `[n, num_heads, head_dim]`) into `out` (same shape,
 /// zero-filled) over the sequence's K/V rows `kv`.
 #[inline(always)]
-fn rows(q: &[f32], i0: usize, kv: &impl KvRows, s: &Shape, out: &mut [f32]) {
+fn rows(q: &[f32], i0: usize, kv: &impl KvRows<Elem = f32>, s: &Shape, out: &mut [f32]) {
     let d = s.head_dim;
     let qrow = s.num_heads * d;
     let mut scores = vec![0.0f32; s.prefix_len + i0 + q.len() / qrow];
@@ -278,20 +313,14 @@ fn rows(q: &[f32], i0: usize, kv: &impl KvRows, s: &Shape, out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn rows_avx2(q: &[f32], i0: usize, kv: &impl KvRows, s: &Shape, out: &mut [f32]) {
+fn rows_avx2(q: &[f32], i0: usize, kv: &impl KvRows<Elem = f32>, s: &Shape, out: &mut [f32]) {
     rows(q, i0, kv, s, out)
 }
 
-fn rows_dispatch(q: &[f32], i0: usize, kv: &impl KvRows, s: &Shape, out: &mut [f32]) {
+fn rows_dispatch<R: KvRows<Elem = f32>>(q: &[f32], i0: usize, kv: &R, s: &Shape, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::tensor::simd::has_avx512() {
-        use super::attention_avx512::rows;
-        // SAFETY: the CPU has AVX-512F (checked) and the head dim matches the instantiation.
-        match s.head_dim {
-            64 => return unsafe { rows::<4>(q, i0, kv, s, out) },
-            128 => return unsafe { rows::<8>(q, i0, kv, s, out) },
-            _ => {}
-        }
+    if let Some(run) = simd_rows::<R>(s.head_dim) {
+        return run(q, i0, kv, s, out);
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -469,16 +498,22 @@ mod tests {
         // 64 and 128 take the AVX-512 rows where the CPU has them (16-key blocks plus a tail,
         // GQA groups of 4, 3 and 5 = 4 + 1 heads per pass); 48 the portable ones. 37 tokens with
         // a 20-token prefix cross several blocks.
-        for (d, heads, kv_heads) in [(64, 8, 2), (64, 6, 2), (128, 5, 1), (128, 8, 2), (48, 8, 2)] {
+        // bf16 pools are read in place by the AVX-512 rows and gathered to f32 otherwise.
+        let shapes = [(64, 8, 2), (64, 6, 2), (128, 5, 1), (128, 8, 2), (48, 8, 2)];
+        for ((d, heads, kv_heads), dtype) in shapes.into_iter().flat_map(|s| [(s, KvDtype::F32), (s, KvDtype::BF16)]) {
             let (total, prefix) = (37, 20);
             let mut rng = Rng(d as u64 + heads as u64);
             let row = kv_heads * d;
             let (q, k, v) = (rng.vec(total * heads * d), rng.vec(total * row), rng.vec(total * row));
-            let mut pool = TokenToKvPool::new(64, 1, kv_heads, d, KvDtype::F32);
+            let mut pool = TokenToKvPool::new(64, 1, kv_heads, d, dtype);
             let mut slots = pool.alloc(total).unwrap();
             slots.reverse();
             pool.set_kv(0, &slots, &k, &v).unwrap();
             let scale = 1.0 / (d as f32).sqrt();
+            let (k, v) = match dtype {
+                KvDtype::F32 => (k, v),
+                KvDtype::BF16 => (bf16_round(&k), bf16_round(&v)),
+            };
             let reference = naive(&q, &k, &v, total, heads, kv_heads, d);
             let qrow = heads * d;
             let ext = extend_attention(

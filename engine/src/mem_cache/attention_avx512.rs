@@ -9,13 +9,41 @@ use std::arch::x86_64::*;
 use super::attention::{KvRows, Shape};
 use crate::tensor::simd::{exp, reduce16};
 
+/// A KV element type the rows read 16 at a time as f32.
+pub(super) trait Load16: Copy {
+    /// Sixteen values from `p` widened to f32.
+    ///
+    /// # Safety
+    /// AVX-512F; `p` valid for 16 reads.
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl Load16 for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+}
+
+impl Load16 for half::bf16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const half::bf16) -> __m512 {
+        // bf16 is the top half of an f32: widen to 32 bits and shift into place.
+        let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+    }
+}
+
 /// Attention of query tokens `i0..` (`q`: `[n, num_heads, 16·DC]`) into `out` (same shape).
 ///
 /// # Safety
 /// The CPU must have AVX-512F; `s.head_dim == 16 * DC`; `kv` rows hold `s.head_dim` floats per
 /// KV head for every visible token.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn rows<const DC: usize>(q: &[f32], i0: usize, kv: &impl KvRows, s: &Shape, out: &mut [f32]) {
+pub(super) unsafe fn rows<const DC: usize, R: KvRows>(q: &[f32], i0: usize, kv: &R, s: &Shape, out: &mut [f32])
+where
+    R::Elem: Load16,
+{
     let d = 16 * DC;
     debug_assert_eq!(s.head_dim, d);
     let qrow = s.num_heads * d;
@@ -32,10 +60,10 @@ pub(super) unsafe fn rows<const DC: usize>(q: &[f32], i0: usize, kv: &impl KvRow
             let (qh, oh) = (&q[at..at + count * d], &mut out[at..at + count * d]);
             let args = (kv, h / s.group * d, visible, s.scale, &mut scores[..], stride);
             match count {
-                1 => heads::<DC, 1>(qh, oh, args),
-                2 => heads::<DC, 2>(qh, oh, args),
-                3 => heads::<DC, 3>(qh, oh, args),
-                _ => heads::<DC, 4>(qh, oh, args),
+                1 => heads::<DC, 1, R>(qh, oh, args),
+                2 => heads::<DC, 2, R>(qh, oh, args),
+                3 => heads::<DC, 3, R>(qh, oh, args),
+                _ => heads::<DC, 4, R>(qh, oh, args),
             }
             h += count;
         }
@@ -45,11 +73,13 @@ pub(super) unsafe fn rows<const DC: usize>(q: &[f32], i0: usize, kv: &impl KvRow
 /// `H` consecutive query heads (`q`, `out`: `[H, 16·DC]`) over keys `0..visible`, reading each
 /// key's floats `off..off + 16·DC`; `scores` holds `H` rows of `stride` floats.
 #[target_feature(enable = "avx512f")]
-unsafe fn heads<const DC: usize, const H: usize>(
+unsafe fn heads<const DC: usize, const H: usize, R: KvRows>(
     q: &[f32],
     out: &mut [f32],
-    (kv, off, visible, scale, scores, stride): (&impl KvRows, usize, usize, f32, &mut [f32], usize),
-) {
+    (kv, off, visible, scale, scores, stride): (&R, usize, usize, f32, &mut [f32], usize),
+) where
+    R::Elem: Load16,
+{
     let d = 16 * DC;
     let mask_for = |j0: usize| -> __mmask16 {
         let cnt = (visible - j0).min(16);
@@ -65,7 +95,7 @@ unsafe fn heads<const DC: usize, const H: usize>(
             let k = kv.k(j0 + t)[off..off + d].as_ptr();
             let mut kv_c = [_mm512_setzero_ps(); DC];
             for (c, v) in kv_c.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(k.add(16 * c));
+                *v = R::Elem::load16(k.add(16 * c));
             }
             for (hh, ph) in part.iter_mut().enumerate() {
                 let qp = q.as_ptr().add(hh * d);
@@ -108,7 +138,7 @@ unsafe fn heads<const DC: usize, const H: usize>(
         let v = kv.v(j)[off..off + d].as_ptr();
         let mut v_c = [_mm512_setzero_ps(); DC];
         for (c, x) in v_c.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(v.add(16 * c));
+            *x = R::Elem::load16(v.add(16 * c));
         }
         for (hh, ah) in acc.iter_mut().enumerate() {
             let p = _mm512_set1_ps(*scores.get_unchecked(hh * stride + j));

@@ -51,6 +51,9 @@ pub struct EngineConfig {
     pub mem_fraction_static: Option<f64>,
     /// On a GPU, decode batches of up to this many sequences run on CUDA graphs (0: never).
     pub cuda_graph_max_bs: usize,
+    /// KV cache storage on the CPU; `None` follows the weights (bf16 weights: bf16 KV, else
+    /// f32). A GPU always keeps bf16 KV.
+    pub kv_cache_dtype: Option<KvDtype>,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             device: Device::Cpu,
             mem_fraction_static: None,
             cuda_graph_max_bs: 32,
+            kv_cache_dtype: None,
         }
     }
 }
@@ -143,7 +147,7 @@ impl Engine {
         }
         let vocab_size = model.config().vocab_size;
         let architectures = model.config().architectures.clone();
-        let kv_dtype = KvDtype::F32;
+        let kv_dtype = cfg.kv_cache_dtype.unwrap_or_else(|| info.default_kv_dtype());
         let kv_budget_bytes = Generator::kv_bytes_for(model.config(), cfg.max_total_tokens, kv_dtype);
         let runner = ModelRunner::new(
             model,
