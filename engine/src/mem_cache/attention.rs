@@ -137,33 +137,33 @@ fn attend(
         prefix_len,
         scale,
     };
-    let in_place = |k, v| InPlace {
-        k,
-        v,
-        slots: kv_slots,
-        row,
-    };
-    match buffers {
-        (KvBuffer::F32(k), KvBuffer::F32(v)) => Ok(attend_rows(q, expected, &in_place(k, v), &shape, rows_dispatch)),
-        #[cfg(target_arch = "x86_64")]
-        (KvBuffer::BF16(k), KvBuffer::BF16(v)) if simd_rows::<InPlace<'_, half::bf16>>(head_dim).is_some() => {
+    #[cfg(target_arch = "x86_64")]
+    if let (KvBuffer::BF16(k), KvBuffer::BF16(v)) = buffers {
+        if let Some(run) = simd_rows(head_dim) {
             let kv = InPlace {
                 k: k.as_slice(),
                 v: v.as_slice(),
                 slots: kv_slots,
                 row,
             };
-            let run = simd_rows(head_dim).expect("checked in the guard");
-            Ok(attend_rows(q, expected, &kv, &shape, run))
-        }
-        _ => {
-            let mut k = vec![0.0f32; kv_slots.len() * row];
-            let mut v = vec![0.0f32; kv_slots.len() * row];
-            pool.gather_kv(layer, kv_slots, &mut k, &mut v)?;
-            let kv = Gathered { k: &k, v: &v, row };
-            Ok(attend_rows(q, expected, &kv, &shape, rows_dispatch))
+            return Ok(attend_rows(q, expected, &kv, &shape, run));
         }
     }
+    if let (KvBuffer::F32(k), KvBuffer::F32(v)) = buffers {
+        let kv = InPlace {
+            k: k.as_slice(),
+            v: v.as_slice(),
+            slots: kv_slots,
+            row,
+        };
+        return Ok(attend_rows(q, expected, &kv, &shape, rows_dispatch));
+    }
+    // Other pools (bf16 without AVX-512 rows for this head dim): gather to f32 first.
+    let mut k = vec![0.0f32; kv_slots.len() * row];
+    let mut v = vec![0.0f32; kv_slots.len() * row];
+    pool.gather_kv(layer, kv_slots, &mut k, &mut v)?;
+    let kv = Gathered { k: &k, v: &v, row };
+    Ok(attend_rows(q, expected, &kv, &shape, rows_dispatch))
 }
 
 /// Signature of the per-task attention rows over a [`KvRows`] source.
