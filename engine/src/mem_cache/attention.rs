@@ -140,22 +140,12 @@ fn attend(
     #[cfg(target_arch = "x86_64")]
     if let (KvBuffer::BF16(k), KvBuffer::BF16(v)) = buffers {
         if let Some(run) = simd_rows(head_dim) {
-            let kv = InPlace {
-                k: k.as_slice(),
-                v: v.as_slice(),
-                slots: kv_slots,
-                row,
-            };
+            let kv = InPlace::new(k, v, kv_slots, row);
             return Ok(attend_rows(q, expected, &kv, &shape, run));
         }
     }
     if let (KvBuffer::F32(k), KvBuffer::F32(v)) = buffers {
-        let kv = InPlace {
-            k: k.as_slice(),
-            v: v.as_slice(),
-            slots: kv_slots,
-            row,
-        };
+        let kv = InPlace::new(k, v, kv_slots, row);
         return Ok(attend_rows(q, expected, &kv, &shape, rows_dispatch));
     }
     // Other pools (bf16 without AVX-512 rows for this head dim): gather to f32 first.
@@ -222,6 +212,12 @@ struct InPlace<'a, E> {
     v: &'a [E],
     slots: &'a [u32],
     row: usize,
+}
+
+impl<'a, E> InPlace<'a, E> {
+    fn new(k: &'a [E], v: &'a [E], slots: &'a [u32], row: usize) -> Self {
+        Self { k, v, slots, row }
+    }
 }
 
 impl<E: Copy + Sync> KvRows for InPlace<'_, E> {

@@ -22,13 +22,21 @@ pub struct Load {
     pub queued: usize,
 }
 
+impl Load {
+    /// Fraction of the KV cache in use.
+    fn usage(&self) -> f64 {
+        self.kv_used as f64 / self.kv_capacity.max(1) as f64
+    }
+}
+
 impl fmt::Display for Load {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let usage = self.kv_used as f64 / self.kv_capacity.max(1) as f64;
         write!(
             f,
-            "token usage: {usage:.2}, #running-req: {}, #queue-req: {}",
-            self.running, self.queued
+            "token usage: {:.2}, #running-req: {}, #queue-req: {}",
+            self.usage(),
+            self.running,
+            self.queued
         )
     }
 }
@@ -114,7 +122,7 @@ impl DecodeLog {
             "Decode batch. #running-req: {}, #token: {}, token usage: {:.2}, gen throughput (token/s): {:.2}, #queue-req: {}",
             load.running,
             load.kv_used,
-            load.kv_used as f64 / load.kv_capacity.max(1) as f64,
+            load.usage(),
             self.tokens as f64 / secs,
             load.queued
         );

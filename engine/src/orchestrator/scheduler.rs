@@ -165,7 +165,7 @@ impl Scheduler {
     fn log_step(&mut self, prompt_tokens: usize, generated: usize) {
         let load = self.load();
         if prompt_tokens > 0 {
-            let (new_seqs, cached_tokens) = std::mem::take(&mut self.admitted);
+            let (new_seqs, cached_tokens) = self.admitted;
             let line = PrefillLine {
                 new_seqs,
                 new_tokens: prompt_tokens,
@@ -362,8 +362,6 @@ impl Scheduler {
         }
         s.cached = m.kv_slots.len();
         s.prefix_len = m.kv_slots.len();
-        self.admitted.0 += 1;
-        self.admitted.1 += s.cached;
         Ok(())
     }
 
@@ -463,6 +461,8 @@ impl Scheduler {
             }
             budget -= take;
             kv_left -= take;
+            self.admitted.0 += 1;
+            self.admitted.1 += s.cached;
             self.running.push(s);
             plan.push((self.running.len() - 1, take));
         }
@@ -472,6 +472,8 @@ impl Scheduler {
     /// Runs one step: forward the planned chunks, sample for sequences whose pending tokens are
     /// all in, then emit tokens and retire finished sequences.
     fn step(&mut self) {
+        // Only this step's admissions go into its batch line (a failed step logs none).
+        self.admitted = (0, 0);
         let plan = self.schedule();
         if plan.is_empty() {
             if self.running.len() > 1 {

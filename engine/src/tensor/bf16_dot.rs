@@ -12,7 +12,7 @@ use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::ops::{nt_dims, SendPtr};
+use super::ops::{bf16_bits, nt_dims, SendPtr};
 use super::{DType, Result, Tensor, TensorError};
 
 /// Whether this CPU runs [`matmul_bf16_t`] (detected once).
@@ -73,7 +73,7 @@ pub fn matmul_bf16_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         DType::F32 => xb.convert_from_f32_slice(x.as_slice::<f32>()?),
         _ => xb.convert_from_f32_slice(&x.to_f32_vec()?),
     }
-    let (xb, wb) = (bits(&xb), bits(w.as_slice::<bf16>()?));
+    let (xb, wb) = (bf16_bits(&xb), bf16_bits(w.as_slice::<bf16>()?));
     let (m, n, k) = (d.m, d.n, d.k);
     // Decode-sized inputs are bandwidth-bound: about eight blocks per thread keep every core
     // streaming without paying a task per few rows. Prefill blocks keep their weights in L2.
@@ -91,12 +91,6 @@ pub fn matmul_bf16_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
             unsafe { kernel::block(xb, wb, m, n, k, cols, dst.get()) }
         });
     }))
-}
-
-/// bf16 values as their raw bits.
-fn bits(s: &[bf16]) -> &[u16] {
-    // SAFETY: bf16 is a transparent wrapper around u16 (same size and alignment).
-    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u16, s.len()) }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -8,7 +8,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::ops::{nt_dims, NtDims};
+use super::ops::{bf16_bits, nt_dims, NtDims};
 use super::{DType, Result, Tensor};
 
 /// Weight rows per rayon task.
@@ -278,7 +278,7 @@ pub fn gemv_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     };
     let wv = match w.dtype() {
         DType::F32 => Weights::F32(w.as_slice::<f32>()?),
-        DType::BF16 => Weights::BF16(bytemuck_bf16(w.as_slice::<bf16>()?)),
+        DType::BF16 => Weights::BF16(bf16_bits(w.as_slice::<bf16>()?)),
         _ => Weights::F16(w.as_slice::<f16>()?),
     };
     let run = |out_t: &mut [f32]| {
@@ -302,12 +302,6 @@ pub fn gemv_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         out
     };
     Tensor::from_vec(out, &out_shape)
-}
-
-/// bf16 values as their raw bits.
-fn bytemuck_bf16(s: &[bf16]) -> &[u16] {
-    // SAFETY: bf16 is a transparent wrapper around u16 (same size and alignment).
-    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u16, s.len()) }
 }
 
 #[cfg(test)]

@@ -53,6 +53,12 @@ impl SendPtr {
     }
 }
 
+/// bf16 values as their raw bits.
+pub(super) fn bf16_bits(s: &[bf16]) -> &[u16] {
+    // SAFETY: bf16 is a transparent wrapper around u16 (same size and alignment).
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u16, s.len()) }
+}
+
 /// Sizes of `x · wᵀ` with `x` `[..., K]` and `w` `[N, K]`, both float.
 pub(super) struct NtDims {
     /// Rows of `x` (product of its leading dims).
@@ -67,16 +73,8 @@ pub(super) struct NtDims {
 
 /// Checks dtypes and shapes of `x · wᵀ` for `op`.
 pub(super) fn nt_dims(op: &'static str, x: &Tensor, w: &Tensor) -> Result<NtDims> {
-    for (arg, t) in [("x", x), ("w", w)] {
-        if !t.dtype().is_float() {
-            return Err(TensorError::DType {
-                op,
-                arg,
-                expected: "a float dtype (f32, bf16, f16)".into(),
-                got: t.dtype(),
-            });
-        }
-    }
+    require_float(op, "x", x)?;
+    require_float(op, "w", w)?;
     let k = match (x.shape().last(), w.shape()) {
         (Some(&k), &[_, wk]) if wk == k => k,
         _ => {
