@@ -1,14 +1,26 @@
 // RMSNorm and fused residual-add + RMSNorm, compiled by NVRTC.
 //
 // One block per row, CACHED (= 2) 16-byte packs per thread held in
-// registers, so each byte is read once and written once; packs past those,
-// and rows whose length is not a multiple of 16 bytes (1-element packs), are
-// re-read for the write. Rows and outputs are touched once, so they load and
-// store with the streaming (evict-first) cache hint; the weight stays cached.
-// Measured on H200 at hidden 4096 bf16, 1024-8192 rows, as % of a D2D copy:
-// 256 threads x 2 packs 75-85%, 128 x 4 70-81%, 64 x 8 55-67%, a warp per
-// row 61-82%; the streaming hints add 2-3 points. A persistent grid that
-// prefetched each block's next row lost too: its registers capped residency.
+// registers, so each byte is read once and written once. Rows and outputs
+// are touched once, so they load and store with the streaming (evict-first)
+// cache hint; the weight stays cached.
+//
+// Two forms. The resident form (the whole row in registers, exactly CACHED
+// packs per thread) fetches the weight together with x and is capped at 40
+// registers, so six 256-thread blocks fit an SM. The wide form takes any row:
+// packs past the cached ones, and rows whose length is not a multiple of 16
+// bytes (1-element packs), are re-read for the write, and the weight is read
+// after the reduction.
+//
+// Measured on H200 at hidden 4096 bf16, as % of a D2D copy of the same
+// bytes (1024 / 2048 / 4096 / 8192 rows): the wide form (39 registers, five
+// blocks per SM, the weight's L2 latency on every block's critical path)
+// 78 / 85 / 88 / 90; weight read with x at six blocks per SM 91 / 96 / 98 /
+// 99.5; at eight (32 registers, spilling) 97 / 93 / 93 / 93. Earlier: 128
+// threads x 4 packs 70-81%, 64 x 8 55-67%, a warp per row 61-82%; the
+// streaming hints add 2-3 points. A persistent grid prefetching each block's
+// next row (cp.async into shared memory, or registers) reached 87-99% but
+// no more than the resident form.
 //
 // Numerics follow HF transformers: the residual sum is rounded to the
 // element type before normalizing, x * rsqrt(mean(x^2) + eps) is rounded to
@@ -51,7 +63,7 @@ struct RowRegs {
   Pack<S, VEC> r[ADD ? CACHED : 1];
 };
 
-template <typename S, int VEC, int CACHED, bool ADD>
+template <typename S, int VEC, int CACHED, bool ADD, bool RESIDENT>
 __device__ __forceinline__ void load_row(RowRegs<S, VEC, CACHED, ADD>& regs, const S* x, const S* residual,
                                          long long row, int cols) {
   using P = Pack<S, VEC>;
@@ -61,7 +73,7 @@ __device__ __forceinline__ void load_row(RowRegs<S, VEC, CACHED, ADD>& regs, con
 #pragma unroll
   for (int k = 0; k < CACHED; ++k) {
     const int i = threadIdx.x + k * blockDim.x;
-    if (i < packs) {
+    if (RESIDENT || i < packs) {
       regs.x[k] = load_once(xr + i);
       if (ADD) regs.r[k] = load_once(rr + i);
     }
@@ -94,9 +106,12 @@ __device__ __forceinline__ Pack<typename D::storage, VEC> scale(const Pack<typen
 }
 
 // Normalizes one row whose first CACHED packs per thread are already in
-// `regs`; the rest of the row (wide rows only) is streamed.
-template <typename D, bool ADD, int VEC, int CACHED>
+// `regs`. RESIDENT: that is the whole row and `wk` holds the matching weight
+// packs; otherwise the rest of the row is streamed and the weight read after
+// the reduction.
+template <typename D, bool ADD, bool RESIDENT, int VEC, int CACHED>
 __device__ __forceinline__ void rms_norm_one_row(RowRegs<typename D::storage, VEC, CACHED, ADD>& regs,
+                                                 const Pack<typename D::storage, VEC> (&wk)[CACHED],
                                                  typename D::storage* out,  // may alias x (fused form)
                                                  const typename D::storage* x, typename D::storage* residual,
                                                  const typename D::storage* __restrict__ w, long long row,
@@ -111,48 +126,65 @@ __device__ __forceinline__ void rms_norm_one_row(RowRegs<typename D::storage, VE
 #pragma unroll
   for (int k = 0; k < CACHED; ++k) {
     const int i = threadIdx.x + k * blockDim.x;
-    if (i < packs) {
+    if (RESIDENT || i < packs) {
       acc += add_and_square<D, VEC, ADD>(regs.x[k], regs.r[ADD ? k : 0]);
       if (ADD) store_once(rr + i, regs.x[k]);
     }
   }
-  for (int i = threadIdx.x + CACHED * blockDim.x; i < packs; i += blockDim.x) {
-    P p = xr[i];
-    acc += add_and_square<D, VEC, ADD>(p, ADD ? rr[i] : p);
-    if (ADD) rr[i] = p;
+  if (!RESIDENT) {
+    for (int i = threadIdx.x + CACHED * blockDim.x; i < packs; i += blockDim.x) {
+      P p = xr[i];
+      acc += add_and_square<D, VEC, ADD>(p, ADD ? rr[i] : p);
+      if (ADD) rr[i] = p;
+    }
   }
   const float inv = 1.f / sqrtf(mllm::block_sum(acc) / static_cast<float>(cols) + eps);
 #pragma unroll
   for (int k = 0; k < CACHED; ++k) {
     const int i = threadIdx.x + k * blockDim.x;
-    if (i < packs) store_once(orow + i, scale<D, VEC>(regs.x[k], wp[i], inv));
+    if (RESIDENT || i < packs) store_once(orow + i, scale<D, VEC>(regs.x[k], RESIDENT ? wk[k] : wp[i], inv));
   }
-  // Uncached packs are re-read (from the residual when fused: this thread
-  // wrote those, so it sees its own writes).
-  const P* again = ADD ? rr : xr;
-  for (int i = threadIdx.x + CACHED * blockDim.x; i < packs; i += blockDim.x) orow[i] = scale<D, VEC>(again[i], wp[i], inv);
+  if (!RESIDENT) {
+    // Uncached packs are re-read (from the residual when fused: this thread
+    // wrote those, so it sees its own writes).
+    const P* again = ADD ? rr : xr;
+    for (int i = threadIdx.x + CACHED * blockDim.x; i < packs; i += blockDim.x)
+      orow[i] = scale<D, VEC>(again[i], wp[i], inv);
+  }
 }
 
-template <typename D, bool ADD, int VEC, int CACHED>
+template <typename D, bool ADD, bool RESIDENT, int VEC, int CACHED>
 __device__ __forceinline__ void rms_norm_block_row(typename D::storage* out, const typename D::storage* x,
                                                    typename D::storage* residual, const typename D::storage* w,
                                                    int cols, float eps) {
+  using P = Pack<typename D::storage, VEC>;
   RowRegs<typename D::storage, VEC, CACHED, ADD> regs;
   const long long row = blockIdx.x;
-  load_row<typename D::storage, VEC, CACHED, ADD>(regs, x, residual, row, cols);
-  rms_norm_one_row<D, ADD, VEC, CACHED>(regs, out, x, residual, w, row, cols, eps);
+  load_row<typename D::storage, VEC, CACHED, ADD, RESIDENT>(regs, x, residual, row, cols);
+  // Resident rows fetch the weight with x: it is an L2 hit, but read after
+  // the reduction it sat on every block's critical path.
+  P wk[CACHED];
+  if (RESIDENT) {
+    const P* wp = reinterpret_cast<const P*>(w);
+#pragma unroll
+    for (int k = 0; k < CACHED; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      wk[k] = wp[i];
+    }
+  }
+  rms_norm_one_row<D, ADD, RESIDENT, VEC, CACHED>(regs, wk, out, x, residual, w, row, cols, eps);
 }
 
-template <typename D, bool ADD>
+template <typename D, bool ADD, bool RESIDENT>
 __device__ __forceinline__ void rms_norm_dispatch(typename D::storage* out, const typename D::storage* x,
                                                   typename D::storage* residual, const typename D::storage* w,
                                                   int cols, float eps) {
   constexpr int VEC = 16 / sizeof(typename D::storage);
   constexpr int CACHED = 2;
-  if (cols % VEC == 0) {
-    rms_norm_block_row<D, ADD, VEC, CACHED>(out, x, residual, w, cols, eps);
+  if (RESIDENT || cols % VEC == 0) {
+    rms_norm_block_row<D, ADD, RESIDENT, VEC, CACHED>(out, x, residual, w, cols, eps);
   } else {
-    rms_norm_block_row<D, ADD, 1, CACHED>(out, x, residual, w, cols, eps);
+    rms_norm_block_row<D, ADD, RESIDENT, 1, CACHED>(out, x, residual, w, cols, eps);
   }
 }
 
@@ -180,26 +212,38 @@ __device__ __forceinline__ void quantize_own_packs(const typename D::storage* x,
 
 }  // namespace
 
-// Symbols: rms_norm_<dtype>(x, w, out, cols, eps) and
-// fused_add_rms_norm_<dtype>(x, residual, w, cols, eps), launched with
-// one block per row (grid = rows); the fused form updates
+// Symbols, each launched with one block per row (grid = rows):
+// rms_norm_<dtype>(x, w, out, cols, eps) needs the row resident, exactly 2
+// packs per thread (cols % VEC == 0 and blockDim.x * 2 == cols / VEC);
+// rms_norm_wide_<dtype> (same arguments) takes any row and streams what does
+// not fit. fused_add_rms_norm_<dtype>(x, residual, w, cols, eps) updates
 // residual <- x + residual and x <- rmsnorm(residual) * w in place;
 // fused_add_rms_norm_quant_<dtype>(x, residual, w, q, scales, cols, eps)
 // does the same, then writes x's per-token int8 quantization (q, scales) for
-// a W8A8 GEMM, exactly as per_token_quant_int8 would.
+// a W8A8 GEMM, exactly as per_token_quant_int8 would. The fused forms take
+// any row: holding x, the residual and the weight would cost them the
+// occupancy the plain form keeps (measured 91-94% of copy without it).
+//
+// The resident form's bound keeps it at <= 40 registers, so six 256-thread
+// blocks fit an SM and 1024 rows run in one wave (49 registers let five fit:
+// 79% of copy at 1024 rows, against 91-97% at 6).
 #define MLLM_RMS_NORM_KERNELS(SUFFIX, D)                                                                    \
-  extern "C" __global__ void rms_norm_##SUFFIX(const D::storage* x, const D::storage* w, D::storage* out,   \
-                                               int cols, float eps) {                                       \
-    rms_norm_dispatch<D, false>(out, x, nullptr, w, cols, eps);                                             \
+  extern "C" __global__ void __launch_bounds__(512, 3)                                                      \
+      rms_norm_##SUFFIX(const D::storage* x, const D::storage* w, D::storage* out, int cols, float eps) {   \
+    rms_norm_dispatch<D, false, true>(out, x, nullptr, w, cols, eps);                                       \
+  }                                                                                                         \
+  extern "C" __global__ void rms_norm_wide_##SUFFIX(const D::storage* x, const D::storage* w,              \
+                                                    D::storage* out, int cols, float eps) {                 \
+    rms_norm_dispatch<D, false, false>(out, x, nullptr, w, cols, eps);                                      \
   }                                                                                                         \
   extern "C" __global__ void fused_add_rms_norm_##SUFFIX(D::storage* x, D::storage* residual,              \
                                                          const D::storage* w, int cols, float eps) {      \
-    rms_norm_dispatch<D, true>(x, x, residual, w, cols, eps);                                               \
+    rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                        \
   }                                                                                                         \
   extern "C" __global__ void fused_add_rms_norm_quant_##SUFFIX(D::storage* x, D::storage* residual,        \
                                                                const D::storage* w, signed char* q,         \
                                                                float* scales, int cols, float eps) {       \
-    rms_norm_dispatch<D, true>(x, x, residual, w, cols, eps);                                               \
+    rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                        \
     quantize_own_packs<D>(x, q, scales, cols);                                                              \
   }
 

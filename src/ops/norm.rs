@@ -16,23 +16,27 @@ pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
     [DType::F32, DType::F16, DType::BF16]
         .into_iter()
         .filter(|d| variant.is_none_or(|v| v == d.symbol_suffix()))
-        .flat_map(|d| [Form::Plain, Form::FusedAdd, Form::FusedAddQuant].map(|f| symbol(f, d)))
+        .flat_map(|d| [Form::Plain, Form::PlainWide, Form::FusedAdd, Form::FusedAddQuant].map(|f| symbol(f, d)))
         .collect()
 }
 
-/// The kernel's three entry points.
-#[derive(Clone, Copy)]
+/// The kernel's entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Form {
+    /// The row resident in registers, exactly [`PACKS_PER_THREAD`] packs per thread.
     Plain,
+    /// Any row; what does not fit is streamed.
+    PlainWide,
     FusedAdd,
     FusedAddQuant,
 }
 
-/// `rms_norm_bf16` / `fused_add_rms_norm_bf16` / `fused_add_rms_norm_quant_bf16`: the one
-/// place names are built.
+/// `rms_norm_bf16` / `rms_norm_wide_bf16` / `fused_add_rms_norm_bf16` /
+/// `fused_add_rms_norm_quant_bf16`: the one place names are built.
 fn symbol(form: Form, dtype: DType) -> String {
     let base = match form {
         Form::Plain => "rms_norm",
+        Form::PlainWide => "rms_norm_wide",
         Form::FusedAdd => "fused_add_rms_norm",
         Form::FusedAddQuant => "fused_add_rms_norm_quant",
     };
@@ -201,12 +205,38 @@ fn threads_per_row(cols: usize, dtype: DType) -> u32 {
     (units.div_ceil(PACKS_PER_THREAD).div_ceil(32).clamp(1, 32) * 32) as u32
 }
 
+/// The block size at which a row is resident for [`Form::Plain`]: 16-byte
+/// packs only, exactly [`PACKS_PER_THREAD`] per thread, whole warps, within
+/// `max_threads`. Hidden sizes that are multiples of 512 bf16 elements (all
+/// of Qwen3's) qualify.
+fn resident_threads(cols: usize, dtype: DType, max_threads: u32) -> Option<u32> {
+    let vec = 16 / dtype.size();
+    let packs = cols / vec;
+    let threads = packs / PACKS_PER_THREAD;
+    let exact = cols.is_multiple_of(vec) && packs.is_multiple_of(PACKS_PER_THREAD * 32);
+    (exact && threads > 0 && threads <= max_threads as usize).then_some(threads as u32)
+}
+
 /// The function and launch shape: one block per row, threads capped by what
 /// the compiled function allows (registers can make that < 1024; the packs
-/// past the cached ones are then re-read).
+/// past the cached ones are then re-read). A plain norm whose row cannot be
+/// resident runs the wide form.
 fn launch_shape(gpu: &Gpu, rows: usize, cols: usize, form: Form, dtype: DType) -> Result<(CudaFunction, LaunchConfig)> {
     // One JIT build per dtype keeps the cold compile short.
     let kernel = gpu.kernel(KernelBuild::new(KernelId::RmsNorm, Some(dtype.symbol_suffix()))?)?;
+    if form == Form::Plain {
+        let name = symbol(form, dtype);
+        let max = kernel.max_threads(KernelId::RmsNorm, &name)?;
+        if let Some(threads) = resident_threads(cols, dtype, max) {
+            let config = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            return Ok((kernel.function(KernelId::RmsNorm, &name)?, config));
+        }
+    }
+    let form = if form == Form::Plain { Form::PlainWide } else { form };
     let name = symbol(form, dtype);
     let f = kernel.function(KernelId::RmsNorm, &name)?;
     let want = threads_per_row(cols, dtype);
@@ -243,6 +273,18 @@ mod tests {
             validate_rms_norm(Meta::new(&[0, 8], DType::F32), Meta::new(&[8], DType::F32), 0.0).unwrap(),
             (0, 8)
         );
+    }
+
+    #[test]
+    fn resident_rows_are_exactly_two_packs_per_thread() {
+        assert_eq!(resident_threads(4096, DType::BF16, 512), Some(256));
+        assert_eq!(resident_threads(5120, DType::BF16, 512), Some(320));
+        assert_eq!(resident_threads(4096, DType::F32, 512), Some(512));
+        // Too wide for the bound, not whole warps, or not 16-byte packs.
+        assert_eq!(resident_threads(4096, DType::F32, 256), None);
+        assert_eq!(resident_threads(576, DType::BF16, 512), None);
+        assert_eq!(resident_threads(4100, DType::BF16, 512), None);
+        assert_eq!(resident_threads(0, DType::BF16, 512), None);
     }
 
     #[test]
