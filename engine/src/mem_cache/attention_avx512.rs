@@ -34,6 +34,19 @@ impl Load16 for half::bf16 {
     }
 }
 
+/// Keys ahead of the current one whose K (score pass) or V (weighted sum) row is prefetched.
+const PREFETCH_KEYS: usize = 16;
+
+/// Prefetches the cache lines of `len` elements at `p` (a hint: never faults).
+#[inline(always)]
+fn prefetch_row<const HINT: i32, E>(p: *const E, len: usize) {
+    let bytes = len * std::mem::size_of::<E>();
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: prefetch is a hint and does not access memory architecturally.
+        unsafe { _mm_prefetch::<HINT>((p as *const i8).wrapping_add(line)) };
+    }
+}
+
 /// Attention of query tokens `i0..` (`q`: `[n, num_heads, 16·DC]`) into `out` (same shape).
 ///
 /// # Safety
@@ -92,7 +105,15 @@ unsafe fn heads<const DC: usize, const H: usize, R: KvRows>(
     while j0 < visible {
         let mut part = [[_mm512_setzero_ps(); 16]; H];
         for t in 0..(visible - j0).min(16) {
-            let k = kv.k(j0 + t)[off..off + d].as_ptr();
+            let j = j0 + t;
+            // Slots are scattered through the pool, so the hardware prefetcher cannot follow
+            // them: fetch the K row a block ahead into L1 and this token's V row into L2 for the
+            // weighted sum below.
+            if j + PREFETCH_KEYS < visible {
+                prefetch_row::<_MM_HINT_T0, _>(kv.k(j + PREFETCH_KEYS)[off..off + d].as_ptr(), d);
+            }
+            prefetch_row::<_MM_HINT_T1, _>(kv.v(j)[off..off + d].as_ptr(), d);
+            let k = kv.k(j)[off..off + d].as_ptr();
             let mut kv_c = [_mm512_setzero_ps(); DC];
             for (c, v) in kv_c.iter_mut().enumerate() {
                 *v = R::Elem::load16(k.add(16 * c));
@@ -135,6 +156,9 @@ unsafe fn heads<const DC: usize, const H: usize, R: KvRows>(
     // Weighted V; each V row is loaded once for the H heads.
     let mut acc = [[_mm512_setzero_ps(); DC]; H];
     for j in 0..visible {
+        if j + PREFETCH_KEYS < visible {
+            prefetch_row::<_MM_HINT_T0, _>(kv.v(j + PREFETCH_KEYS)[off..off + d].as_ptr(), d);
+        }
         let v = kv.v(j)[off..off + d].as_ptr();
         let mut v_c = [_mm512_setzero_ps(); DC];
         for (c, x) in v_c.iter_mut().enumerate() {
