@@ -25,6 +25,30 @@ mllm_result_t dynamic_args(const void* x, mllm_dtype_t x_dtype, int8_t* q, float
   p->scales_a_per_row = 1;
   return check_args(p);
 }
+
+// The static entry points' shared body: `check(args)`, then `run(args, stream)`.
+template <typename Check, typename Run>
+mllm_result_t run_static(const mllm_int8_mm_args_t* args, mllm_stream_t stream, Check check, Run run) {
+  mllm_result_t r = check(args);
+  if (r.status != MLLM_STATUS_OK || args->m == 0) return r;
+  return run(*args, static_cast<cudaStream_t>(stream));
+}
+
+// The dynamic entry points' shared body: the GEMM args with A = q, `check`,
+// the per-token quantization of x into (q, q_scales), then `run`.
+template <typename Check, typename Run>
+mllm_result_t run_dynamic(const void* x, mllm_dtype_t x_dtype, int8_t* q, float* q_scales,
+                          const mllm_int8_mm_args_t* args, mllm_stream_t stream, Check check, Run run) {
+  mllm_int8_mm_args_t p;
+  mllm_result_t r = dynamic_args(x, x_dtype, q, q_scales, args, &p);
+  if (r.status != MLLM_STATUS_OK) return r;
+  r = check(&p);
+  if (r.status != MLLM_STATUS_OK || p.m == 0) return r;
+  const auto s = static_cast<cudaStream_t>(stream);
+  r = cuda_result(dynamic_quant::launch(x, x_dtype, q, q_scales, p.m, p.k, s));
+  if (r.status != MLLM_STATUS_OK) return r;
+  return run(p, s);
+}
 }  // namespace
 
 #if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_SM80)
@@ -52,32 +76,30 @@ mllm_result_t run_sm80(const mllm_int8_mm_args_t& p, int32_t config, cudaStream_
   if (skinny::max_rows(config) != 0) return cuda_result(skinny::launch(p, config, stream, programmatic));
   return sm80::run(p, config, stream);
 }
+
+auto check_sm80_for(int32_t config) {
+  return [config](const mllm_int8_mm_args_t* a) { return check_sm80(a, config); };
+}
+
+// On SM90 the skinny/stream kernels start streaming the weight while the
+// kernel before them (the dynamic quantization, or the norm that quantized
+// A) finishes: they read nothing else before griddepcontrol.wait. CUTLASS
+// 2.x kernels ignore it; programmatic dependent launch exists from SM90 on.
+auto run_sm80_for(int32_t config) {
+  return [config](const mllm_int8_mm_args_t& p, cudaStream_t s) { return run_sm80(p, config, s, device_sm() >= 90); };
+}
 }  // namespace
 
 extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm80(const mllm_int8_mm_args_t* args, int32_t config,
                                                            mllm_stream_t stream) {
-  mllm_result_t r = check_sm80(args, config);
-  if (r.status != MLLM_STATUS_OK || args->m == 0) return r;
-  // On SM90 the skinny/stream kernels start streaming the weight while the
-  // kernel before them (e.g. the norm that quantized A) finishes: they read
-  // nothing else before griddepcontrol.wait. CUTLASS 2.x kernels ignore it.
-  return run_sm80(*args, config, static_cast<cudaStream_t>(stream), device_sm() >= 90);
+  return run_static(args, stream, check_sm80_for(config), run_sm80_for(config));
 }
 
 extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x, mllm_dtype_t x_dtype, int8_t* q,
                                                                    float* q_scales,
                                                                    const mllm_int8_mm_args_t* args,
                                                                    int32_t config, mllm_stream_t stream) {
-  mllm_int8_mm_args_t p;
-  mllm_result_t r = dynamic_args(x, x_dtype, q, q_scales, args, &p);
-  if (r.status != MLLM_STATUS_OK) return r;
-  r = check_sm80(&p, config);
-  if (r.status != MLLM_STATUS_OK || p.m == 0) return r;
-  const auto s = static_cast<cudaStream_t>(stream);
-  r = cuda_result(dynamic_quant::launch(x, x_dtype, q, q_scales, p.m, p.k, s));
-  if (r.status != MLLM_STATUS_OK) return r;
-  // Programmatic dependent launch exists from SM90 on.
-  return run_sm80(p, config, s, device_sm() >= 90);
+  return run_dynamic(x, x_dtype, q, q_scales, args, stream, check_sm80_for(config), run_sm80_for(config));
 }
 #endif
 
@@ -91,29 +113,23 @@ mllm_result_t check_sm90(const mllm_int8_mm_args_t* args) {
   if (device_sm() != 90) return fail(MLLM_STATUS_UNSUPPORTED, "the SM90 int8_scaled_mm configs need an sm_90 GPU");
   return ok();
 }
+
+auto run_sm90_for(int32_t config) {
+  return [config](const mllm_int8_mm_args_t& p, cudaStream_t s) { return sm90::run(p, config, s, true); };
+}
 }  // namespace
 
+// Built with CUTLASS_ENABLE_GDC_FOR_SM90: the prologue overlaps the previous
+// kernel and waits for it before reading A.
 extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm90(const mllm_int8_mm_args_t* args, int32_t config,
                                                            mllm_stream_t stream) {
-  mllm_result_t r = check_sm90(args);
-  if (r.status != MLLM_STATUS_OK || args->m == 0) return r;
-  // Built with CUTLASS_ENABLE_GDC_FOR_SM90: the prologue overlaps the
-  // previous kernel and waits for it before reading A.
-  return sm90::run(*args, config, static_cast<cudaStream_t>(stream), true);
+  return run_static(args, stream, check_sm90, run_sm90_for(config));
 }
 
 extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm90(const void* x, mllm_dtype_t x_dtype, int8_t* q,
                                                                    float* q_scales,
                                                                    const mllm_int8_mm_args_t* args,
                                                                    int32_t config, mllm_stream_t stream) {
-  mllm_int8_mm_args_t p;
-  mllm_result_t r = dynamic_args(x, x_dtype, q, q_scales, args, &p);
-  if (r.status != MLLM_STATUS_OK) return r;
-  r = check_sm90(&p);
-  if (r.status != MLLM_STATUS_OK || p.m == 0) return r;
-  const auto s = static_cast<cudaStream_t>(stream);
-  r = cuda_result(dynamic_quant::launch(x, x_dtype, q, q_scales, p.m, p.k, s));
-  if (r.status != MLLM_STATUS_OK) return r;
-  return sm90::run(p, config, s, true);
+  return run_dynamic(x, x_dtype, q, q_scales, args, stream, check_sm90, run_sm90_for(config));
 }
 #endif
