@@ -12,7 +12,7 @@ use mllm_engine::executor::device::Device;
 use mllm_engine::executor::forward_batch::{LogitsMode, SequenceInput};
 use mllm_engine::executor::model_runner::{ModelRunner, RunnerConfig};
 use mllm_engine::executor::sampler::SamplingParams;
-use mllm_engine::generation::{FinishReason, GenerateRequest, Generator, LoadedModel, ModelSource};
+use mllm_engine::generation::{FinishReason, GenerateRequest, Generator, GeneratorTarget, LoadedModel, ModelSource};
 use mllm_engine::mem_cache::KvDtype;
 use mllm_engine::models::LoadOptions;
 use mllm_engine::tokenizer::ChatMessage;
@@ -90,11 +90,22 @@ fn greedy_chat_answer_names_paris() {
     // A stop string cuts the text before it.
     let stop = GenerateRequest {
         stop: vec!["Paris".into()],
-        ..req
+        ..req.clone()
     };
     let cut = generator.generate(&ids, &stop, |_| {}).unwrap();
     assert_eq!(cut.finish, FinishReason::Stop { stop: "Paris".into() });
     assert!(out.text.starts_with(&cut.text) && !cut.text.contains("Paris"));
+
+    // With the KV cache the weights imply (`--kv-cache-dtype auto`: bf16 for these bf16
+    // weights) the answer still names Paris.
+    let m = load(&path);
+    let target = GeneratorTarget {
+        kv_dtype: None,
+        ..GeneratorTarget::cpu()
+    };
+    let mut generator = m.into_generator_on(ids.len() + req.max_tokens, target).unwrap();
+    let bf16_kv = generator.generate(&ids, &req, |_| {}).unwrap();
+    assert!(bf16_kv.text.contains("Paris"), "{:?}", bf16_kv.text);
 }
 
 #[test]

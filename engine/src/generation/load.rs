@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::session::Generator;
+use super::session::{Generator, GeneratorTarget};
 use super::{GenerationError, Result};
-use crate::executor::device::Device;
 use crate::executor::model_runner::RunnerModel;
 use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
@@ -297,16 +296,16 @@ impl LoadedModel {
 
     /// A [`Generator`] whose KV cache holds one sequence of up to `max_context_len` tokens.
     pub fn into_generator(self, max_context_len: usize) -> Result<Generator> {
-        self.into_generator_on(max_context_len, (Device::Cpu, false))
+        self.into_generator_on(max_context_len, GeneratorTarget::cpu())
     }
 
-    /// Like [`LoadedModel::into_generator`], running on `device` (with or without decode CUDA
-    /// graphs).
+    /// Like [`LoadedModel::into_generator`], running on `target` (device, decode CUDA graphs,
+    /// KV cache type).
     /// A Qwen3-VL model errors: it runs only through `mllm serve`.
-    pub fn into_generator_on(self, max_context_len: usize, device: (Device, bool)) -> Result<Generator> {
+    pub fn into_generator_on(self, max_context_len: usize, target: GeneratorTarget) -> Result<Generator> {
         let tokenizer = self.tokenizer()?.clone();
         match self.model {
-            RunnerModel::Text(m) => Generator::on_device(*m, tokenizer, self.info, max_context_len, device),
+            RunnerModel::Text(m) => Generator::on_device(*m, tokenizer, self.info, max_context_len, target),
             RunnerModel::Qwen3Vl(_) => Err(ModelError::Invalid(vl_only_serves(&self.info.name)).into()),
         }
     }

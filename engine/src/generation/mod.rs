@@ -29,7 +29,7 @@ mod stop;
 use std::path::PathBuf;
 
 pub use load::{LoadedModel, ModelInfo, ModelSource};
-pub use session::{FinishReason, GenerateOutput, GenerateRequest, GenerateStats, Generator};
+pub use session::{FinishReason, GenerateOutput, GenerateRequest, GenerateStats, Generator, GeneratorTarget};
 pub use stop::StopMatcher;
 
 use crate::executor::sampler::SamplingError;

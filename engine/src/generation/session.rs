@@ -112,6 +112,35 @@ pub struct GenerateOutput {
     pub stats: GenerateStats,
 }
 
+/// Where a [`Generator`] runs and how it keeps its KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeneratorTarget {
+    /// CPU or a GPU.
+    pub device: Device,
+    /// On a GPU, replay decode steps from a CUDA graph.
+    pub cuda_graph: bool,
+    /// The KV cache's element type; `None` follows the weights (bf16 weights keep a bf16 cache,
+    /// see [`ModelInfo::default_kv_dtype`]).
+    pub kv_dtype: Option<KvDtype>,
+}
+
+impl GeneratorTarget {
+    /// The CPU with an f32 KV cache (what [`Generator::new`] uses).
+    ///
+    /// ```
+    /// use mllm_engine::generation::GeneratorTarget;
+    /// use mllm_engine::mem_cache::KvDtype;
+    /// assert_eq!(GeneratorTarget::cpu().kv_dtype, Some(KvDtype::F32));
+    /// ```
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            cuda_graph: false,
+            kv_dtype: Some(KvDtype::F32),
+        }
+    }
+}
+
 /// Generates text for one prompt at a time with a [`ModelRunner`] sized for one sequence.
 #[derive(Debug)]
 pub struct Generator {
@@ -124,20 +153,20 @@ pub struct Generator {
 impl Generator {
     /// A generator on the CPU whose KV cache (f32) holds one sequence of `max_context_len` tokens.
     pub fn new(model: CausalLM, tokenizer: Tokenizer, info: ModelInfo, max_context_len: usize) -> Result<Self> {
-        Self::on_device(model, tokenizer, info, max_context_len, (Device::Cpu, false))
+        Self::on_device(model, tokenizer, info, max_context_len, GeneratorTarget::cpu())
     }
 
-    /// Like [`Generator::new`], running on `device` (on a GPU, decode steps replay a CUDA graph
-    /// unless `cuda_graph` is false).
+    /// Like [`Generator::new`], running on `target`'s device with its KV cache type.
     pub fn on_device(
         model: CausalLM,
         tokenizer: Tokenizer,
         info: ModelInfo,
         max_context_len: usize,
-        (device, cuda_graph): (Device, bool),
+        target: GeneratorTarget,
     ) -> Result<Self> {
-        let cuda_graph_max_bs = usize::from(cuda_graph);
-        let kv_dtype = KvDtype::F32;
+        let cuda_graph_max_bs = usize::from(target.cuda_graph);
+        let device = target.device;
+        let kv_dtype = target.kv_dtype.unwrap_or_else(|| info.default_kv_dtype());
         let cfg = RunnerConfig {
             kv_budget_bytes: Self::kv_bytes_for(model.config(), max_context_len, kv_dtype),
             kv_dtype,
