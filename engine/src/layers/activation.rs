@@ -34,12 +34,6 @@ pub fn silu_and_mul(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::f32_filled(&shape, |out| {
         out.par_chunks_mut(inter).zip(xv.par_chunks(two)).for_each(|(o, r)| {
             let (g, u) = r.split_at(inter);
-            #[cfg(target_arch = "x86_64")]
-            if crate::tensor::simd::has_avx512() {
-                // SAFETY: the CPU has AVX-512F (checked); `g`, `u` and `o` are `inter` long.
-                unsafe { crate::tensor::simd::silu_mul(g, u, o) };
-                return;
-            }
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                 *o = g / (1.0 + (-g).exp()) * u;
             }

@@ -51,27 +51,6 @@ pub(crate) fn exp(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// `out[i] = silu(g[i]) · u[i] = g[i] / (1 + e^-g[i]) · u[i]` over `out.len()` elements (`g` and
-/// `u` at least as long), 16 lanes at a time with a masked last step, so every element takes
-/// the same path wherever it sits.
-#[target_feature(enable = "avx512f")]
-pub(crate) fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    assert!(g.len() >= n && u.len() >= n, "silu_mul: inputs shorter than the output");
-    let mut i = 0;
-    while i < n {
-        let mask: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
-        // SAFETY: the mask keeps every access within `i..n`, inside all three slices.
-        unsafe {
-            let x = _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i));
-            let y = _mm512_maskz_loadu_ps(mask, u.as_ptr().add(i));
-            let sig = _mm512_add_ps(_mm512_set1_ps(1.0), exp(_mm512_sub_ps(_mm512_setzero_ps(), x)));
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask, _mm512_mul_ps(_mm512_div_ps(x, sig), y));
-        }
-        i += 16;
-    }
-}
-
 /// Whether the CPU runs the AVX-512 kernels built on this module (detected once).
 pub(crate) fn has_avx512() -> bool {
     static HAS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| is_x86_feature_detected!("avx512f"));
@@ -124,32 +103,6 @@ mod tests {
         assert_eq!(&edge[1..3], &[0.0, 0.0]);
         assert_eq!(edge[3], f32::INFINITY);
         assert_eq!(&edge[4..6], &[1.0, 1.0]);
-    }
-
-    #[test]
-    fn silu_mul_matches_the_definition_on_every_length() {
-        if !has_avx512() {
-            eprintln!("skipped: this CPU lacks AVX-512");
-            return;
-        }
-        for n in [0, 1, 15, 16, 17, 40] {
-            let g: Vec<f32> = (0..n).map(|i| (i as f32 - 20.0) * 0.7).collect();
-            let u: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 0.1).collect();
-            let mut out = vec![f32::NAN; n];
-            // SAFETY: AVX-512F checked above.
-            unsafe { silu_mul(&g, &u, &mut out) };
-            for i in 0..n {
-                let want = g[i] as f64 / (1.0 + (-g[i] as f64).exp()) * u[i] as f64;
-                assert!(
-                    (out[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1e-6),
-                    "n {n} i {i}"
-                );
-            }
-        }
-        let mut out = [0f32; 3];
-        // SAFETY: as above.
-        unsafe { silu_mul(&[f32::NAN, -1000.0, 1000.0], &[1.0; 3], &mut out) };
-        assert!(out[0].is_nan() && out[1] == 0.0 && out[2] == 1000.0, "{out:?}");
     }
 
     #[test]
