@@ -258,7 +258,7 @@ fn model_record(info: &ModelInfo, kv_dtype: KvDtype) -> ModelRecord {
         model: info.name.clone(),
         format: info.format,
         quant: info.quant.clone(),
-        weight_dtype: info.weight_dtype.clone(),
+        weight_dtype: info.weight_dtype_name().to_string(),
         kv_dtype: match kv_dtype {
             KvDtype::F32 => "f32",
             KvDtype::BF16 => "bf16",

@@ -207,7 +207,7 @@ fn load_with(source: &ModelSource, opts: &LoadOptions) -> anyhow::Result<LoadedM
         info.name,
         info.format,
         info.quant,
-        info.weight_dtype,
+        info.weight_dtype_name(),
         t.elapsed().as_secs_f64()
     );
     Ok(loaded)

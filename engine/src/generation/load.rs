@@ -76,8 +76,9 @@ pub struct ModelInfo {
     pub format: &'static str,
     /// Quantization / dtype of the checkpoint, e.g. `Q4_1` or `bf16`.
     pub quant: String,
-    /// Storage dtype of the weights in memory after loading (GGUF is dequantized).
-    pub weight_dtype: String,
+    /// Storage dtype of the float weights in memory after loading (GGUF is dequantized);
+    /// `None` when a checkpoint names no dtype and none was asked for.
+    pub weight_dtype: Option<DType>,
 }
 
 impl ModelInfo {
@@ -87,16 +88,23 @@ impl ModelInfo {
     /// ```
     /// use mllm_engine::generation::ModelInfo;
     /// use mllm_engine::mem_cache::KvDtype;
-    /// let info = |w: &str| ModelInfo { name: "m".into(), format: "gguf", quant: "Q4_1".into(), weight_dtype: w.into() };
-    /// assert_eq!(info("bf16").default_kv_dtype(), KvDtype::BF16);
-    /// assert_eq!(info("f32").default_kv_dtype(), KvDtype::F32);
+    /// use mllm_engine::tensor::DType;
+    /// let info = |w| ModelInfo { name: "m".into(), format: "gguf", quant: "Q4_1".into(), weight_dtype: w };
+    /// assert_eq!(info(Some(DType::BF16)).default_kv_dtype(), KvDtype::BF16);
+    /// assert_eq!(info(Some(DType::F32)).default_kv_dtype(), KvDtype::F32);
+    /// assert_eq!(info(None).default_kv_dtype(), KvDtype::F32);
     /// ```
     pub fn default_kv_dtype(&self) -> KvDtype {
-        if self.weight_dtype == DType::BF16.to_string() {
+        if self.weight_dtype == Some(DType::BF16) {
             KvDtype::BF16
         } else {
             KvDtype::F32
         }
+    }
+
+    /// [`ModelInfo::weight_dtype`] for logs and records: `bf16`, ..., or `unknown`.
+    pub fn weight_dtype_name(&self) -> &'static str {
+        self.weight_dtype.map_or("unknown", DType::name)
     }
 }
 
@@ -160,7 +168,7 @@ impl LoadedModel {
             name,
             format: "gguf",
             quant: gguf_quant(&file),
-            weight_dtype: opts.weight_dtype.unwrap_or(DType::BF16).to_string(),
+            weight_dtype: Some(opts.weight_dtype.unwrap_or(DType::BF16)),
         };
         Ok(Self {
             model,
@@ -182,7 +190,8 @@ impl LoadedModel {
         let info = ModelInfo {
             name: file_name(dir),
             format: "safetensors",
-            weight_dtype: opts.weight_dtype.map_or_else(|| quant.clone(), |d| d.to_string()),
+            // Unconverted tensors keep the checkpoint's dtype, which `torch_dtype` names.
+            weight_dtype: opts.weight_dtype.or_else(|| DType::from_torch_name(&quant)),
             quant,
         };
         Ok(Self {
@@ -216,7 +225,7 @@ impl LoadedModel {
             name,
             format: "dummy",
             quant,
-            weight_dtype: dtype.to_string(),
+            weight_dtype: Some(dtype),
         };
         Ok(Self {
             model,

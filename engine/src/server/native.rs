@@ -210,7 +210,7 @@ pub async fn model_info(State(app): State<AppState>) -> Json<Value> {
     Json(json!({
         "model_path": app.model_path, "tokenizer_path": app.model_path,
         "served_model_name": app.served_model_name, "architectures": app.engine.architectures(),
-        "is_generation": true, "format": info.format, "quant": info.quant, "weight_dtype": info.weight_dtype,
+        "is_generation": true, "format": info.format, "quant": info.quant, "weight_dtype": info.weight_dtype_name(),
         "context_length": app.engine.context_len(), "vocab_size": app.engine.vocab_size(),
         "has_tokenizer": app.engine.tokenizer().is_some(),
     }))

@@ -65,6 +65,23 @@ impl DType {
         }
     }
 
+    /// The float dtype a checkpoint's `torch_dtype` (`"bfloat16"`, `"float16"`, `"float32"`, or
+    /// our own short names) stands for; `None` for anything else.
+    ///
+    /// ```
+    /// use mllm_engine::tensor::DType;
+    /// assert_eq!(DType::from_torch_name("bfloat16"), Some(DType::BF16));
+    /// assert_eq!(DType::from_torch_name("float8_e4m3fn"), None);
+    /// ```
+    pub fn from_torch_name(name: &str) -> Option<DType> {
+        match name.strip_prefix("torch.").unwrap_or(name) {
+            "bfloat16" | "bf16" => Some(DType::BF16),
+            "float16" | "half" | "f16" => Some(DType::F16),
+            "float32" | "float" | "f32" => Some(DType::F32),
+            _ => None,
+        }
+    }
+
     /// Whether this is a floating-point dtype.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::BF16 | DType::F16)
