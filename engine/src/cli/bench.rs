@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::model_args::{KvCacheDtype, ModelArgs};
+use super::model_args::ModelArgs;
 use super::record::{command_line, DeviceInfo, Revision};
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::{ModelRunner, RunnerConfig};
@@ -49,9 +49,6 @@ pub struct BenchArgs {
     /// Where the weights come from.
     #[arg(long, value_enum, default_value_t = LoadFormat::Auto)]
     pub load_format: LoadFormat,
-    /// CPU KV cache storage (a GPU always keeps bf16).
-    #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
-    pub kv_cache_dtype: KvCacheDtype,
     /// Untimed runs before the measured ones.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
@@ -184,7 +181,11 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let (model, _, info) = loaded.into_runner_parts();
     let vocab = model.config().vocab_size;
-    let kv_dtype = args.kv_cache_dtype.dtype().unwrap_or_else(|| info.default_kv_dtype());
+    let kv_dtype = args
+        .model
+        .kv_cache_dtype
+        .dtype()
+        .unwrap_or_else(|| info.default_kv_dtype());
     let cfg = RunnerConfig {
         kv_budget_bytes: Generator::kv_bytes_for(model.config(), b * (i + o), kv_dtype),
         kv_dtype,

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::model_args::{KvCacheDtype, ModelArgs};
+use super::model_args::ModelArgs;
 use crate::executor::sampler::{SamplingError, SamplingParams};
 use crate::generation::{FinishReason, GenerateOutput, GenerateRequest, GeneratorTarget};
 use crate::tokenizer::Tokenizer;
@@ -34,9 +34,6 @@ pub struct GenerateArgs {
     /// Keep generating after an end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// KV cache element type (`auto`: bf16 for bf16 weights, else f32).
-    #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
-    pub kv_cache_dtype: KvCacheDtype,
     /// Sampling.
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -142,7 +139,7 @@ pub(crate) fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     let target = GeneratorTarget {
         device: args.model.device.resolve()?,
         cuda_graph: args.model.cuda_graph_max_bs() > 0,
-        kv_dtype: args.kv_cache_dtype.dtype(),
+        kv_dtype: args.model.kv_cache_dtype.dtype(),
     };
     let mut generator = loaded.into_generator_on(ids.len() + max_tokens, target)?;
     let mut stdout = std::io::stdout().lock();

@@ -105,7 +105,7 @@ impl DeviceArg {
     }
 }
 
-/// `--model`, `--weight-dtype`, `--quantization` and `--device`.
+/// `--model`, `--weight-dtype`, `--quantization`, `--device` and `--kv-cache-dtype`.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A GGUF file or an HF model directory [default: the embedded SmolLM2-135M-Instruct Q4_1,
@@ -134,6 +134,9 @@ pub struct ModelArgs {
     /// GPU: run every step eagerly.
     #[arg(long)]
     pub disable_cuda_graph: bool,
+    /// CPU KV cache storage (a GPU always keeps bf16).
+    #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
+    pub kv_cache_dtype: KvCacheDtype,
 }
 
 impl ModelArgs {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::model_args::{KvCacheDtype, ModelArgs};
+use super::model_args::ModelArgs;
 use crate::executor::device::Device;
 use crate::generation::{LoadedModel, ModelSource};
 use crate::multimodal::{ImageLimits, LocalMediaRoot, VisionSetup};
@@ -53,9 +53,6 @@ pub struct ServeArgs {
     /// Prompt tokens prefilled per step; longer prompts are prefilled in chunks.
     #[arg(long, default_value_t = 8192)]
     pub max_prefill_tokens: usize,
-    /// CPU KV cache storage (a GPU always keeps bf16).
-    #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
-    pub kv_cache_dtype: KvCacheDtype,
     /// Sequences that may wait beyond the running ones; more get 429.
     #[arg(long, default_value_t = 256)]
     pub max_queued_requests: usize,
@@ -139,7 +136,7 @@ impl ServeArgs {
             disable_radix_cache: self.disable_radix_cache,
             device,
             cuda_graph_max_bs: self.model.cuda_graph_max_bs(),
-            kv_cache_dtype: self.kv_cache_dtype.dtype(),
+            kv_cache_dtype: self.model.kv_cache_dtype.dtype(),
             mem_fraction_static: match (device, self.max_total_tokens) {
                 (Device::Cuda(_), None) => Some(self.mem_fraction_static.unwrap_or(0.85)),
                 (Device::Cuda(_), Some(_)) => self.mem_fraction_static,
