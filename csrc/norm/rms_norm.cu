@@ -13,10 +13,10 @@
 // after the reduction.
 //
 // Measured on H200 at hidden 4096 bf16, as % of a D2D copy of the same
-// bytes (1024 / 2048 / 4096 / 8192 rows): the wide form (39 registers, five
-// blocks per SM, the weight's L2 latency on every block's critical path)
-// 78 / 85 / 88 / 90; weight read with x at six blocks per SM 91 / 96 / 98 /
-// 99.5; at eight (32 registers, spilling) 97 / 93 / 93 / 93. Earlier: 128
+// bytes (1024 / 2048 / 4096 / 8192 rows): the wide form (the weight's L2
+// latency on every block's critical path) 78 / 85 / 88 / 90; the weight read
+// with x at six 256-thread blocks per SM 91 / 96 / 98 / 99.5; at eight (32
+// registers, spilling) 97 / 93 / 93 / 93. Earlier: 128
 // threads x 4 packs 70-81%, 64 x 8 55-67%, a warp per row 61-82%; the
 // streaming hints add 2-3 points. A persistent grid prefetching each block's
 // next row (cp.async into shared memory, or registers) reached 87-99% but
@@ -225,8 +225,8 @@ __device__ __forceinline__ void quantize_own_packs(const typename D::storage* x,
 // occupancy the plain form keeps (measured 91-94% of copy without it).
 //
 // The resident form's bound keeps it at <= 40 registers, so six 256-thread
-// blocks fit an SM and 1024 rows run in one wave (49 registers let five fit:
-// 79% of copy at 1024 rows, against 91-97% at 6).
+// blocks fit an SM as for the wide form; unbounded it takes 49 (nvcc, sm_90a)
+// and only four would fit.
 #define MLLM_RMS_NORM_KERNELS(SUFFIX, D)                                                                    \
   extern "C" __global__ void __launch_bounds__(512, 3)                                                      \
       rms_norm_##SUFFIX(const D::storage* x, const D::storage* w, D::storage* out, int cols, float eps) {   \
