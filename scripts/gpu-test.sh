@@ -45,7 +45,7 @@ for line in sys.stdin:
   # The engine on CUDA: its GPU test and the CLI for bench-one-batch.
   cargo build --release -p mllm-engine --bin mllm
   cp target/release/mllm "$gpu/bin/"
-  cargo test --release -p mllm-engine --no-run --message-format=json --test gpu_engine 2>/dev/null |
+  cargo test --release -p mllm-engine --no-run --message-format=json --test gpu_engine --test gpu_qwen3_vl 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -92,6 +92,12 @@ run() {
   rm -rf "$parity"
   python3 scripts/gen_parity_fixtures.py --gpu --out "$parity" 2>&1 | tail -n 5 | tee -a "$out/tests.log" || status=1
   export MLLM_GPU_PARITY_DIR=$parity
+  # The same for Qwen3-VL (text heads of dim 64), plus the CPU fixture's tokenizer for serving.
+  vl=/tmp/mllm-gpu-vl
+  rm -rf "$vl"
+  python3 scripts/fixtures/qwen3_vl_model.py --gpu --out "$vl" 2>&1 | tail -n 3 | tee -a "$out/tests.log" || status=1
+  cp engine/tests/fixtures/qwen3_vl_model/tokenizer*.json "$vl"/ 2>/dev/null || true
+  export MLLM_GPU_VL_DIR=$vl
   # MLLM_GPU_TESTS=0 skips the test binaries (benchmarks only).
   for t in "$gpu"/bin/*; do
     [ "${MLLM_GPU_TESTS:-1}" = 0 ] && break
@@ -129,6 +135,27 @@ run() {
     echo "serve chat: FAILED (see serve.log)" | tee -a "$out/tests.log"
     status=1
   fi
+  kill "$serve_pid" 2>/dev/null
+  wait "$serve_pid" 2>/dev/null || true
+  # `mllm serve --device cuda` answers an image chat on the tiny Qwen3-VL, streaming and not.
+  echo "== mllm serve --device cuda (tiny random Qwen3-VL, one image)" | tee -a "$out/tests.log"
+  "$gpu/bin/mllm" serve --model "$vl" --device cuda --port 30124 >"$out/serve_vl.log" 2>&1 &
+  serve_pid=$!
+  for _ in $(seq 120); do
+    curl -sf localhost:30124/health >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  img=$(base64 -w0 engine/tests/fixtures/vl/rgb_37x53.png)
+  for stream in false true; do
+    body='{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,'"$img"'"}},{"type":"text","text":"w5 w6"}]}],"max_tokens":8,"temperature":0,"stream":'$stream'}'
+    if curl -sS localhost:30124/v1/chat/completions -H 'content-type: application/json' -d "$body" \
+      -o "$out/serve_vl_$stream.json" && grep -q '"choices"' "$out/serve_vl_$stream.json"; then
+      echo "serve VL chat (stream $stream): ok ($(head -c 600 "$out/serve_vl_$stream.json"))" | tee -a "$out/tests.log"
+    else
+      echo "serve VL chat (stream $stream): FAILED (see serve_vl.log)" | tee -a "$out/tests.log"
+      status=1
+    fi
+  done
   kill "$serve_pid" 2>/dev/null
   wait "$serve_pid" 2>/dev/null || true
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"

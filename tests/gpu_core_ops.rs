@@ -307,6 +307,61 @@ fn embedding_matches_reference() {
     }
 }
 
+// ---------------------------------------------------------------- scatter_rows
+
+/// Replace is a copy (bit exact); add rounds f32(a + b) once on both sides
+/// (bit exact too). Shapes: packed and scalar rows, rows split over blocks,
+/// an out-of-range row that must be skipped and reported.
+fn check_scatter<T: FloatElem>(gpu: &Gpu) {
+    for (seed, &(n, dst_rows, hidden)) in [(1, 1, 1), (3, 10, 7), (17, 40, 64), (5, 9, 4096), (4, 6, 13)]
+        .iter()
+        .enumerate()
+    {
+        for add in [false, true] {
+            let mut dst: Vec<T> = cast(&random_f32(dst_rows * hidden, 2000 + seed as u64, 2.0));
+            let src: Vec<T> = cast(&random_f32(n * hidden, 2100 + seed as u64, 2.0));
+            // Distinct rows in a scattered order, plus one out of range when n > 2.
+            let mut seen = std::collections::HashSet::new();
+            let mut rows: Vec<i32> = (0..n)
+                .map(|i| ((i * 7 + seed) % dst_rows) as i32)
+                .filter(|r| seen.insert(*r))
+                .collect();
+            if n > 2 {
+                rows.push(dst_rows as i32 + 3);
+            }
+            let src = &src[..rows.len() * hidden];
+            let what = format!(
+                "scatter_rows {} add={add} [{}] into [{dst_rows}, {hidden}]",
+                T::DTYPE,
+                rows.len()
+            );
+            let mut dd = DeviceTensor::from_host(gpu, &dst, &[dst_rows, hidden]).unwrap();
+            let sd = DeviceTensor::from_host(gpu, src, &[rows.len(), hidden]).unwrap();
+            let rd = DeviceTensor::from_host(gpu, &rows, &[rows.len()]).unwrap();
+            let mut flag = DeviceTensor::zeros(gpu, &[1], DType::I32).unwrap();
+            let mode = if add { ops::Scatter::Add } else { ops::Scatter::Replace };
+            ops::scatter_rows_into(gpu, &rd, &sd, &mut dd, mode, Some(&mut flag)).unwrap();
+            let bad = reference::scatter_rows(&mut dst, &rows, src, hidden, add);
+            assert_eq!(bits(&dd.to_host::<T>(gpu).unwrap()), bits(&dst), "{what}");
+            let f = flag.to_host::<i32>(gpu).unwrap()[0];
+            match bad.as_slice() {
+                [] => assert_eq!(f, 0, "{what}: flag set without a bad row"),
+                [b] => assert_eq!(f as usize, b + 1, "{what}"),
+                more => panic!("{what}: several bad rows {more:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn scatter_rows_matches_reference() {
+    if let Some(gpu) = gpu_or_skip("scatter_rows_matches_reference") {
+        check_scatter::<bf16>(&gpu);
+        check_scatter::<f16>(&gpu);
+        check_scatter::<f32>(&gpu);
+    }
+}
+
 // ---------------------------------------------------------- qk_norm_rope_store
 
 /// The fused kernel runs the same per-head code as `qk_norm_rope` (checked

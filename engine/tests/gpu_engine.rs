@@ -26,6 +26,10 @@ use mllm_engine::models::{CausalLM, LoadOptions};
 use mllm_engine::quantization::QuantMethod;
 use mllm_engine::tensor::DType;
 
+mod common;
+
+use common::logits::{range, Worst};
+
 #[derive(serde::Deserialize)]
 struct Case {
     input_ids: Vec<u32>,
@@ -107,53 +111,6 @@ fn runner_for(model: CausalLM, device: Device, max_running: usize, graphs: usize
 
 fn reference(dir: &Path) -> Reference {
     serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
-}
-
-fn range(v: &[f32]) -> f32 {
-    let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
-    let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    hi - lo
-}
-
-/// Max and mean |a - b| as fractions of `want`'s range.
-fn diff(got: &[f32], want: &[f32]) -> (f32, f32) {
-    assert_eq!(got.len(), want.len());
-    let r = range(want).max(1e-6);
-    let d: Vec<f32> = got.iter().zip(want).map(|(a, b)| (a - b).abs()).collect();
-    let max = d.iter().copied().fold(0.0, f32::max);
-    (max / r, d.iter().sum::<f32>() / d.len() as f32 / r)
-}
-
-/// The worst (max, mean) diff over all positions, and where the max is.
-#[derive(Default)]
-struct Worst {
-    max: f32,
-    mean: f32,
-    at: String,
-}
-
-impl Worst {
-    fn add(&mut self, at: impl FnOnce() -> String, got: &[f32], want: &[f32]) {
-        let (max, mean) = diff(got, want);
-        if max > self.max {
-            self.max = max;
-            self.at = at();
-        }
-        self.mean = self.mean.max(mean);
-    }
-
-    fn report(&self, what: &str) {
-        eprintln!(
-            "{what}: max diff {:.3}% (at {}), worst mean {:.3}% of the logit range",
-            100.0 * self.max,
-            self.at,
-            100.0 * self.mean
-        );
-    }
-
-    fn ok(&self) -> bool {
-        self.max <= MAX_FRAC && self.mean <= MEAN_FRAC
-    }
 }
 
 /// Logits of every position of `prompts`, all in one batch.
@@ -363,16 +320,16 @@ fn gpu_engine_matches_hf_and_cpu() {
             }
         }
         w.report(&format!("{name}: W8A8 GPU vs W8A8 CPU"));
-        if !(w.max <= W8A8_MAX_FRAC && w.mean <= W8A8_MEAN_FRAC) {
+        if !w.within(W8A8_MAX_FRAC, W8A8_MEAN_FRAC) {
             failures.push(format!("{name}: W8A8 GPU vs CPU logits out of bounds"));
         }
     }
     eprintln!("CUDA-graph decode checked against eager decode for every model");
     for (name, hf, cpu) in &worst {
-        if !hf.ok() {
+        if !hf.within(MAX_FRAC, MEAN_FRAC) {
             failures.push(format!("{name}: GPU vs HF logits out of bounds"));
         }
-        if !cpu.ok() {
+        if !cpu.within(MAX_FRAC, MEAN_FRAC) {
             failures.push(format!("{name}: GPU vs CPU logits out of bounds"));
         }
     }

@@ -15,12 +15,12 @@ use mllm_engine::generation::{LoadedModel, ModelSource};
 use mllm_engine::io_struct::{SeqId, TokenizedRequest};
 use mllm_engine::loader::safetensors::SafetensorsModel;
 use mllm_engine::models::qwen3_vl::{Qwen3VlModel, VisualRows, VlRequests};
-use mllm_engine::multimodal::{image_hash, GridThw, ImageInput, MultimodalInputs, VisionTokenIds};
+use mllm_engine::multimodal::{image_hash, GridThw, MultimodalInputs, VisionTokenIds};
 use mllm_engine::orchestrator::{Engine, EngineConfig, TextOptions};
 
 mod common;
 
-use common::vl::{hf_images, ints};
+use common::vl::{hf_images, ints, multimodal_inputs};
 
 const IMAGE_PAD: u32 = 250;
 const TOKENS: VisionTokenIds = VisionTokenIds {
@@ -44,32 +44,8 @@ fn prompt(r: &SafetensorsModel, p: &str) -> (Vec<u32>, Option<MultimodalInputs>,
     if p == "a" {
         return (ids, None, want);
     }
-    let mut runs = Vec::new();
-    let mut i = 0;
-    while i < ids.len() {
-        let start = i;
-        while i < ids.len() && ids[i] == IMAGE_PAD {
-            i += 1;
-        }
-        if i > start {
-            runs.push(start..i);
-        } else {
-            i += 1;
-        }
-    }
-    let images = hf_images(r, p)
-        .into_iter()
-        .zip(runs)
-        .map(|(patches, token_range)| {
-            let bytes: Vec<u8> = patches.pixel_values.iter().flat_map(|x| x.to_le_bytes()).collect();
-            ImageInput {
-                patches,
-                token_range,
-                hash: image_hash(&bytes),
-            }
-        })
-        .collect();
-    (ids, Some(MultimodalInputs { images, tokens: TOKENS }), want)
+    let mm = multimodal_inputs(&ids, hf_images(r, p), TOKENS);
+    (ids, Some(mm), want)
 }
 
 fn engine(cfg: EngineConfig) -> Arc<Engine> {
@@ -249,10 +225,10 @@ mod qwen3_vl {
         let mm = |p: &(Vec<u32>, Option<MultimodalInputs>, Vec<u32>)| Arc::new(p.1.clone().unwrap());
         // Requests in slots 3 and 1: (b)'s one image, (c)'s two, three grids of two sizes.
         let mut reqs = VlRequests::default();
-        reqs.attach(&m, 3, &b.0, mm(&b)).unwrap();
-        reqs.attach(&m, 1, &c.0, mm(&c)).unwrap();
-        reqs.encode(&m, 3, 0..b.0.len()).unwrap();
-        reqs.encode(&m, 1, 0..c.0.len()).unwrap();
+        reqs.attach(m.front(), 3, &b.0, mm(&b)).unwrap();
+        reqs.attach(m.front(), 1, &c.0, mm(&c)).unwrap();
+        reqs.encode(m.front(), 3, 0..b.0.len()).unwrap();
+        reqs.encode(m.front(), 1, 0..c.0.len()).unwrap();
         assert_eq!(reqs.tower_forwards(), 0, "encode only queues");
         let got_b = reqs.visual_rows(3, 0..b.0.len()).unwrap().unwrap();
         let got_c = reqs.visual_rows(1, 0..c.0.len()).unwrap().unwrap();
@@ -260,13 +236,13 @@ mod qwen3_vl {
         // Each request encoded on its own gets the same rows.
         for (p, got, what) in [(&b, &got_b, "b"), (&c, &got_c, "c")] {
             let mut alone = VlRequests::default();
-            alone.attach(&m, 0, &p.0, mm(p)).unwrap();
-            alone.encode(&m, 0, 0..p.0.len()).unwrap();
+            alone.attach(m.front(), 0, &p.0, mm(p)).unwrap();
+            alone.encode(m.front(), 0, 0..p.0.len()).unwrap();
             let want = alone.visual_rows(0, 0..p.0.len()).unwrap().unwrap();
             assert_rows_eq(got, &want, what);
         }
         // Encoded rows are kept until prefilled; nothing is encoded twice.
-        reqs.encode(&m, 1, 0..c.0.len()).unwrap();
+        reqs.encode(m.front(), 1, 0..c.0.len()).unwrap();
         reqs.visual_rows(1, 0..c.0.len()).unwrap();
         assert_eq!(reqs.tower_forwards(), 1);
 
@@ -275,11 +251,11 @@ mod qwen3_vl {
         let mut bad = (*mm(&c)).clone();
         bad.images[1].patches.pixel_values.truncate(100);
         let mut reqs = VlRequests::default();
-        reqs.attach(&m, 0, &c.0, Arc::new(bad)).unwrap();
-        reqs.attach(&m, 1, &b.0, mm(&b)).unwrap();
-        let err = reqs.encode(&m, 0, 0..c.0.len()).unwrap_err().to_string();
+        reqs.attach(m.front(), 0, &c.0, Arc::new(bad)).unwrap();
+        reqs.attach(m.front(), 1, &b.0, mm(&b)).unwrap();
+        let err = reqs.encode(m.front(), 0, 0..c.0.len()).unwrap_err().to_string();
         assert!(err.contains("image 1") && err.contains("vision tower"), "{err}");
-        reqs.encode(&m, 1, 0..b.0.len()).unwrap();
+        reqs.encode(m.front(), 1, 0..b.0.len()).unwrap();
         reqs.detach(0);
         let got = reqs.visual_rows(1, 0..b.0.len()).unwrap().unwrap();
         assert_rows_eq(&got, &got_b, "b next to a failed request");
@@ -302,16 +278,20 @@ mod qwen3_vl {
         e.shutdown();
     }
 
+    /// Without a GPU, asking for one is a clear error naming CUDA (the GPU path itself is
+    /// tested by `gpu_engine`).
     #[test]
-    fn vl_model_on_cuda_is_a_clear_error() {
+    fn vl_model_on_cuda_without_a_gpu_is_a_clear_error() {
+        if mllm_kernel::device::cuda_device_count().is_ok_and(|n| n > 0) {
+            eprintln!("skipped: a GPU is present (gpu_engine runs Qwen3-VL on it)");
+            return;
+        }
         let loaded = LoadedModel::load(&ModelSource::Dir(fixture_dir()), &Default::default()).unwrap();
         let cfg = EngineConfig {
             device: Device::Cuda(0),
             ..EngineConfig::default()
         };
         let err = Engine::start(loaded, cfg).unwrap_err().to_string();
-        assert!(err.contains("Qwen3-VL runs on the CPU backend for now"), "{err}");
-        // The model also loads on its own.
-        Qwen3VlModel::from_dir(fixture_dir(), &Default::default()).unwrap();
+        assert!(err.to_lowercase().contains("cuda"), "{err}");
     }
 }

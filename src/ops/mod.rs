@@ -21,7 +21,10 @@ pub use attention::{
     AttentionBatch, AttentionHeads, AttentionKernel, AttentionPlan, AttentionWorkspace, DecodeKernel, WorkspaceConfig,
     ATTENTION_HEAD_DIMS,
 };
-pub use embedding::{embedding, embedding_into, validate_embedding, validate_token_ids};
+pub use embedding::{
+    embedding, embedding_into, scatter_rows_into, validate_embedding, validate_scatter_rows, validate_token_ids,
+    Scatter,
+};
 pub use int8_mm::{
     int8_scaled_mm, int8_scaled_mm_dynamic, int8_scaled_mm_dynamic_into, int8_scaled_mm_into, resolve_int8_mm_config,
     select_int8_mm_config, validate_int8_scaled_mm, Int8MmConfig, Int8MmPath, Int8MmProblem,

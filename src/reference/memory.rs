@@ -1,4 +1,4 @@
-use crate::dtype::HostElem;
+use crate::dtype::{FloatElem, HostElem};
 
 /// `out[t] = table[ids[t]]` over rows of `hidden`; an id outside the table
 /// gives a zero row, as the kernel. Also returns the positions of bad ids.
@@ -21,6 +21,32 @@ pub fn embedding<T: HostElem>(ids: &[i32], table: &[T], hidden: usize) -> (Vec<T
         }
     }
     (out, bad)
+}
+
+/// `dst[rows[i]] = src[i]`, or `+=` (in f32, rounded once) with `add`,
+/// over rows of `hidden`; rows outside `dst` are skipped and returned, as the
+/// kernel reports them.
+///
+/// ```
+/// let mut dst = vec![1.0f32; 6];
+/// let bad = mllm_kernel::reference::scatter_rows(&mut dst, &[2, 0, 9], &[5.0, 6.0, 7.0, 8.0, 0.0, 0.0], 2, true);
+/// assert_eq!((dst, bad), (vec![8.0, 9.0, 1.0, 1.0, 6.0, 7.0], vec![2]));
+/// ```
+pub fn scatter_rows<T: FloatElem>(dst: &mut [T], rows: &[i32], src: &[T], hidden: usize, add: bool) -> Vec<usize> {
+    assert!(hidden > 0 && dst.len().is_multiple_of(hidden) && src.len() == rows.len() * hidden);
+    let n_dst = dst.len() / hidden;
+    let mut bad = Vec::new();
+    for (i, &r) in rows.iter().enumerate() {
+        if r < 0 || r as usize >= n_dst {
+            bad.push(i);
+            continue;
+        }
+        let d = &mut dst[r as usize * hidden..(r as usize + 1) * hidden];
+        for (o, s) in d.iter_mut().zip(&src[i * hidden..(i + 1) * hidden]) {
+            *o = if add { T::from_f32(o.to_f32() + s.to_f32()) } else { *s };
+        }
+    }
+    bad
 }
 
 /// `cache[loc[t]] = src[t, col .. col + row]` for rows of `stride` elements

@@ -14,7 +14,7 @@ mod sampling;
 pub use activation::silu_and_mul;
 pub use attention::{paged_attention, PagedKv};
 pub use int8_mm::int8_scaled_mm;
-pub use memory::{embedding, kv_store};
+pub use memory::{embedding, kv_store, scatter_rows};
 pub use norm::{fused_add_rms_norm, rms_norm};
 pub use quant::per_token_quant_int8;
 pub use rope::qk_norm_rope;

@@ -4,13 +4,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::cuda::{CudaModel, KvSizing};
+use super::cuda::{CudaModel, KvSizing, VisualStep};
 use super::device::Device;
 use super::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
 use super::sampler::{SampleOutput, Sampler, SequenceState};
 use crate::loader::config::ModelConfig;
 use crate::mem_cache::{capacity_for_budget, KvDtype, ReqToTokenPool, TokenToKvPool};
-use crate::models::qwen3_vl::{Qwen3VlModel, StepLogits, VlRequests};
+use crate::models::qwen3_vl::{Qwen3VlModel, StepLogits, VlFront, VlRequests};
 use crate::models::{CausalLM, ModelError, Result};
 use crate::multimodal::MultimodalInputs;
 use crate::tensor::Tensor;
@@ -55,6 +55,9 @@ enum Backend {
     Cuda(Box<CudaModel>),
     /// Qwen3-VL on the CPU, one sequence at a time, with its image requests' state.
     Vl(Box<Qwen3VlModel>, VlRequests),
+    /// Qwen3-VL with the text decoder on a GPU (batched, decode on CUDA graphs) and the vision
+    /// tower on the host.
+    VlCuda(Box<CudaModel>, Box<VlFront>, VlRequests),
 }
 
 /// The weights a [`ModelRunner`] runs.
@@ -62,7 +65,7 @@ enum Backend {
 pub enum RunnerModel {
     /// A text decoder (CPU or GPU).
     Text(Box<CausalLM>),
-    /// Qwen3-VL: text and images (CPU only for now).
+    /// Qwen3-VL: text and images.
     Qwen3Vl(Box<Qwen3VlModel>),
 }
 
@@ -91,7 +94,7 @@ impl From<Qwen3VlModel> for RunnerModel {
 impl ModelRunner {
     /// A runner with pools sized by `cfg` (KV capacity from the byte budget). On
     /// [`Device::Cuda`] the weights are uploaded (progress on stderr) and the K/V cache is
-    /// allocated on that GPU. A Qwen3-VL model runs on the CPU only.
+    /// allocated on that GPU (for Qwen3-VL the text decoder; its vision tower stays on the host).
     pub fn new(model: impl Into<RunnerModel>, cfg: RunnerConfig) -> Result<Self> {
         let model = model.into();
         let c = model.config();
@@ -120,21 +123,28 @@ impl ModelRunner {
                 Backend::Vl(model, VlRequests::default()),
                 TokenToKvPool::new(capacity, layers, heads, dim, cfg.kv_dtype),
             ),
-            (RunnerModel::Qwen3Vl(_), Device::Cuda(_)) => {
-                return Err(ModelError::Invalid(
-                    "Qwen3-VL runs on the CPU backend for now; use --device cpu".into(),
-                ))
-            }
-            (RunnerModel::Text(model), Device::Cuda(ordinal)) => {
+            (model, Device::Cuda(ordinal)) => {
                 let gpu = Arc::new(mllm_kernel::Gpu::new(ordinal)?);
                 let sizing = match cfg.gpu_mem_fraction {
                     Some(f) => KvSizing::MemFraction(f),
                     None => KvSizing::Tokens(capacity),
                 };
-                let cuda = CudaModel::new(gpu, &model, sizing, cfg.max_context_len, cfg.cuda_graph_max_bs)?;
-                drop(model);
-                let pool = TokenToKvPool::allocator_only(cuda.kv_capacity(), layers, heads, dim, KvDtype::BF16);
-                (Backend::Cuda(Box::new(cuda)), pool)
+                let (max_context, graph_bs) = (cfg.max_context_len, cfg.cuda_graph_max_bs);
+                let backend = match model {
+                    RunnerModel::Text(m) => {
+                        Backend::Cuda(Box::new(CudaModel::new(gpu, &*m, sizing, max_context, graph_bs)?))
+                    }
+                    RunnerModel::Qwen3Vl(m) => {
+                        let cuda = CudaModel::new(gpu, &*m, sizing, max_context, graph_bs)?;
+                        Backend::VlCuda(Box::new(cuda), Box::new(m.into_front()), VlRequests::default())
+                    }
+                };
+                let kv_capacity = match &backend {
+                    Backend::Cuda(m) | Backend::VlCuda(m, ..) => m.kv_capacity(),
+                    Backend::Cpu(_) | Backend::Vl(..) => unreachable!("a CUDA backend was just built"),
+                };
+                let pool = TokenToKvPool::allocator_only(kv_capacity, layers, heads, dim, KvDtype::BF16);
+                (backend, pool)
             }
         };
         Ok(Self {
@@ -155,7 +165,7 @@ impl ModelRunner {
     pub fn device(&self) -> Device {
         match &self.backend {
             Backend::Cpu(_) | Backend::Vl(..) => Device::Cpu,
-            Backend::Cuda(m) => Device::Cuda(m.gpu().info().ordinal),
+            Backend::Cuda(m) | Backend::VlCuda(m, ..) => Device::Cuda(m.gpu().info().ordinal),
         }
     }
 
@@ -164,22 +174,40 @@ impl ModelRunner {
     pub fn cpu_model(&self) -> Option<&CausalLM> {
         match &self.backend {
             Backend::Cpu(m) => Some(m),
-            Backend::Cuda(_) | Backend::Vl(..) => None,
+            Backend::Cuda(_) | Backend::Vl(..) | Backend::VlCuda(..) => None,
         }
     }
 
     /// Whether the model runs requests with images (Qwen3-VL).
     pub fn runs_images(&self) -> bool {
-        matches!(self.backend, Backend::Vl(..))
+        self.vl_front().is_some()
+    }
+
+    /// Qwen3-VL's host half (config, vision tower, M-RoPE), whichever device runs its text.
+    fn vl_front(&self) -> Option<&VlFront> {
+        match &self.backend {
+            Backend::Vl(m, _) => Some(m.front()),
+            Backend::VlCuda(_, front, _) => Some(front),
+            Backend::Cpu(_) | Backend::Cuda(_) => None,
+        }
+    }
+
+    /// Qwen3-VL's host half and its image requests' state.
+    fn vl_requests(&mut self) -> Option<(&VlFront, &mut VlRequests)> {
+        match &mut self.backend {
+            Backend::Vl(m, reqs) => Some((m.front(), reqs)),
+            Backend::VlCuda(_, front, reqs) => Some((front, reqs)),
+            Backend::Cpu(_) | Backend::Cuda(_) => None,
+        }
     }
 
     /// Checks a request's images (`None`: a text request) against its prompt's image
     /// placeholders, before it is queued. A runner without images accepts only text.
     pub fn check_images(&self, prompt: &[u32], mm: Option<&MultimodalInputs>) -> Result<()> {
-        match (&self.backend, mm) {
-            (Backend::Vl(m, _), mm) => VlRequests::check(m, prompt, mm),
-            (_, Some(_)) => Err(ModelError::Invalid("this model runner cannot run images yet".into())),
-            (_, None) => Ok(()),
+        match (self.vl_front(), mm) {
+            (Some(front), mm) => VlRequests::check(front, prompt, mm),
+            (None, Some(_)) => Err(ModelError::Invalid("this model runner cannot run images yet".into())),
+            (None, None) => Ok(()),
         }
     }
 
@@ -187,9 +215,9 @@ impl ModelRunner {
     /// tokens); its prefill chunks then get their image rows and all its steps their 3-axis
     /// positions. Undone by [`ModelRunner::detach_images`] or [`ModelRunner::release`].
     pub fn attach_images(&mut self, req_slot: usize, prompt: &[u32], mm: Arc<MultimodalInputs>) -> Result<()> {
-        match &mut self.backend {
-            Backend::Vl(m, reqs) => reqs.attach(m, req_slot, prompt, mm),
-            _ => Err(ModelError::Invalid("this model runner cannot run images".into())),
+        match self.vl_requests() {
+            Some((front, reqs)) => reqs.attach(front, req_slot, prompt, mm),
+            None => Err(ModelError::Invalid("this model runner cannot run images".into())),
         }
     }
 
@@ -197,15 +225,15 @@ impl ModelRunner {
     /// are not encoded yet (a no-op for text requests); the next forward encodes every queued
     /// image of the step in one vision-tower pass. Errors concern that request only.
     pub fn encode_images(&mut self, req_slot: usize, range: Range<usize>) -> Result<()> {
-        match &mut self.backend {
-            Backend::Vl(m, reqs) => reqs.encode(m, req_slot, range),
-            _ => Ok(()),
+        match self.vl_requests() {
+            Some((front, reqs)) => reqs.encode(front, req_slot, range),
+            None => Ok(()),
         }
     }
 
     /// Forgets the images of the request in `req_slot` (when it leaves the slot).
     pub fn detach_images(&mut self, req_slot: usize) {
-        if let Backend::Vl(_, reqs) = &mut self.backend {
+        if let Some((_, reqs)) = self.vl_requests() {
             reqs.detach(req_slot);
         }
     }
@@ -232,11 +260,25 @@ impl ModelRunner {
 
     /// Runs the model: f32 logits `[rows, vocab]` for the batch's logit rows.
     pub fn forward(&mut self, batch: &ForwardBatch) -> Result<Tensor> {
-        match &mut self.backend {
-            Backend::Cpu(m) => m.forward(&batch.input_ids, &batch.positions, batch, &mut self.kv_pool),
-            Backend::Cuda(m) => m.forward(batch),
-            Backend::Vl(m, reqs) => forward_vl(m, reqs, &mut self.kv_pool, batch),
+        match self.forward_or_sample(batch, None)? {
+            Stepped::Logits(l) => Ok(l),
+            Stepped::Sampled(_) => unreachable!("nothing is sampled without states"),
         }
+    }
+
+    /// Runs the batch; with `states`, a GPU backend may sample on the device when every
+    /// request allows it (then only the ids come back).
+    fn forward_or_sample(&mut self, batch: &ForwardBatch, states: Option<&mut [SequenceState]>) -> Result<Stepped> {
+        let logits = match &mut self.backend {
+            Backend::Cpu(m) => m.forward(&batch.input_ids, &batch.positions, batch, &mut self.kv_pool)?,
+            Backend::Vl(m, reqs) => forward_vl(m, reqs, &mut self.kv_pool, batch)?,
+            Backend::Cuda(m) => return cuda_step(m, batch, None, states),
+            Backend::VlCuda(m, front, reqs) => {
+                let visual = VisualStep::build(front, reqs, batch)?;
+                return cuda_step(m, batch, Some(&visual), states);
+            }
+        };
+        Ok(Stepped::Logits(logits))
     }
 
     /// Forward, then sample one token per sequence (`states[i]` for `batch.seqs[i]`; the batch
@@ -249,12 +291,10 @@ impl ModelRunner {
                 batch.batch_size()
             )));
         }
-        if let Backend::Cuda(m) = &mut self.backend {
-            if let Some(out) = m.sample_on_gpu(batch, states)? {
-                return Ok(out);
-            }
-        }
-        let logits = self.forward(batch)?;
+        let logits = match self.forward_or_sample(batch, Some(&mut *states))? {
+            Stepped::Sampled(out) => return Ok(out),
+            Stepped::Logits(l) => l,
+        };
         let vocab = self.config.vocab_size;
         let mut flat = logits.to_f32_vec()?;
         self.sampler
@@ -266,7 +306,7 @@ impl ModelRunner {
     pub fn profile_report(&self) -> Option<String> {
         match &self.backend {
             Backend::Cpu(_) | Backend::Vl(..) => None,
-            Backend::Cuda(m) => m.profile_report(),
+            Backend::Cuda(m) | Backend::VlCuda(m, ..) => m.profile_report(),
         }
     }
 
@@ -278,6 +318,27 @@ impl ModelRunner {
         self.detach_images(req_slot);
         Ok(())
     }
+}
+
+/// What a forward gave: logits, or ids already sampled on the GPU.
+enum Stepped {
+    Logits(Tensor),
+    Sampled(Vec<SampleOutput>),
+}
+
+/// A CUDA forward, sampling on the device when `states` allow it.
+fn cuda_step(
+    m: &mut CudaModel,
+    batch: &ForwardBatch,
+    visual: Option<&VisualStep>,
+    states: Option<&mut [SequenceState]>,
+) -> Result<Stepped> {
+    if let Some(states) = states {
+        if let Some(out) = m.sample_on_gpu(batch, visual, states)? {
+            return Ok(Stepped::Sampled(out));
+        }
+    }
+    Ok(Stepped::Logits(m.forward(batch, visual)?))
 }
 
 /// A Qwen3-VL batch, one sequence at a time on the shared pool: each sequence's 3-axis
@@ -298,7 +359,7 @@ fn forward_vl(
         let range = s.prefix_len..s.prefix_len + s.extend_len;
         let ids = &batch.input_ids[s.start..s.start + s.extend_len];
         let positions = reqs.positions_of(s.req_slot, range.clone());
-        reqs.encode(model, s.req_slot, range.clone())?;
+        reqs.encode(model.front(), s.req_slot, range.clone())?;
         let visual = reqs.visual_rows(s.req_slot, range.clone())?;
         let l = model.forward_paged(
             ids,

@@ -27,8 +27,10 @@ mod error;
 pub mod gguf;
 pub mod qwen3_vl;
 pub mod random;
+mod text_decoder;
 pub mod weights;
 
 pub use causal_lm::{CausalLM, LoadOptions};
 pub use decoder::{DecoderLayer, LayerParams};
 pub use error::{ModelError, Result};
+pub use text_decoder::TextDecoder;

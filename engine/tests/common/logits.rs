@@ -1,4 +1,5 @@
-//! Comparing logit rows: log-softmax, KL divergence, greedy pick.
+//! Comparing logit rows: log-softmax, KL divergence, greedy pick, and differences as fractions
+//! of the reference's logit range (the GPU parity tests' measure).
 
 /// `log softmax(row)` in f64.
 pub fn log_softmax(row: &[f32]) -> Vec<f64> {
@@ -18,4 +19,53 @@ pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
+
+/// Max minus min of a row.
+pub fn range(v: &[f32]) -> f32 {
+    let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    hi - lo
+}
+
+/// Max and mean |a - b| as fractions of `want`'s range.
+pub fn range_diff(got: &[f32], want: &[f32]) -> (f32, f32) {
+    assert_eq!(got.len(), want.len());
+    let r = range(want).max(1e-6);
+    let d: Vec<f32> = got.iter().zip(want).map(|(a, b)| (a - b).abs()).collect();
+    let max = d.iter().copied().fold(0.0, f32::max);
+    (max / r, d.iter().sum::<f32>() / d.len() as f32 / r)
+}
+
+/// The worst (max, mean) [`range_diff`] over many rows, and where the max is.
+#[derive(Default)]
+pub struct Worst {
+    pub max: f32,
+    pub mean: f32,
+    pub at: String,
+}
+
+impl Worst {
+    pub fn add(&mut self, at: impl FnOnce() -> String, got: &[f32], want: &[f32]) {
+        let (max, mean) = range_diff(got, want);
+        if max > self.max {
+            self.max = max;
+            self.at = at();
+        }
+        self.mean = self.mean.max(mean);
+    }
+
+    pub fn report(&self, what: &str) {
+        eprintln!(
+            "{what}: max diff {:.3}% (at {}), worst mean {:.3}% of the logit range",
+            100.0 * self.max,
+            self.at,
+            100.0 * self.mean
+        );
+    }
+
+    /// Within `max_frac` (max) and `mean_frac` (mean) of the logit range.
+    pub fn within(&self, max_frac: f32, mean_frac: f32) -> bool {
+        self.max <= max_frac && self.mean <= mean_frac
+    }
 }

@@ -1,7 +1,7 @@
 //! Readers of the Qwen3-VL fixtures transformers wrote (scripts/fixtures/qwen3_vl_model.py).
 
 use mllm_engine::loader::safetensors::SafetensorsModel;
-use mllm_engine::multimodal::{GridThw, ImagePatches};
+use mllm_engine::multimodal::{image_hash, GridThw, ImageInput, ImagePatches, MultimodalInputs, VisionTokenIds};
 
 /// An i64 tensor of the reference file.
 pub fn ints(r: &SafetensorsModel, name: &str) -> Vec<i64> {
@@ -43,4 +43,35 @@ pub fn hf_images(r: &SafetensorsModel, p: &str) -> Vec<ImagePatches> {
     let grids = grid_list(ints(r, &format!("{p}.image_grid_thw")).into_iter().map(|x| x as u32));
     let px = r.get(&format!("{p}.pixel_values")).unwrap();
     split_by_grid(&px.to_f32_vec().unwrap(), px.shape()[1], &grids)
+}
+
+/// A request's images for `ids`: image `k` takes the `k`-th run of `tokens.image_pad`
+/// placeholders, hashed by its pixel values.
+pub fn multimodal_inputs(ids: &[u32], images: Vec<ImagePatches>, tokens: VisionTokenIds) -> MultimodalInputs {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let start = i;
+        while i < ids.len() && ids[i] == tokens.image_pad {
+            i += 1;
+        }
+        if i > start {
+            runs.push(start..i);
+        } else {
+            i += 1;
+        }
+    }
+    let images = images
+        .into_iter()
+        .zip(runs)
+        .map(|(patches, token_range)| {
+            let bytes: Vec<u8> = patches.pixel_values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            ImageInput {
+                patches,
+                token_range,
+                hash: image_hash(&bytes),
+            }
+        })
+        .collect();
+    MultimodalInputs { images, tokens }
 }

@@ -1,13 +1,15 @@
 //! One forward pass on the GPU, op by op as the CPU decoder does it: embedding → per layer
 //! (fused add+RMSNorm, qkv GEMM, q/k norm + RoPE fused with the KV store, paged attention, o GEMM,
 //! fused add+RMSNorm, gate/up GEMM, SiLU-and-mul, down GEMM) → final norm on the logit rows →
-//! LM-head GEMM with f32 output.
+//! LM-head GEMM with f32 output. A Qwen3-VL step also splices image rows into the embeddings,
+//! rotates by per-token M-RoPE rows and adds deepstack features after the first layers.
 
-use mllm_kernel::ops::{self, QkHeads, QkNormRope, RopeStoreOut};
+use mllm_kernel::ops::{self, QkHeads, QkNormRope, RopeStoreOut, Scatter};
 use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, Plan};
+use super::visual::DeviceVisual;
 use super::weights::{GpuLayer, GpuLinear, GpuWeights, LinearInput};
 use super::Dims;
 use crate::executor::forward_batch::ForwardBatch;
@@ -29,9 +31,13 @@ pub(super) struct StepInputs {
     pub positions: DeviceTensor,
     pub out_loc: DeviceTensor,
     pub logit_rows: DeviceTensor,
+    /// Qwen3-VL: per-token rotary rows (`positions` then index them) instead of the model's
+    /// 1-D table, and image rows; never set in a graph.
+    pub rope: Option<DeviceTensor>,
+    pub visual: Option<DeviceVisual>,
 }
 
-fn to_i32(what: &str, v: impl IntoIterator<Item = usize>) -> Result<Vec<i32>> {
+pub(super) fn to_i32(what: &str, v: impl IntoIterator<Item = usize>) -> Result<Vec<i32>> {
     v.into_iter()
         .map(|x| i32::try_from(x).map_err(|_| ModelError::Invalid(format!("{what} value {x} exceeds i32"))))
         .collect()
@@ -67,6 +73,8 @@ impl StepInputs {
             positions: up(&h.positions)?,
             out_loc: up(&h.out_loc)?,
             logit_rows: up(&h.logit_rows)?,
+            rope: None,
+            visual: None,
         })
     }
 
@@ -99,6 +107,10 @@ pub(super) fn forward_into(
     let dt = w.embed.dtype();
     prof.begin(gpu)?;
     let mut residual = ops::embedding(gpu, &inputs.ids, &w.embed)?;
+    if let Some(v) = &inputs.visual {
+        ops::scatter_rows_into(gpu, &v.rows, &v.embeddings, &mut residual, Scatter::Replace, None)?;
+    }
+    let cos_sin = inputs.rope.as_ref().unwrap_or(&w.cos_sin);
     let mut h = DeviceTensor::empty(gpu, &[t, dims.hidden], dt)?;
     let first = w
         .layers
@@ -115,9 +127,14 @@ pub(super) fn forward_into(
         let cache = (k_cache, v_cache);
         let step = (attn, plan, layout);
         let x = linear_input(&h, &hq);
-        let mut a = self_attention(gpu, dims, layer, cache, &w.cos_sin, step, inputs, x, prof)?;
+        let mut a = self_attention(gpu, dims, layer, cache, cos_sin, step, inputs, x, prof)?;
         let aq = add_norm(gpu, dims, &mut a, &mut residual, &layer.post_norm, &layer.gate_up, prof)?;
         h = mlp(gpu, dims, layer, linear_input(&a, &aq), prof)?;
+        // Qwen3-VL deepstack: the layer's output (residual + h) gains level i at the image rows.
+        if let Some((v, d)) = inputs.visual.as_ref().and_then(|v| Some((v, v.deepstack.get(i)?))) {
+            ops::scatter_rows_into(gpu, &v.rows, d, &mut h, Scatter::Add, None)?;
+            prof.mark(gpu, "deepstack")?;
+        }
     }
     // Final norm and LM head on the logit rows only (gathered like an embedding lookup).
     let mut hr = gather_rows(gpu, &h, &inputs.logit_rows)?;

@@ -81,11 +81,12 @@ impl DecodeGraphs {
         w: &GpuWeights,
         kv: &mut [(DeviceTensor, DeviceTensor)],
         batch: &ForwardBatch,
+        inputs: HostInputs,
     ) -> Result<&DeviceTensor> {
         let size = self
             .size_for(batch)
             .ok_or_else(|| ModelError::Invalid("batch cannot run on a decode CUDA graph".into()))?;
-        let inputs = HostInputs::of(batch)?.padded(size);
+        let inputs = inputs.padded(size);
         let layout = HostLayout::of(batch)?.padded(size);
         if !self.captured.contains_key(&size) {
             let c = self.capture(gpu, dims, w, kv, size, &inputs, layout)?;

@@ -7,6 +7,7 @@ mod attention;
 mod forward;
 mod graph;
 mod sampling;
+mod visual;
 mod weights;
 
 use std::sync::Arc;
@@ -17,10 +18,11 @@ use mllm_kernel::{DeviceTensor, Gpu};
 use self::attention::{Attention, BatchLayout, HostLayout};
 use self::forward::{HostInputs, StepInputs};
 use self::graph::DecodeGraphs;
+pub use self::visual::VisualStep;
 use crate::executor::forward_batch::{ForwardBatch, ForwardMode};
 use crate::executor::sampler::{SampleOutput, SequenceState};
 use crate::loader::config::ModelConfig;
-use crate::models::{CausalLM, ModelError, Result};
+use crate::models::{ModelError, Result, TextDecoder};
 use crate::tensor::{DType, Tensor};
 
 /// Sizes the forward needs.
@@ -94,7 +96,7 @@ impl CudaModel {
     /// `cuda_graph_max_bs` sequences run on CUDA graphs (0: never).
     pub fn new(
         gpu: Arc<Gpu>,
-        model: &CausalLM,
+        model: &dyn TextDecoder,
         kv: KvSizing,
         max_context: usize,
         cuda_graph_max_bs: usize,
@@ -177,10 +179,11 @@ impl CudaModel {
     }
 
     /// Runs the batch; host f32 logits `[rows, vocab]` for [`ForwardBatch::logit_rows`].
-    pub fn forward(&mut self, batch: &ForwardBatch) -> Result<Tensor> {
+    /// `visual`: a Qwen3-VL step's positions and image rows.
+    pub fn forward(&mut self, batch: &ForwardBatch, visual: Option<&VisualStep>) -> Result<Tensor> {
         let rows = batch.logit_rows().len();
         let gpu = self.gpu.clone();
-        let logits = self.forward_device(batch)?;
+        let logits = self.forward_device(batch, visual)?;
         let mut host = logits.to_host::<f32>(&gpu)?;
         host.truncate(rows * self.dims.vocab);
         Ok(Tensor::from_vec(host, &[rows, self.dims.vocab])?)
@@ -193,26 +196,42 @@ impl CudaModel {
     pub fn sample_on_gpu(
         &mut self,
         batch: &ForwardBatch,
+        visual: Option<&VisualStep>,
         states: &mut [SequenceState],
     ) -> Result<Option<Vec<SampleOutput>>> {
         if !sampling::all_on_gpu(states) {
             return Ok(None);
         }
         let gpu = self.gpu.clone();
-        let logits = self.forward_device(batch)?;
+        let logits = self.forward_device(batch, visual)?;
         let ids = sampling::pick(&gpu, logits, states)?;
         Ok(Some(sampling::outputs(ids, states)))
     }
 
     /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph
     /// replays it, anything else runs eagerly.
-    fn forward_device(&mut self, batch: &ForwardBatch) -> Result<&DeviceTensor> {
+    fn forward_device(&mut self, batch: &ForwardBatch, visual: Option<&VisualStep>) -> Result<&DeviceTensor> {
         let prof = &self.profilers[usize::from(batch.mode == ForwardMode::Decode)];
-        let graphs = self.graphs.as_mut().filter(|_| !prof.enabled());
-        if let Some(g) = graphs.filter(|g| g.size_for(batch).is_some()) {
-            return g.run(&self.gpu, &self.dims, &self.weights, &mut self.kv, batch);
+        let mut host = HostInputs::of(batch)?;
+        if let Some(v) = visual {
+            if v.positions.len() != host.positions.len() {
+                return Err(ModelError::Invalid(format!(
+                    "visual step has {} positions for {} tokens",
+                    v.positions.len(),
+                    host.positions.len()
+                )));
+            }
+            host.positions.clone_from(&v.positions);
         }
-        let inputs = StepInputs::upload(&self.gpu, &HostInputs::of(batch)?)?;
+        let eager = prof.enabled() || visual.is_some_and(VisualStep::needs_eager);
+        let graphs = self.graphs.as_mut().filter(|_| !eager);
+        if let Some(g) = graphs.filter(|g| g.size_for(batch).is_some()) {
+            return g.run(&self.gpu, &self.dims, &self.weights, &mut self.kv, batch, host);
+        }
+        let mut inputs = StepInputs::upload(&self.gpu, &host)?;
+        if let Some(v) = visual {
+            (inputs.rope, inputs.visual) = v.upload(&self.gpu, self.dtype, self.dims.head_dim)?;
+        }
         let layout = BatchLayout::upload(&self.gpu, HostLayout::of(batch)?)?;
         let plan = self.attn.plan(&self.gpu, &layout)?;
         let rows = batch.logit_rows().len();

@@ -1,11 +1,11 @@
-//! Uploading a loaded [`CausalLM`]'s parameters to one GPU in the compute dtype.
+//! Uploading a loaded [`TextDecoder`]'s parameters to one GPU in the compute dtype.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use crate::layers::linear::Linear;
 use crate::layers::norm::RmsNorm;
-use crate::models::{CausalLM, LayerParams, ModelError, Result};
+use crate::models::{LayerParams, ModelError, Result, TextDecoder};
 use crate::tensor::{DType, Tensor};
 
 /// A linear layer on the GPU: `[N, K]` weight and optional `[N]` bias.
@@ -85,7 +85,7 @@ impl GpuWeights {
 }
 
 /// The dtype the GPU computes in: the weights' own half dtype, else bf16.
-pub(super) fn compute_dtype(model: &CausalLM) -> DType {
+pub(super) fn compute_dtype(model: &dyn TextDecoder) -> DType {
     match model.embed_tokens().weight().dtype() {
         DType::F16 => DType::F16,
         _ => DType::BF16,
@@ -185,7 +185,7 @@ pub(super) fn kernel_dtype(dtype: DType) -> Result<mllm_kernel::DType> {
 
 /// Uploads every parameter of `model` in `dtype` (bf16/f16), with a progress bar on stderr;
 /// the RoPE table covers `max_pos` positions.
-pub(super) fn upload(gpu: &Gpu, model: &CausalLM, dtype: DType, max_pos: usize) -> Result<GpuWeights> {
+pub(super) fn upload(gpu: &Gpu, model: &dyn TextDecoder, dtype: DType, max_pos: usize) -> Result<GpuWeights> {
     let c = model.config();
     let tied = c.tie_word_embeddings;
     let floats: usize = model.embed_tokens().weight().numel()
@@ -224,7 +224,7 @@ pub(super) fn upload(gpu: &Gpu, model: &CausalLM, dtype: DType, max_pos: usize) 
     };
     let norm = up.norm(model.norm())?;
     up.bar.finish_and_clear();
-    let table = model.rope().cos_sin_table(max_pos);
+    let table = model.rope_table(max_pos);
     let cos_sin = DeviceTensor::from_host(gpu, &table, &[max_pos, c.head_dim])?;
     Ok(GpuWeights {
         embed,

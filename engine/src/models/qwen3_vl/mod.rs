@@ -34,6 +34,7 @@
 
 mod cache;
 mod config;
+mod front;
 mod layers;
 mod model;
 mod model_config;
@@ -48,6 +49,7 @@ mod weights;
 
 pub use cache::VlKvCache;
 pub use config::{VisionAct, VisionConfig, VisionConfigError, VisionRope};
+pub use front::VlFront;
 pub use model::{PreparedPrompt, Qwen3VlModel};
 pub use model_config::Qwen3VlConfig;
 pub use mrope::{MRotaryEmbedding, MropeLayout, MropePos};

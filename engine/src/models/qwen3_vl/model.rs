@@ -6,17 +6,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::cache::VlKvCache;
+use super::front::VlFront;
 use super::model_config::Qwen3VlConfig;
 use super::mrope::MropePos;
-use super::rope_index::{rope_positions, text_position, RopePositions};
+use super::rope_index::{text_position, RopePositions};
 use super::splice::VisualRows;
 use super::text::{StepLogits, TextModel};
 use super::vision::{VisionOutput, VisionTower};
 use crate::layers::embedding::{Embedding, LmHead};
+use crate::layers::norm::RmsNorm;
+use crate::loader::config::ModelConfig;
 use crate::loader::safetensors::SafetensorsModel;
 use crate::mem_cache::TokenToKvPool;
 use crate::models::weights::WeightSource;
-use crate::models::{DecoderLayer, LoadOptions, ModelError, Result};
+use crate::models::{DecoderLayer, LoadOptions, ModelError, Result, TextDecoder};
 use crate::multimodal::{GridThw, ImagePatches};
 use crate::tensor::Tensor;
 
@@ -41,16 +44,14 @@ use crate::tensor::Tensor;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Qwen3VlModel {
-    cfg: Qwen3VlConfig,
-    /// Shared with the serving state that batches image encoding ([`super::VlRequests`]).
-    vision: Arc<VisionTower>,
+    front: VlFront,
     text: TextModel,
 }
 
 impl std::fmt::Debug for Qwen3VlModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Qwen3VlModel")
-            .field("cfg", &self.cfg)
+            .field("cfg", &self.front.config())
             .finish_non_exhaustive()
     }
 }
@@ -86,22 +87,33 @@ impl Qwen3VlModel {
         }
         let vision = Arc::new(VisionTower::load(cfg.vision.clone(), src)?);
         let text = TextModel::load(&cfg, src, opts)?;
-        Ok(Self { cfg, vision, text })
+        let front = VlFront::new(cfg, vision, text.mrope().clone());
+        Ok(Self { front, text })
     }
 
     /// The config.
     pub fn config(&self) -> &Qwen3VlConfig {
-        &self.cfg
+        self.front.config()
     }
 
     /// The vision tower.
     pub fn vision(&self) -> &VisionTower {
-        &self.vision
+        self.front.vision()
     }
 
     /// The vision tower, shared.
     pub fn shared_vision(&self) -> Arc<VisionTower> {
-        self.vision.clone()
+        self.front.shared_vision()
+    }
+
+    /// What stays on the host when another backend runs the text decoder.
+    pub fn front(&self) -> &VlFront {
+        &self.front
+    }
+
+    /// Drops the text decoder's host weights (once a GPU holds them), keeping the front.
+    pub fn into_front(self) -> VlFront {
+        self.front
     }
 
     /// The text decoder's layers (their linear layers quantized as loaded).
@@ -121,7 +133,7 @@ impl Qwen3VlModel {
 
     /// An empty KV cache for `capacity` tokens of one sequence.
     pub fn new_cache(&self, capacity: usize) -> VlKvCache {
-        let t = &self.cfg.text;
+        let t = &self.config().text;
         VlKvCache::new(capacity, t.num_hidden_layers, t.num_key_value_heads, t.head_dim)
     }
 
@@ -132,14 +144,7 @@ impl Qwen3VlModel {
         grids: &[GridThw],
         range: std::ops::Range<usize>,
     ) -> Result<RopePositions> {
-        rope_positions(
-            ids,
-            grids,
-            self.cfg.image_token_id,
-            self.cfg.vision.spatial_merge_size as u32,
-            range,
-        )
-        .map_err(|e| ModelError::Invalid(format!("Qwen3-VL prompt: {e}")))
+        self.front.rope_positions(ids, grids, range)
     }
 
     /// Encodes `images` and computes the prompt's positions; errors (before any decoder work)
@@ -150,7 +155,7 @@ impl Qwen3VlModel {
         let vision = if images.is_empty() {
             None
         } else {
-            Some(self.vision.forward_images(images)?)
+            Some(self.vision().forward_images(images)?)
         };
         // Checks the placeholder count against the tower's rows once for the whole prompt.
         self.visual_rows(ids, vision.as_ref(), 0..0)?;
@@ -164,16 +169,7 @@ impl Qwen3VlModel {
         vision: Option<&VisionOutput>,
         range: std::ops::Range<usize>,
     ) -> Result<Option<VisualRows>> {
-        let id = self.cfg.image_token_id;
-        match vision {
-            Some(out) => VisualRows::for_range(out, ids, id, range),
-            None => match ids.iter().filter(|&&t| t == id).count() {
-                0 => Ok(None),
-                n => Err(ModelError::Invalid(format!(
-                    "image features and image tokens do not match: {n} placeholder token(s) (id {id}), no image given"
-                ))),
-            },
-        }
+        self.front.visual_rows(ids, vision, range)
     }
 
     /// One decoder step after the tokens in `cache`: `ids` at 3-axis `positions`, with the
@@ -285,4 +281,25 @@ fn argmax(logits: &Tensor) -> Result<u32> {
         }
     }
     Ok(arg as u32)
+}
+
+impl TextDecoder for Qwen3VlModel {
+    fn config(&self) -> &ModelConfig {
+        &self.config().text
+    }
+    fn embed_tokens(&self) -> &Embedding {
+        self.text.embed()
+    }
+    fn layers(&self) -> &[DecoderLayer] {
+        self.text.layers()
+    }
+    fn norm(&self) -> &RmsNorm {
+        self.text.norm()
+    }
+    fn lm_head(&self) -> &LmHead {
+        self.text.lm_head()
+    }
+    fn rope_table(&self, max_pos: usize) -> Vec<f32> {
+        self.front.rope_table(max_pos)
+    }
 }

@@ -88,6 +88,28 @@ impl MRotaryEmbedding {
         self.head_dim
     }
 
+    /// Each token's rotary angles as a `[positions.len(), head_dim]` f32 table: row `t` holds
+    /// `cos` of the `head_dim / 2` frequencies at `positions[t]` (each frequency reading its
+    /// axis), then their `sin` — the layout of the GPU RoPE kernel's table, so a step with
+    /// image tokens rotates through these rows at positions `0..T`.
+    ///
+    /// ```
+    /// use mllm_engine::models::qwen3_vl::{MRotaryEmbedding, MropeLayout};
+    /// let m = MRotaryEmbedding::new(8, 1e4, [2, 1, 1], MropeLayout::Interleaved).unwrap();
+    /// let rows = m.cos_sin_rows(&[[0, 0, 0], [5, 2, 3]]);
+    /// assert_eq!(rows.len(), 2 * 8);
+    /// assert_eq!(&rows[..4], &[1.0; 4]); // cos(0)
+    /// ```
+    pub fn cos_sin_rows(&self, positions: &[MropePos]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(positions.len() * self.head_dim);
+        for pos in positions {
+            let angle = |j: usize| pos[usize::from(self.axes[j])] as f32 * self.inv_freq[j];
+            out.extend((0..self.inv_freq.len()).map(|j| angle(j).cos()));
+            out.extend((0..self.inv_freq.len()).map(|j| angle(j).sin()));
+        }
+        out
+    }
+
     /// Applies M-RoPE in place to `q` `[tokens, q_heads · head_dim]` and `k`
     /// `[tokens, k_heads · head_dim]`, token `i` at `positions[i]`.
     pub fn apply(

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::model::Qwen3VlModel;
+use super::front::VlFront;
 use super::mrope::MropePos;
 use super::rope_index::text_position;
 use super::splice::VisualRows;
@@ -60,14 +60,14 @@ impl VlRequests {
     /// Checks that `mm` matches `prompt`'s placeholders for `model`: one run of
     /// `grid.num_tokens(merge)` image tokens per image at its `token_range`, none elsewhere
     /// (none at all for a text request, `mm = None`).
-    pub fn check(model: &Qwen3VlModel, prompt: &[u32], mm: Option<&MultimodalInputs>) -> Result<()> {
+    pub fn check(model: &VlFront, prompt: &[u32], mm: Option<&MultimodalInputs>) -> Result<()> {
         match mm {
             Some(mm) => Self::positions(model, prompt, mm).map(|_| ()),
             None => model.visual_rows(prompt, None, 0..0).map(|_| ()),
         }
     }
 
-    fn positions(model: &Qwen3VlModel, prompt: &[u32], mm: &MultimodalInputs) -> Result<(Vec<MropePos>, i64)> {
+    fn positions(model: &VlFront, prompt: &[u32], mm: &MultimodalInputs) -> Result<(Vec<MropePos>, i64)> {
         let cfg = model.config();
         let (pad, merge) = (cfg.image_token_id, cfg.vision.spatial_merge_size as u32);
         if mm.tokens.image_pad != pad {
@@ -107,13 +107,7 @@ impl VlRequests {
     }
 
     /// Registers the request in `slot` with its prompt and images (replacing what the slot held).
-    pub fn attach(
-        &mut self,
-        model: &Qwen3VlModel,
-        slot: usize,
-        prompt: &[u32],
-        mm: Arc<MultimodalInputs>,
-    ) -> Result<()> {
+    pub fn attach(&mut self, model: &VlFront, slot: usize, prompt: &[u32], mm: Arc<MultimodalInputs>) -> Result<()> {
         let (positions, delta) = Self::positions(model, prompt, &mm)?;
         let encoded = vec![Encoding::Absent; mm.images.len()];
         self.by_slot.insert(
@@ -142,7 +136,7 @@ impl VlRequests {
     /// encoded yet, after checking it against the tower: an error here concerns this request
     /// only, and the batched forward ([`VlRequests::encode_queued`]) then meets only images
     /// that fit. Nothing is queued when any image fails.
-    pub fn encode(&mut self, model: &Qwen3VlModel, slot: usize, range: Range<usize>) -> Result<()> {
+    pub fn encode(&mut self, model: &VlFront, slot: usize, range: Range<usize>) -> Result<()> {
         let Some(req) = self.by_slot.get_mut(&slot) else {
             return Ok(());
         };

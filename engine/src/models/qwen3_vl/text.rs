@@ -327,6 +327,16 @@ impl TextModel {
         &self.lm_head
     }
 
+    /// The final norm.
+    pub(crate) fn norm(&self) -> &RmsNorm {
+        &self.norm
+    }
+
+    /// The M-RoPE.
+    pub(crate) fn mrope(&self) -> &MRotaryEmbedding {
+        &self.mrope
+    }
+
     /// The vocabulary size.
     pub(crate) fn vocab_size(&self) -> usize {
         self.lm_head.weight().shape()[0]
