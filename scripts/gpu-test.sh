@@ -160,8 +160,8 @@ run() {
   wait "$serve_pid" 2>/dev/null || true
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine.
-  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine}; do
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine vl (none: no benchmarks).
+  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine vl}; do
     case "$group" in
       norm)
         for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
@@ -216,6 +216,21 @@ run() {
           done
         done
         ;;
+      vl)
+        # Qwen3-VL-2B-Instruct with random weights, bf16 and W8A8 (text decoder only) in the
+        # same run: one 448x448 image (196 placeholder tokens) in a 512-token prompt, batch 1
+        # and 8; the record's vision_encode_s is the tower's share of the prefill.
+        for quant in "" "--quantization w8a8"; do
+          for bs in 1 8; do
+            # shellcheck disable=SC2086
+            "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 $quant \
+              --model-config engine/tests/fixtures/qwen3-vl-2b.config.json --image-size 448 \
+              --batch-size "$bs" --input-len 512 --output-len 64 --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
+              --out "$out/bench_vl.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
+          done
+        done
+        ;;
+      none) ;;
       *) echo "unknown bench group $group" | tee -a "$out/bench.log"; status=1 ;;
     esac
   done

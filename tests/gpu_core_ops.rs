@@ -319,7 +319,7 @@ fn check_scatter<T: FloatElem>(gpu: &Gpu) {
     {
         for add in [false, true] {
             let mut dst: Vec<T> = cast(&random_f32(dst_rows * hidden, 2000 + seed as u64, 2.0));
-            let src: Vec<T> = cast(&random_f32(n * hidden, 2100 + seed as u64, 2.0));
+            let src: Vec<T> = cast(&random_f32((n + 1) * hidden, 2100 + seed as u64, 2.0));
             // Distinct rows in a scattered order, plus one out of range when n > 2.
             let mut seen = std::collections::HashSet::new();
             let mut rows: Vec<i32> = (0..n)

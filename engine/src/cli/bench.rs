@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -12,10 +13,11 @@ use serde::Serialize;
 use super::model_args::ModelArgs;
 use super::record::{command_line, DeviceInfo, Revision};
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
-use crate::executor::model_runner::{ModelRunner, RunnerConfig};
+use crate::executor::model_runner::{ModelRunner, RunnerConfig, RunnerModel};
 use crate::executor::sampler::{SamplingParams, SequenceState};
 use crate::generation::{Generator, ModelInfo, ModelSource};
 use crate::mem_cache::KvDtype;
+use crate::multimodal::{image_hash, GridThw, ImageInput, ImagePatches, MultimodalInputs, VisionTokenIds};
 use crate::tensor::DType;
 
 /// How to get weights.
@@ -64,6 +66,11 @@ pub struct BenchArgs {
     /// Append the JSON lines to FILE.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Qwen3-VL: one random image of PIXELS x PIXELS (a multiple of patch_size x
+    /// spatial_merge_size, e.g. 448) at the start of every prompt; --input-len counts its
+    /// placeholder tokens, and the record gets the vision tower's time.
+    #[arg(long, value_name = "PIXELS")]
+    pub image_size: Option<usize>,
 }
 
 /// Timings of one measured run.
@@ -76,6 +83,8 @@ struct Timings {
     /// `batch_size / decode_median_latency_s`.
     decode_throughput_tok_s: Option<f64>,
     decode_total_s: f64,
+    /// Vision-tower time inside the prefill (`None` without images).
+    vision_encode_s: Option<f64>,
     total_latency_s: f64,
     /// All prompt and generated tokens over the total latency.
     total_throughput_tok_s: f64,
@@ -88,6 +97,8 @@ struct Workload {
     output_len: usize,
     temperature: f32,
     warmup: usize,
+    /// Pixels per side of each prompt's image (`None`: text only).
+    image_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,6 +192,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let (model, _, info) = loaded.into_runner_parts();
     let vocab = model.config().vocab_size;
+    let images = args.image_size.map(|px| image_prompt(&model, px, i)).transpose()?;
     let kv_dtype = args
         .model
         .kv_cache_dtype
@@ -196,7 +208,16 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cuda_graph_max_bs: args.model.cuda_graph_max_bs(),
     };
     let mut runner = ModelRunner::new(model, cfg).context("cannot size the KV cache")?;
-    let prompts = random_prompts(b, i, vocab, args.seed);
+    let mut prompts: Vec<Prompt> = random_prompts(b, i, vocab, args.seed)
+        .into_iter()
+        .map(|ids| Prompt { ids, mm: None })
+        .collect();
+    if let Some((head, mm)) = &images {
+        for p in &mut prompts {
+            p.ids.splice(..head.len(), head.iter().copied());
+            p.mm = Some(mm.clone());
+        }
+    }
     let mut out_file = match &args.out {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -228,6 +249,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 output_len: o,
                 temperature: 0.0,
                 warmup: args.warmup,
+                image_size: args.image_size,
             },
             flags: Flags {
                 radix_cache: false,
@@ -297,13 +319,73 @@ fn random_prompts(batch: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<
     (0..batch).map(|_| (0..len).map(|_| next()).collect()).collect()
 }
 
+/// A benchmark prompt and its image, if any.
+struct Prompt {
+    ids: Vec<u32>,
+    mm: Option<Arc<MultimodalInputs>>,
+}
+
+/// For a Qwen3-VL model: the first tokens of a prompt with one `px` x `px` image (vision start,
+/// its placeholders, vision end) and that image, random pixels; `input_len` must leave room
+/// for at least one text token after it.
+fn image_prompt(model: &RunnerModel, px: usize, input_len: usize) -> anyhow::Result<(Vec<u32>, Arc<MultimodalInputs>)> {
+    let RunnerModel::Qwen3Vl(m) = model else {
+        bail!("--image-size needs a vision-language model (Qwen3-VL); this one reads text only");
+    };
+    let c = m.config();
+    let (patch, merge) = (c.vision.patch_size, c.vision.spatial_merge_size);
+    if px == 0 || !px.is_multiple_of(patch * merge) {
+        bail!(
+            "--image-size {px} must be a positive multiple of patch_size x spatial_merge_size = {}",
+            patch * merge
+        );
+    }
+    let side = (px / patch) as u32;
+    let grid = GridThw { t: 1, h: side, w: side };
+    let tokens = grid.num_tokens(merge as u32);
+    if tokens + 3 > input_len {
+        bail!(
+            "--input-len {input_len} leaves no text after a {px}x{px} image ({tokens} placeholder tokens + 2 markers)"
+        );
+    }
+    let cols = c.vision.patch_dim();
+    let pixel_values: Vec<f32> = (0..grid.num_patches() * cols)
+        .map(|k| ((k * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut head = vec![c.vision_start_token_id];
+    head.extend(std::iter::repeat_n(c.image_token_id, tokens));
+    head.push(c.vision_end_token_id);
+    let bytes: Vec<u8> = pixel_values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let image = ImageInput {
+        patches: ImagePatches {
+            pixel_values,
+            patch_dim: cols,
+            grid,
+        },
+        token_range: 1..1 + tokens,
+        hash: image_hash(&bytes),
+    };
+    let tokens = VisionTokenIds {
+        image_pad: c.image_token_id,
+        vision_start: c.vision_start_token_id,
+        vision_end: c.vision_end_token_id,
+    };
+    Ok((
+        head,
+        Arc::new(MultimodalInputs {
+            images: vec![image],
+            tokens,
+        }),
+    ))
+}
+
 /// One prefill + `output_len - 1` greedy decode steps; frees every slot afterwards.
-fn one_batch(runner: &mut ModelRunner, prompts: &[Vec<u32>], output_len: usize) -> anyhow::Result<Timings> {
+fn one_batch(runner: &mut ModelRunner, prompts: &[Prompt], output_len: usize) -> anyhow::Result<Timings> {
     let b = prompts.len();
     let slots = runner.req_pool_mut().alloc(b)?;
     let mut states = prompts
         .iter()
-        .map(|p| SequenceState::new(SamplingParams::greedy(), p))
+        .map(|p| SequenceState::new(SamplingParams::greedy(), &p.ids))
         .collect::<Result<Vec<_>, _>>()?;
     let mut inputs: Vec<SequenceInput> = prompts
         .iter()
@@ -311,13 +393,24 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Vec<u32>], output_len: usize) 
         .map(|(p, &slot)| SequenceInput {
             req_slot: slot,
             prefix_len: 0,
-            new_tokens: p.clone(),
+            new_tokens: p.ids.clone(),
         })
         .collect();
+    let vision_before = runner.vision_encode_seconds();
     let start = Instant::now();
+    for (p, &slot) in prompts.iter().zip(&slots) {
+        if let Some(mm) = &p.mm {
+            runner.attach_images(slot, &p.ids, mm.clone())?;
+            runner.encode_images(slot, 0..p.ids.len())?;
+        }
+    }
     let batch = runner.prepare(&inputs, LogitsMode::LastPerSequence)?;
     let mut next = runner.step(&batch, &mut states)?;
     let prefill = start.elapsed().as_secs_f64();
+    let vision_encode_s = match (vision_before, runner.vision_encode_seconds()) {
+        (Some(a), Some(b)) if prompts.iter().any(|p| p.mm.is_some()) => Some(b - a),
+        _ => None,
+    };
     let mut steps = Vec::with_capacity(output_len.saturating_sub(1));
     for _ in 1..output_len {
         for (inp, out) in inputs.iter_mut().zip(&next) {
@@ -333,7 +426,7 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Vec<u32>], output_len: usize) 
     for inp in &inputs {
         runner.release(inp.req_slot, inp.prefix_len + inp.new_tokens.len())?;
     }
-    let in_tokens = (b * prompts.first().map_or(0, Vec::len)) as f64;
+    let in_tokens = (b * prompts.first().map_or(0, |p| p.ids.len())) as f64;
     let median = median(&mut steps);
     Ok(Timings {
         prefill_latency_s: prefill,
@@ -341,6 +434,7 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Vec<u32>], output_len: usize) 
         decode_median_latency_s: median,
         decode_throughput_tok_s: median.map(|m| b as f64 / m),
         decode_total_s: steps.iter().sum(),
+        vision_encode_s,
         total_latency_s: total,
         total_throughput_tok_s: (in_tokens + (b * output_len) as f64) / total,
     })

@@ -192,6 +192,14 @@ impl ModelRunner {
         }
     }
 
+    /// Seconds spent encoding images so far (`None` for a text model).
+    pub fn vision_encode_seconds(&self) -> Option<f64> {
+        match &self.backend {
+            Backend::Vl(_, reqs) | Backend::VlCuda(_, _, reqs) => Some(reqs.tower_seconds()),
+            Backend::Cpu(_) | Backend::Cuda(_) => None,
+        }
+    }
+
     /// Qwen3-VL's host half and its image requests' state.
     fn vl_requests(&mut self) -> Option<(&VlFront, &mut VlRequests)> {
         match &mut self.backend {

@@ -10,8 +10,8 @@ use crate::executor::model_runner::RunnerModel;
 use crate::loader::config::ModelConfig;
 use crate::loader::gguf::GgufFile;
 use crate::mem_cache::KvDtype;
-use crate::models::qwen3_vl::Qwen3VlModel;
-use crate::models::random::random_weights;
+use crate::models::qwen3_vl::{Qwen3VlConfig, Qwen3VlModel};
+use crate::models::random::{random_vl_weights, random_weights};
 use crate::models::{CausalLM, LoadOptions, ModelError};
 use crate::quantization::observe::CALIBRATION_TEXT;
 use crate::quantization::QuantMethod;
@@ -209,14 +209,29 @@ impl LoadedModel {
         } else {
             ModelConfig::from_file(config)?
         };
-        let weights = random_weights(&cfg, seed, dtype)?;
         let opts = LoadOptions {
             weight_dtype: None,
             ..opts.clone()
         };
-        let model = CausalLM::load(cfg, &weights, &opts)?;
-        let name = config_name(&model, config);
-        let model = model.into();
+        let (name, model): (String, RunnerModel) = if cfg.architectures.iter().any(|a| a == QWEN3_VL_ARCH) {
+            let file = if config.is_dir() {
+                config.join("config.json")
+            } else {
+                config.to_path_buf()
+            };
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| ModelError::Invalid(format!("{}: {e}", file.display())))?;
+            let vl = Qwen3VlConfig::from_json_str(&text)?;
+            let weights = random_vl_weights(&vl, seed, dtype)?;
+            (
+                format!("{QWEN3_VL_ARCH} ({})", config.display()),
+                Qwen3VlModel::load(vl, &weights, &opts)?.into(),
+            )
+        } else {
+            let weights = random_weights(&cfg, seed, dtype)?;
+            let model = CausalLM::load(cfg, &weights, &opts)?;
+            (config_name(&model, config), model.into())
+        };
         let quant = match opts.quantization {
             Some(QuantMethod::W8A8) => "w8a8".to_string(),
             None => dtype.to_string(),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use super::arch::lookup;
+use super::qwen3_vl::Qwen3VlConfig;
 use super::Result;
 use crate::loader::config::ModelConfig;
 use half::{bf16, f16};
@@ -72,17 +73,89 @@ pub fn random_weights(config: &ModelConfig, seed: u64, dtype: DType) -> Result<H
         add("input_layernorm.weight", vec![h]);
         add("post_attention_layernorm.weight", vec![h]);
     }
+    fill_shapes(shapes, seed, dtype)
+}
+
+/// Random tensors for `(name, shape)` pairs: norm weights near 1, biases small, matrices scaled
+/// by 1/√fan-in (fan-in: every dimension after the first).
+fn fill_shapes(shapes: Vec<(String, Vec<usize>)>, seed: u64, dtype: DType) -> Result<HashMap<String, Tensor>> {
     let mut start = 0u64;
     let mut out = HashMap::new();
     for (name, shape) in shapes {
         let (scale, offset) = match shape.len() {
-            1 if name.ends_with("norm.weight") => (0.1, 1.0),
+            1 if name.contains("norm") && name.ends_with(".weight") => (0.1, 1.0),
             1 => (0.1, 0.0),
-            _ => (1.0 / (shape[1] as f32).sqrt(), 0.0),
+            _ => (1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt(), 0.0),
         };
         let t = random_tensor(&shape, dtype, (start, seed), scale, offset)?;
         start += t.numel() as u64;
         out.insert(name, t);
     }
+    Ok(out)
+}
+
+/// Random weights for a whole Qwen3-VL model under its HF names (`model.language_model.*`,
+/// `model.visual.*`, `lm_head.weight`): what [`super::qwen3_vl::Qwen3VlModel::load`] reads.
+///
+/// ```
+/// use mllm_engine::models::qwen3_vl::{Qwen3VlConfig, Qwen3VlModel};
+/// use mllm_engine::models::random::random_vl_weights;
+/// let cfg = Qwen3VlConfig::from_dir("tests/fixtures/qwen3_vl_model")?;
+/// let w = random_vl_weights(&cfg, 0, mllm_engine::tensor::DType::F32)?;
+/// assert!(w.contains_key("model.visual.blocks.0.attn.qkv.weight"));
+/// Qwen3VlModel::load(cfg, &w, &Default::default())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn random_vl_weights(cfg: &Qwen3VlConfig, seed: u64, dtype: DType) -> Result<HashMap<String, Tensor>> {
+    let text = ModelConfig {
+        architectures: vec!["Qwen3ForCausalLM".into()],
+        ..cfg.text.clone()
+    };
+    let mut out: HashMap<String, Tensor> = random_weights(&text, seed, dtype)?
+        .into_iter()
+        .map(|(name, t)| match name.strip_prefix("model.") {
+            Some(rest) => (format!("model.language_model.{rest}"), t),
+            None => (name, t),
+        })
+        .collect();
+    let v = &cfg.vision;
+    let (d, ff, merged) = (v.hidden_size, v.intermediate_size, v.hidden_size * v.merge_unit());
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        (
+            "patch_embed.proj.weight".into(),
+            vec![d, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size],
+        ),
+        ("patch_embed.proj.bias".into(), vec![d]),
+        ("pos_embed.weight".into(), vec![v.num_position_embeddings, d]),
+    ];
+    let mut linear = |name: String, out: usize, inp: usize| {
+        shapes.push((format!("{name}.weight"), vec![out, inp]));
+        shapes.push((format!("{name}.bias"), vec![out]));
+    };
+    for i in 0..v.depth {
+        linear(format!("blocks.{i}.attn.qkv"), 3 * d, d);
+        linear(format!("blocks.{i}.attn.proj"), d, d);
+        linear(format!("blocks.{i}.mlp.linear_fc1"), ff, d);
+        linear(format!("blocks.{i}.mlp.linear_fc2"), d, ff);
+    }
+    let mergers = std::iter::once(("merger".to_string(), d))
+        .chain((0..v.deepstack_visual_indexes.len()).map(|j| (format!("deepstack_merger_list.{j}"), merged)));
+    let mut norms: Vec<(String, usize)> = (0..v.depth)
+        .flat_map(|i| [(format!("blocks.{i}.norm1"), d), (format!("blocks.{i}.norm2"), d)])
+        .collect();
+    for (name, norm_dim) in mergers {
+        linear(format!("{name}.linear_fc1"), merged, merged);
+        linear(format!("{name}.linear_fc2"), v.out_hidden_size, merged);
+        norms.push((format!("{name}.norm"), norm_dim));
+    }
+    for (name, n) in norms {
+        shapes.push((format!("{name}.weight"), vec![n]));
+        shapes.push((format!("{name}.bias"), vec![n]));
+    }
+    let shapes = shapes
+        .into_iter()
+        .map(|(n, s)| (format!("model.visual.{n}"), s))
+        .collect();
+    out.extend(fill_shapes(shapes, seed ^ 0x5eed_0f00_u64, dtype)?);
     Ok(out)
 }

@@ -54,6 +54,8 @@ pub struct VlRequests {
     tower: Option<Arc<VisionTower>>,
     /// Tower forwards run so far.
     tower_forwards: u64,
+    /// Seconds spent in those forwards.
+    tower_seconds: f64,
 }
 
 impl VlRequests {
@@ -197,8 +199,10 @@ impl VlRequests {
             .iter()
             .map(|&(slot, k)| &self.by_slot[&slot].mm.images[k].patches)
             .collect();
+        let start = std::time::Instant::now();
         let outputs = tower.forward_each(&images)?;
         self.tower_forwards += 1;
+        self.tower_seconds += start.elapsed().as_secs_f64();
         for ((slot, k), out) in queued.into_iter().zip(outputs) {
             if let Some(req) = self.by_slot.get_mut(&slot) {
                 req.encoded[k] = Encoding::Ready(out);
@@ -210,6 +214,11 @@ impl VlRequests {
     /// How many vision-tower forwards this runner ran (one per step with new images).
     pub fn tower_forwards(&self) -> u64 {
         self.tower_forwards
+    }
+
+    /// Wall time spent in vision-tower forwards so far, in seconds.
+    pub fn tower_seconds(&self) -> f64 {
+        self.tower_seconds
     }
 
     /// The 3-axis positions of tokens `range` of `slot`'s sequence.
