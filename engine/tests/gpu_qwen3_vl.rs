@@ -1,15 +1,13 @@
-//! Qwen3-VL with its text decoder on CUDA (`ModelRunner` on `Device::Cuda`: image rows spliced
-//! on the GPU, per-token M-RoPE rows, deepstack adds, decode on CUDA graphs; the vision tower on
-//! the host) against transformers in bf16 and against the CPU engine, on a tiny random model
+//! Qwen3-VL on CUDA (`ModelRunner` on `Device::Cuda`: the vision tower on the GPU, image rows
+//! spliced on the GPU, per-token M-RoPE rows, deepstack adds, decode on CUDA graphs) against transformers in bf16 and against the CPU engine, on a tiny random model
 //! with text heads of dim 64 that `scripts/fixtures/qwen3_vl_model.py --gpu` writes on the GPU
 //! machine (scripts/gpu-test.sh sets MLLM_GPU_VL_DIR). Prompts: (a) text only, (b) one 32x48
 //! image, (c) a 64x32 and a 32x48 image. Skipped, with the reason printed, without a GPU or the
 //! fixture.
 //!
 //! Tolerances are gpu_engine's (3% max, 1% mean of the logit range; see there): both sides run
-//! the decoder in bf16 with different accumulation orders. The image rows add one more
-//! difference of the same size: HF's vision tower runs in bf16, ours in f32 on the host, and
-//! both round its output to bf16 before the decoder. Greedy continuations must equal HF's
+//! the decoder and the vision tower in bf16 with different accumulation orders (the CPU engine
+//! runs in f32). Greedy continuations must equal HF's
 //! except at a bf16 near-tie (HF's top-2 gap below the max bound), and decode on CUDA graphs
 //! must equal eager decode token for token.
 
@@ -17,6 +15,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mllm_engine::executor::cuda::CudaVisionTower;
 use mllm_engine::executor::device::Device;
 use mllm_engine::executor::forward_batch::{LogitsMode, SequenceInput};
 use mllm_engine::executor::model_runner::{ModelRunner, RunnerConfig};
@@ -24,7 +23,8 @@ use mllm_engine::executor::sampler::{SamplingParams, SequenceState};
 use mllm_engine::loader::safetensors::SafetensorsModel;
 use mllm_engine::mem_cache::KvDtype;
 use mllm_engine::models::qwen3_vl::Qwen3VlModel;
-use mllm_engine::multimodal::{MultimodalInputs, VisionTokenIds};
+use mllm_engine::multimodal::{ImagePatches, MultimodalInputs, VisionTokenIds};
+use mllm_engine::tensor::DType;
 
 mod common;
 
@@ -235,6 +235,43 @@ fn compare(what: &str, got: &[Vec<Vec<f32>>], want: &[Vec<Vec<f32>>], failures: 
     if !worst.within(MAX_FRAC, MEAN_FRAC) {
         failures.push(format!("{what}: out of bounds"));
     }
+}
+
+/// The GPU vision tower (bf16) against the CPU one (f32) on the three images of prompts (b)
+/// and (c) in one batch: merged embeddings and every deepstack level, as fractions of each
+/// output's range (bf16 rounding through two blocks and the mergers; same bounds as logits).
+#[test]
+fn vision_tower_on_cuda_matches_cpu() {
+    let dir = match fixture() {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipping vision_tower_on_cuda_matches_cpu: {why}");
+            return;
+        }
+    };
+    let model = Qwen3VlModel::from_dir(&dir, &Default::default()).unwrap();
+    let gpu = Arc::new(mllm_kernel::Gpu::new(0).unwrap());
+    let tower = CudaVisionTower::upload(gpu, model.shared_vision(), DType::BF16).unwrap();
+    let prompts = prompts(&dir);
+    let images: Vec<&ImagePatches> = prompts
+        .iter()
+        .filter_map(|p| p.mm.as_ref())
+        .flat_map(|mm| mm.images.iter().map(|i| &i.patches))
+        .collect();
+    assert_eq!(images.len(), 3);
+    let want = model.vision().forward_each(&images).unwrap();
+    let got = tower.forward_each(&images).unwrap();
+    let mut worst = Worst::default();
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        let pairs = std::iter::once((&g.embeddings, &w.embeddings)).chain(g.deepstack.iter().zip(&w.deepstack));
+        for (level, (gt, wt)) in pairs.enumerate() {
+            assert_eq!(gt.shape(), wt.shape(), "image {k} level {level}");
+            let (gv, wv) = (gt.to_f32_vec().unwrap(), wt.to_f32_vec().unwrap());
+            worst.add(|| format!("image {k} output {level}"), &gv, &wv);
+        }
+    }
+    worst.report("GPU vision tower (bf16) vs CPU (f32)");
+    assert!(worst.within(MAX_FRAC, MEAN_FRAC));
 }
 
 #[test]

@@ -294,3 +294,79 @@ pub fn linear(gpu: &Gpu, x: &DeviceTensor, weight: &DeviceTensor, bias: Option<&
     linear_into(gpu, x, weight, bias, &mut out)?;
     Ok(out)
 }
+
+/// A column-major operand of [`gemm_strided_batched`]: device address,
+/// leading dimension and the element stride between batch entries.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BatchedOperand {
+    pub ptr: u64,
+    pub ld: usize,
+    pub stride: usize,
+}
+
+/// `C_i = op(A_i) · op(B_i)` for `batch` entries, all of `dtype` (f32
+/// accumulation), in cuBLAS's column-major terms: `op(A)` is `m × k`
+/// (`trans_a`: A is stored `k × m`), `op(B)` is `k × n`, C is `m × n`.
+///
+/// # Safety
+/// Every address must be a live device buffer of `dtype` on `gpu`'s stream
+/// covering its `ld`, stride and `batch` extents.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_strided_batched(
+    gpu: &Gpu,
+    dtype: DType,
+    (trans_a, trans_b): (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    a: BatchedOperand,
+    b: BatchedOperand,
+    c: BatchedOperand,
+    batch: usize,
+) -> Result<()> {
+    use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    let t = cuda_type(dtype).ok_or(Error::InvalidArgument {
+        op: "gemm_strided_batched",
+        arg: "dtype",
+        reason: format!("{dtype} has no cuBLAS GEMM"),
+    })?;
+    let dims = [m, n, k, a.ld, b.ld, c.ld, batch];
+    if dims.iter().any(|&d| d > i32::MAX as usize) {
+        return Err(Error::InvalidArgument {
+            op: "gemm_strided_batched",
+            arg: "shape",
+            reason: format!("{dims:?} exceeds cuBLAS's 2^31-1 limit"),
+        });
+    }
+    let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+    let (one, zero) = (1f32, 0f32);
+    gpu.with_blas(|blas| {
+        // SAFETY: the caller's contract; the handle is bound to gpu's stream.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                blas.handle,
+                op(trans_a),
+                op(trans_b),
+                m as i32,
+                n as i32,
+                k as i32,
+                &one as *const f32 as *const c_void,
+                a.ptr as *const c_void,
+                t,
+                a.ld as i32,
+                a.stride as i64,
+                b.ptr as *const c_void,
+                t,
+                b.ld as i32,
+                b.stride as i64,
+                &zero as *const f32 as *const c_void,
+                c.ptr as *mut c_void,
+                t,
+                c.ld as i32,
+                c.stride as i64,
+                batch as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(blas_err("gemm_strided_batched_ex"))
+    })
+}

@@ -4,9 +4,11 @@
 mod activation;
 mod attention;
 mod embedding;
+mod gelu;
 mod int8_mm;
 mod kv_store;
 mod launch;
+mod layer_norm;
 mod linear;
 mod norm;
 mod quant;
@@ -14,6 +16,7 @@ mod rope;
 mod rope_store;
 mod sample;
 mod sampling;
+mod segment_attention;
 
 pub use activation::{silu_and_mul, silu_and_mul_into, silu_and_mul_quant_into, validate_silu_and_mul};
 pub use attention::{
@@ -25,11 +28,13 @@ pub use embedding::{
     embedding, embedding_into, scatter_rows_into, validate_embedding, validate_scatter_rows, validate_token_ids,
     Scatter,
 };
+pub use gelu::{gelu_inplace, gelu_into, Gelu};
 pub use int8_mm::{
     int8_scaled_mm, int8_scaled_mm_dynamic, int8_scaled_mm_dynamic_into, int8_scaled_mm_into, resolve_int8_mm_config,
     select_int8_mm_config, validate_int8_scaled_mm, Int8MmConfig, Int8MmPath, Int8MmProblem,
 };
 pub use kv_store::{kv_store, validate_kv_store, RowSpan};
+pub use layer_norm::{layer_norm_into, validate_layer_norm};
 pub(crate) use linear::Blas;
 pub use linear::{linear, linear_into, validate_linear};
 pub use norm::{fused_add_rms_norm, fused_add_rms_norm_quant, rms_norm, rms_norm_into, validate_rms_norm};
@@ -38,6 +43,7 @@ pub use rope::{qk_norm_rope, rope_cos_sin_cache, validate_qk_norm_rope, QkHeads,
 pub use rope_store::{qk_norm_rope_store, validate_qk_norm_rope_store, RopeStoreOut};
 pub use sample::{sample, sample_into, validate_sample, SampleParams};
 pub use sampling::{argmax, argmax_into, token_logprobs, token_logprobs_into, validate_logits};
+pub use segment_attention::{segment_attention_into, validate_segment_attention};
 
 use crate::dtype::DType;
 use crate::registry::{KernelBuild, KernelId};
@@ -55,6 +61,9 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
         KernelId::Argmax => sampling::symbols(build.variant),
         KernelId::Sample => sample::symbols(build.variant),
         KernelId::Attention => attention::symbols(),
+        KernelId::LayerNorm => layer_norm::symbols(build.variant),
+        KernelId::Gelu => gelu::symbols(build.variant),
+        KernelId::Softmax => segment_attention::softmax_symbols(build.variant),
         KernelId::Int8ScaledMm => match build.variant {
             Some("sm90") => vec![
                 "mllm_int8_scaled_mm_sm90".to_string(),

@@ -10,6 +10,7 @@ mod quant;
 mod rope;
 mod sample;
 mod sampling;
+mod vision;
 
 pub use activation::silu_and_mul;
 pub use attention::{paged_attention, PagedKv};
@@ -20,3 +21,4 @@ pub use quant::per_token_quant_int8;
 pub use rope::qk_norm_rope;
 pub use sample::{kept_cdf, philox4x32_10, sample, sample_uniform, KeptCdf, Sampled};
 pub use sampling::{argmax, token_logprobs};
+pub use vision::{gelu, layer_norm, segment_attention};

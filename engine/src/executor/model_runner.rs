@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::cuda::{CudaModel, KvSizing, VisualStep};
+use super::cuda::{CudaModel, CudaVisionTower, KvSizing, VisualStep};
 use super::device::Device;
 use super::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
 use super::sampler::{SampleOutput, Sampler, SequenceState};
@@ -55,8 +55,8 @@ enum Backend {
     Cuda(Box<CudaModel>),
     /// Qwen3-VL on the CPU, one sequence at a time, with its image requests' state.
     Vl(Box<Qwen3VlModel>, VlRequests),
-    /// Qwen3-VL with the text decoder on a GPU (batched, decode on CUDA graphs) and the vision
-    /// tower on the host.
+    /// Qwen3-VL on a GPU: the text decoder (batched, decode on CUDA graphs) and a copy of the
+    /// vision tower; the host keeps the tower's config and position table.
     VlCuda(Box<CudaModel>, Box<VlFront>, VlRequests),
 }
 
@@ -94,7 +94,7 @@ impl From<Qwen3VlModel> for RunnerModel {
 impl ModelRunner {
     /// A runner with pools sized by `cfg` (KV capacity from the byte budget). On
     /// [`Device::Cuda`] the weights are uploaded (progress on stderr) and the K/V cache is
-    /// allocated on that GPU (for Qwen3-VL the text decoder; its vision tower stays on the host).
+    /// allocated on that GPU (for Qwen3-VL also the vision tower).
     pub fn new(model: impl Into<RunnerModel>, cfg: RunnerConfig) -> Result<Self> {
         let model = model.into();
         let c = model.config();
@@ -135,8 +135,10 @@ impl ModelRunner {
                         Backend::Cuda(Box::new(CudaModel::new(gpu, &*m, sizing, max_context, graph_bs)?))
                     }
                     RunnerModel::Qwen3Vl(m) => {
-                        let cuda = CudaModel::new(gpu, &*m, sizing, max_context, graph_bs)?;
-                        Backend::VlCuda(Box::new(cuda), Box::new(m.into_front()), VlRequests::default())
+                        let cuda = CudaModel::new(gpu.clone(), &*m, sizing, max_context, graph_bs)?;
+                        let tower = CudaVisionTower::upload(gpu, m.shared_vision(), cuda.dtype())?;
+                        let front = m.into_front().with_encoder(Arc::new(tower));
+                        Backend::VlCuda(Box::new(cuda), Box::new(front), VlRequests::default())
                     }
                 };
                 let kv_capacity = match &backend {
@@ -314,7 +316,14 @@ impl ModelRunner {
     pub fn profile_report(&self) -> Option<String> {
         match &self.backend {
             Backend::Cpu(_) | Backend::Vl(..) => None,
-            Backend::Cuda(m) | Backend::VlCuda(m, ..) => m.profile_report(),
+            Backend::Cuda(m) => m.profile_report(),
+            Backend::VlCuda(m, front, _) => {
+                let text = m.profile_report()?;
+                Some(match front.encoder().profile_report() {
+                    Some(vision) => format!("{text}vision tower: {vision}"),
+                    None => text,
+                })
+            }
         }
     }
 

@@ -7,6 +7,7 @@ mod attention;
 mod forward;
 mod graph;
 mod sampling;
+mod vision;
 mod visual;
 mod weights;
 
@@ -18,6 +19,7 @@ use mllm_kernel::{DeviceTensor, Gpu};
 use self::attention::{Attention, BatchLayout, HostLayout};
 use self::forward::{HostInputs, StepInputs};
 use self::graph::DecodeGraphs;
+pub use self::vision::CudaVisionTower;
 pub use self::visual::VisualStep;
 use crate::executor::forward_batch::{ForwardBatch, ForwardMode};
 use crate::executor::sampler::{SampleOutput, SequenceState};

@@ -9,7 +9,7 @@ use super::model_config::Qwen3VlConfig;
 use super::mrope::{MRotaryEmbedding, MropePos};
 use super::rope_index::{rope_positions, RopePositions};
 use super::splice::VisualRows;
-use super::vision::{VisionOutput, VisionTower};
+use super::vision::{VisionEncoder, VisionOutput, VisionTower};
 use crate::models::{ModelError, Result};
 use crate::multimodal::GridThw;
 
@@ -26,16 +26,42 @@ use crate::multimodal::GridThw;
 /// assert!(front.rope_positions(&ids, &[], 0..3).is_err()); // a placeholder without an image
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VlFront {
     cfg: Qwen3VlConfig,
     vision: Arc<VisionTower>,
+    /// What runs the tower: `vision` itself, or a GPU copy.
+    encoder: Arc<dyn VisionEncoder>,
     mrope: MRotaryEmbedding,
+}
+
+impl std::fmt::Debug for VlFront {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VlFront")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VlFront {
     pub(crate) fn new(cfg: Qwen3VlConfig, vision: Arc<VisionTower>, mrope: MRotaryEmbedding) -> Self {
-        Self { cfg, vision, mrope }
+        let encoder = vision.clone();
+        Self {
+            cfg,
+            vision,
+            encoder,
+            mrope,
+        }
+    }
+
+    /// The same front with images encoded by `encoder` (e.g. the tower uploaded to a GPU).
+    pub fn with_encoder(self, encoder: Arc<dyn VisionEncoder>) -> Self {
+        Self { encoder, ..self }
+    }
+
+    /// What encodes images.
+    pub fn encoder(&self) -> Arc<dyn VisionEncoder> {
+        self.encoder.clone()
     }
 
     /// The config.

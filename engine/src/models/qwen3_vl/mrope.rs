@@ -214,4 +214,23 @@ mod tests {
         let err = m.apply(&[[0; 3]], &mut [0.0; 7], 1, &mut [0.0; 8], 1).unwrap_err();
         assert!(err.to_string().contains("M-RoPE"), "{err}");
     }
+
+    #[test]
+    fn cos_sin_rows_rotate_as_apply_does() {
+        // The GPU path rotates by these rows with NeoX pairs (j, j + half).
+        let m = MRotaryEmbedding::new(16, 100.0, [4, 2, 2], MropeLayout::Interleaved).unwrap();
+        let pos = [[3, 1, 4], [7, 7, 7], [0, 9, 2]];
+        let rows = m.cos_sin_rows(&pos);
+        let q0: Vec<f32> = (0..3 * 16).map(|i| (i as f32 * 0.29).sin()).collect();
+        let (mut q, mut k) = (q0.clone(), vec![0f32; 3 * 16]);
+        m.apply(&pos, &mut q, 1, &mut k, 1).unwrap();
+        for t in 0..3 {
+            let (row, x) = (&rows[t * 16..(t + 1) * 16], &q0[t * 16..(t + 1) * 16]);
+            for j in 0..8 {
+                let (c, s) = (row[j], row[8 + j]);
+                assert!((q[t * 16 + j] - (x[j] * c - x[8 + j] * s)).abs() < 1e-6);
+                assert!((q[t * 16 + 8 + j] - (x[8 + j] * c + x[j] * s)).abs() < 1e-6);
+            }
+        }
+    }
 }

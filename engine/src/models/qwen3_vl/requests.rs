@@ -17,7 +17,7 @@ use super::front::VlFront;
 use super::mrope::MropePos;
 use super::rope_index::text_position;
 use super::splice::VisualRows;
-use super::vision::{VisionOutput, VisionTower};
+use super::vision::{VisionEncoder, VisionOutput};
 use crate::models::{ModelError, Result};
 use crate::multimodal::{GridThw, MultimodalInputs};
 use crate::tensor::Tensor;
@@ -51,7 +51,7 @@ enum Encoding {
 pub struct VlRequests {
     by_slot: HashMap<usize, Request>,
     /// The tower that runs queued images (the model's, kept from the first `encode`).
-    tower: Option<Arc<VisionTower>>,
+    tower: Option<Arc<dyn VisionEncoder>>,
     /// Tower forwards run so far.
     tower_forwards: u64,
     /// Seconds spent in those forwards.
@@ -169,7 +169,7 @@ impl VlRequests {
             req.encoded[k] = Encoding::Queued;
         }
         if self.tower.is_none() {
-            self.tower = Some(model.shared_vision());
+            self.tower = Some(model.encoder());
         }
         Ok(())
     }
@@ -200,7 +200,7 @@ impl VlRequests {
             .map(|&(slot, k)| &self.by_slot[&slot].mm.images[k].patches)
             .collect();
         let start = std::time::Instant::now();
-        let outputs = tower.forward_each(&images)?;
+        let outputs = tower.encode(&images)?;
         self.tower_forwards += 1;
         self.tower_seconds += start.elapsed().as_secs_f64();
         for ((slot, k), out) in queued.into_iter().zip(outputs) {

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use super::config::{VisionAct, VisionConfig};
 use super::layers::{activate, segment_attention, Rotary};
 use super::positions::{frame_bounds, patch_coords, position_taps};
@@ -93,6 +95,11 @@ impl VisionTower {
         &self.cfg
     }
 
+    /// The parameters (for a backend that uploads them).
+    pub(crate) fn weights(&self) -> &VisionWeights {
+        &self.weights
+    }
+
     /// Runs preprocessed images (see [`crate::multimodal::ImageProcessorConfig::preprocess`]).
     pub fn forward_images(&self, images: &[ImagePatches]) -> Result<VisionOutput> {
         let images: Vec<&ImagePatches> = images.iter().collect();
@@ -147,7 +154,7 @@ impl VisionTower {
     }
 
     /// The images' patch rows concatenated in order, and their grids.
-    fn stack(&self, images: &[&ImagePatches]) -> Result<(Tensor, Vec<GridThw>)> {
+    pub(crate) fn stack(&self, images: &[&ImagePatches]) -> Result<(Tensor, Vec<GridThw>)> {
         let cols = self.cfg.patch_dim();
         let mut data = Vec::with_capacity(images.iter().map(|i| i.pixel_values.len()).sum());
         for (i, img) in images.iter().enumerate() {
@@ -200,26 +207,22 @@ impl VisionTower {
     }
 
     /// The learned table resampled to every input's grid, `[Σ patches, hidden]`.
-    fn position_embeddings(&self, grids: &[GridThw]) -> Result<Tensor> {
+    pub(crate) fn position_embeddings(&self, grids: &[GridThw]) -> Result<Tensor> {
         let d = self.cfg.hidden_size;
         let (side, merge) = (self.cfg.grid_side(), self.cfg.spatial_merge_size);
         let table = &self.weights.pos_embed;
-        let mut out = Vec::new();
-        for g in grids {
-            for taps in position_taps(*g, side, merge) {
-                let mut row = vec![0f32; d];
-                for (idx, w) in taps {
-                    let src = &table[idx * d..(idx + 1) * d];
-                    row.iter_mut().zip(src).for_each(|(o, &s)| *o += s * w);
-                }
-                out.extend_from_slice(&row);
+        let taps: Vec<_> = grids.iter().flat_map(|g| position_taps(*g, side, merge)).collect();
+        let mut out = vec![0f32; taps.len() * d];
+        // Rows are independent; a 448x448 image has 784 of them, four table rows each.
+        out.par_chunks_mut(d).zip(taps.par_iter()).for_each(|(row, taps)| {
+            for &(idx, w) in taps.iter() {
+                let src = &table[idx * d..(idx + 1) * d];
+                row.iter_mut().zip(src).for_each(|(o, &s)| *o += s * w);
             }
-        }
-        let rows = out.len() / d;
-        Ok(Tensor::from_vec(out, &[rows, d])?)
+        });
+        Ok(Tensor::from_vec(out, &[taps.len(), d])?)
     }
 
-    /// One pre-norm block: `h + proj(attn(norm1 h))`, then `+ fc2(act(fc1(norm2 h)))`.
     fn block(&self, w: &BlockWeights, h: &Tensor, rope: &Rotary, bounds: &[usize]) -> Result<Tensor> {
         let qkv = w.qkv.forward(&w.norm1.forward(h)?)?;
         let attn = segment_attention(&qkv, self.cfg.num_heads, rope, bounds)?;
@@ -241,5 +244,22 @@ impl VisionTower {
         };
         let x = activate(&w.fc1.forward(&x)?, VisionAct::GeluErf)?;
         w.fc2.forward(&x)
+    }
+}
+
+/// Runs a vision tower over a step's images: [`VisionTower`] on the CPU, or a GPU copy of it.
+pub trait VisionEncoder: Send + Sync + std::fmt::Debug {
+    /// One forward over all `images` (checked against the tower first), split back per image.
+    fn encode(&self, images: &[&ImagePatches]) -> Result<Vec<VisionOutput>>;
+
+    /// Where the encoder's time went, if it keeps a profile (`MLLM_CUDA_PROFILE=1` on a GPU).
+    fn profile_report(&self) -> Option<String> {
+        None
+    }
+}
+
+impl VisionEncoder for VisionTower {
+    fn encode(&self, images: &[&ImagePatches]) -> Result<Vec<VisionOutput>> {
+        self.forward_each(images)
     }
 }
