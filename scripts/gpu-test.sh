@@ -218,14 +218,16 @@ run() {
         ;;
       vl)
         # Qwen3-VL-2B-Instruct with random weights, bf16 and W8A8 (text decoder only) in the
-        # same run: one 448x448 image (196 placeholder tokens) in a 512-token prompt, batch 1
-        # and 8; the record's vision_encode_s is the tower's share of the prefill.
+        # same run: one 448x448 image (196 placeholder tokens) in a 512-token prompt at batch
+        # 1 and 8, and in a 2048-token prompt at batch 1 (pymllm's published input length);
+        # the record's vision_encode_s is the tower's share of the prefill.
         for quant in "" "--quantization w8a8"; do
-          for bs in 1 8; do
+          for shape in "1 512" "8 512" "1 2048"; do
+            set -- $shape
             # shellcheck disable=SC2086
             "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 $quant \
               --model-config engine/tests/fixtures/qwen3-vl-2b.config.json --image-size 448 \
-              --batch-size "$bs" --input-len 512 --output-len 64 --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
+              --batch-size "$1" --input-len "$2" --output-len 64 --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
               --out "$out/bench_vl.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
           done
         done
