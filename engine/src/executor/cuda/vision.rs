@@ -226,16 +226,7 @@ impl CudaVisionTower {
         // Per-patch rotary rows in the RoPE kernel's layout: cos of the d/2 angles, then sin.
         let coords: Vec<(usize, usize)> = grids.iter().flat_map(|g| patch_coords(*g, merge)).collect();
         let rot = VisionRotary::new(&coords, hd, cfg.rope_parameters.rope_theta);
-        let half = hd / 2;
-        let table: Vec<f32> = (0..n)
-            .flat_map(|r| {
-                let row = r * hd;
-                rot.cos[row..row + half]
-                    .iter()
-                    .chain(&rot.sin[row..row + half])
-                    .copied()
-            })
-            .collect();
+        let table = rot.kernel_table();
         let cos_sin = DeviceTensor::from_host(gpu, &table, &[n, hd])?;
         let bounds = frame_bounds(&grids);
         prof.mark(gpu, "vision.inputs")?;

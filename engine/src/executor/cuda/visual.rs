@@ -10,7 +10,7 @@ use super::forward::to_i32;
 use crate::executor::forward_batch::ForwardBatch;
 use crate::models::qwen3_vl::{MropePos, VlFront, VlRequests};
 use crate::models::{ModelError, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{cat, DType, Tensor};
 
 /// The image rows of a step, on the GPU.
 pub(super) struct DeviceVisual {
@@ -23,16 +23,17 @@ pub(super) struct DeviceVisual {
 }
 
 /// One step's Qwen3-VL inputs on the host.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct VisualStep {
     /// Per token: its 1-D position, or (with `rope_rows`) its row in that table.
     pub(super) positions: Vec<i32>,
     /// `[T, head_dim]` rotary rows, when some token's three axes differ.
     rope_rows: Option<Vec<f32>>,
-    /// Batch rows of image tokens, with `[rows.len(), hidden]` f32 embeddings and deepstack.
+    /// Batch rows of image tokens, with their embeddings and deepstack rows, one piece per
+    /// sequence (in the tower's dtype; concatenated at upload).
     rows: Vec<i32>,
-    embeddings: Vec<f32>,
-    deepstack: Vec<Vec<f32>>,
+    embeddings: Vec<Tensor>,
+    deepstack: Vec<Vec<Tensor>>,
     hidden: usize,
 }
 
@@ -83,9 +84,9 @@ impl VisualStep {
         }
         self.deepstack.resize(deepstack.len(), Vec::new());
         self.rows.extend(to_i32("image row", rows.iter().map(|r| start + r))?);
-        self.embeddings.extend(emb.to_f32_vec()?);
+        self.embeddings.push(emb.clone());
         for (acc, d) in self.deepstack.iter_mut().zip(deepstack) {
-            acc.extend(d.to_f32_vec()?);
+            acc.push(d.clone());
         }
         Ok(())
     }
@@ -112,8 +113,14 @@ impl VisualStep {
             return Ok((rope, None));
         }
         let shape = [self.rows.len(), self.hidden];
-        let up = |v: &[f32]| -> Result<DeviceTensor> {
-            let t = Tensor::from_vec(v.to_vec(), &shape)?.to_dtype(dtype)?;
+        let up = |pieces: &[Tensor]| -> Result<DeviceTensor> {
+            let t = cat(&pieces.iter().collect::<Vec<_>>())?.to_dtype(dtype)?;
+            if t.shape() != shape {
+                return Err(ModelError::Invalid(format!(
+                    "image rows are {:?}, expected {shape:?}",
+                    t.shape()
+                )));
+            }
             Ok(DeviceTensor::from_bytes(
                 gpu,
                 t.as_bytes(),

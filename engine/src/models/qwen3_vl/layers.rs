@@ -109,19 +109,35 @@ impl Rotary {
         let inv_freq: Vec<f32> = (0..spatial / 2)
             .map(|j| 1.0 / (theta as f32).powf((2 * j) as f32 / spatial as f32))
             .collect();
-        let mut cos = Vec::with_capacity(coords.len() * head_dim);
-        let mut sin = Vec::with_capacity(coords.len() * head_dim);
-        for &(row, col) in coords {
-            let freqs: Vec<f32> = [row, col]
-                .iter()
-                .flat_map(|&p| inv_freq.iter().map(move |&f| p as f32 * f))
-                .collect();
-            for _ in 0..2 {
-                cos.extend(freqs.iter().map(|f| f.cos()));
-                sin.extend(freqs.iter().map(|f| f.sin()));
-            }
-        }
+        // Each angle's cos/sin once, written to both halves; patches in parallel.
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; coords.len() * head_dim];
+        let mut sin = vec![0f32; coords.len() * head_dim];
+        cos.par_chunks_mut(head_dim)
+            .zip(sin.par_chunks_mut(head_dim))
+            .zip(coords.par_iter())
+            .for_each(|((c, s), &(row, col))| {
+                let angles = [row, col]
+                    .into_iter()
+                    .flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f));
+                for (j, a) in angles.enumerate() {
+                    let (cv, sv) = (a.cos(), a.sin());
+                    (c[j], c[j + half], s[j], s[j + half]) = (cv, cv, sv, sv);
+                }
+            });
         Self { cos, sin, head_dim }
+    }
+
+    /// `[patches, head_dim]` rows of the GPU RoPE kernel's table: the `head_dim / 2` cosines,
+    /// then the sines (each half of `cos`/`sin` repeats the angles).
+    pub(crate) fn kernel_table(&self) -> Vec<f32> {
+        let (d, half) = (self.head_dim, self.head_dim / 2);
+        let mut out = vec![0f32; self.cos.len()];
+        out.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
+            row[..half].copy_from_slice(&self.cos[r * d..r * d + half]);
+            row[half..].copy_from_slice(&self.sin[r * d..r * d + half]);
+        });
+        out
     }
 
     /// Rotates one head vector `x` of patch `row` in place: `x·cos + rotate_half(x)·sin`.

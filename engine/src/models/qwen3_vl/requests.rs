@@ -20,7 +20,7 @@ use super::splice::VisualRows;
 use super::vision::{VisionEncoder, VisionOutput};
 use crate::models::{ModelError, Result};
 use crate::multimodal::{GridThw, MultimodalInputs};
-use crate::tensor::Tensor;
+use crate::tensor::{cat, Tensor};
 
 /// One request with images.
 #[derive(Debug)]
@@ -245,9 +245,8 @@ impl VlRequests {
             return Ok(None);
         };
         let mut rows = Vec::new();
-        let mut embeddings: Vec<f32> = Vec::new();
-        let mut deepstack: Vec<Vec<f32>> = Vec::new();
-        let mut width = 0;
+        let mut embeddings: Vec<Tensor> = Vec::new();
+        let mut deepstack: Vec<Vec<Tensor>> = Vec::new();
         for (k, (im, out)) in req.mm.images.iter().zip(&req.encoded).enumerate() {
             let r = &im.token_range;
             let (lo, hi) = (r.start.max(range.start), r.end.min(range.end));
@@ -259,29 +258,28 @@ impl VlRequests {
                     "image {k} is not encoded before its tokens {lo}..{hi} run"
                 )));
             };
-            width = out.embeddings.shape()[1];
             rows.extend(lo - range.start..hi - range.start);
-            embeddings.extend(out.embeddings.narrow_rows(lo - r.start, hi - lo)?.to_f32_vec()?);
+            embeddings.push(out.embeddings.narrow_rows(lo - r.start, hi - lo)?);
             deepstack.resize(out.deepstack.len(), Vec::new());
             for (acc, d) in deepstack.iter_mut().zip(&out.deepstack) {
-                acc.extend(d.narrow_rows(lo - r.start, hi - lo)?.to_f32_vec()?);
+                acc.push(d.narrow_rows(lo - r.start, hi - lo)?);
             }
         }
         if rows.is_empty() {
             return Ok(None);
         }
-        let shape = [rows.len(), width];
+        // Rows keep the tower's dtype (bf16 from a GPU tower): no f32 round trip.
+        let cat_all = |v: &[Tensor]| cat(&v.iter().collect::<Vec<_>>());
         Ok(Some(VisualRows {
-            embeddings: Tensor::from_vec(embeddings, &shape)?,
+            embeddings: cat_all(&embeddings)?,
             deepstack: deepstack
-                .into_iter()
-                .map(|d| Tensor::from_vec(d, &shape))
+                .iter()
+                .map(|d| cat_all(d))
                 .collect::<std::result::Result<_, _>>()?,
             rows,
         }))
     }
 
-    /// Drops the tower's rows of `slot`'s images whose placeholders all lie before `len`.
     pub fn prefilled(&mut self, slot: usize, len: usize) {
         if let Some(req) = self.by_slot.get_mut(&slot) {
             for (im, out) in req.mm.images.iter().zip(req.encoded.iter_mut()) {
