@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{gpu_or_skip, random_f32};
+use common::{cast, gpu_or_skip, random_f32};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::ops::{
@@ -34,10 +34,6 @@ fn tol(dtype: DType) -> f32 {
         DType::BF16 => 1.0 / 64.0,
         _ => 1.0 / 512.0,
     }
-}
-
-fn cast<T: FloatElem>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|x| T::from_f32(*x)).collect()
 }
 
 fn indptr(lens: &[usize]) -> Vec<i32> {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{gpu_or_skip, random_f32};
+use common::{cast, gpu_or_skip, random_f32};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::{ops, reference, DType, DeviceTensor, Gpu};
@@ -20,10 +20,6 @@ fn rel_tol(dtype: DType) -> f32 {
         DType::F16 => 1.0 / 512.0,
         _ => 1e-5,
     }
-}
-
-fn cast<T: FloatElem>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|x| T::from_f32(*x)).collect()
 }
 
 fn assert_close<T: FloatElem>(got: &[T], want: &[T], what: &str) {

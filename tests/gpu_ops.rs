@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{gpu_or_skip, random_f32};
+use common::{cast, gpu_or_skip, random_f32};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::{ops, reference, DType, DeviceTensor, Error, Gpu};
@@ -49,10 +49,6 @@ fn assert_close<T: FloatElem>(got: &[T], want: &[T], dtype: DType, what: &str) {
             "{what}: element {i}: gpu {g} vs reference {w} (tolerance {tol} relative)"
         );
     }
-}
-
-fn cast<T: FloatElem>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|x| T::from_f32(*x)).collect()
 }
 
 fn check_rms_norm<T: FloatElem>(gpu: &Gpu) {

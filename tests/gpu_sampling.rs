@@ -22,17 +22,13 @@
 
 mod common;
 
-use common::{gpu_or_skip, random_f32};
+use common::{cast, gpu_or_skip, random_f32};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::ops::{self, Meta, SampleParams};
 use mllm_kernel::{reference, DType, DeviceTensor, Error, Gpu};
 
 const MARGIN: f64 = 1e-4;
-
-fn cast<T: FloatElem>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|x| T::from_f32(*x)).collect()
-}
 
 fn upload_params(gpu: &Gpu, rows: &[SampleParams]) -> DeviceTensor {
     let words = SampleParams::pack(rows).unwrap();

@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{gpu_or_skip, random_f32};
+use common::{cast, gpu_or_skip, random_f32};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::ops::{self, Gelu, Meta};
@@ -28,10 +28,6 @@ fn ulp(dtype: DType) -> f32 {
         DType::F16 => 1.0 / 1024.0,
         _ => 1e-6,
     }
-}
-
-fn cast<T: FloatElem>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|x| T::from_f32(*x)).collect()
 }
 
 fn f32s<T: FloatElem>(v: &[T]) -> Vec<f32> {

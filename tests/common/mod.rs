@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
+use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::{Error, Gpu};
 
 /// The GPU, or `None` after printing why the test is skipped. Only a missing
@@ -27,4 +28,9 @@ pub fn random_f32(n: usize, seed: u64, scale: f32) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
+}
+
+/// `v` rounded to the element type `T`.
+pub fn cast<T: FloatElem>(v: &[f32]) -> Vec<T> {
+    v.iter().map(|x| T::from_f32(*x)).collect()
 }
