@@ -28,7 +28,7 @@ use mllm_engine::tensor::DType;
 
 mod common;
 
-use common::logits::{range, Worst};
+use common::logits::{self, range, Worst};
 use common::vl::{hf_images, ints, multimodal_inputs};
 
 const MAX_FRAC: f32 = 0.03;
@@ -203,24 +203,17 @@ fn greedy(r: &mut ModelRunner, prompts: &[Prompt], n: usize) -> Vec<Vec<u32>> {
     states.iter().map(|s| s.output_tokens().to_vec()).collect()
 }
 
-/// `Err` when `got` leaves HF's greedy tokens at a step where HF's top-2 gap is not a near-tie.
+/// [`common::logits::check_greedy`] against this prompt's HF tokens and gaps.
 fn check_greedy(got: &[u32], p: &Prompt) -> Result<(), String> {
-    let Some(i) = got.iter().zip(&p.hf_greedy).position(|(a, b)| a != b) else {
-        return Ok(());
-    };
-    let gap = p.hf_gaps[i];
     let r = range(p.hf_logits.last().unwrap());
-    if gap > MAX_FRAC * r {
-        return Err(format!(
-            "prompt {}: greedy diverges from HF at step {i} ({got:?} vs {:?}); HF's top-2 gap there is {gap}",
-            p.name, p.hf_greedy
-        ));
-    }
-    eprintln!(
-        "prompt {}: diverges at step {i} on a bf16 near-tie (HF top-2 gap {gap}, logit range {r})",
-        p.name
-    );
-    Ok(())
+    logits::check_greedy(
+        &format!("prompt {}", p.name),
+        got,
+        &p.hf_greedy,
+        &p.hf_gaps,
+        r,
+        MAX_FRAC,
+    )
 }
 
 fn compare(what: &str, got: &[Vec<Vec<f32>>], want: &[Vec<Vec<f32>>], failures: &mut Vec<String>) {
