@@ -17,7 +17,7 @@ use crate::models::qwen3_vl::{
     frame_bounds, patch_coords, MergerWeights, VisionAct, VisionEncoder, VisionLayerNorm, VisionLinear, VisionOutput,
     VisionRotary, VisionTower,
 };
-use crate::models::{ModelError, Result};
+use crate::models::Result;
 use crate::multimodal::ImagePatches;
 use crate::tensor::{DType, Tensor};
 
@@ -162,13 +162,20 @@ impl CudaVisionTower {
         Ok(out)
     }
 
-    /// Patch merger over the stream `h` `[n, d]` (pending: an MLP output not yet added).
-    fn merge(&self, m: &Merger, h: &mut DeviceTensor, pending: Option<DeviceTensor>) -> Result<DeviceTensor> {
+    /// Patch merger over the stream `h` `[n, d]` (pending: an MLP output not yet added;
+    /// `iota`: the row ids `0..n` the row scatter adds through).
+    fn merge(
+        &self,
+        m: &Merger,
+        h: &mut DeviceTensor,
+        pending: Option<DeviceTensor>,
+        iota: &DeviceTensor,
+    ) -> Result<DeviceTensor> {
         let cfg = self.host.config();
         let (n, d, unit) = (h.shape()[0], cfg.hidden_size, cfg.merge_unit());
         let x = if m.post_shuffle {
             if let Some(p) = pending {
-                add_rows(&self.gpu, h, &p)?;
+                ops::scatter_rows_into(&self.gpu, iota, &p, h, Scatter::Add, None)?;
             }
             let grouped = std::mem::replace(h, DeviceTensor::empty(&self.gpu, &[0, d], h.dtype())?);
             let grouped = grouped.reshape(&[n / unit, d * unit])?;
@@ -270,43 +277,19 @@ impl CudaVisionTower {
             pending = Some(self.linear(&f, &b.fc2)?);
             prof.mark(gpu, "vision.mlp")?;
             if let Some(j) = cfg.deepstack_visual_indexes.iter().position(|&k| k == i) {
-                deepstack.push(self.merge(&self.deepstack[j], &mut h, pending.take())?);
+                deepstack.push(self.merge(&self.deepstack[j], &mut h, pending.take(), &iota)?);
                 prof.mark(gpu, "vision.mergers")?;
             }
         }
-        let embeddings = self.merge(&self.merger, &mut h, pending)?;
+        let embeddings = self.merge(&self.merger, &mut h, pending, &iota)?;
         prof.mark(gpu, "vision.mergers")?;
         let out = VisionOutput {
             embeddings: self.to_host(&embeddings)?,
             deepstack: deepstack.iter().map(|t| self.to_host(t)).collect::<Result<_>>()?,
         };
         prof.mark(gpu, "vision.download")?;
-        let unit = cfg.merge_unit();
-        let mut start = 0;
-        grids
-            .iter()
-            .map(|g| {
-                let rows = g.num_patches() / unit;
-                start += rows;
-                out.rows(start - rows, rows)
-            })
-            .collect()
+        out.split(&grids, cfg.merge_unit())
     }
-}
-
-/// `h += p` row for row (both `[n, d]`), through the row scatter's add.
-fn add_rows(gpu: &Gpu, h: &mut DeviceTensor, p: &DeviceTensor) -> Result<()> {
-    let n = h.shape()[0];
-    if p.shape() != h.shape() {
-        return Err(ModelError::Invalid(format!(
-            "vision residual add: {:?} vs {:?}",
-            p.shape(),
-            h.shape()
-        )));
-    }
-    let iota: Vec<i32> = (0..n as i32).collect();
-    let iota = DeviceTensor::from_host(gpu, &iota, &[n])?;
-    Ok(ops::scatter_rows_into(gpu, &iota, p, h, Scatter::Add, None)?)
 }
 
 impl VisionEncoder for CudaVisionTower {

@@ -26,6 +26,20 @@ pub struct VisionOutput {
 }
 
 impl VisionOutput {
+    /// The output of a batch of images with `grids` split back into one output per image
+    /// (`unit` patches merge into one row).
+    pub(crate) fn split(&self, grids: &[GridThw], unit: usize) -> Result<Vec<VisionOutput>> {
+        let mut start = 0;
+        grids
+            .iter()
+            .map(|g| {
+                let rows = g.num_patches() / unit;
+                start += rows;
+                self.rows(start - rows, rows)
+            })
+            .collect()
+    }
+
     /// Rows `start..start + len` of the embeddings and of every deepstack level.
     pub fn rows(&self, start: usize, len: usize) -> Result<VisionOutput> {
         Ok(VisionOutput {
@@ -113,17 +127,7 @@ impl VisionTower {
     /// gets alone; batching only saves the per-call overhead and feeds the matmuls more rows.
     pub fn forward_each(&self, images: &[&ImagePatches]) -> Result<Vec<VisionOutput>> {
         let (pixels, grids) = self.stack(images)?;
-        let out = self.forward(&pixels, &grids)?;
-        let unit = self.cfg.merge_unit();
-        let mut start = 0;
-        grids
-            .iter()
-            .map(|g| {
-                let rows = g.num_patches() / unit;
-                start += rows;
-                out.rows(start - rows, rows)
-            })
-            .collect()
+        self.forward(&pixels, &grids)?.split(&grids, self.cfg.merge_unit())
     }
 
     /// Errors unless `image`'s pixel values fit the tower: `patch_dim` columns, one row per patch
