@@ -64,6 +64,14 @@ for line in sys.stdin:
   du -sh "$gpu"
 }
 
+# Waits up to 60 s for a server on localhost:$1 to answer /health.
+wait_healthy() {
+  for _ in $(seq 120); do
+    curl -sf "localhost:$1/health" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+}
+
 run() {
   cd "$root"
   out=${OUT:-$gpu/out}
@@ -123,10 +131,7 @@ run() {
   echo "== mllm serve --device cuda (tiny random Qwen3)" | tee -a "$out/tests.log"
   "$gpu/bin/mllm" serve --model "$parity/qwen3" --device cuda --port 30123 >"$out/serve.log" 2>&1 &
   serve_pid=$!
-  for _ in $(seq 120); do
-    curl -sf localhost:30123/health >/dev/null 2>&1 && break
-    sleep 0.5
-  done
+  wait_healthy 30123
   if curl -sS localhost:30123/v1/chat/completions -H 'content-type: application/json' \
     -d '{"messages":[{"role":"user","content":"w5 w6 w7"}],"max_tokens":8,"temperature":0}' \
     -o "$out/serve_chat.json" && grep -q '"choices"' "$out/serve_chat.json"; then
@@ -141,10 +146,7 @@ run() {
   echo "== mllm serve --device cuda (tiny random Qwen3-VL, one image)" | tee -a "$out/tests.log"
   "$gpu/bin/mllm" serve --model "$vl" --device cuda --port 30124 >"$out/serve_vl.log" 2>&1 &
   serve_pid=$!
-  for _ in $(seq 120); do
-    curl -sf localhost:30124/health >/dev/null 2>&1 && break
-    sleep 0.5
-  done
+  wait_healthy 30124
   img=$(base64 -w0 engine/tests/fixtures/vl/rgb_37x53.png)
   for stream in false true; do
     body='{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,'"$img"'"}},{"type":"text","text":"w5 w6"}]}],"max_tokens":8,"temperature":0,"stream":'$stream'}'
