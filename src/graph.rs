@@ -1,8 +1,8 @@
 //! CUDA graphs over a [`Gpu`]'s stream: capture a sequence of launches once, replay it with
 //! one launch.
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::CudaGraph;
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaEvent, CudaGraph};
 
 use crate::device::Gpu;
 use crate::{Error, Result};
@@ -57,5 +57,70 @@ impl Graph {
     /// Replays the graph on its stream.
     pub fn launch(&self) -> Result<()> {
         self.inner.launch().map_err(Error::driver("launch graph"))
+    }
+}
+
+/// GPU time of repeated work on a [`Gpu`]'s stream (events around each run), read without a
+/// synchronization of its own: a run's time is collected at the next run or at
+/// [`GpuTimer::take`], by when the caller has usually synchronized (e.g. downloaded results).
+///
+/// ```no_run
+/// use mllm_kernel::{graph::GpuTimer, ops, DeviceTensor, Gpu};
+/// let gpu = Gpu::new(0)?;
+/// let x = DeviceTensor::zeros(&gpu, &[2, 4], mllm_kernel::DType::F32)?;
+/// let mut y = DeviceTensor::zeros(&gpu, &[2, 2], mllm_kernel::DType::F32)?;
+/// let mut timer = GpuTimer::new(&gpu)?;
+/// timer.time(&gpu, || ops::silu_and_mul_into(&gpu, &x, &mut y))?;
+/// assert_eq!(timer.take()?.len(), 1);
+/// # Ok::<(), mllm_kernel::Error>(())
+/// ```
+pub struct GpuTimer {
+    start: CudaEvent,
+    end: CudaEvent,
+    pending: bool,
+    seconds: Vec<f64>,
+}
+
+impl GpuTimer {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        let event = || {
+            gpu.context()
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(Error::driver("create timer event"))
+        };
+        Ok(Self {
+            start: event()?,
+            end: event()?,
+            pending: false,
+            seconds: Vec::new(),
+        })
+    }
+
+    /// Enqueues `work` between the timer's events (collecting the previous run first).
+    pub fn time<E: From<Error>>(
+        &mut self,
+        gpu: &Gpu,
+        work: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.collect()?;
+        self.start.record(gpu.stream()).map_err(Error::driver("record timer"))?;
+        work()?;
+        self.end.record(gpu.stream()).map_err(Error::driver("record timer"))?;
+        self.pending = true;
+        Ok(())
+    }
+
+    /// Seconds of every run since the last call (waits for the last run to finish).
+    pub fn take(&mut self) -> Result<Vec<f64>> {
+        self.collect()?;
+        Ok(std::mem::take(&mut self.seconds))
+    }
+
+    fn collect(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.pending) {
+            let ms = self.start.elapsed_ms(&self.end).map_err(Error::driver("read timer"))?;
+            self.seconds.push(f64::from(ms) / 1e3);
+        }
+        Ok(())
     }
 }

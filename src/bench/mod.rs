@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::device::Gpu;
 use crate::dtype::DType;
+use crate::graph::Graph;
 use crate::tensor::DeviceTensor;
 use crate::{ops, Error, Result};
 
@@ -32,6 +33,11 @@ pub struct TimingPlan {
     pub repeats: usize,
     /// Calls per sample, so each sample is long enough for event resolution.
     pub calls_per_repeat: usize,
+    /// Replay a CUDA graph of a sample's calls instead of launching them:
+    /// what the engine's decode does, and the GPU's time without the host's
+    /// per-launch cost (which otherwise sets a floor of several
+    /// microseconds under small kernels).
+    pub graph: bool,
 }
 
 impl Default for TimingPlan {
@@ -40,6 +46,7 @@ impl Default for TimingPlan {
             warmup: 20,
             repeats: 30,
             calls_per_repeat: 20,
+            graph: false,
         }
     }
 }
@@ -51,23 +58,31 @@ pub struct Timing {
     pub min_us: f64,
 }
 
-/// Times `call` on the GPU's stream with CUDA events.
+/// Times `call` on the GPU's stream with CUDA events (eagerly, or as a
+/// captured graph when `plan.graph`).
 pub fn time_gpu(gpu: &Gpu, plan: TimingPlan, mut call: impl FnMut() -> Result<()>) -> Result<Timing> {
     for _ in 0..plan.warmup {
         call()?;
     }
+    let calls = plan.calls_per_repeat.max(1);
+    let graph = if plan.graph {
+        Some(Graph::capture(gpu, || (0..calls).try_for_each(|_| call()))?)
+    } else {
+        None
+    };
     let stream = gpu.stream();
     let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
     let mut samples = Vec::with_capacity(plan.repeats);
     for _ in 0..plan.repeats.max(1) {
         let start = stream.record_event(flags).map_err(Error::driver("record event"))?;
-        for _ in 0..plan.calls_per_repeat.max(1) {
-            call()?;
+        match &graph {
+            Some(g) => g.launch()?,
+            None => (0..calls).try_for_each(|_| call())?,
         }
         let end = stream.record_event(flags).map_err(Error::driver("record event"))?;
         end.synchronize().map_err(Error::driver("event synchronize"))?;
         let ms = start.elapsed_ms(&end).map_err(Error::driver("event elapsed"))?;
-        samples.push(ms as f64 * 1e3 / plan.calls_per_repeat.max(1) as f64);
+        samples.push(ms as f64 * 1e3 / calls as f64);
     }
     samples.sort_by(f64::total_cmp);
     Ok(Timing {

@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// attention: context tokens per sequence.
     #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
     pub context: Vec<usize>,
+    /// Time CUDA-graph replays of each sample's calls (no host launch cost, as in decode).
+    #[arg(long)]
+    pub graph: bool,
     /// Kernel for jit-load-once.
     #[arg(long, hide = true)]
     pub kernel: Option<String>,
@@ -76,6 +79,7 @@ pub fn run(env: &KernelEnv, args: BenchArgs) -> anyhow::Result<i32> {
     let plan = TimingPlan {
         warmup: args.warmup,
         repeats: args.repeats,
+        graph: args.graph,
         ..TimingPlan::default()
     };
     let op = match args.op {
@@ -130,11 +134,12 @@ fn bench_attention(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyho
         return Ok(0);
     }
     println!(
-        "{} ({}), warmup {} / repeats {} (median); heads 32/8, d128, bf16",
+        "{} ({}), warmup {} / repeats {} (median{}); heads 32/8, d128, bf16",
         info.name,
         gpu.arch(),
         plan.warmup,
-        plan.repeats
+        plan.repeats,
+        if plan.graph { ", CUDA-graph replay" } else { "" }
     );
     println!(
         "{:<18} {:<13} {:>6} {:>8} {:>10} {:>10} {:>9} {:>9} {:>7}",

@@ -83,6 +83,9 @@ struct Timings {
     /// `batch_size / decode_median_latency_s`.
     decode_throughput_tok_s: Option<f64>,
     decode_total_s: f64,
+    /// GPU time of one decode step's CUDA-graph replay, median (`None` without graphs);
+    /// `decode_median_latency_s` minus this is the host's share of a step.
+    decode_graph_gpu_s: Option<f64>,
     /// Vision-tower time inside the prefill (`None` without images).
     vision_encode_s: Option<f64>,
     total_latency_s: f64,
@@ -291,7 +294,12 @@ fn model_record(info: &ModelInfo, kv_dtype: KvDtype) -> ModelRecord {
 
 fn print_human(info: &ModelInfo, args: &BenchArgs, repeat: usize, t: &Timings) {
     let decode = match (t.decode_throughput_tok_s, t.decode_median_latency_s) {
-        (Some(tp), Some(lat)) => format!("decode {tp:.1} tok/s (median step {:.2} ms)", lat * 1e3),
+        (Some(tp), Some(lat)) => {
+            let gpu = t
+                .decode_graph_gpu_s
+                .map_or(String::new(), |g| format!(", graph replay {:.2} ms", g * 1e3));
+            format!("decode {tp:.1} tok/s (median step {:.2} ms{gpu})", lat * 1e3)
+        }
         _ => "no decode steps".into(),
     };
     eprintln!(
@@ -412,6 +420,7 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Prompt], output_len: usize) ->
         _ => None,
     };
     let mut steps = Vec::with_capacity(output_len.saturating_sub(1));
+    runner.take_graph_replay_seconds()?;
     for _ in 1..output_len {
         for (inp, out) in inputs.iter_mut().zip(&next) {
             inp.prefix_len += inp.new_tokens.len();
@@ -423,10 +432,12 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Prompt], output_len: usize) ->
         steps.push(t.elapsed().as_secs_f64());
     }
     let total = start.elapsed().as_secs_f64();
+    let mut replays = runner.take_graph_replay_seconds()?.unwrap_or_default();
     for inp in &inputs {
         runner.release(inp.req_slot, inp.prefix_len + inp.new_tokens.len())?;
     }
     let in_tokens = (b * prompts.first().map_or(0, |p| p.ids.len())) as f64;
+    let graph_gpu = median(&mut replays);
     let median = median(&mut steps);
     Ok(Timings {
         prefill_latency_s: prefill,
@@ -434,6 +445,7 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Prompt], output_len: usize) ->
         decode_median_latency_s: median,
         decode_throughput_tok_s: median.map(|m| b as f64 / m),
         decode_total_s: steps.iter().sum(),
+        decode_graph_gpu_s: graph_gpu,
         vision_encode_s,
         total_latency_s: total,
         total_throughput_tok_s: (in_tokens + (b * output_len) as f64) / total,

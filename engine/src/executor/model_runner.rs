@@ -194,6 +194,15 @@ impl ModelRunner {
         }
     }
 
+    /// GPU seconds of each CUDA-graph decode replay since the last call (`None` on the CPU):
+    /// a decode step's time minus this is the host's share.
+    pub fn take_graph_replay_seconds(&mut self) -> Result<Option<Vec<f64>>> {
+        match &mut self.backend {
+            Backend::Cuda(m) | Backend::VlCuda(m, ..) => Ok(Some(m.take_graph_replay_seconds()?)),
+            Backend::Cpu(_) | Backend::Vl(..) => Ok(None),
+        }
+    }
+
     /// Seconds spent encoding images so far (`None` for a text model).
     pub fn vision_encode_seconds(&self) -> Option<f64> {
         match &self.backend {

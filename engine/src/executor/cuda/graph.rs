@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use mllm_kernel::graph::Graph;
+use mllm_kernel::graph::{GpuTimer, Graph};
 use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
@@ -49,6 +49,9 @@ pub(super) struct DecodeGraphs {
     max_context: usize,
     attn: Attention,
     captured: HashMap<usize, Captured>,
+    /// GPU time of each replay, so `bench-one-batch` can tell the GPU's share of a decode
+    /// step from the host's.
+    replays: GpuTimer,
 }
 
 impl DecodeGraphs {
@@ -58,6 +61,7 @@ impl DecodeGraphs {
             max_context,
             attn: Attention::new(gpu, dims, dtype, true)?,
             captured: HashMap::new(),
+            replays: GpuTimer::new(gpu)?,
         })
     }
 
@@ -98,8 +102,13 @@ impl DecodeGraphs {
         c.layout.write(gpu, layout)?;
         // Planning writes the schedule into the workspace the captured kernels read.
         self.attn.plan(gpu, &c.layout)?;
-        c.graph.launch()?;
+        self.replays.time(gpu, || c.graph.launch())?;
         Ok(&c.logits)
+    }
+
+    /// GPU seconds of each graph replay since the last call.
+    pub fn take_replay_seconds(&mut self) -> Result<Vec<f64>> {
+        Ok(self.replays.take()?)
     }
 
     /// Runs the step once eagerly (loads every kernel and cuBLAS's choices for this shape),

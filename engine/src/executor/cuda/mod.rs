@@ -180,6 +180,13 @@ impl CudaModel {
             .then(|| format!("prefill: {}decode: {}", prefill.report(), decode.report()))
     }
 
+    /// GPU seconds of each decode-graph replay since the last call (empty without graphs).
+    pub fn take_graph_replay_seconds(&mut self) -> Result<Vec<f64>> {
+        self.graphs
+            .as_mut()
+            .map_or(Ok(Vec::new()), DecodeGraphs::take_replay_seconds)
+    }
+
     /// Runs the batch; host f32 logits `[rows, vocab]` for [`ForwardBatch::logit_rows`].
     /// `visual`: a Qwen3-VL step's positions and image rows.
     pub fn forward(&mut self, batch: &ForwardBatch, visual: Option<&VisualStep>) -> Result<Tensor> {
