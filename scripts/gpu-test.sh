@@ -179,6 +179,9 @@ run() {
         ;;
       int8)
         "$gpu/bin/mllm-kernel" bench int8-mm 2>&1 | tee -a "$out/bench.log" || status=1
+        # Small M again as CUDA-graph replays (no host launch cost on either side, as in decode).
+        "$gpu/bin/mllm-kernel" bench int8-mm --graph --ms 1,16,64,128,256 2>&1 |
+          sed 's/^/[graph] /' | tee -a "$out/bench.log" || status=1
         MLLM_INT8_MM_PATH=sm80 "$gpu/bin/mllm-kernel" bench int8-mm --ms 1,16,64,128,256,1024,4096 2>&1 |
           sed 's/^/[forced sm80 path] /' | tee -a "$out/bench.log" || status=1
         # Every config on every shape: the data behind the dispatch table.
@@ -196,8 +199,11 @@ run() {
         ;;
       jit) "$gpu/bin/mllm-kernel" bench jit 2>&1 | tee -a "$out/bench.log" || status=1 ;;
       attention)
-        "$gpu/bin/mllm-kernel" bench attention --batch 1,16,64 --context 1024,2048,4096 2>&1 |
-          tee -a "$out/bench.log" || status=1
+        # CUDA-graph replays, as the engine's decode runs (docs/decode_attention.md).
+        {
+          "$gpu/bin/mllm-kernel" bench attention --graph --batch 1 --context 2048,4096,8192,16384,32768
+          "$gpu/bin/mllm-kernel" bench attention --graph --batch 4,16,64 --context 1024,4096
+        } 2>&1 | tee -a "$out/bench.log" || status=1
         ;;
       int8-small)
         # Small M only: every config, the decode shapes.

@@ -143,6 +143,22 @@ impl DecodeKernel {
     }
 }
 
+impl DecodeKernel {
+    /// `Auto` as `MLLM_DECODE_KERNEL` overrides it (`auto`, `cuda-cores` or
+    /// `tensor-cores`; to compare the kernels in a whole model); an explicit
+    /// choice stays.
+    fn resolved(self) -> Result<Self> {
+        match (self, std::env::var("MLLM_DECODE_KERNEL")) {
+            (Self::Auto, Ok(v)) if !v.is_empty() => v.parse().map_err(|_| Error::BadEnv {
+                var: "MLLM_DECODE_KERNEL",
+                value: v,
+                reason: "expected auto, cuda-cores or tensor-cores".into(),
+            }),
+            _ => Ok(self),
+        }
+    }
+}
+
 impl std::str::FromStr for DecodeKernel {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -456,6 +472,7 @@ pub fn plan_attention(
         cuda_graph: i32::from(config.cuda_graph),
         decode_kernel: if config
             .decode_kernel
+            .resolved()?
             .uses_tensor_cores(heads.num_heads / heads.num_kv_heads)
         {
             mllm_decode_kernel_t::MLLM_DECODE_KERNEL_TENSOR_CORES.0 as i32
