@@ -11,6 +11,7 @@
 // then multiplied by up in f32 and rounded again.
 #include "mllm_dtype.cuh"
 #include "mllm_pack.cuh"
+#include "mllm_pdl.cuh"
 #include "mllm_reduce.cuh"
 
 namespace {
@@ -90,6 +91,7 @@ __device__ __forceinline__ void silu_and_mul_quant_row(const typename D::storage
   }                                                                                                         \
   extern "C" __global__ void silu_and_mul_quant_##SUFFIX(const D::storage* x, D::storage* out,             \
                                                          signed char* q, float* scales, int inter) {       \
+    mllm::allow_dependents(); /* the W8A8 down GEMM streams its weight meanwhile */                         \
     constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
     if (inter % VEC == 0) {                                                                                 \
       silu_and_mul_quant_row<D, VEC>(x, out, q, scales, inter);                                             \

@@ -9,6 +9,7 @@
 
 #include "common.cuh"
 #include "mllm_dtype.cuh"
+#include "mllm_pdl.cuh"
 
 namespace mllm::int8_mm::dynamic_quant {
 
@@ -23,9 +24,7 @@ template <typename D>
 __global__ void __launch_bounds__(BLOCK)
     quant_kernel(const typename D::storage* __restrict__ x, int8_t* __restrict__ q, float* __restrict__ scales,
                  int64_t k) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
+  mllm::allow_dependents();
   using S = typename D::storage;
   struct alignas(16) Pack { S v[8]; };
   struct alignas(8) QPack { int8_t v[8]; };

@@ -21,6 +21,7 @@
 #include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "mllm_pdl.cuh"
 
 namespace mllm::int8_mm::skinny {
 
@@ -44,12 +45,6 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], uint32_t a0, uint32_t a1, ui
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void wait_for_producer() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 template <typename Out>
@@ -128,7 +123,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   uint4 bv[UNROLL];
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) bv[u] = load_b(warp + u * WARPS);
-  wait_for_producer();
+  mllm::wait_for_producer();
 
   for (int c0 = warp; c0 < chunks; c0 += WARPS * UNROLL) {
     uint4 next[UNROLL];

@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(WARPS * 32)
     for (int st = 0; st < min(STAGES, stages); ++st) request(st);
   }
   __syncthreads();
-  skinny::wait_for_producer();
+  mllm::wait_for_producer();
 
   auto load_a = [&](int row, int kk) {
     return (row < m && kk < k) ? *reinterpret_cast<const uint4*>(a + static_cast<int64_t>(row) * k + kk)
@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(WARPS * 32)
     if (threadIdx.x == 0 && st + STAGES < stages) request(st + STAGES);
   }
   // The next kernel may start its prologue while this one writes out.
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  mllm::allow_dependents();
 
 #pragma unroll
   for (int j = 0; j < 4; ++j) s.partial[warp][j][lane] = acc[j];

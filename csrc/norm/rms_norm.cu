@@ -26,6 +26,7 @@
 // element type before normalizing, x * rsqrt(mean(x^2) + eps) is rounded to
 // the element type, then multiplied by the weight and rounded again.
 #include "mllm_dtype.cuh"
+#include "mllm_pdl.cuh"
 #include "mllm_reduce.cuh"
 
 namespace {
@@ -243,6 +244,7 @@ __device__ __forceinline__ void quantize_own_packs(const typename D::storage* x,
   extern "C" __global__ void fused_add_rms_norm_quant_##SUFFIX(D::storage* x, D::storage* residual,        \
                                                                const D::storage* w, signed char* q,         \
                                                                float* scales, int cols, float eps) {       \
+    mllm::allow_dependents(); /* the W8A8 GEMM after it streams its weight meanwhile */                     \
     rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                        \
     quantize_own_packs<D>(x, q, scales, cols);                                                              \
   }
