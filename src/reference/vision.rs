@@ -58,19 +58,26 @@ pub fn gelu<T: FloatElem>(x: &[T], tanh: bool) -> Vec<T> {
                 let k = (2.0 / std::f64::consts::PI).sqrt();
                 0.5 * x * (1.0 + (k * (x + 0.044_715 * x * x * x)).tanh())
             } else {
-                0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
+                0.5 * x * erfc(-x / std::f64::consts::SQRT_2)
             };
             T::from_f32(y as f32)
         })
         .collect()
 }
 
-/// erf to ~1e-7 absolute (Abramowitz–Stegun 7.1.26 is too coarse for f32
-/// checks; this is the Numerical Recipes erfc Chebyshev fit).
-fn erf(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let c = [
+/// Complementary error function, relative error below 1.2e-7 everywhere
+/// (the Chebyshev fit of Press et al., *Numerical Recipes*, `erfcc`;
+/// Abramowitz–Stegun 7.1.26 is too coarse for f32 checks). The engine's CPU
+/// GELU uses it too.
+///
+/// ```
+/// use mllm_kernel::reference::erfc;
+/// assert!((erfc(0.0) - 1.0).abs() < 1e-7);
+/// assert!((erfc(1.0) - 0.157_299_207).abs() < 1e-7);
+/// assert!((erfc(-1.0) - 1.842_700_793).abs() < 1e-7);
+/// ```
+pub fn erfc(x: f64) -> f64 {
+    const C: [f64; 10] = [
         -1.265_512_23,
         1.000_023_68,
         0.374_091_96,
@@ -82,12 +89,14 @@ fn erf(x: f64) -> f64 {
         -0.822_152_23,
         0.170_872_77,
     ];
-    let poly = c.iter().rev().fold(0.0, |acc, &k| acc * t + k);
-    let erfc = t * (-z * z + poly).exp();
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = C.iter().rev().fold(0.0, |acc, &c| acc * t + c);
+    let r = t * (-z * z + poly).exp();
     if x >= 0.0 {
-        1.0 - erfc
+        r
     } else {
-        erfc - 1.0
+        2.0 - r
     }
 }
 

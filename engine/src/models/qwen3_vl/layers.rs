@@ -65,33 +65,7 @@ pub(crate) fn gelu_tanh(x: f32) -> f32 {
 /// Exact GELU, `0.5 x erfc(−x / √2)`, in f64.
 pub(crate) fn gelu_erf(x: f32) -> f32 {
     let x = f64::from(x);
-    (0.5 * x * erfc(-x * std::f64::consts::FRAC_1_SQRT_2)) as f32
-}
-
-/// Complementary error function with relative error below 1.2e-7 everywhere (Chebyshev fit of
-/// Press et al., *Numerical Recipes*, `erfcc`).
-fn erfc(x: f64) -> f64 {
-    const C: [f64; 10] = [
-        -1.265_512_23,
-        1.000_023_68,
-        0.374_091_96,
-        0.096_784_18,
-        -0.186_288_06,
-        0.278_868_07,
-        -1.135_203_98,
-        1.488_515_87,
-        -0.822_152_23,
-        0.170_872_77,
-    ];
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = C.iter().rev().fold(0.0, |acc, &c| acc * t + c);
-    let r = t * (-z * z + poly).exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
-    }
+    (0.5 * x * mllm_kernel::reference::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)) as f32
 }
 
 /// Per-row cos and sin tables `[rows, head_dim]` of the axial 2-D rotary embedding: frequencies
