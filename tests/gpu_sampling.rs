@@ -661,6 +661,66 @@ fn argmax_split_rows_match_reference() {
     check_argmax::<bf16>(&gpu, 511, 4096, 61);
 }
 
+// ---------------------------------------------------------- top logprobs
+
+/// `top_logprobs` against `reference::top_logprobs`: ids exact (both sides
+/// scale in f32 and order the same way), logprobs within 1e-4 + 1e-5
+/// relative (f32 block sum vs f64, as argmax's), NaN where the reference
+/// has NaN.
+fn check_top<T: FloatElem>(gpu: &Gpu, logits: &[T], vocab: usize, scale: Option<&[f32]>, n: usize) {
+    let rows = logits.len() / vocab;
+    let what = format!(
+        "top_logprobs {} [{rows}, {vocab}] n {n} scale {}",
+        T::DTYPE,
+        scale.is_some()
+    );
+    let ld = DeviceTensor::from_host(gpu, logits, &[rows, vocab]).unwrap();
+    let sd = scale.map(|s| DeviceTensor::from_host(gpu, s, &[rows]).unwrap());
+    let (ids, lps) = ops::top_logprobs(gpu, &ld, sd.as_ref(), n).unwrap();
+    let (ids, lps) = (ids.to_host::<i32>(gpu).unwrap(), lps.to_host::<f32>(gpu).unwrap());
+    let (want_ids, want_lps) = reference::top_logprobs(logits, vocab, scale, n);
+    for r in 0..rows {
+        let slots = r * n..(r + 1) * n;
+        assert_eq!(ids[slots.clone()], want_ids[slots.clone()], "{what}: row {r} ids");
+        for i in slots {
+            let (g, w) = (lps[i], want_lps[i]);
+            let ok = if w.is_nan() {
+                g.is_nan()
+            } else {
+                (g - w).abs() <= 1e-4 + 1e-5 * w.abs()
+            };
+            assert!(ok, "{what}: row {r} slot {}: gpu {g}, reference {w}", i - r * n);
+        }
+    }
+}
+
+#[test]
+fn top_logprobs_match_reference() {
+    let Some(gpu) = gpu_or_skip("top_logprobs_match_reference") else {
+        return;
+    };
+    // The argmax edge rows (long runs of equal maxima, all equal, NaN, only
+    // NaN, only -inf) and random rows with many exact ties.
+    let vocab = 151_936;
+    let rows = 8;
+    let mut logits = argmax_rows(rows, vocab, 0);
+    logits.extend(tied_logits(4, vocab, 9));
+    let scale: Vec<f32> = (0..rows + 4).map(|r| [1.0, 1.0 / 0.7, 1.0 / 1.3, 2.0][r % 4]).collect();
+    for n in [1, 7, ops::MAX_TOP_LOGPROBS] {
+        check_top(&gpu, &logits, vocab, None, n);
+        check_top(&gpu, &logits, vocab, Some(&scale), n);
+    }
+    check_top::<bf16>(&gpu, &cast(&logits), vocab, Some(&scale), 5);
+    check_top::<f16>(&gpu, &cast(&tied_logits(3, 32_000, 4)), 32_000, None, 20);
+    // Fewer tokens than a warp, every one requested (a full sort).
+    let small = [0.5f32, -1.0, 2.0, 2.0, f32::NEG_INFINITY, 0.5, 3.0];
+    check_top(&gpu, &small, 7, Some(&[0.5]), 7);
+    check_top(&gpu, &small[..5], 5, None, 5);
+    let ld = DeviceTensor::from_host(&gpu, &small, &[1, 7]).unwrap();
+    let err = ops::top_logprobs(&gpu, &ld, None, 8).unwrap_err().to_string();
+    assert!(err.contains("`n`") && err.contains("at most vocab 7"), "{err}");
+}
+
 /// The split argmax as a CUDA-graph-style caller uses it: the same
 /// buffers, many launches in a row without a sync, then one check.
 #[test]

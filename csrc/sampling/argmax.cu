@@ -173,7 +173,98 @@ __device__ __forceinline__ bool row_best(const typename D::storage* logits, int 
   return true;
 }
 
+// One candidate of a top-n round: value (scaled), index; kNone if none.
+struct Pick {
+  float v;
+  int i;
+};
+
+// Whether (x, i) comes before `b` in (value desc, index asc) order.
+__device__ __forceinline__ bool before(float x, int i, const Pick& b) {
+  return b.i == kNone || x > b.v || (x == b.v && i < b.i);
+}
+
+// Merges every thread's Pick; all threads get the result. Callers put a
+// barrier between two calls (shared arrays).
+__device__ __forceinline__ Pick block_pick(Pick p) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  auto warp_pick = [](Pick q) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float v = __shfl_xor_sync(0xffffffffu, q.v, o);
+      const int i = __shfl_xor_sync(0xffffffffu, q.i, o);
+      if (i != kNone && before(v, i, q)) q = Pick{v, i};
+    }
+    return q;
+  };
+  p = warp_pick(p);
+  if (lane == 0) {
+    sv[warp] = p.v;
+    si[warp] = p.i;
+  }
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  p = lane < warps ? Pick{sv[lane], si[lane]} : Pick{neg_inf(), kNone};
+  return warp_pick(p);
+}
+
+// The best element of `row` strictly after `prev` in (value desc, index
+// asc) order, values scaled by `scale`; NaN skipped, -inf kept (so a row
+// with few finite values still yields n picks, as the host sampler's).
+template <typename D>
+__device__ __forceinline__ Pick next_pick(const typename D::storage* row, int vocab, float scale, Pick prev) {
+  Pick b{neg_inf(), kNone};
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float x = D::to_float(row[i]) * scale;
+    const bool after = prev.i == kNone || x < prev.v || (x == prev.v && i > prev.i);
+    if (after && x == x && before(x, i, b)) b = Pick{x, i};  // x == x: not NaN
+  }
+  return block_pick(b);
+}
+
 }  // namespace
+
+// top_logprobs_<dtype>(logits, vocab, scale_or_null, n, ids, logprobs):
+// grid = rows, one block per row (blockDim a multiple of 32, <= 1024). The
+// n best elements of the row scaled by scale[row] (1 / temperature; 1 when
+// null), most likely first with ties to the lowest index, and their
+// log_softmax over the scaled row: ids [rows, n] i32, logprobs [rows, n]
+// f32. Round r picks the best element after round r - 1's pick, so nothing
+// is picked twice and no candidate list is kept. A row of only NaN gives
+// ids -1 and NaN logprobs; a NaN anywhere makes the logprobs NaN (as
+// argmax's).
+#define MLLM_TOP_LOGPROBS_KERNEL(SUFFIX, D)                                                                \
+  extern "C" __global__ void __launch_bounds__(1024)                                                       \
+      top_logprobs_##SUFFIX(const D::storage* logits, int vocab, const float* scale, int n, int* ids,      \
+                            float* logprobs) {                                                             \
+    const D::storage* row = logits + static_cast<long long>(blockIdx.x) * vocab;                           \
+    const float k = scale == nullptr ? 1.f : scale[blockIdx.x];                                            \
+    /* log-sum-exp of the scaled row: max v and sum of exp(x - v) */                                       \
+    Best b{neg_inf(), kNone, 0.f};                                                                         \
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) push(b, D::to_float(row[i]) * k, i);             \
+    b = block_merge(b);                                                                                    \
+    const float lse = b.i == kNone ? __int_as_float(0x7fc00000) : b.v + logf(b.s);                         \
+    Pick prev{neg_inf(), kNone};                                                                           \
+    for (int r = 0; r < n; ++r) {                                                                          \
+      __syncthreads(); /* the previous reduction's shared arrays are read */                               \
+      const Pick p = next_pick<D>(row, vocab, k, prev);                                                    \
+      if (p.i == kNone) { /* only NaN left: this and the later slots get -1 / NaN */                       \
+        for (int q = r + threadIdx.x; q < n; q += blockDim.x) {                                            \
+          ids[blockIdx.x * n + q] = -1;                                                                    \
+          logprobs[blockIdx.x * n + q] = __int_as_float(0x7fc00000);                                       \
+        }                                                                                                  \
+        break;                                                                                             \
+      }                                                                                                    \
+      if (threadIdx.x == 0) {                                                                              \
+        ids[blockIdx.x * n + r] = p.i;                                                                     \
+        logprobs[blockIdx.x * n + r] = p.v - lse;                                                          \
+      }                                                                                                    \
+      prev = p;                                                                                            \
+    }                                                                                                      \
+  }
 
 // Symbols: argmax_<dtype>(logits, vocab, chunk, ids, logprob_or_null) and
 // token_logprob_<dtype>(logits, vocab, chunk, ids, logprob); grid = (rows,
@@ -200,10 +291,13 @@ __device__ __forceinline__ bool row_best(const typename D::storage* logits, int 
 
 #if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F32)
 MLLM_ARGMAX_KERNELS(f32, mllm::F32)
+MLLM_TOP_LOGPROBS_KERNEL(f32, mllm::F32)
 #endif
 #if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_F16)
 MLLM_ARGMAX_KERNELS(f16, mllm::F16)
+MLLM_TOP_LOGPROBS_KERNEL(f16, mllm::F16)
 #endif
 #if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_BF16)
 MLLM_ARGMAX_KERNELS(bf16, mllm::BF16)
+MLLM_TOP_LOGPROBS_KERNEL(bf16, mllm::BF16)
 #endif

@@ -42,7 +42,10 @@ pub use quant::{per_token_quant_int8, per_token_quant_int8_into, validate_per_to
 pub use rope::{qk_norm_rope, rope_cos_sin_cache, validate_qk_norm_rope, QkHeads, QkNormRope, MAX_ROPE_HEAD_DIM};
 pub use rope_store::{qk_norm_rope_store, validate_qk_norm_rope_store, RopeStoreOut};
 pub use sample::{sample, sample_into, validate_sample, SampleParams};
-pub use sampling::{argmax, argmax_into, token_logprobs, token_logprobs_into, validate_logits};
+pub use sampling::{
+    argmax, argmax_into, token_logprobs, token_logprobs_into, top_logprobs, top_logprobs_into, validate_logits,
+    validate_top_logprobs, MAX_TOP_LOGPROBS,
+};
 pub use segment_attention::{segment_attention_into, validate_segment_attention};
 
 use crate::dtype::DType;

@@ -1,4 +1,5 @@
-//! Greedy sampling and token log-probabilities (NVRTC kernel `argmax`).
+//! Greedy sampling, token log-probabilities and the top-n log-probabilities
+//! (NVRTC kernel `argmax`).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -13,7 +14,7 @@ use crate::{Error, Result};
 const OP: &str = "argmax";
 
 pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
-    float_symbols(&["argmax", "token_logprob"], variant)
+    float_symbols(&["argmax", "token_logprob", "top_logprobs"], variant)
 }
 
 /// Checks `logits: [B, V]` (float, `0 < V < 2^31`). Returns `(B, V)`.
@@ -155,6 +156,130 @@ pub fn token_logprobs_into(gpu: &Gpu, logits: &DeviceTensor, ids: &DeviceTensor,
         .map(drop)
         .map_err(Error::driver("launch token_logprob"))
 }
+
+/// Most top log-probabilities per row (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The `n` most likely tokens of each row of `logits: [B, V]` and their
+/// log-probabilities, `(ids [B, n] i32, logprobs [B, n] f32)`, most likely
+/// first with ties to the lowest id, over `logits[b] · scale[b]` (`scale`:
+/// `[B]` f32, e.g. 1 / temperature; `None` = 1): the host sampler's
+/// `top_logprobs`. NaN logits are skipped (slots past a row's non-NaN
+/// values get id -1), and a NaN anywhere in a row makes its logprobs NaN.
+///
+/// ```no_run
+/// use mllm_kernel::{ops, DeviceTensor, Gpu};
+/// let gpu = Gpu::new(0)?;
+/// let logits = DeviceTensor::from_host(&gpu, &[0.0f32, 2.0, 2.0, 1.0], &[1, 4])?;
+/// let (ids, lps) = ops::top_logprobs(&gpu, &logits, None, 3)?;
+/// assert_eq!(ids.to_host::<i32>(&gpu)?, vec![1, 2, 3]);
+/// assert!(lps.to_host::<f32>(&gpu)?.iter().all(|lp| *lp < 0.0));
+/// # Ok::<(), mllm_kernel::Error>(())
+/// ```
+pub fn top_logprobs(
+    gpu: &Gpu,
+    logits: &DeviceTensor,
+    scale: Option<&DeviceTensor>,
+    n: usize,
+) -> Result<(DeviceTensor, DeviceTensor)> {
+    let (batch, _) = validate_logits(logits.into())?;
+    let mut ids = DeviceTensor::zeros(gpu, &[batch, n], DType::I32)?;
+    let mut logprobs = DeviceTensor::zeros(gpu, &[batch, n], DType::F32)?;
+    top_logprobs_into(gpu, logits, scale, n, &mut ids, &mut logprobs)?;
+    Ok((ids, logprobs))
+}
+
+/// Checks [`top_logprobs`]'s arguments. Returns `(B, V)`.
+///
+/// ```
+/// use mllm_kernel::{ops::{validate_top_logprobs, Meta}, DType};
+/// let (lg, ids, lps) = ([2, 100], [2, 5], [2, 5]);
+/// let ok = validate_top_logprobs(Meta::new(&lg, DType::BF16), None, 5,
+///     Meta::new(&ids, DType::I32), Meta::new(&lps, DType::F32));
+/// assert_eq!(ok.unwrap(), (2, 100));
+/// let err = validate_top_logprobs(Meta::new(&lg, DType::BF16), None, 21,
+///     Meta::new(&[2, 21], DType::I32), Meta::new(&[2, 21], DType::F32)).unwrap_err();
+/// assert!(err.to_string().contains("`n`"));
+/// ```
+pub fn validate_top_logprobs(
+    logits: Meta,
+    scale: Option<Meta>,
+    n: usize,
+    ids: Meta,
+    logprobs: Meta,
+) -> Result<(usize, usize)> {
+    const OP: &str = "top_logprobs";
+    let (batch, vocab) = logits_rows(OP, logits)?;
+    if n == 0 || n > MAX_TOP_LOGPROBS.min(vocab) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            arg: "n",
+            reason: format!(
+                "must be in 1..={} (and at most vocab {vocab}), got {n}",
+                MAX_TOP_LOGPROBS
+            ),
+        });
+    }
+    if let Some(s) = scale {
+        expect_dtype(OP, "scale", DType::F32, s.dtype)?;
+        expect_shape(OP, "scale", &[batch], s.shape)?;
+    }
+    expect_dtype(OP, "ids", DType::I32, ids.dtype)?;
+    expect_shape(OP, "ids", &[batch, n], ids.shape)?;
+    expect_dtype(OP, "logprobs", DType::F32, logprobs.dtype)?;
+    expect_shape(OP, "logprobs", &[batch, n], logprobs.shape)?;
+    Ok((batch, vocab))
+}
+
+/// [`top_logprobs`] into `ids` and `logprobs` (`[B, n]`); allocates
+/// nothing. One block per row; each of the `n` rounds scans the row for the
+/// best token after the previous round's pick.
+pub fn top_logprobs_into(
+    gpu: &Gpu,
+    logits: &DeviceTensor,
+    scale: Option<&DeviceTensor>,
+    n: usize,
+    ids: &mut DeviceTensor,
+    logprobs: &mut DeviceTensor,
+) -> Result<()> {
+    let (batch, vocab) = validate_top_logprobs(
+        logits.into(),
+        scale.map(Meta::from),
+        n,
+        Meta::from(&*ids),
+        Meta::from(&*logprobs),
+    )?;
+    if batch == 0 {
+        return Ok(());
+    }
+    let dtype = logits.dtype();
+    let name = format!("top_logprobs_{}", dtype.symbol_suffix());
+    let f = dtype_function(gpu, KernelId::Argmax, dtype, &name)?;
+    let threads = vocab.div_ceil(32).clamp(1, TOP_LOGPROBS_THREADS / 32) * 32;
+    let cfg = LaunchConfig {
+        grid_dim: (batch as u32, 1, 1),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (vocab_i, n_i, null) = (vocab as i32, n as i32, 0u64);
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch.arg(logits.buffer()).arg(&vocab_i);
+    match scale {
+        Some(s) => launch.arg(s.buffer()),
+        None => launch.arg(&null),
+    };
+    launch.arg(&n_i).arg(ids.buffer_mut()).arg(logprobs.buffer_mut());
+    // SAFETY: signature (logits, int vocab, const float* scale or null,
+    // int n, int* ids, float* logprobs); grid = rows, block <= 1024 threads
+    // (the kernel's bound); logits [B, V], scale [B], ids and logprobs
+    // [B, n] with 1 <= n <= V (checked above).
+    unsafe { launch.launch(cfg) }
+        .map(drop)
+        .map_err(Error::driver("launch top_logprobs"))
+}
+
+/// Threads per block of `top_logprobs` (its `__launch_bounds__`).
+const TOP_LOGPROBS_THREADS: usize = 1024;
 
 /// Blocks a batch aims at before rows stop being split (~4 per SM of an
 /// H100/H200's 132, so one decode row reads at many SMs' bandwidth).
