@@ -190,3 +190,42 @@ fn bad_input_is_an_error_not_a_crash() {
     ops::rms_norm(&gpu, &x, &w4, 1e-6).unwrap();
     gpu.synchronize().unwrap();
 }
+
+/// `graph::Graph` replays what it captured (the capture itself runs
+/// nothing), `graph::GpuTimer` times each run, and the benches' `--graph`
+/// timing (`bench::time_gpu` with `graph: true`) replays a captured sample.
+#[test]
+fn graphs_replay_and_timers_time_them() {
+    use mllm_kernel::bench::{time_gpu, TimingPlan};
+    use mllm_kernel::graph::{GpuTimer, Graph};
+    let Some(gpu) = gpu_or_skip("graphs_replay_and_timers_time_them") else {
+        return;
+    };
+    let (rows, cols) = (4, 256);
+    let x = DeviceTensor::from_host(&gpu, &random_f32(rows * cols, 7, 2.0), &[rows, cols]).unwrap();
+    let w = DeviceTensor::from_host(&gpu, &vec![1.0f32; cols], &[cols]).unwrap();
+    let mut eager = DeviceTensor::zeros(&gpu, &[rows, cols], DType::F32).unwrap();
+    ops::rms_norm_into(&gpu, &x, &w, 1e-6, &mut eager).unwrap();
+    let mut out = DeviceTensor::zeros(&gpu, &[rows, cols], DType::F32).unwrap();
+    let graph = Graph::capture(&gpu, || ops::rms_norm_into(&gpu, &x, &w, 1e-6, &mut out)).unwrap();
+    assert!(
+        out.to_host::<f32>(&gpu).unwrap().iter().all(|v| *v == 0.0),
+        "capture ran the work"
+    );
+    let mut timer = GpuTimer::new(&gpu).unwrap();
+    for _ in 0..2 {
+        timer.time(&gpu, || graph.launch()).unwrap();
+    }
+    assert_eq!(out.to_host::<f32>(&gpu).unwrap(), eager.to_host::<f32>(&gpu).unwrap());
+    let runs = timer.take().unwrap();
+    assert!(runs.len() == 2 && runs.iter().all(|s| *s > 0.0 && *s < 1.0), "{runs:?}");
+    assert!(timer.take().unwrap().is_empty());
+    let plan = TimingPlan {
+        warmup: 1,
+        repeats: 3,
+        calls_per_repeat: 4,
+        graph: true,
+    };
+    let t = time_gpu(&gpu, plan, || ops::rms_norm_into(&gpu, &x, &w, 1e-6, &mut out)).unwrap();
+    assert!(t.min_us > 0.0 && t.min_us <= t.median_us, "{t:?}");
+}
