@@ -582,8 +582,15 @@ fn argmax_rows(batch: usize, vocab: usize, seed: u64) -> Vec<f32> {
     v
 }
 
+/// A GPU log-probability against the reference's: within 1e-4 + 1e-5
+/// relative (f32 block sum vs f64), NaN where the reference says NaN, and
+/// equal infinities (a -inf token's logprob) count as close.
+fn logprob_close(g: f32, w: f32) -> bool {
+    (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-4 + 1e-5 * w.abs()
+}
+
 /// ids exact; logprobs (and token_logprobs of given ids, one out of range)
-/// within 1e-4 + 1e-5 relative, NaN where the reference says NaN.
+/// by [`logprob_close`].
 fn check_argmax<T: FloatElem>(gpu: &Gpu, batch: usize, vocab: usize, seed: u64) -> (Vec<i32>, Vec<f32>) {
     let what = format!("argmax {} [{batch}, {vocab}]", T::DTYPE);
     let logits: Vec<T> = cast(&argmax_rows(batch, vocab, seed));
@@ -595,10 +602,12 @@ fn check_argmax<T: FloatElem>(gpu: &Gpu, batch: usize, vocab: usize, seed: u64) 
     let got_ids = ids.to_host::<i32>(gpu).unwrap();
     let got_lp = lps.to_host::<f32>(gpu).unwrap();
     assert_eq!(got_ids, want.iter().map(|w| w.0).collect::<Vec<_>>(), "{what}: ids");
-    // Equal infinities (a -inf token's logprob) count as close.
-    let close = |g: f32, w: f32| (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-4 + 1e-5 * w.abs();
     for (b, (g, w)) in got_lp.iter().zip(&want).enumerate() {
-        assert!(close(*g, w.1), "{what}: row {b} logprob gpu {g} vs reference {}", w.1);
+        assert!(
+            logprob_close(*g, w.1),
+            "{what}: row {b} logprob gpu {g} vs reference {}",
+            w.1
+        );
     }
     assert_eq!(
         ops::argmax(gpu, &ld).unwrap().to_host::<i32>(gpu).unwrap(),
@@ -614,7 +623,10 @@ fn check_argmax<T: FloatElem>(gpu: &Gpu, batch: usize, vocab: usize, seed: u64) 
     let pd = DeviceTensor::from_host(gpu, &pick, &[batch]).unwrap();
     let got_t = ops::token_logprobs(gpu, &ld, &pd).unwrap().to_host::<f32>(gpu).unwrap();
     for (b, (g, w)) in got_t.iter().zip(&want_t).enumerate() {
-        assert!(close(*g, *w), "{what}: token_logprob row {b}: gpu {g} vs reference {w}");
+        assert!(
+            logprob_close(*g, *w),
+            "{what}: token_logprob row {b}: gpu {g} vs reference {w}"
+        );
     }
     (got_ids, got_lp)
 }
@@ -664,9 +676,7 @@ fn argmax_split_rows_match_reference() {
 // ---------------------------------------------------------- top logprobs
 
 /// `top_logprobs` against `reference::top_logprobs`: ids exact (both sides
-/// scale in f32 and order the same way), logprobs within 1e-4 + 1e-5
-/// relative (f32 block sum vs f64, as argmax's), NaN where the reference
-/// has NaN.
+/// scale in f32 and order the same way), logprobs by [`logprob_close`].
 fn check_top<T: FloatElem>(gpu: &Gpu, logits: &[T], vocab: usize, scale: Option<&[f32]>, n: usize) {
     let rows = logits.len() / vocab;
     let what = format!(
@@ -684,12 +694,11 @@ fn check_top<T: FloatElem>(gpu: &Gpu, logits: &[T], vocab: usize, scale: Option<
         assert_eq!(ids[slots.clone()], want_ids[slots.clone()], "{what}: row {r} ids");
         for i in slots {
             let (g, w) = (lps[i], want_lps[i]);
-            let ok = if w.is_nan() {
-                g.is_nan()
-            } else {
-                (g - w).abs() <= 1e-4 + 1e-5 * w.abs()
-            };
-            assert!(ok, "{what}: row {r} slot {}: gpu {g}, reference {w}", i - r * n);
+            assert!(
+                logprob_close(g, w),
+                "{what}: row {r} slot {}: gpu {g}, reference {w}",
+                i - r * n
+            );
         }
     }
 }
