@@ -4,13 +4,12 @@
 //! Both sides rotate through enough buffers to exceed the L2 cache several
 //! times over, so they measure HBM, not L2 (an H100 has 50 MB of L2).
 
-use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use serde::Serialize;
 
 use crate::device::Gpu;
 use crate::dtype::DType;
-use crate::graph::Graph;
+use crate::graph::{GpuTimer, Graph};
 use crate::tensor::DeviceTensor;
 use crate::{ops, Error, Result};
 
@@ -70,20 +69,16 @@ pub fn time_gpu(gpu: &Gpu, plan: TimingPlan, mut call: impl FnMut() -> Result<()
     } else {
         None
     };
-    let stream = gpu.stream();
-    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let mut samples = Vec::with_capacity(plan.repeats);
+    // Each sample starts once the previous one has finished (the timer reads
+    // a run's events before recording the next).
+    let mut timer = GpuTimer::new(gpu)?;
     for _ in 0..plan.repeats.max(1) {
-        let start = stream.record_event(flags).map_err(Error::driver("record event"))?;
-        match &graph {
-            Some(g) => g.launch()?,
-            None => (0..calls).try_for_each(|_| call())?,
-        }
-        let end = stream.record_event(flags).map_err(Error::driver("record event"))?;
-        end.synchronize().map_err(Error::driver("event synchronize"))?;
-        let ms = start.elapsed_ms(&end).map_err(Error::driver("event elapsed"))?;
-        samples.push(ms as f64 * 1e3 / calls as f64);
+        timer.time(gpu, || match &graph {
+            Some(g) => g.launch(),
+            None => (0..calls).try_for_each(|_| call()),
+        })?;
     }
+    let mut samples: Vec<f64> = timer.take()?.iter().map(|s| s * 1e6 / calls as f64).collect();
     samples.sort_by(f64::total_cmp);
     Ok(Timing {
         median_us: samples[samples.len() / 2],
