@@ -141,9 +141,7 @@ impl DecodeKernel {
             Self::TensorCores => true,
         }
     }
-}
 
-impl DecodeKernel {
     /// `Auto` as `MLLM_DECODE_KERNEL` overrides it (`auto`, `cuda-cores` or
     /// `tensor-cores`; to compare the kernels in a whole model); an explicit
     /// choice stays.
@@ -269,7 +267,8 @@ pub struct WorkspaceConfig {
     /// Plan for CUDA-graph replay: launch grids depend only on the batch
     /// size, not on the sequence lengths (FlashInfer's `use_cuda_graph`).
     pub cuda_graph: bool,
-    /// The kernel for batches of single-row queries.
+    /// The kernel for batches of single-row queries (`Auto` becomes what
+    /// `MLLM_DECODE_KERNEL` names, if set, when the workspace is made).
     pub decode_kernel: DecodeKernel,
 }
 
@@ -323,6 +322,11 @@ impl AttentionWorkspace {
                 ),
             });
         }
+        // Read once here, not on every plan.
+        let config = WorkspaceConfig {
+            decode_kernel: config.decode_kernel.resolved()?,
+            ..config
+        };
         let stream = gpu.stream();
         let alloc = |n: usize| {
             stream
@@ -472,7 +476,6 @@ pub fn plan_attention(
         cuda_graph: i32::from(config.cuda_graph),
         decode_kernel: if config
             .decode_kernel
-            .resolved()?
             .uses_tensor_cores(heads.num_heads / heads.num_kv_heads)
         {
             mllm_decode_kernel_t::MLLM_DECODE_KERNEL_TENSOR_CORES.0 as i32
