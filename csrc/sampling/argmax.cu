@@ -102,9 +102,9 @@ __device__ __forceinline__ Best block_merge(Best b) {
   return warp_merge(b);
 }
 
-// Elements [begin, end) of a row, both multiples of VEC.
+// Elements [begin, end) of a row, both multiples of VEC, each times `scale`.
 template <typename D, int VEC>
-__device__ __forceinline__ Best scan_range(const typename D::storage* row, int begin, int end) {
+__device__ __forceinline__ Best scan_range(const typename D::storage* row, int begin, int end, float scale) {
   using P = mllm::Pack<typename D::storage, VEC>;
   const P* packs = reinterpret_cast<const P*>(row);
   Best b{neg_inf(), kNone, 0.f};
@@ -125,7 +125,7 @@ __device__ __forceinline__ Best scan_range(const typename D::storage* row, int b
       const int p = p0 + u * stride;
       if (p >= n) break;
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) push(b, D::to_float(x[u].v[j]), p * VEC + j);
+      for (int j = 0; j < VEC; ++j) push(b, D::to_float(x[u].v[j]) * scale, p * VEC + j);
     }
   }
   return block_merge(b);
@@ -151,7 +151,8 @@ __device__ __forceinline__ bool row_best(const typename D::storage* logits, int 
   const typename D::storage* x = logits + static_cast<long long>(row) * vocab;
   const int begin = c * chunk;
   const int end = static_cast<int>(min(static_cast<long long>(vocab), static_cast<long long>(begin) + chunk));
-  Best b = (vocab % VEC == 0 && chunk % VEC == 0) ? scan_range<D, VEC>(x, begin, end) : scan_range<D, 1>(x, begin, end);
+  Best b = (vocab % VEC == 0 && chunk % VEC == 0) ? scan_range<D, VEC>(x, begin, end, 1.f)
+                                                  : scan_range<D, 1>(x, begin, end, 1.f);
   if (chunks == 1) {
     *out = b;
     return true;
@@ -243,9 +244,9 @@ __device__ __forceinline__ Pick next_pick(const typename D::storage* row, int vo
     const D::storage* row = logits + static_cast<long long>(blockIdx.x) * vocab;                           \
     const float k = scale == nullptr ? 1.f : scale[blockIdx.x];                                            \
     /* log-sum-exp of the scaled row: max v and sum of exp(x - v) */                                       \
-    Best b{neg_inf(), kNone, 0.f};                                                                         \
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) push(b, D::to_float(row[i]) * k, i);             \
-    b = block_merge(b);                                                                                    \
+    constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                \
+    const Best b = vocab % VEC == 0 ? scan_range<D, VEC>(row, 0, vocab, k)                                 \
+                                    : scan_range<D, 1>(row, 0, vocab, k);                                  \
     const float lse = b.i == kNone ? __int_as_float(0x7fc00000) : b.v + logf(b.s);                         \
     Pick prev{neg_inf(), kNone};                                                                           \
     for (int r = 0; r < n; ++r) {                                                                          \

@@ -255,7 +255,7 @@ pub fn top_logprobs_into(
     let dtype = logits.dtype();
     let name = format!("top_logprobs_{}", dtype.symbol_suffix());
     let f = dtype_function(gpu, KernelId::Argmax, dtype, &name)?;
-    let threads = vocab.div_ceil(32).clamp(1, TOP_LOGPROBS_THREADS / 32) * 32;
+    let threads = block_threads(vocab, TOP_LOGPROBS_THREADS);
     let cfg = LaunchConfig {
         grid_dim: (batch as u32, 1, 1),
         block_dim: (threads as u32, 1, 1),
@@ -280,6 +280,11 @@ pub fn top_logprobs_into(
 
 /// Threads per block of `top_logprobs` (its `__launch_bounds__`).
 const TOP_LOGPROBS_THREADS: usize = 1024;
+
+/// Whole warps for `units` strided work items, one or more and at most `max` threads.
+fn block_threads(units: usize, max: usize) -> usize {
+    units.div_ceil(32).clamp(1, max / 32) * 32
+}
 
 /// Blocks a batch aims at before rows stop being split (~4 per SM of an
 /// H100/H200's 132, so one decode row reads at many SMs' bandwidth).
@@ -318,7 +323,7 @@ fn argmax_grid(batch: usize, vocab: usize, dtype: DType) -> (LaunchConfig, i32) 
     }
     let chunk_units = units.div_ceil(chunks);
     let chunks = units.div_ceil(chunk_units);
-    let threads = chunk_units.div_ceil(32).clamp(1, ARGMAX_THREADS / 32) * 32;
+    let threads = block_threads(chunk_units, ARGMAX_THREADS);
     let cfg = LaunchConfig {
         grid_dim: (batch as u32, chunks as u32, 1),
         block_dim: (threads as u32, 1, 1),
