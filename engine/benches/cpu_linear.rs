@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
         let weights: Vec<Tensor> = (0..COPIES)
             .map(|s| Tensor::from_f32(&values(n * k, s as u32), &[n, k], DType::BF16).unwrap())
             .collect();
-        for m in [1usize, 4, 8, 160] {
+        for m in [1usize, 4, 8, 32, 64, 160] {
             let x = Tensor::from_vec(values(m * k, 99), &[m, k]).unwrap();
             group.throughput(Throughput::Bytes((n * k * 2) as u64));
             let id = format!("{name}_m{m}");

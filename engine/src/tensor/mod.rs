@@ -9,6 +9,7 @@
 //! are f32.
 
 mod bf16_dot;
+mod bf16_panel;
 mod gemv;
 mod ops;
 #[cfg(target_arch = "x86_64")]
@@ -457,6 +458,14 @@ impl Tensor {
         let mut out = vec![0f32; self.numel()];
         self.write_f32(&mut out)?;
         Ok(out)
+    }
+
+    /// The data as f32: borrowed when it already is f32, else converted.
+    pub(crate) fn to_f32_cow(&self) -> Result<std::borrow::Cow<'_, [f32]>> {
+        Ok(match self.dtype {
+            DType::F32 => std::borrow::Cow::Borrowed(self.as_slice::<f32>()?),
+            _ => std::borrow::Cow::Owned(self.to_f32_vec()?),
+        })
     }
 
     /// Converts the data into `out` (length must be `numel`).
