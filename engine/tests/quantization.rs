@@ -764,11 +764,13 @@ impl SmolLm2 {
 /// SmolLM2-135M (GGUF Q4_1 dequantized to f32, then W8A8-quantized on the CPU): perplexity on
 /// the committed paragraph (387 tokens) close to the unquantized model's.
 ///
-/// Measured (x86-64): 14.116 unquantized; plain W8A8 14.821 (+5.0%): int8 weights alone cost
-/// +1.1%, per-token int8 activations alone +3.8%, spread over all layers. The bound for the
-/// plain path is 6%, which a broken scale or layout (perplexity in the hundreds) cannot meet.
+/// Measured (x86-64): 14.116 unquantized; plain W8A8 14.708 (+4.2%; 14.821 in earlier builds):
+/// int8 weights alone cost about +1%, per-token int8 activations the rest, spread over all
+/// layers. The bound for the plain path is 6%, which a broken scale or layout (perplexity in the
+/// hundreds) cannot meet; it moves by a point with f32 summation order (16 partial sums in the
+/// RMSNorm gave +6.3%), so kernels here keep each row's serial order.
 /// With SmoothQuant at the default α = 0.5 (calibrated on the built-in text, not this
-/// paragraph) W8A8 measures 14.373 (+1.8%), within the 3%: smoothing folds the per-channel
+/// paragraph) W8A8 measures 14.262 (+1.0%), within the 3%: smoothing folds the per-channel
 /// activation outliers into the weights (exactly, in float), so per-token scales waste fewer
 /// int8 steps on them.
 /// `smollm2_smoothquant_alpha_sweep` (ignored) prints the α sweep.
