@@ -18,9 +18,9 @@
 use std::path::{Path, PathBuf};
 
 use mllm_engine::executor::device::Device;
-use mllm_engine::executor::forward_batch::{LogitsMode, SequenceInput};
+use mllm_engine::executor::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
 use mllm_engine::executor::model_runner::{ModelRunner, RunnerConfig};
-use mllm_engine::executor::sampler::{SamplingParams, SequenceState};
+use mllm_engine::executor::sampler::{Sampler, SamplingParams, SequenceState};
 use mllm_engine::mem_cache::KvDtype;
 use mllm_engine::models::{CausalLM, LoadOptions};
 use mllm_engine::quantization::QuantMethod;
@@ -390,4 +390,97 @@ fn gpu_sampling_is_seeded_and_filtered() {
     ];
     let host = decode(&mut gpu, &prompts, &penalized, n, false);
     assert!(host.iter().all(|t| t.len() == n));
+}
+
+/// Runs `step` on a prefill batch of `prompts` in fresh request slots, then frees them.
+fn with_prefill<T>(
+    r: &mut ModelRunner,
+    prompts: &[Vec<u32>],
+    step: impl FnOnce(&mut ModelRunner, &ForwardBatch) -> T,
+) -> T {
+    let slots = r.req_pool_mut().alloc(prompts.len()).unwrap();
+    let inputs: Vec<SequenceInput> = slots
+        .iter()
+        .zip(prompts)
+        .map(|(&req_slot, p)| SequenceInput {
+            req_slot,
+            prefix_len: 0,
+            new_tokens: p.clone(),
+        })
+        .collect();
+    let b = r.prepare(&inputs, LogitsMode::LastPerSequence).unwrap();
+    let out = step(r, &b);
+    for (slot, p) in slots.iter().zip(prompts) {
+        r.release(*slot, p.len()).unwrap();
+    }
+    out
+}
+
+/// Logprobs requests (no penalties, at most 20) are sampled on the GPU as well: the chosen
+/// token's logprob and the top-N list match the host sampler's over the same logits, greedy
+/// rows unscaled and sampled rows divided by their temperature (0.5, exact either way).
+#[test]
+fn gpu_logprobs_match_host_sampler() {
+    let dirs = match fixtures() {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipping gpu_logprobs_match_host_sampler: {why}");
+            return;
+        }
+    };
+    let dir = dirs[0].as_path();
+    let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+    let params: Vec<SamplingParams> = (0..prompts.len())
+        .map(|i| match i % 3 {
+            0 => SamplingParams {
+                logprobs: Some(5),
+                ..SamplingParams::greedy()
+            },
+            1 => SamplingParams {
+                temperature: 0.5,
+                top_k: 20,
+                seed: Some(i as u64),
+                logprobs: Some(20),
+                ..SamplingParams::default()
+            },
+            _ => SamplingParams {
+                logprobs: Some(0),
+                ..SamplingParams::greedy()
+            },
+        })
+        .collect();
+    let states = |params: &[SamplingParams]| -> Vec<SequenceState> {
+        params
+            .iter()
+            .zip(&prompts)
+            .map(|(p, ids)| SequenceState::new(p.clone(), ids).unwrap())
+            .collect()
+    };
+    let mut r = runner(dir, Device::Cuda(0), 8, 0);
+    let mut gpu_states = states(&params);
+    let gpu = with_prefill(&mut r, &prompts, |r, b| r.step(b, &mut gpu_states).unwrap());
+    let mut rows = with_prefill(&mut r, &prompts, |r, b| r.forward(b).unwrap().to_f32_vec().unwrap());
+    let vocab = rows.len() / prompts.len();
+    let mut host_states = states(&params);
+    let host = Sampler::new().sample_flat(&mut rows, vocab, &mut host_states).unwrap();
+    const TOL: f32 = 1e-3;
+    for (i, ((g, h), p)) in gpu.iter().zip(&host).zip(&params).enumerate() {
+        // `rows` now holds each processed row (scaled unless greedy): the chosen token's logprob.
+        let row = &rows[i * vocab..][..vocab];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+        let want = (row[g.token as usize] as f64 - lse) as f32;
+        let got = g.logprob.expect("chosen logprob");
+        assert!((got - want).abs() <= TOL, "request {i}: chosen logprob {got} vs {want}");
+        if p.is_greedy() {
+            assert_eq!(g.token, h.token, "request {i}: greedy token");
+        }
+        let (gt, ht) = (g.top_logprobs.as_ref().unwrap(), h.top_logprobs.as_ref().unwrap());
+        assert_eq!(gt.len(), p.logprobs.unwrap(), "request {i}: top-N length");
+        let ids = |t: &[(u32, f32)]| t.iter().map(|x| x.0).collect::<Vec<_>>();
+        assert_eq!(ids(gt), ids(ht), "request {i}: top-N ids");
+        for ((_, a), (_, b)) in gt.iter().zip(ht) {
+            assert!((a - b).abs() <= TOL, "request {i}: top logprob {a} vs {b}");
+        }
+    }
 }

@@ -170,10 +170,19 @@ impl SamplingParams {
     /// assert!(!SamplingParams { repetition_penalty: 1.1, ..Default::default() }.is_plain());
     /// ```
     pub fn is_plain(&self) -> bool {
-        self.repetition_penalty == 1.0
-            && self.frequency_penalty == 0.0
-            && self.presence_penalty == 0.0
-            && self.logprobs.is_none()
+        self.is_unpenalized() && self.logprobs.is_none()
+    }
+
+    /// No repetition, frequency or presence penalty: the processed row is the raw logits row,
+    /// divided by the temperature unless greedy, whatever the request generated before.
+    ///
+    /// ```
+    /// use mllm_engine::executor::sampler::SamplingParams;
+    /// assert!(SamplingParams { logprobs: Some(3), ..Default::default() }.is_unpenalized());
+    /// assert!(!SamplingParams { presence_penalty: 0.5, ..Default::default() }.is_unpenalized());
+    /// ```
+    pub fn is_unpenalized(&self) -> bool {
+        self.repetition_penalty == 1.0 && self.frequency_penalty == 0.0 && self.presence_penalty == 0.0
     }
 
     /// Checks every parameter's range; the error names the first offending parameter.

@@ -198,10 +198,11 @@ impl CudaModel {
         Ok(Tensor::from_vec(host, &[rows, self.dims.vocab])?)
     }
 
-    /// Runs the batch and picks each sequence's token on the GPU, downloading only the ids,
-    /// when no request needs the host sampler (penalties, logprobs); `None` (nothing run)
-    /// otherwise. Greedy requests take the argmax (lowest id on ties, as the host sampler);
-    /// the others sample with their filters and a seed from their own RNG.
+    /// Runs the batch and picks each sequence's token on the GPU, downloading only the ids (and
+    /// logprobs when asked), when no request needs the host sampler (penalties, more than 20
+    /// top logprobs); `None` (nothing run) otherwise. Greedy requests take the argmax (lowest id
+    /// on ties, as the host sampler); the others sample with their filters and a seed from
+    /// their own RNG.
     pub fn sample_on_gpu(
         &mut self,
         batch: &ForwardBatch,
@@ -213,8 +214,7 @@ impl CudaModel {
         }
         let gpu = self.gpu.clone();
         let logits = self.forward_device(batch, visual)?;
-        let ids = sampling::pick(&gpu, logits, states)?;
-        Ok(Some(sampling::outputs(ids, states)))
+        Ok(Some(sampling::pick(&gpu, logits, states)?))
     }
 
     /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph

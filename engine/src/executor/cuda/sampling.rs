@@ -1,7 +1,9 @@
 //! Picking tokens where the logits are: greedy batches take the argmax kernel; batches whose
-//! requests use no penalties and no logprobs take the sampling kernel (temperature, top-k,
-//! top-p, min-p, a Philox draw seeded from each request's RNG). Only the ids come back to the
-//! host, instead of a `[B, vocab]` f32 logits download. Anything else goes to the host sampler.
+//! requests use no penalties take the sampling kernel (temperature, top-k, top-p, min-p, a
+//! Philox draw seeded from each request's RNG), which also gives the chosen token's logprob, and
+//! requests for logprobs add the top-N kernel over the same (temperature-scaled) rows. Only ids
+//! and logprobs come back to the host, instead of a `[B, vocab]` f32 logits download. Penalized
+//! requests and more than [`ops::MAX_TOP_LOGPROBS`] logprobs go to the host sampler.
 
 use mllm_kernel::ops::{self, SampleParams};
 use mllm_kernel::{DeviceTensor, Gpu};
@@ -11,7 +13,10 @@ use crate::models::{ModelError, Result};
 
 /// Whether every request of the batch can be sampled on the GPU.
 pub(super) fn all_on_gpu(states: &[SequenceState]) -> bool {
-    states.iter().all(|s| s.params().is_plain())
+    states.iter().all(|s| {
+        let p = s.params();
+        p.is_unpenalized() && p.logprobs.is_none_or(|n| n <= ops::MAX_TOP_LOGPROBS)
+    })
 }
 
 /// The kernel's parameters of one request: greedy as top-k 1 (the argmax, lowest id on ties),
@@ -35,22 +40,25 @@ fn kernel_params(state: &mut SequenceState) -> SampleParams {
     }
 }
 
-/// Token ids `[rows]` for `logits: [rows (+ padding), vocab]`: the argmax kernel when every
-/// request is greedy, else the sampling kernel (padding rows take the argmax).
-pub(super) fn pick(gpu: &Gpu, logits: &DeviceTensor, states: &mut [SequenceState]) -> Result<Vec<u32>> {
+/// Each request's token (and logprobs when asked) for `logits: [rows (+ padding), vocab]`,
+/// recorded in its state: the argmax kernel when every request is greedy without logprobs,
+/// else the sampling kernel (padding rows take the argmax), plus the top-N kernel for logprobs.
+pub(super) fn pick(gpu: &Gpu, logits: &DeviceTensor, states: &mut [SequenceState]) -> Result<Vec<SampleOutput>> {
     let rows = states.len();
-    let ids = if states.iter().all(|s| s.params().is_greedy()) {
-        ops::argmax(gpu, logits)?.to_host::<i32>(gpu)?
+    let logprobs = states.iter().any(|s| s.params().logprobs.is_some());
+    let (ids, chosen) = if !logprobs && states.iter().all(|s| s.params().is_greedy()) {
+        (ops::argmax(gpu, logits)?.to_host::<i32>(gpu)?, Vec::new())
     } else {
         let padded = logits.shape()[0];
         let mut params: Vec<SampleParams> = states.iter_mut().map(kernel_params).collect();
         params.resize(padded, kernel_params_padding());
         let words = SampleParams::pack(&params)?;
         let params = DeviceTensor::from_host(gpu, &words, &[padded, SampleParams::WORDS])?;
-        let (ids, _logprobs) = ops::sample(gpu, logits, &params)?;
-        ids.to_host::<i32>(gpu)?
+        let (ids, chosen) = ops::sample(gpu, logits, &params)?;
+        (ids.to_host::<i32>(gpu)?, chosen.to_host::<f32>(gpu)?)
     };
-    ids.into_iter()
+    let tokens = ids
+        .into_iter()
         .take(rows)
         .enumerate()
         .map(|(i, id)| {
@@ -61,7 +69,70 @@ pub(super) fn pick(gpu: &Gpu, logits: &DeviceTensor, states: &mut [SequenceState
                 ))
             })
         })
-        .collect()
+        .collect::<Result<Vec<u32>>>()?;
+    let mut tops = top_lists(gpu, logits, states)?;
+    Ok(tokens
+        .into_iter()
+        .zip(states.iter_mut())
+        .enumerate()
+        .map(|(i, (token, s))| {
+            s.push_output(token);
+            let wants = s.params().logprobs.is_some();
+            SampleOutput {
+                token,
+                logprob: wants.then(|| chosen[i]),
+                top_logprobs: tops.get_mut(i).and_then(Option::take),
+            }
+        })
+        .collect())
+}
+
+/// One request's top-N `(token id, logprob)` pairs, most likely first.
+type TopList = Vec<(u32, f32)>;
+
+/// Each request's top-N `(id, logprob)` list (`None` where it asked for no logprobs) from one
+/// top-N kernel launch at the largest N asked, over each row scaled as the host sampler
+/// scales it (by 1 / temperature, or not at all when greedy).
+fn top_lists(gpu: &Gpu, logits: &DeviceTensor, states: &[SequenceState]) -> Result<Vec<Option<TopList>>> {
+    let vocab = logits.shape()[1];
+    let asked: Vec<Option<usize>> = states
+        .iter()
+        .map(|s| s.params().logprobs.map(|n| n.min(vocab)))
+        .collect();
+    let n = asked.iter().flatten().copied().max().unwrap_or(0);
+    if n == 0 {
+        return Ok(asked.iter().map(|a| a.map(|_| Vec::new())).collect());
+    }
+    let padded = logits.shape()[0];
+    let mut scale: Vec<f32> = states
+        .iter()
+        .map(|s| {
+            let p = s.params();
+            if p.is_greedy() {
+                1.0
+            } else {
+                1.0 / p.temperature
+            }
+        })
+        .collect();
+    scale.resize(padded, 1.0);
+    let scale = DeviceTensor::from_host(gpu, &scale, &[padded])?;
+    let (ids, lps) = ops::top_logprobs(gpu, logits, Some(&scale), n)?;
+    let (ids, lps) = (ids.to_host::<i32>(gpu)?, lps.to_host::<f32>(gpu)?);
+    Ok(asked
+        .iter()
+        .enumerate()
+        .map(|(row, a)| {
+            a.map(|want| {
+                let (ids, lps) = (&ids[row * n..][..want], &lps[row * n..][..want]);
+                // A valid row (the sampler checked it) fills every slot; -1 ids cannot occur.
+                ids.iter()
+                    .zip(lps)
+                    .filter_map(|(&id, &lp)| Some((u32::try_from(id).ok()?, lp)))
+                    .collect()
+            })
+        })
+        .collect())
 }
 
 fn kernel_params_padding() -> SampleParams {
@@ -70,19 +141,4 @@ fn kernel_params_padding() -> SampleParams {
         top_k: 1,
         ..SampleParams::default()
     }
-}
-
-/// The outputs for `ids`, recorded in each request's state.
-pub(super) fn outputs(ids: Vec<u32>, states: &mut [SequenceState]) -> Vec<SampleOutput> {
-    ids.into_iter()
-        .zip(states.iter_mut())
-        .map(|(token, s)| {
-            s.push_output(token);
-            SampleOutput {
-                token,
-                logprob: None,
-                top_logprobs: None,
-            }
-        })
-        .collect()
 }
