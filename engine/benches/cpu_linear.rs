@@ -1,6 +1,7 @@
-//! CPU linear layers at decode batch sizes and one prefill size: `gemv_t` (the f32 decode path,
-//! bf16 weights read in place) and `matmul_t` (register-tiled f32 gemm, the f32 prefill path)
-//! against `matmul_bf16_t` (AVX512-BF16 dot products, used when the CPU has them) on the same
+//! CPU linear layers at decode batch sizes, around the packed-panel crossover (32, 64 rows) and
+//! one prefill size: `gemv_t` (the f32 decode path, bf16 weights read in place) and `matmul_t`
+//! (register-tiled f32 gemm, the f32 prefill path) against `matmul_bf16_t` (AVX512-BF16: dot
+//! tiles below 48 rows, packed weight panels from 48; used when the CPU has them) on the same
 //! inputs, for SmolLM2-135M's layer shapes. Four copies of each weight rotate so that every call streams
 //! its weights from memory, as decode does, rather than from the last-level cache.
 //!
