@@ -6,7 +6,9 @@
 //! multiply-adds. Here each task first packs a panel of [`NR`] weight rows into pairs-of-`k` order
 //! (`panel[kp][j]` = `w[j][2kp..2kp + 2]`, the layout `vdpbf16ps` multiplies against a broadcast
 //! pair of `x`), then runs every [`MR`]-row tile of `x` over it: 24 accumulators, each written
-//! once. Packing costs about `8 / m` of the multiply-adds, so the dot tiles keep small `m`.
+//! once. Packing reads the weights at about half the speed the dot tiles stream them, which
+//! fewer than ~48 rows of `x` do not pay back (`PANEL_MIN_ROWS`, measured), so the dot tiles
+//! keep decode.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -41,8 +43,8 @@ pub(super) fn pack_rows(x: &[u16], m: usize, k: usize) -> Vec<u32> {
 }
 
 /// [`pack_rows`] straight from f32 `x`, rounding to bf16 (nearest-even) on the way: one pass of
-/// `vcvtne2ps2bf16` and the 16 × 16 transpose per tile and 16 pairs. Like every AVX512-BF16
-/// conversion it treats f32 subnormals (below ~1.2e-38) as zero.
+/// `vcvtne2ps2bf16` and the 16 × 16 transpose per tile and 16 pairs. That instruction flushes
+/// f32 subnormals (below ~1.2e-38) to zero, which the dot tiles' scalar rounding keeps.
 ///
 /// # Safety
 /// The CPU must have AVX512F/BW/BF16.
