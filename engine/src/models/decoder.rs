@@ -177,7 +177,8 @@ impl SelfAttention {
             q = qn.forward_per_head(&q)?;
             k = kn.forward_per_head(&k)?;
         }
-        let (mut q, mut k, v) = (q.to_f32_vec()?, k.to_f32_vec()?, v.to_f32_vec()?);
+        // RoPE rotates q and k in place (owned copies); v is only read.
+        let (mut q, mut k, v) = (q.to_f32_vec()?, k.to_f32_vec()?, v.to_f32_cow()?);
         let a = &self.attn;
         rope.apply(&batch.positions, &mut q, a.num_heads, &mut k, a.num_kv_heads)?;
         let o = a.forward(&q, &k, &v, batch, pool)?;

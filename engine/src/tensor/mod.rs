@@ -337,14 +337,23 @@ impl Tensor {
     /// An f32 tensor of `shape` whose zero-initialized values `fill` writes in place (no copy,
     /// unlike [`Tensor::from_vec`]).
     pub(crate) fn f32_filled(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> Tensor {
-        let n = numel(shape);
-        let len = n * 4;
+        Self::bytes_filled(shape, DType::F32, |bytes| {
+            // SAFETY: the buffer is 8-byte aligned (enough for f32) and holds `numel * 4`
+            // initialized bytes.
+            fill(unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut f32, bytes.len() / 4) })
+        })
+    }
+
+    /// A `dtype` tensor of `shape` whose zero-initialized bytes `fill` writes in place, in an
+    /// 8-byte-aligned buffer.
+    fn bytes_filled(shape: &[usize], dtype: DType, fill: impl FnOnce(&mut [u8])) -> Tensor {
+        let len = numel(shape) * dtype.size();
         let mut buf = vec![0u64; len.div_ceil(8)];
-        // SAFETY: `buf` holds `len` initialized (zero) bytes, 8-byte aligned (enough for f32).
-        fill(unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut f32, n) });
+        // SAFETY: `buf` holds at least `len` initialized (zero) bytes.
+        fill(unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, len) });
         Self {
             shape: shape.to_vec(),
-            dtype: DType::F32,
+            dtype,
             storage: Storage::Cpu(CpuStorage {
                 source: Arc::new(ByteSource::Owned(buf, len)),
                 offset: 0,
@@ -575,14 +584,14 @@ impl Tensor {
                 storage: Storage::Cpu(storage),
             });
         }
-        let outer: usize = self.shape[..dim].iter().product();
+        // Copies each outer row's slice straight into the new tensor's buffer.
         let bytes = self.as_bytes();
-        let mut out = Vec::with_capacity(outer * len * inner);
-        for o in 0..outer {
-            let base = (o * size + start) * inner;
-            out.extend_from_slice(&bytes[base..base + len * inner]);
-        }
-        Tensor::from_bytes(&out, &shape, self.dtype)
+        Ok(Tensor::bytes_filled(&shape, self.dtype, |out| {
+            for (o, dst) in out.chunks_exact_mut((len * inner).max(1)).enumerate() {
+                let base = (o * size + start) * inner;
+                dst.copy_from_slice(&bytes[base..base + len * inner]);
+            }
+        }))
     }
 
     /// Rows `start..start + len` along dim 0 (zero-copy).

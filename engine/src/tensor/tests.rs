@@ -109,6 +109,7 @@ fn reshape_narrow_cat() {
     assert_eq!(cols.shape(), [4, 3]);
     let want: Vec<f32> = (0..4).flat_map(|r| (2..5).map(move |c| (r * 6 + c) as f32)).collect();
     assert_eq!(cols.as_slice::<f32>().unwrap(), want);
+    assert_eq!(t.narrow(1, 6, 0).unwrap().shape(), [4, 0]);
     assert!(t.narrow(0, 3, 2).is_err());
     assert!(t.narrow(2, 0, 1).is_err());
 
