@@ -79,21 +79,20 @@ pub fn matmul_bf16_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, n, k) = (d.m, d.n, d.k);
     let panels = m >= PANEL_MIN_ROWS && k.is_multiple_of(2);
     // The rows of `x` in bf16: packed for the panel kernel, row-major for the dot tiles.
-    let (mut xb, mut xp) = (Vec::new(), Vec::new());
-    if panels && x.dtype() == DType::BF16 {
-        xp = bf16_panel::pack_rows(bf16_bits(x.as_slice::<bf16>()?), m, k);
+    let rows = if panels && x.dtype() == DType::BF16 {
+        XRows::Packed(bf16_panel::pack_rows(bf16_bits(x.as_slice::<bf16>()?), m, k))
     } else if panels {
-        let xf = x.to_f32_cow()?;
         // SAFETY: the CPU has AVX512-BF16 (checked above).
-        xp = unsafe { bf16_panel::pack_rows_f32(&xf, m, k) };
+        XRows::Packed(unsafe { bf16_panel::pack_rows_f32(&x.to_f32_cow()?, m, k) })
     } else {
-        xb = vec![bf16::ZERO; m * k];
+        let mut xb = vec![bf16::ZERO; m * k];
         match x.dtype() {
             DType::BF16 => xb.copy_from_slice(x.as_slice::<bf16>()?),
             _ => xb.convert_from_f32_slice(&x.to_f32_cow()?),
         }
-    }
-    let (xb, wb) = (bf16_bits(&xb), bf16_bits(w.as_slice::<bf16>()?));
+        XRows::RowMajor(xb)
+    };
+    let wb = bf16_bits(w.as_slice::<bf16>()?);
     // Decode-sized inputs are bandwidth-bound: about eight blocks per thread keep every core
     // streaming without paying a task per few rows. Prefill blocks keep their weights in L2.
     let block = if panels {
@@ -112,14 +111,21 @@ pub fn matmul_bf16_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
             // SAFETY: the CPU has the features (checked above); this task writes only columns
             // `cols` of the [m, n] output, disjoint from every other task.
             unsafe {
-                if panels {
-                    bf16_panel::columns(&xp, wb, m, n, k, cols, dst.get())
-                } else {
-                    kernel::block(xb, wb, m, n, k, cols, dst.get())
+                match &rows {
+                    XRows::Packed(xp) => bf16_panel::columns(xp, wb, m, n, k, cols, dst.get()),
+                    XRows::RowMajor(xb) => kernel::block(bf16_bits(xb), wb, m, n, k, cols, dst.get()),
                 }
             }
         });
     }))
+}
+
+/// `x` as the kernel of its row count reads it.
+enum XRows {
+    /// [`bf16_panel::pack_rows`] layout.
+    Packed(Vec<u32>),
+    /// `[m, k]` bf16.
+    RowMajor(Vec<bf16>),
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -127,7 +133,7 @@ mod kernel {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use crate::tensor::simd::reduce16;
+    use crate::tensor::simd::{as_bh, reduce16};
 
     /// Output columns `cols` of `out[m, n] = x[m, k] · w[n, k]ᵀ`, tile by tile.
     ///
@@ -247,13 +253,6 @@ mod kernel {
             }
         }
         reduce16(flat)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    #[inline]
-    fn as_bh(v: __m512i) -> __m512bh {
-        // SAFETY: same size; both are 32 lanes of 16 bits.
-        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
     }
 }
 

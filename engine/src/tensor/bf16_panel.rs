@@ -80,6 +80,7 @@ mod kernel {
     use std::arch::x86_64::*;
 
     use super::{MR, NR};
+    use crate::tensor::simd::as_bh;
 
     /// Packs weight rows `n0..n0 + NR` of `w` `[n, k]` into `panel` as `k / 2` groups of `NR`
     /// bf16 pairs; rows past `n` pack as zeros. Sixteen rows by sixteen pairs at a time, through
@@ -241,13 +242,6 @@ mod kernel {
             }
         }
         acc
-    }
-
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    #[inline]
-    fn as_bh(v: __m512i) -> __m512bh {
-        // SAFETY: same size; both are 32 lanes of 16 bits.
-        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
     }
 }
 

@@ -240,35 +240,46 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 
     }))
 }
 
-/// Applies `f` to each row (last dim) of a float tensor, returning f32 of the same shape.
 /// Rows [`Tensor::rms_norm`] sums together.
 const NORM_ROWS: usize = 8;
 
-/// `Σ x²` of each `d`-long row of `rows` (up to [`NORM_ROWS`] of them), each summed in order
-/// (the numerics every caller has been measured with) but [`NORM_ROWS`] rows at once: one
-/// row's running sum is a serial chain of dependent adds, eight of them fill the pipeline.
-fn sum_squares_per_row(rows: &[f32], d: usize) -> Vec<f32> {
-    let n = rows.len() / d;
-    if n < NORM_ROWS {
-        return rows.chunks(d).map(|r| r.iter().map(|&x| x * x).sum()).collect();
-    }
+/// `Σ x²` of each `d`-long row of `rows` (up to [`NORM_ROWS`] of them; the rest stay 0), each
+/// summed in order (the numerics every caller has been measured with) but [`NORM_ROWS`] rows at
+/// once: one row's running sum is a serial chain of dependent adds, eight of them fill the
+/// pipeline.
+fn sum_squares_per_row(rows: &[f32], d: usize) -> [f32; NORM_ROWS] {
     let mut ss = [0f32; NORM_ROWS];
+    if rows.len() < NORM_ROWS * d {
+        for (s, r) in ss.iter_mut().zip(rows.chunks(d)) {
+            *s = r.iter().map(|&x| x * x).sum();
+        }
+        return ss;
+    }
     for j in 0..d {
         for (i, s) in ss.iter_mut().enumerate() {
             let x = rows[i * d + j];
             *s += x * x;
         }
     }
-    ss.to_vec()
+    ss
 }
 
+/// Applies `f` to each row (last dim) of a float tensor, returning f32 of the same shape.
 fn rowwise(op: &'static str, x: &Tensor, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Result<Tensor> {
+    row_groups(op, x, 1, f)
+}
+
+/// [`rowwise`] over groups of up to `rows` consecutive rows: `f` gets a group's input and
+/// output rows, each concatenated.
+fn row_groups(op: &'static str, x: &Tensor, rows: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Result<Tensor> {
     require_float(op, "x", x)?;
-    let d = last_dim(op, "x", x)?;
+    let group = last_dim(op, "x", x)? * rows;
     let mut xb = Vec::new();
     let xv = f32_data(x, &mut xb)?;
     Ok(Tensor::f32_filled(x.shape(), |out| {
-        out.par_chunks_mut(d).zip(xv.par_chunks(d)).for_each(|(o, r)| f(r, o));
+        out.par_chunks_mut(group)
+            .zip(xv.par_chunks(group))
+            .for_each(|(o, r)| f(r, o));
     }))
 }
 
@@ -329,27 +340,18 @@ impl Tensor {
         let wv = weight.to_f32_vec()?;
         // One monomorphized loop per dtype, so the rounding inlines.
         fn norm_rows(x: &Tensor, wv: &[f32], eps: f32, round: impl Fn(f32) -> f32 + Sync) -> Result<Tensor> {
-            require_float(OP, "x", x)?;
             let d = wv.len();
-            let mut xb = Vec::new();
-            let xv = f32_data(x, &mut xb)?;
-            Ok(Tensor::f32_filled(x.shape(), |out| {
-                let group = d * NORM_ROWS;
-                out.par_chunks_mut(group).zip(xv.par_chunks(group)).for_each(|(o, r)| {
-                    for (ss, (o, r)) in sum_squares_per_row(r, d)
-                        .into_iter()
-                        .zip(o.chunks_mut(d).zip(r.chunks(d)))
-                    {
-                        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
-                        for ((o, &x), &w) in o.iter_mut().zip(r).zip(wv) {
-                            *o = w * round(x * inv);
-                        }
+            row_groups(OP, x, NORM_ROWS, |r, o| {
+                for (ss, (o, r)) in sum_squares_per_row(r, d)
+                    .into_iter()
+                    .zip(o.chunks_mut(d).zip(r.chunks(d)))
+                {
+                    let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+                    for ((o, &x), &w) in o.iter_mut().zip(r).zip(wv) {
+                        *o = w * round(x * inv);
                     }
-                });
-            }))
-        }
-        if d == 0 {
-            return Ok(Tensor::f32_filled(self.shape(), |_| {}));
+                }
+            })
         }
         match self.dtype() {
             DType::BF16 => norm_rows(self, &wv, eps, |v| bf16::from_f32(v).to_f32()),

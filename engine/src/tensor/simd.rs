@@ -2,6 +2,14 @@
 
 use std::arch::x86_64::*;
 
+/// The 32 bf16 lanes of `v` as the type `vdpbf16ps` takes.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+pub(crate) fn as_bh(v: __m512i) -> __m512bh {
+    // SAFETY: same size; both are 32 lanes of 16 bits.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
 /// Lane `r` of the result = the sum of the 16 lanes of `a[r]`: 45 shuffles/adds for 16 sums
 /// instead of 16 separate horizontal reductions. Every input goes through the same tree, so a
 /// sum does not depend on its position.
