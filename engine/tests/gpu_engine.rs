@@ -115,6 +115,22 @@ fn reference(dir: &Path) -> Reference {
 
 /// Logits of every position of `prompts`, all in one batch.
 fn all_logits(r: &mut ModelRunner, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
+    let vocab = r.config().vocab_size;
+    let flat = with_prefill(r, prompts, LogitsMode::All, |r, b| {
+        r.forward(b).unwrap().to_f32_vec().unwrap()
+    });
+    let mut rows = flat.chunks(vocab).map(<[f32]>::to_vec);
+    prompts.iter().map(|p| rows.by_ref().take(p.len()).collect()).collect()
+}
+
+/// Runs `step` on a prefill batch of `prompts` (logits per `mode`) in fresh request slots,
+/// then frees them.
+fn with_prefill<T>(
+    r: &mut ModelRunner,
+    prompts: &[Vec<u32>],
+    mode: LogitsMode,
+    step: impl FnOnce(&mut ModelRunner, &ForwardBatch) -> T,
+) -> T {
     let slots = r.req_pool_mut().alloc(prompts.len()).unwrap();
     let inputs: Vec<SequenceInput> = slots
         .iter()
@@ -125,11 +141,8 @@ fn all_logits(r: &mut ModelRunner, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
             new_tokens: p.clone(),
         })
         .collect();
-    let b = r.prepare(&inputs, LogitsMode::All).unwrap();
-    let vocab = r.config().vocab_size;
-    let flat = r.forward(&b).unwrap().to_f32_vec().unwrap();
-    let mut rows = flat.chunks(vocab).map(<[f32]>::to_vec);
-    let out = prompts.iter().map(|p| rows.by_ref().take(p.len()).collect()).collect();
+    let b = r.prepare(&inputs, mode).unwrap();
+    let out = step(r, &b);
     for (slot, p) in slots.iter().zip(prompts) {
         r.release(*slot, p.len()).unwrap();
     }
@@ -392,30 +405,6 @@ fn gpu_sampling_is_seeded_and_filtered() {
     assert!(host.iter().all(|t| t.len() == n));
 }
 
-/// Runs `step` on a prefill batch of `prompts` in fresh request slots, then frees them.
-fn with_prefill<T>(
-    r: &mut ModelRunner,
-    prompts: &[Vec<u32>],
-    step: impl FnOnce(&mut ModelRunner, &ForwardBatch) -> T,
-) -> T {
-    let slots = r.req_pool_mut().alloc(prompts.len()).unwrap();
-    let inputs: Vec<SequenceInput> = slots
-        .iter()
-        .zip(prompts)
-        .map(|(&req_slot, p)| SequenceInput {
-            req_slot,
-            prefix_len: 0,
-            new_tokens: p.clone(),
-        })
-        .collect();
-    let b = r.prepare(&inputs, LogitsMode::LastPerSequence).unwrap();
-    let out = step(r, &b);
-    for (slot, p) in slots.iter().zip(prompts) {
-        r.release(*slot, p.len()).unwrap();
-    }
-    out
-}
-
 /// Logprobs requests (no penalties, at most 20) are sampled on the GPU as well: the chosen
 /// token's logprob and the top-N list match the host sampler's over the same logits, greedy
 /// rows unscaled and sampled rows divided by their temperature (0.5, exact either way).
@@ -458,8 +447,12 @@ fn gpu_logprobs_match_host_sampler() {
     };
     let mut r = runner(dir, Device::Cuda(0), 8, 0);
     let mut gpu_states = states(&params);
-    let gpu = with_prefill(&mut r, &prompts, |r, b| r.step(b, &mut gpu_states).unwrap());
-    let mut rows = with_prefill(&mut r, &prompts, |r, b| r.forward(b).unwrap().to_f32_vec().unwrap());
+    let gpu = with_prefill(&mut r, &prompts, LogitsMode::LastPerSequence, |r, b| {
+        r.step(b, &mut gpu_states).unwrap()
+    });
+    let mut rows = with_prefill(&mut r, &prompts, LogitsMode::LastPerSequence, |r, b| {
+        r.forward(b).unwrap().to_f32_vec().unwrap()
+    });
     let vocab = rows.len() / prompts.len();
     let mut host_states = states(&params);
     let host = Sampler::new().sample_flat(&mut rows, vocab, &mut host_states).unwrap();
