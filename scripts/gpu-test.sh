@@ -64,9 +64,9 @@ for line in sys.stdin:
   du -sh "$gpu"
 }
 
-# Waits up to 60 s for a server on localhost:$1 to answer /health.
+# Waits up to $2 (60) seconds for a server on localhost:$1 to answer /health.
 wait_healthy() {
-  for _ in $(seq 120); do
+  for _ in $(seq $((2 * ${2:-60}))); do
     curl -sf "localhost:$1/health" >/dev/null 2>&1 && return 0
     sleep 0.5
   done
@@ -162,8 +162,8 @@ run() {
   wait "$serve_pid" 2>/dev/null || true
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine vl (none: no benchmarks).
-  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine vl}; do
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine serve vl (none: no benchmarks).
+  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine serve vl}; do
     case "$group" in
       norm)
         for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
@@ -222,6 +222,27 @@ run() {
               --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
               --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
           done
+        done
+        ;;
+      serve)
+        # Qwen3-8B with random weights behind `mllm serve --device cuda`, bf16 and W8A8 in the
+        # same run: bench-serve (token-id prompts through /generate) at concurrency 1 and 16.
+        # Each JSON record carries the server's /server_info (device, quantization, dtypes).
+        for quant in "" "--quantization w8a8"; do
+          # shellcheck disable=SC2086
+          "$gpu/bin/mllm" serve --device cuda --dummy-config engine/tests/fixtures/qwen3-8b.config.json \
+            --weight-dtype bf16 $quant --port 30125 --max-running-requests 64 --context-length 4096 \
+            >>"$out/serve_bench.log" 2>&1 &
+          serve_pid=$!
+          wait_healthy 30125 600
+          for conc in 1 16; do
+            "$gpu/bin/mllm" bench-serve --port 30125 --backend native --num-prompts $((conc * 4 > 8 ? conc * 4 : 8)) \
+              --max-concurrency "$conc" --input-len-range 512:1024 --output-len-range 128:256 --seed 0 \
+              --warmup-requests 2 --disable-progress --output-file "$out/bench_serve.jsonl" 2>&1 |
+              sed "s/^/[serve ${quant:-bf16} conc $conc] /" | tee -a "$out/bench.log" || status=1
+          done
+          kill "$serve_pid" 2>/dev/null
+          wait "$serve_pid" 2>/dev/null || true
         done
         ;;
       vl)

@@ -122,7 +122,11 @@ async fn every_request_succeeds_with_the_asked_token_counts() {
         let (ttft, e2e) = (m.ttft_ms.unwrap(), m.e2e_ms.unwrap());
         assert!(ttft.p50 <= e2e.p50 && ttft.max <= e2e.max, "{ttft:?} {e2e:?}");
         assert!(m.tpot_ms.is_some());
-        assert_eq!(res.server_info.as_ref().unwrap()["max_running_requests"], 8);
+        let server = res.server_info.as_ref().unwrap();
+        assert_eq!(server["max_running_requests"], 8);
+        // The record says what ran: device and quantization come from the server.
+        assert_eq!(server["device"]["kind"], "cpu", "{server}");
+        assert!(server["quantization"].is_string(), "{server}");
     }
     srv.stop().await;
 }

@@ -219,6 +219,20 @@ async fn health_models_info_metrics() {
     ] {
         assert!(info[live].is_number(), "{live} missing in {b}");
     }
+    // What ran, for benchmark records: the device, the weights' format and dtypes.
+    assert_eq!(info["device"]["kind"], "cpu", "{b}");
+    assert!(info["device"]["cores"].as_u64() >= Some(1), "{b}");
+    for fact in ["load_format", "quantization", "weight_dtype", "kv_cache_dtype"] {
+        assert!(
+            info[fact].as_str().is_some_and(|v| !v.is_empty()),
+            "{fact} missing in {b}"
+        );
+    }
+    assert_eq!(
+        (&info["cuda_graph_max_bs"], &info["disable_cuda_graph"]),
+        (&Value::Null, &json!(false)),
+        "{b}"
+    );
     assert_eq!(srv.metric("mllm_kv_capacity_tokens").await, 4096.0);
     assert!(srv.metric("mllm_generation_tokens_total").await >= 1.0);
     let (_, m) = srv.get("/metrics").await;

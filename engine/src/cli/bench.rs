@@ -285,10 +285,7 @@ fn model_record(info: &ModelInfo, kv_dtype: KvDtype) -> ModelRecord {
         format: info.format,
         quant: info.quant.clone(),
         weight_dtype: info.weight_dtype_name().to_string(),
-        kv_dtype: match kv_dtype {
-            KvDtype::F32 => "f32",
-            KvDtype::BF16 => "bf16",
-        },
+        kv_dtype: kv_dtype.name(),
     }
 }
 

@@ -22,6 +22,14 @@ impl KvDtype {
             KvDtype::BF16 => 2,
         }
     }
+
+    /// `f32` or `bf16`, as `--kv-cache-dtype` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::BF16 => "bf16",
+        }
+    }
 }
 
 /// One layer's K or V buffer, row-major `[num_slots, num_kv_heads, head_dim]`.

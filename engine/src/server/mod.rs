@@ -25,6 +25,7 @@ use axum::Router;
 
 pub use error::ApiError;
 
+use crate::executor::device::DeviceInfo;
 use crate::multimodal::VisionSetup;
 use crate::orchestrator::Engine;
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub parsers: ServerParsers,
     /// Image input, for a model with a vision tower (`None`: requests with images get 400).
     pub vision: Option<Arc<VisionSetup>>,
+    /// The device the model runs on, for `/server_info` (and so `bench-serve`'s records).
+    pub device: Arc<DeviceInfo>,
 }
 
 /// The output parsers the server was started with.
@@ -69,13 +72,14 @@ impl AppState {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| engine.info().name.clone());
         Self {
-            engine,
             served_model_name: name,
             model_path,
             api_key: api_key.filter(|k| !k.is_empty()).map(Into::into),
             created: unix_time(),
             parsers: ServerParsers::default(),
             vision: None,
+            device: Arc::new(DeviceInfo::of(engine.config().device)),
+            engine,
         }
     }
 

@@ -223,11 +223,20 @@ pub async fn server_info(State(app): State<AppState>) -> Json<Value> {
     let count = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let (prompt, cached) = (count(&m.prompt_tokens_total), count(&m.cached_tokens_total));
     let capacity = app.engine.kv_capacity();
+    let info = app.engine.info();
+    let cuda = c.device.is_cuda();
     Json(json!({
         "version": crate::version(), "served_model_name": app.served_model_name, "model_path": app.model_path,
         "max_running_requests": c.max_running_requests, "max_total_tokens": capacity,
         "max_prefill_tokens": c.max_prefill_tokens, "max_queued_requests": c.max_queued_requests,
         "context_length": app.engine.context_len(), "disable_radix_cache": c.disable_radix_cache,
+        // What a benchmark record needs to say what ran (SGLang's names where it has them).
+        "device": &*app.device, "load_format": info.format, "quantization": info.quant,
+        "weight_dtype": info.weight_dtype_name(),
+        "kv_cache_dtype": kv_cache_dtype(c, info),
+        "cuda_graph_max_bs": cuda.then_some(c.cuda_graph_max_bs),
+        "disable_cuda_graph": cuda && c.cuda_graph_max_bs == 0,
+        "mem_fraction_static": c.mem_fraction_static.filter(|_| cuda),
         "reasoning_parser": app.parsers.reasoning.map(|p| p.name()),
         "tool_call_parser": app.parsers.tools.map(|p| p.name()),
         "uptime_s": unix_time().saturating_sub(app.created), "draining": app.engine.is_draining(),
@@ -237,6 +246,16 @@ pub async fn server_info(State(app): State<AppState>) -> Json<Value> {
         "cached_tokens_total": cached, "generation_tokens_total": count(&m.generation_tokens_total),
         "cache_hit_rate": if prompt == 0 { 0.0 } else { cached as f64 / prompt as f64 },
     }))
+}
+
+/// The K/V cache's element type: a GPU keeps K/V in its compute dtype (f16 for an f16
+/// checkpoint, else bf16); the CPU as `--kv-cache-dtype` says, or following the weights.
+fn kv_cache_dtype(c: &crate::orchestrator::EngineConfig, info: &crate::generation::ModelInfo) -> &'static str {
+    match (c.device.is_cuda(), info.weight_dtype) {
+        (true, Some(crate::tensor::DType::F16)) => "f16",
+        (true, _) => "bf16",
+        (false, _) => c.kv_cache_dtype.unwrap_or_else(|| info.default_kv_dtype()).name(),
+    }
 }
 
 /// `GET /get_load`: load per data-parallel rank (one here), as SGLang reports it; routers
