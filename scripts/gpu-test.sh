@@ -121,6 +121,15 @@ run() {
         MLLM_KERNEL_JIT=0 MLLM_KERNEL_CACHE_DIR=/tmp/mllm-empty-cache "$t" --test-threads=1 --nocapture 2>&1 |
           tee -a "$out/tests.log" || status=1
         ;;
+      gpu_engine)
+        # Twice: as shipped, and with the W8A8 GEMMs' L2 prefetch hints on (graph = eager, HF
+        # parity and sampling must hold either way).
+        for mb in 0 24; do
+          echo "== $name (MLLM_L2_PREFETCH_MB=$mb)" | tee -a "$out/tests.log"
+          MLLM_L2_PREFETCH_MB=$mb timeout "${MLLM_GPU_TEST_TIMEOUT:-900}" "$t" --test-threads=1 --nocapture 2>&1 |
+            tee -a "$out/tests.log" || status=1
+        done
+        ;;
       *)
         echo "== $name" | tee -a "$out/tests.log"
         timeout "${MLLM_GPU_TEST_TIMEOUT:-900}" "$t" --test-threads=1 --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
@@ -222,6 +231,14 @@ run() {
               --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
               --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
           done
+        done
+        # W8A8 GEMMs asking for the next GEMM's weight in L2 as they finish (off by default
+        # until measured; the record's `env` says which ran).
+        for mb in 12 24; do
+          MLLM_L2_PREFETCH_MB=$mb "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 \
+            --quantization w8a8 --model-config engine/tests/fixtures/qwen3-8b.config.json \
+            --batch-size 1 --input-len 2048 --output-len 64 --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
+            --out "$out/bench_one_batch.jsonl" 2>&1 | sed "s/^/[L2 prefetch $mb MiB] /" | tee -a "$out/bench.log" || status=1
         done
         ;;
       serve)

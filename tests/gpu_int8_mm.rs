@@ -91,7 +91,9 @@ fn run_case<T: FloatElem>(gpu: &Gpu, c: Case, config: Option<Int8MmConfig>, what
         .as_ref()
         .map(|v| DeviceTensor::from_host(gpu, v, &[n]).unwrap_or_else(|e| panic!("{what}: {e}")));
     let mut out = DeviceTensor::zeros(gpu, &[m, n], T::DTYPE).unwrap_or_else(|e| panic!("{what}: {e}"));
-    ops::int8_scaled_mm_into(gpu, &da, &db, &dsa, &dsb, dbias.as_ref(), &mut out, config)
+    // Every case also asks for an L2 prefetch (of `a`): a hint never changes the result.
+    let hint = Some(ops::L2Hint::new(&da, 1 << 20));
+    ops::int8_scaled_mm_into(gpu, &da, &db, &dsa, &dsb, dbias.as_ref(), &mut out, config, hint)
         .unwrap_or_else(|e| panic!("{what} {c:?}: {e}"));
     let got: Vec<T> = out.to_host(gpu).unwrap_or_else(|e| panic!("{what}: {e}"));
     for row in checked_rows(m, n * k) {
@@ -218,38 +220,22 @@ fn bad_arguments_are_errors_not_launches() {
     let sa = DeviceTensor::zeros(&gpu, &[4], DType::F32).unwrap();
     let sb = DeviceTensor::zeros(&gpu, &[8], DType::F32).unwrap();
     let mut wrong_out = DeviceTensor::zeros(&gpu, &[4, 16], DType::BF16).unwrap();
-    let e = ops::int8_scaled_mm_into(&gpu, &a, &b, &sa, &sb, None, &mut wrong_out, None).unwrap_err();
+    // B, its scales and no bias or hint throughout; a, its scales, out and the config vary.
+    let run = |a: &DeviceTensor, sa: &DeviceTensor, out: &mut DeviceTensor, config: Option<Int8MmConfig>| {
+        ops::int8_scaled_mm_into(&gpu, a, &b, sa, &sb, None, out, config, None)
+    };
+    let e = run(&a, &sa, &mut wrong_out, None).unwrap_err();
     assert!(e.to_string().contains("`out`"), "{e}");
     let mut out = DeviceTensor::zeros(&gpu, &[4, 8], DType::BF16).unwrap();
-    let e = ops::int8_scaled_mm_into(&gpu, &a, &b, &sa, &sb, None, &mut out, Some(Int8MmConfig::SkinnyM16));
+    let e = run(&a, &sa, &mut out, Some(Int8MmConfig::SkinnyM16));
     assert!(e.is_ok(), "{e:?}");
     let big = DeviceTensor::zeros(&gpu, &[20, 32], DType::I8).unwrap();
     let sbig = DeviceTensor::zeros(&gpu, &[20], DType::F32).unwrap();
     let mut obig = DeviceTensor::zeros(&gpu, &[20, 8], DType::BF16).unwrap();
-    let e = ops::int8_scaled_mm_into(
-        &gpu,
-        &big,
-        &b,
-        &sbig,
-        &sb,
-        None,
-        &mut obig,
-        Some(Int8MmConfig::SkinnyM16),
-    )
-    .unwrap_err();
+    let e = run(&big, &sbig, &mut obig, Some(Int8MmConfig::SkinnyM16)).unwrap_err();
     assert!(e.to_string().contains("at most 16 rows"), "{e}");
     if gpu.arch().major != 9 {
-        let e = ops::int8_scaled_mm_into(
-            &gpu,
-            &a,
-            &b,
-            &sa,
-            &sb,
-            None,
-            &mut out,
-            Some(Int8MmConfig::Sm90P64x128x128),
-        )
-        .unwrap_err();
+        let e = run(&a, &sa, &mut out, Some(Int8MmConfig::Sm90P64x128x128)).unwrap_err();
         assert!(e.to_string().contains("sm_90a"), "{e}");
     }
 }

@@ -62,6 +62,16 @@ struct RunShape {
   float sm_scale;
 };
 
+// Programmatic dependent launch, on SM90 and newer: FlashInfer's kernels run
+// griddepcontrol.wait before reading anything the kernel before them writes
+// (q, the K/V pool, partial states), so their launch and prologue overlap
+// that kernel's tail instead of following it.
+inline bool use_pdl() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+}
+
 template <typename T>
 T* ws_ptr(void* base, int64_t offset) {
   return fi::GetPtrFromBaseOffset<T>(base, offset);
@@ -145,11 +155,25 @@ struct Variant {
         p.lse = tmp_s;
       }
       void* args[] = {static_cast<void*>(&p)};
-      e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel()), grid, block, args, kSmem, stream);
+      const bool pdl = use_pdl();
+      if (pdl) {
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = grid;
+        config.blockDim = block;
+        config.dynamicSmemBytes = kSmem;
+        config.stream = stream;
+        config.attrs = attr;
+        config.numAttrs = 1;
+        e = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel()), args);
+      } else {
+        e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel()), grid, block, args, kSmem, stream);
+      }
       if (e != cudaSuccess || !p.partition_kv) return e;
       return fi::VariableLengthMergeStates(tmp_v, tmp_s, p.o_indptr, out, lse, p.paged_kv.batch_size,
-                                           /*seq_len=*/nullptr, p.num_qo_heads, HEAD_DIM, /*enable_pdl=*/false,
-                                           stream);
+                                           /*seq_len=*/nullptr, p.num_qo_heads, HEAD_DIM, pdl, stream);
     }
   };
 
@@ -232,7 +256,7 @@ struct Variant {
     return fi::BatchPrefillWithPagedKVCacheDispatched</*SAME_KV_STRIDES=*/true, CTA_TILE_Q, HEAD_DIM, HEAD_DIM,
                                                       kNoRope, /*USE_FP16_QK_REDUCTION=*/false,
                                                       fi::MaskMode::kCausal, Softmax>(p, tmp_v, tmp_s,
-                                                                                      /*enable_pdl=*/false, stream);
+                                                                                      use_pdl(), stream);
   }
 
   static cudaError_t prefill_run(const RunPointers& r, const RunShape& s, const std::vector<int64_t>& v,

@@ -121,6 +121,8 @@ fn bench_one_batch_dummy_writes_records() {
         assert!(r["commit"].as_str().is_some_and(|c| !c.is_empty()), "{r}");
         assert_eq!(r["device"]["kind"], "cpu");
         assert!(r["device"]["cores"].as_u64().unwrap() >= 1);
+        // MLLM_* overrides are recorded (this test's runner sets MLLM_OFFLINE).
+        assert_eq!(r["env"]["MLLM_OFFLINE"], "1", "{r}");
         assert!(r["model"].as_str().unwrap().starts_with("Qwen3ForCausalLM"), "{r}");
         assert_eq!(
             (r["format"].as_str(), r["quant"].as_str()),

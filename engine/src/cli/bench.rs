@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::model_args::ModelArgs;
-use super::record::{command_line, DeviceInfo, Revision};
+use super::record::{command_line, mllm_env, DeviceInfo, Revision};
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::{ModelRunner, RunnerConfig, RunnerModel};
 use crate::executor::sampler::{SamplingParams, SequenceState};
@@ -130,6 +130,8 @@ struct Record {
     #[serde(flatten)]
     model: ModelRecord,
     command: String,
+    /// The `MLLM_*` environment variables set (kernel and tuning overrides change results).
+    env: std::collections::BTreeMap<String, String>,
     #[serde(flatten)]
     workload: Workload,
     #[serde(flatten)]
@@ -246,6 +248,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             device: device.clone(),
             model: model_record(&info, kv_dtype),
             command: command_line(),
+            env: mllm_env(),
             workload: Workload {
                 batch_size: b,
                 input_len: i,
