@@ -705,6 +705,8 @@ fn mllm_serve_binary_drains_on_sigterm() {
             "512",
             "--served-model-name",
             "tiny",
+            "--weight-dtype",
+            "bf16",
         ])
         .arg("--dummy-config")
         .arg(&config)
@@ -728,6 +730,14 @@ fn mllm_serve_binary_drains_on_sigterm() {
     std::thread::spawn(move || for _ in lines {});
     let (s, _) = http_blocking(addr, "GET", "/health", None, &[]);
     assert_eq!(s, 200);
+    // Random weights in the dtype asked for, and /server_info says so.
+    let (s, b) = http_blocking(addr, "GET", "/server_info", None, &[]);
+    let info: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (s, &info["load_format"], &info["weight_dtype"]),
+        (200, &json!("dummy"), &json!("bf16")),
+        "{b}"
+    );
     let body = gen_body(&ids_prompt(1, 4), 200).to_string();
     let req = std::thread::spawn(move || http_blocking(addr, "POST", "/generate", Some(&body), &[]));
     std::thread::sleep(Duration::from_millis(20));

@@ -158,7 +158,8 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         Some(config) => (
             ModelSource::Dummy {
                 config: config.clone(),
-                dtype: DType::F32,
+                // As bench-one-batch: `--weight-dtype` picks the random weights' dtype.
+                dtype: args.model.weight_dtype.dtype().unwrap_or(DType::F32),
                 seed: 0,
             },
             config.display().to_string(),
