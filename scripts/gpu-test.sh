@@ -72,6 +72,31 @@ wait_healthy() {
   done
 }
 
+# Runs test binary $2 (label $1) with the environment assignments that follow, into
+# $out/tests.log; a failure sets status=1.
+run_test() {
+  local label=$1 bin=$2
+  shift 2
+  echo "== $label" | tee -a "$out/tests.log"
+  env "$@" timeout "${MLLM_GPU_TEST_TIMEOUT:-900}" "$bin" --test-threads=1 --nocapture 2>&1 |
+    tee -a "$out/tests.log" || status=1
+}
+
+# Starts `mllm serve --device cuda` on port $1 with the arguments after $3, logging to $2, and
+# waits up to $3 seconds for it to answer /health; serve_pid is its pid.
+start_server() {
+  local port=$1 log=$2 wait=$3
+  shift 3
+  "$gpu/bin/mllm" serve --device cuda --port "$port" "$@" >>"$log" 2>&1 &
+  serve_pid=$!
+  wait_healthy "$port" "$wait"
+}
+
+stop_server() {
+  kill "$serve_pid" 2>/dev/null
+  wait "$serve_pid" 2>/dev/null || true
+}
+
 run() {
   cd "$root"
   out=${OUT:-$gpu/out}
@@ -125,22 +150,15 @@ run() {
         # Twice: as shipped, and with the W8A8 GEMMs' L2 prefetch hints on (graph = eager, HF
         # parity and sampling must hold either way).
         for mb in 0 24; do
-          echo "== $name (MLLM_L2_PREFETCH_MB=$mb)" | tee -a "$out/tests.log"
-          MLLM_L2_PREFETCH_MB=$mb timeout "${MLLM_GPU_TEST_TIMEOUT:-900}" "$t" --test-threads=1 --nocapture 2>&1 |
-            tee -a "$out/tests.log" || status=1
+          run_test "$name (MLLM_L2_PREFETCH_MB=$mb)" "$t" MLLM_L2_PREFETCH_MB=$mb
         done
         ;;
-      *)
-        echo "== $name" | tee -a "$out/tests.log"
-        timeout "${MLLM_GPU_TEST_TIMEOUT:-900}" "$t" --test-threads=1 --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
-        ;;
+      *) run_test "$name" "$t" ;;
     esac
   done
   # `mllm serve --device cuda` answers a chat request on the tiny Qwen3.
   echo "== mllm serve --device cuda (tiny random Qwen3)" | tee -a "$out/tests.log"
-  "$gpu/bin/mllm" serve --model "$parity/qwen3" --device cuda --port 30123 >"$out/serve.log" 2>&1 &
-  serve_pid=$!
-  wait_healthy 30123
+  start_server 30123 "$out/serve.log" 60 --model "$parity/qwen3"
   if curl -sS localhost:30123/v1/chat/completions -H 'content-type: application/json' \
     -d '{"messages":[{"role":"user","content":"w5 w6 w7"}],"max_tokens":8,"temperature":0}' \
     -o "$out/serve_chat.json" && grep -q '"choices"' "$out/serve_chat.json"; then
@@ -149,13 +167,10 @@ run() {
     echo "serve chat: FAILED (see serve.log)" | tee -a "$out/tests.log"
     status=1
   fi
-  kill "$serve_pid" 2>/dev/null
-  wait "$serve_pid" 2>/dev/null || true
+  stop_server
   # `mllm serve --device cuda` answers an image chat on the tiny Qwen3-VL, streaming and not.
   echo "== mllm serve --device cuda (tiny random Qwen3-VL, one image)" | tee -a "$out/tests.log"
-  "$gpu/bin/mllm" serve --model "$vl" --device cuda --port 30124 >"$out/serve_vl.log" 2>&1 &
-  serve_pid=$!
-  wait_healthy 30124
+  start_server 30124 "$out/serve_vl.log" 60 --model "$vl"
   img=$(base64 -w0 engine/tests/fixtures/vl/rgb_37x53.png)
   for stream in false true; do
     body='{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,'"$img"'"}},{"type":"text","text":"w5 w6"}]}],"max_tokens":8,"temperature":0,"stream":'$stream'}'
@@ -167,8 +182,7 @@ run() {
       status=1
     fi
   done
-  kill "$serve_pid" 2>/dev/null
-  wait "$serve_pid" 2>/dev/null || true
+  stop_server
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"
   # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine serve vl (none: no benchmarks).
@@ -247,19 +261,15 @@ run() {
         # Each JSON record carries the server's /server_info (device, quantization, dtypes).
         for quant in "" "--quantization w8a8"; do
           # shellcheck disable=SC2086
-          "$gpu/bin/mllm" serve --device cuda --dummy-config engine/tests/fixtures/qwen3-8b.config.json \
-            --weight-dtype bf16 $quant --port 30125 --max-running-requests 64 --context-length 4096 \
-            >>"$out/serve_bench.log" 2>&1 &
-          serve_pid=$!
-          wait_healthy 30125 600
+          start_server 30125 "$out/serve_bench.log" 600 --dummy-config engine/tests/fixtures/qwen3-8b.config.json \
+            --weight-dtype bf16 $quant --max-running-requests 64 --context-length 4096
           for conc in 1 16; do
             "$gpu/bin/mllm" bench-serve --port 30125 --backend native --num-prompts $((conc * 4 > 8 ? conc * 4 : 8)) \
               --max-concurrency "$conc" --input-len-range 512:1024 --output-len-range 128:256 --seed 0 \
               --warmup-requests 2 --disable-progress --output-file "$out/bench_serve.jsonl" 2>&1 |
               sed "s/^/[serve ${quant:-bf16} conc $conc] /" | tee -a "$out/bench.log" || status=1
           done
-          kill "$serve_pid" 2>/dev/null
-          wait "$serve_pid" 2>/dev/null || true
+          stop_server
         done
         ;;
       vl)

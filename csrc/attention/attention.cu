@@ -46,14 +46,6 @@ int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
 char* at(void* base, int64_t offset) { return static_cast<char*>(base) + offset; }
 
-int device_sm() {
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return major * 10 + minor;
-}
-
 // Host-side checks; the Rust op validates the same before calling, these
 // keep the ABI safe on its own.
 mllm_result_t check_plan_args(const mllm_attention_plan_args_t* a) {
@@ -75,7 +67,7 @@ mllm_result_t check_plan_args(const mllm_attention_plan_args_t* a) {
   }
   if (a->decode_kernel != MLLM_DECODE_KERNEL_CUDA_CORES && a->decode_kernel != MLLM_DECODE_KERNEL_TENSOR_CORES)
     return fail(MLLM_STATUS_INVALID_ARGUMENT, "decode_kernel must be one of MLLM_DECODE_KERNEL_*");
-  if (device_sm() < 80) return fail(MLLM_STATUS_UNSUPPORTED, "FlashInfer's FA2 kernels need SM80 or newer");
+  if (mllm::device_sm() < 80) return fail(MLLM_STATUS_UNSUPPORTED, "FlashInfer's FA2 kernels need SM80 or newer");
   return ok();
 }
 

@@ -18,6 +18,8 @@
 #include <flashinfer/attention/scheduler.cuh>
 #include <flashinfer/attention/variants.cuh>
 
+#include "mllm_device.cuh"
+
 // Which variants this translation unit carries: the JIT defines
 // MLLM_VARIANT_<V> for one; the AOT build (no MLLM_VARIANT) takes all.
 #if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_D64_BF16)
@@ -66,11 +68,7 @@ struct RunShape {
 // griddepcontrol.wait before reading anything the kernel before them writes
 // (q, the K/V pool, partial states), so their launch and prologue overlap
 // that kernel's tail instead of following it.
-inline bool use_pdl() {
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-}
+inline bool use_pdl() { return device_sm() >= 90; }
 
 template <typename T>
 T* ws_ptr(void* base, int64_t offset) {

@@ -3,9 +3,12 @@
 
 #include <cuda_runtime.h>
 
+#include "mllm_device.cuh"
 #include "mllm_kernel.h"
 
 namespace mllm::int8_mm {
+
+using mllm::device_sm;
 
 inline mllm_result_t ok() { return mllm_result_t{MLLM_STATUS_OK, 0, "ok"}; }
 
@@ -41,13 +44,5 @@ inline mllm_result_t check_args(const mllm_int8_mm_args_t* a) {
   return ok();
 }
 
-// Compute capability of the current device, as major * 10 + minor.
-inline int device_sm() {
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return major * 10 + minor;
-}
 
 }  // namespace mllm::int8_mm

@@ -79,6 +79,11 @@ fn fixtures() -> Result<Vec<PathBuf>, String> {
     Ok(dirs)
 }
 
+/// [`fixtures`], or `None` after printing why `test` is skipped.
+fn fixtures_or_skip(test: &str) -> Option<Vec<PathBuf>> {
+    fixtures().map_err(|why| eprintln!("skipping {test}: {why}")).ok()
+}
+
 fn load(dir: &Path) -> CausalLM {
     load_with(dir, None)
 }
@@ -219,12 +224,8 @@ fn check_greedy(what: &str, got: &[u32], case: &Case) -> Result<(), String> {
 
 #[test]
 fn gpu_engine_matches_hf_and_cpu() {
-    let dirs = match fixtures() {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("skipping gpu_engine: {why}");
-            return;
-        }
+    let Some(dirs) = fixtures_or_skip("gpu_engine") else {
+        return;
     };
     let (mut worst, mut failures) = (Vec::new(), Vec::new());
     for dir in &dirs {
@@ -344,12 +345,8 @@ fn gpu_engine_matches_hf_and_cpu() {
 /// still run.
 #[test]
 fn gpu_sampling_is_seeded_and_filtered() {
-    let dirs = match fixtures() {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("skipping gpu_sampling_is_seeded_and_filtered: {why}");
-            return;
-        }
+    let Some(dirs) = fixtures_or_skip("gpu_sampling_is_seeded_and_filtered") else {
+        return;
     };
     let dir = dirs[0].as_path();
     let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
@@ -410,12 +407,8 @@ fn gpu_sampling_is_seeded_and_filtered() {
 /// rows unscaled and sampled rows divided by their temperature (0.5, exact either way).
 #[test]
 fn gpu_logprobs_match_host_sampler() {
-    let dirs = match fixtures() {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("skipping gpu_logprobs_match_host_sampler: {why}");
-            return;
-        }
+    let Some(dirs) = fixtures_or_skip("gpu_logprobs_match_host_sampler") else {
+        return;
     };
     let dir = dirs[0].as_path();
     let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();

@@ -16,7 +16,6 @@ use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::{ModelRunner, RunnerConfig, RunnerModel};
 use crate::executor::sampler::{SamplingParams, SequenceState};
 use crate::generation::{Generator, ModelInfo, ModelSource};
-use crate::mem_cache::KvDtype;
 use crate::multimodal::{image_hash, GridThw, ImageInput, ImagePatches, MultimodalInputs, VisionTokenIds};
 use crate::tensor::DType;
 
@@ -246,7 +245,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             bench: "bench-one-batch",
             revision: revision.clone(),
             device: device.clone(),
-            model: model_record(&info, kv_dtype),
+            model: model_record(&info, runner.kv_dtype_name()),
             command: command_line(),
             env: mllm_env(),
             workload: Workload {
@@ -282,13 +281,13 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn model_record(info: &ModelInfo, kv_dtype: KvDtype) -> ModelRecord {
+fn model_record(info: &ModelInfo, kv_dtype: &'static str) -> ModelRecord {
     ModelRecord {
         model: info.name.clone(),
         format: info.format,
         quant: info.quant.clone(),
         weight_dtype: info.weight_dtype_name().to_string(),
-        kv_dtype: kv_dtype.name(),
+        kv_dtype,
     }
 }
 

@@ -171,6 +171,15 @@ impl ModelRunner {
         }
     }
 
+    /// The K/V cache's element type where the cache lives: the GPU's compute dtype (bf16, or
+    /// f16 for an f16 checkpoint) on CUDA, the host pool's otherwise.
+    pub fn kv_dtype_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Cuda(m) | Backend::VlCuda(m, ..) => m.dtype().name(),
+            Backend::Cpu(_) | Backend::Vl(..) => self.kv_pool.dtype().name(),
+        }
+    }
+
     /// The host text model (`None` on a GPU, where only the uploaded copy is kept, and for
     /// Qwen3-VL).
     pub fn cpu_model(&self) -> Option<&CausalLM> {

@@ -116,6 +116,8 @@ pub struct Engine {
     draining: AtomicBool,
     max_inflight: usize,
     kv_capacity: usize,
+    /// The K/V cache's element type as the runner keeps it (`bf16`, `f16`, `f32`).
+    kv_cache_dtype: &'static str,
     context_len: usize,
     vocab_size: usize,
     architectures: Vec<String>,
@@ -162,6 +164,7 @@ impl Engine {
             },
         )?;
         let kv_capacity = runner.kv_pool().capacity();
+        let kv_cache_dtype = runner.kv_dtype_name();
         let accepts_images = runner.runs_images();
         let metrics = Arc::new(Metrics::default());
         let sched_cfg = SchedulerConfig {
@@ -186,6 +189,7 @@ impl Engine {
             draining: AtomicBool::new(false),
             max_inflight: cfg.max_running_requests + cfg.max_queued_requests,
             kv_capacity,
+            kv_cache_dtype,
             context_len,
             vocab_size,
             architectures,
@@ -212,6 +216,11 @@ impl Engine {
     /// KV cache capacity in tokens.
     pub fn kv_capacity(&self) -> usize {
         self.kv_capacity
+    }
+
+    /// The K/V cache's element type as the runner keeps it.
+    pub fn kv_cache_dtype(&self) -> &'static str {
+        self.kv_cache_dtype
     }
 
     /// The context length requests are checked against.

@@ -233,7 +233,7 @@ pub async fn server_info(State(app): State<AppState>) -> Json<Value> {
         // What a benchmark record needs to say what ran (SGLang's names where it has them).
         "device": &*app.device, "load_format": info.format, "quantization": info.quant,
         "weight_dtype": info.weight_dtype_name(),
-        "kv_cache_dtype": kv_cache_dtype(c, info),
+        "kv_cache_dtype": app.engine.kv_cache_dtype(),
         "cuda_graph_max_bs": cuda.then_some(c.cuda_graph_max_bs),
         "disable_cuda_graph": cuda && c.cuda_graph_max_bs == 0,
         "mem_fraction_static": c.mem_fraction_static.filter(|_| cuda),
@@ -246,16 +246,6 @@ pub async fn server_info(State(app): State<AppState>) -> Json<Value> {
         "cached_tokens_total": cached, "generation_tokens_total": count(&m.generation_tokens_total),
         "cache_hit_rate": if prompt == 0 { 0.0 } else { cached as f64 / prompt as f64 },
     }))
-}
-
-/// The K/V cache's element type: a GPU keeps K/V in its compute dtype (f16 for an f16
-/// checkpoint, else bf16); the CPU as `--kv-cache-dtype` says, or following the weights.
-fn kv_cache_dtype(c: &crate::orchestrator::EngineConfig, info: &crate::generation::ModelInfo) -> &'static str {
-    match (c.device.is_cuda(), info.weight_dtype) {
-        (true, Some(crate::tensor::DType::F16)) => "f16",
-        (true, _) => "bf16",
-        (false, _) => c.kv_cache_dtype.unwrap_or_else(|| info.default_kv_dtype()).name(),
-    }
 }
 
 /// `GET /get_load`: load per data-parallel rank (one here), as SGLang reports it; routers
