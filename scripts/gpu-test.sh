@@ -97,29 +97,9 @@ stop_server() {
   wait "$serve_pid" 2>/dev/null || true
 }
 
-run() {
-  cd "$root"
-  out=${OUT:-$gpu/out}
-  if [ -f "$gpu/bundle.tar.xz" ]; then
-    # The carried tree is a copy; unpack next to it and run from there.
-    rm -rf /tmp/mllm-gpu && mkdir -p /tmp/mllm-gpu && tar -C /tmp/mllm-gpu -xJf "$gpu/bundle.tar.xz"
-    cp "$gpu/headers.tar.xz" /tmp/mllm-gpu/
-    gpu=/tmp/mllm-gpu
-  fi
-  mkdir -p "$out"
-  export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-  export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
-  mkdir -p /tmp/mllm-headers && tar -C /tmp/mllm-headers -xJf "$gpu/headers.tar.xz"
-  export CUTLASS_HOME=/tmp/mllm-headers/cutlass FLASHINFER_HOME=/tmp/mllm-headers/flashinfer
-  # A private copy: the carried tree is read-only to no one, but keep it pristine.
-  cache=/tmp/mllm-kernel-cache && rm -rf "$cache" && cp -r "$gpu/cache" "$cache" && chmod -R go-w "$cache"
-  export MLLM_KERNEL_CACHE_DIR=$cache
-  status=0
-  {
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    "$gpu/bin/mllm-kernel" env
-    echo "== cache as carried"; "$gpu/bin/mllm-kernel" cache list
-  } 2>&1 | tee "$out/env.log"
+# Every GPU test: HF fixtures on the GPU, each test binary, `mllm serve` chats; uses run()'s
+# variables (gpu, out, status).
+gpu_tests() {
   # bf16 HF references of tiny random models for the engine's GPU test.
   parity=/tmp/mllm-gpu-parity
   rm -rf "$parity"
@@ -131,9 +111,7 @@ run() {
   python3 scripts/fixtures/qwen3_vl_model.py --gpu --out "$vl" 2>&1 | tail -n 3 | tee -a "$out/tests.log" || status=1
   cp engine/tests/fixtures/qwen3_vl_model/tokenizer*.json "$vl"/ 2>/dev/null || true
   export MLLM_GPU_VL_DIR=$vl
-  # MLLM_GPU_TESTS=0 skips the test binaries (benchmarks only).
   for t in "$gpu"/bin/*; do
-    [ "${MLLM_GPU_TESTS:-1}" = 0 ] && break
     name=$(basename "$t")
     # MLLM_GPU_TEST_ONLY: a regex of test binaries to run (default: all).
     [[ "$name" =~ ${MLLM_GPU_TEST_ONLY:-.} ]] || continue
@@ -185,8 +163,36 @@ run() {
   stop_server
   echo "== cache after tests (a 'compiled' entry would mean the carried one missed)"
   "$gpu/bin/mllm-kernel" cache list | tee -a "$out/tests.log"
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine serve vl (none: no benchmarks).
-  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine serve vl}; do
+}
+
+run() {
+  cd "$root"
+  out=${OUT:-$gpu/out}
+  if [ -f "$gpu/bundle.tar.xz" ]; then
+    # The carried tree is a copy; unpack next to it and run from there.
+    rm -rf /tmp/mllm-gpu && mkdir -p /tmp/mllm-gpu && tar -C /tmp/mllm-gpu -xJf "$gpu/bundle.tar.xz"
+    cp "$gpu/headers.tar.xz" /tmp/mllm-gpu/
+    gpu=/tmp/mllm-gpu
+  fi
+  mkdir -p "$out"
+  export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
+  mkdir -p /tmp/mllm-headers && tar -C /tmp/mllm-headers -xJf "$gpu/headers.tar.xz"
+  export CUTLASS_HOME=/tmp/mllm-headers/cutlass FLASHINFER_HOME=/tmp/mllm-headers/flashinfer
+  # A private copy: the carried tree is read-only to no one, but keep it pristine.
+  cache=/tmp/mllm-kernel-cache && rm -rf "$cache" && cp -r "$gpu/cache" "$cache" && chmod -R go-w "$cache"
+  export MLLM_KERNEL_CACHE_DIR=$cache
+  status=0
+  {
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    "$gpu/bin/mllm-kernel" env
+    echo "== cache as carried"; "$gpu/bin/mllm-kernel" cache list
+  } 2>&1 | tee "$out/env.log"
+  # MLLM_GPU_TESTS=0 skips the tests (fixtures, test binaries, serve chats): benchmarks only.
+  [ "${MLLM_GPU_TESTS:-1}" = 0 ] || gpu_tests
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine
+  # l2-prefetch profile serve vl (none: no benchmarks).
+  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine l2-prefetch profile serve vl}; do
     case "$group" in
       norm)
         for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
@@ -236,8 +242,10 @@ run() {
       engine)
         # Qwen3-8B with random weights, bf16 and W8A8 in the same run: batch 1 at a
         # 2048-token prompt, batch 64 at 1024.
+        # MLLM_GPU_ENGINE_SHAPES ("batch input output", comma-separated) narrows the runs.
+        IFS=, read -r -a shapes <<<"${MLLM_GPU_ENGINE_SHAPES:-1 2048 64,64 1024 32}"
         for quant in "" "--quantization w8a8"; do
-          for shape in "1 2048 64" "64 1024 32"; do
+          for shape in "${shapes[@]}"; do
             set -- $shape
             # shellcheck disable=SC2086
             "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 $quant \
@@ -246,14 +254,36 @@ run() {
               --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
           done
         done
+        ;;
+      l2-prefetch)
         # W8A8 GEMMs asking for the next GEMM's weight in L2 as they finish (off by default
-        # until measured; the record's `env` says which ran).
+        # until measured; the record's `env` says which ran). Compare with `engine`'s W8A8 row.
         for mb in 12 24; do
           MLLM_L2_PREFETCH_MB=$mb "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 \
             --quantization w8a8 --model-config engine/tests/fixtures/qwen3-8b.config.json \
             --batch-size 1 --input-len 2048 --output-len 64 --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
             --out "$out/bench_one_batch.jsonl" 2>&1 | sed "s/^/[L2 prefetch $mb MiB] /" | tee -a "$out/bench.log" || status=1
         done
+        ;;
+      profile)
+        # Where a batch-1 decode step's GPU time goes, per kernel: eager steps (graphs off)
+        # under Nsight Compute when the machine has it, one metric (kernel duration), caches
+        # and clocks left alone. Kernels run one at a time under ncu, so the sum has no
+        # overlap and no launch gaps; the graph replay's time in `engine` has both.
+        if command -v ncu >/dev/null; then
+          # MLLM_GPU_PROFILE ("bf16 w8a8" by default) picks the models profiled.
+          for label in ${MLLM_GPU_PROFILE:-bf16 w8a8}; do
+            quant="" && [ "$label" = bf16 ] || quant="--quantization $label"
+            # shellcheck disable=SC2086
+            timeout 300 ncu --metrics gpu__time_duration.sum --csv --page raw --cache-control none \
+              --clock-control none "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy \
+              --weight-dtype bf16 $quant --model-config engine/tests/fixtures/qwen3-8b.config.json \
+              --batch-size 1 --input-len 2048 --output-len 3 --disable-cuda-graph --warmup 0 --repeats 1 \
+              >"$out/ncu_decode_$label.csv" 2>>"$out/bench.log" || status=1
+          done
+        else
+          echo "profile: no ncu on this machine" | tee -a "$out/bench.log"
+        fi
         ;;
       serve)
         # Qwen3-8B with random weights behind `mllm serve --device cuda`, bf16 and W8A8 in the

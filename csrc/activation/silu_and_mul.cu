@@ -75,6 +75,61 @@ __device__ __forceinline__ void silu_and_mul_quant_row(const typename D::storage
   }
 }
 
+// silu_and_mul_quant_row when the row fits CACHED packs per thread (Qwen3-8B's
+// 12288-wide rows at 1024 threads): the products stay in registers for the
+// absmax and the quantization, so out is not re-read and q leaves as one
+// VEC-byte store per pack. At decode this is one block on the critical path
+// between two GEMMs (ncu, H100: 7.2 us through the general row loop).
+template <typename D, int VEC, int CACHED>
+__device__ __forceinline__ void silu_and_mul_quant_resident(const typename D::storage* x, typename D::storage* out,
+                                                            signed char* q, float* scales, int inter) {
+  using P = mllm::Pack<typename D::storage, VEC>;
+  struct alignas(VEC) QPack {
+    signed char v[VEC];
+  };
+  const long long row = blockIdx.x;
+  const int packs = inter / VEC;
+  const P* gate = reinterpret_cast<const P*>(x + row * 2 * inter);
+  const P* up = reinterpret_cast<const P*>(x + row * 2 * inter + inter);
+  P g[CACHED], u[CACHED];
+#pragma unroll
+  for (int k = 0; k < CACHED; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < packs) {
+      g[k] = gate[i];
+      u[k] = up[i];
+    }
+  }
+  P* o = reinterpret_cast<P*>(out + row * inter);
+  float local = 0.f;
+#pragma unroll
+  for (int k = 0; k < CACHED; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < packs) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        g[k].v[j] = silu_mul<D>(g[k].v[j], u[k].v[j]);
+        local = fmaxf(local, fabsf(D::to_float(g[k].v[j])));
+      }
+      o[i] = g[k];
+    }
+  }
+  const float absmax = mllm::block_max(local);
+  if (threadIdx.x == 0) scales[row] = mllm::RowQuant::scale(absmax);
+  const mllm::RowQuant quant(absmax);
+  QPack* qr = reinterpret_cast<QPack*>(q + row * inter);
+#pragma unroll
+  for (int k = 0; k < CACHED; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < packs) {
+      QPack qp;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) qp.v[j] = quant(D::to_float(g[k].v[j]));
+      qr[i] = qp;
+    }
+  }
+}
+
 }  // namespace
 
 // Symbols: silu_and_mul_<dtype>(x, out, inter), grid (rows, any), any
@@ -93,7 +148,9 @@ __device__ __forceinline__ void silu_and_mul_quant_row(const typename D::storage
                                                          signed char* q, float* scales, int inter) {       \
     mllm::allow_dependents(); /* the W8A8 down GEMM streams its weight meanwhile */                         \
     constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
-    if (inter % VEC == 0) {                                                                                 \
+    if (inter % VEC == 0 && inter / VEC <= 2 * static_cast<int>(blockDim.x)) {                              \
+      silu_and_mul_quant_resident<D, VEC, 2>(x, out, q, scales, inter);                                     \
+    } else if (inter % VEC == 0) {                                                                          \
       silu_and_mul_quant_row<D, VEC>(x, out, q, scales, inter);                                             \
     } else {                                                                                                \
       silu_and_mul_quant_row<D, 1>(x, out, q, scales, inter);                                               \
