@@ -124,13 +124,6 @@ gpu_tests() {
         MLLM_KERNEL_JIT=0 MLLM_KERNEL_CACHE_DIR=/tmp/mllm-empty-cache "$t" --test-threads=1 --nocapture 2>&1 |
           tee -a "$out/tests.log" || status=1
         ;;
-      gpu_engine)
-        # Twice: as shipped, and with the W8A8 GEMMs' L2 prefetch hints on (graph = eager, HF
-        # parity and sampling must hold either way).
-        for mb in 0 24; do
-          run_test "$name (MLLM_L2_PREFETCH_MB=$mb)" "$t" MLLM_L2_PREFETCH_MB=$mb
-        done
-        ;;
       *) run_test "$name" "$t" ;;
     esac
   done
@@ -191,8 +184,8 @@ run() {
   # MLLM_GPU_TESTS=0 skips the tests (fixtures, test binaries, serve chats): benchmarks only.
   [ "${MLLM_GPU_TESTS:-1}" = 0 ] || gpu_tests
   # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine
-  # l2-prefetch profile serve vl (none: no benchmarks).
-  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine l2-prefetch profile serve vl}; do
+  # profile serve vl (none: no benchmarks).
+  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine profile serve vl}; do
     case "$group" in
       norm)
         for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
@@ -253,16 +246,6 @@ run() {
               --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
               --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
           done
-        done
-        ;;
-      l2-prefetch)
-        # W8A8 GEMMs asking for the next GEMM's weight in L2 as they finish (off by default
-        # until measured; the record's `env` says which ran). Compare with `engine`'s W8A8 row.
-        for mb in 12 24; do
-          MLLM_L2_PREFETCH_MB=$mb "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 \
-            --quantization w8a8 --model-config engine/tests/fixtures/qwen3-8b.config.json \
-            --batch-size 1 --input-len 2048 --output-len 64 --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
-            --out "$out/bench_one_batch.jsonl" 2>&1 | sed "s/^/[L2 prefetch $mb MiB] /" | tee -a "$out/bench.log" || status=1
         done
         ;;
       profile)

@@ -91,9 +91,7 @@ fn run_case<T: FloatElem>(gpu: &Gpu, c: Case, config: Option<Int8MmConfig>, what
         .as_ref()
         .map(|v| DeviceTensor::from_host(gpu, v, &[n]).unwrap_or_else(|e| panic!("{what}: {e}")));
     let mut out = DeviceTensor::zeros(gpu, &[m, n], T::DTYPE).unwrap_or_else(|e| panic!("{what}: {e}"));
-    // Every case also asks for an L2 prefetch (of `a`): a hint never changes the result.
-    let hint = Some(ops::L2Hint::new(&da, 1 << 20));
-    ops::int8_scaled_mm_into(gpu, &da, &db, &dsa, &dsb, dbias.as_ref(), &mut out, config, hint)
+    ops::int8_scaled_mm_into(gpu, &da, &db, &dsa, &dsb, dbias.as_ref(), &mut out, config)
         .unwrap_or_else(|e| panic!("{what} {c:?}: {e}"));
     let got: Vec<T> = out.to_host(gpu).unwrap_or_else(|e| panic!("{what}: {e}"));
     for row in checked_rows(m, n * k) {
@@ -220,9 +218,9 @@ fn bad_arguments_are_errors_not_launches() {
     let sa = DeviceTensor::zeros(&gpu, &[4], DType::F32).unwrap();
     let sb = DeviceTensor::zeros(&gpu, &[8], DType::F32).unwrap();
     let mut wrong_out = DeviceTensor::zeros(&gpu, &[4, 16], DType::BF16).unwrap();
-    // B, its scales and no bias or hint throughout; a, its scales, out and the config vary.
+    // B, its scales and no bias throughout; a, its scales, out and the config vary.
     let run = |a: &DeviceTensor, sa: &DeviceTensor, out: &mut DeviceTensor, config: Option<Int8MmConfig>| {
-        ops::int8_scaled_mm_into(&gpu, a, &b, sa, &sb, None, out, config, None)
+        ops::int8_scaled_mm_into(&gpu, a, &b, sa, &sb, None, out, config)
     };
     let e = run(&a, &sa, &mut wrong_out, None).unwrap_err();
     assert!(e.to_string().contains("`out`"), "{e}");

@@ -73,12 +73,6 @@ typedef struct mllm_int8_mm_args_t {
   int32_t scales_a_per_row; /* 1: scales_a is [m]; 0: [1] */
   int32_t scales_b_per_col; /* 1: scales_b is [n]; 0: [1] */
   mllm_dtype_t out_dtype;   /* F16 or BF16 */
-  /* Optional L2 prefetch hint (NULL / 0: none): once its main loop is done, a kernel that
-   * supports it (the SM90 stream_m16 config) asks for these bytes to be pulled into L2, e.g.
-   * the weight of the GEMM after the short kernels that follow this one. 16-byte aligned,
-   * prefetch_bytes a multiple of 16. Results never depend on it. */
-  const void* prefetch;
-  int64_t prefetch_bytes;
 } mllm_int8_mm_args_t;
 
 /* Kernel configurations. Names say tile MxNxK; the Rust dispatch picks one. */

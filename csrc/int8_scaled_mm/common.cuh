@@ -38,9 +38,6 @@ inline mllm_result_t check_args(const mllm_int8_mm_args_t* a) {
     return fail(MLLM_STATUS_INVALID_ARGUMENT, "a, b, scales and out must be non-NULL");
   if (!aligned16(a->a) || !aligned16(a->b) || !aligned16(a->out) || !aligned16(a->bias))
     return fail(MLLM_STATUS_INVALID_ARGUMENT, "a, b, out and bias must be 16-byte aligned");
-  if (a->prefetch_bytes < 0 || a->prefetch_bytes % 16 != 0 || !aligned16(a->prefetch) ||
-      (a->prefetch == nullptr && a->prefetch_bytes != 0))
-    return fail(MLLM_STATUS_INVALID_ARGUMENT, "prefetch must be 16-byte aligned with a multiple of 16 bytes");
   return ok();
 }
 

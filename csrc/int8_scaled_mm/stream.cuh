@@ -17,12 +17,7 @@
 //   epilogue;
 // * the first stages are requested before griddepcontrol.wait, so under
 //   programmatic dependent launch the weight is already on its way while the
-//   kernel that writes A finishes;
-// * with a prefetch hint, each block's first warp asks for its share of the
-//   hinted bytes once its main loop is done (cp.async.bulk.prefetch.L2, 16 KiB
-//   per lane): a whole grid issues them, so they leave at DRAM speed while the
-//   short kernels after this GEMM run. (Issued from one block, 25 MiB took
-//   ~110 us: docs/int8_mm_dispatch.md.)
+//   kernel that writes A finishes.
 #pragma once
 
 #include "skinny.cuh"
@@ -44,18 +39,6 @@ struct Smem {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// This block's share of [base, base + bytes): lane i of the first warp takes
-// the 16 KiB pieces blockIdx.x * 32 + i, then every gridDim.x * 32th.
-__device__ __forceinline__ void prefetch_share(const char* base, int64_t bytes, int lane) {
-  constexpr int64_t PIECE = 16384;
-  const int64_t pieces = (bytes + PIECE - 1) / PIECE;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * 32 + lane; i < pieces; i += static_cast<int64_t>(gridDim.x) * 32) {
-    const int64_t left = bytes - i * PIECE;
-    const uint32_t size = static_cast<uint32_t>(left < PIECE ? left : PIECE);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + i * PIECE), "r"(size) : "memory");
-  }
 }
 
 __device__ __forceinline__ void barrier_init(uint64_t* bar) {
@@ -90,8 +73,7 @@ template <typename Out>
 __global__ void __launch_bounds__(WARPS * 32)
     stream_kernel(const int8_t* __restrict__ a, const int8_t* __restrict__ b, const float* __restrict__ sa,
                   const float* __restrict__ sb, const Out* __restrict__ bias, Out* __restrict__ out, int m, int n,
-                  int k, int sa_per_row, int sb_per_col, const char* __restrict__ prefetch,
-                  int64_t prefetch_bytes) {
+                  int k, int sa_per_row, int sb_per_col) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __shared__ Smem s;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -145,7 +127,6 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
   // The next kernel may start its prologue while this one writes out.
   mllm::allow_dependents();
-  if (prefetch != nullptr && warp == 0) prefetch_share(prefetch, prefetch_bytes, lane);
 
 #pragma unroll
   for (int j = 0; j < 4; ++j) s.partial[warp][j][lane] = acc[j];
@@ -161,8 +142,7 @@ cudaError_t launch_typed(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool
   const skinny::LaunchConfig l(dim3(static_cast<unsigned>(p.n / ROWS)), dim3(WARPS * 32), stream, programmatic);
   return cudaLaunchKernelEx(&l.cfg, stream_kernel<Out>, p.a, p.b, p.scales_a, p.scales_b,
                             static_cast<const Out*>(p.bias), static_cast<Out*>(p.out), static_cast<int>(p.m),
-                            static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col,
-                            static_cast<const char*>(p.prefetch), p.prefetch_bytes);
+                            static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col);
 }
 
 // n % 8 == 0 and k % 16 == 0 hold (check_args): every block has 8 real rows

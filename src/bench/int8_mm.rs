@@ -165,14 +165,14 @@ pub fn bench_int8_mm(gpu: &Gpu, shapes: &[GemmShape], plan: TimingPlan, sweep: b
         for config in configs {
             let t = time_gpu(gpu, plan, || {
                 let d = &mut data[next()];
-                ops::int8_scaled_mm_into(gpu, &d.a, &d.w, &d.sa, &d.sw, None, &mut d.out, config, None)
+                ops::int8_scaled_mm_into(gpu, &d.a, &d.w, &d.sa, &d.sw, None, &mut d.out, config)
             })?;
             let dynamic_us = if small || !sweep {
                 Some(
                     time_gpu(gpu, plan, || {
                         let d = &mut data[next()];
                         ops::int8_scaled_mm_dynamic_into(
-                            gpu, &d.x, &d.w, &d.sw, None, &mut d.q, &mut d.qs, &mut d.out, config, None,
+                            gpu, &d.x, &d.w, &d.sw, None, &mut d.q, &mut d.qs, &mut d.out, config,
                         )
                     })?
                     .median_us,

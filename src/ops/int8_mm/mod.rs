@@ -16,7 +16,7 @@ mod dispatch;
 
 pub use dispatch::{select_int8_mm_config, Int8MmConfig, Int8MmPath};
 
-use super::{expect_dtype, expect_shape, ffi_result, L2Hint, Meta};
+use super::{expect_dtype, expect_shape, ffi_result, Meta};
 use crate::device::Gpu;
 use crate::dtype::DType;
 use crate::ffi::dynamic::{mllm_dtype_t, mllm_int8_mm_args_t};
@@ -254,14 +254,13 @@ pub fn int8_scaled_mm(
         bias.map(Meta::from),
     )?;
     let mut out = DeviceTensor::empty(gpu, &[p.m, p.n], out_dtype)?;
-    int8_scaled_mm_into(gpu, a, b, scales_a, scales_b, bias, &mut out, None, None)?;
+    int8_scaled_mm_into(gpu, a, b, scales_a, scales_b, bias, &mut out, None)?;
     Ok(out)
 }
 
 /// [`int8_scaled_mm`] into a caller-provided `out: [M, N]` (bf16 or f16);
 /// nothing is allocated, so it can be captured in a CUDA graph. `config`
-/// overrides the dispatch table; `l2_prefetch` names bytes to pull into L2
-/// as the GEMM finishes (the `stream_m16` config; others ignore it).
+/// overrides the dispatch table.
 #[allow(clippy::too_many_arguments)]
 pub fn int8_scaled_mm_into(
     gpu: &Gpu,
@@ -272,7 +271,6 @@ pub fn int8_scaled_mm_into(
     bias: Option<&DeviceTensor>,
     out: &mut DeviceTensor,
     config: Option<Int8MmConfig>,
-    l2_prefetch: Option<L2Hint<'_>>,
 ) -> Result<()> {
     let out_dtype = out.dtype();
     let p = validate_int8_scaled_mm(
@@ -292,9 +290,6 @@ pub fn int8_scaled_mm_into(
         check_device(gpu, "bias", bias)?;
     }
     check_device(gpu, "out", out)?;
-    if let Some(h) = &l2_prefetch {
-        check_device(gpu, "l2_prefetch", h.tensor)?;
-    }
     if p.m == 0 {
         return Ok(());
     }
@@ -312,8 +307,7 @@ pub fn int8_scaled_mm_into(
     let (sbp, _gsb) = scales_b.raw_ptr(stream);
     let bias_ptr = bias.map(|t| t.raw_ptr(stream));
     let (op, _go) = out.raw_ptr_mut(stream);
-    let hint = l2_prefetch.map(|h| (h.tensor.raw_ptr(stream), h.bytes()));
-    let mut args = ffi_args(
+    let args = ffi_args(
         &p,
         ap,
         bp,
@@ -323,7 +317,6 @@ pub fn int8_scaled_mm_into(
         op,
         out_dtype,
     );
-    set_prefetch(&mut args, &hint);
     // SAFETY: every pointer addresses a validated tensor of the right size
     // and dtype on this device; guards keep them alive until enqueued.
     let result = unsafe { launcher(&args, config.id(), stream.cu_stream() as _) };
@@ -354,17 +347,6 @@ fn ffi_args(
         scales_a_per_row: p.per_token_a as i32,
         scales_b_per_col: p.per_channel_b as i32,
         out_dtype: ffi_dtype(out_dtype),
-        prefetch: std::ptr::null(),
-        prefetch_bytes: 0,
-    }
-}
-
-/// Puts a hint's `((pointer, guard), bytes)` into `args` (bytes: a multiple of 16 within the
-/// tensor, see [`L2Hint::bytes`]).
-fn set_prefetch<G>(args: &mut mllm_int8_mm_args_t, hint: &Option<((u64, G), usize)>) {
-    if let Some(((ptr, _), bytes)) = hint.as_ref().filter(|(_, bytes)| *bytes > 0) {
-        args.prefetch = *ptr as *const std::ffi::c_void;
-        args.prefetch_bytes = *bytes as i64;
     }
 }
 
@@ -404,7 +386,7 @@ pub fn int8_scaled_mm_dynamic(
     let mut q = DeviceTensor::empty(gpu, &[m, k], DType::I8)?;
     let mut q_scales = DeviceTensor::empty(gpu, &[m], DType::F32)?;
     let mut out = DeviceTensor::empty(gpu, &[m, n], x.dtype())?;
-    int8_scaled_mm_dynamic_into(gpu, x, b, scales_b, bias, &mut q, &mut q_scales, &mut out, None, None)?;
+    int8_scaled_mm_dynamic_into(gpu, x, b, scales_b, bias, &mut q, &mut q_scales, &mut out, None)?;
     Ok(out)
 }
 
@@ -422,7 +404,6 @@ pub fn int8_scaled_mm_dynamic_into(
     q_scales: &mut DeviceTensor,
     out: &mut DeviceTensor,
     config: Option<Int8MmConfig>,
-    l2_prefetch: Option<L2Hint<'_>>,
 ) -> Result<()> {
     if !matches!(x.dtype(), DType::BF16 | DType::F16) {
         return Err(Error::DTypeMismatch {
@@ -459,9 +440,6 @@ pub fn int8_scaled_mm_dynamic_into(
         check_device(gpu, arg, t)?;
     }
     check_device(gpu, "out", out)?;
-    if let Some(h) = &l2_prefetch {
-        check_device(gpu, "l2_prefetch", h.tensor)?;
-    }
     let kernel = gpu.kernel(KernelBuild::new(KernelId::Int8ScaledMm, Some(config.variant()))?)?;
     let launcher = if config.is_sm90() {
         kernel.int8_scaled_mm_dynamic_sm90()?
@@ -476,8 +454,7 @@ pub fn int8_scaled_mm_dynamic_into(
     let (qp, _gq) = q.raw_ptr_mut(stream);
     let (qsp, _gqs) = q_scales.raw_ptr_mut(stream);
     let (op, _go) = out.raw_ptr_mut(stream);
-    let hint = l2_prefetch.map(|h| (h.tensor.raw_ptr(stream), h.bytes()));
-    let mut args = ffi_args(
+    let args = ffi_args(
         &p,
         0,
         bp,
@@ -487,7 +464,6 @@ pub fn int8_scaled_mm_dynamic_into(
         op,
         x.dtype(),
     );
-    set_prefetch(&mut args, &hint);
     // SAFETY: as in int8_scaled_mm_into; q/q_scales are the validated
     // workspaces the launcher fills before the GEMM reads them.
     let result = unsafe {

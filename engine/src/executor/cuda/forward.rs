@@ -4,12 +4,11 @@
 //! LM-head GEMM with f32 output. A Qwen3-VL step also splices image rows into the embeddings,
 //! rotates by per-token M-RoPE rows and adds deepstack features after the first layers.
 
-use mllm_kernel::ops::{self, L2Hint, QkHeads, QkNormRope, RopeStoreOut, Scatter};
+use mllm_kernel::ops::{self, QkHeads, QkNormRope, RopeStoreOut, Scatter};
 use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, Plan};
-use super::prefetch::WeightPrefetch;
 use super::visual::DeviceVisual;
 use super::weights::{GpuLayer, GpuLinear, GpuWeights, LinearInput};
 use super::Dims;
@@ -128,12 +127,9 @@ pub(super) fn forward_into(
         let cache = (k_cache, v_cache);
         let step = (attn, plan, layout);
         let x = linear_input(&h, &hq);
-        let mut a = self_attention(gpu, dims, layer, cache, cos_sin, step, inputs, x, &w.prefetch, prof)?;
+        let mut a = self_attention(gpu, dims, layer, cache, cos_sin, step, inputs, x, prof)?;
         let aq = add_norm(gpu, dims, &mut a, &mut residual, &layer.post_norm, &layer.gate_up, prof)?;
-        // The GEMM after this layer's down projection: the next layer's qkv, or the LM head.
-        let next = w.layers.get(i + 1).map_or(w.lm_head(), |l| &l.qkv.weight);
-        let mlp_hints = (w.prefetch.hint(t, &layer.down.weight), w.prefetch.hint(t, next));
-        h = mlp(gpu, dims, layer, linear_input(&a, &aq), mlp_hints, prof)?;
+        h = mlp(gpu, dims, layer, linear_input(&a, &aq), prof)?;
         // Qwen3-VL deepstack: the layer's output (residual + h) gains level i at the image rows.
         if let Some((v, d)) = inputs.visual.as_ref().and_then(|v| Some((v, v.deepstack.get(i)?))) {
             ops::scatter_rows_into(gpu, &v.rows, d, &mut h, Scatter::Add, None)?;
@@ -198,12 +194,11 @@ fn self_attention(
     (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
     inputs: &StepInputs,
     h: LinearInput<'_>,
-    prefetch: &WeightPrefetch,
     prof: &OpProfiler,
 ) -> Result<DeviceTensor> {
     let t = inputs.ids.numel();
     let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
-    let qkv = layer.qkv.forward(gpu, h, prefetch.hint(t, &layer.o.weight))?;
+    let qkv = layer.qkv.forward(gpu, h)?;
     prof.mark(gpu, "qkv_proj")?;
     let args = QkNormRope {
         heads: QkHeads::packed_qkv(nh, nkv, d),
@@ -227,24 +222,15 @@ fn self_attention(
     attn.run(gpu, (plan, layout), &q, (k_cache, v_cache), &mut o)?;
     prof.mark(gpu, "attention")?;
     let o = o.reshape(&[t, nh * d])?;
-    let out = layer
-        .o
-        .forward(gpu, LinearInput::Float(&o), prefetch.hint(t, &layer.gate_up.weight))?;
+    let out = layer.o.forward(gpu, LinearInput::Float(&o))?;
     prof.mark(gpu, "o_proj")?;
     Ok(out)
 }
 
 /// gate/up GEMM, SiLU-and-mul (quantizing for a W8A8 down projection in the same kernel),
-/// down GEMM; the GEMMs' L2 hints are `(down's weight, the next GEMM's)`.
-fn mlp(
-    gpu: &Gpu,
-    dims: &Dims,
-    layer: &GpuLayer,
-    h: LinearInput<'_>,
-    (down_hint, next_hint): (Option<L2Hint<'_>>, Option<L2Hint<'_>>),
-    prof: &OpProfiler,
-) -> Result<DeviceTensor> {
-    let gu = layer.gate_up.forward(gpu, h, down_hint)?;
+/// down GEMM.
+fn mlp(gpu: &Gpu, dims: &Dims, layer: &GpuLayer, h: LinearInput<'_>, prof: &OpProfiler) -> Result<DeviceTensor> {
+    let gu = layer.gate_up.forward(gpu, h)?;
     prof.mark(gpu, "gate_up_proj")?;
     let t = gu.shape()[0];
     let mut act = DeviceTensor::empty(gpu, &[t, dims.intermediate], gu.dtype())?;
@@ -258,7 +244,7 @@ fn mlp(
         None
     };
     prof.mark(gpu, "silu_and_mul")?;
-    let out = layer.down.forward(gpu, linear_input(&act, &quantized), next_hint)?;
+    let out = layer.down.forward(gpu, linear_input(&act, &quantized))?;
     prof.mark(gpu, "down_proj")?;
     Ok(out)
 }

@@ -6,7 +6,6 @@
 mod attention;
 mod forward;
 mod graph;
-mod prefetch;
 mod sampling;
 mod vision;
 mod visual;

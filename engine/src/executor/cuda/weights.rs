@@ -1,10 +1,8 @@
 //! Uploading a loaded [`TextDecoder`]'s parameters to one GPU in the compute dtype.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use mllm_kernel::ops::L2Hint;
 use mllm_kernel::{DeviceTensor, Gpu};
 
-use super::prefetch::WeightPrefetch;
 use crate::layers::linear::Linear;
 use crate::layers::norm::RmsNorm;
 use crate::models::{LayerParams, ModelError, Result, TextDecoder};
@@ -36,36 +34,16 @@ impl GpuLinear {
     }
 
     /// `x · Wᵀ (+ b)` in the activations' dtype: cuBLAS for float weights; `int8_scaled_mm`
-    /// for W8A8, quantizing float input per token first. `next`: what a W8A8 GEMM asks to
-    /// be pulled into L2 as it finishes (cuBLAS ignores it).
-    pub fn forward(&self, gpu: &Gpu, x: LinearInput<'_>, next: Option<L2Hint<'_>>) -> Result<DeviceTensor> {
-        use mllm_kernel::{ops, DType};
+    /// for W8A8, quantizing float input per token first.
+    pub fn forward(&self, gpu: &Gpu, x: LinearInput<'_>) -> Result<DeviceTensor> {
+        use mllm_kernel::ops;
         let bias = self.bias.as_ref();
-        let out_rows = |rows: usize| DeviceTensor::empty(gpu, &[rows, self.weight.shape()[0]], self.act_dtype);
         Ok(match (&self.int8_scales, x) {
             (None, LinearInput::Float(x)) => ops::linear(gpu, x, &self.weight, bias)?,
-            (Some(sw), LinearInput::Float(x)) => {
-                let rows = x.shape()[0];
-                let mut q = DeviceTensor::empty(gpu, x.shape(), DType::I8)?;
-                let mut sq = DeviceTensor::empty(gpu, &[rows], DType::F32)?;
-                let mut out = out_rows(rows)?;
-                ops::int8_scaled_mm_dynamic_into(
-                    gpu,
-                    x,
-                    &self.weight,
-                    sw,
-                    bias,
-                    &mut q,
-                    &mut sq,
-                    &mut out,
-                    None,
-                    next,
-                )?;
-                out
-            }
+            (Some(sw), LinearInput::Float(x)) => ops::int8_scaled_mm_dynamic(gpu, x, &self.weight, sw, bias)?,
             (Some(sw), LinearInput::Int8(q, sq)) => {
-                let mut out = out_rows(q.shape()[0])?;
-                ops::int8_scaled_mm_into(gpu, q, &self.weight, sq, sw, bias, &mut out, None, next)?;
+                let mut out = DeviceTensor::empty(gpu, &[q.shape()[0], self.weight.shape()[0]], self.act_dtype)?;
+                ops::int8_scaled_mm_into(gpu, q, &self.weight, sq, sw, bias, &mut out, None)?;
                 out
             }
             (None, LinearInput::Int8(..)) => {
@@ -97,8 +75,6 @@ pub(super) struct GpuWeights {
     pub lm_head: Option<DeviceTensor>,
     /// `[max_pos, head_dim]` f32 RoPE table.
     pub cos_sin: DeviceTensor,
-    /// Which weight each small-batch GEMM asks for in L2 as it finishes.
-    pub prefetch: WeightPrefetch,
 }
 
 impl GpuWeights {
@@ -256,6 +232,5 @@ pub(super) fn upload(gpu: &Gpu, model: &dyn TextDecoder, dtype: DType, max_pos: 
         norm,
         lm_head,
         cos_sin,
-        prefetch: WeightPrefetch::from_env()?,
     })
 }
