@@ -99,6 +99,16 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x
                                                                    float* q_scales,
                                                                    const mllm_int8_mm_args_t* args,
                                                                    int32_t config, mllm_stream_t stream) {
+  // A few rows on the streaming kernel: it quantizes x itself (q, q_scales unused).
+  if (config == MLLM_INT8_MM_STREAM_M16 && args != nullptr && args->m <= stream::QUANT_ROWS &&
+      x_dtype == args->out_dtype) {
+    mllm_int8_mm_args_t p;
+    mllm_result_t r = dynamic_args(x, x_dtype, q, q_scales, args, &p);
+    if (r.status == MLLM_STATUS_OK) r = check_sm80(&p, config);
+    if (r.status != MLLM_STATUS_OK || p.m == 0) return r;
+    // check_sm80 passed: an SM90+ GPU, where programmatic dependent launch exists.
+    return cuda_result(stream::launch_quantizing(x, p, static_cast<cudaStream_t>(stream), true));
+  }
   return run_dynamic(x, x_dtype, q, q_scales, args, stream, check_sm80_for(config), run_sm80_for(config));
 }
 #endif

@@ -17,9 +17,16 @@
 //   epilogue;
 // * the first stages are requested before griddepcontrol.wait, so under
 //   programmatic dependent launch the weight is already on its way while the
-//   kernel that writes A finishes.
+//   kernel that writes A finishes;
+// * for the dynamic W8A8 path at M <= QUANT_ROWS, A can be the float
+//   activations themselves (QUANT_A): each block takes the rows' absmax while
+//   its first stages are in flight and quantizes A's fragments as it loads
+//   them, with per_token_quant_int8's rounding, so the separate quantization
+//   kernel (3.5 us at M = 1 on an H100, ncu) and its launch leave the step.
+//   Every block reads all of A, which is why the rows are capped.
 #pragma once
 
+#include "mllm_reduce.cuh"
 #include "skinny.cuh"
 
 namespace mllm::int8_mm::stream {
@@ -29,12 +36,50 @@ constexpr int ROWS = 8;
 constexpr int STAGE_K = 1024;
 constexpr int STAGES = 4;
 constexpr int ROW_PITCH = STAGE_K + 64;
+// Rows of float A a block quantizes itself (QUANT_A).
+constexpr int QUANT_ROWS = 4;
 
 struct Smem {
   alignas(128) int8_t b[STAGES][ROWS][ROW_PITCH];
   alignas(8) uint64_t full[STAGES];
   int partial[WARPS][4][32];
+  float row_mult[QUANT_ROWS];   // QUANT_A: 127 / absmax of each row of A
+  float row_scale[QUANT_ROWS];  // QUANT_A: absmax / 127, the epilogue's scales_a
 };
+
+// The absmax of one row of k 16-bit floats (k % 8 == 0) over the block.
+template <typename Out>
+__device__ __forceinline__ float row_absmax(const Out* row, int k) {
+  float local = 0.f;
+#pragma unroll 4
+  for (int i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
+    const uint4 v = *reinterpret_cast<const uint4*>(row + i);
+    const Out* e = reinterpret_cast<const Out*>(&v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) local = fmaxf(local, fabsf(static_cast<float>(e[j])));
+  }
+  return mllm::block_max(local);
+}
+
+// 16 consecutive elements of A (16-byte aligned) as the 16 int8 bytes that
+// per_token_quant_int8 would store for them: round(v * mult) clamped to 127.
+template <typename Out>
+__device__ __forceinline__ uint4 quantize16(const Out* p, float mult) {
+  const uint4 packs[2] = {*reinterpret_cast<const uint4*>(p), *reinterpret_cast<const uint4*>(p + 8)};
+  const Out* e = reinterpret_cast<const Out*>(packs);
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint32_t word = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float q = fminf(fmaxf(roundf(static_cast<float>(e[i * 4 + j]) * mult), -127.f), 127.f);
+      word |= (static_cast<uint32_t>(static_cast<int>(q)) & 0xffu) << (8 * j);
+    }
+    w[i] = word;
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -69,9 +114,11 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
 }
 #endif
 
-template <typename Out>
+// QUANT_A: `a` is [m, k] of Out (m <= QUANT_ROWS) and `sa` is unused; else
+// `a` is int8 with scales `sa`.
+template <typename Out, bool QUANT_A>
 __global__ void __launch_bounds__(WARPS * 32)
-    stream_kernel(const int8_t* __restrict__ a, const int8_t* __restrict__ b, const float* __restrict__ sa,
+    stream_kernel(const void* __restrict__ a, const int8_t* __restrict__ b, const float* __restrict__ sa,
                   const float* __restrict__ sb, const Out* __restrict__ bias, Out* __restrict__ out, int m, int n,
                   int k, int sa_per_row, int sb_per_col) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -101,9 +148,24 @@ __global__ void __launch_bounds__(WARPS * 32)
   __syncthreads();
   mllm::wait_for_producer();
 
+  const Out* x = static_cast<const Out*>(a);
+  if constexpr (QUANT_A) {
+    // The stages requested above stream in meanwhile.
+    for (int r = 0; r < m; ++r) {
+      const float absmax = fmaxf(row_absmax(x + static_cast<int64_t>(r) * k, k), 1e-10f);
+      if (threadIdx.x == 0) {
+        s.row_mult[r] = 127.f / absmax;
+        s.row_scale[r] = absmax / 127.f;
+      }
+    }
+    __syncthreads();
+  }
+  // 16 bytes of int8 A: row `row`, k offset kk (zeros past the edges).
   auto load_a = [&](int row, int kk) {
-    return (row < m && kk < k) ? *reinterpret_cast<const uint4*>(a + static_cast<int64_t>(row) * k + kk)
-                               : make_uint4(0, 0, 0, 0);
+    if (row >= m || kk >= k) return make_uint4(0, 0, 0, 0);
+    const int64_t at = static_cast<int64_t>(row) * k + kk;
+    if constexpr (QUANT_A) return quantize16(x + at, s.row_mult[row]);
+    return *reinterpret_cast<const uint4*>(static_cast<const int8_t*>(a) + at);
   };
   int acc[4] = {0, 0, 0, 0};
   for (int st = 0; st < stages; ++st) {
@@ -131,16 +193,20 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
   for (int j = 0; j < 4; ++j) s.partial[warp][j][lane] = acc[j];
   __syncthreads();
-  skinny::finish_tile<Out, WARPS, 1>(s.partial, sa, sb, bias, out, m, n, n0, sa_per_row, sb_per_col);
+  if constexpr (QUANT_A) {
+    skinny::finish_tile<Out, WARPS, 1>(s.partial, s.row_scale, sb, bias, out, m, n, n0, 1, sb_per_col);
+  } else {
+    skinny::finish_tile<Out, WARPS, 1>(s.partial, sa, sb, bias, out, m, n, n0, sa_per_row, sb_per_col);
+  }
 #else
   __trap();  // the host side refuses this config below SM90
 #endif
 }
 
-template <typename Out>
-cudaError_t launch_typed(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
+template <typename Out, bool QUANT_A>
+cudaError_t launch_typed(const void* a, const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
   const skinny::LaunchConfig l(dim3(static_cast<unsigned>(p.n / ROWS)), dim3(WARPS * 32), stream, programmatic);
-  return cudaLaunchKernelEx(&l.cfg, stream_kernel<Out>, p.a, p.b, p.scales_a, p.scales_b,
+  return cudaLaunchKernelEx(&l.cfg, stream_kernel<Out, QUANT_A>, a, p.b, p.scales_a, p.scales_b,
                             static_cast<const Out*>(p.bias), static_cast<Out*>(p.out), static_cast<int>(p.m),
                             static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col);
 }
@@ -148,8 +214,17 @@ cudaError_t launch_typed(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool
 // n % 8 == 0 and k % 16 == 0 hold (check_args): every block has 8 real rows
 // and every bulk copy is a whole number of 16-byte units at 16-byte offsets.
 inline cudaError_t launch(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
-  return p.out_dtype == MLLM_DTYPE_BF16 ? launch_typed<__nv_bfloat16>(p, stream, programmatic)
-                                        : launch_typed<__half>(p, stream, programmatic);
+  return p.out_dtype == MLLM_DTYPE_BF16 ? launch_typed<__nv_bfloat16, false>(p.a, p, stream, programmatic)
+                                        : launch_typed<__half, false>(p.a, p, stream, programmatic);
+}
+
+// The same GEMM with A = x, float activations of out_dtype that the kernel
+// quantizes per row itself; p.m <= QUANT_ROWS, x 16-byte aligned, and
+// p.a / p.scales_a are not read.
+inline cudaError_t launch_quantizing(const void* x, const mllm_int8_mm_args_t& p, cudaStream_t stream,
+                                     bool programmatic) {
+  return p.out_dtype == MLLM_DTYPE_BF16 ? launch_typed<__nv_bfloat16, true>(x, p, stream, programmatic)
+                                        : launch_typed<__half, true>(x, p, stream, programmatic);
 }
 
 }  // namespace mllm::int8_mm::stream

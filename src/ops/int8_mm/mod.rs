@@ -391,8 +391,10 @@ pub fn int8_scaled_mm_dynamic(
 }
 
 /// [`int8_scaled_mm_dynamic`] with caller-provided workspaces `q: [M, K]`
-/// int8 and `q_scales: [M]` f32 (they hold the quantized activations
-/// afterwards) and output `out: [M, N]` of `x`'s dtype.
+/// int8 and `q_scales: [M]` f32 and output `out: [M, N]` of `x`'s dtype.
+/// The workspaces are scratch: the separate quantization kernel writes them,
+/// but at M <= 4 on SM90 the streaming GEMM quantizes `x` itself (same
+/// rounding) and leaves them as they were.
 #[allow(clippy::too_many_arguments)]
 pub fn int8_scaled_mm_dynamic_into(
     gpu: &Gpu,
