@@ -18,7 +18,9 @@ use crate::tensor::{DType, Element, Tensor};
 /// computed in f32 and stored as `T`: element `i` mixes `seed + (start + i + 1)·γ`, so any slice
 /// of the stream can be computed on its own (in parallel, identical to a sequential walk), and
 /// bf16 weights never pass through an f32 copy.
-fn fill<T: Element>(n: usize, start: u64, seed: u64, scale: f32, offset: f32) -> Vec<T> {
+/// `convert` rounds the f32 value to `T` (the same value an f64 detour would give: f32 is exact
+/// in f64).
+fn fill<T: Element>(n: usize, start: u64, seed: u64, scale: f32, offset: f32, convert: fn(f32) -> T) -> Vec<T> {
     (0..n as u64)
         .into_par_iter()
         .map(|i| {
@@ -27,7 +29,7 @@ fn fill<T: Element>(n: usize, start: u64, seed: u64, scale: f32, offset: f32) ->
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
             let u = (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            T::from_f64((u * scale + offset) as f64)
+            convert(u * scale + offset)
         })
         .collect()
 }
@@ -36,9 +38,9 @@ fn fill<T: Element>(n: usize, start: u64, seed: u64, scale: f32, offset: f32) ->
 fn random_tensor(shape: &[usize], dtype: DType, (start, seed): (u64, u64), scale: f32, offset: f32) -> Result<Tensor> {
     let n = shape.iter().product();
     Ok(match dtype {
-        DType::BF16 => Tensor::from_vec(fill::<bf16>(n, start, seed, scale, offset), shape)?,
-        DType::F16 => Tensor::from_vec(fill::<f16>(n, start, seed, scale, offset), shape)?,
-        _ => Tensor::from_f32(&fill::<f32>(n, start, seed, scale, offset), shape, dtype)?,
+        DType::BF16 => Tensor::from_vec(fill(n, start, seed, scale, offset, bf16::from_f32), shape)?,
+        DType::F16 => Tensor::from_vec(fill(n, start, seed, scale, offset, f16::from_f32), shape)?,
+        _ => Tensor::from_f32(&fill(n, start, seed, scale, offset, |v| v), shape, dtype)?,
     })
 }
 

@@ -52,23 +52,29 @@ pub fn quantize_per_channel(w: &Tensor) -> Result<(Tensor, Tensor)> {
             w.dtype()
         )));
     }
-    let data = w.to_f32_vec()?;
-    let (q, scales) = if k == 0 {
-        (vec![], vec![1.0; n])
-    } else {
-        // Rows are independent: blocks of rows in parallel, concatenated in order.
-        let parts: Vec<(Vec<i8>, Vec<f32>)> = data
-            .par_chunks(k * 64)
-            .map(|rows| mllm_kernel::reference::per_token_quant_int8::<f32>(rows, k))
-            .collect();
-        let (mut q, mut scales) = (Vec::with_capacity(n * k), Vec::with_capacity(n));
-        for (pq, ps) in parts {
-            q.extend(pq);
-            scales.extend(ps);
+    let (mut q, mut scales) = (vec![0i8; n * k], vec![1.0f32; n]);
+    if k > 0 {
+        match w.dtype() {
+            DType::BF16 => quantize_rows(w.as_slice::<half::bf16>()?, k, &mut q, &mut scales),
+            DType::F16 => quantize_rows(w.as_slice::<half::f16>()?, k, &mut q, &mut scales),
+            _ => quantize_rows(&w.to_f32_vec()?, k, &mut q, &mut scales),
         }
-        (q, scales)
-    };
+    }
     Ok((Tensor::from_vec(q, &[n, k])?, Tensor::from_vec(scales, &[n])?))
+}
+
+/// Rows of 64 at a time, in parallel, each written in place: a checkpoint's weights pass
+/// through no whole-tensor f32 copy and no serial concatenation.
+fn quantize_rows<T: mllm_kernel::dtype::FloatElem>(w: &[T], k: usize, q: &mut [i8], scales: &mut [f32]) {
+    const ROWS: usize = 64;
+    q.par_chunks_mut(k * ROWS)
+        .zip(scales.par_chunks_mut(ROWS))
+        .zip(w.par_chunks(k * ROWS))
+        .for_each(|((q, scales), rows)| {
+            let (pq, ps) = mllm_kernel::reference::per_token_quant_int8(rows, k);
+            q.copy_from_slice(&pq);
+            scales.copy_from_slice(&ps);
+        });
 }
 
 /// The float weight `q · scale` of an int8 weight `[n, k]` with per-channel scales `[n]` (f32).
@@ -91,4 +97,33 @@ pub fn dequantize_per_channel(q: &Tensor, scales: &Tensor) -> Result<Tensor> {
         .flat_map(|(row, &sc)| row.iter().map(move |&x| x as f32 * sc))
         .collect();
     Ok(Tensor::from_f32(&v, q.shape(), DType::F32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    #[test]
+    fn per_channel_quantization_is_the_same_from_every_float_dtype() {
+        // 130 rows: two whole parallel blocks of 64 and a partial one.
+        let (n, k) = (130, 96);
+        let w: Vec<bf16> = (0..n * k)
+            .map(|i| bf16::from_f32(((i * 7919 % 1000) as f32 - 500.0) / 37.0))
+            .collect();
+        let (want_q, want_s) = mllm_kernel::reference::per_token_quant_int8(&w, k);
+        // bf16 values are exact in f16 (this range) and f32.
+        let as_f16: Vec<f16> = w.iter().map(|v| f16::from_f32(v.to_f32())).collect();
+        let as_f32: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        for t in [
+            Tensor::from_vec(w.clone(), &[n, k]).unwrap(),
+            Tensor::from_vec(as_f16, &[n, k]).unwrap(),
+            Tensor::from_vec(as_f32, &[n, k]).unwrap(),
+        ] {
+            let (q, s) = quantize_per_channel(&t).unwrap();
+            assert_eq!(q.shape(), [n, k]);
+            assert_eq!(q.as_slice::<i8>().unwrap(), want_q, "{}", t.dtype());
+            assert_eq!(s.as_slice::<f32>().unwrap(), want_s, "{}", t.dtype());
+        }
+    }
 }

@@ -177,8 +177,24 @@ impl_element!(i64, DType::I64, |x: i64| x as f64, |v: f64| v as i64);
 pub enum ByteSource {
     /// An owned buffer; `Vec<u64>` guarantees 8-byte alignment. The second field is the length in bytes.
     Owned(Vec<u64>, usize),
+    /// An owned `Vec` of one element type, kept as it was allocated: [`Tensor::from_vec`] moves
+    /// its data here instead of copying it (aligned for that type, which is all a tensor of
+    /// that dtype needs).
+    Elements(Box<dyn ElementBytes>),
     /// A read-only memory map (e.g. a safetensors file).
     Mapped(memmap2::Mmap),
+}
+
+/// A buffer of [`Element`]s seen as bytes (for [`ByteSource::Elements`]).
+pub trait ElementBytes: Send + Sync {
+    /// The elements' bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+impl<T: Element> ElementBytes for Vec<T> {
+    fn bytes(&self) -> &[u8] {
+        as_bytes(self)
+    }
 }
 
 impl ByteSource {
@@ -189,6 +205,7 @@ impl ByteSource {
                 // SAFETY: the Vec<u64> holds at least `len` initialized bytes.
                 unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, *len) }
             }
+            ByteSource::Elements(v) => v.bytes(),
             ByteSource::Mapped(m) => m,
         }
     }
@@ -206,6 +223,7 @@ impl fmt::Debug for ByteSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ByteSource::Owned(_, len) => write!(f, "Owned({len} bytes)"),
+            ByteSource::Elements(v) => write!(f, "Elements({} bytes)", v.bytes().len()),
             ByteSource::Mapped(m) => write!(f, "Mapped({} bytes)", m.len()),
         }
     }
@@ -334,8 +352,8 @@ impl Tensor {
         }
     }
 
-    /// An f32 tensor of `shape` whose zero-initialized values `fill` writes in place (no copy,
-    /// unlike [`Tensor::from_vec`]).
+    /// An f32 tensor of `shape` whose zero-initialized values `fill` writes in place (no
+    /// intermediate `Vec`).
     pub(crate) fn f32_filled(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> Tensor {
         Self::bytes_filled(shape, DType::F32, |bytes| {
             // SAFETY: the buffer is 8-byte aligned (enough for f32) and holds `numel * 4`
@@ -372,7 +390,11 @@ impl Tensor {
                 got: shape.to_vec(),
             });
         }
-        Self::from_bytes(as_bytes(&data), shape, T::DTYPE)
+        // The Vec becomes the storage: weights of several GB are not copied (serially, into
+        // freshly faulted pages) on their way in.
+        let len = std::mem::size_of_val(data.as_slice());
+        let src = Arc::new(ByteSource::Elements(Box::new(data)));
+        Self::from_storage(Storage::Cpu(CpuStorage::new(src, 0, len)?), shape, T::DTYPE)
     }
 
     /// A tensor of `dtype` from f32 values (rounded / cast as needed).

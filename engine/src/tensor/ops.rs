@@ -427,11 +427,22 @@ pub fn cat(tensors: &[&Tensor]) -> Result<Tensor> {
         }
         rows += t.shape()[0];
     }
-    let mut bytes = Vec::with_capacity(tensors.iter().map(|t| t.as_bytes().len()).sum());
-    for t in tensors {
-        bytes.extend_from_slice(t.as_bytes());
-    }
     let mut shape = first.shape().to_vec();
     shape[0] = rows;
-    Tensor::from_bytes(&bytes, &shape, first.dtype())
+    // Straight into the result, in 1 MiB pieces on all cores: fusing a model's q/k/v and
+    // gate/up weights moves gigabytes at load time.
+    Ok(Tensor::bytes_filled(&shape, first.dtype(), |out| {
+        let mut parts = Vec::with_capacity(tensors.len());
+        let mut rest = out;
+        for t in tensors {
+            let (dst, tail) = rest.split_at_mut(t.as_bytes().len());
+            parts.push((dst, t.as_bytes()));
+            rest = tail;
+        }
+        parts.into_par_iter().for_each(|(dst, src)| {
+            dst.par_chunks_mut(1 << 20)
+                .zip(src.par_chunks(1 << 20))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+        });
+    }))
 }

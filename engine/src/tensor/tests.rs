@@ -365,3 +365,22 @@ fn mapped_source_is_zero_copy() {
     assert_eq!(t.as_bytes(), &src.bytes()[1..9]);
     assert!(Tensor::from_mapped(src, 8, &[4], DType::F32).is_err());
 }
+
+#[test]
+fn from_vec_keeps_its_buffer_and_cat_copies_large_parts_whole() {
+    // 3 MiB of bf16: cat's parallel 1 MiB pieces, split across part boundaries.
+    let v: Vec<half::bf16> = (0..3 << 20).map(|i| half::bf16::from_f32((i % 251) as f32)).collect();
+    let moved = v.clone();
+    let ptr = moved.as_ptr() as *const u8;
+    let t = Tensor::from_vec(moved, &[3 << 11, 512]).unwrap();
+    assert_eq!(t.as_bytes().as_ptr(), ptr, "from_vec moves the Vec in, no copy");
+    let rows = t.shape()[0];
+    let parts = [
+        t.narrow_rows(0, 1000).unwrap(),
+        t.narrow_rows(1000, 7).unwrap(),
+        t.narrow_rows(1007, rows - 1007).unwrap(),
+    ];
+    let c = cat(&[&parts[0], &parts[1], &parts[2]]).unwrap();
+    assert_eq!(c.shape(), t.shape());
+    assert_eq!(c.as_slice::<half::bf16>().unwrap(), &v[..]);
+}
