@@ -183,7 +183,7 @@ run() {
   } 2>&1 | tee "$out/env.log"
   # MLLM_GPU_TESTS=0 skips the tests (fixtures, test binaries, serve chats): benchmarks only.
   [ "${MLLM_GPU_TESTS:-1}" = 0 ] || gpu_tests
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-small jit attention engine
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-decode int8-small jit attention engine
   # profile serve vl (none: no benchmarks).
   for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine profile serve vl}; do
     case "$group" in
@@ -226,6 +226,12 @@ run() {
           "$gpu/bin/mllm-kernel" bench attention --graph --batch 1 --context 2048,4096,8192,16384,32768
           "$gpu/bin/mllm-kernel" bench attention --graph --batch 4,16,64 --context 1024,4096
         } 2>&1 | tee -a "$out/bench.log" || status=1
+        ;;
+      int8-decode)
+        # Decode's M as CUDA-graph replays, quickly: ours vs cuBLASLt, and the dynamic path's
+        # overhead over the GEMM (M <= 4 quantizes inside stream_m16).
+        "$gpu/bin/mllm-kernel" bench int8-mm --graph --ms 1,4,16 2>&1 | sed 's/^/[graph] /' |
+          tee -a "$out/bench.log" || status=1
         ;;
       int8-small)
         # Small M only: every config, the decode shapes.
