@@ -84,9 +84,6 @@ template <typename D, int VEC, int CACHED>
 __device__ __forceinline__ void silu_and_mul_quant_resident(const typename D::storage* x, typename D::storage* out,
                                                             signed char* q, float* scales, int inter) {
   using P = mllm::Pack<typename D::storage, VEC>;
-  struct alignas(VEC) QPack {
-    signed char v[VEC];
-  };
   const long long row = blockIdx.x;
   const int packs = inter / VEC;
   const P* gate = reinterpret_cast<const P*>(x + row * 2 * inter);
@@ -101,33 +98,16 @@ __device__ __forceinline__ void silu_and_mul_quant_resident(const typename D::st
     }
   }
   P* o = reinterpret_cast<P*>(out + row * inter);
-  float local = 0.f;
 #pragma unroll
   for (int k = 0; k < CACHED; ++k) {
     const int i = threadIdx.x + k * blockDim.x;
     if (i < packs) {
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        g[k].v[j] = silu_mul<D>(g[k].v[j], u[k].v[j]);
-        local = fmaxf(local, fabsf(D::to_float(g[k].v[j])));
-      }
+      for (int j = 0; j < VEC; ++j) g[k].v[j] = silu_mul<D>(g[k].v[j], u[k].v[j]);
       o[i] = g[k];
     }
   }
-  const float absmax = mllm::block_max(local);
-  if (threadIdx.x == 0) scales[row] = mllm::RowQuant::scale(absmax);
-  const mllm::RowQuant quant(absmax);
-  QPack* qr = reinterpret_cast<QPack*>(q + row * inter);
-#pragma unroll
-  for (int k = 0; k < CACHED; ++k) {
-    const int i = threadIdx.x + k * blockDim.x;
-    if (i < packs) {
-      QPack qp;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) qp.v[j] = quant(D::to_float(g[k].v[j]));
-      qr[i] = qp;
-    }
-  }
+  mllm::quantize_held_row<D>(g, packs, q + row * inter, scales + row);
 }
 
 }  // namespace

@@ -62,7 +62,7 @@ __device__ __forceinline__ float row_absmax(const Out* row, int k) {
 }
 
 // 16 consecutive elements of A (16-byte aligned) as the 16 int8 bytes that
-// per_token_quant_int8 would store for them: round(v * mult) clamped to 127.
+// per_token_quant_int8 would store for them (mllm::RowQuant's rounding).
 template <typename Out>
 __device__ __forceinline__ uint4 quantize16(const Out* p, float mult) {
   const uint4 packs[2] = {*reinterpret_cast<const uint4*>(p), *reinterpret_cast<const uint4*>(p + 8)};
@@ -73,8 +73,8 @@ __device__ __forceinline__ uint4 quantize16(const Out* p, float mult) {
     uint32_t word = 0;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const float q = fminf(fmaxf(roundf(static_cast<float>(e[i * 4 + j]) * mult), -127.f), 127.f);
-      word |= (static_cast<uint32_t>(static_cast<int>(q)) & 0xffu) << (8 * j);
+      const signed char q = mllm::RowQuant::quantize(static_cast<float>(e[i * 4 + j]), mult);
+      word |= (static_cast<uint32_t>(q) & 0xffu) << (8 * j);
     }
     w[i] = word;
   }
@@ -152,10 +152,10 @@ __global__ void __launch_bounds__(WARPS * 32)
   if constexpr (QUANT_A) {
     // The stages requested above stream in meanwhile.
     for (int r = 0; r < m; ++r) {
-      const float absmax = fmaxf(row_absmax(x + static_cast<int64_t>(r) * k, k), 1e-10f);
+      const float absmax = row_absmax(x + static_cast<int64_t>(r) * k, k);
       if (threadIdx.x == 0) {
-        s.row_mult[r] = 127.f / absmax;
-        s.row_scale[r] = absmax / 127.f;
+        s.row_mult[r] = mllm::RowQuant::multiplier(absmax);
+        s.row_scale[r] = mllm::RowQuant::scale(absmax);
       }
     }
     __syncthreads();

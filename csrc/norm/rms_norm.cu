@@ -31,10 +31,7 @@
 
 namespace {
 
-template <typename S, int VEC>
-struct alignas(sizeof(S) * VEC) Pack {
-  S v[VEC];
-};
+using mllm::Pack;
 
 // Loads and stores of data touched once: 16-byte packs use the streaming
 // cache hint (ld.global.cs / st.global.cs), 1-element packs plain accesses.
@@ -228,9 +225,6 @@ __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::st
   constexpr int VEC = 16 / sizeof(S);
   constexpr int CACHED = 2;
   using P = Pack<S, VEC>;
-  struct alignas(VEC) QPack {
-    signed char v[VEC];
-  };
   const long long row = blockIdx.x;
   const int packs = cols / VEC;
   RowRegs<S, VEC, CACHED, true> regs;
@@ -254,31 +248,15 @@ __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::st
   }
   const float inv = 1.f / sqrtf(mllm::block_sum(acc) / static_cast<float>(cols) + eps);
   P* orow = reinterpret_cast<P*>(x + row * cols);
-  float local = 0.f;
 #pragma unroll
   for (int k = 0; k < CACHED; ++k) {
     const int i = threadIdx.x + k * blockDim.x;
     if (i < packs) {
       regs.x[k] = scale<D, VEC>(regs.x[k], wk[k], inv);
       store_once(orow + i, regs.x[k]);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) local = fmaxf(local, fabsf(D::to_float(regs.x[k].v[j])));
     }
   }
-  const float absmax = mllm::block_max(local);
-  if (threadIdx.x == 0) scales[row] = mllm::RowQuant::scale(absmax);
-  const mllm::RowQuant quant(absmax);
-  QPack* qr = reinterpret_cast<QPack*>(q + row * cols);
-#pragma unroll
-  for (int k = 0; k < CACHED; ++k) {
-    const int i = threadIdx.x + k * blockDim.x;
-    if (i < packs) {
-      QPack o;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) o.v[j] = quant(D::to_float(regs.x[k].v[j]));
-      qr[i] = o;
-    }
-  }
+  mllm::quantize_held_row<D>(regs.x, packs, q + row * cols, scales + row);
 }
 
 }  // namespace

@@ -11,7 +11,7 @@ use super::Result;
 use crate::loader::config::ModelConfig;
 use half::{bf16, f16};
 
-use crate::tensor::{DType, Element, Tensor};
+use crate::tensor::{DType, Tensor};
 
 /// splitmix64 → uniform `[-scale, scale)`.
 /// `n` values of one splitmix64 stream, `u · scale + offset` for `u` uniform in [-1, 1),
@@ -20,7 +20,7 @@ use crate::tensor::{DType, Element, Tensor};
 /// bf16 weights never pass through an f32 copy.
 /// `convert` rounds the f32 value to `T` (the same value an f64 detour would give: f32 is exact
 /// in f64).
-fn fill<T: Element>(n: usize, start: u64, seed: u64, scale: f32, offset: f32, convert: fn(f32) -> T) -> Vec<T> {
+fn fill<T: Send>(n: usize, start: u64, seed: u64, scale: f32, offset: f32, convert: fn(f32) -> T) -> Vec<T> {
     (0..n as u64)
         .into_par_iter()
         .map(|i| {
