@@ -11,6 +11,7 @@
 
 #include "mllm_dtype.cuh"
 #include "mllm_kernel.h"
+#include "mllm_reduce.cuh"
 
 namespace {
 
@@ -22,30 +23,12 @@ struct MaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
-template <typename S, int VEC>
-struct alignas(sizeof(S) * VEC) Pack {
-  S v[VEC];
-};
-
-template <int VEC>
-struct alignas(VEC) QPack {
-  int8_t v[VEC];
-};
-
-template <typename D, int VEC>
-__device__ __forceinline__ QPack<VEC> quantize(const Pack<typename D::storage, VEC>& p, float mult) {
-  QPack<VEC> q;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) q.v[j] = static_cast<int8_t>(fminf(fmaxf(roundf(D::to_float(p.v[j]) * mult), -127.f), 127.f));
-  return q;
-}
-
 // One block per row; VEC elements per pack (1 for rows not a multiple of 16 bytes).
 template <typename D, int BLOCK, int VEC>
 __device__ __forceinline__ void quant_row(const typename D::storage* __restrict__ x, int8_t* __restrict__ out,
                                           float* __restrict__ scales, int64_t cols) {
-  using P = Pack<typename D::storage, VEC>;
-  using Q = QPack<VEC>;
+  using P = mllm::Pack<typename D::storage, VEC>;
+  using Q = mllm::QuantPack<VEC>;
   using Reduce = cub::BlockReduce<float, BLOCK>;
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float row_absmax;
@@ -74,19 +57,20 @@ __device__ __forceinline__ void quant_row(const typename D::storage* __restrict_
 #pragma unroll
     for (int j = 0; j < VEC; ++j) local = fmaxf(local, fabsf(D::to_float(p.v[j])));
   }
+  // CUB's reduction leaves the result in thread 0 only; it shares it.
   const float absmax = Reduce(tmp).Reduce(local, MaxOp{});
   if (threadIdx.x == 0) {
-    row_absmax = fmaxf(absmax, 1e-10f);
-    scales[row] = row_absmax / 127.f;
+    row_absmax = absmax;
+    scales[row] = mllm::RowQuant::scale(absmax);
   }
   __syncthreads();
-  const float mult = 127.f / row_absmax;
+  const mllm::RowQuant quant(row_absmax);
 #pragma unroll
   for (int k = 0; k < CACHED; ++k) {
     const int64_t i = threadIdx.x + k * BLOCK;
-    if (i < packs) qr[i] = quantize<D, VEC>(kept[k], mult);
+    if (i < packs) qr[i] = mllm::quantize_pack<D>(kept[k], quant);
   }
-  for (int64_t i = threadIdx.x + CACHED * BLOCK; i < packs; i += BLOCK) qr[i] = quantize<D, VEC>(xr[i], mult);
+  for (int64_t i = threadIdx.x + CACHED * BLOCK; i < packs; i += BLOCK) qr[i] = mllm::quantize_pack<D>(xr[i], quant);
 }
 
 template <typename D, int BLOCK>
