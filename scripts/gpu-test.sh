@@ -124,6 +124,12 @@ gpu_tests() {
         MLLM_KERNEL_JIT=0 MLLM_KERNEL_CACHE_DIR=/tmp/mllm-empty-cache "$t" --test-threads=1 --nocapture 2>&1 |
           tee -a "$out/tests.log" || status=1
         ;;
+      gpu_engine)
+        run_test "$name" "$t"
+        # Again on the split-KV decode kernel: its K/V requests run before the wait on the
+        # KV-store kernel, which only the real decode chain (graphs on and off) exercises.
+        run_test "$name (MLLM_DECODE_KERNEL=split-kv)" "$t" MLLM_DECODE_KERNEL=split-kv
+        ;;
       *) run_test "$name" "$t" ;;
     esac
   done
@@ -241,16 +247,20 @@ run() {
       engine)
         # Qwen3-8B with random weights, bf16 and W8A8 in the same run: batch 1 at a
         # 2048-token prompt, batch 64 at 1024.
-        # MLLM_GPU_ENGINE_SHAPES ("batch input output", comma-separated) narrows the runs.
+        # MLLM_GPU_ENGINE_SHAPES ("batch input output", comma-separated) narrows the runs;
+        # MLLM_GPU_DECODE_KERNELS (MLLM_DECODE_KERNEL values, "auto" by default) repeats them
+        # per decode attention kernel (each record's env says which ran).
         IFS=, read -r -a shapes <<<"${MLLM_GPU_ENGINE_SHAPES:-1 2048 64,64 1024 32}"
-        for quant in "" "--quantization w8a8"; do
-          for shape in "${shapes[@]}"; do
-            set -- $shape
-            # shellcheck disable=SC2086
-            "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 $quant \
-              --model-config engine/tests/fixtures/qwen3-8b.config.json \
-              --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 --json \
-              --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
+        for kernel in ${MLLM_GPU_DECODE_KERNELS:-auto}; do
+          for quant in "" "--quantization w8a8"; do
+            for shape in "${shapes[@]}"; do
+              set -- $shape
+              # shellcheck disable=SC2086
+              MLLM_DECODE_KERNEL=$kernel "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy \
+                --weight-dtype bf16 $quant --model-config engine/tests/fixtures/qwen3-8b.config.json \
+                --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 \
+                --json --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
+            done
           done
         done
         ;;

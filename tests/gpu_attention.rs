@@ -1,11 +1,13 @@
 //! Paged attention (FlashInfer decode + causal prefill over a page-size-1
-//! KV pool) against the f64-accumulating CPU reference. GPU tests are
+//! KV pool, and our split-KV decode kernel) against the f64-accumulating CPU
+//! reference. GPU tests are
 //! skipped (with the reason printed) where no CUDA device exists; the
 //! validation tests at the end run everywhere.
 //!
 //! Every case runs for head dims 64 and 128, bf16 and f16, and GQA groups 1
 //! and 4 (decode also 8, and 5, which has no decode instantiation and runs
-//! on the prefill kernel). Slots are a shuffled, non-contiguous subset of a larger
+//! on the prefill kernel, or on the split-KV kernel, which takes groups up
+//! to 8). Slots are a shuffled, non-contiguous subset of a larger
 //! pool, so a kernel that ignores kv_indices reads the wrong rows.
 //!
 //! Tolerance (p = mantissa bits: bf16 7, f16 10): each output is a convex
@@ -91,20 +93,30 @@ fn run_case<T: FloatElem>(gpu: &Gpu, ws: &mut AttentionWorkspace, case: &Case, h
     let want = reference::paged_attention(&q, &qo_indptr, h, &kv, scale);
 
     let plan = ops::plan_attention(gpu, ws, &qo_indptr, &kv_indptr, heads).unwrap();
-    let decode_group = [1, 2, 4, 8].contains(&(h / hk)) && !ws.config().decode_kernel.uses_tensor_cores(h / hk);
-    let expect_kernel = if case.qo.iter().all(|&l| l == 1) && decode_group {
-        AttentionKernel::Decode
-    } else {
-        AttentionKernel::Prefill
+    let group = h / hk;
+    let decode = case.qo.iter().all(|&l| l == 1);
+    let expect_kernel = match ws.config().decode_kernel {
+        DecodeKernel::SplitKv if decode && group <= 8 => AttentionKernel::SplitDecode,
+        k if decode && [1, 2, 4, 8].contains(&group) && !k.uses_tensor_cores(group) => AttentionKernel::Decode,
+        _ => AttentionKernel::Prefill,
     };
     assert_eq!(plan.kernel(), expect_kernel, "{}", case.name);
     let kd = DeviceTensor::from_host(gpu, &k, &[capacity, hk, d]).unwrap();
     let vd = DeviceTensor::from_host(gpu, &v, &[capacity, hk, d]).unwrap();
     let qd = DeviceTensor::from_host(gpu, &q, &[total_q, h, d]).unwrap();
     let sd = DeviceTensor::from_host(gpu, &slots, &[total_kv]).unwrap();
+    // Twice on one plan: the split-KV kernel must leave its arrival counters
+    // as the plan set them (a graph replays without re-planning).
+    let first = ops::paged_attention(gpu, &plan, ws, &qd, &kd, &vd, &sd, None).unwrap();
     let out = ops::paged_attention(gpu, &plan, ws, &qd, &kd, &vd, &sd, None).unwrap();
     assert_eq!(out.shape(), &[total_q, h, d]);
     let got = out.to_host::<T>(gpu).unwrap();
+    let first: Vec<f32> = first.to_host::<T>(gpu).unwrap().iter().map(|x| x.to_f32()).collect();
+    assert!(
+        first.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_f32().to_bits()),
+        "{} {heads:?}: a second run on the same plan differs",
+        case.name
+    );
     let t = tol(heads.dtype);
     let mut worst = (0.0f32, 0usize);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -125,12 +137,21 @@ fn run_case<T: FloatElem>(gpu: &Gpu, ws: &mut AttentionWorkspace, case: &Case, h
     );
 }
 
-/// Runs `cases` for every head dim, dtype and head config (plus `extra`).
+/// Runs `cases` for every head dim, dtype and head config (plus `extra`),
+/// on every decode kernel; the split-KV kernel also with CUDA-graph plans
+/// (chunk count fixed by the batch size, so short sequences leave chunks
+/// empty).
 fn sweep(test: &str, cases: &[Case], extra_heads: &[(usize, usize)]) {
     let Some(gpu) = gpu_or_skip(test) else { return };
-    for decode_kernel in [DecodeKernel::CudaCores, DecodeKernel::TensorCores] {
+    for (decode_kernel, cuda_graph) in [
+        (DecodeKernel::CudaCores, false),
+        (DecodeKernel::TensorCores, false),
+        (DecodeKernel::SplitKv, false),
+        (DecodeKernel::SplitKv, true),
+    ] {
         let config = WorkspaceConfig {
             decode_kernel,
+            cuda_graph,
             ..WorkspaceConfig::default()
         };
         let mut ws = AttentionWorkspace::new(&gpu, config).unwrap();
@@ -182,6 +203,13 @@ fn decode_batches_match_reference() {
             kv: vec![1100],
         },
         Case {
+            // Several 64-token tiles per chunk on the split-KV kernel, more
+            // than it requests before it starts computing.
+            name: "decode B=1, 20000 tokens",
+            qo: vec![1],
+            kv: vec![20000],
+        },
+        Case {
             name: "decode B=7 ragged",
             qo: vec![1; 7],
             kv: vec![1, 2, 17, 64, 129, 300, 1031],
@@ -193,7 +221,7 @@ fn decode_batches_match_reference() {
         },
     ];
     // Group 8 has its own decode kernel; group 5 has none and decodes on
-    // the prefill kernel.
+    // the prefill kernel (or the split-KV one).
     sweep("decode_batches_match_reference", &cases, &[(16, 2), (20, 4)]);
 }
 
@@ -231,7 +259,16 @@ fn one_plan_serves_every_layer() {
     let Some(gpu) = gpu_or_skip("one_plan_serves_every_layer") else {
         return;
     };
-    let mut ws = AttentionWorkspace::new(&gpu, WorkspaceConfig::default()).unwrap();
+    for decode_kernel in [DecodeKernel::Auto, DecodeKernel::SplitKv] {
+        let config = WorkspaceConfig {
+            decode_kernel,
+            ..WorkspaceConfig::default()
+        };
+        layers_share_a_plan(&gpu, &mut AttentionWorkspace::new(&gpu, config).unwrap());
+    }
+}
+
+fn layers_share_a_plan(gpu: &Gpu, ws: &mut AttentionWorkspace) {
     let heads = AttentionHeads {
         num_heads: 32,
         num_kv_heads: 8,
@@ -240,16 +277,16 @@ fn one_plan_serves_every_layer() {
     };
     let (qo, kv) = (indptr(&[1, 1, 1]), indptr(&[5, 700, 64]));
     let total_kv = 769;
-    let plan = ops::plan_attention(&gpu, &mut ws, &qo, &kv, heads).unwrap();
+    let plan = ops::plan_attention(gpu, ws, &qo, &kv, heads).unwrap();
     let slots = shuffled_slots(total_kv, 1000, 5);
-    let sd = DeviceTensor::from_host(&gpu, &slots, &[total_kv]).unwrap();
+    let sd = DeviceTensor::from_host(gpu, &slots, &[total_kv]).unwrap();
     let q: Vec<bf16> = cast(&random_f32(3 * 32 * 128, 6, 3.0));
-    let qd = DeviceTensor::from_host(&gpu, &q, &[3, 32, 128]).unwrap();
+    let qd = DeviceTensor::from_host(gpu, &q, &[3, 32, 128]).unwrap();
     for layer in 0..3u64 {
         let k: Vec<bf16> = cast(&random_f32(1000 * 8 * 128, 10 + layer, 1.0));
         let v: Vec<bf16> = cast(&random_f32(1000 * 8 * 128, 20 + layer, 1.0));
-        let kd = DeviceTensor::from_host(&gpu, &k, &[1000, 8, 128]).unwrap();
-        let vd = DeviceTensor::from_host(&gpu, &v, &[1000, 8, 128]).unwrap();
+        let kd = DeviceTensor::from_host(gpu, &k, &[1000, 8, 128]).unwrap();
+        let vd = DeviceTensor::from_host(gpu, &v, &[1000, 8, 128]).unwrap();
         let paged = PagedKv {
             k_cache: &k,
             v_cache: &v,
@@ -259,16 +296,20 @@ fn one_plan_serves_every_layer() {
             head_dim: 128,
         };
         let want = reference::paged_attention(&q, &qo, 32, &paged, 0.1);
-        let got = ops::paged_attention(&gpu, &plan, &ws, &qd, &kd, &vd, &sd, Some(0.1))
+        let got = ops::paged_attention(gpu, &plan, ws, &qd, &kd, &vd, &sd, Some(0.1))
             .unwrap()
-            .to_host::<bf16>(&gpu)
+            .to_host::<bf16>(gpu)
             .unwrap();
         let err = got
             .iter()
             .zip(&want)
             .map(|(g, w)| (g.to_f32() - w).abs())
             .fold(0.0, f32::max);
-        assert!(err <= tol(DType::BF16), "layer {layer}: max error {err}");
+        assert!(
+            err <= tol(DType::BF16),
+            "{:?} layer {layer}: max error {err}",
+            ws.config().decode_kernel
+        );
     }
 }
 

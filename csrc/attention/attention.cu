@@ -1,6 +1,7 @@
 // Paged attention over a page-size-1 KV pool: the C ABI entry points of
 // mllm_kernel.h (mllm_attention_plan / mllm_attention_run), built on
-// FlashInfer's FA2-style (SM80+) batch decode and batch prefill kernels.
+// FlashInfer's FA2-style (SM80+) batch decode and batch prefill kernels, and
+// our split-KV decode kernel for small batches (split_decode.cuh).
 //
 // Builds: one variant per (head dim, dtype): `attention[d64_bf16]`,
 // `[d128_bf16]`, `[d64_f16]`, `[d128_f16]`; the AOT build compiles all four.
@@ -13,12 +14,15 @@
 // device; every layer then launches with the same schedule.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <vector>
 
 #include "attention_variants.cuh"
 #include "mllm_kernel.h"
+#include "split_decode.cuh"
 
 namespace {
 using namespace mllm::attention;
@@ -65,7 +69,8 @@ mllm_result_t check_plan_args(const mllm_attention_plan_args_t* a) {
     if (qo < 1 || kv < qo)
       return fail(MLLM_STATUS_INVALID_ARGUMENT, "every sequence needs 1 <= qo_len <= kv_len");
   }
-  if (a->decode_kernel != MLLM_DECODE_KERNEL_CUDA_CORES && a->decode_kernel != MLLM_DECODE_KERNEL_TENSOR_CORES)
+  if (a->decode_kernel != MLLM_DECODE_KERNEL_CUDA_CORES && a->decode_kernel != MLLM_DECODE_KERNEL_TENSOR_CORES &&
+      a->decode_kernel != MLLM_DECODE_KERNEL_SPLIT_KV)
     return fail(MLLM_STATUS_INVALID_ARGUMENT, "decode_kernel must be one of MLLM_DECODE_KERNEL_*");
   if (mllm::device_sm() < 80) return fail(MLLM_STATUS_UNSUPPORTED, "FlashInfer's FA2 kernels need SM80 or newer");
   return ok();
@@ -78,15 +83,19 @@ bool all_single_queries(const mllm_attention_plan_args_t* a) {
 }
 
 // Our own device arrays sit at the start of the int workspace: qo_indptr,
-// kv_indptr and last_page_len (all ones: page size 1). FlashInfer's schedule
-// follows. Offsets depend on the batch size only, so a replayed CUDA graph of
-// one batch size always finds them at the same addresses.
+// kv_indptr, last_page_len (all ones: page size 1) and the split-KV kernel's
+// arrival counters (zeros). FlashInfer's schedule follows. Offsets depend on
+// the batch size and head count only, so a replayed CUDA graph of one batch
+// size always finds them at the same addresses.
 mllm_result_t layout_metadata(const mllm_attention_plan_args_t* a, mllm_attention_plan_t* p) {
   const int64_t indptr_bytes = align16(int64_t(a->batch_size + 1) * sizeof(int32_t));
+  const int64_t per_seq_bytes = align16(int64_t(a->batch_size) * sizeof(int32_t));
+  const int64_t counter_bytes = align16(int64_t(a->batch_size) * a->num_kv_heads * sizeof(uint32_t));
   p->qo_indptr_offset = 0;
   p->kv_indptr_offset = indptr_bytes;
   p->last_page_len_offset = 2 * indptr_bytes;
-  p->scheduler_offset = 2 * indptr_bytes + align16(int64_t(a->batch_size) * sizeof(int32_t));
+  p->counters_offset = p->last_page_len_offset + per_seq_bytes;
+  p->scheduler_offset = p->counters_offset + counter_bytes;
   if (p->scheduler_offset >= a->int_workspace_bytes)
     return fail(MLLM_STATUS_INVALID_ARGUMENT, "int workspace too small for the batch's indptr arrays");
   auto* qo = reinterpret_cast<int32_t*>(at(a->int_host, p->qo_indptr_offset));
@@ -97,6 +106,39 @@ mllm_result_t layout_metadata(const mllm_attention_plan_args_t* a, mllm_attentio
     kv[i] = a->kv_indptr[i];
   }
   for (int32_t i = 0; i < a->batch_size; ++i) last[i] = 1;
+  std::memset(at(a->int_host, p->counters_offset), 0, size_t(counter_bytes));
+  return ok();
+}
+
+// The upload of our metadata region (indptr arrays, counters), after any
+// copy FlashInfer's planner queued on the same stream.
+mllm_result_t upload_metadata(const mllm_attention_plan_args_t* a, const mllm_attention_plan_t* p,
+                              cudaStream_t stream) {
+  return cuda_result(cudaMemcpyAsync(a->int_workspace, a->int_host, size_t(p->scheduler_offset),
+                                     cudaMemcpyHostToDevice, stream),
+                     "attention plan: copy indptr arrays");
+}
+
+// A decode batch on the split-KV kernel: picks the chunk count and checks the
+// float workspace holds the partial states. Returns false in `*taken` when
+// the kernel does not serve this group (then FlashInfer's kernels do).
+mllm_result_t plan_split(const mllm_attention_plan_args_t* a, mllm_attention_plan_t* p, bool* taken) {
+  const int32_t group = a->num_qo_heads / a->num_kv_heads;
+  *taken = group <= split::kMaxGroup;
+  if (!*taken) return ok();
+  int32_t max_len = 0;
+  for (int32_t i = 0; i < a->batch_size; ++i) max_len = std::max(max_len, a->kv_indptr[i + 1] - a->kv_indptr[i]);
+  int chunks = 1;
+  const cudaError_t e = split::choose_chunks(a->batch_size, a->num_kv_heads, a->cuda_graph ? 0 : max_len, &chunks);
+  if (e != cudaSuccess) return cuda_result(e, "attention plan: device attributes");
+  const int64_t need = int64_t(a->batch_size) * a->num_kv_heads * chunks *
+                       split::partial_floats(group, a->head_dim) * int64_t(sizeof(float));
+  if (chunks > 1 && need > a->float_workspace_bytes)
+    return fail(MLLM_STATUS_INVALID_ARGUMENT, "float workspace too small for the split-KV decode partial states");
+  p->prefill = 0;
+  p->split_chunks = chunks;
+  p->info_len = 1;
+  p->info[0] = chunks;
   return ok();
 }
 
@@ -109,6 +151,12 @@ mllm_result_t plan_variant(const mllm_attention_plan_args_t* a, mllm_attention_p
   void* sched_host = at(a->int_host, p->scheduler_offset);
   const size_t sched_bytes = size_t(a->int_workspace_bytes - p->scheduler_offset);
   const bool single = all_single_queries(a);
+  if (single && a->decode_kernel == MLLM_DECODE_KERNEL_SPLIT_KV) {
+    bool taken = false;
+    const mllm_result_t r = plan_split(a, p, &taken);
+    if (r.status != MLLM_STATUS_OK) return r;
+    if (taken) return upload_metadata(a, p, stream);
+  }
   p->prefill = !(single && Tag::decode_supports_group(group) && a->decode_kernel == MLLM_DECODE_KERNEL_CUDA_CORES);
   std::vector<int64_t> info;
   cudaError_t e;
@@ -132,9 +180,26 @@ mllm_result_t plan_variant(const mllm_attention_plan_args_t* a, mllm_attention_p
   p->info_len = int32_t(info.size());
   for (size_t i = 0; i < info.size(); ++i) p->info[i] = info[i];
   // The metadata region goes after FlashInfer's copy, on the same stream.
-  return cuda_result(cudaMemcpyAsync(a->int_workspace, a->int_host, size_t(p->scheduler_offset),
-                                     cudaMemcpyHostToDevice, stream),
-                     "attention plan: copy indptr arrays");
+  return upload_metadata(a, p, stream);
+}
+
+template <typename Tag>
+mllm_result_t run_split(const mllm_attention_run_args_t* a, const mllm_attention_plan_t* p, cudaStream_t stream) {
+  split::Params s;
+  s.q = a->q;
+  s.k = a->k_cache;
+  s.v = a->v_cache;
+  s.kv_indices = a->kv_indices;
+  s.kv_indptr = reinterpret_cast<const int32_t*>(at(a->int_workspace, p->kv_indptr_offset));
+  s.out = a->out;
+  s.partial = static_cast<float*>(a->float_workspace);
+  s.counters = reinterpret_cast<uint32_t*>(at(a->int_workspace, p->counters_offset));
+  s.num_kv_heads = p->num_kv_heads;
+  s.group = p->num_qo_heads / p->num_kv_heads;
+  s.chunks = p->split_chunks;
+  s.scale_log2 = a->sm_scale * 1.4426950408889634f;
+  return cuda_result(split::launch<Tag::kHeadDim, typename Tag::Elem>(s, p->batch_size, stream),
+                     "split-KV decode attention kernel");
 }
 
 template <typename Tag>
@@ -150,6 +215,7 @@ mllm_result_t run_variant(const mllm_attention_run_args_t* a, const mllm_attenti
   r.qo_indptr = reinterpret_cast<int32_t*>(at(a->int_workspace, p->qo_indptr_offset));
   r.kv_indptr = reinterpret_cast<int32_t*>(at(a->int_workspace, p->kv_indptr_offset));
   r.last_page_len = reinterpret_cast<int32_t*>(at(a->int_workspace, p->last_page_len_offset));
+  if (p->split_chunks > 0) return run_split<Tag>(a, p, stream);
   std::vector<int64_t> info(p->info, p->info + p->info_len);
   const RunShape s{uint32_t(p->batch_size), uint32_t(p->num_qo_heads), uint32_t(p->num_kv_heads), a->sm_scale};
   const cudaError_t e = p->prefill ? Tag::prefill_run(r, s, info, stream) : Tag::decode_run(r, s, info, stream);

@@ -77,6 +77,8 @@ T* ws_ptr(void* base, int64_t offset) {
 
 template <uint32_t HEAD_DIM, typename T>
 struct Variant {
+  static constexpr int kHeadDim = int(HEAD_DIM);
+  using Elem = T;
   using DecodeParams = fi::BatchDecodeParams<T, T, T, int32_t>;
   using PrefillParams = fi::BatchPrefillPagedParams<T, T, T, int32_t>;
   using PagedKV = fi::paged_kv_t<T, int32_t>;

@@ -150,13 +150,17 @@ typedef struct mllm_attention_plan_args_t {
   int32_t decode_kernel; /* mllm_decode_kernel_t: what runs a batch whose every qo_len is 1 */
 } mllm_attention_plan_args_t;
 
-/* Decode-batch kernels: FlashInfer's CUDA-core decode kernel, or its prefill
+/* Decode-batch kernels: FlashInfer's CUDA-core decode kernel, its prefill
  * kernel with one query row per sequence (tensor cores over the packed GQA
- * group, FlashInfer's `use_tensor_cores`). The caller picks; see the Rust
- * `DecodeKernel`. */
+ * group, FlashInfer's `use_tensor_cores`), or our split-KV kernel (GQA groups
+ * up to 8; the K/V of every token but each sequence's newest is requested
+ * before the kernel waits on the one before it, and the chunks merge inside
+ * the kernel: csrc/attention/split_decode.cuh). The caller picks; see the
+ * Rust `DecodeKernel`. */
 typedef enum mllm_decode_kernel_t {
   MLLM_DECODE_KERNEL_CUDA_CORES = 0,
   MLLM_DECODE_KERNEL_TENSOR_CORES = 1,
+  MLLM_DECODE_KERNEL_SPLIT_KV = 2,
 } mllm_decode_kernel_t;
 
 /* What mllm_attention_plan chose; opaque to the caller, passed back to run. */
@@ -172,7 +176,9 @@ typedef struct mllm_attention_plan_t {
   int64_t qo_indptr_offset;    /* device copies inside int_workspace */
   int64_t kv_indptr_offset;
   int64_t last_page_len_offset;
+  int64_t counters_offset;  /* split-KV kernel: [batch_size * num_kv_heads] u32, zero between launches */
   int64_t scheduler_offset; /* where FlashInfer's schedule starts */
+  int32_t split_chunks;     /* > 0: the split-KV decode kernel, this many chunks per (sequence, KV head) */
   int32_t info_len;
   int64_t info[16]; /* FlashInfer's DecodePlanInfo / PrefillPlanInfo */
 } mllm_attention_plan_t;

@@ -22,6 +22,7 @@
 // values and rounded once, as vLLM/SGLang do.
 #include "mllm_dtype.cuh"
 #include "mllm_pack.cuh"
+#include "mllm_pdl.cuh"
 #include "mllm_reduce.cuh"
 
 namespace {
@@ -261,6 +262,9 @@ __device__ __forceinline__ void qk_norm_rope_store_dispatch(
       const D::storage* q_w, const D::storage* k_w, int tokens, int q_heads, int kv_heads, int head_dim,   \
       float eps, D::storage* q_out, D::storage* k_cache, D::storage* v_cache, const int* loc,              \
       long long num_slots) {                                                                               \
+    /* Attention may launch now: its prologue (and the split-KV kernel's K/V requests for every */        \
+    /* token but the one stored here) overlaps this kernel; it waits for it before reading more. */      \
+    mllm::allow_dependents();                                                                              \
     qk_norm_rope_store_dispatch<D>(qkv, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_heads,      \
                                    kv_heads, head_dim, eps, q_out, k_cache, v_cache, loc, num_slots);      \
   }

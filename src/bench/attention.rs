@@ -48,8 +48,8 @@ pub struct AttentionRow {
     pub plan: TimingPlan,
 }
 
-/// Times decode attention for every (batch, context) pair, on both decode
-/// kernels.
+/// Times decode attention for every (batch, context) pair, on each decode
+/// kernel.
 ///
 /// ```no_run
 /// use mllm_kernel::bench::{bench_attention_decode, TimingPlan};
@@ -73,6 +73,7 @@ pub fn bench_attention_decode(
     let kernels = [
         (DecodeKernel::CudaCores, "cuda-cores"),
         (DecodeKernel::TensorCores, "tensor-cores"),
+        (DecodeKernel::SplitKv, "split-kv"),
     ];
     let mut workspaces = kernels
         .iter()

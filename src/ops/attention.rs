@@ -1,5 +1,6 @@
 //! Paged attention over a page-size-1 KV pool (nvcc kernel `attention`,
-//! FlashInfer's FA2 batch decode and causal batch prefill kernels), split the
+//! FlashInfer's FA2 batch decode and causal batch prefill kernels, and our
+//! split-KV decode kernel for small batches), split the
 //! way SGLang's FlashInfer backend uses it: [`plan_attention`] once per
 //! forward batch on the host, [`paged_attention_into`] once per layer.
 //!
@@ -96,11 +97,13 @@ impl AttentionHeads {
     }
 }
 
-/// Which FlashInfer kernel a plan runs.
+/// Which kernel a plan runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// Batch decode: every sequence has exactly one new query.
+    /// FlashInfer's batch decode: every sequence has exactly one new query.
     Decode,
+    /// Our split-KV decode kernel ([`DecodeKernel::SplitKv`]).
+    SplitDecode,
     /// Batch prefill with the causal mask (prefill, extend and mixed batches;
     /// also decode when the GQA group has no decode instantiation).
     Prefill,
@@ -119,6 +122,15 @@ pub enum DecodeKernel {
     /// group's rows share a 16-row tensor-core tile, so each KV chunk is read
     /// once per group (FlashInfer's `use_tensor_cores`).
     TensorCores,
+    /// Ours (`csrc/attention/split_decode.cuh`), for GQA groups of up to 8
+    /// (larger ones take the tensor-core kernel): each (KV chunk, KV head,
+    /// sequence) CTA requests its chunk's K/V before waiting on the kernel
+    /// before it (all but each sequence's newest token, which that kernel
+    /// stores), and the last CTA of a (sequence, KV head) merges the chunks,
+    /// so batch-1 decode does not pay the index -> K/V -> merge chain after
+    /// the KV store. The engine's decode must store the newest token's K/V
+    /// in the kernel right before attention, as `qk_norm_rope_store` does.
+    SplitKv,
 }
 
 impl DecodeKernel {
@@ -137,20 +149,31 @@ impl DecodeKernel {
             // CUDA-core kernel's per-token loop leaves DRAM idle there
             // (`mllm-kernel bench attention` measures both).
             Self::Auto => group >= 4,
-            Self::CudaCores => false,
+            Self::CudaCores | Self::SplitKv => false,
             Self::TensorCores => true,
         }
     }
 
-    /// `Auto` as `MLLM_DECODE_KERNEL` overrides it (`auto`, `cuda-cores` or
-    /// `tensor-cores`; to compare the kernels in a whole model); an explicit
+    /// The C ABI's choice for a decode batch with `group` query heads per
+    /// KV head.
+    fn ffi(self, group: usize) -> i32 {
+        let kernel = match self {
+            Self::SplitKv => mllm_decode_kernel_t::MLLM_DECODE_KERNEL_SPLIT_KV,
+            k if k.uses_tensor_cores(group) => mllm_decode_kernel_t::MLLM_DECODE_KERNEL_TENSOR_CORES,
+            _ => mllm_decode_kernel_t::MLLM_DECODE_KERNEL_CUDA_CORES,
+        };
+        kernel.0 as i32
+    }
+
+    /// `Auto` as `MLLM_DECODE_KERNEL` overrides it (`auto`, `cuda-cores`,
+    /// `tensor-cores` or `split-kv`; to compare the kernels in a whole model); an explicit
     /// choice stays.
     fn resolved(self) -> Result<Self> {
         match (self, std::env::var("MLLM_DECODE_KERNEL")) {
             (Self::Auto, Ok(v)) if !v.is_empty() => v.parse().map_err(|_| Error::BadEnv {
                 var: "MLLM_DECODE_KERNEL",
                 value: v,
-                reason: "expected auto, cuda-cores or tensor-cores".into(),
+                reason: "expected auto, cuda-cores, tensor-cores or split-kv".into(),
             }),
             _ => Ok(self),
         }
@@ -164,9 +187,10 @@ impl std::str::FromStr for DecodeKernel {
             "auto" => Ok(Self::Auto),
             "cuda-cores" => Ok(Self::CudaCores),
             "tensor-cores" => Ok(Self::TensorCores),
+            "split-kv" => Ok(Self::SplitKv),
             _ => Err(invalid(
                 "decode_kernel",
-                format!("unknown decode kernel `{s}`; known: auto, cuda-cores, tensor-cores"),
+                format!("unknown decode kernel `{s}`; known: auto, cuda-cores, tensor-cores, split-kv"),
             )),
         }
     }
@@ -384,7 +408,8 @@ impl AttentionPlan {
         self.batch
     }
 
-    /// The kernel chosen: decode when every qo_len is 1, else prefill.
+    /// The kernel chosen: a decode kernel (the workspace's [`DecodeKernel`])
+    /// when every qo_len is 1, else prefill.
     pub fn kernel(&self) -> AttentionKernel {
         self.kernel
     }
@@ -474,14 +499,7 @@ pub fn plan_attention(
         head_dim: heads.head_dim as i32,
         dtype: heads.dtype.to_ffi().expect("bf16/f16 checked by validation"),
         cuda_graph: i32::from(config.cuda_graph),
-        decode_kernel: if config
-            .decode_kernel
-            .uses_tensor_cores(heads.num_heads / heads.num_kv_heads)
-        {
-            mllm_decode_kernel_t::MLLM_DECODE_KERNEL_TENSOR_CORES.0 as i32
-        } else {
-            mllm_decode_kernel_t::MLLM_DECODE_KERNEL_CUDA_CORES.0 as i32
-        },
+        decode_kernel: config.decode_kernel.ffi(heads.num_heads / heads.num_kv_heads),
     };
     // SAFETY: all-integer C struct (its enum's zero is MLLM_DTYPE_F32).
     let mut raw: mllm_attention_plan_t = unsafe { std::mem::zeroed() };
@@ -503,6 +521,8 @@ pub fn plan_attention(
         batch,
         kernel: if raw.prefill != 0 {
             AttentionKernel::Prefill
+        } else if raw.split_chunks > 0 {
+            AttentionKernel::SplitDecode
         } else {
             AttentionKernel::Decode
         },
@@ -757,6 +777,19 @@ mod tests {
         };
         assert!(batch_err(&[0, 1], &[0, 1], h).contains("num_heads"));
         assert_eq!(HEADS.variant(), "d128_bf16");
+    }
+
+    #[test]
+    fn decode_kernels_parse_and_map_to_the_abi() {
+        let split: DecodeKernel = "split-kv".parse().unwrap();
+        assert_eq!(split, DecodeKernel::SplitKv);
+        assert_eq!(split.ffi(4), mllm_decode_kernel_t::MLLM_DECODE_KERNEL_SPLIT_KV.0 as i32);
+        let tc = mllm_decode_kernel_t::MLLM_DECODE_KERNEL_TENSOR_CORES.0 as i32;
+        let cc = mllm_decode_kernel_t::MLLM_DECODE_KERNEL_CUDA_CORES.0 as i32;
+        assert_eq!((DecodeKernel::Auto.ffi(4), DecodeKernel::Auto.ffi(2)), (tc, cc));
+        assert_eq!(DecodeKernel::CudaCores.ffi(8), cc);
+        let err = "flash".parse::<DecodeKernel>().unwrap_err().to_string();
+        assert!(err.contains("split-kv"), "{err}");
     }
 
     #[test]
