@@ -289,12 +289,15 @@ __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::st
   }                                                                                                         \
   extern "C" __global__ void fused_add_rms_norm_##SUFFIX(D::storage* x, D::storage* residual,              \
                                                          const D::storage* w, int cols, float eps) {      \
+    mllm::allow_dependents();                                                                               \
+    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
     rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                        \
   }                                                                                                         \
   extern "C" __global__ void fused_add_rms_norm_quant_##SUFFIX(D::storage* x, D::storage* residual,        \
                                                                const D::storage* w, signed char* q,         \
                                                                float* scales, int cols, float eps) {       \
     mllm::allow_dependents(); /* the W8A8 GEMM after it streams its weight meanwhile */                     \
+    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
     constexpr int VEC = 16 / sizeof(D::storage);                                                            \
     if (cols % VEC == 0 && cols / VEC <= 2 * static_cast<int>(blockDim.x)) {                                \
       fused_add_rms_norm_quant_resident<D>(x, residual, w, q, scales, cols, eps);                           \

@@ -265,6 +265,7 @@ __device__ __forceinline__ void qk_norm_rope_store_dispatch(
     /* Attention may launch now: its prologue (and the split-KV kernel's K/V requests for every */        \
     /* token but the one stored here) overlaps this kernel; it waits for it before reading more. */      \
     mllm::allow_dependents();                                                                              \
+    mllm::wait_for_producer(); /* launched with PDL on SM90+: qkv is the GEMM's output */                  \
     qk_norm_rope_store_dispatch<D>(qkv, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_heads,      \
                                    kv_heads, head_dim, eps, q_out, k_cache, v_cache, loc, num_slots);      \
   }

@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+mod dependent_launch;
 mod embedding;
 mod gelu;
 mod int8_mm;

@@ -2,6 +2,7 @@
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
+use super::dependent_launch::DependentLaunch;
 use super::{expect_dtype, expect_float, expect_shape, rows_cols, Meta};
 use crate::device::Gpu;
 use crate::dtype::DType;
@@ -125,7 +126,8 @@ pub fn fused_add_rms_norm(
     }
     let (f, config) = launch_shape(gpu, rows, cols, Form::FusedAdd, x.dtype())?;
     let cols_i = cols as i32;
-    let mut launch = gpu.stream().launch_builder(&f);
+    // The kernel waits for its producer (the GEMM before it) in-kernel.
+    let mut launch = DependentLaunch::new(gpu, &f);
     launch
         .arg(x.buffer_mut())
         .arg(residual.buffer_mut())
@@ -134,9 +136,7 @@ pub fn fused_add_rms_norm(
         .arg(&eps);
     // SAFETY: symbol signature (x, residual, w, int cols, float eps), one
     // block per row; sizes checked above.
-    unsafe { launch.launch(config) }
-        .map(drop)
-        .map_err(Error::driver("launch fused_add_rms_norm"))
+    unsafe { launch.launch(config) }.map_err(Error::driver("launch fused_add_rms_norm"))
 }
 
 /// [`fused_add_rms_norm`], then the per-token int8 quantization of the normalized `x` into
@@ -177,7 +177,8 @@ pub fn fused_add_rms_norm_quant(
     }
     let (f, config) = launch_shape(gpu, rows, cols, Form::FusedAddQuant, x.dtype())?;
     let cols_i = cols as i32;
-    let mut launch = gpu.stream().launch_builder(&f);
+    // The kernel waits for its producer (the GEMM before it) in-kernel.
+    let mut launch = DependentLaunch::new(gpu, &f);
     launch
         .arg(x.buffer_mut())
         .arg(residual.buffer_mut())
@@ -188,9 +189,7 @@ pub fn fused_add_rms_norm_quant(
         .arg(&eps);
     // SAFETY: symbol signature (x, residual, w, q, scales, int cols, float eps), one block per
     // row; x/residual/q hold rows*cols elements, scales rows, w cols (checked above).
-    unsafe { launch.launch(config) }
-        .map(drop)
-        .map_err(Error::driver("launch fused_add_rms_norm_quant"))
+    unsafe { launch.launch(config) }.map_err(Error::driver("launch fused_add_rms_norm_quant"))
 }
 
 /// 16-byte packs each thread keeps in registers (`CACHED` in the kernel).

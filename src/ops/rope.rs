@@ -1,7 +1,7 @@
 //! Optional per-head q/k RMSNorm + NeoX rotary embedding, in place on a
 //! packed row buffer (NVRTC kernel `qk_norm_rope`).
 
-use cudarc::driver::{CudaFunction, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::launch::{dtype_function, expect_i32_vec, float_symbols, leading_rows};
 use super::{expect_dtype, expect_float, expect_shape, Meta};
@@ -248,12 +248,10 @@ pub(super) fn per_head_config(warps: usize) -> LaunchConfig {
 /// Pushes the arguments both rope kernels take after their row buffer and
 /// row stride: positions, cos_sin, max_pos, then the q and k norm weights
 /// (`null` for a missing one).
-pub(super) fn push_rotary_inputs<'a>(
-    launch: &mut LaunchArgs<'a>,
-    args: &'a QkNormRope<'a>,
-    max_pos: &'a i32,
-    null: &'a u64,
-) {
+pub(super) fn push_rotary_inputs<'a, L>(launch: &mut L, args: &'a QkNormRope<'a>, max_pos: &'a i32, null: &'a u64)
+where
+    L: PushKernelArg<&'a CudaSlice<u8>> + PushKernelArg<&'a i32> + PushKernelArg<&'a u64>,
+{
     launch
         .arg(args.positions.buffer())
         .arg(args.cos_sin.buffer())

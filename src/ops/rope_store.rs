@@ -7,6 +7,7 @@
 
 use cudarc::driver::PushKernelArg;
 
+use super::dependent_launch::DependentLaunch;
 use super::rope::{per_head_config, push_rotary_inputs, rope_function, validate_qk_norm_rope, QkHeads, QkNormRope};
 use super::{expect_dtype, expect_shape, validate_kv_store, Meta};
 use crate::device::Gpu;
@@ -141,7 +142,8 @@ pub fn qk_norm_rope_store(gpu: &Gpu, qkv: &DeviceTensor, args: &QkNormRope, out:
     let null = 0u64;
     let (row_stride, max_pos, num_slots) = (width as i64, args.cos_sin.shape()[0] as i32, slots as i64);
     let ints = [tokens, h.q_heads, h.k_heads, h.head_dim].map(|v| v as i32);
-    let mut launch = gpu.stream().launch_builder(&f);
+    // The kernel waits for its producer (the qkv GEMM) in-kernel.
+    let mut launch = DependentLaunch::new(gpu, &f);
     launch.arg(qkv.buffer()).arg(&row_stride);
     push_rotary_inputs(&mut launch, args, &max_pos, &null);
     for v in &ints {
@@ -158,7 +160,5 @@ pub fn qk_norm_rope_store(gpu: &Gpu, qkv: &DeviceTensor, args: &QkNormRope, out:
     // k_w, int tokens, q_heads, kv_heads, head_dim, float eps, q_out, k_cache,
     // v_cache, loc, i64 num_slots); one warp per (token, head) over
     // Hq + 2 Hkv heads; shapes checked above, slots outside the pool skipped.
-    unsafe { launch.launch(per_head_config(warps)) }
-        .map(drop)
-        .map_err(Error::driver("launch qk_norm_rope_store"))
+    unsafe { launch.launch(per_head_config(warps)) }.map_err(Error::driver("launch qk_norm_rope_store"))
 }
