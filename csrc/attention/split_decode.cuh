@@ -36,6 +36,7 @@
 #include "mllm_device.cuh"
 #include "mllm_dtype.cuh"
 #include "mllm_pdl.cuh"
+#include "mllm_reduce.cuh"
 
 namespace mllm::attention::split {
 
@@ -132,18 +133,6 @@ __device__ __forceinline__ void widen8(const uint4& w, float* f) {
   const unsigned short* h = reinterpret_cast<const unsigned short*>(&w);
 #pragma unroll
   for (int i = 0; i < 8; ++i) f[i] = Bits<T>::D::to_float(h[i]);
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 template <int D, typename T>
@@ -276,10 +265,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params prm) {
       const int g = warp + i * kWarps;
       if (g < group) {
         const float x0 = s.p[g][lane], x1 = s.p[g][lane + 32];
-        const float m_new = fmaxf(m_run[i], warp_max(fmaxf(x0, x1)));
+        const float m_new = fmaxf(m_run[i], mllm::warp_max(fmaxf(x0, x1)));
         const float p0 = exp2f(x0 - m_new), p1 = exp2f(x1 - m_new);
         const float alpha = exp2f(m_run[i] - m_new);  // 0 on the first tile
-        l_run[i] = l_run[i] * alpha + warp_sum(p0 + p1);
+        l_run[i] = l_run[i] * alpha + mllm::warp_sum(p0 + p1);
         m_run[i] = m_new;
         s.p[g][lane] = p0;
         s.p[g][lane + 32] = p1;
