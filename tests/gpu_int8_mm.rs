@@ -255,39 +255,74 @@ fn dynamic_quant_then_gemm_matches_reference() {
         (200, 12_288),
     ];
     for (i, &(m, k)) in shapes.iter().enumerate() {
-        let n = 4096;
-        let x: Vec<bf16> = random_f32(m * k, 50 + i as u64, 3.0)
-            .into_iter()
-            .map(bf16::from_f32)
-            .collect();
-        let w = random_i8(n * k, 60 + i as u64);
-        let sw: Vec<f32> = random_f32(n, 70, 1e-2).iter().map(|v| v.abs() + 1e-3).collect();
-        let bias: Vec<bf16> = random_f32(n, 80, 1.0).into_iter().map(bf16::from_f32).collect();
-        let dx = DeviceTensor::from_host(&gpu, &x, &[m, k]).unwrap();
-        let dw = DeviceTensor::from_host(&gpu, &w, &[n, k]).unwrap();
-        let dsw = DeviceTensor::from_host(&gpu, &sw, &[n]).unwrap();
-        let dbias = DeviceTensor::from_host(&gpu, &bias, &[n]).unwrap();
-        let out = ops::int8_scaled_mm_dynamic(&gpu, &dx, &dw, &dsw, Some(&dbias)).unwrap();
-        let got: Vec<bf16> = out.to_host(&gpu).unwrap();
-        let (q, qs) = reference::per_token_quant_int8(&x, k);
-        for row in checked_rows(m, n * k) {
-            let want = reference::int8_scaled_mm::<bf16>(
-                &q[row * k..(row + 1) * k],
-                &w,
-                1,
-                n,
-                k,
-                &qs[row..row + 1],
-                &sw,
-                Some(&bias),
+        check_dynamic(&gpu, m, 4096, k, None, 50 + i as u64);
+    }
+}
+
+/// `stream_m16` on a layer wider than one wave of resident blocks (gate_up:
+/// 3072 column groups), where its blocks are persistent and walk several
+/// groups each: the plain int8 GEMM and the form that quantizes x itself.
+#[test]
+fn stream_m16_covers_layers_wider_than_one_wave() {
+    let Some(gpu) = gpu_or_skip("stream_m16_covers_layers_wider_than_one_wave") else {
+        return;
+    };
+    if !Int8MmConfig::StreamM16.runs_on(gpu.arch()) {
+        println!(
+            "skipped stream_m16_covers_layers_wider_than_one_wave: stream_m16 needs SM90, this GPU is {}",
+            gpu.arch()
+        );
+        return;
+    }
+    for (i, m) in [1usize, 16].into_iter().enumerate() {
+        let c = Case {
+            m,
+            n: 24_576,
+            k: 4096,
+            per_token: true,
+            per_channel: true,
+            bias: i == 0,
+            seed: 900 + i as u64,
+        };
+        run_case::<bf16>(&gpu, c, Some(Int8MmConfig::StreamM16), "stream_m16 gate_up");
+    }
+    check_dynamic(&gpu, 2, 24_576, 4096, Some(Int8MmConfig::StreamM16), 950);
+}
+
+/// `int8_scaled_mm_dynamic` of a random bf16 `[m, k]` x and `[n, k]` int8
+/// weight against per-token quantization + the int8 reference.
+fn check_dynamic(gpu: &Gpu, m: usize, n: usize, k: usize, config: Option<Int8MmConfig>, seed: u64) {
+    let x: Vec<bf16> = random_f32(m * k, seed, 3.0).into_iter().map(bf16::from_f32).collect();
+    let w = random_i8(n * k, seed + 10);
+    let sw: Vec<f32> = random_f32(n, 70, 1e-2).iter().map(|v| v.abs() + 1e-3).collect();
+    let bias: Vec<bf16> = random_f32(n, 80, 1.0).into_iter().map(bf16::from_f32).collect();
+    let dx = DeviceTensor::from_host(gpu, &x, &[m, k]).unwrap();
+    let dw = DeviceTensor::from_host(gpu, &w, &[n, k]).unwrap();
+    let dsw = DeviceTensor::from_host(gpu, &sw, &[n]).unwrap();
+    let dbias = DeviceTensor::from_host(gpu, &bias, &[n]).unwrap();
+    let mut q = DeviceTensor::zeros(gpu, &[m, k], DType::I8).unwrap();
+    let mut qs = DeviceTensor::zeros(gpu, &[m], DType::F32).unwrap();
+    let mut out = DeviceTensor::zeros(gpu, &[m, n], DType::BF16).unwrap();
+    ops::int8_scaled_mm_dynamic_into(gpu, &dx, &dw, &dsw, Some(&dbias), &mut q, &mut qs, &mut out, config).unwrap();
+    let got: Vec<bf16> = out.to_host(gpu).unwrap();
+    let (q, qs) = reference::per_token_quant_int8(&x, k);
+    for row in checked_rows(m, n * k) {
+        let want = reference::int8_scaled_mm::<bf16>(
+            &q[row * k..(row + 1) * k],
+            &w,
+            1,
+            n,
+            k,
+            &qs[row..row + 1],
+            &sw,
+            Some(&bias),
+        );
+        for (j, wv) in want.iter().enumerate() {
+            let (g, wv) = (got[row * n + j].to_f32(), wv.to_f32());
+            assert!(
+                (g - wv).abs() <= step(wv, DType::BF16),
+                "m={m} n={n} k={k} {config:?}: out[{row}, {j}] = {g}, reference {wv}"
             );
-            for (j, wv) in want.iter().enumerate() {
-                let (g, wv) = (got[row * n + j].to_f32(), wv.to_f32());
-                assert!(
-                    (g - wv).abs() <= step(wv, DType::BF16),
-                    "m={m} k={k}: out[{row}, {j}] = {g}, reference {wv}"
-                );
-            }
         }
     }
 }

@@ -24,7 +24,14 @@
 //   them, with per_token_quant_int8's rounding, so the separate quantization
 //   kernel (3.5 us at M = 1 on an H100, ncu) and its launch leave the step.
 //   Every block reads all of A, which is why the rows are capped.
+// * a layer wider than one wave of blocks (gate_up's 3072 column groups
+//   against 6 x 132 resident blocks on an H100) runs persistent blocks that
+//   walk groups blockIdx.x, + gridDim.x, ...: the stage ring flows on from
+//   one group into the next, so no block slot waits for a new block and no
+//   wave ends with a tail. Narrower layers get one group per block, as before.
 #pragma once
+
+#include <atomic>
 
 #include "mllm_reduce.cuh"
 #include "skinny.cuh"
@@ -125,16 +132,20 @@ __global__ void __launch_bounds__(WARPS * 32)
   __shared__ Smem s;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int n0 = blockIdx.x * ROWS;
+  // Stages per column group, and this block's groups: blockIdx.x, + gridDim.x, ...
   const int stages = (k + STAGE_K - 1) / STAGE_K;
-  const int8_t* rows = b + static_cast<int64_t>(n0) * k;
+  const int groups = (n / ROWS - static_cast<int>(blockIdx.x) + static_cast<int>(gridDim.x) - 1) /
+                     static_cast<int>(gridDim.x);
+  const int steps = groups * stages;
+  auto group_n0 = [&](int step) { return (static_cast<int>(blockIdx.x) + step / stages * static_cast<int>(gridDim.x)) * ROWS; };
 
   // Only thread 0 touches the barriers' arrival side: one arrive (with the
   // byte count) per use of a slot.
-  auto request = [&](int stage) {
-    const int slot = stage % STAGES;
-    const int k0 = stage * STAGE_K;
+  auto request = [&](int step) {
+    const int slot = step % STAGES;
+    const int k0 = step % stages * STAGE_K;
     const int bytes = min(STAGE_K, k - k0);
+    const int8_t* rows = b + static_cast<int64_t>(group_n0(step)) * k;
     barrier_expect(&s.full[slot], static_cast<uint32_t>(bytes * ROWS));
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) bulk_copy(&s.b[slot][r][0], rows + static_cast<int64_t>(r) * k + k0, bytes, &s.full[slot]);
@@ -143,7 +154,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
     for (int i = 0; i < STAGES; ++i) barrier_init(&s.full[i]);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    for (int st = 0; st < min(STAGES, stages); ++st) request(st);
+    for (int st = 0; st < min(STAGES, steps); ++st) request(st);
   }
   __syncthreads();
   mllm::wait_for_producer();
@@ -168,11 +179,11 @@ __global__ void __launch_bounds__(WARPS * 32)
     return *reinterpret_cast<const uint4*>(static_cast<const int8_t*>(a) + at);
   };
   int acc[4] = {0, 0, 0, 0};
-  for (int st = 0; st < stages; ++st) {
-    const int slot = st % STAGES;
-    const int k0 = st * STAGE_K;
+  for (int step = 0; step < steps; ++step) {
+    const int slot = step % STAGES;
+    const int k0 = step % stages * STAGE_K;
     const int kn = min(STAGE_K, k - k0);
-    barrier_wait(&s.full[slot], static_cast<uint32_t>((st / STAGES) & 1));
+    barrier_wait(&s.full[slot], static_cast<uint32_t>((step / STAGES) & 1));
     // Warp w takes the 64-byte steps w, w + WARPS, ... of the stage.
     for (int c = warp * 64; c < kn; c += WARPS * 64) {
       // k % 16 == 0: a lane's 16 bytes are all in or all out. Lanes past the
@@ -185,27 +196,59 @@ __global__ void __launch_bounds__(WARPS * 32)
       skinny::mma_s8(acc, lo.z, hi.z, lo.w, hi.w, bv.z, bv.w);
     }
     __syncthreads();  // the slot is free once every warp has read it
-    if (threadIdx.x == 0 && st + STAGES < stages) request(st + STAGES);
-  }
-  // The next kernel may start its prologue while this one writes out.
-  mllm::allow_dependents();
+    if (threadIdx.x == 0 && step + STAGES < steps) request(step + STAGES);
+    if (k0 + kn < k) continue;  // the group's K goes on
 
+    // The group is done. After the last one, the next kernel may start its
+    // prologue while this one writes out.
+    if (step + 1 == steps) mllm::allow_dependents();
 #pragma unroll
-  for (int j = 0; j < 4; ++j) s.partial[warp][j][lane] = acc[j];
-  __syncthreads();
-  if constexpr (QUANT_A) {
-    skinny::finish_tile<Out, WARPS, 1>(s.partial, s.row_scale, sb, bias, out, m, n, n0, 1, sb_per_col);
-  } else {
-    skinny::finish_tile<Out, WARPS, 1>(s.partial, sa, sb, bias, out, m, n, n0, sa_per_row, sb_per_col);
+    for (int j = 0; j < 4; ++j) {
+      s.partial[warp][j][lane] = acc[j];
+      acc[j] = 0;
+    }
+    __syncthreads();
+    // The next group's partials are written after at least one more stage's
+    // __syncthreads, so finish_tile's reads are done by then.
+    if constexpr (QUANT_A) {
+      skinny::finish_tile<Out, WARPS, 1>(s.partial, s.row_scale, sb, bias, out, m, n, group_n0(step), 1, sb_per_col);
+    } else {
+      skinny::finish_tile<Out, WARPS, 1>(s.partial, sa, sb, bias, out, m, n, group_n0(step), sa_per_row, sb_per_col);
+    }
   }
 #else
   __trap();  // the host side refuses this config below SM90
 #endif
 }
 
+// Blocks for `groups` column groups: one per group while they fit one wave of
+// resident blocks, else the fewest persistent blocks that take the groups in
+// equal shares (e.g. 3072 groups on 792 slots: 768 blocks of 4).
+// The blocks an SM holds is the kernel's (and the arch's), asked once per
+// process: eager decode launches this kernel ~100 times a step.
+template <typename Out, bool QUANT_A>
+cudaError_t grid_blocks(int groups, int* blocks) {
+  static std::atomic<int> cached_per_sm{0};
+  int dev = 0, sms = 0, per_sm = cached_per_sm.load(std::memory_order_relaxed);
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess && per_sm == 0) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, stream_kernel<Out, QUANT_A>, WARPS * 32, 0);
+    cached_per_sm.store(per_sm, std::memory_order_relaxed);
+  }
+  if (e != cudaSuccess) return e;
+  const int slots = max(1, sms * per_sm);
+  const int shares = (groups + slots - 1) / slots;
+  *blocks = (groups + shares - 1) / shares;
+  return cudaSuccess;
+}
+
 template <typename Out, bool QUANT_A>
 cudaError_t launch_typed(const void* a, const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
-  const skinny::LaunchConfig l(dim3(static_cast<unsigned>(p.n / ROWS)), dim3(WARPS * 32), stream, programmatic);
+  int blocks = 0;
+  const cudaError_t e = grid_blocks<Out, QUANT_A>(static_cast<int>(p.n / ROWS), &blocks);
+  if (e != cudaSuccess) return e;
+  const skinny::LaunchConfig l(dim3(static_cast<unsigned>(blocks)), dim3(WARPS * 32), stream, programmatic);
   return cudaLaunchKernelEx(&l.cfg, stream_kernel<Out, QUANT_A>, a, p.b, p.scales_a, p.scales_b,
                             static_cast<const Out*>(p.bias), static_cast<Out*>(p.out), static_cast<int>(p.m),
                             static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col);

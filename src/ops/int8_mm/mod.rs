@@ -10,7 +10,9 @@
 //! Kernels: a hand-written mma.sync kernel for M ≤ 64, CUTLASS 2.x on SM80+
 //! and CUTLASS 3.x (TMA + wgmma) on sm_90a, chosen by [`select_int8_mm_config`].
 //! `MLLM_INT8_MM_PATH=sm80` keeps Hopper on the SM80 kernels and
-//! `MLLM_INT8_MM_CONFIG=<name>` forces one config (tests, benchmarks).
+//! `MLLM_INT8_MM_CONFIG=<name>` forces one config (tests, benchmarks) on
+//! every problem with at most the rows it covers; larger M keeps the table's
+//! choice (so a small-M config can be tried in a whole model's decode).
 
 mod dispatch;
 
@@ -190,8 +192,8 @@ fn env_choice() -> Result<(Int8MmPath, Option<Int8MmConfig>)> {
 }
 
 /// The config that runs an `m x n x k` problem on `arch`: `forced`, else
-/// `MLLM_INT8_MM_CONFIG`, else the dispatch table (on the
-/// `MLLM_INT8_MM_PATH` path); errors if that config cannot run it.
+/// `MLLM_INT8_MM_CONFIG` when it covers `m` rows, else the dispatch table
+/// (on the `MLLM_INT8_MM_PATH` path); errors if that config cannot run it.
 pub fn resolve_int8_mm_config(
     arch: Arch,
     m: usize,
@@ -201,7 +203,7 @@ pub fn resolve_int8_mm_config(
 ) -> Result<Int8MmConfig> {
     let (path, env_config) = env_choice()?;
     let config = forced
-        .or(env_config)
+        .or(env_config.filter(|c| m <= c.max_m()))
         .unwrap_or_else(|| select_int8_mm_config(arch, path, m, n, k));
     if !config.runs_on(arch) {
         return Err(Error::UnsupportedArch {
