@@ -10,7 +10,7 @@ use cudarc::nvrtc::Ptx;
 use crate::device::Gpu;
 use crate::ffi::dynamic::{
     mllm_attention_plan_args_t, mllm_attention_plan_t, mllm_attention_run_args_t, mllm_dtype_t, mllm_int8_mm_args_t,
-    mllm_result_t, mllm_stream_t, MllmKernelLib,
+    mllm_result_t, mllm_stream_linear_args_t, mllm_stream_t, MllmKernelLib,
 };
 use crate::jit::{Compiler, JitCache, KernelSpec};
 use crate::registry::{KernelBuild, KernelId};
@@ -56,6 +56,9 @@ pub type Int8ScaledMmDynamicFn = unsafe extern "C" fn(
     i32,
     mllm_stream_t,
 ) -> mllm_result_t;
+
+/// `mllm_stream_linear` of `mllm_kernel.h`.
+pub type StreamLinearFn = unsafe extern "C" fn(*const mllm_stream_linear_args_t, mllm_stream_t) -> mllm_result_t;
 
 /// `mllm_attention_plan` of `mllm_kernel.h`.
 pub type AttentionPlanFn =
@@ -165,6 +168,13 @@ impl LoadedKernel {
         mllm_int8_scaled_mm_sm90,
         Int8ScaledMmFn,
         KernelId::Int8ScaledMm
+    );
+    c_launcher!(
+        /// The launcher of `stream_linear`.
+        stream_linear,
+        mllm_stream_linear,
+        StreamLinearFn,
+        KernelId::StreamLinear
     );
     c_launcher!(
         /// The host-side scheduler of `attention[<variant>]`.

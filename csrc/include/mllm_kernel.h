@@ -120,6 +120,29 @@ MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm90(const void* x, mllm_dtyp
                                                         float* q_scales, const mllm_int8_mm_args_t* args,
                                                         int32_t config, mllm_stream_t stream);
 
+/* Dense linear at decode batch sizes, SM90+ (kernel `stream_linear`): out[m, n]
+ * = sum_k x[m, k] w[n, k] (+ bias[n]) with f32 accumulation, the weight
+ * streamed by TMA bulk copies. x [m, k] and w [n, k] row-major of `dtype`
+ * (F16 or BF16), bias [n] of `dtype` or NULL, out [m, n] of out_dtype (dtype
+ * or F32). m <= MLLM_STREAM_LINEAR_MAX_M, n and k multiples of 8; x and w
+ * 16-byte aligned, out 8-byte, bias 4-byte. Launched with programmatic
+ * dependent launch: the weight streams while the kernel before it finishes. */
+#define MLLM_STREAM_LINEAR_MAX_M 16
+
+typedef struct mllm_stream_linear_args_t {
+  const void* x;
+  const void* w;
+  const void* bias;
+  void* out;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  mllm_dtype_t dtype;
+  mllm_dtype_t out_dtype;
+} mllm_stream_linear_args_t;
+
+MLLM_API mllm_result_t mllm_stream_linear(const mllm_stream_linear_args_t* args, mllm_stream_t stream);
+
 /* Paged attention over a page-size-1 KV pool (FlashInfer FA2 kernels).
  *
  * k_cache, v_cache: [capacity, num_kv_heads, head_dim] (NHD) of `dtype`.

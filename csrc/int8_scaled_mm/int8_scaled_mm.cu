@@ -100,7 +100,7 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x
                                                                    const mllm_int8_mm_args_t* args,
                                                                    int32_t config, mllm_stream_t stream) {
   // A few rows on the streaming kernel: it quantizes x itself (q, q_scales unused).
-  if (config == MLLM_INT8_MM_STREAM_M16 && args != nullptr && args->m <= stream::QUANT_ROWS &&
+  if (config == MLLM_INT8_MM_STREAM_M16 && args != nullptr && args->m <= stream::kQuantRows &&
       x_dtype == args->out_dtype) {
     mllm_int8_mm_args_t p;
     mllm_result_t r = dynamic_args(x, x_dtype, q, q_scales, args, &p);

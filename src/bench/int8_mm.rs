@@ -61,6 +61,10 @@ pub struct Int8MmRow {
     pub cublaslt_int8_tops: Option<f64>,
     pub cublas_bf16_us: f64,
     pub cublas_bf16_tflops: f64,
+    /// At M ≤ 16 on SM90: the same bf16 problem on `stream_linear` (our
+    /// weight-streaming kernel), and cuBLAS's time over it.
+    pub stream_bf16_us: Option<f64>,
+    pub stream_bf16_vs_cublas: Option<f64>,
     pub speedup_vs_cublaslt_int8: Option<f64>,
     pub speedup_vs_cublas_bf16: f64,
     /// Quantize (bf16 → int8 per token) + GEMM, and its cost over the GEMM alone.
@@ -147,6 +151,18 @@ pub fn bench_int8_mm(gpu: &Gpu, shapes: &[GemmShape], plan: TimingPlan, sweep: b
             let (o, _go) = d.out.raw_ptr_mut(stream);
             bf16_gemm.run(m, n, k, a, w, o)
         })?;
+        let stream_bf16_us = if ops::stream_linear_unsupported(gpu.arch(), m, n, k, DType::BF16, DType::BF16).is_none()
+        {
+            Some(
+                time_gpu(gpu, plan, || {
+                    let d = &mut data[next()];
+                    ops::stream_linear_into(gpu, &d.x, &d.wb, None, &mut d.out)
+                })?
+                .median_us,
+            )
+        } else {
+            None
+        };
         let small = m <= 64;
         let copy_gbps = if small {
             Some(copy_bandwidth(gpu, n * k, plan)?)
@@ -194,6 +210,8 @@ pub fn bench_int8_mm(gpu: &Gpu, shapes: &[GemmShape], plan: TimingPlan, sweep: b
                 cublaslt_int8_tops: lt_us.map(|u| ops_count / u / 1e6),
                 cublas_bf16_us: bf_t.median_us,
                 cublas_bf16_tflops: ops_count / bf_t.median_us / 1e6,
+                stream_bf16_us,
+                stream_bf16_vs_cublas: stream_bf16_us.map(|u| bf_t.median_us / u),
                 speedup_vs_cublaslt_int8: lt_us.map(|u| u / t.median_us),
                 speedup_vs_cublas_bf16: bf_t.median_us / t.median_us,
                 dynamic_us,

@@ -227,7 +227,7 @@ fn bench_int8_mm(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow:
         plan.calls_per_repeat
     );
     println!(
-        "{:<18} {:>5} {:>6} {:>6} {:<34} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7} {:>6} {:>7} {:>8}",
+        "{:<18} {:>5} {:>6} {:>6} {:<34} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7} {:>6} {:>7} {:>8} {:>10}",
         "shape",
         "M",
         "N",
@@ -241,12 +241,13 @@ fn bench_int8_mm(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow:
         "vs Lt",
         "vsbf16",
         "+quant",
-        "wBW/copy"
+        "wBW/copy",
+        "bf16 strm"
     );
     for r in &rows {
         let opt = |v: Option<f64>, scale: f64| v.map_or("-".to_string(), |x| format!("{:.0}%", x * scale));
         println!(
-            "{:<18} {:>5} {:>6} {:>6} {:<34} {:>9.2} {:>7.1} {:>9} {:>7} {:>9.2} {:>7} {:>5.2}x {:>7} {:>8}",
+            "{:<18} {:>5} {:>6} {:>6} {:<34} {:>9.2} {:>7.1} {:>9} {:>7} {:>9.2} {:>7} {:>5.2}x {:>7} {:>8} {:>10}",
             r.shape.label,
             r.shape.m,
             r.shape.n,
@@ -261,6 +262,10 @@ fn bench_int8_mm(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow:
             r.speedup_vs_cublas_bf16,
             opt(r.dynamic_overhead, 100.0),
             opt(r.weight_bw_ratio, 100.0),
+            // Our bf16 streaming kernel's time (and cuBLAS bf16's over it).
+            r.stream_bf16_us
+                .zip(r.stream_bf16_vs_cublas)
+                .map_or("-".into(), |(us, x)| format!("{us:.1} {x:.2}x")),
         );
     }
     Ok(0)

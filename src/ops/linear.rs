@@ -1,5 +1,7 @@
 //! Dense linear layer `out = x · Wᵀ (+ bias)` on cuBLAS: f32 accumulation,
 //! bf16/f16/f32 inputs, output in the input dtype or f32 (LM-head logits).
+//! At up to 16 rows on SM90, `MLLM_LINEAR_SMALL_M=stream` routes it to
+//! [`stream_linear_into`](super::stream_linear_into) instead.
 //!
 //! One cuBLAS handle per [`Gpu`], bound to its stream and to a fixed
 //! workspace so the calls can be captured in a CUDA graph.
@@ -9,7 +11,7 @@ use std::ffi::c_void;
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{CudaSlice, DevicePtr};
 
-use super::{expect_dtype, expect_shape, rows_cols, Meta};
+use super::{expect_dtype, expect_shape, rows_cols, stream_linear, Meta};
 use crate::device::Gpu;
 use crate::dtype::DType;
 use crate::tensor::DeviceTensor;
@@ -199,6 +201,10 @@ pub fn linear_into(
             arg: "x",
             reason: format!("{m} rows exceeds cuBLAS's 2^31-1 limit"),
         });
+    }
+    let small_m = stream_linear::stream_linear_unsupported(gpu.arch(), m, n, k, x.dtype(), out.dtype()).is_none();
+    if small_m && stream_linear::small_m_linear()? == stream_linear::SmallMLinear::Stream {
+        return stream_linear::stream_linear_into(gpu, x, weight, bias, out);
     }
     gpu.with_blas(|blas| gemm(gpu, blas, x, weight, bias, out, (m, n, k)))
 }

@@ -18,6 +18,7 @@ mod rope_store;
 mod sample;
 mod sampling;
 mod segment_attention;
+mod stream_linear;
 
 pub use activation::{silu_and_mul, silu_and_mul_into, silu_and_mul_quant_into, validate_silu_and_mul};
 pub use attention::{
@@ -48,6 +49,7 @@ pub use sampling::{
     validate_top_logprobs, MAX_TOP_LOGPROBS,
 };
 pub use segment_attention::{segment_attention_into, validate_segment_attention};
+pub use stream_linear::{stream_linear_into, stream_linear_unsupported, STREAM_LINEAR_MAX_M};
 
 use crate::dtype::DType;
 use crate::registry::{KernelBuild, KernelId};
@@ -58,6 +60,7 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
     match build.id {
         KernelId::RmsNorm => norm::symbols(build.variant),
         KernelId::PerTokenQuantInt8 => vec!["mllm_per_token_quant_int8".to_string()],
+        KernelId::StreamLinear => vec!["mllm_stream_linear".to_string()],
         KernelId::SiluAndMul => activation::symbols(build.variant),
         KernelId::QkNormRope => rope::symbols(build.variant),
         KernelId::Embedding => embedding::symbols(build.variant),

@@ -4,6 +4,7 @@
 mod activation;
 mod attention;
 mod int8_mm;
+mod linear;
 mod memory;
 mod norm;
 mod quant;
@@ -15,6 +16,7 @@ mod vision;
 pub use activation::silu_and_mul;
 pub use attention::{paged_attention, PagedKv};
 pub use int8_mm::int8_scaled_mm;
+pub use linear::linear;
 pub use memory::{embedding, kv_store, scatter_rows};
 pub use norm::{fused_add_rms_norm, rms_norm};
 pub use quant::per_token_quant_int8;
