@@ -129,6 +129,9 @@ gpu_tests() {
         # Again on the split-KV decode kernel: its K/V requests run before the wait on the
         # KV-store kernel, which only the real decode chain (graphs on and off) exercises.
         run_test "$name (MLLM_DECODE_KERNEL=split-kv)" "$t" MLLM_DECODE_KERNEL=split-kv
+        # And on the bf16 streaming linear and stream_m16 for every decode GEMM.
+        run_test "$name (MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16)" "$t" \
+          MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16
         ;;
       *) run_test "$name" "$t" ;;
     esac
@@ -250,15 +253,17 @@ run() {
         # Qwen3-8B with random weights, bf16 and W8A8 in the same run: batch 1 at a
         # 2048-token prompt, batch 64 at 1024.
         # MLLM_GPU_ENGINE_SHAPES ("batch input output", comma-separated) narrows the runs;
-        # MLLM_GPU_DECODE_KERNELS (MLLM_DECODE_KERNEL values, "auto" by default) repeats them
-        # per decode attention kernel (each record's env says which ran).
+        # MLLM_GPU_ENGINE_ENVS (';'-separated sets of VAR=value assignments, e.g.
+        # "MLLM_DECODE_KERNEL=auto;MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=stream")
+        # repeats them once per set; each record's env says which ran.
         IFS=, read -r -a shapes <<<"${MLLM_GPU_ENGINE_SHAPES:-1 2048 64,64 1024 32}"
-        for kernel in ${MLLM_GPU_DECODE_KERNELS:-auto}; do
+        IFS=';' read -r -a env_sets <<<"${MLLM_GPU_ENGINE_ENVS:-MLLM_GPU_ENGINE_ENVS=default}"
+        for env_set in "${env_sets[@]}"; do
           for quant in "" "--quantization w8a8"; do
             for shape in "${shapes[@]}"; do
               set -- $shape
               # shellcheck disable=SC2086
-              MLLM_DECODE_KERNEL=$kernel "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy \
+              env $env_set "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy \
                 --weight-dtype bf16 $quant --model-config engine/tests/fixtures/qwen3-8b.config.json \
                 --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 \
                 --json --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
