@@ -286,6 +286,9 @@ run() {
               --weight-dtype bf16 $quant --model-config engine/tests/fixtures/qwen3-8b.config.json \
               --batch-size 1 --input-len 2048 --output-len 3 --disable-cuda-graph --warmup 0 --repeats 1 \
               >"$out/ncu_decode_$label.csv" 2>>"$out/bench.log" || status=1
+            if command -v python3 >/dev/null; then
+              python3 scripts/ncu_step.py "$out/ncu_decode_$label.csv" | tee -a "$out/bench.log" || status=1
+            fi
           done
         else
           echo "profile: no ncu on this machine" | tee -a "$out/bench.log"
