@@ -22,7 +22,7 @@ ROLES = [
     ("cutlass::Kernel2", "W8A8 GEMM, CUTLASS sm80"),
     ("cutlass", "W8A8 GEMM, CUTLASS sm90"),
     ("skinny", "W8A8 GEMM, skinny"),
-    ("split13decode_kernel", "attention (split-KV, ours)"),
+    ("split::decode_kernel", "attention (split-KV, ours)"),
     ("BatchPrefillWithPagedKV", "attention (FlashInfer tensor cores)"),
     ("BatchDecode", "attention (FlashInfer CUDA cores)"),
     ("MergeStates", "attention merge (split KV)"),
