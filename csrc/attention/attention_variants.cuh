@@ -68,7 +68,7 @@ struct RunShape {
 // griddepcontrol.wait before reading anything the kernel before them writes
 // (q, the K/V pool, partial states), so their launch and prologue overlap
 // that kernel's tail instead of following it.
-inline bool use_pdl() { return device_sm() >= 90; }
+inline bool use_pdl() { return pdl_enabled(); }
 
 template <typename T>
 T* ws_ptr(void* base, int64_t offset) {

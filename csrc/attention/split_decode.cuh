@@ -411,9 +411,8 @@ cudaError_t launch(const Params& p, int batch, cudaStream_t stream) {
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  // Programmatic dependent launch exists from SM90 on.
   cfg.attrs = attr;
-  cfg.numAttrs = mllm::device_sm() >= 90 ? 1 : 0;
+  cfg.numAttrs = mllm::pdl_enabled() ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 

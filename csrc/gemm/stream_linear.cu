@@ -117,7 +117,7 @@ cudaError_t launch_typed(const mllm_stream_linear_args_t& a, cudaStream_t stream
   const typename Math::Args args{static_cast<const T*>(a.x), static_cast<const T*>(a.bias), static_cast<Out*>(a.out)};
   return mllm::stream_gemm::launch<Math>(static_cast<const int8_t*>(a.w), static_cast<int>(a.m),
                                          static_cast<int>(a.n), static_cast<int>(a.k), args, stream,
-                                         /*programmatic=*/true);
+                                         mllm::pdl_enabled());
 }
 
 template <typename T>

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 namespace mllm {
 
 // Compute capability of the current device as major * 10 + minor; 0 when
@@ -14,6 +16,18 @@ inline int device_sm() {
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
   return major * 10 + minor;
+}
+
+// Whether kernels written for programmatic dependent launch are launched
+// with it: on SM90+, unless MLLM_PDL=0 (to measure what it gives, or to rule
+// it out when chasing a race). The kernels' griddepcontrol instructions are
+// no-ops when launched without it.
+inline bool pdl_enabled() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("MLLM_PDL");
+    return v == nullptr || v[0] != '0';
+  }();
+  return allowed && device_sm() >= 90;
 }
 
 }  // namespace mllm

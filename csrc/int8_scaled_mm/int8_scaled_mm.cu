@@ -86,7 +86,7 @@ auto check_sm80_for(int32_t config) {
 // A) finishes: they read nothing else before griddepcontrol.wait. CUTLASS
 // 2.x kernels ignore it; programmatic dependent launch exists from SM90 on.
 auto run_sm80_for(int32_t config) {
-  return [config](const mllm_int8_mm_args_t& p, cudaStream_t s) { return run_sm80(p, config, s, device_sm() >= 90); };
+  return [config](const mllm_int8_mm_args_t& p, cudaStream_t s) { return run_sm80(p, config, s, mllm::pdl_enabled()); };
 }
 }  // namespace
 
@@ -106,8 +106,8 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x
     mllm_result_t r = dynamic_args(x, x_dtype, q, q_scales, args, &p);
     if (r.status == MLLM_STATUS_OK) r = check_sm80(&p, config);
     if (r.status != MLLM_STATUS_OK || p.m == 0) return r;
-    // check_sm80 passed: an SM90+ GPU, where programmatic dependent launch exists.
-    return cuda_result(stream::launch_quantizing(x, p, static_cast<cudaStream_t>(stream), true));
+    // check_sm80 passed: an SM90+ GPU (programmatic dependent launch unless MLLM_PDL=0).
+    return cuda_result(stream::launch_quantizing(x, p, static_cast<cudaStream_t>(stream), mllm::pdl_enabled()));
   }
   return run_dynamic(x, x_dtype, q, q_scales, args, stream, check_sm80_for(config), run_sm80_for(config));
 }
@@ -125,7 +125,7 @@ mllm_result_t check_sm90(const mllm_int8_mm_args_t* args) {
 }
 
 auto run_sm90_for(int32_t config) {
-  return [config](const mllm_int8_mm_args_t& p, cudaStream_t s) { return sm90::run(p, config, s, true); };
+  return [config](const mllm_int8_mm_args_t& p, cudaStream_t s) { return sm90::run(p, config, s, mllm::pdl_enabled()); };
 }
 }  // namespace
 

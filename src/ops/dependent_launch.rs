@@ -7,8 +7,11 @@
 //! block waits before its first such read) may use [`DependentLaunch`].
 //! cudarc's launch builder has no launch attributes, hence this one: the same
 //! `arg` calls (it implements [`PushKernelArg`]), then `cuLaunchKernelEx`.
+//! `MLLM_PDL=0` launches them plainly (as the nvcc kernels' entry points do),
+//! to measure what PDL gives or to rule it out when chasing a race.
 
 use std::ffi::c_void;
+use std::sync::OnceLock;
 
 use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchConfig};
 use cudarc::driver::{PushKernelArg, SyncOnDrop};
@@ -37,7 +40,7 @@ impl<'a> DependentLaunch<'a> {
         Self {
             stream: gpu.stream(),
             function,
-            programmatic: gpu.arch().major >= 9,
+            programmatic: gpu.arch().major >= 9 && pdl_allowed(),
             params: Vec::with_capacity(16),
             guards: Vec::with_capacity(8),
         }
@@ -82,6 +85,12 @@ impl<'a> DependentLaunch<'a> {
         drop(self.guards);
         result.result()
     }
+}
+
+/// `MLLM_PDL` is not `0` (read once per process).
+fn pdl_allowed() -> bool {
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    *ALLOWED.get_or_init(|| !std::env::var("MLLM_PDL").is_ok_and(|v| v.starts_with('0')))
 }
 
 /// Scalars a kernel takes by value, as their bits in an 8-byte slot.
