@@ -117,6 +117,8 @@ __device__ __forceinline__ void silu_and_mul_quant_resident(const typename D::st
 // (rows, 1), which also writes out's per-token int8 quantization.
 #define MLLM_SILU_AND_MUL_KERNEL(SUFFIX, D)                                                                 \
   extern "C" __global__ void silu_and_mul_##SUFFIX(const D::storage* x, D::storage* out, int inter) {      \
+    mllm::allow_dependents();                                                                               \
+    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
     constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
     if (inter % VEC == 0) {                                                                                 \
       silu_and_mul_row<D, VEC>(x, out, inter);                                                              \
@@ -127,6 +129,7 @@ __device__ __forceinline__ void silu_and_mul_quant_resident(const typename D::st
   extern "C" __global__ void silu_and_mul_quant_##SUFFIX(const D::storage* x, D::storage* out,             \
                                                          signed char* q, float* scales, int inter) {       \
     mllm::allow_dependents(); /* the W8A8 down GEMM streams its weight meanwhile */                         \
+    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
     constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
     if (inter % VEC == 0 && inter / VEC <= 2 * static_cast<int>(blockDim.x)) {                              \
       silu_and_mul_quant_resident<D, VEC, 2>(x, out, q, scales, inter);                                     \

@@ -2,6 +2,7 @@
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
+use super::dependent_launch::DependentLaunch;
 use super::launch::{dtype_function, float_symbols, row_chunks, units};
 use super::{expect_dtype, expect_float, expect_shape, rows_cols, Meta};
 use crate::device::Gpu;
@@ -73,13 +74,12 @@ pub fn silu_and_mul_into(gpu: &Gpu, x: &DeviceTensor, out: &mut DeviceTensor) ->
     let f = dtype_function(gpu, KernelId::SiluAndMul, x.dtype(), &name)?;
     let config = row_chunks(rows, units(inter, x.dtype()));
     let inter_i = inter as i32;
-    let mut launch = gpu.stream().launch_builder(&f);
+    // The kernel waits for its producer (the gate/up GEMM) in-kernel.
+    let mut launch = DependentLaunch::new(gpu, &f);
     launch.arg(x.buffer()).arg(out.buffer_mut()).arg(&inter_i);
     // SAFETY: signature (x, out, int inter), grid.x = rows; x holds rows*2I
     // and out rows*I elements of the dtype, checked above.
-    unsafe { launch.launch(config) }
-        .map(drop)
-        .map_err(Error::driver("launch silu_and_mul"))
+    unsafe { launch.launch(config) }.map_err(Error::driver("launch silu_and_mul"))
 }
 
 /// [`silu_and_mul_into`], then the per-token int8 quantization of `out` into `q` (`[rows, I]`
@@ -125,7 +125,8 @@ pub fn silu_and_mul_quant_into(
         shared_mem_bytes: 0,
     };
     let inter_i = inter as i32;
-    let mut launch = gpu.stream().launch_builder(&f);
+    // The kernel waits for its producer (the gate/up GEMM) in-kernel.
+    let mut launch = DependentLaunch::new(gpu, &f);
     launch
         .arg(x.buffer())
         .arg(out.buffer_mut())
@@ -134,9 +135,7 @@ pub fn silu_and_mul_quant_into(
         .arg(&inter_i);
     // SAFETY: signature (x, out, q, scales, int inter), grid.x = rows, grid.y = 1; x holds
     // rows*2I, out and q rows*I, scales rows elements (checked above).
-    unsafe { launch.launch(config) }
-        .map(drop)
-        .map_err(Error::driver("launch silu_and_mul_quant"))
+    unsafe { launch.launch(config) }.map_err(Error::driver("launch silu_and_mul_quant"))
 }
 
 /// Threads of the quantizing form's one block per row (12288-wide rows: 1.5 packs each).
