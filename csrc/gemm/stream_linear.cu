@@ -60,13 +60,15 @@ template <typename T, typename Out>
 struct FloatMath {
   using Acc = float;
   static constexpr int kWeightBytes = 2;
+  static constexpr int kTiles = 1;
+  static constexpr int kStageBytes = 1024;
   struct Args {
     const T* x;
     const T* bias;
     Out* out;
   };
   struct Shared {
-    float partial[kWarps][4][32];
+    float partial[kTiles][kWarps][4][32];
   };
 
   const Args& args;
@@ -83,11 +85,11 @@ struct FloatMath {
     return *reinterpret_cast<const uint4*>(args.x + static_cast<int64_t>(row) * k + byte / 2);
   }
 
-  __device__ __forceinline__ void step(float (&acc)[4], int g, int byte, const uint4& bv) const {
+  __device__ __forceinline__ void step(float (&acc)[kTiles][4], int g, int byte, const uint4 (&bv)[kTiles]) const {
     const uint4 lo = load_x(g, byte);
     const uint4 hi = load_x(g + 8, byte);
-    mma16<T>(acc, lo.x, hi.x, lo.y, hi.y, bv.x, bv.y);
-    mma16<T>(acc, lo.z, hi.z, lo.w, hi.w, bv.z, bv.w);
+    mma16<T>(acc[0], lo.x, hi.x, lo.y, hi.y, bv[0].x, bv[0].y);
+    mma16<T>(acc[0], lo.z, hi.z, lo.w, hi.w, bv[0].z, bv[0].w);
   }
 
   // Warp 0 sums the warps' partials: c0/c1 are row g, c2/c3 row g + 8, at
@@ -99,7 +101,7 @@ struct FloatMath {
 #pragma unroll
     for (int w = 0; w < kWarps; ++w)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) sum[j] += s.partial[w][j][lane];
+      for (int j = 0; j < 4; ++j) sum[j] += s.partial[0][w][j][lane];
     const int c = n0 + t * 2;
     const float b0 = args.bias ? static_cast<float>(args.bias[c]) : 0.f;
     const float b1 = args.bias ? static_cast<float>(args.bias[c + 1]) : 0.f;

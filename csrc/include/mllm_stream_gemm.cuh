@@ -9,15 +9,18 @@
 // shared memory, so a block is 4 warps and ~37 KiB: six fit on an SM, and
 // each has its whole stage ring (32 KiB) in flight from its first cycle.
 //
-// * a block owns 8 output columns (one mma n-tile), i.e. 8 contiguous weight
-//   rows, and walks their bytes in stages of kStageBytes per row through a
-//   ring of kStages shared-memory slots, one mbarrier per slot;
+// * a block owns Math::kTiles mma n-tiles of 8 output columns, i.e. 8 x
+//   kTiles contiguous weight rows (a column group), and walks their bytes in
+//   stages of Math::kStageBytes per row through a ring of kStages
+//   shared-memory slots, one mbarrier per slot. One tile (stream_m16) keeps
+//   a block small (six per SM); more tiles read each fragment of A once for
+//   all of them, which matters once A has 16 rows and every block reads it;
 // * rows sit kStageBytes + 64 bytes apart in a slot, so the 16-byte reads of
 //   rows g and g + 1 by one quarter-warp fall on disjoint banks;
 // * warp w takes the 64-byte steps w, w + kWarps, ... of a stage; lane (g, t)
-//   reads 16 bytes of weight row g at 16 t, and the policy's `step` feeds
-//   them to two mma.sync steps with A's fragments in the same (permuted) k
-//   order, read through L1 (the reduction over k is order-free);
+//   reads 16 bytes of row g of each tile at 16 t, and the policy's `step`
+//   feeds them to two mma.sync steps per tile with A's fragments in the same
+//   (permuted) k order, read through L1 (the reduction over k is order-free);
 // * the first stages are requested before griddepcontrol.wait, so under
 //   programmatic dependent launch the weight is already on its way while the
 //   kernel that writes A finishes;
@@ -30,12 +33,14 @@
 // A math policy `Math` provides:
 //   Acc                   accumulator type of the mma (int or float)
 //   Args                  its kernel arguments (A, scales, bias, out, ...)
-//   Shared                its shared memory; holds Acc partial[kWarps][4][32]
+//   Shared                its shared memory; holds Acc partial[kTiles][kWarps][4][32]
 //   kWeightBytes          bytes per weight element
+//   kTiles, kStageBytes   n-tiles per block, bytes per row per stage
 //   Math(args, m, n, k, shared)     run by every thread after the wait
 //   step(acc, g, byte, bv)          one 64-byte step at byte offset `byte`
-//                                   of the rows; bv is the lane's 16 bytes
-//   finish(n0)                      writes columns n0 .. n0 + 7 from partial
+//                                   of the rows; bv[t] is the lane's 16
+//                                   bytes of tile t
+//   finish(n0)                      writes the group's columns from partial
 #pragma once
 
 #include <cuda_runtime.h>
@@ -49,34 +54,49 @@
 namespace mllm::stream_gemm {
 
 constexpr int kWarps = 4;
-constexpr int kRows = 8;
-constexpr int kStageBytes = 1024;
 constexpr int kStages = 4;
-constexpr int kRowPitch = kStageBytes + 64;
+
+// Weight rows of a column group (one block's share of N at a time).
+template <typename Math>
+__host__ __device__ constexpr int group_rows() {
+  return 8 * Math::kTiles;
+}
 
 template <typename Math>
 struct Smem {
-  alignas(128) int8_t b[kStages][kRows][kRowPitch];
+  alignas(128) int8_t b[kStages][group_rows<Math>()][Math::kStageBytes + 64];
   alignas(8) uint64_t full[kStages];
   typename Math::Shared math;
 };
 
+// Column groups of an n-column output (the last may be partial).
+template <typename Math>
+__host__ __device__ inline int column_groups(int n) {
+  return (n + group_rows<Math>() - 1) / group_rows<Math>();
+}
+
 // b: [n, k] elements of Math::kWeightBytes; n % 8 == 0 and each row a
-// multiple of 16 bytes (the host side checks), so every block has 8 real rows
-// and every bulk copy is a whole number of 16-byte units at 16-byte offsets.
+// multiple of 16 bytes (the host side checks), so every n-tile has 8 real
+// rows and every bulk copy is a whole number of 16-byte units at 16-byte
+// offsets. Tiles of a partial last group past n are never copied: their
+// (stale) shared rows only feed output columns that finish() skips.
 template <typename Math>
 __global__ void __launch_bounds__(kWarps * 32)
     kernel(const int8_t* __restrict__ b, int m, int n, int k, const typename Math::Args args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using namespace mllm::tma;
-  __shared__ Smem<Math> s;
+  constexpr int kRows = group_rows<Math>();
+  constexpr int kStageBytes = Math::kStageBytes;
+  // Dynamic: a ring of several tiles outgrows the 48 KiB of static shared memory.
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Smem<Math>& s = *reinterpret_cast<Smem<Math>*>(smem_raw);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int row_bytes = k * Math::kWeightBytes;
   // Stages per column group, and this block's groups: blockIdx.x, + gridDim.x, ...
   const int stages = (row_bytes + kStageBytes - 1) / kStageBytes;
   const int blocks = static_cast<int>(gridDim.x), block = static_cast<int>(blockIdx.x);
-  const int steps = (n / kRows - block + blocks - 1) / blocks * stages;
+  const int steps = (column_groups<Math>(n) - block + blocks - 1) / blocks * stages;
   auto group_n0 = [&](int step) { return (block + step / stages * blocks) * kRows; };
 
   // Only thread 0 touches the barriers' arrival side: one arrive (with the
@@ -85,11 +105,14 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int slot = step % kStages;
     const int b0 = step % stages * kStageBytes;
     const int bytes = min(kStageBytes, row_bytes - b0);
-    const int8_t* rows = b + static_cast<int64_t>(group_n0(step)) * row_bytes;
-    barrier_expect(&s.full[slot], static_cast<uint32_t>(bytes * kRows));
+    const int n0 = group_n0(step);
+    const int rows_here = min(kRows, n - n0);
+    const int8_t* rows = b + static_cast<int64_t>(n0) * row_bytes;
+    barrier_expect(&s.full[slot], static_cast<uint32_t>(bytes * rows_here));
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
-      bulk_copy(&s.b[slot][r][0], rows + static_cast<int64_t>(r) * row_bytes + b0, bytes, &s.full[slot]);
+      if (r < rows_here)
+        bulk_copy(&s.b[slot][r][0], rows + static_cast<int64_t>(r) * row_bytes + b0, bytes, &s.full[slot]);
   };
   if (threadIdx.x == 0) {
 #pragma unroll
@@ -102,7 +125,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   // The stages requested above stream in while the policy sets up.
   const Math math(args, m, n, k, s.math);
-  typename Math::Acc acc[4] = {0, 0, 0, 0};
+  typename Math::Acc acc[Math::kTiles][4] = {};
   for (int step = 0; step < steps; ++step) {
     const int slot = step % kStages;
     const int b0 = step % stages * kStageBytes;
@@ -112,7 +135,10 @@ __global__ void __launch_bounds__(kWarps * 32)
       // Rows are whole 16-byte units: a lane's 16 bytes are all in or all
       // out. Lanes past the end multiply zeros: mma.sync needs the warp.
       const int kb = c + t * 16;
-      const uint4 bv = kb < bn ? *reinterpret_cast<const uint4*>(&s.b[slot][g][kb]) : make_uint4(0, 0, 0, 0);
+      uint4 bv[Math::kTiles];
+#pragma unroll
+      for (int i = 0; i < Math::kTiles; ++i)
+        bv[i] = kb < bn ? *reinterpret_cast<const uint4*>(&s.b[slot][i * 8 + g][kb]) : make_uint4(0, 0, 0, 0);
       math.step(acc, g, b0 + kb, bv);
     }
     __syncthreads();  // the slot is free once every warp has read it
@@ -123,10 +149,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     // prologue while this one writes out.
     if (step + 1 == steps) mllm::allow_dependents();
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      s.math.partial[warp][j][lane] = acc[j];
-      acc[j] = 0;
-    }
+    for (int i = 0; i < Math::kTiles; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        s.math.partial[i][warp][j][lane] = acc[i][j];
+        acc[i][j] = 0;
+      }
     __syncthreads();
     // The next group's partials are written after at least one more stage's
     // __syncthreads, so finish's reads are done by then.
@@ -149,7 +177,10 @@ cudaError_t grid_blocks(int groups, int* blocks) {
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (e == cudaSuccess && per_sm == 0) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel<Math>, kWarps * 32, 0);
+    e = cudaFuncSetAttribute(kernel<Math>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(sizeof(Smem<Math>)));
+    if (e == cudaSuccess)
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel<Math>, kWarps * 32, sizeof(Smem<Math>));
     cached_per_sm.store(per_sm, std::memory_order_relaxed);
   }
   if (e != cudaSuccess) return e;
@@ -165,7 +196,11 @@ template <typename Math>
 cudaError_t launch(const int8_t* b, int m, int n, int k, const typename Math::Args& args, cudaStream_t stream,
                    bool programmatic) {
   int blocks = 0;
-  const cudaError_t e = grid_blocks<Math>(n / kRows, &blocks);
+  cudaError_t e = grid_blocks<Math>(column_groups<Math>(n), &blocks);
+  // Per launch: the attribute is per device, and a process may use several.
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(kernel<Math>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(sizeof(Smem<Math>)));
   if (e != cudaSuccess) return e;
   cudaLaunchAttribute attr[1] = {};
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -173,6 +208,7 @@ cudaError_t launch(const int8_t* b, int m, int n, int k, const typename Math::Ar
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(blocks));
   cfg.blockDim = dim3(kWarps * 32);
+  cfg.dynamicSmemBytes = sizeof(Smem<Math>);
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = programmatic ? 1 : 0;

@@ -56,11 +56,15 @@ __device__ __forceinline__ uint4 quantize16(const Out* p, float mult) {
 
 
 // QUANT_A: `a` is [m, k] of Out (m <= kQuantRows) and `sa` is unused; else
-// `a` is int8 with scales `sa`.
-template <typename Out, bool QUANT_A>
+// `a` is int8 with scales `sa`. TILES n-tiles of 8 columns per block: 1 for
+// stream_m16 (1 KiB stages, six blocks per SM), 4 for stream_m16_n32 (512-byte
+// stages, two blocks per SM, each A fragment read once for 32 columns).
+template <typename Out, bool QUANT_A, int TILES = 1>
 struct Int8Math {
   using Acc = int;
   static constexpr int kWeightBytes = 1;
+  static constexpr int kTiles = TILES;
+  static constexpr int kStageBytes = TILES == 1 ? 1024 : 512;
   struct Args {
     const void* a;
     const float* sa;
@@ -71,7 +75,7 @@ struct Int8Math {
     int sb_per_col;
   };
   struct Shared {
-    int partial[kWarps][4][32];
+    int partial[kTiles][kWarps][4][32];
     float row_mult[kQuantRows];   // QUANT_A: 127 / absmax of each row of A
     float row_scale[kQuantRows];  // QUANT_A: absmax / 127, the epilogue's scales_a
   };
@@ -104,38 +108,50 @@ struct Int8Math {
   }
 
   // One byte of weight is one k: the byte offset is A's k offset.
-  __device__ __forceinline__ void step(int (&acc)[4], int g, int kk, const uint4& bv) const {
+  __device__ __forceinline__ void step(int (&acc)[kTiles][4], int g, int kk, const uint4 (&bv)[kTiles]) const {
     const uint4 lo = load_a(g, kk);
     const uint4 hi = load_a(g + 8, kk);
-    skinny::mma_s8(acc, lo.x, hi.x, lo.y, hi.y, bv.x, bv.y);
-    skinny::mma_s8(acc, lo.z, hi.z, lo.w, hi.w, bv.z, bv.w);
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+      skinny::mma_s8(acc[i], lo.x, hi.x, lo.y, hi.y, bv[i].x, bv[i].y);
+      skinny::mma_s8(acc[i], lo.z, hi.z, lo.w, hi.w, bv[i].z, bv[i].w);
+    }
   }
 
+  // Tile i holds columns n0 + 8 i ..; finish_tile skips those past n.
   __device__ __forceinline__ void finish(int n0) const {
-    if constexpr (QUANT_A) {
-      skinny::finish_tile<Out, kWarps, 1>(s.partial, s.row_scale, args.sb, args.bias, args.out, m, n, n0, 1,
-                                          args.sb_per_col);
-    } else {
-      skinny::finish_tile<Out, kWarps, 1>(s.partial, args.sa, args.sb, args.bias, args.out, m, n, n0,
-                                          args.sa_per_row, args.sb_per_col);
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+      if constexpr (QUANT_A) {
+        skinny::finish_tile<Out, kWarps, 1>(s.partial[i], s.row_scale, args.sb, args.bias, args.out, m, n,
+                                            n0 + 8 * i, 1, args.sb_per_col);
+      } else {
+        skinny::finish_tile<Out, kWarps, 1>(s.partial[i], args.sa, args.sb, args.bias, args.out, m, n, n0 + 8 * i,
+                                            args.sa_per_row, args.sb_per_col);
+      }
     }
   }
 };
 
-template <typename Out, bool QUANT_A>
+template <typename Out, bool QUANT_A, int TILES = 1>
 cudaError_t launch_typed(const void* a, const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
-  using Math = Int8Math<Out, QUANT_A>;
+  using Math = Int8Math<Out, QUANT_A, TILES>;
   const typename Math::Args args{a,           p.scales_a, p.scales_b, static_cast<const Out*>(p.bias),
                                  static_cast<Out*>(p.out), p.scales_a_per_row, p.scales_b_per_col};
   return mllm::stream_gemm::launch<Math>(p.b, static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k),
                                          args, stream, programmatic);
 }
 
-// n % 8 == 0 and k % 16 == 0 hold (check_args): every block has 8 real rows
-// and every bulk copy is a whole number of 16-byte units at 16-byte offsets.
-inline cudaError_t launch(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
-  return p.out_dtype == MLLM_DTYPE_BF16 ? launch_typed<__nv_bfloat16, false>(p.a, p, stream, programmatic)
-                                        : launch_typed<__half, false>(p.a, p, stream, programmatic);
+// n % 8 == 0 and k % 16 == 0 hold (check_args): every n-tile has 8 real
+// rows and every bulk copy is a whole number of 16-byte units at 16-byte
+// offsets. `tiles`: 1 (stream_m16) or 4 (stream_m16_n32).
+inline cudaError_t launch(const mllm_int8_mm_args_t& p, int tiles, cudaStream_t stream, bool programmatic) {
+  const bool bf16 = p.out_dtype == MLLM_DTYPE_BF16;
+  if (tiles == 4)
+    return bf16 ? launch_typed<__nv_bfloat16, false, 4>(p.a, p, stream, programmatic)
+                : launch_typed<__half, false, 4>(p.a, p, stream, programmatic);
+  return bf16 ? launch_typed<__nv_bfloat16, false>(p.a, p, stream, programmatic)
+              : launch_typed<__half, false>(p.a, p, stream, programmatic);
 }
 
 // The same GEMM with A = x, float activations of out_dtype that the kernel
