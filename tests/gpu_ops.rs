@@ -153,6 +153,7 @@ fn every_registered_symbol_resolves() {
                 "mllm_int8_scaled_mm_dynamic_sm90" => k.int8_scaled_mm_dynamic_sm90().is_ok(),
                 "mllm_attention_plan" => k.attention_plan().is_ok(),
                 "mllm_attention_run" => k.attention_run().is_ok(),
+                "mllm_stream_linear" => k.stream_linear().is_ok(),
                 _ => k.function(build.id, &sym).is_ok(),
             };
             assert!(ok, "{build} lacks {sym} (from {})", k.origin());

@@ -6,9 +6,11 @@
 //! Tolerance: the kernel accumulates exact bf16/f16 products in f32, in
 //! another order than the reference's f64 sum. With x in [-1, 1] and weights
 //! in [-1, 1] / sqrt(K), outputs are O(1) and the f32 sum's error is below
-//! K * 2^-24 (< 1e-3 at K = 12288); the output then rounds once. So
-//! |gpu - ref| <= one output rounding step (2^-8 bf16, 2^-11 f16 relative)
-//! + 1e-3 absolute; f32 outputs get 1e-3 absolute + 1e-5 relative.
+//! K * 2^-24 (< 1e-3 at K = 12288); the output then rounds once, and a sum
+//! that close to a rounding boundary may land on the other neighbour (seen on
+//! an H200: 0.5586 for 0.5625 at K = 12288). So |gpu - ref| <= one output step
+//! (its ulp: at most 2^-7 bf16, 2^-10 f16 relative) + 1e-3 absolute; f32
+//! outputs get 1e-3 absolute + 1e-5 relative.
 
 mod common;
 
@@ -28,8 +30,8 @@ fn sm90_or_skip(test: &str) -> Option<Gpu> {
 
 fn tolerance(dtype: DType, want: f32) -> f32 {
     let rel = match dtype {
-        DType::BF16 => 1.0 / 256.0,
-        DType::F16 => 1.0 / 2048.0,
+        DType::BF16 => 1.0 / 128.0,
+        DType::F16 => 1.0 / 1024.0,
         _ => 1e-5,
     };
     rel * want.abs() + 1e-3
