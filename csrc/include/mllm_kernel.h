@@ -106,9 +106,10 @@ MLLM_API mllm_result_t mllm_int8_scaled_mm_sm80(const mllm_int8_mm_args_t* args,
  * caller's q ([m, k] int8) and q_scales ([m] f32), then runs `config` with
  * a = q, scales_a = q_scales (per row). The GEMM is launched with programmatic
  * dependent launch where supported, so it streams weights while the
- * quantization runs. args->a and args->scales_a are ignored. With the
- * STREAM_M16 config, m <= 4 and x_dtype == out_dtype, the GEMM quantizes x
- * itself (same rounding) and q / q_scales are left unwritten. */
+ * quantization runs. args->a and args->scales_a are ignored. With
+ * MLLM_INT8_MM_FUSED_QUANT=1, the STREAM_M16 config, m <= 4 and x_dtype ==
+ * out_dtype, the GEMM quantizes x itself (same rounding) and q / q_scales are
+ * left unwritten (measured slower, so opt-in). */
 MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x, mllm_dtype_t x_dtype, int8_t* q,
                                                         float* q_scales, const mllm_int8_mm_args_t* args,
                                                         int32_t config, mllm_stream_t stream);
