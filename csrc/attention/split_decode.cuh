@@ -51,7 +51,7 @@ static_assert(kTile * 2 == kThreads, "two threads per token");
 static_assert(kMaxGroup <= 2 * kWarps, "each warp runs the softmax of at most two query heads");
 
 // Tokens per chunk when a sequence of `len` tokens is cut into `chunks`.
-// The same on host and device: the merging CTA recomputes the split.
+// Every CTA of the sequence, the merging one included, derives the same split.
 __host__ __device__ inline int chunk_tokens(int len, int chunks) {
   const int per = (len + chunks - 1) / chunks;
   const int rounded = (per + kMinChunk - 1) / kMinChunk * kMinChunk;

@@ -204,7 +204,8 @@ pub fn linear_into(
     }
     let small_m = stream_linear::stream_linear_unsupported(gpu.arch(), m, n, k, x.dtype(), out.dtype()).is_none();
     if small_m && stream_linear::small_m_linear()? == stream_linear::SmallMLinear::Stream {
-        return stream_linear::stream_linear_into(gpu, x, weight, bias, out);
+        // Validated above: launch without checking again.
+        return stream_linear::launch(gpu, x, weight, bias, out, (m, n, k));
     }
     gpu.with_blas(|blas| gemm(gpu, blas, x, weight, bias, out, (m, n, k)))
 }

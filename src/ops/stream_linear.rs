@@ -94,6 +94,19 @@ pub fn stream_linear_into(
             reason,
         });
     }
+    launch(gpu, x, weight, bias, out, (m, n, k))
+}
+
+/// Enqueues a problem [`validate_linear`] and [`stream_linear_unsupported`]
+/// have passed (so [`linear_into`](super::linear_into) checks it only once).
+pub(super) fn launch(
+    gpu: &Gpu,
+    x: &DeviceTensor,
+    weight: &DeviceTensor,
+    bias: Option<&DeviceTensor>,
+    out: &mut DeviceTensor,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
     if m == 0 {
         return Ok(());
     }
