@@ -156,21 +156,8 @@ struct Variant {
       }
       void* args[] = {static_cast<void*>(&p)};
       const bool pdl = use_pdl();
-      if (pdl) {
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t config = {};
-        config.gridDim = grid;
-        config.blockDim = block;
-        config.dynamicSmemBytes = kSmem;
-        config.stream = stream;
-        config.attrs = attr;
-        config.numAttrs = 1;
-        e = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel()), args);
-      } else {
-        e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel()), grid, block, args, kSmem, stream);
-      }
+      const LaunchConfig l(grid, block, stream, pdl, kSmem);
+      e = cudaLaunchKernelExC(&l.cfg, reinterpret_cast<const void*>(kernel()), args);
       if (e != cudaSuccess || !p.partition_kv) return e;
       return fi::VariableLengthMergeStates(tmp_v, tmp_s, p.o_indptr, out, lse, p.paged_kv.batch_size,
                                            /*seq_len=*/nullptr, p.num_qo_heads, HEAD_DIM, pdl, stream);

@@ -403,17 +403,9 @@ cudaError_t launch(const Params& p, int batch, cudaStream_t stream) {
   const size_t smem = sizeof(Smem<D>);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(p.chunks), unsigned(p.num_kv_heads), unsigned(batch));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = mllm::pdl_enabled() ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, p);
+  const mllm::LaunchConfig l(dim3(unsigned(p.chunks), unsigned(p.num_kv_heads), unsigned(batch)), dim3(kThreads),
+                             stream, mllm::pdl_enabled(), smem);
+  return cudaLaunchKernelEx(&l.cfg, kernel, p);
 }
 
 }  // namespace mllm::attention::split

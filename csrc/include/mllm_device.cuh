@@ -30,4 +30,26 @@ inline bool pdl_enabled() {
   return allowed && device_sm() >= 90;
 }
 
+// A cudaLaunchKernelEx configuration, with programmatic stream serialization
+// (PDL) when asked. `cfg.attrs` points into the object, so it is neither
+// copied nor moved.
+struct LaunchConfig {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1] = {};
+  LaunchConfig(dim3 grid, dim3 block, cudaStream_t stream, bool programmatic, size_t dynamic_smem = 0) {
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = dynamic_smem;
+    cfg.stream = stream;
+    if (programmatic) {
+      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[0].val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+    }
+  }
+  LaunchConfig(const LaunchConfig&) = delete;
+  LaunchConfig& operator=(const LaunchConfig&) = delete;
+};
+
 }  // namespace mllm

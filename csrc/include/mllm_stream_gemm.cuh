@@ -48,6 +48,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "mllm_device.cuh"
 #include "mllm_pdl.cuh"
 #include "mllm_tma.cuh"
 
@@ -202,17 +203,9 @@ cudaError_t launch(const int8_t* b, int m, int n, int k, const typename Math::Ar
     e = cudaFuncSetAttribute(kernel<Math>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(sizeof(Smem<Math>)));
   if (e != cudaSuccess) return e;
-  cudaLaunchAttribute attr[1] = {};
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.dynamicSmemBytes = sizeof(Smem<Math>);
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = programmatic ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel<Math>, b, m, n, k, args);
+  const mllm::LaunchConfig l(dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), stream, programmatic,
+                             sizeof(Smem<Math>));
+  return cudaLaunchKernelEx(&l.cfg, kernel<Math>, b, m, n, k, args);
 }
 
 }  // namespace mllm::stream_gemm

@@ -165,30 +165,9 @@ inline int max_rows(int config) {
   }
 }
 
-// A cudaLaunchKernelEx configuration, with programmatic stream
-// serialization (PDL) when asked. `cfg.attrs` points into the object, so it
-// is neither copied nor moved.
-struct LaunchConfig {
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1] = {};
-  LaunchConfig(dim3 grid, dim3 block, cudaStream_t stream, bool programmatic) {
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.stream = stream;
-    if (programmatic) {
-      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[0].val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-    }
-  }
-  LaunchConfig(const LaunchConfig&) = delete;
-  LaunchConfig& operator=(const LaunchConfig&) = delete;
-};
-
 template <typename Out, int MT>
 cudaError_t launch_typed(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
-  const LaunchConfig l(dim3(static_cast<unsigned>((p.n + 7) / 8)), dim3(WARPS * 32), stream, programmatic);
+  const mllm::LaunchConfig l(dim3(static_cast<unsigned>((p.n + 7) / 8)), dim3(WARPS * 32), stream, programmatic);
   return cudaLaunchKernelEx(&l.cfg, skinny_kernel<Out, MT>, p.a, p.b, p.scales_a, p.scales_b,
                             static_cast<const Out*>(p.bias), static_cast<Out*>(p.out), static_cast<int>(p.m),
                             static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col);
