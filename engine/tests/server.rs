@@ -340,6 +340,28 @@ async fn chunked_prefill_matches_one_shot() {
     chunked.stop().await;
 }
 
+/// Seeded sampling gives the same tokens whether the prompt is prefilled at once or in
+/// chunks: the rows of a chunk with more to come are sampled with a throwaway state, so
+/// the request's own RNG advances only for its real tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_prefill_keeps_seeded_sampling() {
+    let body = json!({"input_ids": ids_prompt(5, 120), "sampling_params":
+        {"max_new_tokens": 8, "temperature": 1.0, "seed": 7, "ignore_eos": true}});
+    let whole = TestServer::start(cfg()).await;
+    let (s, expect) = whole.post("/generate", &body).await;
+    assert_eq!(s, 200, "{expect}");
+    whole.stop().await;
+    let chunked = TestServer::start(EngineConfig {
+        max_prefill_tokens: 16,
+        ..cfg()
+    })
+    .await;
+    let (s, got) = chunked.post("/generate", &body).await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(output_ids(&got), output_ids(&expect));
+    chunked.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tiny_kv_budget_retracts_and_completes() {
     let prompts: Vec<Vec<u32>> = (0..8).map(|i| ids_prompt(i, 10)).collect();

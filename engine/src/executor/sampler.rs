@@ -301,6 +301,22 @@ pub struct SequenceState {
 }
 
 impl SequenceState {
+    /// A greedy state with a fixed seed and no history, for a logits row whose sample is
+    /// dropped (a prompt chunk that is not a sequence's last): sampling it touches no
+    /// request's RNG or penalty counts.
+    ///
+    /// ```
+    /// use mllm_engine::executor::sampler::SequenceState;
+    /// assert!(SequenceState::placeholder().params().is_greedy());
+    /// ```
+    pub fn placeholder() -> Self {
+        let params = SamplingParams {
+            seed: Some(0),
+            ..SamplingParams::greedy()
+        };
+        Self::new(params, &[]).expect("greedy parameters are valid")
+    }
+
     /// Validates `params` and starts a request with the given prompt tokens. The RNG is seeded
     /// from `params.seed`, or from [`Rng::from_entropy`] when it is `None`.
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Result<Self, SamplingError> {

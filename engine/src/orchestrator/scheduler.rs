@@ -19,7 +19,7 @@ use super::batch_log::{DecodeLog, Load, PrefillLine};
 use super::metrics::Metrics;
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::ModelRunner;
-use crate::executor::sampler::{SampleOutput, Sampler, SequenceState};
+use crate::executor::sampler::{SampleOutput, SequenceState};
 use crate::io_struct::{EventSender, Finish, SchedulerMsg, SeqId, TokenEvent, TokenizedRequest};
 use crate::mem_cache::radix_cache::{NodeId, RadixCache};
 use crate::multimodal::MultimodalInputs;
@@ -563,7 +563,8 @@ impl Scheduler {
     }
 
     /// Prepares, forwards and samples; returns `(running index, sample)` for sequences that
-    /// completed their pending tokens.
+    /// completed their pending tokens. Sampling goes through [`ModelRunner::step`], so on a
+    /// GPU only the sampled ids come back (not `[batch, vocab]` f32 logits to sample here).
     fn forward_and_sample(
         &mut self,
         plan: &[(usize, usize)],
@@ -576,26 +577,45 @@ impl Scheduler {
         for &(i, take) in plan {
             self.running[i].cached += take;
         }
-        let logits = self.runner.forward(&batch).map_err(|e| e.to_string())?;
-        let flat = logits.to_f32_vec().map_err(|e| e.to_string())?;
-        let vocab = self.runner.config().vocab_size;
-        let mut rows = Vec::new();
-        let mut who = Vec::new();
-        let mut states = Vec::new();
-        for (row, &(i, _)) in plan.iter().enumerate() {
-            let s = &mut self.running[i];
-            if s.cached == s.tokens.len() {
-                rows.extend_from_slice(&flat[row * vocab..(row + 1) * vocab]);
-                who.push(i);
-                states.push(s.state.take().ok_or("sequence state missing")?);
+        // A step samples every sequence of the batch: the real state where this step
+        // completes the sequence's pending tokens, a throwaway greedy one for a prompt chunk
+        // with more to come (its sample is dropped, its own RNG is not advanced).
+        let completes: Vec<bool> = plan
+            .iter()
+            .map(|&(i, _)| self.running[i].cached == self.running[i].tokens.len())
+            .collect();
+        if plan
+            .iter()
+            .zip(&completes)
+            .any(|(&(i, _), &done)| done && self.running[i].state.is_none())
+        {
+            return Err("sequence state missing".into());
+        }
+        let mut states: Vec<SequenceState> = plan
+            .iter()
+            .zip(&completes)
+            .map(|(&(i, _), &done)| {
+                if done {
+                    self.running[i].state.take().expect("checked above")
+                } else {
+                    SequenceState::placeholder()
+                }
+            })
+            .collect();
+        let sampled = self.runner.step(&batch, &mut states);
+        for ((&(i, _), &done), st) in plan.iter().zip(&completes).zip(states) {
+            if done {
+                self.running[i].state = Some(st);
             }
         }
-        let sampled = Sampler::new().sample_flat(&mut rows, vocab, &mut states);
-        for (&i, st) in who.iter().zip(states) {
-            self.running[i].state = Some(st);
-        }
         let sampled = sampled.map_err(|e| e.to_string())?;
-        Ok(who.into_iter().zip(sampled).collect())
+        Ok(plan
+            .iter()
+            .zip(completes)
+            .zip(sampled)
+            .filter(|&((_, done), _)| done)
+            .map(|((&(i, _), _), sample)| (i, sample))
+            .collect())
     }
 
     fn fail_batch(&mut self, plan: &[(usize, usize)], msg: &str) {
