@@ -241,7 +241,7 @@ run() {
         # overhead over the GEMM (M <= 4 quantizes inside stream_m16).
         "$gpu/bin/mllm-kernel" bench int8-mm --graph --ms 1,4,16 2>&1 | sed 's/^/[graph] /' |
           tee -a "$out/bench.log" || status=1
-        # Every config there too (stream_m16 on gate_up runs persistent blocks).
+        # Every config there too.
         "$gpu/bin/mllm-kernel" bench int8-mm --graph --sweep --json --ms 1,4,16 >>"$out/int8_sweep.jsonl" 2>&1 || status=1
         ;;
       int8-small)

@@ -260,9 +260,9 @@ fn dynamic_quant_then_gemm_matches_reference() {
 }
 
 /// `stream_m16` (and `stream_m16_n32`) on a layer wider than one wave of
-/// resident blocks (gate_up: 3072 / 768 column groups), where the blocks are
-/// persistent and walk several groups each: the plain int8 GEMM and the form
-/// that quantizes x itself.
+/// resident blocks (gate_up: 3072 / 768 column groups): `stream_m16` in
+/// several waves, `stream_m16_n32`'s persistent blocks walking several groups
+/// each; the plain int8 GEMM and the form that quantizes x itself.
 #[test]
 fn stream_m16_covers_layers_wider_than_one_wave() {
     let Some(gpu) = gpu_or_skip("stream_m16_covers_layers_wider_than_one_wave") else {
