@@ -79,10 +79,10 @@ struct FloatMath {
       : args(a), m(m_), n(n_), k(k_), s(shared) {}
 
   // 16 bytes (8 elements) of row `row` of x from byte offset `byte` (zeros
-  // past the edges).
+  // past the edges), through the read-only path (x is not written meanwhile).
   __device__ __forceinline__ uint4 load_x(int row, int byte) const {
     if (row >= m || byte >= k * 2) return make_uint4(0, 0, 0, 0);
-    return *reinterpret_cast<const uint4*>(args.x + static_cast<int64_t>(row) * k + byte / 2);
+    return __ldg(reinterpret_cast<const uint4*>(args.x + static_cast<int64_t>(row) * k + byte / 2));
   }
 
   __device__ __forceinline__ void step(float (&acc)[kTiles][4], int g, int byte, const uint4 (&bv)[kTiles]) const {

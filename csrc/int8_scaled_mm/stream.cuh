@@ -209,10 +209,12 @@ struct Int8Math {
   __device__ Int8Math(const Args& a, int m_, int n_, int k_, Shared& shared)
       : args(a), m(m_), n(n_), k(k_), s(shared) {}
 
-  // 16 bytes of A: row `row`, k offset kk (zeros past the edges).
+  // 16 bytes of A: row `row`, k offset kk (zeros past the edges). Through
+  // the read-only path (ld.global.nc), as stream_kernel's restrict pointers
+  // get it; A is not written while the kernel runs.
   __device__ __forceinline__ uint4 load_a(int row, int kk) const {
     if (row >= m || kk >= k) return make_uint4(0, 0, 0, 0);
-    return *reinterpret_cast<const uint4*>(args.a + static_cast<int64_t>(row) * k + kk);
+    return __ldg(reinterpret_cast<const uint4*>(args.a + static_cast<int64_t>(row) * k + kk));
   }
 
   // One byte of weight is one k: the byte offset is A's k offset.
