@@ -107,18 +107,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int b0 = step % stages * kStageBytes;
     const int bytes = min(kStageBytes, row_bytes - b0);
     const int n0 = group_n0(step);
-    const int rows_here = min(kRows, n - n0);
     const int8_t* rows = b + static_cast<int64_t>(n0) * row_bytes;
-    barrier_expect(&s.full[slot], static_cast<uint32_t>(bytes * rows_here));
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (r < rows_here)
-        bulk_copy(&s.b[slot][r][0], rows + static_cast<int64_t>(r) * row_bytes + b0, bytes, &s.full[slot]);
+    copy_rows<kRows>(&s.b[slot][0][0], kStageBytes + 64, rows + b0, row_bytes, bytes, min(kRows, n - n0),
+                     &s.full[slot]);
   };
   if (threadIdx.x == 0) {
-#pragma unroll
-    for (int i = 0; i < kStages; ++i) barrier_init(&s.full[i]);
-    fence_barrier_init();
+    init_barriers(s.full);
     for (int st = 0; st < min(kStages, steps); ++st) request(st);
   }
   __syncthreads();

@@ -45,6 +45,27 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
       "l"(src), "r"(bytes), "r"(smem_addr(bar))
       : "memory");
 }
+
+// Thread 0's side of a stage: initializes N single-arrival barriers and makes
+// them visible to the copy engine.
+template <int N>
+__device__ __forceinline__ void init_barriers(uint64_t (&bars)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) barrier_init(&bars[i]);
+  fence_barrier_init();
+}
+
+// Arms `bar` for `rows` (<= kMaxRows) rows of `bytes` and copies them: row r
+// from src + r * src_stride to dst + r * dst_pitch (16-byte multiples and
+// alignments, as bulk_copy needs).
+template <int kMaxRows>
+__device__ __forceinline__ void copy_rows(int8_t* dst, int dst_pitch, const int8_t* src, int64_t src_stride,
+                                          int bytes, int rows, uint64_t* bar) {
+  barrier_expect(bar, static_cast<uint32_t>(bytes * rows));
+#pragma unroll
+  for (int r = 0; r < kMaxRows; ++r)
+    if (r < rows) bulk_copy(dst + r * dst_pitch, src + r * src_stride, static_cast<uint32_t>(bytes), bar);
+}
 #endif
 
 }  // namespace mllm::tma

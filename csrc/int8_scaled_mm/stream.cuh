@@ -104,16 +104,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   auto request = [&](int stage) {
     const int slot = stage % kStages;
     const int k0 = stage * kStageK;
-    const int bytes = min(kStageK, k - k0);
-    barrier_expect(&s.full[slot], static_cast<uint32_t>(bytes * kRows));
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      bulk_copy(&s.b[slot][r][0], rows + static_cast<int64_t>(r) * k + k0, bytes, &s.full[slot]);
+    copy_rows<kRows>(&s.b[slot][0][0], kRowPitch, rows + k0, k, min(kStageK, k - k0), kRows, &s.full[slot]);
   };
   if (threadIdx.x == 0) {
-#pragma unroll
-    for (int i = 0; i < kStages; ++i) barrier_init(&s.full[i]);
-    fence_barrier_init();
+    init_barriers(s.full);
     for (int st = 0; st < min(kStages, stages); ++st) request(st);
   }
   __syncthreads();
