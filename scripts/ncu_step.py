@@ -17,7 +17,7 @@ import sys
 
 # Substring of the kernel name -> role, first match wins.
 ROLES = [
-    ("Int8Math", "W8A8 GEMM, stream_m16"),
+    ("stream_kernel", "W8A8 GEMM, stream_m16"),
     ("FloatMath", "bf16 GEMM, stream_linear"),
     ("cutlass::Kernel2", "W8A8 GEMM, CUTLASS sm80"),
     ("cutlass", "W8A8 GEMM, CUTLASS sm90"),

@@ -1,6 +1,8 @@
 // Small-M GEMM on SM90 (M <= 16) that streams an [N, K] row-major weight with
 // TMA bulk copies: out[m, n] = sum_k A[m, k] W[n, k], in whatever element
-// type a math policy says (int8 for W8A8, bf16/f16 for float layers).
+// type a math policy says. stream_linear (bf16/f16 layers) runs on it; the
+// int8 stream_m16 has its own kernel (csrc/int8_scaled_mm/stream.cuh), which
+// measured faster than its instance of this loop.
 //
 // At decode the weight read is the whole cost. Per-lane vector loads (the
 // skinny kernel) keep 64 registers per thread busy holding bytes in flight,
@@ -12,7 +14,7 @@
 // * a block owns Math::kTiles mma n-tiles of 8 output columns, i.e. 8 x
 //   kTiles contiguous weight rows (a column group), and walks their bytes in
 //   stages of Math::kStageBytes per row through a ring of kStages
-//   shared-memory slots, one mbarrier per slot. One tile (stream_m16) keeps
+//   shared-memory slots, one mbarrier per slot. One tile keeps
 //   a block small (six per SM); more tiles read each fragment of A once for
 //   all of them, which matters once A has 16 rows and every block reads it;
 // * rows sit kStageBytes + 64 bytes apart in a slot, so the 16-byte reads of

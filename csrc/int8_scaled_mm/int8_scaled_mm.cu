@@ -66,14 +66,13 @@ mllm_result_t check_sm80(const mllm_int8_mm_args_t* args, int32_t config) {
     return fail(MLLM_STATUS_UNSUPPORTED, "unknown int8_scaled_mm config for the sm80 build");
   if (skinny::max_rows(config) != 0 && args->m > skinny::max_rows(config))
     return fail(MLLM_STATUS_INVALID_ARGUMENT, "m exceeds the rows this skinny config covers");
-  if ((config == MLLM_INT8_MM_STREAM_M16 || config == MLLM_INT8_MM_STREAM_M16_N32) && device_sm() < 90)
-    return fail(MLLM_STATUS_UNSUPPORTED, "the stream_m16 configs need SM90 or newer (TMA bulk copies)");
+  if (config == MLLM_INT8_MM_STREAM_M16 && device_sm() < 90)
+    return fail(MLLM_STATUS_UNSUPPORTED, "stream_m16 needs SM90 or newer (TMA bulk copies)");
   return ok();
 }
 
 mllm_result_t run_sm80(const mllm_int8_mm_args_t& p, int32_t config, cudaStream_t stream, bool programmatic) {
-  if (config == MLLM_INT8_MM_STREAM_M16) return cuda_result(stream::launch(p, 1, stream, programmatic));
-  if (config == MLLM_INT8_MM_STREAM_M16_N32) return cuda_result(stream::launch(p, 4, stream, programmatic));
+  if (config == MLLM_INT8_MM_STREAM_M16) return cuda_result(stream::launch(p, stream, programmatic));
   if (skinny::max_rows(config) != 0) return cuda_result(skinny::launch(p, config, stream, programmatic));
   return sm80::run(p, config, stream);
 }

@@ -158,7 +158,6 @@ inline int max_rows(int config) {
   switch (config) {
     case MLLM_INT8_MM_SKINNY_M16: return 16;
     case MLLM_INT8_MM_STREAM_M16: return 16;
-    case MLLM_INT8_MM_STREAM_M16_N32: return 16;
     case MLLM_INT8_MM_SKINNY_M32: return 32;
     case MLLM_INT8_MM_SKINNY_M64: return 64;
     default: return 0;

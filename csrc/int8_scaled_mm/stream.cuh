@@ -1,32 +1,31 @@
-// The W8A8 int8 GEMM at M <= 16 on SM90, streaming the weight with TMA bulk
-// copies (mma.sync m16n8k32, the skinny kernel's k permutation and epilogue:
-// scales, then bias). Two forms:
+// stream_m16: the W8A8 int8 GEMM at M <= 16 on SM90, streaming the weight
+// with TMA bulk copies (mma.sync m16n8k32, the skinny kernel's k permutation
+// and epilogue: scales, then bias). One 8-column n-tile per block, 1 KiB
+// stages, ~37 KiB of static shared memory (six blocks per SM), so a
+// 4096-wide layer is resident in one wave with its whole weight requested.
 //
-// * stream_m16: a dedicated kernel, one 8-column n-tile per block, 1 KiB
-//   stages, ~37 KiB of static shared memory (six blocks per SM). It is the
-//   kernel as first measured (a97ddd1): written as an instance of the generic
-//   loop in csrc/include/mllm_stream_gemm.cuh it ran 1.3-1.9x slower on an
-//   H100 (graph-timed, Qwen3-8B decode shapes: down at M = 1 34.7 us against
-//   22.7 for skinny_m16), for reasons not yet found, so the decode default
-//   keeps this one.
-// * stream_m16_n32: Int8Math<..., 4> on the generic loop, 32 columns per
-//   block, each A fragment read once for 4 n-tiles (opt-in, not faster yet).
+// Written instead as an instance of the generic loop that stream_linear runs
+// on (csrc/include/mllm_stream_gemm.cuh), it measured 1.2-2x slower on an
+// H100, and a 32-column variant on that loop (each A fragment read once for
+// 4 n-tiles) 2x slower (docs/int8_mm_dispatch.md); neither is kept.
 //
-// For the dynamic W8A8 path at M <= kQuantRows, stream_m16's A can be the
-// float activations themselves (QUANT_A): each block takes the rows' absmax
-// while its first stages are in flight and quantizes A's fragments as it
-// loads them, with per_token_quant_int8's rounding. Every block reads all of
-// A, which is why the rows are capped; measured slower than the quantization
+// For the dynamic W8A8 path at M <= kQuantRows, A can be the float
+// activations themselves (QUANT_A): each block takes the rows' absmax while
+// its first stages are in flight and quantizes A's fragments as it loads
+// them, with per_token_quant_int8's rounding. Every block reads all of A,
+// which is why the rows are capped; measured slower than the quantization
 // kernel + GEMM (o_proj at M = 1 on an H200: 21.4 against ~12 us), so opt-in.
 #pragma once
 
+#include "mllm_device.cuh"
+#include "mllm_pdl.cuh"
 #include "mllm_reduce.cuh"
-#include "mllm_stream_gemm.cuh"
+#include "mllm_tma.cuh"
 #include "skinny.cuh"
 
 namespace mllm::int8_mm::stream {
 
-using mllm::stream_gemm::kWarps;
+constexpr int kWarps = 4;
 // Rows of float A a block quantizes itself (QUANT_A).
 constexpr int kQuantRows = 4;
 
@@ -64,13 +63,11 @@ __device__ __forceinline__ uint4 quantize16(const Out* p, float mult) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-
-// ---- stream_m16: one n-tile per block, its own kernel ----
-
 constexpr int kRows = 8;          // weight rows (output columns) per block
 constexpr int kStageK = 1024;     // k per stage and row
 constexpr int kStages = 4;        // stages in flight
 constexpr int kRowPitch = kStageK + 64;  // rows g and g + 1 on disjoint banks
+constexpr int kStepsPerStage = kStageK / (kWarps * 64);  // 64-byte steps per warp and stage
 
 struct Smem {
   alignas(128) int8_t b[kStages][kRows][kRowPitch];
@@ -85,7 +82,7 @@ struct Smem {
 // walks K through the ring; warp w takes the 64-byte steps w, w + kWarps, ...
 // of a stage, lane (g, t) the 16 bytes of row g at 16 t, fed to two mma steps
 // with A's fragments in the same k order (read through L1).
-template <typename Out, bool QUANT_A>
+template <typename Out, bool QUANT_A, bool HIGH_ROWS>
 __global__ void __launch_bounds__(kWarps * 32)
     stream_kernel(const void* __restrict__ a, const int8_t* __restrict__ b, const float* __restrict__ sa,
                   const float* __restrict__ sb, const Out* __restrict__ bias, Out* __restrict__ out, int m, int n,
@@ -137,16 +134,26 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int slot = st % kStages;
     const int k0 = st * kStageK;
     const int kn = min(kStageK, k - k0);
+    // A does not depend on the weight: request the stage's fragments before
+    // waiting for it, so their L1/L2 latency overlaps the wait instead of
+    // following it step by step. Warp w takes the 64-byte steps w,
+    // w + kWarps, ..; k % 16 == 0, so a lane's 16 bytes are all in or all
+    // out, and lanes past the end multiply zeros (mma.sync needs the whole
+    // warp). Rows 8-15 are loaded only when A has them (HIGH_ROWS).
+    uint4 lo[kStepsPerStage], hi[kStepsPerStage];
+#pragma unroll
+    for (int i = 0; i < kStepsPerStage; ++i) {
+      const int kk = (warp + i * kWarps) * 64 + t * 16;
+      lo[i] = load_a(g, k0 + kk);
+      hi[i] = HIGH_ROWS ? load_a(g + 8, k0 + kk) : make_uint4(0, 0, 0, 0);
+    }
     barrier_wait(&s.full[slot], static_cast<uint32_t>((st / kStages) & 1));
-    for (int c = warp * 64; c < kn; c += kWarps * 64) {
-      // k % 16 == 0: a lane's 16 bytes are all in or all out. Lanes past the
-      // end multiply zeros: mma.sync needs the whole warp.
-      const int kk = c + t * 16;
+#pragma unroll
+    for (int i = 0; i < kStepsPerStage; ++i) {
+      const int kk = (warp + i * kWarps) * 64 + t * 16;
       const uint4 bv = kk < kn ? *reinterpret_cast<const uint4*>(&s.b[slot][g][kk]) : make_uint4(0, 0, 0, 0);
-      const uint4 lo = load_a(g, k0 + kk);
-      const uint4 hi = load_a(g + 8, k0 + kk);
-      skinny::mma_s8(acc, lo.x, hi.x, lo.y, hi.y, bv.x, bv.y);
-      skinny::mma_s8(acc, lo.z, hi.z, lo.w, hi.w, bv.z, bv.w);
+      skinny::mma_s8(acc, lo[i].x, hi[i].x, lo[i].y, hi[i].y, bv.x, bv.y);
+      skinny::mma_s8(acc, lo[i].z, hi[i].z, lo[i].w, hi[i].w, bv.z, bv.w);
     }
     __syncthreads();  // the slot is free once every warp has read it
     if (threadIdx.x == 0 && st + kStages < stages) request(st + kStages);
@@ -170,85 +177,21 @@ __global__ void __launch_bounds__(kWarps * 32)
 template <typename Out, bool QUANT_A>
 cudaError_t launch_m16(const void* a, const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
   const mllm::LaunchConfig l(dim3(static_cast<unsigned>(p.n / kRows)), dim3(kWarps * 32), stream, programmatic);
-  return cudaLaunchKernelEx(&l.cfg, stream_kernel<Out, QUANT_A>, a, p.b, p.scales_a, p.scales_b,
+  // Up to 8 rows of A, the fragments of rows 8-15 are zeros: not loaded, no
+  // registers held. QUANT_A never has more than 8 rows.
+  static_assert(kQuantRows <= 8);
+  const auto kernel = p.m > 8 ? stream_kernel<Out, QUANT_A, !QUANT_A> : stream_kernel<Out, QUANT_A, false>;
+  return cudaLaunchKernelEx(&l.cfg, kernel, a, p.b, p.scales_a, p.scales_b,
                             static_cast<const Out*>(p.bias), static_cast<Out*>(p.out), static_cast<int>(p.m),
                             static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col);
 }
 
-// ---- stream_m16_n32: 4 n-tiles per block on the generic streaming loop ----
-
-template <typename Out>
-struct Int8Math {
-  using Acc = int;
-  static constexpr int kWeightBytes = 1;
-  static constexpr int kTiles = 4;
-  static constexpr int kStageBytes = 512;
-  struct Args {
-    const int8_t* a;
-    const float* sa;
-    const float* sb;
-    const Out* bias;
-    Out* out;
-    int sa_per_row;
-    int sb_per_col;
-  };
-  struct Shared {
-    int partial[kTiles][kWarps][4][32];
-  };
-
-  const Args& args;
-  int m, n, k;
-  Shared& s;
-
-  __device__ Int8Math(const Args& a, int m_, int n_, int k_, Shared& shared)
-      : args(a), m(m_), n(n_), k(k_), s(shared) {}
-
-  // 16 bytes of A: row `row`, k offset kk (zeros past the edges). Through
-  // the read-only path (ld.global.nc), as stream_kernel's restrict pointers
-  // get it; A is not written while the kernel runs.
-  __device__ __forceinline__ uint4 load_a(int row, int kk) const {
-    if (row >= m || kk >= k) return make_uint4(0, 0, 0, 0);
-    return __ldg(reinterpret_cast<const uint4*>(args.a + static_cast<int64_t>(row) * k + kk));
-  }
-
-  // One byte of weight is one k: the byte offset is A's k offset.
-  __device__ __forceinline__ void step(int (&acc)[kTiles][4], int g, int kk, const uint4 (&bv)[kTiles]) const {
-    const uint4 lo = load_a(g, kk);
-    const uint4 hi = load_a(g + 8, kk);
-#pragma unroll
-    for (int i = 0; i < kTiles; ++i) {
-      skinny::mma_s8(acc[i], lo.x, hi.x, lo.y, hi.y, bv[i].x, bv[i].y);
-      skinny::mma_s8(acc[i], lo.z, hi.z, lo.w, hi.w, bv[i].z, bv[i].w);
-    }
-  }
-
-  // Tile i holds columns n0 + 8 i ..; finish_tile skips those past n.
-  __device__ __forceinline__ void finish(int n0) const {
-#pragma unroll
-    for (int i = 0; i < kTiles; ++i)
-      skinny::finish_tile<Out, kWarps, 1>(s.partial[i], args.sa, args.sb, args.bias, args.out, m, n, n0 + 8 * i,
-                                          args.sa_per_row, args.sb_per_col);
-  }
-};
-
-template <typename Out>
-cudaError_t launch_n32(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
-  using Math = Int8Math<Out>;
-  const typename Math::Args args{p.a, p.scales_a, p.scales_b, static_cast<const Out*>(p.bias), static_cast<Out*>(p.out),
-                                 p.scales_a_per_row, p.scales_b_per_col};
-  return mllm::stream_gemm::launch<Math>(p.b, static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k),
-                                         args, stream, programmatic);
-}
-
 // n % 8 == 0 and k % 16 == 0 hold (check_args): every n-tile has 8 real
 // rows and every bulk copy is a whole number of 16-byte units at 16-byte
-// offsets. `tiles`: 1 (stream_m16) or 4 (stream_m16_n32).
-inline cudaError_t launch(const mllm_int8_mm_args_t& p, int tiles, cudaStream_t stream, bool programmatic) {
-  const bool bf16 = p.out_dtype == MLLM_DTYPE_BF16;
-  if (tiles == 4)
-    return bf16 ? launch_n32<__nv_bfloat16>(p, stream, programmatic) : launch_n32<__half>(p, stream, programmatic);
-  return bf16 ? launch_m16<__nv_bfloat16, false>(p.a, p, stream, programmatic)
-              : launch_m16<__half, false>(p.a, p, stream, programmatic);
+// offsets.
+inline cudaError_t launch(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
+  return p.out_dtype == MLLM_DTYPE_BF16 ? launch_m16<__nv_bfloat16, false>(p.a, p, stream, programmatic)
+                                        : launch_m16<__half, false>(p.a, p, stream, programmatic);
 }
 
 // stream_m16 with A = x, float activations of out_dtype that the kernel

@@ -17,10 +17,6 @@ pub enum Int8MmConfig {
     /// M ≤ 16 with the weight streamed into shared memory by TMA bulk
     /// copies (SM90+), 8 output columns per block.
     StreamM16,
-    /// `StreamM16` with 32 output columns per block: each fragment of A is
-    /// read once for 4 n-tiles, for M up to 16 where every block reading all
-    /// of A costs more L2 traffic than the weight.
-    StreamM16N32,
     /// CUTLASS 2.x tile 32x64x128.
     Sm80T32x64x128,
     /// CUTLASS 2.x tile 64x128x128.
@@ -51,12 +47,11 @@ pub enum Int8MmPath {
 }
 
 impl Int8MmConfig {
-    pub const ALL: [Int8MmConfig; 14] = [
+    pub const ALL: [Int8MmConfig; 13] = [
         Self::SkinnyM16,
         Self::SkinnyM32,
         Self::SkinnyM64,
         Self::StreamM16,
-        Self::StreamM16N32,
         Self::Sm80T32x64x128,
         Self::Sm80T64x128x128,
         Self::Sm80T128x128x64,
@@ -76,7 +71,6 @@ impl Int8MmConfig {
             Self::SkinnyM32 => C::MLLM_INT8_MM_SKINNY_M32,
             Self::SkinnyM64 => C::MLLM_INT8_MM_SKINNY_M64,
             Self::StreamM16 => C::MLLM_INT8_MM_STREAM_M16,
-            Self::StreamM16N32 => C::MLLM_INT8_MM_STREAM_M16_N32,
             Self::Sm80T32x64x128 => C::MLLM_INT8_MM_SM80_32x64x128,
             Self::Sm80T64x128x128 => C::MLLM_INT8_MM_SM80_64x128x128,
             Self::Sm80T128x128x64 => C::MLLM_INT8_MM_SM80_128x128x64,
@@ -104,7 +98,6 @@ impl Int8MmConfig {
             Self::SkinnyM32 => "skinny_m32",
             Self::SkinnyM64 => "skinny_m64",
             Self::StreamM16 => "stream_m16",
-            Self::StreamM16N32 => "stream_m16_n32",
             Self::Sm80T32x64x128 => "sm80_32x64x128",
             Self::Sm80T64x128x128 => "sm80_64x128x128",
             Self::Sm80T128x128x64 => "sm80_128x128x64",
@@ -140,7 +133,7 @@ impl Int8MmConfig {
     /// Most rows of A it handles (skinny kernels are bounded).
     pub fn max_m(self) -> usize {
         match self {
-            Self::SkinnyM16 | Self::StreamM16 | Self::StreamM16N32 => 16,
+            Self::SkinnyM16 | Self::StreamM16 => 16,
             Self::SkinnyM32 => 32,
             Self::SkinnyM64 => 64,
             _ => usize::MAX,
@@ -151,7 +144,7 @@ impl Int8MmConfig {
     /// the bulk-copy kernel needs SM90 or newer).
     pub fn runs_on(self, arch: Arch) -> bool {
         match self {
-            Self::StreamM16 | Self::StreamM16N32 => arch.major >= 9,
+            Self::StreamM16 => arch.major >= 9,
             _ => arch.major >= 8 && (!self.is_sm90() || (arch.major == 9 && arch.minor == 0)),
         }
     }
