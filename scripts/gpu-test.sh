@@ -192,8 +192,8 @@ run() {
   } 2>&1 | tee "$out/env.log"
   # MLLM_GPU_TESTS=0 skips the tests (fixtures, test binaries, serve chats): benchmarks only.
   [ "${MLLM_GPU_TESTS:-1}" = 0 ] || gpu_tests
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-decode int8-small jit attention engine
-  # profile serve vl (none: no benchmarks).
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-decode int8-small int8-swizzle
+  # jit attention engine profile serve vl (none: no benchmarks).
   for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine profile serve vl}; do
     case "$group" in
       norm)
@@ -243,6 +243,14 @@ run() {
           tee -a "$out/bench.log" || status=1
         # Every config there too.
         "$gpu/bin/mllm-kernel" bench int8-mm --graph --sweep --json --ms 1,4,16 >>"$out/int8_sweep.jsonl" 2>&1 || status=1
+        ;;
+      int8-swizzle)
+        # The large shapes (Qwen3-8B at M = 4096, 8192^3) on every config at each tile
+        # swizzle of CUTLASS's persistent scheduler; each record's env says which.
+        for sw in ${MLLM_GPU_SWIZZLES:-1 2 4 8}; do
+          MLLM_INT8_MM_SWIZZLE=$sw "$gpu/bin/mllm-kernel" bench int8-mm --sweep --json --repeats 10 --ms 4096 \
+            >>"$out/int8_swizzle.jsonl" 2>&1 || status=1
+        done
         ;;
       int8-small)
         # Small M only: every config, the decode shapes.

@@ -12,6 +12,8 @@
 #define CUTLASS_ENABLE_GDC_FOR_SM90 1
 #endif
 
+#include <cstdlib>
+
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
@@ -27,6 +29,19 @@ namespace mllm::int8_mm::sm90 {
 
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
+
+// The persistent tile scheduler's swizzle: output tiles are walked in
+// groups of this many along the raster, so tiles running at once share more
+// A and B rows in L2 (CUTLASS's default is 1). MLLM_INT8_MM_SWIZZLE (1, 2,
+// 4 or 8) overrides it, to measure.
+inline int tile_swizzle() {
+  static const int forced = [] {
+    const char* v = std::getenv("MLLM_INT8_MM_SWIZZLE");
+    const int s = v == nullptr ? 0 : std::atoi(v);
+    return s == 1 || s == 2 || s == 4 || s == 8 ? s : 0;
+  }();
+  return forced != 0 ? forced : 1;
+}
 
 template <class Out, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule>
 struct Gemm {
@@ -75,6 +90,7 @@ struct Gemm {
         {static_cast<const Out*>(p.bias), Out(0), {}},
         {},
     };
+    args.scheduler.max_swizzle_size = tile_swizzle();
     Op op;
     if (op.can_implement(args) != cutlass::Status::kSuccess)
       return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM90 int8 GEMM cannot implement this problem");

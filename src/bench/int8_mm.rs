@@ -76,6 +76,8 @@ pub struct Int8MmRow {
     pub weight_bw_ratio: Option<f64>,
     pub rotation: usize,
     pub plan: TimingPlan,
+    /// The `MLLM_*` environment (path, config, swizzle and PDL overrides) the row ran under.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 fn random_i8(n: usize, seed: u64) -> Vec<i8> {
@@ -222,6 +224,7 @@ pub fn bench_int8_mm(gpu: &Gpu, shapes: &[GemmShape], plan: TimingPlan, sweep: b
                 weight_bw_ratio: weight_gbps.zip(copy_gbps).map(|(w, c)| w / c),
                 rotation: sets,
                 plan,
+                env: std::env::vars().filter(|(k, _)| k.starts_with("MLLM_")).collect(),
             });
         }
     }
