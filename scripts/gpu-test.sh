@@ -193,8 +193,8 @@ run() {
   # MLLM_GPU_TESTS=0 skips the tests (fixtures, test binaries, serve chats): benchmarks only.
   [ "${MLLM_GPU_TESTS:-1}" = 0 ] || gpu_tests
   # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-decode int8-small int8-swizzle
-  # jit attention engine profile serve vl (none: no benchmarks).
-  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine profile serve vl}; do
+  # jit attention engine profile timeline serve vl (none: no benchmarks).
+  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine profile timeline serve vl}; do
     case "$group" in
       norm)
         for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
@@ -301,6 +301,23 @@ run() {
         else
           echo "profile: no ncu on this machine" | tee -a "$out/bench.log"
         fi
+        ;;
+      timeline)
+        # A batch-1 decode step as the CUDA graph replays it, PDL included: every kernel's
+        # start and end from CUPTI (bench-one-batch --kernel-timeline), summarized per kind
+        # with the idle gaps and overlap between kernels (scripts/timeline_step.py).
+        # MLLM_GPU_PROFILE ("bf16 w8a8" by default) picks the models.
+        for label in ${MLLM_GPU_PROFILE:-bf16 w8a8}; do
+          quant="" && [ "$label" = bf16 ] || quant="--quantization $label"
+          # shellcheck disable=SC2086
+          "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy --weight-dtype bf16 $quant \
+            --model-config engine/tests/fixtures/qwen3-8b.config.json --batch-size 1 --input-len 2048 \
+            --output-len 16 --warmup 0 --repeats 1 --kernel-timeline "$out/timeline_$label.csv" \
+            2>&1 | tee -a "$out/bench.log" || status=1
+          if command -v python3 >/dev/null; then
+            python3 scripts/timeline_step.py "$out/timeline_$label.csv" | tee -a "$out/bench.log" || status=1
+          fi
+        done
         ;;
       serve)
         # Qwen3-8B with random weights behind `mllm serve --device cuda`, bf16 and W8A8 in the

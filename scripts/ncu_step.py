@@ -15,26 +15,27 @@ import csv
 import statistics
 import sys
 
-# Substring of the kernel name -> role, first match wins.
+# Substrings of the kernel name (demangled as ncu prints it, or mangled as CUPTI records
+# it) -> role, first match wins.
 ROLES = [
-    ("stream_kernel", "W8A8 GEMM, stream_m16"),
-    ("FloatMath", "bf16 GEMM, stream_linear"),
-    ("cutlass::Kernel2", "W8A8 GEMM, CUTLASS sm80"),
-    ("cutlass", "W8A8 GEMM, CUTLASS sm90"),
-    ("skinny", "W8A8 GEMM, skinny"),
-    ("split::decode_kernel", "attention (split-KV, ours)"),
-    ("BatchPrefillWithPagedKV", "attention (FlashInfer tensor cores)"),
-    ("BatchDecode", "attention (FlashInfer CUDA cores)"),
-    ("MergeStates", "attention merge (split KV)"),
-    ("fused_add_rms_norm_quant", "add + RMSNorm + int8 quant"),
-    ("fused_add_rms_norm", "add + RMSNorm"),
-    ("rms_norm", "RMSNorm"),
-    ("quant_kernel", "int8 quant of a GEMM input"),
-    ("qk_norm_rope", "q/k RMSNorm + RoPE + KV store"),
-    ("silu_and_mul_quant", "SiLU x up + int8 quant"),
-    ("silu_and_mul", "SiLU x up"),
-    ("embedding", "embedding"),
-    ("argmax", "argmax"),
+    (("stream_kernel",), "W8A8 GEMM, stream_m16"),
+    (("FloatMath",), "bf16 GEMM, stream_linear"),
+    (("cutlass::Kernel2", "cutlass7Kernel2"), "W8A8 GEMM, CUTLASS sm80"),
+    (("cutlass",), "W8A8 GEMM, CUTLASS sm90"),
+    (("skinny",), "W8A8 GEMM, skinny"),
+    (("split::decode_kernel", "5split13decode_kernel"), "attention (split-KV, ours)"),
+    (("BatchPrefillWithPagedKV",), "attention (FlashInfer tensor cores)"),
+    (("BatchDecode",), "attention (FlashInfer CUDA cores)"),
+    (("MergeStates",), "attention merge (split KV)"),
+    (("fused_add_rms_norm_quant",), "add + RMSNorm + int8 quant"),
+    (("fused_add_rms_norm",), "add + RMSNorm"),
+    (("rms_norm",), "RMSNorm"),
+    (("quant_kernel",), "int8 quant of a GEMM input"),
+    (("qk_norm_rope",), "q/k RMSNorm + RoPE + KV store"),
+    (("silu_and_mul_quant",), "SiLU x up + int8 quant"),
+    (("silu_and_mul",), "SiLU x up"),
+    (("embedding",), "embedding"),
+    (("argmax",), "argmax"),
 ]
 
 
@@ -50,8 +51,8 @@ def load(path):
 
 
 def role(kernel):
-    for key, label in ROLES:
-        if key in kernel:
+    for keys, label in ROLES:
+        if any(key in kernel for key in keys):
             return label
     return "cuBLAS (" + kernel.split("(")[0][:40] + ")"
 

@@ -118,6 +118,9 @@ pub enum Error {
 
     #[error("I/O error on {path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
+
+    #[error("kernel timeline: {reason}")]
+    Timeline { reason: String },
 }
 
 impl Error {

@@ -20,6 +20,7 @@ mod error;
 pub mod ffi;
 pub mod graph;
 pub mod jit;
+pub mod kernel_timeline;
 pub mod loader;
 pub mod ops;
 pub mod profile;

@@ -47,17 +47,7 @@ fn bad_values_are_named() {
     assert_eq!(o.status.code(), Some(2)); // clap usage error
     assert!(stderr(&o).contains("--max-tokens"), "{}", stderr(&o));
 
-    let o = mllm(&[
-        "bench-one-batch",
-        "--batch-size",
-        "1",
-        "--input-len",
-        "4",
-        "--output-len",
-        "2",
-        "--load-format",
-        "dummy",
-    ]);
+    let o = mllm(&[SMALL_BENCH.as_slice(), &["--load-format", "dummy"]].concat());
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("needs --config"), "{}", stderr(&o));
 }
@@ -69,10 +59,43 @@ fn serve_rejects_a_missing_model() {
     assert!(stderr(&o).contains("invalid --model"), "{}", stderr(&o));
 }
 
+/// bench-one-batch's shape flags for a one-sequence run of a few tokens.
+const SMALL_BENCH: [&str; 7] = [
+    "bench-one-batch",
+    "--batch-size",
+    "1",
+    "--input-len",
+    "4",
+    "--output-len",
+    "2",
+];
+
 const TINY_CONFIG: &str = r#"{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
     "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
     "head_dim": 16, "vocab_size": 256, "rms_norm_eps": 1e-6, "max_position_embeddings": 64,
     "tie_word_embeddings": true}"#;
+
+#[test]
+fn kernel_timeline_needs_a_cuda_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, TINY_CONFIG).unwrap();
+    let timeline = dir.path().join("timeline.csv");
+    let flags = [
+        "--config",
+        config.to_str().unwrap(),
+        "--load-format",
+        "dummy",
+        "--device",
+        "cpu",
+        "--kernel-timeline",
+        timeline.to_str().unwrap(),
+    ];
+    let o = mllm(&[SMALL_BENCH.as_slice(), &flags].concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("needs --device cuda"), "{}", stderr(&o));
+    assert!(!timeline.exists());
+}
 
 #[test]
 fn bench_one_batch_dummy_writes_records() {

@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// placeholder tokens, and the record gets the vision tower's time.
     #[arg(long, value_name = "PIXELS")]
     pub image_size: Option<usize>,
+    /// CUDA: write every kernel the GPU runs (start, end, CUDA-graph node; CUPTI) to FILE as
+    /// CSV, from before the decode graphs are captured to the end of the last run, e.g. to see
+    /// what a replayed decode step is made of (`scripts/timeline_step.py`).
+    #[arg(long, value_name = "FILE")]
+    pub kernel_timeline: Option<PathBuf>,
 }
 
 /// Timings of one measured run.
@@ -184,6 +189,9 @@ impl BenchArgs {
 /// Runs `mllm bench-one-batch`.
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     args.check()?;
+    if args.kernel_timeline.is_some() && !args.model.device.resolve()?.is_cuda() {
+        bail!("--kernel-timeline traces CUDA kernels; it needs --device cuda");
+    }
     let source = args.source()?;
     let loaded = args.model.load_source(&source)?;
     let (b, i, o) = (args.batch_size, args.input_len, args.output_len);
@@ -210,6 +218,11 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         device: args.model.device.resolve()?,
         gpu_mem_fraction: None,
         cuda_graph_max_bs: args.model.cuda_graph_max_bs(),
+    };
+    // Started before the runner captures its graphs, so their replays are traced too.
+    let timeline = match &args.kernel_timeline {
+        Some(_) => Some(mllm_kernel::kernel_timeline::KernelTimeline::start()?),
+        None => None,
     };
     let mut runner = ModelRunner::new(model, cfg).context("cannot size the KV cache")?;
     let mut prompts: Vec<Prompt> = random_prompts(b, i, vocab, args.seed)
@@ -277,6 +290,15 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(report) = runner.profile_report() {
         eprintln!("{report}");
+    }
+    // Each run ends by reading its last tokens back, so every kernel has finished.
+    if let (Some(timeline), Some(path)) = (timeline, &args.kernel_timeline) {
+        let kernels = timeline.finish()?;
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create --kernel-timeline {}", path.display()))?;
+        mllm_kernel::kernel_timeline::write_csv(&kernels, std::io::BufWriter::new(file))
+            .with_context(|| format!("cannot write --kernel-timeline {}", path.display()))?;
+        eprintln!("mllm: {} kernels written to {}", kernels.len(), path.display());
     }
     Ok(())
 }

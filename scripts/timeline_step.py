@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Where a CUDA-graph decode step's time goes, from `bench-one-batch --kernel-timeline`.
+
+Reads the CSV that flag writes (CUPTI concurrent-kernel records: start, end, stream,
+graph, graph node, name; one row per kernel, graph replays included). A decode step is
+the kernels after one argmax up to the next, among kernels replayed from a graph; the
+median step by span is printed as a Markdown table: per kind of kernel its calls, median
+and total microseconds as replayed, then the step's span, the kernels' summed time, the
+idle gaps between consecutive kernels and their overlap (programmatic dependent launch).
+
+    python3 scripts/timeline_step.py out/timeline_w8a8.csv
+"""
+
+import collections
+import csv
+import statistics
+import sys
+
+from ncu_step import role
+
+
+def load(path):
+    """(start ns, end ns, graph id, kernel name) per kernel, in start order."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return sorted((int(r["start_ns"]), int(r["end_ns"]), int(r["graph"]), r["name"]) for r in rows)
+
+
+def decode_steps(kernels):
+    """The kernels of each graph-replayed decode step: after one argmax up to the next."""
+    replayed = [k for k in kernels if k[2] != 0]
+    marks = [i for i, k in enumerate(replayed) if "argmax" in k[3]]
+    return [replayed[a + 1 : b + 1] for a, b in zip(marks, marks[1:])]
+
+
+def report(path):
+    steps = decode_steps(load(path))
+    if not steps:
+        print(f"{path}: fewer than two graph-replayed argmax kernels, no whole decode step")
+        return
+    spans = sorted((s[-1][1] - s[0][0], i) for i, s in enumerate(steps))
+    span, at = spans[len(spans) // 2]
+    step = steps[at]
+    busy = sum(end - start for start, end, _, _ in step)
+    groups = collections.defaultdict(list)
+    for start, end, _, name in step:
+        groups[role(name)].append((end - start) / 1e3)
+    # Between consecutive kernels: idle time (> 0) or overlap (< 0).
+    deltas = [b[0] - a[1] for a, b in zip(step, step[1:])]
+    gaps = [d for d in deltas if d > 0]
+    overlaps = [-d for d in deltas if d < 0]
+    print(f"{path}: median of {len(steps)} replayed decode steps, {len(step)} kernels, span {span / 1e3:.0f} us")
+    print("| kernel | calls | median us | total us | share of span |")
+    print("|---|---:|---:|---:|---:|")
+    for label, times in sorted(groups.items(), key=lambda g: -sum(g[1])):
+        share = 100 * sum(times) / (span / 1e3)
+        print(f"| {label} | {len(times)} | {statistics.median(times):.1f} | {sum(times):.0f} | {share:.1f}% |")
+    print(f"| kernels' sum | | | {busy / 1e3:.0f} | {100 * busy / span:.1f}% |")
+    gap_median = statistics.median(gaps) / 1e3 if gaps else 0.0
+    print(f"| idle gaps ({len(gaps)}) | | {gap_median:.2f} | {sum(gaps) / 1e3:.0f} | {100 * sum(gaps) / span:.1f}% |")
+    print(f"| overlap ({len(overlaps)}) | | | -{sum(overlaps) / 1e3:.0f} | -{100 * sum(overlaps) / span:.1f}% |")
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        report(p)
