@@ -132,10 +132,15 @@ pub struct KernelTimeline {
 }
 
 impl KernelTimeline {
+    /// Whether CUPTI's library can be loaded (else [`KernelTimeline::start`] fails).
+    pub fn available() -> bool {
+        // SAFETY: only probes whether the library can be loaded.
+        unsafe { sys::is_culib_present() }
+    }
+
     /// Starts recording every kernel launched from now on, in this process.
     pub fn start() -> Result<Self> {
-        // SAFETY: only probes whether the library can be loaded.
-        if !unsafe { sys::is_culib_present() } {
+        if !Self::available() {
             return Err(Error::Timeline {
                 reason: "CUPTI (libcupti.so) not found; add the CUDA toolkit's lib64 (or extras/CUPTI/lib64) \
                          to LD_LIBRARY_PATH"
@@ -202,6 +207,18 @@ pub fn write_csv(records: &[KernelRecord], mut out: impl std::io::Write) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_without_cupti_is_a_clear_error() {
+        if KernelTimeline::available() {
+            println!("skipped start_without_cupti_is_a_clear_error: CUPTI is installed here");
+            return;
+        }
+        let e = KernelTimeline::start().unwrap_err().to_string();
+        assert!(e.contains("libcupti.so") && e.contains("LD_LIBRARY_PATH"), "{e}");
+        // A failed start leaves no recording behind.
+        assert!(!RECORDING.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn csv_has_a_header_and_one_quoted_row_per_kernel() {
