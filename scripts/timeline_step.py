@@ -3,10 +3,11 @@
 
 Reads the CSV that flag writes (CUPTI concurrent-kernel records: start, end, stream,
 graph, graph node, name; one row per kernel, graph replays included). A decode step is
-the kernels after one argmax up to the next, among kernels replayed from a graph; the
-median step by span is printed as a Markdown table: per kind of kernel its calls, median
-and total microseconds as replayed, then the step's span, the kernels' summed time, the
-idle gaps between consecutive kernels and their overlap (programmatic dependent launch).
+the kernels after one argmax up to the next (the engine samples eagerly after replaying
+the step's graph) that include graph-replayed ones; the median step by span is printed as
+a Markdown table: per kind of kernel its calls, median and total microseconds, then the
+step's span and the graph replay's, the kernels' summed time, the idle gaps between
+consecutive kernels and their overlap (programmatic dependent launch).
 
     python3 scripts/timeline_step.py out/timeline_w8a8.csv
 """
@@ -27,16 +28,16 @@ def load(path):
 
 
 def decode_steps(kernels):
-    """The kernels of each graph-replayed decode step: after one argmax up to the next."""
-    replayed = [k for k in kernels if k[2] != 0]
-    marks = [i for i, k in enumerate(replayed) if "argmax" in k[3]]
-    return [replayed[a + 1 : b + 1] for a, b in zip(marks, marks[1:])]
+    """The kernels of each decode step: after one argmax up to the next, with a graph replay."""
+    marks = [i for i, k in enumerate(kernels) if "argmax" in k[3]]
+    steps = [kernels[a + 1 : b + 1] for a, b in zip(marks, marks[1:])]
+    return [s for s in steps if any(k[2] != 0 for k in s)]
 
 
 def report(path):
     steps = decode_steps(load(path))
     if not steps:
-        print(f"{path}: fewer than two graph-replayed argmax kernels, no whole decode step")
+        print(f"{path}: no decode step (two argmax kernels around a graph replay)")
         return
     spans = sorted((s[-1][1] - s[0][0], i) for i, s in enumerate(steps))
     span, at = spans[len(spans) // 2]
@@ -49,7 +50,12 @@ def report(path):
     deltas = [b[0] - a[1] for a, b in zip(step, step[1:])]
     gaps = [d for d in deltas if d > 0]
     overlaps = [-d for d in deltas if d < 0]
-    print(f"{path}: median of {len(steps)} replayed decode steps, {len(step)} kernels, span {span / 1e3:.0f} us")
+    replayed = [k for k in step if k[2] != 0]
+    replay_span = max(k[1] for k in replayed) - replayed[0][0]
+    print(
+        f"{path}: median of {len(steps)} decode steps, {len(step)} kernels ({len(replayed)} from the graph), "
+        f"span {span / 1e3:.0f} us (graph replay {replay_span / 1e3:.0f} us)"
+    )
     print("| kernel | calls | median us | total us | share of span |")
     print("|---|---:|---:|---:|---:|")
     for label, times in sorted(groups.items(), key=lambda g: -sum(g[1])):
