@@ -125,10 +125,19 @@ fn cupti_error(what: &str) -> impl FnOnce(CuptiError) -> Error + '_ {
     }
 }
 
-/// A recording in progress; [`KernelTimeline::finish`] ends it.
+/// A recording in progress; [`KernelTimeline::finish`] ends it (dropped unfinished, it
+/// stops recording and its records are discarded).
 #[derive(Debug)]
 pub struct KernelTimeline {
-    _private: (),
+    stopped: bool,
+}
+
+impl Drop for KernelTimeline {
+    fn drop(&mut self) {
+        if self.stop().is_ok() {
+            RECORDS.lock().map(|mut r| r.clear()).ok();
+        }
+    }
 }
 
 impl KernelTimeline {
@@ -163,24 +172,32 @@ impl KernelTimeline {
             return Err(e);
         }
         RECORDS.lock().map(|mut r| r.clear()).ok();
-        Ok(Self { _private: () })
+        Ok(Self { stopped: false })
     }
 
     /// Stops recording and returns the kernels in start order. Call it after the work
     /// has finished on the GPU (records of kernels still running may be missing).
-    pub fn finish(self) -> Result<Vec<KernelRecord>> {
-        let flushed = activity::flush_all(sys::CUpti_ActivityFlag::CUPTI_ACTIVITY_FLAG_FLUSH_FORCED as u32)
-            .map_err(cupti_error("flushing CUPTI records"));
-        let disabled = activity::disable(CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL)
-            .map_err(cupti_error("disabling concurrent-kernel records"));
-        RECORDING.store(false, Ordering::SeqCst);
-        flushed?;
-        disabled?;
+    pub fn finish(mut self) -> Result<Vec<KernelRecord>> {
+        self.stop()?;
         let mut records = std::mem::take(&mut *RECORDS.lock().map_err(|_| Error::Timeline {
             reason: "a CUPTI callback panicked".into(),
         })?);
         records.sort_by_key(|k| (k.start_ns, k.end_ns));
         Ok(records)
+    }
+
+    /// Flushes and disables the records (once).
+    fn stop(&mut self) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        let flushed = activity::flush_all(sys::CUpti_ActivityFlag::CUPTI_ACTIVITY_FLAG_FLUSH_FORCED as u32)
+            .map_err(cupti_error("flushing CUPTI records"));
+        let disabled = activity::disable(CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL)
+            .map_err(cupti_error("disabling concurrent-kernel records"));
+        RECORDING.store(false, Ordering::SeqCst);
+        flushed.and(disabled)
     }
 }
 
