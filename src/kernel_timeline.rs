@@ -218,7 +218,7 @@ pub fn write_csv(records: &[KernelRecord], mut out: impl std::io::Write) -> std:
             k.name.replace('"', "\"\"")
         )?;
     }
-    Ok(())
+    out.flush()
 }
 
 #[cfg(test)]

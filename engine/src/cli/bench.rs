@@ -221,7 +221,12 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     // Started before the runner captures its graphs, so their replays are traced too.
     let timeline = match &args.kernel_timeline {
-        Some(_) => Some(mllm_kernel::kernel_timeline::KernelTimeline::start()?),
+        Some(path) => {
+            // Created now, so a bad path fails before the runs rather than after them.
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create --kernel-timeline {}", path.display()))?;
+            Some((mllm_kernel::kernel_timeline::KernelTimeline::start()?, file, path))
+        }
         None => None,
     };
     let mut runner = ModelRunner::new(model, cfg).context("cannot size the KV cache")?;
@@ -292,10 +297,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         eprintln!("{report}");
     }
     // Each run ends by reading its last tokens back, so every kernel has finished.
-    if let (Some(timeline), Some(path)) = (timeline, &args.kernel_timeline) {
+    if let Some((timeline, file, path)) = timeline {
         let kernels = timeline.finish()?;
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot create --kernel-timeline {}", path.display()))?;
         mllm_kernel::kernel_timeline::write_csv(&kernels, std::io::BufWriter::new(file))
             .with_context(|| format!("cannot write --kernel-timeline {}", path.display()))?;
         eprintln!("mllm: {} kernels written to {}", kernels.len(), path.display());
