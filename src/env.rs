@@ -2,6 +2,7 @@
 //!
 //! Nothing else in the crate calls `std::env::var`; code takes a [`KernelEnv`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +12,18 @@ use crate::{Error, Result};
 /// Where the crate was built from; the default home of the project-local
 /// toolchain (`.toolchain/`) and headers (`third_party/`).
 pub const SOURCE_ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The `MLLM_*` variables of this process (kernel choices and tuning knobs such as
+/// `MLLM_INT8_MM_CONFIG`, `MLLM_DECODE_KERNEL` or `MLLM_PDL`), sorted: what a benchmark
+/// record ran under.
+///
+/// ```
+/// let vars = mllm_kernel::env::mllm_vars();
+/// assert!(vars.keys().all(|k| k.starts_with("MLLM_")));
+/// ```
+pub fn mllm_vars() -> BTreeMap<String, String> {
+    std::env::vars().filter(|(k, _)| k.starts_with("MLLM_")).collect()
+}
 
 /// Resolved configuration from the environment.
 #[derive(Debug, Clone, Default)]

@@ -134,9 +134,16 @@ pub struct KernelTimeline {
 
 impl Drop for KernelTimeline {
     fn drop(&mut self) {
-        if self.stop().is_ok() {
-            RECORDS.lock().map(|mut r| r.clear()).ok();
+        // `finish` has stopped it and taken the records already.
+        if !self.stopped && self.stop().is_ok() {
+            discard_records();
         }
+    }
+}
+
+fn discard_records() {
+    if let Ok(mut records) = RECORDS.lock() {
+        records.clear();
     }
 }
 
@@ -171,7 +178,7 @@ impl KernelTimeline {
             RECORDING.store(false, Ordering::SeqCst);
             return Err(e);
         }
-        RECORDS.lock().map(|mut r| r.clear()).ok();
+        discard_records();
         Ok(Self { stopped: false })
     }
 

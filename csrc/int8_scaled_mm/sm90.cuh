@@ -35,12 +35,12 @@ namespace fusion = cutlass::epilogue::fusion;
 // A and B rows in L2 (CUTLASS's default is 1). MLLM_INT8_MM_SWIZZLE (1, 2,
 // 4 or 8) overrides it, to measure.
 inline int tile_swizzle() {
-  static const int forced = [] {
+  static const int swizzle = [] {
     const char* v = std::getenv("MLLM_INT8_MM_SWIZZLE");
-    const int s = v == nullptr ? 0 : std::atoi(v);
-    return s == 1 || s == 2 || s == 4 || s == 8 ? s : 0;
+    const int s = v == nullptr ? 1 : std::atoi(v);
+    return s == 2 || s == 4 || s == 8 ? s : 1;
   }();
-  return forced != 0 ? forced : 1;
+  return swizzle;
 }
 
 template <class Out, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule>

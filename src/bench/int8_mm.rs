@@ -117,6 +117,7 @@ fn make_set(gpu: &Gpu, s: &GemmShape, seed: u64) -> Result<Set> {
 pub fn bench_int8_mm(gpu: &Gpu, shapes: &[GemmShape], plan: TimingPlan, sweep: bool) -> Result<Vec<Int8MmRow>> {
     let mut rows = Vec::new();
     let mut bf16_gemm = CublasBf16Gemm::new(gpu)?;
+    let env = crate::env::mllm_vars();
     for s in shapes {
         let (m, n, k) = (s.m, s.n, s.k);
         let ops_count = 2.0 * m as f64 * n as f64 * k as f64;
@@ -224,7 +225,7 @@ pub fn bench_int8_mm(gpu: &Gpu, shapes: &[GemmShape], plan: TimingPlan, sweep: b
                 weight_bw_ratio: weight_gbps.zip(copy_gbps).map(|(w, c)| w / c),
                 rotation: sets,
                 plan,
-                env: std::env::vars().filter(|(k, _)| k.starts_with("MLLM_")).collect(),
+                env: env.clone(),
             });
         }
     }

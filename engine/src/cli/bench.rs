@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::model_args::ModelArgs;
-use super::record::{command_line, mllm_env, DeviceInfo, Revision};
+use super::record::{command_line, DeviceInfo, Revision};
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::{ModelRunner, RunnerConfig, RunnerModel};
 use crate::executor::sampler::{SamplingParams, SequenceState};
@@ -265,7 +265,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             device: device.clone(),
             model: model_record(&info, runner.kv_dtype_name()),
             command: command_line(),
-            env: mllm_env(),
+            env: mllm_kernel::env::mllm_vars(),
             workload: Workload {
                 batch_size: b,
                 input_len: i,

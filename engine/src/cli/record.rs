@@ -39,12 +39,6 @@ impl Revision {
     }
 }
 
-/// The `MLLM_*` environment variables of this process (kernel choices and tuning knobs such
-/// as `MLLM_DECODE_KERNEL` or `MLLM_INT8_MM_PATH`), sorted.
-pub(crate) fn mllm_env() -> std::collections::BTreeMap<String, String> {
-    std::env::vars().filter(|(k, _)| k.starts_with("MLLM_")).collect()
-}
-
 /// The command line as typed (arguments with spaces quoted).
 pub(crate) fn command_line() -> String {
     std::env::args()
