@@ -59,9 +59,10 @@ __host__ __device__ inline int chunk_tokens(int len, int chunks) {
 }
 
 // Floats of partial state per (sequence, KV head, chunk): the group's
-// unnormalized outputs, then (running max, sum of exponentials) per head.
+// unnormalized outputs, then (running max, sum of exponentials) per head,
+// rounded up to 4 so the merge reads each chunk's outputs as aligned float4s.
 __host__ __device__ inline int64_t partial_floats(int group, int head_dim) {
-  return int64_t(group) * (head_dim + 2);
+  return (int64_t(group) * (head_dim + 2) + 3) / 4 * 4;
 }
 
 struct Params {
@@ -363,21 +364,49 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params prm) {
   if (!s.last) return;
   __threadfence();
 
+  // The merge is a chain of L2 round trips, so each step issues all its
+  // loads at once: every chunk's (max, sum) into shared memory (the K/V
+  // stages are free now), one warp per query head turns them into the
+  // chunks' normalized weights, then each thread sums the chunks' float4s
+  // of one (head, 4 dims) slice.
   const int active = (len + chunk_len - 1) / chunk_len;
+  static_assert(3 * kMaxChunks * kMaxGroup * sizeof(float) <= sizeof(s.kv), "merge scratch fits the K/V stages");
+  float* ml = reinterpret_cast<float*>(s.kv);  // [active][group][2]
+  float* weight = ml + kMaxChunks * kMaxGroup * 2;  // [group][active]
+  for (int i = tid; i < active * group * 2; i += kThreads) {
+    const int c = i / (group * 2);
+    ml[i] = __ldcg(part + c * stride + group * D + i % (group * 2));
+  }
+  __syncthreads();
 #pragma unroll
-  for (int i = 0; i < kHeadsPerThread; ++i) {
-    const int g = head_set + i * kHeadSets;
+  for (int i = 0; i < 2; ++i) {
+    const int g = warp + i * kWarps;
     if (g >= group) continue;
     float mx = -INFINITY;
-    for (int c = 0; c < active; ++c) mx = fmaxf(mx, __ldcg(part + c * stride + group * D + 2 * g));
-    float lsum = 0.f, o = 0.f;
+    for (int c = lane; c < active; c += 32) mx = fmaxf(mx, ml[(c * group + g) * 2]);
+    mx = mllm::warp_max(mx);
+    float lsum = 0.f;
+    for (int c = lane; c < active; c += 32) lsum += ml[(c * group + g) * 2 + 1] * exp2f(ml[(c * group + g) * 2] - mx);
+    const float inv = 1.f / mllm::warp_sum(lsum);
+    for (int c = lane; c < active; c += 32) weight[g * active + c] = exp2f(ml[(c * group + g) * 2] - mx) * inv;
+  }
+  __syncthreads();
+  for (int slice = tid; slice < group * D / 4; slice += kThreads) {
+    const int g = slice / (D / 4), d = slice % (D / 4) * 4;
+    const float* w = weight + g * active;
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
     for (int c = 0; c < active; ++c) {
-      const float* st = part + c * stride;
-      const float w = exp2f(__ldcg(st + group * D + 2 * g) - mx);
-      lsum += __ldcg(st + group * D + 2 * g + 1) * w;
-      o += __ldcg(st + g * D + dim) * w;
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(part + c * stride + g * D + d));
+      o.x += w[c] * v.x;
+      o.y += w[c] * v.y;
+      o.z += w[c] * v.z;
+      o.w += w[c] * v.w;
     }
-    out[g * D + dim] = Dt::from_float(o / lsum);
+    out[g * D + d] = Dt::from_float(o.x);
+    out[g * D + d + 1] = Dt::from_float(o.y);
+    out[g * D + d + 2] = Dt::from_float(o.z);
+    out[g * D + d + 3] = Dt::from_float(o.w);
   }
 }
 
