@@ -23,7 +23,7 @@ build() {
   cargo build --release --bin mllm-kernel
   cp target/release/mllm-kernel "$gpu/bin/"
   # Every test binary that can touch a GPU, by target name.
-  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling --test gpu_vision_ops --test gpu_stream_linear 2>/dev/null |
+  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling --test gpu_vision_ops --test gpu_stream_linear --test gpu_kernel_timeline 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -34,7 +34,7 @@ for line in sys.stdin:
   # The same tests against the AOT build (kernels linked in, no cache used);
   # MLLM_GPU_TEST_AOT=0 skips them for a quicker iteration bundle.
   [ "${MLLM_GPU_TEST_AOT:-1}" = 0 ] || MLLM_CUDA_ARCHS="$(echo "$archs" | sed 's/sm_//g; s/ /;/g')" \
-    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling --test gpu_vision_ops --test gpu_stream_linear 2>/dev/null |
+    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling --test gpu_vision_ops --test gpu_stream_linear --test gpu_kernel_timeline 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -128,7 +128,9 @@ gpu_tests() {
         run_test "$name" "$t"
         # Again on the split-KV decode kernel: its K/V requests run before the wait on the
         # KV-store kernel, which only the real decode chain (graphs on and off) exercises.
-        run_test "$name (MLLM_DECODE_KERNEL=split-kv)" "$t" MLLM_DECODE_KERNEL=split-kv
+        # cuBLAS for one-row bf16 linears there too (the default takes stream_linear).
+        run_test "$name (MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=cublas)" "$t" \
+          MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=cublas
         # And on the bf16 streaming linear and stream_m16 for every decode GEMM.
         run_test "$name (MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16)" "$t" \
           MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16

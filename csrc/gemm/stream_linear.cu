@@ -1,15 +1,23 @@
 // Dense linear layer at decode batch sizes on SM90: out = x W^T (+ bias) for
 // bf16/f16 x [m <= 16, k] and weight [n, k], f32 accumulation, streaming the
-// weight with TMA bulk copies (csrc/include/mllm_stream_gemm.cuh) instead of
-// cuBLAS: at M = 1 cuBLAS reads Qwen3-8B's qkv / o weights at 60-75% of an
-// H100's copy bandwidth (the README's ncu profile of a decode step), and its
-// kernels cannot start streaming while the kernel before them finishes (they
-// do not wait in-kernel), which this one does under programmatic dependent
-// launch.
+// weight with TMA bulk copies instead of cuBLAS: at M = 1 cuBLAS reads
+// Qwen3-8B's qkv / o weights at 60-75% of an H100's copy bandwidth (the
+// README's ncu profile of a decode step), and its kernels cannot start
+// streaming while the kernel before them finishes (they do not wait
+// in-kernel), which this one does under programmatic dependent launch.
+//
+// The kernel is W8A8's stream_m16 (csrc/int8_scaled_mm/stream.cuh) with bf16
+// mma: a block owns 8 weight rows (output columns) and walks their bytes in
+// 1 KiB stages through a ring of 4 shared-memory slots, one mbarrier each,
+// ~37 KiB in all (six blocks per SM). Warp w takes the 64-byte steps w,
+// w + 4, .. of a stage, and requests a whole stage's x fragments before
+// waiting for that stage's weight, so their L1/L2 latency overlaps the wait.
+// (It first ran on a generic loop shared with stream_m16 that read x after
+// each step's wait: 1.5-2x slower than cuBLAS in the model.)
 //
 // Math: mma.sync m16n8k16 with f32 accumulators. Lane (g, t)'s 16 bytes of
 // weight row g are 8 consecutive k; the first 4 feed one mma as its b0/b1
-// pairs, the last 4 a second, and A's fragments are read with the same k
+// pairs, the last 4 a second, and x's fragments are read with the same k
 // order, so each mma sums a permutation of 16 k (the sum is order-free).
 // The epilogue adds the bias and rounds once to the output dtype (x's, or
 // f32 for LM-head logits).
@@ -19,11 +27,10 @@
 
 #include "mllm_device.cuh"
 #include "mllm_kernel.h"
-#include "mllm_stream_gemm.cuh"
+#include "mllm_pdl.cuh"
+#include "mllm_tma.cuh"
 
 namespace {
-
-using mllm::stream_gemm::kWarps;
 
 template <typename T>
 __device__ __forceinline__ void mma16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
@@ -55,71 +62,118 @@ __device__ __forceinline__ void store2(__half* p, float x, float y) {
 }
 __device__ __forceinline__ void store2(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
 
-// T: x, weight and bias; Out: T or float.
-template <typename T, typename Out>
-struct FloatMath {
-  using Acc = float;
-  static constexpr int kWeightBytes = 2;
-  static constexpr int kTiles = 1;
-  static constexpr int kStageBytes = 1024;
-  struct Args {
-    const T* x;
-    const T* bias;
-    Out* out;
-  };
-  struct Shared {
-    float partial[kTiles][kWarps][4][32];
-  };
+constexpr int kWarps = 4;
+constexpr int kRows = 8;                                 // weight rows (output columns) per block
+constexpr int kStageBytes = 1024;                        // bytes per row and stage
+constexpr int kStages = 4;                               // stages in flight
+constexpr int kRowPitch = kStageBytes + 64;              // rows g and g + 1 on disjoint banks
+constexpr int kStepsPerStage = kStageBytes / (kWarps * 64);  // 64-byte steps per warp and stage
 
-  const Args& args;
-  int m, n, k;
-  Shared& s;
-
-  __device__ FloatMath(const Args& a, int m_, int n_, int k_, Shared& shared)
-      : args(a), m(m_), n(n_), k(k_), s(shared) {}
-
-  // 16 bytes (8 elements) of row `row` of x from byte offset `byte` (zeros
-  // past the edges), through the read-only path (x is not written meanwhile).
-  __device__ __forceinline__ uint4 load_x(int row, int byte) const {
-    if (row >= m || byte >= k * 2) return make_uint4(0, 0, 0, 0);
-    return __ldg(reinterpret_cast<const uint4*>(args.x + static_cast<int64_t>(row) * k + byte / 2));
-  }
-
-  __device__ __forceinline__ void step(float (&acc)[kTiles][4], int g, int byte, const uint4 (&bv)[kTiles]) const {
-    const uint4 lo = load_x(g, byte);
-    const uint4 hi = load_x(g + 8, byte);
-    mma16<T>(acc[0], lo.x, hi.x, lo.y, hi.y, bv[0].x, bv[0].y);
-    mma16<T>(acc[0], lo.z, hi.z, lo.w, hi.w, bv[0].z, bv[0].w);
-  }
-
-  // Warp 0 sums the warps' partials: c0/c1 are row g, c2/c3 row g + 8, at
-  // columns n0 + 2t and n0 + 2t + 1.
-  __device__ __forceinline__ void finish(int n0) const {
-    if (threadIdx.x >= 32) return;
-    const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
-    float sum[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) sum[j] += s.partial[0][w][j][lane];
-    const int c = n0 + t * 2;
-    const float b0 = args.bias ? static_cast<float>(args.bias[c]) : 0.f;
-    const float b1 = args.bias ? static_cast<float>(args.bias[c + 1]) : 0.f;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = g + h * 8;
-      if (row < m) store2(args.out + static_cast<int64_t>(row) * n + c, sum[h * 2] + b0, sum[h * 2 + 1] + b1);
-    }
-  }
+struct Smem {
+  alignas(128) int8_t b[kStages][kRows][kRowPitch];
+  alignas(8) uint64_t full[kStages];
+  float partial[kWarps][4][32];
 };
 
+// T: x, weight and bias; Out: T or float. HIGH_ROWS: x has rows 8-15 (else
+// their fragments are zeros, neither loaded nor held).
+template <typename T, typename Out, bool HIGH_ROWS>
+__global__ void __launch_bounds__(kWarps * 32)
+    stream_linear_kernel(const T* __restrict__ x, const int8_t* __restrict__ w, const T* __restrict__ bias,
+                         Out* __restrict__ out, int m, int n, int k) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using namespace mllm::tma;
+  __shared__ Smem s;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int n0 = blockIdx.x * kRows;
+  const int row_bytes = k * 2;
+  const int stages = (row_bytes + kStageBytes - 1) / kStageBytes;
+  const int8_t* rows = w + static_cast<int64_t>(n0) * row_bytes;
+
+  // Only thread 0 touches the barriers' arrival side: one arrive (with the
+  // byte count) per use of a slot.
+  auto request = [&](int stage) {
+    const int b0 = stage * kStageBytes;
+    copy_rows<kRows>(&s.b[stage % kStages][0][0], kRowPitch, rows + b0, row_bytes,
+                     min(kStageBytes, row_bytes - b0), kRows, &s.full[stage % kStages]);
+  };
+  if (threadIdx.x == 0) {
+    init_barriers(s.full);
+    for (int st = 0; st < min(kStages, stages); ++st) request(st);
+  }
+  __syncthreads();
+  // The weight is on its way; x is the previous kernel's output.
+  mllm::wait_for_producer();
+
+  // 16 bytes (8 elements) of row `row` of x from byte offset `byte` (zeros
+  // past the edges; rows are whole 16-byte units, so a lane's are all in or
+  // all out).
+  auto load_x = [&](int row, int byte) {
+    if (row >= m || byte >= row_bytes) return make_uint4(0, 0, 0, 0);
+    return __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(row) * k + byte / 2));
+  };
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int st = 0; st < stages; ++st) {
+    const int slot = st % kStages;
+    const int b0 = st * kStageBytes;
+    const int bn = min(kStageBytes, row_bytes - b0);
+    uint4 lo[kStepsPerStage], hi[kStepsPerStage];
+#pragma unroll
+    for (int i = 0; i < kStepsPerStage; ++i) {
+      const int kb = (warp + i * kWarps) * 64 + t * 16;
+      lo[i] = load_x(g, b0 + kb);
+      hi[i] = HIGH_ROWS ? load_x(g + 8, b0 + kb) : make_uint4(0, 0, 0, 0);
+    }
+    barrier_wait(&s.full[slot], static_cast<uint32_t>((st / kStages) & 1));
+#pragma unroll
+    for (int i = 0; i < kStepsPerStage; ++i) {
+      // Lanes past the end multiply zeros: mma.sync needs the whole warp.
+      const int kb = (warp + i * kWarps) * 64 + t * 16;
+      const uint4 bv = kb < bn ? *reinterpret_cast<const uint4*>(&s.b[slot][g][kb]) : make_uint4(0, 0, 0, 0);
+      mma16<T>(acc, lo[i].x, hi[i].x, lo[i].y, hi[i].y, bv.x, bv.y);
+      mma16<T>(acc, lo[i].z, hi[i].z, lo[i].w, hi[i].w, bv.z, bv.w);
+    }
+    __syncthreads();  // the slot is free once every warp has read it
+    if (threadIdx.x == 0 && st + kStages < stages) request(st + kStages);
+  }
+  // The next kernel may start its prologue while this one writes out.
+  mllm::allow_dependents();
+
+#pragma unroll
+  for (int j = 0; j < 4; ++j) s.partial[warp][j][lane] = acc[j];
+  __syncthreads();
+  // Warp 0 sums the warps' partials: c0/c1 are row g, c2/c3 row g + 8, at
+  // columns n0 + 2t and n0 + 2t + 1.
+  if (warp != 0) return;
+  float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int v = 0; v < kWarps; ++v)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) sum[j] += s.partial[v][j][lane];
+  const int c = n0 + t * 2;
+  const float b0 = bias ? static_cast<float>(bias[c]) : 0.f;
+  const float b1 = bias ? static_cast<float>(bias[c + 1]) : 0.f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = g + h * 8;
+    if (row < m) store2(out + static_cast<int64_t>(row) * n + c, sum[h * 2] + b0, sum[h * 2 + 1] + b1);
+  }
+#else
+  __trap();  // the host side refuses this kernel below SM90
+#endif
+}
+
+// n % 8 == 0 and k % 8 == 0 hold (check): every block has 8 real rows and
+// every bulk copy is a whole number of 16-byte units at 16-byte offsets.
 template <typename T, typename Out>
 cudaError_t launch_typed(const mllm_stream_linear_args_t& a, cudaStream_t stream) {
-  using Math = FloatMath<T, Out>;
-  const typename Math::Args args{static_cast<const T*>(a.x), static_cast<const T*>(a.bias), static_cast<Out*>(a.out)};
-  return mllm::stream_gemm::launch<Math>(static_cast<const int8_t*>(a.w), static_cast<int>(a.m),
-                                         static_cast<int>(a.n), static_cast<int>(a.k), args, stream,
-                                         mllm::pdl_enabled());
+  const mllm::LaunchConfig l(dim3(static_cast<unsigned>(a.n / kRows)), dim3(kWarps * 32), stream,
+                             mllm::pdl_enabled());
+  const auto kernel = a.m > 8 ? stream_linear_kernel<T, Out, true> : stream_linear_kernel<T, Out, false>;
+  return cudaLaunchKernelEx(&l.cfg, kernel, static_cast<const T*>(a.x), static_cast<const int8_t*>(a.w),
+                            static_cast<const T*>(a.bias), static_cast<Out*>(a.out), static_cast<int>(a.m),
+                            static_cast<int>(a.n), static_cast<int>(a.k));
 }
 
 template <typename T>

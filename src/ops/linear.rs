@@ -1,7 +1,8 @@
 //! Dense linear layer `out = x · Wᵀ (+ bias)` on cuBLAS: f32 accumulation,
 //! bf16/f16/f32 inputs, output in the input dtype or f32 (LM-head logits).
-//! At up to 16 rows on SM90, `MLLM_LINEAR_SMALL_M=stream` routes it to
-//! [`stream_linear_into`](super::stream_linear_into) instead.
+//! On SM90 one-row problems go to
+//! [`stream_linear_into`](super::stream_linear_into) instead
+//! (`MLLM_LINEAR_SMALL_M`: `auto` by default, `stream` up to 16 rows, `cublas`).
 //!
 //! One cuBLAS handle per [`Gpu`], bound to its stream and to a fixed
 //! workspace so the calls can be captured in a CUDA graph.
@@ -203,7 +204,7 @@ pub fn linear_into(
         });
     }
     let small_m = stream_linear::stream_linear_unsupported(gpu.arch(), m, n, k, x.dtype(), out.dtype()).is_none();
-    if small_m && stream_linear::small_m_linear()? == stream_linear::SmallMLinear::Stream {
+    if small_m && stream_linear::small_m_linear()?.takes_stream(m) {
         // Validated above: launch without checking again.
         return stream_linear::launch(gpu, x, weight, bias, out, (m, n, k));
     }

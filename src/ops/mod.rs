@@ -49,7 +49,7 @@ pub use sampling::{
     validate_top_logprobs, MAX_TOP_LOGPROBS,
 };
 pub use segment_attention::{segment_attention_into, validate_segment_attention};
-pub use stream_linear::{stream_linear_into, stream_linear_unsupported, STREAM_LINEAR_MAX_M};
+pub use stream_linear::{stream_linear_into, stream_linear_unsupported, STREAM_LINEAR_AUTO_MAX_M, STREAM_LINEAR_MAX_M};
 
 use crate::dtype::DType;
 use crate::registry::{KernelBuild, KernelId};

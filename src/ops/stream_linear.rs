@@ -1,14 +1,15 @@
 //! Dense linear layer at decode batch sizes on SM90 (nvcc kernel
 //! `stream_linear`): `out = x · Wᵀ (+ bias)` for at most 16 rows of bf16/f16
 //! `x`, with f32 accumulation, the weight streamed into shared memory by TMA
-//! bulk copies (`csrc/include/mllm_stream_gemm.cuh`, the kernel behind W8A8's
-//! `stream_m16`). It is launched with programmatic dependent launch, so the
+//! bulk copies (`csrc/gemm/stream_linear.cu`, W8A8's `stream_m16` with bf16
+//! mma). It is launched with programmatic dependent launch, so the
 //! weight streams while the kernel before it (a norm, SiLU) finishes, which
 //! cuBLAS's kernels cannot do.
 //!
 //! [`linear_into`](super::linear_into) takes this path for the problems it
-//! supports when `MLLM_LINEAR_SMALL_M=stream` (default `cublas` until it is
-//! measured in a whole model).
+//! supports at one row (`MLLM_LINEAR_SMALL_M=auto`, the default; measured
+//! faster than cuBLAS there, see [`STREAM_LINEAR_AUTO_MAX_M`]), at up to 16
+//! with `MLLM_LINEAR_SMALL_M=stream`, never with `cublas`.
 
 use std::sync::OnceLock;
 
@@ -139,26 +140,80 @@ pub(super) fn launch(
     ffi_result(OP, result)
 }
 
+/// Rows up to which `MLLM_LINEAR_SMALL_M=auto` (the default) takes
+/// `stream_linear`. H100, graph-replayed (`bench int8-mm --graph`, the bf16
+/// columns), us against cuBLAS: at M = 1 it wins or ties on Qwen3-8B's qkv /
+/// o / gate_up / down (20.0 / 14.6 / 71.5 / 39.2 against 20.4 / 15.8 / 72.4 /
+/// 38.4), and in the model every projection and the LM head (408 against
+/// 434 us) ran faster; at M = 4 down (44.6 against 38.5) and gate_up lose, at
+/// M = 16 every shape does.
+pub const STREAM_LINEAR_AUTO_MAX_M: usize = 1;
+
 /// Which kernel runs `linear` at up to 16 rows on SM90.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SmallMLinear {
+    /// `stream_linear` up to [`STREAM_LINEAR_AUTO_MAX_M`] rows, cuBLAS above.
+    Auto,
     Cublas,
     Stream,
 }
 
-/// `MLLM_LINEAR_SMALL_M` (`cublas` or `stream`), read once per process.
+impl SmallMLinear {
+    /// Whether a problem `stream_linear` supports, with `m` rows, runs on it.
+    pub(super) fn takes_stream(self, m: usize) -> bool {
+        match self {
+            Self::Auto => m <= STREAM_LINEAR_AUTO_MAX_M,
+            Self::Cublas => false,
+            Self::Stream => true,
+        }
+    }
+}
+
+impl std::str::FromStr for SmallMLinear {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "" | "auto" => Ok(Self::Auto),
+            "cublas" => Ok(Self::Cublas),
+            "stream" => Ok(Self::Stream),
+            other => Err(bad_small_m(other.to_string())),
+        }
+    }
+}
+
+fn bad_small_m(value: String) -> Error {
+    Error::BadEnv {
+        var: "MLLM_LINEAR_SMALL_M",
+        value,
+        reason: "expected `auto`, `cublas` or `stream`".into(),
+    }
+}
+
+/// `MLLM_LINEAR_SMALL_M` (`auto`, `cublas` or `stream`), read once per process.
 pub(super) fn small_m_linear() -> Result<SmallMLinear> {
     static CHOICE: OnceLock<std::result::Result<SmallMLinear, String>> = OnceLock::new();
     CHOICE
-        .get_or_init(|| match std::env::var("MLLM_LINEAR_SMALL_M").as_deref() {
-            Err(_) | Ok("") | Ok("cublas") => Ok(SmallMLinear::Cublas),
-            Ok("stream") => Ok(SmallMLinear::Stream),
-            Ok(other) => Err(other.to_string()),
+        .get_or_init(|| {
+            let value = std::env::var("MLLM_LINEAR_SMALL_M").unwrap_or_default();
+            value.parse().map_err(|_| value)
         })
         .clone()
-        .map_err(|value| Error::BadEnv {
-            var: "MLLM_LINEAR_SMALL_M",
-            value,
-            reason: "expected `cublas` or `stream`".into(),
-        })
+        .map_err(bad_small_m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_m_choice_parses_and_picks_by_rows() {
+        let auto: SmallMLinear = "".parse().unwrap();
+        assert_eq!(auto, SmallMLinear::Auto);
+        assert!(auto.takes_stream(1));
+        assert!(!auto.takes_stream(2));
+        assert!("stream".parse::<SmallMLinear>().unwrap().takes_stream(16));
+        assert!(!"cublas".parse::<SmallMLinear>().unwrap().takes_stream(1));
+        let err = "cutlass".parse::<SmallMLinear>().unwrap_err().to_string();
+        assert!(err.contains("MLLM_LINEAR_SMALL_M") && err.contains("auto"), "{err}");
+    }
 }
