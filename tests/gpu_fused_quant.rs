@@ -44,6 +44,7 @@ fn assert_quant_of<T: FloatElem>(float_rows: &[T], cols: usize, q: &[i8], scales
 /// batch, the Qwen3-8B decode and prefill shapes.
 const NORM_SHAPES: &[(usize, usize)] = &[
     (1, 4096),
+    (64, 1024),
     (3, 7),
     (17, 64),
     (2, 5120),
@@ -90,7 +91,17 @@ fn fused_add_rms_norm_quant_matches_reference() {
 }
 
 /// (rows, intermediate): the Qwen3-8B width, a scalar fallback, many rows.
-const SILU_SHAPES: &[(usize, usize)] = &[(1, 12_288), (3, 7), (2, 25_600), (513, 256), (0, 64)];
+/// (rows, I): on SM90 the cluster form at up to 64 rows whose I splits into 8 CTAs of whole
+/// warps (1 x 12288, 64 x 2048), the one-block form otherwise.
+const SILU_SHAPES: &[(usize, usize)] = &[
+    (1, 12_288),
+    (64, 2048),
+    (65, 2048),
+    (3, 7),
+    (2, 25_600),
+    (513, 256),
+    (0, 64),
+];
 
 fn check_silu_quant<T: FloatElem>(gpu: &Gpu) {
     for (seed, &(rows, inter)) in SILU_SHAPES.iter().enumerate() {

@@ -23,6 +23,9 @@ const SHAPES: &[(usize, usize)] = &[
     (17, 64),
     (5, 127),
     (33, 4096),
+    // The fused forms' decode launch: one 8-byte pack per thread (1024 / 128 threads).
+    (1, 4096),
+    (64, 512),
     (2, 5120),
     (4, 40_000),
     // More rows than one wave of blocks: each block walks several rows.

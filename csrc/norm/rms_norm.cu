@@ -215,15 +215,13 @@ __device__ __forceinline__ void quantize_own_packs(const typename D::storage* x,
 // of after the reduction. At batch 1 the kernel is one block whose time is
 // its chain of dependent steps (ncu, H100: 6.1 us for this form's work done
 // by the general path).
-template <typename D>
+template <typename D, int VEC, int CACHED>
 __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::storage* x,
                                                                   typename D::storage* residual,
                                                                   const typename D::storage* __restrict__ w,
                                                                   signed char* q, float* scales, int cols,
                                                                   float eps) {
   using S = typename D::storage;
-  constexpr int VEC = 16 / sizeof(S);
-  constexpr int CACHED = 2;
   using P = Pack<S, VEC>;
   const long long row = blockIdx.x;
   const int packs = cols / VEC;
@@ -275,6 +273,18 @@ __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::st
 // quantizing form does hold all three when the row fits two packs per
 // thread: it serves decode, where one block's latency is what counts.
 //
+// The decode launch (a few rows, see src/ops/norm.rs): one 8-byte pack per
+// thread, blockDim.x == cols / (VEC / 2), e.g. 1024 threads at hidden 4096
+// bf16. At batch 1 the kernel is one block on one SM, and ncu (H100) showed
+// 256 threads x 16 elements bound by each warp's chain of ~1,200 dependent
+// instructions (8,757 cycles for add + RMSNorm + quant), not by memory; a
+// quarter of the elements per thread shortens that chain.
+template <typename D>
+__device__ __forceinline__ bool decode_launch(int cols) {
+  constexpr int HALF = 8 / sizeof(typename D::storage);
+  return cols == HALF * static_cast<int>(blockDim.x);
+}
+
 // The resident form's bound keeps it at <= 40 registers, so six 256-thread
 // blocks fit an SM as for the wide form; unbounded it takes 49 (nvcc, sm_90a)
 // and only four would fit.
@@ -291,7 +301,11 @@ __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::st
                                                          const D::storage* w, int cols, float eps) {      \
     mllm::allow_dependents();                                                                               \
     mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
-    rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                        \
+    if (decode_launch<D>(cols)) {                                                                           \
+      rms_norm_block_row<D, true, true, 8 / sizeof(D::storage), 1>(x, x, residual, w, cols, eps);           \
+    } else {                                                                                                \
+      rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                      \
+    }                                                                                                       \
   }                                                                                                         \
   extern "C" __global__ void fused_add_rms_norm_quant_##SUFFIX(D::storage* x, D::storage* residual,        \
                                                                const D::storage* w, signed char* q,         \
@@ -299,8 +313,10 @@ __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::st
     mllm::allow_dependents(); /* the W8A8 GEMM after it streams its weight meanwhile */                     \
     mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
     constexpr int VEC = 16 / sizeof(D::storage);                                                            \
-    if (cols % VEC == 0 && cols / VEC <= 2 * static_cast<int>(blockDim.x)) {                                \
-      fused_add_rms_norm_quant_resident<D>(x, residual, w, q, scales, cols, eps);                           \
+    if (decode_launch<D>(cols)) {                                                                           \
+      fused_add_rms_norm_quant_resident<D, VEC / 2, 1>(x, residual, w, q, scales, cols, eps);               \
+    } else if (cols % VEC == 0 && cols / VEC <= 2 * static_cast<int>(blockDim.x)) {                         \
+      fused_add_rms_norm_quant_resident<D, VEC, 2>(x, residual, w, q, scales, cols, eps);                   \
     } else {                                                                                                \
       rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                      \
       quantize_own_packs<D>(x, q, scales, cols);                                                            \

@@ -14,7 +14,7 @@ use crate::{Error, Result};
 const OP: &str = "silu_and_mul";
 
 pub(super) fn symbols(variant: Option<&str>) -> Vec<String> {
-    float_symbols(&[OP, "silu_and_mul_quant"], variant)
+    float_symbols(&[OP, "silu_and_mul_quant", "silu_and_mul_quant_cluster"], variant)
 }
 
 /// Checks `x: [.., 2I]` (a float dtype, even last dimension). Returns
@@ -85,7 +85,8 @@ pub fn silu_and_mul_into(gpu: &Gpu, x: &DeviceTensor, out: &mut DeviceTensor) ->
 /// [`silu_and_mul_into`], then the per-token int8 quantization of `out` into `q` (`[rows, I]`
 /// i8) and `scales` (`[rows]` f32), bit-identical to
 /// [`per_token_quant_int8`](super::per_token_quant_int8) on it: the input of a W8A8 down
-/// projection without a separate quantization kernel. One block per row.
+/// projection without a separate quantization kernel. One block per row; on SM90 a
+/// decode batch's rows a cluster of 8 each.
 ///
 /// ```no_run
 /// use mllm_kernel::{ops, DType, DeviceTensor, Gpu};
@@ -117,12 +118,25 @@ pub fn silu_and_mul_quant_into(
     if rows == 0 {
         return Ok(());
     }
-    let name = format!("silu_and_mul_quant_{}", x.dtype().symbol_suffix());
+    let cluster = cluster_threads(gpu.arch().major, rows, inter, x.dtype());
+    let form = if cluster.is_some() {
+        "silu_and_mul_quant_cluster"
+    } else {
+        "silu_and_mul_quant"
+    };
+    let name = format!("{form}_{}", x.dtype().symbol_suffix());
     let f = dtype_function(gpu, KernelId::SiluAndMul, x.dtype(), &name)?;
-    let config = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (QUANT_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
+    let config = match cluster {
+        Some(threads) => LaunchConfig {
+            grid_dim: ((rows * CLUSTER_CTAS) as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        None => LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (QUANT_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        },
     };
     let inter_i = inter as i32;
     // The kernel waits for its producer (the gate/up GEMM) in-kernel.
@@ -141,9 +155,41 @@ pub fn silu_and_mul_quant_into(
 /// Threads of the quantizing form's one block per row (12288-wide rows: 1.5 packs each).
 const QUANT_BLOCK: u32 = 1024;
 
+/// CTAs of the cluster form (`kClusterCtas` in csrc/activation/silu_and_mul.cu).
+const CLUSTER_CTAS: usize = 8;
+
+/// Rows up to which SM90 takes the cluster form: a decode batch, where each
+/// row's block was bound by one SM's instruction issue (4.7 us a row at
+/// I = 12288 on an H100); larger batches fill the GPU with one block a row.
+const CLUSTER_MAX_ROWS: usize = 64;
+
+/// Threads per CTA of the cluster form (one 16-byte pack each, the row
+/// exactly covered by [`CLUSTER_CTAS`] CTAs of whole warps), or `None` where
+/// it does not apply: before SM90 (no clusters), past
+/// [`CLUSTER_MAX_ROWS`], or a row it cannot cover so.
+fn cluster_threads(arch_major: u32, rows: usize, inter: usize, dtype: DType) -> Option<u32> {
+    let elems_per_thread_row = CLUSTER_CTAS * (16 / dtype.size());
+    let per_cta = inter / elems_per_thread_row;
+    let exact = inter.is_multiple_of(elems_per_thread_row) && per_cta.is_multiple_of(32);
+    (arch_major >= 9 && rows <= CLUSTER_MAX_ROWS && exact && (32..=1024).contains(&per_cta)).then_some(per_cta as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_form_covers_decode_rows_on_sm90() {
+        // Qwen3-8B: 12288 / (8 CTAs x 8 bf16) = 192 threads.
+        assert_eq!(cluster_threads(9, 1, 12288, DType::BF16), Some(192));
+        assert_eq!(cluster_threads(10, 64, 2048, DType::F32), Some(64));
+        assert_eq!(cluster_threads(8, 1, 12288, DType::BF16), None);
+        assert_eq!(cluster_threads(9, 65, 12288, DType::BF16), None);
+        // Not whole warps per CTA, or not whole packs.
+        assert_eq!(cluster_threads(9, 1, 1024, DType::BF16), None);
+        assert_eq!(cluster_threads(9, 1, 12300, DType::BF16), None);
+        assert_eq!(cluster_threads(9, 1, 0, DType::BF16), None);
+    }
 
     #[test]
     fn validation_names_the_argument() {

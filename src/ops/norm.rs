@@ -216,6 +216,24 @@ fn resident_threads(cols: usize, dtype: DType, max_threads: u32) -> Option<u32> 
     (exact && threads > 0 && threads <= max_threads as usize).then_some(threads as u32)
 }
 
+/// Rows up to which the fused forms launch [`decode_threads`]: each row is a
+/// block of its own on its own SM there, and its time is the chain of
+/// dependent steps each thread runs (ncu on an H100 at batch 1: 256 threads
+/// of 16 elements spent ~1,200 instructions a warp). Larger batches keep
+/// [`threads_per_row`], measured at 91-99% of copy bandwidth.
+const DECODE_ROWS: usize = 64;
+
+/// One 8-byte pack per thread (4 bf16/f16 elements, 2 f32), when that covers
+/// the row exactly in whole warps within `max_threads`: the kernels' decode
+/// form (`decode_launch` in csrc/norm/rms_norm.cu), 1024 threads at hidden
+/// 4096 in bf16.
+fn decode_threads(cols: usize, dtype: DType, max_threads: u32) -> Option<u32> {
+    let half = 8 / dtype.size();
+    let threads = cols / half;
+    let exact = cols.is_multiple_of(half) && threads.is_multiple_of(32);
+    (exact && threads > 0 && threads <= max_threads as usize).then_some(threads as u32)
+}
+
 /// The function and launch shape: one block per row, threads capped by what
 /// the compiled function allows (registers can make that < 1024; the packs
 /// past the cached ones are then re-read). A plain norm whose row cannot be
@@ -238,8 +256,18 @@ fn launch_shape(gpu: &Gpu, rows: usize, cols: usize, form: Form, dtype: DType) -
     let form = if form == Form::Plain { Form::PlainWide } else { form };
     let name = symbol(form, dtype);
     let f = kernel.function(KernelId::RmsNorm, &name)?;
-    let want = threads_per_row(cols, dtype);
     let max = kernel.max_threads(KernelId::RmsNorm, &name)?;
+    if matches!(form, Form::FusedAdd | Form::FusedAddQuant) && rows <= DECODE_ROWS {
+        if let Some(threads) = decode_threads(cols, dtype, max) {
+            let config = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            return Ok((f, config));
+        }
+    }
+    let want = threads_per_row(cols, dtype);
     let config = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (want.min(max / 32 * 32).max(32), 1, 1),
@@ -284,6 +312,18 @@ mod tests {
         assert_eq!(resident_threads(576, DType::BF16, 512), None);
         assert_eq!(resident_threads(4100, DType::BF16, 512), None);
         assert_eq!(resident_threads(0, DType::BF16, 512), None);
+    }
+
+    #[test]
+    fn decode_threads_hold_one_eight_byte_pack_each() {
+        assert_eq!(decode_threads(4096, DType::BF16, 1024), Some(1024));
+        assert_eq!(decode_threads(2048, DType::F32, 1024), Some(1024));
+        assert_eq!(decode_threads(1024, DType::F16, 1024), Some(256));
+        // Too wide for one block, too narrow for whole warps, not 8-byte packs.
+        assert_eq!(decode_threads(5120, DType::BF16, 1024), None);
+        assert_eq!(decode_threads(4096, DType::BF16, 768), None);
+        assert_eq!(decode_threads(64, DType::BF16, 1024), None);
+        assert_eq!(decode_threads(4098, DType::BF16, 1024), None);
     }
 
     #[test]
