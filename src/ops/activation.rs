@@ -168,9 +168,9 @@ const CLUSTER_MAX_ROWS: usize = 64;
 /// it does not apply: before SM90 (no clusters), past
 /// [`CLUSTER_MAX_ROWS`], or a row it cannot cover so.
 fn cluster_threads(arch_major: u32, rows: usize, inter: usize, dtype: DType) -> Option<u32> {
-    let elems_per_thread_row = CLUSTER_CTAS * (16 / dtype.size());
-    let per_cta = inter / elems_per_thread_row;
-    let exact = inter.is_multiple_of(elems_per_thread_row) && per_cta.is_multiple_of(32);
+    let pack = 16 / dtype.size();
+    let per_cta = inter / (CLUSTER_CTAS * pack);
+    let exact = per_cta * CLUSTER_CTAS * pack == inter && per_cta.is_multiple_of(32);
     (arch_major >= 9 && rows <= CLUSTER_MAX_ROWS && exact && (32..=1024).contains(&per_cta)).then_some(per_cta as u32)
 }
 
