@@ -19,7 +19,7 @@ import sys
 # it) -> role, first match wins.
 ROLES = [
     (("stream_kernel",), "W8A8 GEMM, stream_m16"),
-    (("FloatMath",), "bf16 GEMM, stream_linear"),
+    (("stream_linear",), "bf16 GEMM, stream_linear"),
     (("cutlass::Kernel2", "cutlass7Kernel2"), "W8A8 GEMM, CUTLASS sm80"),
     (("cutlass",), "W8A8 GEMM, CUTLASS sm90"),
     (("skinny",), "W8A8 GEMM, skinny"),

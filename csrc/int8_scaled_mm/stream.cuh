@@ -4,10 +4,11 @@
 // stages, ~37 KiB of static shared memory (six blocks per SM), so a
 // 4096-wide layer is resident in one wave with its whole weight requested.
 //
-// Written instead as an instance of the generic loop that stream_linear runs
-// on (csrc/include/mllm_stream_gemm.cuh), it measured 1.2-2x slower on an
-// H100, and a 32-column variant on that loop (each A fragment read once for
-// 4 n-tiles) 2x slower (docs/int8_mm_dispatch.md); neither is kept.
+// Written instead as an instance of a generic streaming loop (the deleted
+// csrc/include/mllm_stream_gemm.cuh), it measured 1.2-2x slower on an H100,
+// and a 32-column variant on that loop (each A fragment read once for 4
+// n-tiles) 2x slower (docs/int8_mm_dispatch.md); neither is kept.
+// stream_linear (csrc/gemm/stream_linear.cu) is this kernel with bf16 mma.
 //
 // For the dynamic W8A8 path at M <= kQuantRows, A can be the float
 // activations themselves (QUANT_A): each block takes the rows' absmax while

@@ -209,10 +209,22 @@ fn threads_per_row(cols: usize, dtype: DType) -> u32 {
 /// `max_threads`. Hidden sizes that are multiples of 512 bf16 elements (all
 /// of Qwen3's) qualify.
 fn resident_threads(cols: usize, dtype: DType, max_threads: u32) -> Option<u32> {
-    let vec = 16 / dtype.size();
+    exact_cover_threads(cols, dtype, 16, PACKS_PER_THREAD, max_threads)
+}
+
+/// Threads that hold a row of `cols` exactly in `packs_per_thread` packs of
+/// `pack_bytes` each, in whole warps, within `max_threads`.
+fn exact_cover_threads(
+    cols: usize,
+    dtype: DType,
+    pack_bytes: usize,
+    packs_per_thread: usize,
+    max_threads: u32,
+) -> Option<u32> {
+    let vec = pack_bytes / dtype.size();
     let packs = cols / vec;
-    let threads = packs / PACKS_PER_THREAD;
-    let exact = cols.is_multiple_of(vec) && packs.is_multiple_of(PACKS_PER_THREAD * 32);
+    let threads = packs / packs_per_thread;
+    let exact = cols.is_multiple_of(vec) && packs.is_multiple_of(packs_per_thread * 32);
     (exact && threads > 0 && threads <= max_threads as usize).then_some(threads as u32)
 }
 
@@ -228,10 +240,7 @@ const DECODE_ROWS: usize = 64;
 /// form (`decode_launch` in csrc/norm/rms_norm.cu), 1024 threads at hidden
 /// 4096 in bf16.
 fn decode_threads(cols: usize, dtype: DType, max_threads: u32) -> Option<u32> {
-    let half = 8 / dtype.size();
-    let threads = cols / half;
-    let exact = cols.is_multiple_of(half) && threads.is_multiple_of(32);
-    (exact && threads > 0 && threads <= max_threads as usize).then_some(threads as u32)
+    exact_cover_threads(cols, dtype, 8, 1, max_threads)
 }
 
 /// The function and launch shape: one block per row, threads capped by what
@@ -245,12 +254,7 @@ fn launch_shape(gpu: &Gpu, rows: usize, cols: usize, form: Form, dtype: DType) -
         let name = symbol(form, dtype);
         let max = kernel.max_threads(KernelId::RmsNorm, &name)?;
         if let Some(threads) = resident_threads(cols, dtype, max) {
-            let config = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            return Ok((kernel.function(KernelId::RmsNorm, &name)?, config));
+            return Ok((kernel.function(KernelId::RmsNorm, &name)?, row_blocks(rows, threads)));
         }
     }
     let form = if form == Form::Plain { Form::PlainWide } else { form };
@@ -259,21 +263,20 @@ fn launch_shape(gpu: &Gpu, rows: usize, cols: usize, form: Form, dtype: DType) -
     let max = kernel.max_threads(KernelId::RmsNorm, &name)?;
     if matches!(form, Form::FusedAdd | Form::FusedAddQuant) && rows <= DECODE_ROWS {
         if let Some(threads) = decode_threads(cols, dtype, max) {
-            let config = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            return Ok((f, config));
+            return Ok((f, row_blocks(rows, threads)));
         }
     }
     let want = threads_per_row(cols, dtype);
-    let config = LaunchConfig {
+    Ok((f, row_blocks(rows, want.min(max / 32 * 32).max(32))))
+}
+
+/// One block of `threads` per row.
+fn row_blocks(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
-        block_dim: (want.min(max / 32 * 32).max(32), 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
-    };
-    Ok((f, config))
+    }
 }
 
 #[cfg(test)]

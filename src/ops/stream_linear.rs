@@ -143,7 +143,7 @@ pub(super) fn launch(
     ffi_result(OP, result)
 }
 
-/// Rows up to which `MLLM_LINEAR_SMALL_M=auto` (the default) takes
+/// Rows up to which `MLLM_LINEAR_SMALL_M=auto` (opt-in) takes
 /// `stream_linear`. H100, graph-replayed (`bench int8-mm --graph`, the bf16
 /// columns), us against cuBLAS: at M = 1 it wins or ties on Qwen3-8B's qkv /
 /// o / gate_up / down (20.0 / 14.6 / 71.5 / 39.2 against 20.4 / 15.8 / 72.4 /
