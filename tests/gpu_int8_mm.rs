@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{gpu_or_skip, random_f32};
+use common::{assert_bitwise_repeatable, gpu_or_skip, random_f32};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::ops::{self, Int8MmConfig, Int8MmPath};
@@ -67,6 +67,11 @@ fn checked_rows(m: usize, nk: usize) -> Vec<usize> {
 }
 
 fn run_case<T: FloatElem>(gpu: &Gpu, c: Case, config: Option<Int8MmConfig>, what: &str) {
+    run_case_repeated::<T>(gpu, c, config, what, 1);
+}
+
+/// [`run_case`] over `runs` back-to-back launches that must agree bit for bit.
+fn run_case_repeated<T: FloatElem>(gpu: &Gpu, c: Case, config: Option<Int8MmConfig>, what: &str, runs: usize) {
     let Case { m, n, k, .. } = c;
     let a = random_i8(m * k, c.seed);
     let b = random_i8(n * k, c.seed + 1);
@@ -90,10 +95,10 @@ fn run_case<T: FloatElem>(gpu: &Gpu, c: Case, config: Option<Int8MmConfig>, what
     let dbias = bias
         .as_ref()
         .map(|v| DeviceTensor::from_host(gpu, v, &[n]).unwrap_or_else(|e| panic!("{what}: {e}")));
-    let mut out = DeviceTensor::zeros(gpu, &[m, n], T::DTYPE).unwrap_or_else(|e| panic!("{what}: {e}"));
-    ops::int8_scaled_mm_into(gpu, &da, &db, &dsa, &dsb, dbias.as_ref(), &mut out, config)
-        .unwrap_or_else(|e| panic!("{what} {c:?}: {e}"));
-    let got: Vec<T> = out.to_host(gpu).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let got: Vec<T> = assert_bitwise_repeatable(gpu, what, (m, n), runs, |out| {
+        ops::int8_scaled_mm_into(gpu, &da, &db, &dsa, &dsb, dbias.as_ref(), out, config)
+            .unwrap_or_else(|e| panic!("{what} {c:?}: {e}"))
+    });
     for row in checked_rows(m, n * k) {
         let row_sa = if c.per_token { vec![sa[row]] } else { sa.clone() };
         let want =
@@ -262,7 +267,7 @@ fn dynamic_quant_then_gemm_matches_reference() {
 /// `stream_m16` on a layer wider than one wave of resident blocks (gate_up:
 /// 3072 column groups for 792 block slots on an H100), at 1 and 16 rows (the
 /// kernel without and with A's rows 8-15); the plain int8 GEMM and the form
-/// that quantizes x itself.
+/// that quantizes x itself; and 256 back-to-back runs at 16 rows.
 #[test]
 fn stream_m16_covers_layers_wider_than_one_wave() {
     let Some(gpu) = gpu_or_skip("stream_m16_covers_layers_wider_than_one_wave") else {
@@ -287,6 +292,19 @@ fn stream_m16_covers_layers_wider_than_one_wave() {
         };
         run_case::<bf16>(&gpu, c, Some(Int8MmConfig::StreamM16), "stream_m16 gate_up");
     }
+    // The ring's slot refill raced a lagging shared-memory read until
+    // mllm_tma.cuh's sync_before_refill (found in stream_linear, which shares
+    // the ring): many back-to-back runs must agree bit for bit.
+    let c = Case {
+        m: 16,
+        n: 24_576,
+        k: 4096,
+        per_token: true,
+        per_channel: true,
+        bias: true,
+        seed: 920,
+    };
+    run_case_repeated::<bf16>(&gpu, c, Some(Int8MmConfig::StreamM16), "stream_m16 gate_up x256", 256);
     check_dynamic(&gpu, 2, 24_576, 4096, Some(Int8MmConfig::StreamM16), 950);
 }
 

@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       mma16<T>(acc, lo[i].x, hi[i].x, lo[i].y, hi[i].y, bv.x, bv.y);
       mma16<T>(acc, lo[i].z, hi[i].z, lo[i].w, hi[i].w, bv.z, bv.w);
     }
-    __syncthreads();  // the slot is free once every warp has read it
+    sync_before_refill();  // the slot is free once every warp has read it
     if (threadIdx.x == 0 && st + kStages < stages) request(st + kStages);
   }
   // The next kernel may start its prologue while this one writes out.

@@ -37,6 +37,20 @@ __device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
+// Ends a ring slot's reads before thread 0 refills it with a bulk copy:
+// every thread calls it after its last read of the slot. bar.sync alone
+// orders those reads only against generic-proxy writes: ptxas leaves a
+// thread's last ld.shared of the slot in flight at the barrier (the mma that
+// consumes it is scheduled after), and a bulk copy issued once the barrier
+// opens is not queued behind that read, so it can land first (the SASS of
+// both streaming kernels showed two or three LDS.128 outstanding at
+// BAR.SYNC; gpu_stream_linear once got one wrong 16-byte weight piece). The
+// proxy fence makes each thread's reads complete for the async proxy first.
+__device__ __forceinline__ void sync_before_refill() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  __syncthreads();
+}
+
 // `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to
 // shared memory, counted against `bar`'s expected transaction bytes.
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {

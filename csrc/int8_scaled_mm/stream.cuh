@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       skinny::mma_s8(acc, lo[i].x, hi[i].x, lo[i].y, hi[i].y, bv.x, bv.y);
       skinny::mma_s8(acc, lo[i].z, hi[i].z, lo[i].w, hi[i].w, bv.z, bv.w);
     }
-    __syncthreads();  // the slot is free once every warp has read it
+    sync_before_refill();  // the slot is free once every warp has read it
     if (threadIdx.x == 0 && st + kStages < stages) request(st + kStages);
   }
   // The next kernel may start its prologue while this one writes out.

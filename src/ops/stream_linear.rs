@@ -11,8 +11,11 @@
 //! cuBLAS there, see [`STREAM_LINEAR_AUTO_MAX_M`]), at up to 16 with
 //! `MLLM_LINEAR_SMALL_M=stream`, never with `cublas` (the default: one run of
 //! `gpu_stream_linear` on an H100 got one wrong element at M = 16, N = 24576,
-//! K = 4096 after passing twice, a race not yet found; the kernel stays
-//! opt-in until it is).
+//! K = 4096. The cause, found from the SASS: a bulk copy refilling a ring
+//! slot could land before a lagging shared-memory read of it, fixed by a
+//! proxy fence (`sync_before_refill` in `csrc/include/mllm_tma.cuh`); the
+//! kernel stays opt-in until a GPU run re-times it with the fence and passes
+//! the 256-run repeat test).
 
 use std::sync::OnceLock;
 

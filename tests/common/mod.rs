@@ -34,3 +34,53 @@ pub fn random_f32(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 pub fn cast<T: FloatElem>(v: &[f32]) -> Vec<T> {
     v.iter().map(|x| T::from_f32(*x)).collect()
 }
+
+/// Runs `launch` `runs` times on one stream into fresh `[rows, cols]` buffers
+/// of `T`, back to back (no host wait between launches, so they overlap
+/// under programmatic dependent launch as in a decode step), and asserts
+/// every output holds the first's exact bits: a kernel with a fixed
+/// reduction order that differs between runs has a race. Returns the first
+/// output, for the caller to check against its reference.
+pub fn assert_bitwise_repeatable<T: FloatElem>(
+    gpu: &Gpu,
+    what: &str,
+    (rows, cols): (usize, usize),
+    runs: usize,
+    mut launch: impl FnMut(&mut mllm_kernel::DeviceTensor),
+) -> Vec<T> {
+    // Outputs held per wave, so waves of launches stay queued on the GPU.
+    const WAVE: usize = 32;
+    let bits = |v: &[T]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
+    let mut first: Option<Vec<T>> = None;
+    let mut done = 0;
+    while done < runs {
+        let wave = WAVE.min(runs - done);
+        let mut outs: Vec<_> = (0..wave)
+            .map(|_| mllm_kernel::DeviceTensor::zeros(gpu, &[rows, cols], T::DTYPE).unwrap())
+            .collect();
+        outs.iter_mut().for_each(&mut launch);
+        for (i, out) in outs.iter().enumerate() {
+            let got: Vec<T> = out.to_host(gpu).unwrap();
+            let Some(want) = &first else {
+                first = Some(got);
+                continue;
+            };
+            let (g, w) = (bits(&got), bits(want));
+            if let Some(at) = g.iter().zip(&w).position(|(a, b)| a != b) {
+                panic!(
+                    "{what}: run {} differs from run 0 at [{}, {}]: {} vs {} \
+                     ({} of {} elements differ)",
+                    done + i,
+                    at / cols,
+                    at % cols,
+                    got[at].to_f32(),
+                    want[at].to_f32(),
+                    g.iter().zip(&w).filter(|(a, b)| a != b).count(),
+                    g.len()
+                );
+            }
+        }
+        done += wave;
+    }
+    first.expect("runs > 0")
+}
