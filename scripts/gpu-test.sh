@@ -131,9 +131,10 @@ gpu_tests() {
         # With stream_linear for one-row bf16 linears (MLLM_LINEAR_SMALL_M=auto) there too.
         run_test "$name (MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=auto)" "$t" \
           MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=auto
-        # And on the bf16 streaming linear and stream_m16 for every decode GEMM.
-        run_test "$name (MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16)" "$t" \
-          MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16
+        # And on the bf16 streaming linear and stream_m16 for every decode GEMM, with every
+        # L2 prefetch target in the chain (results must not change).
+        run_test "$name (MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=..)" "$t" \
+          MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=o,gate_up:8,down:8,next_qkv:8
         ;;
       *) run_test "$name" "$t" ;;
     esac

@@ -233,3 +233,31 @@ fn graphs_replay_and_timers_time_them() {
     let t = time_gpu(&gpu, plan, || ops::rms_norm_into(&gpu, &x, &w, 1e-6, &mut out)).unwrap();
     assert!(t.min_us > 0.0 && t.min_us <= t.median_us, "{t:?}");
 }
+
+/// `prefetch_l2` changes nothing: after prefetching whole, partial (not a
+/// 16-byte multiple) and empty ranges, queued behind a kernel and ahead of
+/// another, every buffer reads back as written and the stream is healthy; a
+/// range past its tensor is an error before any launch.
+#[test]
+fn l2_prefetch_leaves_data_unchanged() {
+    let Some(gpu) = gpu_or_skip("l2_prefetch_leaves_data_unchanged") else {
+        return;
+    };
+    let big: Vec<f32> = random_f32(6 << 20, 41, 1.0); // 24 MiB: hundreds of 64 KiB pieces
+    let small: Vec<bf16> = cast(&random_f32(1000, 42, 1.0));
+    let a = DeviceTensor::from_host(&gpu, &big, &[big.len()]).unwrap();
+    let b = DeviceTensor::from_host(&gpu, &small, &[small.len()]).unwrap();
+    let x = DeviceTensor::from_host(&gpu, &big[..4096], &[1, 4096]).unwrap();
+    let w = DeviceTensor::from_host(&gpu, &vec![1.0f32; 4096], &[4096]).unwrap();
+    let before = ops::rms_norm(&gpu, &x, &w, 1e-6).unwrap();
+    ops::prefetch_l2(&gpu, &[(&a, a.nbytes()), (&b, 999), (&a, 0)]).unwrap();
+    let after = ops::rms_norm(&gpu, &x, &w, 1e-6).unwrap();
+    assert_eq!(a.to_host::<f32>(&gpu).unwrap(), big);
+    assert_eq!(b.to_host::<bf16>(&gpu).unwrap(), small);
+    assert_eq!(
+        before.to_host::<f32>(&gpu).unwrap(),
+        after.to_host::<f32>(&gpu).unwrap()
+    );
+    let e = ops::prefetch_l2(&gpu, &[(&b, b.nbytes() + 16)]).unwrap_err();
+    assert!(e.to_string().contains("2016 bytes asked of a 2000-byte tensor"), "{e}");
+}

@@ -12,6 +12,7 @@ mod launch;
 mod layer_norm;
 mod linear;
 mod norm;
+mod prefetch;
 mod quant;
 mod rope;
 mod rope_store;
@@ -40,6 +41,7 @@ pub use layer_norm::{layer_norm_into, validate_layer_norm};
 pub(crate) use linear::Blas;
 pub use linear::{linear, linear_into, validate_linear};
 pub use norm::{fused_add_rms_norm, fused_add_rms_norm_quant, rms_norm, rms_norm_into, validate_rms_norm};
+pub use prefetch::{prefetch_l2, validate_prefetch_l2, MAX_PREFETCH_RANGES};
 pub use quant::{per_token_quant_int8, per_token_quant_int8_into, validate_per_token_quant_int8};
 pub use rope::{qk_norm_rope, rope_cos_sin_cache, validate_qk_norm_rope, QkHeads, QkNormRope, MAX_ROPE_HEAD_DIM};
 pub use rope_store::{qk_norm_rope_store, validate_qk_norm_rope_store, RopeStoreOut};
@@ -61,6 +63,7 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
         KernelId::RmsNorm => norm::symbols(build.variant),
         KernelId::PerTokenQuantInt8 => vec!["mllm_per_token_quant_int8".to_string()],
         KernelId::StreamLinear => vec!["mllm_stream_linear".to_string()],
+        KernelId::PrefetchL2 => prefetch::symbols(),
         KernelId::SiluAndMul => activation::symbols(build.variant),
         KernelId::QkNormRope => rope::symbols(build.variant),
         KernelId::Embedding => embedding::symbols(build.variant),

@@ -9,6 +9,7 @@ use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, Plan};
+use super::prefetch::L2Prefetch;
 use super::visual::DeviceVisual;
 use super::weights::{GpuLayer, GpuLinear, GpuWeights, LinearInput};
 use super::Dims;
@@ -127,7 +128,8 @@ pub(super) fn forward_into(
         let cache = (k_cache, v_cache);
         let step = (attn, plan, layout);
         let x = linear_input(&h, &hq);
-        let mut a = self_attention(gpu, dims, layer, cache, cos_sin, step, inputs, x, prof)?;
+        let layers = (layer, w.layers.get(i + 1), &w.l2_prefetch);
+        let mut a = self_attention(gpu, dims, layers, cache, cos_sin, step, inputs, x, prof)?;
         let aq = add_norm(gpu, dims, &mut a, &mut residual, &layer.post_norm, &layer.gate_up, prof)?;
         h = mlp(gpu, dims, layer, linear_input(&a, &aq), prof)?;
         // Qwen3-VL deepstack: the layer's output (residual + h) gains level i at the image rows.
@@ -188,7 +190,7 @@ fn gather_rows(gpu: &Gpu, x: &DeviceTensor, rows: &DeviceTensor) -> Result<Devic
 fn self_attention(
     gpu: &Gpu,
     dims: &Dims,
-    layer: &GpuLayer,
+    (layer, next, prefetch): (&GpuLayer, Option<&GpuLayer>, &L2Prefetch),
     (k_cache, v_cache): (&mut DeviceTensor, &mut DeviceTensor),
     cos_sin: &DeviceTensor,
     (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
@@ -200,6 +202,10 @@ fn self_attention(
     let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
     let qkv = layer.qkv.forward(gpu, h)?;
     prof.mark(gpu, "qkv_proj")?;
+    if !prefetch.is_off() {
+        prefetch.issue(gpu, t, layer, next)?;
+        prof.mark(gpu, "l2_prefetch")?;
+    }
     let args = QkNormRope {
         heads: QkHeads::packed_qkv(nh, nkv, d),
         positions: &inputs.positions,

@@ -6,6 +6,7 @@
 mod attention;
 mod forward;
 mod graph;
+mod prefetch;
 mod sampling;
 mod vision;
 mod visual;

@@ -3,6 +3,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use mllm_kernel::{DeviceTensor, Gpu};
 
+use super::prefetch::L2Prefetch;
 use crate::layers::linear::Linear;
 use crate::layers::norm::RmsNorm;
 use crate::models::{LayerParams, ModelError, Result, TextDecoder};
@@ -75,6 +76,8 @@ pub(super) struct GpuWeights {
     pub lm_head: Option<DeviceTensor>,
     /// `[max_pos, head_dim]` f32 RoPE table.
     pub cos_sin: DeviceTensor,
+    /// Which weights decode steps prefetch into L2 during attention (`MLLM_L2_PREFETCH`).
+    pub l2_prefetch: L2Prefetch,
 }
 
 impl GpuWeights {
@@ -184,8 +187,10 @@ pub(super) fn kernel_dtype(dtype: DType) -> Result<mllm_kernel::DType> {
 }
 
 /// Uploads every parameter of `model` in `dtype` (bf16/f16), with a progress bar on stderr;
-/// the RoPE table covers `max_pos` positions.
+/// the RoPE table covers `max_pos` positions. Reads `MLLM_L2_PREFETCH` first, so a bad value
+/// fails before the upload.
 pub(super) fn upload(gpu: &Gpu, model: &dyn TextDecoder, dtype: DType, max_pos: usize) -> Result<GpuWeights> {
+    let l2_prefetch = L2Prefetch::from_env()?;
     let c = model.config();
     let tied = c.tie_word_embeddings;
     let floats: usize = model.embed_tokens().weight().numel()
@@ -232,5 +237,6 @@ pub(super) fn upload(gpu: &Gpu, model: &dyn TextDecoder, dtype: DType, max_pos: 
         norm,
         lm_head,
         cos_sin,
+        l2_prefetch,
     })
 }

@@ -1,0 +1,147 @@
+//! Which weights a decode step prefetches into L2 while attention runs (`MLLM_L2_PREFETCH`).
+//!
+//! At batch 1 the GEMMs stream their weights at close to HBM bandwidth, but attention and
+//! the short kernels around it (~30% of a W8A8 step on an H100) leave HBM mostly idle. A
+//! prefetch issued after the qkv projection pulls the named weights into L2 during that time,
+//! so the GEMMs after attention read part of their weight from L2. The H100's L2 is 50 MiB,
+//! and attention's own K/V passes through it, so the list has to stay short; what pays is
+//! measured (`scripts/gpu-test.sh`'s engine pass), and the default is off.
+//!
+//! Grammar: `off` (the default), or up to four comma-separated `TARGET[:MIB]` where TARGET
+//! is `o`, `gate_up`, `down` (this layer's projections) or `next_qkv` (the next layer's), and
+//! MIB caps the bytes taken from the start of that weight (whole weight when absent).
+
+use mllm_kernel::ops::{self, MAX_PREFETCH_RANGES};
+use mllm_kernel::{DeviceTensor, Gpu};
+
+use super::weights::GpuLayer;
+use crate::models::{ModelError, Result};
+
+/// The weights one prefetch names, relative to the layer running attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    O,
+    GateUp,
+    Down,
+    NextQkv,
+}
+
+/// A parsed `MLLM_L2_PREFETCH`: the ranges, in the order they are prefetched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct L2Prefetch {
+    targets: Vec<(Target, Option<usize>)>,
+}
+
+/// Decode steps up to this many tokens prefetch: beyond it the GEMMs are no longer bound by
+/// their weight stream.
+const MAX_TOKENS: usize = 64;
+
+impl L2Prefetch {
+    /// Reads `MLLM_L2_PREFETCH`.
+    pub(super) fn from_env() -> Result<Self> {
+        std::env::var("MLLM_L2_PREFETCH").map_or(Ok(Self::default()), |v| v.parse())
+    }
+
+    /// Whether nothing is prefetched.
+    pub(super) fn is_off(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Enqueues the prefetch for `layer` (and `next`, the layer after it) in a step of
+    /// `tokens` tokens.
+    pub(super) fn issue(&self, gpu: &Gpu, tokens: usize, layer: &GpuLayer, next: Option<&GpuLayer>) -> Result<()> {
+        if self.is_off() || tokens > MAX_TOKENS {
+            return Ok(());
+        }
+        let ranges: Vec<(&DeviceTensor, usize)> = self
+            .targets
+            .iter()
+            .filter_map(|&(target, cap)| {
+                let w = match target {
+                    Target::O => &layer.o.weight,
+                    Target::GateUp => &layer.gate_up.weight,
+                    Target::Down => &layer.down.weight,
+                    Target::NextQkv => &next?.qkv.weight,
+                };
+                Some((w, cap.map_or(w.nbytes(), |c| c.min(w.nbytes()))))
+            })
+            .collect();
+        Ok(ops::prefetch_l2(gpu, &ranges)?)
+    }
+}
+
+impl std::str::FromStr for L2Prefetch {
+    type Err = ModelError;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let spec = spec.trim();
+        if spec.is_empty() || spec == "off" {
+            return Ok(Self::default());
+        }
+        let bad = |why: String| ModelError::Invalid(format!("MLLM_L2_PREFETCH={spec}: {why}"));
+        let targets = spec
+            .split(',')
+            .map(|item| {
+                let (name, mib) = match item.trim().split_once(':') {
+                    Some((n, m)) => (n, Some(m)),
+                    None => (item.trim(), None),
+                };
+                let target = match name {
+                    "o" => Target::O,
+                    "gate_up" => Target::GateUp,
+                    "down" => Target::Down,
+                    "next_qkv" => Target::NextQkv,
+                    other => return Err(bad(format!("unknown weight `{other}` (o, gate_up, down, next_qkv)"))),
+                };
+                let cap = mib
+                    .map(|m| match m.parse::<usize>() {
+                        Ok(n) if n > 0 => Ok(n << 20),
+                        _ => Err(bad(format!("`{m}` is not a positive number of MiB"))),
+                    })
+                    .transpose()?;
+                Ok((target, cap))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if targets.len() > MAX_PREFETCH_RANGES {
+            return Err(bad(format!("at most {MAX_PREFETCH_RANGES} weights")));
+        }
+        Ok(Self { targets })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<L2Prefetch> {
+        s.parse()
+    }
+
+    #[test]
+    fn off_by_default_and_by_name() {
+        assert!(parse("").unwrap().is_off());
+        assert!(parse(" off ").unwrap().is_off());
+    }
+
+    #[test]
+    fn targets_keep_their_order_and_caps() {
+        let p = parse("o, gate_up:16,next_qkv").unwrap();
+        assert_eq!(
+            p.targets,
+            [
+                (Target::O, None),
+                (Target::GateUp, Some(16 << 20)),
+                (Target::NextQkv, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_problem() {
+        let e = |s: &str| parse(s).unwrap_err().to_string();
+        assert!(e("qkv").contains("unknown weight `qkv`"));
+        assert!(e("o:0").contains("`0` is not a positive number"));
+        assert!(e("o:lots").contains("`lots`"));
+        assert!(e("o,o,o,o,o").contains("at most 4"));
+    }
+}
