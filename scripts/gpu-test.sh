@@ -134,7 +134,7 @@ gpu_tests() {
         # And on the bf16 streaming linear and stream_m16 for every decode GEMM, with every
         # L2 prefetch target in the chain (results must not change).
         run_test "$name (MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=..)" "$t" \
-          MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=o,gate_up:8,down:8,next_qkv:8
+          MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=o,gate_up:8,down:8
         ;;
       *) run_test "$name" "$t" ;;
     esac

@@ -128,8 +128,8 @@ pub(super) fn forward_into(
         let cache = (k_cache, v_cache);
         let step = (attn, plan, layout);
         let x = linear_input(&h, &hq);
-        let layers = (layer, w.layers.get(i + 1), &w.l2_prefetch);
-        let mut a = self_attention(gpu, dims, layers, cache, cos_sin, step, inputs, x, prof)?;
+        let layer_with = (layer, &w.l2_prefetch);
+        let mut a = self_attention(gpu, dims, layer_with, cache, cos_sin, step, inputs, x, prof)?;
         let aq = add_norm(gpu, dims, &mut a, &mut residual, &layer.post_norm, &layer.gate_up, prof)?;
         h = mlp(gpu, dims, layer, linear_input(&a, &aq), prof)?;
         // Qwen3-VL deepstack: the layer's output (residual + h) gains level i at the image rows.
@@ -190,7 +190,7 @@ fn gather_rows(gpu: &Gpu, x: &DeviceTensor, rows: &DeviceTensor) -> Result<Devic
 fn self_attention(
     gpu: &Gpu,
     dims: &Dims,
-    (layer, next, prefetch): (&GpuLayer, Option<&GpuLayer>, &L2Prefetch),
+    (layer, prefetch): (&GpuLayer, &L2Prefetch),
     (k_cache, v_cache): (&mut DeviceTensor, &mut DeviceTensor),
     cos_sin: &DeviceTensor,
     (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
@@ -203,7 +203,7 @@ fn self_attention(
     let qkv = layer.qkv.forward(gpu, h)?;
     prof.mark(gpu, "qkv_proj")?;
     if !prefetch.is_off() {
-        prefetch.issue(gpu, t, layer, next)?;
+        prefetch.issue(gpu, t, layer)?;
         prof.mark(gpu, "l2_prefetch")?;
     }
     let args = QkNormRope {

@@ -7,9 +7,10 @@
 //! and attention's own K/V passes through it, so the list has to stay short; what pays is
 //! measured (`scripts/gpu-test.sh`'s engine pass), and the default is off.
 //!
-//! Grammar: `off` (the default), or up to four comma-separated `TARGET[:MIB]` where TARGET
-//! is `o`, `gate_up`, `down` (this layer's projections) or `next_qkv` (the next layer's), and
-//! MIB caps the bytes taken from the start of that weight (whole weight when absent).
+//! Grammar: `off` (the default), or comma-separated `TARGET[:MIB]`, each target once, where TARGET
+//! is `o`, `gate_up` or `down` (this layer's projections; the next layer's would be evicted by
+//! the ~200 MiB this layer's MLP streams first), and MIB caps the bytes taken from the start
+//! of that weight (whole weight when absent).
 
 use mllm_kernel::ops::{self, MAX_PREFETCH_RANGES};
 use mllm_kernel::{DeviceTensor, Gpu};
@@ -23,8 +24,20 @@ enum Target {
     O,
     GateUp,
     Down,
-    NextQkv,
 }
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Self::O => "o",
+            Self::GateUp => "gate_up",
+            Self::Down => "down",
+        }
+    }
+}
+
+// One prefetch launch covers every target.
+const _: () = assert!(MAX_PREFETCH_RANGES >= 3);
 
 /// A parsed `MLLM_L2_PREFETCH`: the ranges, in the order they are prefetched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,23 +60,21 @@ impl L2Prefetch {
         self.targets.is_empty()
     }
 
-    /// Enqueues the prefetch for `layer` (and `next`, the layer after it) in a step of
-    /// `tokens` tokens.
-    pub(super) fn issue(&self, gpu: &Gpu, tokens: usize, layer: &GpuLayer, next: Option<&GpuLayer>) -> Result<()> {
+    /// Enqueues the prefetch of `layer`'s weights in a step of `tokens` tokens.
+    pub(super) fn issue(&self, gpu: &Gpu, tokens: usize, layer: &GpuLayer) -> Result<()> {
         if self.is_off() || tokens > MAX_TOKENS {
             return Ok(());
         }
         let ranges: Vec<(&DeviceTensor, usize)> = self
             .targets
             .iter()
-            .filter_map(|&(target, cap)| {
+            .map(|&(target, cap)| {
                 let w = match target {
                     Target::O => &layer.o.weight,
                     Target::GateUp => &layer.gate_up.weight,
                     Target::Down => &layer.down.weight,
-                    Target::NextQkv => &next?.qkv.weight,
                 };
-                Some((w, cap.map_or(w.nbytes(), |c| c.min(w.nbytes()))))
+                (w, cap.map_or(w.nbytes(), |c| c.min(w.nbytes())))
             })
             .collect();
         Ok(ops::prefetch_l2(gpu, &ranges)?)
@@ -90,8 +101,7 @@ impl std::str::FromStr for L2Prefetch {
                     "o" => Target::O,
                     "gate_up" => Target::GateUp,
                     "down" => Target::Down,
-                    "next_qkv" => Target::NextQkv,
-                    other => return Err(bad(format!("unknown weight `{other}` (o, gate_up, down, next_qkv)"))),
+                    other => return Err(bad(format!("unknown weight `{other}` (o, gate_up, down)"))),
                 };
                 let cap = mib
                     .map(|m| match m.parse::<usize>() {
@@ -102,8 +112,8 @@ impl std::str::FromStr for L2Prefetch {
                 Ok((target, cap))
             })
             .collect::<Result<Vec<_>>>()?;
-        if targets.len() > MAX_PREFETCH_RANGES {
-            return Err(bad(format!("at most {MAX_PREFETCH_RANGES} weights")));
+        if let Some(i) = (1..targets.len()).find(|&i| targets[..i].iter().any(|t| t.0 == targets[i].0)) {
+            return Err(bad(format!("`{}` named twice", targets[i].0.name())));
         }
         Ok(Self { targets })
     }
@@ -125,15 +135,8 @@ mod tests {
 
     #[test]
     fn targets_keep_their_order_and_caps() {
-        let p = parse("o, gate_up:16,next_qkv").unwrap();
-        assert_eq!(
-            p.targets,
-            [
-                (Target::O, None),
-                (Target::GateUp, Some(16 << 20)),
-                (Target::NextQkv, None)
-            ]
-        );
+        let p = parse("gate_up:16, o").unwrap();
+        assert_eq!(p.targets, [(Target::GateUp, Some(16 << 20)), (Target::O, None)]);
     }
 
     #[test]
@@ -142,6 +145,6 @@ mod tests {
         assert!(e("qkv").contains("unknown weight `qkv`"));
         assert!(e("o:0").contains("`0` is not a positive number"));
         assert!(e("o:lots").contains("`lots`"));
-        assert!(e("o,o,o,o,o").contains("at most 4"));
+        assert!(e("o,gate_up:4,o").contains("`o` named twice"));
     }
 }
