@@ -132,9 +132,11 @@ gpu_tests() {
         run_test "$name (MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=auto)" "$t" \
           MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=auto
         # And on the bf16 streaming linear and stream_m16 for every decode GEMM, with every
-        # L2 prefetch target in the chain (results must not change).
-        run_test "$name (MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=..)" "$t" \
-          MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=o,gate_up:8,down:8
+        # L2 prefetch target in the chain (results must not change) and the cluster-merged
+        # split-KV attention.
+        run_test "$name (MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=.. MLLM_DECODE_KERNEL=split-kv-cluster)" "$t" \
+          MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=o,gate_up:8,down:8 \
+          MLLM_DECODE_KERNEL=split-kv-cluster
         ;;
       *) run_test "$name" "$t" ;;
     esac

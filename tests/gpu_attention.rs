@@ -1,5 +1,6 @@
 //! Paged attention (FlashInfer decode + causal prefill over a page-size-1
-//! KV pool, and our split-KV decode kernel) against the f64-accumulating CPU
+//! KV pool, and our split-KV decode kernel in both its merge forms: global
+//! memory, and a cluster's shared memory) against the f64-accumulating CPU
 //! reference. GPU tests are
 //! skipped (with the reason printed) where no CUDA device exists; the
 //! validation tests at the end run everywhere.
@@ -96,7 +97,7 @@ fn run_case<T: FloatElem>(gpu: &Gpu, ws: &mut AttentionWorkspace, case: &Case, h
     let group = h / hk;
     let decode = case.qo.iter().all(|&l| l == 1);
     let expect_kernel = match ws.config().decode_kernel {
-        DecodeKernel::SplitKv if decode && group <= 8 => AttentionKernel::SplitDecode,
+        DecodeKernel::SplitKv | DecodeKernel::SplitKvCluster if decode && group <= 8 => AttentionKernel::SplitDecode,
         k if decode && [1, 2, 4, 8].contains(&group) && !k.uses_tensor_cores(group) => AttentionKernel::Decode,
         _ => AttentionKernel::Prefill,
     };
@@ -138,7 +139,7 @@ fn run_case<T: FloatElem>(gpu: &Gpu, ws: &mut AttentionWorkspace, case: &Case, h
 }
 
 /// Runs `cases` for every head dim, dtype and head config (plus `extra`),
-/// on every decode kernel; the split-KV kernel also with CUDA-graph plans
+/// on every decode kernel; the split-KV kernels also with CUDA-graph plans
 /// (chunk count fixed by the batch size, so short sequences leave chunks
 /// empty).
 fn sweep(test: &str, cases: &[Case], extra_heads: &[(usize, usize)]) {
@@ -148,6 +149,8 @@ fn sweep(test: &str, cases: &[Case], extra_heads: &[(usize, usize)]) {
         (DecodeKernel::TensorCores, false),
         (DecodeKernel::SplitKv, false),
         (DecodeKernel::SplitKv, true),
+        (DecodeKernel::SplitKvCluster, false),
+        (DecodeKernel::SplitKvCluster, true),
     ] {
         let config = WorkspaceConfig {
             decode_kernel,
@@ -259,7 +262,7 @@ fn one_plan_serves_every_layer() {
     let Some(gpu) = gpu_or_skip("one_plan_serves_every_layer") else {
         return;
     };
-    for decode_kernel in [DecodeKernel::Auto, DecodeKernel::SplitKv] {
+    for decode_kernel in [DecodeKernel::Auto, DecodeKernel::SplitKv, DecodeKernel::SplitKvCluster] {
         let config = WorkspaceConfig {
             decode_kernel,
             ..WorkspaceConfig::default()

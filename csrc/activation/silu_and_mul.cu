@@ -9,6 +9,7 @@
 // Numerics follow HF transformers (`act_fn(gate) * up` in the element
 // type): silu(g) = g / (1 + exp(-g)) in f32, rounded to the element type,
 // then multiplied by up in f32 and rounded again.
+#include "mllm_cluster.cuh"
 #include "mllm_dtype.cuh"
 #include "mllm_pack.cuh"
 #include "mllm_pdl.cuh"
@@ -120,26 +121,6 @@ constexpr int kClusterCtas = 8;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define MLLM_SILU_CLUSTER __cluster_dims__(kClusterCtas, 1, 1)
-
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-__device__ __forceinline__ unsigned cluster_rank() {
-  unsigned r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-
-// `*local` (a shared variable) as CTA `rank` of the cluster holds it.
-__device__ __forceinline__ float load_remote(const float* local, unsigned rank) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(local));
-  unsigned remote;
-  float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-  return v;
-}
 #else
 #define MLLM_SILU_CLUSTER
 #endif
@@ -153,7 +134,7 @@ __device__ __forceinline__ void silu_and_mul_quant_cluster_row(const typename D:
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using P = mllm::Pack<typename D::storage, VEC>;
   __shared__ float cta_max;
-  const unsigned rank = cluster_rank();
+  const unsigned rank = mllm::cluster::rank();
   const long long row = blockIdx.x / kClusterCtas;
   const int i = static_cast<int>(rank * blockDim.x + threadIdx.x);
   const P g = reinterpret_cast<const P*>(x + row * 2 * inter)[i];
@@ -168,11 +149,11 @@ __device__ __forceinline__ void silu_and_mul_quant_cluster_row(const typename D:
   reinterpret_cast<P*>(out + row * inter)[i] = r;
   const float block = mllm::block_max(local);
   if (threadIdx.x == 0) cta_max = block;
-  cluster_sync();  // every CTA's cta_max is written
+  mllm::cluster::sync();  // every CTA's cta_max is written
   float absmax = 0.f;
 #pragma unroll
-  for (unsigned c = 0; c < kClusterCtas; ++c) absmax = fmaxf(absmax, load_remote(&cta_max, c));
-  cluster_sync();  // no CTA exits while another still reads its cta_max
+  for (unsigned c = 0; c < kClusterCtas; ++c) absmax = fmaxf(absmax, mllm::cluster::load_remote(&cta_max, c));
+  mllm::cluster::sync();  // no CTA exits while another still reads its cta_max
   if (rank == 0 && threadIdx.x == 0) scales[row] = mllm::RowQuant::scale(absmax);
   reinterpret_cast<mllm::QuantPack<VEC>*>(q + row * inter)[i] = mllm::quantize_pack<D>(r, mllm::RowQuant(absmax));
 #else

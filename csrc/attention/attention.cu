@@ -69,8 +69,7 @@ mllm_result_t check_plan_args(const mllm_attention_plan_args_t* a) {
     if (qo < 1 || kv < qo)
       return fail(MLLM_STATUS_INVALID_ARGUMENT, "every sequence needs 1 <= qo_len <= kv_len");
   }
-  if (a->decode_kernel != MLLM_DECODE_KERNEL_CUDA_CORES && a->decode_kernel != MLLM_DECODE_KERNEL_TENSOR_CORES &&
-      a->decode_kernel != MLLM_DECODE_KERNEL_SPLIT_KV)
+  if (a->decode_kernel < MLLM_DECODE_KERNEL_CUDA_CORES || a->decode_kernel > MLLM_DECODE_KERNEL_SPLIT_KV_CLUSTER)
     return fail(MLLM_STATUS_INVALID_ARGUMENT, "decode_kernel must be one of MLLM_DECODE_KERNEL_*");
   if (mllm::device_sm() < 80) return fail(MLLM_STATUS_UNSUPPORTED, "FlashInfer's FA2 kernels need SM80 or newer");
   return ok();
@@ -119,22 +118,34 @@ mllm_result_t upload_metadata(const mllm_attention_plan_args_t* a, const mllm_at
                      "attention plan: copy indptr arrays");
 }
 
-// A decode batch on the split-KV kernel: picks the chunk count and checks the
-// float workspace holds the partial states. Returns false in `*taken` when
-// the kernel does not serve this group (then FlashInfer's kernels do).
+// A decode batch on the split-KV kernel: picks the chunk count (the cluster
+// form's where asked and the device runs it, else the global-merge form's)
+// and checks the float workspace holds the global form's partial states.
+// Returns false in `*taken` when the kernel does not serve this group (then
+// FlashInfer's kernels do).
+template <typename Tag>
 mllm_result_t plan_split(const mllm_attention_plan_args_t* a, mllm_attention_plan_t* p, bool* taken) {
   const int32_t group = a->num_qo_heads / a->num_kv_heads;
   *taken = group <= split::kMaxGroup;
   if (!*taken) return ok();
   int32_t max_len = 0;
   for (int32_t i = 0; i < a->batch_size; ++i) max_len = std::max(max_len, a->kv_indptr[i + 1] - a->kv_indptr[i]);
-  int chunks = 1;
-  const cudaError_t e = split::choose_chunks(a->batch_size, a->num_kv_heads, a->cuda_graph ? 0 : max_len, &chunks);
-  if (e != cudaSuccess) return cuda_result(e, "attention plan: device attributes");
-  const int64_t need = int64_t(a->batch_size) * a->num_kv_heads * chunks *
-                       split::partial_floats(group, a->head_dim) * int64_t(sizeof(float));
-  if (chunks > 1 && need > a->float_workspace_bytes)
-    return fail(MLLM_STATUS_INVALID_ARGUMENT, "float workspace too small for the split-KV decode partial states");
+  const int plan_len = a->cuda_graph ? 0 : max_len;
+  int chunks = 0;
+  if (a->decode_kernel == MLLM_DECODE_KERNEL_SPLIT_KV_CLUSTER) {
+    const cudaError_t e = split::choose_cluster_chunks<Tag::kHeadDim, typename Tag::Elem>(
+        a->batch_size, a->num_kv_heads, plan_len, &chunks);
+    if (e != cudaSuccess) return cuda_result(e, "attention plan: cluster size");
+  }
+  p->split_cluster = chunks > 0;
+  if (chunks == 0) {
+    const cudaError_t e = split::choose_chunks(a->batch_size, a->num_kv_heads, plan_len, &chunks);
+    if (e != cudaSuccess) return cuda_result(e, "attention plan: device attributes");
+    const int64_t need = int64_t(a->batch_size) * a->num_kv_heads * chunks *
+                         split::partial_floats(group, a->head_dim) * int64_t(sizeof(float));
+    if (chunks > 1 && need > a->float_workspace_bytes)
+      return fail(MLLM_STATUS_INVALID_ARGUMENT, "float workspace too small for the split-KV decode partial states");
+  }
   p->prefill = 0;
   p->split_chunks = chunks;
   p->info_len = 1;
@@ -151,9 +162,11 @@ mllm_result_t plan_variant(const mllm_attention_plan_args_t* a, mllm_attention_p
   void* sched_host = at(a->int_host, p->scheduler_offset);
   const size_t sched_bytes = size_t(a->int_workspace_bytes - p->scheduler_offset);
   const bool single = all_single_queries(a);
-  if (single && a->decode_kernel == MLLM_DECODE_KERNEL_SPLIT_KV) {
+  const bool split_kernel =
+      a->decode_kernel == MLLM_DECODE_KERNEL_SPLIT_KV || a->decode_kernel == MLLM_DECODE_KERNEL_SPLIT_KV_CLUSTER;
+  if (single && split_kernel) {
     bool taken = false;
-    const mllm_result_t r = plan_split(a, p, &taken);
+    const mllm_result_t r = plan_split<Tag>(a, p, &taken);
     if (r.status != MLLM_STATUS_OK) return r;
     if (taken) return upload_metadata(a, p, stream);
   }
@@ -198,7 +211,7 @@ mllm_result_t run_split(const mllm_attention_run_args_t* a, const mllm_attention
   s.group = p->num_qo_heads / p->num_kv_heads;
   s.chunks = p->split_chunks;
   s.scale_log2 = a->sm_scale * 1.4426950408889634f;
-  return cuda_result(split::launch<Tag::kHeadDim, typename Tag::Elem>(s, p->batch_size, stream),
+  return cuda_result(split::launch<Tag::kHeadDim, typename Tag::Elem>(s, p->batch_size, p->split_cluster != 0, stream),
                      "split-KV decode attention kernel");
 }
 

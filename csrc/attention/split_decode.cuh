@@ -16,6 +16,13 @@
 // * the chunks of a (sequence, KV head) are merged by the last of its CTAs
 //   to finish (threadfence + atomic counter, which that CTA resets for the
 //   next launch), so there is no merge kernel and a CUDA graph can replay it.
+//   That merge is one CTA walking every chunk's partial state through L2,
+//   a chain of round trips on the critical path. The cluster form (SM90)
+//   instead makes the chunks of a (sequence, KV head) one thread-block
+//   cluster (up to 16 CTAs): each CTA keeps its partial state in its own
+//   shared memory and, after one cluster barrier, merges a 1/chunks slice
+//   of the outputs by reading its peers' shared memory (DSMEM): no global
+//   partials, no atomics, all CTAs merging at once.
 //
 // One CTA per (chunk, KV head, sequence) serves the KV head's whole GQA group
 // (up to kMaxGroup query heads): 128 threads, tiles of 64 tokens.
@@ -33,6 +40,7 @@
 
 #include <cstdint>
 
+#include "mllm_cluster.cuh"
 #include "mllm_device.cuh"
 #include "mllm_dtype.cuh"
 #include "mllm_pdl.cuh"
@@ -47,6 +55,7 @@ constexpr int kStages = 2;    // tiles of a CTA in flight at once
 constexpr int kMaxGroup = 8;  // query heads per KV head
 constexpr int kMinChunk = 16; // chunk lengths are multiples of this many tokens
 constexpr int kMaxChunks = 64;
+constexpr int kMaxClusterChunks = 16;  // the largest (non-portable) cluster on SM90
 static_assert(kTile * 2 == kThreads, "two threads per token");
 static_assert(kMaxGroup <= 2 * kWarps, "each warp runs the softmax of at most two query heads");
 
@@ -136,7 +145,62 @@ __device__ __forceinline__ void widen8(const uint4& w, float* f) {
   for (int i = 0; i < 8; ++i) f[i] = Bits<T>::D::to_float(h[i]);
 }
 
-template <int D, typename T>
+// The cluster form's merge, in every CTA of the cluster (rank == chunk, the
+// cluster spanning the grid's x): publishes this chunk's unnormalized
+// outputs `acc` in the free K/V stages (an empty chunk's are zeros, with
+// max -inf and sum 0 in s.m / s.l), then after a cluster barrier merges
+// outputs [chunk * per, (chunk + 1) * per) of the group from every chunk's
+// shared memory into `out`. Each output takes 3 * chunks remote reads, all
+// independent, so they overlap.
+template <int D, typename Dt, int kHeadsPerThread>
+__device__ __forceinline__ void merge_in_cluster(Smem<D>& s, const float (&acc)[kHeadsPerThread],
+                                                 typename Dt::storage* out, int group, int chunks) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kHeadSets = kThreads / D;
+  const int tid = threadIdx.x;
+  const int dim = tid % D, head_set = tid / D;
+  static_assert(kMaxGroup * D * sizeof(float) <= sizeof(s.kv), "partial outputs fit the K/V stages");
+  float* mine = reinterpret_cast<float*>(s.kv);  // [group][D]
+#pragma unroll
+  for (int i = 0; i < kHeadsPerThread; ++i) {
+    const int g = head_set + i * kHeadSets;
+    if (g < group) mine[g * D + dim] = acc[i];
+  }
+  mllm::cluster::sync();  // every chunk's outputs, max and sum are published
+  const int total = group * D;
+  const int per = (total + chunks - 1) / chunks;
+  const int chunk = static_cast<int>(mllm::cluster::rank());
+  const int stop = min(total, (chunk + 1) * per);
+  for (int e = chunk * per + tid; e < stop; e += kThreads) {
+    const int g = e / D;
+    float m[kMaxClusterChunks];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < kMaxClusterChunks; ++c) {
+      m[c] = c < chunks ? mllm::cluster::load_remote(&s.m[g], c) : -INFINITY;
+      mx = fmaxf(mx, m[c]);
+    }
+    // The chunk holding the newest token is never empty, so mx is finite.
+    float l = 0.f, o = 0.f;
+#pragma unroll
+    for (int c = 0; c < kMaxClusterChunks; ++c) {
+      if (c < chunks) {
+        const float w = exp2f(m[c] - mx);
+        l += mllm::cluster::load_remote(&s.l[g], c) * w;
+        o += mllm::cluster::load_remote(&mine[e], c) * w;
+      }
+    }
+    out[e] = Dt::from_float(o / l);
+  }
+  mllm::cluster::sync();  // no CTA exits while a peer still reads its shared memory
+#else
+  __trap();  // the host plans the cluster form on SM90+ only
+#endif
+}
+
+// CLUSTER: the grid's x (chunks) is one cluster, merged through DSMEM;
+// else through global partials and an arrival counter.
+template <int D, typename T, bool CLUSTER>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const Params prm) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem<D>& s = *reinterpret_cast<Smem<D>*>(smem_raw);
@@ -336,6 +400,11 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params prm) {
     return;
   }
 
+  if constexpr (CLUSTER) {
+    merge_in_cluster<D, Dt>(s, acc, out, group, chunks);
+    return;
+  }
+
   // Publish this chunk's state; the last CTA of the (sequence, KV head) to
   // arrive merges them all.
   const int64_t stride = partial_floats(group, D);
@@ -426,14 +495,43 @@ inline cudaError_t choose_chunks(int batch, int num_kv_heads, int max_len, int* 
   return cudaSuccess;
 }
 
+// The cluster form's chunk count: as choose_chunks, capped at the largest
+// cluster of this kernel the device can run (16 CTAs where non-portable
+// cluster sizes are allowed, else fewer; 0 when it runs none, e.g. below
+// SM90).
 template <int D, typename T>
-cudaError_t launch(const Params& p, int batch, cudaStream_t stream) {
-  const auto kernel = decode_kernel<D, T>;
+cudaError_t choose_cluster_chunks(int batch, int num_kv_heads, int max_len, int* chunks) {
+  *chunks = 0;
+  if (mllm::device_sm() < 90) return cudaSuccess;
+  int c = 1;
+  cudaError_t e = choose_chunks(batch, num_kv_heads, max_len, &c);
+  if (e != cudaSuccess) return e;
+  const auto kernel = decode_kernel<D, T, true>;
+  const size_t smem = sizeof(Smem<D>);
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (e != cudaSuccess) return e;
+  for (c = min(c, kMaxClusterChunks); c > 1; c /= 2) {
+    const mllm::LaunchConfig l(dim3(unsigned(c), 1, 1), dim3(kThreads), nullptr, false, smem, unsigned(c));
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &l.cfg) == cudaSuccess && clusters > 0) break;
+    (void)cudaGetLastError();  // an unsupported size is an answer, not an error to keep
+  }
+  *chunks = c;
+  return cudaSuccess;
+}
+
+// p.chunks from choose_chunks (global merge) or choose_cluster_chunks
+// (`cluster`: the chunks of a (sequence, KV head) form one cluster).
+template <int D, typename T>
+cudaError_t launch(const Params& p, int batch, bool cluster, cudaStream_t stream) {
+  const auto kernel = cluster ? decode_kernel<D, T, true> : decode_kernel<D, T, false>;
   const size_t smem = sizeof(Smem<D>);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e == cudaSuccess && cluster) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   if (e != cudaSuccess) return e;
   const mllm::LaunchConfig l(dim3(unsigned(p.chunks), unsigned(p.num_kv_heads), unsigned(batch)), dim3(kThreads),
-                             stream, mllm::pdl_enabled(), smem);
+                             stream, mllm::pdl_enabled(), smem, cluster ? unsigned(p.chunks) : 1u);
   return cudaLaunchKernelEx(&l.cfg, kernel, p);
 }
 

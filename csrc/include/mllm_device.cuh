@@ -31,21 +31,30 @@ inline bool pdl_enabled() {
 }
 
 // A cudaLaunchKernelEx configuration, with programmatic stream serialization
-// (PDL) when asked. `cfg.attrs` points into the object, so it is neither
-// copied nor moved.
+// (PDL) when asked, and thread-block clusters of `cluster_x` CTAs along x
+// when that is above 1 (SM90+). `cfg.attrs` points into the object, so it is
+// neither copied nor moved.
 struct LaunchConfig {
   cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1] = {};
-  LaunchConfig(dim3 grid, dim3 block, cudaStream_t stream, bool programmatic, size_t dynamic_smem = 0) {
+  cudaLaunchAttribute attr[2] = {};
+  LaunchConfig(dim3 grid, dim3 block, cudaStream_t stream, bool programmatic, size_t dynamic_smem = 0,
+               unsigned cluster_x = 1) {
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = dynamic_smem;
     cfg.stream = stream;
+    cfg.attrs = attr;
     if (programmatic) {
-      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[0].val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
+      attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+      ++cfg.numAttrs;
+    }
+    if (cluster_x > 1) {
+      attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
+      attr[cfg.numAttrs].val.clusterDim.x = cluster_x;
+      attr[cfg.numAttrs].val.clusterDim.y = 1;
+      attr[cfg.numAttrs].val.clusterDim.z = 1;
+      ++cfg.numAttrs;
     }
   }
   LaunchConfig(const LaunchConfig&) = delete;

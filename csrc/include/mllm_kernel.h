@@ -180,12 +180,15 @@ typedef struct mllm_attention_plan_args_t {
  * group, FlashInfer's `use_tensor_cores`), or our split-KV kernel (GQA groups
  * up to 8; the K/V of every token but each sequence's newest is requested
  * before the kernel waits on the one before it, and the chunks merge inside
- * the kernel: csrc/attention/split_decode.cuh). The caller picks; see the
- * Rust `DecodeKernel`. */
+ * the kernel: csrc/attention/split_decode.cuh), merging through global memory
+ * or (SPLIT_KV_CLUSTER, SM90+; the global form below SM90) through the
+ * distributed shared memory of a thread-block cluster. The caller picks; see
+ * the Rust `DecodeKernel`. */
 typedef enum mllm_decode_kernel_t {
   MLLM_DECODE_KERNEL_CUDA_CORES = 0,
   MLLM_DECODE_KERNEL_TENSOR_CORES = 1,
   MLLM_DECODE_KERNEL_SPLIT_KV = 2,
+  MLLM_DECODE_KERNEL_SPLIT_KV_CLUSTER = 3,
 } mllm_decode_kernel_t;
 
 /* What mllm_attention_plan chose; opaque to the caller, passed back to run. */
@@ -204,6 +207,7 @@ typedef struct mllm_attention_plan_t {
   int64_t counters_offset;  /* split-KV kernel: [batch_size * num_kv_heads] u32, zero between launches */
   int64_t scheduler_offset; /* where FlashInfer's schedule starts */
   int32_t split_chunks;     /* > 0: the split-KV decode kernel, this many chunks per (sequence, KV head) */
+  int32_t split_cluster;    /* 1: those chunks form one cluster and merge through DSMEM */
   int32_t info_len;
   int64_t info[16]; /* FlashInfer's DecodePlanInfo / PrefillPlanInfo */
 } mllm_attention_plan_t;

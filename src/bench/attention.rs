@@ -24,8 +24,10 @@ const HEADS: AttentionHeads = AttentionHeads {
 #[derive(Debug, Clone, Serialize)]
 pub struct AttentionRow {
     pub op: &'static str,
-    /// `cuda-cores` (FlashInfer's decode kernel) or `tensor-cores` (its
-    /// prefill kernel, one query row per sequence).
+    /// `cuda-cores` (FlashInfer's decode kernel), `tensor-cores` (its
+    /// prefill kernel, one query row per sequence), `split-kv` (ours, merged
+    /// through global memory) or `split-kv-cluster` (ours, merged through a
+    /// cluster's shared memory).
     pub kernel: &'static str,
     pub dtype: &'static str,
     pub batch: usize,
@@ -74,6 +76,7 @@ pub fn bench_attention_decode(
         (DecodeKernel::CudaCores, "cuda-cores"),
         (DecodeKernel::TensorCores, "tensor-cores"),
         (DecodeKernel::SplitKv, "split-kv"),
+        (DecodeKernel::SplitKvCluster, "split-kv-cluster"),
     ];
     let mut workspaces = kernels
         .iter()

@@ -102,7 +102,8 @@ impl AttentionHeads {
 pub enum AttentionKernel {
     /// FlashInfer's batch decode: every sequence has exactly one new query.
     Decode,
-    /// Our split-KV decode kernel ([`DecodeKernel::SplitKv`]).
+    /// Our split-KV decode kernel ([`DecodeKernel::SplitKv`] or
+    /// [`DecodeKernel::SplitKvCluster`]).
     SplitDecode,
     /// Batch prefill with the causal mask (prefill, extend and mixed batches;
     /// also decode when the GQA group has no decode instantiation).
@@ -131,6 +132,12 @@ pub enum DecodeKernel {
     /// the KV store. The engine's decode must store the newest token's K/V
     /// in the kernel right before attention, as `qk_norm_rope_store` does.
     SplitKv,
+    /// [`SplitKv`](Self::SplitKv) with the chunks of a (sequence, KV head)
+    /// as one thread-block cluster of up to 16 CTAs (SM90+; below, plain
+    /// `SplitKv`): each CTA merges a slice of the outputs from its peers'
+    /// shared memory, instead of the last CTA walking every chunk's partial
+    /// state through L2.
+    SplitKvCluster,
 }
 
 impl DecodeKernel {
@@ -149,7 +156,7 @@ impl DecodeKernel {
             // CUDA-core kernel's per-token loop leaves DRAM idle there
             // (`mllm-kernel bench attention` measures both).
             Self::Auto => group >= 4,
-            Self::CudaCores | Self::SplitKv => false,
+            Self::CudaCores | Self::SplitKv | Self::SplitKvCluster => false,
             Self::TensorCores => true,
         }
     }
@@ -159,6 +166,7 @@ impl DecodeKernel {
     fn ffi(self, group: usize) -> i32 {
         let kernel = match self {
             Self::SplitKv => mllm_decode_kernel_t::MLLM_DECODE_KERNEL_SPLIT_KV,
+            Self::SplitKvCluster => mllm_decode_kernel_t::MLLM_DECODE_KERNEL_SPLIT_KV_CLUSTER,
             k if k.uses_tensor_cores(group) => mllm_decode_kernel_t::MLLM_DECODE_KERNEL_TENSOR_CORES,
             _ => mllm_decode_kernel_t::MLLM_DECODE_KERNEL_CUDA_CORES,
         };
@@ -166,14 +174,15 @@ impl DecodeKernel {
     }
 
     /// `Auto` as `MLLM_DECODE_KERNEL` overrides it (`auto`, `cuda-cores`,
-    /// `tensor-cores` or `split-kv`; to compare the kernels in a whole model); an explicit
+    /// `tensor-cores`, `split-kv` or `split-kv-cluster`; to compare the kernels in a whole
+    /// model); an explicit
     /// choice stays.
     fn resolved(self) -> Result<Self> {
         match (self, std::env::var("MLLM_DECODE_KERNEL")) {
             (Self::Auto, Ok(v)) if !v.is_empty() => v.parse().map_err(|_| Error::BadEnv {
                 var: "MLLM_DECODE_KERNEL",
                 value: v,
-                reason: "expected auto, cuda-cores, tensor-cores or split-kv".into(),
+                reason: "expected auto, cuda-cores, tensor-cores, split-kv or split-kv-cluster".into(),
             }),
             _ => Ok(self),
         }
@@ -188,9 +197,12 @@ impl std::str::FromStr for DecodeKernel {
             "cuda-cores" => Ok(Self::CudaCores),
             "tensor-cores" => Ok(Self::TensorCores),
             "split-kv" => Ok(Self::SplitKv),
+            "split-kv-cluster" => Ok(Self::SplitKvCluster),
             _ => Err(invalid(
                 "decode_kernel",
-                format!("unknown decode kernel `{s}`; known: auto, cuda-cores, tensor-cores, split-kv"),
+                format!(
+                    "unknown decode kernel `{s}`; known: auto, cuda-cores, tensor-cores, split-kv, split-kv-cluster"
+                ),
             )),
         }
     }
@@ -784,6 +796,11 @@ mod tests {
         let split: DecodeKernel = "split-kv".parse().unwrap();
         assert_eq!(split, DecodeKernel::SplitKv);
         assert_eq!(split.ffi(4), mllm_decode_kernel_t::MLLM_DECODE_KERNEL_SPLIT_KV.0 as i32);
+        let cluster: DecodeKernel = "split-kv-cluster".parse().unwrap();
+        assert_eq!(cluster, DecodeKernel::SplitKvCluster);
+        let abi = mllm_decode_kernel_t::MLLM_DECODE_KERNEL_SPLIT_KV_CLUSTER.0 as i32;
+        assert_eq!(cluster.ffi(4), abi);
+        assert!(!cluster.uses_tensor_cores(4));
         let tc = mllm_decode_kernel_t::MLLM_DECODE_KERNEL_TENSOR_CORES.0 as i32;
         let cc = mllm_decode_kernel_t::MLLM_DECODE_KERNEL_CUDA_CORES.0 as i32;
         assert_eq!((DecodeKernel::Auto.ffi(4), DecodeKernel::Auto.ffi(2)), (tc, cc));
