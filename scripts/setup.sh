@@ -56,7 +56,7 @@ while read -r name ver file hash pip extra; do
     die "$LOCK: malformed line for '$name' (want: name version filename sha256 pip_name)"
   VER[$name]=$ver FILE[$name]=$file SHA[$name]=$hash PIP[$name]=$pip
 done <"$LOCK"
-CUDA_PKGS=(cuda-nvcc cuda-crt nvvm cuda-nvrtc cuda-runtime cuda-cccl)
+CUDA_PKGS=(cuda-nvcc cuda-crt nvvm cuda-nvrtc cuda-runtime cuda-cccl cuda-cuobjdump cuda-nvdisasm)
 for n in "${CUDA_PKGS[@]}" cutlass flashinfer; do
   [[ -n "${VER[$n]:-}" ]] || die "$LOCK: no entry for '$n'"
 done

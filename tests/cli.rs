@@ -491,7 +491,7 @@ fn help_lists_the_subcommands() {
     let sb = Sandbox::empty();
     let r = sb.run(&["--help"]);
     r.ok().stdout_has("Usage: mllm-kernel <COMMAND>");
-    for sub in ["env", "cache", "check", "bench"] {
+    for sub in ["env", "cache", "check", "bench", "sass"] {
         assert!(
             r.stdout.lines().any(|l| l.trim_start().starts_with(&format!("{sub} "))),
             "--help does not list `{sub}`\n{r}"
@@ -1658,4 +1658,36 @@ fn bench_without_a_gpu_fails_cleanly() {
     let r = sb.run(&["bench", "softmax"]);
     r.code(2).stderr_has("invalid value 'softmax'").stderr_has("rms-norm");
     assert!(!r.stderr.contains("jit-load-once"), "hidden op is listed\n{r}");
+}
+
+/// `sass` disassembles a build through the cache with the toolkit's
+/// cuobjdump. It also guards two facts of the SM90 code: the streaming
+/// linear's stage ring fences its shared-memory reads for the async proxy
+/// before each refill (FENCE.VIEW.ASYNC.S once after the barrier init and
+/// once in the loop, in each of its 8 instantiations; without the loop's,
+/// a bulk copy could overwrite a slot under a lagging read), and prefetch_l2
+/// compiles to bulk L2 prefetches.
+#[test]
+fn sass_shows_the_ring_fence_and_the_bulk_prefetch() {
+    let sb = Sandbox::empty();
+    let r = sb.run(&[
+        "sass",
+        "stream_linear",
+        "--arch",
+        "sm_90a",
+        "--function",
+        "stream_linear_kernel",
+    ]);
+    r.ok();
+    let functions = r.stdout.matches("Function : ").count();
+    let fences = r.stdout.matches("FENCE.VIEW.ASYNC.S").count();
+    assert!(
+        functions == 8 && fences >= 2 * functions,
+        "{functions} functions, {fences} async-proxy fences\n{r}"
+    );
+    sb.run(&["sass", "prefetch_l2", "--arch", "sm_90a"])
+        .ok()
+        .stdout_has("UBLKPF.L2");
+    let r = sb.run(&["sass", "no_such_kernel", "--arch", "sm_90a"]);
+    assert!(r.code != Some(0) && r.stderr.contains("no_such_kernel"), "{r}");
 }

@@ -5,6 +5,7 @@ mod bench_cmd;
 mod cache_cmd;
 mod check;
 mod env_cmd;
+mod sass_cmd;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,18 @@ pub enum Command {
     },
     /// Time an op on the GPU with CUDA events.
     Bench(bench_cmd::BenchArgs),
+    /// Print the SASS of a kernel build (compiled into the cache if missing), e.g.
+    /// `sass stream_linear --arch sm_90a --function stream_linear_kernel`.
+    Sass {
+        /// A kernel or one build (`int8_scaled_mm`, `'rms_norm[bf16]'`).
+        kernel: String,
+        /// Target archs (default: MLLM_CUDA_ARCHS or the GPU's).
+        #[arg(long = "arch", value_name = "sm_XY")]
+        archs: Vec<Arch>,
+        /// Only functions whose (mangled) name contains this text.
+        #[arg(long)]
+        function: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +100,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             kernels,
         } => check::run(&env, archs, use_cache, &kernels),
         Command::Bench(args) => bench_cmd::run(&env, args),
+        Command::Sass {
+            kernel,
+            archs,
+            function,
+        } => sass_cmd::run(&env, &kernel, archs, function.as_deref()),
     }
 }
 
