@@ -38,6 +38,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "mllm_cluster.cuh"
@@ -56,6 +57,7 @@ constexpr int kMaxGroup = 8;  // query heads per KV head
 constexpr int kMinChunk = 16; // chunk lengths are multiples of this many tokens
 constexpr int kMaxChunks = 64;
 constexpr int kMaxClusterChunks = 16;  // the largest (non-portable) cluster on SM90
+constexpr int kMaxDevices = 64;        // devices whose cluster limit is remembered
 static_assert(kTile * 2 == kThreads, "two threads per token");
 static_assert(kMaxGroup <= 2 * kWarps, "each warp runs the softmax of at most two query heads");
 
@@ -495,30 +497,44 @@ inline cudaError_t choose_chunks(int batch, int num_kv_heads, int max_len, int* 
   return cudaSuccess;
 }
 
-// The cluster form's chunk count: as choose_chunks, capped at the largest
-// cluster of this kernel the device can run (16 CTAs where non-portable
-// cluster sizes are allowed, else fewer; 0 when it runs none, e.g. below
-// SM90).
+// The largest cluster of the cluster form the current device schedules (16
+// CTAs where non-portable sizes are allowed, else 8, 4, ..; 1 where none,
+// e.g. below SM90). Queried once per device: plans run every decode step.
+template <int D, typename T>
+int max_cluster_chunks() {
+  static std::atomic<int> known[kMaxDevices] = {};  // 0: not asked yet
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 1;
+  if (dev < kMaxDevices && known[dev].load(std::memory_order_relaxed) > 0) return known[dev].load();
+  int c = 1;
+  if (mllm::device_sm() >= 90) {
+    const auto kernel = decode_kernel<D, T, true>;
+    const size_t smem = sizeof(Smem<D>);
+    bool ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) == cudaSuccess &&
+              cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+    for (c = ok ? kMaxClusterChunks : 1; c > 1; c /= 2) {
+      const mllm::LaunchConfig l(dim3(unsigned(c), 1, 1), dim3(kThreads), nullptr, false, smem, unsigned(c));
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &l.cfg) == cudaSuccess && clusters > 0) break;
+    }
+    (void)cudaGetLastError();  // an unsupported size is an answer, not an error to keep
+  }
+  if (dev < kMaxDevices) known[dev].store(c);
+  return c;
+}
+
+// The cluster form's chunk count: choose_chunks's, capped at the largest
+// cluster the device runs; 0 where that is 1 (no clusters: the caller takes
+// the global form).
 template <int D, typename T>
 cudaError_t choose_cluster_chunks(int batch, int num_kv_heads, int max_len, int* chunks) {
   *chunks = 0;
-  if (mllm::device_sm() < 90) return cudaSuccess;
+  const int most = max_cluster_chunks<D, T>();
+  if (most <= 1) return cudaSuccess;
   int c = 1;
-  cudaError_t e = choose_chunks(batch, num_kv_heads, max_len, &c);
-  if (e != cudaSuccess) return e;
-  const auto kernel = decode_kernel<D, T, true>;
-  const size_t smem = sizeof(Smem<D>);
-  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-  if (e != cudaSuccess) return e;
-  for (c = min(c, kMaxClusterChunks); c > 1; c /= 2) {
-    const mllm::LaunchConfig l(dim3(unsigned(c), 1, 1), dim3(kThreads), nullptr, false, smem, unsigned(c));
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &l.cfg) == cudaSuccess && clusters > 0) break;
-    (void)cudaGetLastError();  // an unsupported size is an answer, not an error to keep
-  }
-  *chunks = c;
-  return cudaSuccess;
+  const cudaError_t e = choose_chunks(batch, num_kv_heads, max_len, &c);
+  if (e == cudaSuccess) *chunks = min(c, most);
+  return e;
 }
 
 // p.chunks from choose_chunks (global merge) or choose_cluster_chunks
