@@ -128,8 +128,8 @@ pub(super) fn forward_into(
         let cache = (k_cache, v_cache);
         let step = (attn, plan, layout);
         let x = linear_input(&h, &hq);
-        let layer_with = (layer, &w.l2_prefetch);
-        let mut a = self_attention(gpu, dims, layer_with, cache, cos_sin, step, inputs, x, prof)?;
+        let with_prefetch = (layer, &w.l2_prefetch);
+        let mut a = self_attention(gpu, dims, with_prefetch, cache, cos_sin, step, inputs, x, prof)?;
         let aq = add_norm(gpu, dims, &mut a, &mut residual, &layer.post_norm, &layer.gate_up, prof)?;
         h = mlp(gpu, dims, layer, linear_input(&a, &aq), prof)?;
         // Qwen3-VL deepstack: the layer's output (residual + h) gains level i at the image rows.
