@@ -27,6 +27,8 @@ enum Target {
 }
 
 impl Target {
+    const ALL: [Self; 3] = [Self::O, Self::GateUp, Self::Down];
+
     fn name(self) -> &'static str {
         match self {
             Self::O => "o",
@@ -37,7 +39,7 @@ impl Target {
 }
 
 // One prefetch launch covers every target.
-const _: () = assert!(MAX_PREFETCH_RANGES >= 3);
+const _: () = assert!(MAX_PREFETCH_RANGES >= Target::ALL.len());
 
 /// A parsed `MLLM_L2_PREFETCH`: the ranges, in the order they are prefetched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,11 +99,8 @@ impl std::str::FromStr for L2Prefetch {
                     Some((n, m)) => (n, Some(m)),
                     None => (item.trim(), None),
                 };
-                let target = match name {
-                    "o" => Target::O,
-                    "gate_up" => Target::GateUp,
-                    "down" => Target::Down,
-                    other => return Err(bad(format!("unknown weight `{other}` (o, gate_up, down)"))),
+                let Some(target) = Target::ALL.into_iter().find(|t| t.name() == name) else {
+                    return Err(bad(format!("unknown weight `{name}` (o, gate_up, down)")));
                 };
                 let cap = mib
                     .map(|m| match m.parse::<usize>() {
