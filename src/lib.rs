@@ -24,6 +24,7 @@ pub mod kernel_timeline;
 pub mod loader;
 pub mod ops;
 pub mod profile;
+pub mod readback;
 pub mod reference;
 pub mod registry;
 pub mod tensor;

@@ -1,6 +1,7 @@
 //! The `sample` kernel (seeded top-k / top-p / min-p sampling) against
 //! `reference::sample`, and the `argmax` kernel (split over several blocks
-//! per row) against `reference::argmax`. GPU tests are skipped (with the
+//! per row) against `reference::argmax`, and `feed_tokens` (sampled ids into
+//! the next step's inputs) with a non-blocking readback. GPU tests are skipped (with the
 //! reason printed) where no CUDA device exists; the validation test runs
 //! everywhere.
 //!
@@ -811,4 +812,50 @@ fn validation_rejects_bad_arguments_without_a_gpu() {
         SampleParams::pack(&[bad]),
         Err(Error::InvalidArgument { arg: "min_p", .. })
     ));
+}
+
+/// `feed_tokens` against its reference: a batch whose rows continue the
+/// previous step's rows in a shuffled order (some rows new, fed nothing),
+/// then a non-blocking readback of the fed ids; bad pairs fail on the host.
+#[test]
+fn feed_tokens_matches_reference_and_reads_back() {
+    let Some(gpu) = gpu_or_skip("feed_tokens_matches_reference_and_reads_back") else {
+        return;
+    };
+    for (rows, sampled_rows, seed) in [(1, 1, 1u64), (5, 8, 2), (700, 640, 3)] {
+        let sampled: Vec<i32> = (0..sampled_rows as i32).map(|i| 1000 + 7 * i).collect();
+        let mut ids: Vec<i32> = (0..rows as i32).map(|i| -i).collect();
+        // Every other row of `ids` continues some previous row (a permutation).
+        let order = random_index(sampled_rows, seed, sampled_rows);
+        let mut seen = vec![false; sampled_rows];
+        let pairs: Vec<(usize, usize)> = (0..rows)
+            .step_by(2)
+            .zip(order.into_iter().filter(|&s| !std::mem::replace(&mut seen[s], true)))
+            .collect();
+        let sampled_dev = DeviceTensor::from_host(&gpu, &sampled, &[sampled_rows]).unwrap();
+        let mut ids_dev = DeviceTensor::from_host(&gpu, &ids, &[rows]).unwrap();
+        ops::feed_tokens_into(&gpu, &mut ids_dev, &sampled_dev, &pairs).unwrap();
+        let mut rb = mllm_kernel::readback::Readback::new(&gpu, 4 * rows).unwrap();
+        rb.start(&gpu, &ids_dev).unwrap();
+        reference::feed_tokens(&mut ids, &sampled, &pairs);
+        assert_eq!(rb.wait::<i32>().unwrap(), ids, "{rows} rows from {sampled_rows}");
+        assert!(rb.wait::<f32>().is_err(), "readback as another dtype");
+    }
+    let sampled = DeviceTensor::from_host(&gpu, &[1i32, 2], &[2]).unwrap();
+    let mut ids = DeviceTensor::from_host(&gpu, &[0i32; 4], &[4]).unwrap();
+    for pairs in [vec![(4, 0)], vec![(0, 2)], vec![(1, 0), (1, 1)]] {
+        assert!(
+            ops::feed_tokens_into(&gpu, &mut ids, &sampled, &pairs).is_err(),
+            "{pairs:?}"
+        );
+    }
+    let mut floats = DeviceTensor::from_host(&gpu, &[0f32; 4], &[4]).unwrap();
+    assert!(ops::feed_tokens_into(&gpu, &mut floats, &sampled, &[(0, 0)]).is_err());
+    let mut small = mllm_kernel::readback::Readback::new(&gpu, 4).unwrap();
+    assert!(small.start(&gpu, &ids).is_err(), "16 bytes into a 4-byte readback");
+    assert_eq!(
+        ids.to_host::<i32>(&gpu).unwrap(),
+        vec![0; 4],
+        "failed calls wrote nothing"
+    );
 }

@@ -5,6 +5,7 @@ mod activation;
 mod attention;
 mod dependent_launch;
 mod embedding;
+mod feed_tokens;
 mod gelu;
 mod int8_mm;
 mod kv_store;
@@ -31,6 +32,7 @@ pub use embedding::{
     embedding, embedding_into, scatter_rows_into, validate_embedding, validate_scatter_rows, validate_token_ids,
     Scatter,
 };
+pub use feed_tokens::{feed_tokens_into, validate_feed_tokens};
 pub use gelu::{gelu_inplace, gelu_into, Gelu};
 pub use int8_mm::{
     int8_scaled_mm, int8_scaled_mm_dynamic, int8_scaled_mm_dynamic_into, int8_scaled_mm_into, resolve_int8_mm_config,
@@ -70,6 +72,7 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
         KernelId::KvStore => kv_store::symbols(build.variant),
         KernelId::Argmax => sampling::symbols(build.variant),
         KernelId::Sample => sample::symbols(build.variant),
+        KernelId::FeedTokens => feed_tokens::symbols(),
         KernelId::Attention => attention::symbols(),
         KernelId::LayerNorm => layer_norm::symbols(build.variant),
         KernelId::Gelu => gelu::symbols(build.variant),

@@ -22,5 +22,5 @@ pub use norm::{fused_add_rms_norm, rms_norm};
 pub use quant::per_token_quant_int8;
 pub use rope::qk_norm_rope;
 pub use sample::{kept_cdf, philox4x32_10, sample, sample_uniform, KeptCdf, Sampled};
-pub use sampling::{argmax, token_logprobs, top_logprobs};
+pub use sampling::{argmax, feed_tokens, token_logprobs, top_logprobs};
 pub use vision::{erfc, gelu, layer_norm, segment_attention};

@@ -105,3 +105,17 @@ pub fn top_logprobs<T: FloatElem>(logits: &[T], vocab: usize, scale: Option<&[f3
     }
     (ids, lps)
 }
+
+/// `ids[row] = sampled[src]` for each `(row, src)` pair (the `feed_tokens`
+/// kernel's definition; pairs are in range).
+///
+/// ```
+/// let mut ids = vec![0, 5, 0];
+/// mllm_kernel::reference::feed_tokens(&mut ids, &[11, 22], &[(0, 1), (2, 0)]);
+/// assert_eq!(ids, [22, 5, 11]);
+/// ```
+pub fn feed_tokens(ids: &mut [i32], sampled: &[i32], pairs: &[(usize, usize)]) {
+    for &(row, src) in pairs {
+        ids[row] = sampled[src];
+    }
+}
