@@ -21,6 +21,7 @@ use crate::{Error, Result};
 /// assert_eq!(rb.wait::<i32>()?, vec![7, 9]);
 /// # Ok::<(), mllm_kernel::Error>(())
 /// ```
+#[derive(Debug)]
 pub struct Readback {
     buf: PinnedHostSlice<u8>,
     /// Dtype and element count of the download in flight or done.

@@ -216,6 +216,49 @@ fn decode(
     states.iter().map(|s| s.output_tokens().to_vec()).collect()
 }
 
+/// [`decode`] with overlap scheduling: each step is launched before the previous one's tokens
+/// are read, its rows taking them as future tokens (fed on the GPU when they are there).
+fn decode_overlapped(r: &mut ModelRunner, prompts: &[Vec<u32>], params: &[SamplingParams], n: usize) -> Vec<Vec<u32>> {
+    let slots = r.req_pool_mut().alloc(prompts.len()).unwrap();
+    let mut states: Vec<SequenceState> = prompts
+        .iter()
+        .zip(params)
+        .map(|(p, params)| SequenceState::new(params.clone(), p).unwrap())
+        .collect();
+    let mut next: Vec<SequenceInput> = slots
+        .iter()
+        .zip(prompts)
+        .map(|(&req_slot, p)| SequenceInput {
+            req_slot,
+            prefix_len: 0,
+            new_tokens: p.clone(),
+        })
+        .collect();
+    let rows: Vec<(usize, usize)> = (0..prompts.len()).map(|i| (i, i)).collect();
+    let mut in_flight = None;
+    for step in 0..n {
+        let b = r.prepare(&next, LogitsMode::LastPerSequence).unwrap();
+        let b = if step == 0 {
+            b
+        } else {
+            b.with_future_tokens(&rows).unwrap()
+        };
+        let launched = r.launch(&b, &mut states).unwrap();
+        if let Some(prev) = in_flight.replace(launched) {
+            r.finish(prev, &mut states).unwrap();
+        }
+        for s in next.iter_mut() {
+            s.prefix_len += s.new_tokens.len();
+            s.new_tokens = vec![0];
+        }
+    }
+    r.finish(in_flight.unwrap(), &mut states).unwrap();
+    for (slot, s) in slots.iter().zip(&next) {
+        r.release(*slot, s.prefix_len).unwrap();
+    }
+    states.iter().map(|s| s.output_tokens().to_vec()).collect()
+}
+
 /// [`common::logits::check_greedy`] against this case's HF tokens and gaps.
 fn check_greedy(what: &str, got: &[u32], case: &Case) -> Result<(), String> {
     let r = range(case.logits.last().unwrap());
@@ -400,6 +443,51 @@ fn gpu_sampling_is_seeded_and_filtered() {
     ];
     let host = decode(&mut gpu, &prompts, &penalized, n, false);
     assert!(host.iter().all(|t| t.len() == n));
+}
+
+/// Overlapped decode (step k + 1 launched before step k's tokens are read, fed on the GPU)
+/// gives the tokens of step-by-step decode, on graphs and eagerly, for greedy, seeded,
+/// penalized (host-sampled: fed from the host) and logprob requests.
+#[test]
+fn gpu_overlapped_decode_matches_step_by_step() {
+    let Some(dirs) = fixtures_or_skip("gpu_overlapped_decode_matches_step_by_step") else {
+        return;
+    };
+    let dir = dirs[0].as_path();
+    let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+    let k = prompts.len();
+    let seeded: Vec<SamplingParams> = (0..k as u64)
+        .map(|seed| SamplingParams {
+            temperature: 1.1,
+            top_k: 50,
+            top_p: 0.9,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        })
+        .collect();
+    let penalized = vec![
+        SamplingParams {
+            repetition_penalty: 1.3,
+            ..SamplingParams::greedy()
+        };
+        k
+    ];
+    let logprobs = vec![
+        SamplingParams {
+            logprobs: Some(3),
+            ..SamplingParams::greedy()
+        };
+        k
+    ];
+    let sets = [vec![SamplingParams::greedy(); k], seeded, penalized, logprobs];
+    for graphs in [8, 0] {
+        let mut r = runner(dir, Device::Cuda(0), 8, graphs);
+        for (i, params) in sets.iter().enumerate() {
+            let want = decode(&mut r, &prompts, params, 20, false);
+            let got = decode_overlapped(&mut r, &prompts, params, 20);
+            assert_eq!(got, want, "graphs {graphs}, parameter set {i}");
+        }
+    }
 }
 
 /// Logprobs requests (no penalties, at most 20) are sampled on the GPU as well: the chosen

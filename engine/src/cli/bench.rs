@@ -1,5 +1,7 @@
 //! `mllm bench-one-batch`: prefill of B random prompts of I tokens, then O-1 decode steps, like
-//! SGLang's `bench_one_batch`, on the CPU backend. Warmup runs are dropped.
+//! SGLang's `bench_one_batch`. Warmup runs are dropped. Decode steps overlap as the server's do
+//! (step k + 1 launched before step k's tokens are read; `--disable-overlap-schedule`), and a
+//! step's latency is the time between consecutive token reads.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -75,6 +77,10 @@ pub struct BenchArgs {
     /// what a replayed decode step is made of (`scripts/timeline_step.py`).
     #[arg(long, value_name = "FILE")]
     pub kernel_timeline: Option<PathBuf>,
+    /// Read each decode step's tokens before launching the next (as `mllm serve
+    /// --disable-overlap-schedule`).
+    #[arg(long)]
+    pub disable_overlap_schedule: bool,
 }
 
 /// Timings of one measured run.
@@ -112,6 +118,7 @@ struct Workload {
 struct Flags {
     radix_cache: bool,
     cuda_graph: bool,
+    overlap_schedule: bool,
     jit_compile_included: bool,
 }
 
@@ -253,7 +260,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let revision = Revision::current();
     let device = DeviceInfo::of(runner.device());
     for run in 0..args.warmup + args.repeats {
-        let t = one_batch(&mut runner, &prompts, o).with_context(|| format!("run {run} failed"))?;
+        let overlap = !args.disable_overlap_schedule;
+        let t = one_batch(&mut runner, &prompts, o, overlap).with_context(|| format!("run {run} failed"))?;
         let Some(repeat) = run.checked_sub(args.warmup) else {
             eprintln!("mllm: warmup run {run} done ({:.3} s, dropped)", t.total_latency_s);
             continue;
@@ -277,6 +285,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             flags: Flags {
                 radix_cache: false,
                 cuda_graph: runner.device().is_cuda() && args.model.cuda_graph_max_bs() >= b,
+                overlap_schedule: !args.disable_overlap_schedule,
                 jit_compile_included: false,
             },
             repeat,
@@ -412,7 +421,12 @@ fn image_prompt(model: &RunnerModel, px: usize, input_len: usize) -> anyhow::Res
 }
 
 /// One prefill + `output_len - 1` greedy decode steps; frees every slot afterwards.
-fn one_batch(runner: &mut ModelRunner, prompts: &[Prompt], output_len: usize) -> anyhow::Result<Timings> {
+fn one_batch(
+    runner: &mut ModelRunner,
+    prompts: &[Prompt],
+    output_len: usize,
+    overlap: bool,
+) -> anyhow::Result<Timings> {
     let b = prompts.len();
     let slots = runner.req_pool_mut().alloc(b)?;
     let mut states = prompts
@@ -437,7 +451,7 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Prompt], output_len: usize) ->
         }
     }
     let batch = runner.prepare(&inputs, LogitsMode::LastPerSequence)?;
-    let mut next = runner.step(&batch, &mut states)?;
+    let first = runner.step(&batch, &mut states)?;
     let prefill = start.elapsed().as_secs_f64();
     let vision_encode_s = match (vision_before, runner.vision_encode_seconds()) {
         (Some(a), Some(b)) if prompts.iter().any(|p| p.mm.is_some()) => Some(b - a),
@@ -445,15 +459,39 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Prompt], output_len: usize) ->
     };
     let mut steps = Vec::with_capacity(output_len.saturating_sub(1));
     runner.take_graph_replay_seconds()?;
+    // Each decode step feeds on the one before it: from its read tokens, or (overlapped) as
+    // future tokens from the step still in flight.
+    let mut known = Some(first);
+    let mut in_flight = None;
+    let mut last_read = Instant::now();
+    let futures: Vec<(usize, usize)> = (0..b).map(|i| (i, i)).collect();
     for _ in 1..output_len {
-        for (inp, out) in inputs.iter_mut().zip(&next) {
+        for (i, inp) in inputs.iter_mut().enumerate() {
             inp.prefix_len += inp.new_tokens.len();
-            inp.new_tokens = vec![out.token];
+            inp.new_tokens = vec![known.as_ref().map_or(0, |k| k[i].token)];
         }
-        let t = Instant::now();
-        let batch = runner.prepare(&inputs, LogitsMode::LastPerSequence)?;
-        next = runner.step(&batch, &mut states)?;
-        steps.push(t.elapsed().as_secs_f64());
+        let mut batch = runner.prepare(&inputs, LogitsMode::LastPerSequence)?;
+        if known.is_none() {
+            batch = batch.with_future_tokens(&futures)?;
+        }
+        let launched = runner.launch(&batch, &mut states)?;
+        let read = match in_flight.replace(launched) {
+            Some(prev) => Some(runner.finish(prev, &mut states)?),
+            None => None,
+        };
+        known = if overlap {
+            None
+        } else {
+            Some(finish_now(runner, &mut in_flight, &mut states)?)
+        };
+        if read.is_some() || !overlap {
+            steps.push(last_read.elapsed().as_secs_f64());
+            last_read = Instant::now();
+        }
+    }
+    if let Some(last) = in_flight.take() {
+        runner.finish(last, &mut states)?;
+        steps.push(last_read.elapsed().as_secs_f64());
     }
     let total = start.elapsed().as_secs_f64();
     let mut replays = runner.take_graph_replay_seconds()?.unwrap_or_default();
@@ -474,6 +512,16 @@ fn one_batch(runner: &mut ModelRunner, prompts: &[Prompt], output_len: usize) ->
         total_latency_s: total,
         total_throughput_tok_s: (in_tokens + (b * output_len) as f64) / total,
     })
+}
+
+/// Reads the step in flight at once (no overlap).
+fn finish_now(
+    runner: &mut ModelRunner,
+    in_flight: &mut Option<crate::executor::pending::PendingStep>,
+    states: &mut [SequenceState],
+) -> anyhow::Result<Vec<crate::executor::sampler::SampleOutput>> {
+    let step = in_flight.take().context("no step in flight")?;
+    Ok(runner.finish(step, states)?)
 }
 
 fn median(v: &mut [f64]) -> Option<f64> {

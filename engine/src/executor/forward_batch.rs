@@ -67,6 +67,19 @@ pub struct ForwardBatch {
     pub seqs: Vec<SequenceMeta>,
     /// Which positions get logits.
     pub logits: LogitsMode,
+    /// Tokens the previous launched step samples (overlap scheduling): their `input_ids`
+    /// entries are placeholders until the runner feeds them, on the device where that step's
+    /// ids are. See [`ForwardBatch::with_future_tokens`].
+    pub future_tokens: Vec<FutureToken>,
+}
+
+/// An input token that is the previous launched step's sample of row `sample`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FutureToken {
+    /// Its row in [`ForwardBatch::input_ids`].
+    pub row: usize,
+    /// The row of the previous step's samples (its sequence order) it takes.
+    pub sample: usize,
 }
 
 impl ForwardBatch {
@@ -148,7 +161,45 @@ impl ForwardBatch {
             out_cache_loc,
             seqs,
             logits: LogitsMode::default(),
+            future_tokens: Vec::new(),
         })
+    }
+
+    /// Marks the last new token of sequence `seq` (index into [`ForwardBatch::seqs`]) as the
+    /// previous launched step's sample of row `sample`, for each `(seq, sample)` pair: the
+    /// runner feeds it before the forward. Each sequence at most once.
+    ///
+    /// ```
+    /// use mllm_engine::executor::forward_batch::{ForwardBatch, FutureToken, LogitsMode, SequenceInput};
+    /// use mllm_engine::mem_cache::{KvDtype, ReqToTokenPool, TokenToKvPool};
+    ///
+    /// let mut req = ReqToTokenPool::new(4, 16);
+    /// let mut kv = TokenToKvPool::new(32, 1, 1, 2, KvDtype::F32);
+    /// let slot = req.alloc(1).unwrap()[0];
+    /// let seq = SequenceInput { req_slot: slot, prefix_len: 0, new_tokens: vec![5, 6, 0] };
+    /// let b = ForwardBatch::build(&[seq], &mut req, &mut kv, LogitsMode::LastPerSequence).unwrap();
+    /// let b = b.with_future_tokens(&[(0, 3)]).unwrap();
+    /// assert_eq!(b.future_tokens, [FutureToken { row: 2, sample: 3 }]);
+    /// assert!(b.with_future_tokens(&[(1, 0)]).is_err());
+    /// ```
+    pub fn with_future_tokens(mut self, pairs: &[(usize, usize)]) -> Result<Self> {
+        let mut marked = vec![false; self.seqs.len()];
+        for &(seq, sample) in pairs {
+            let Some(m) = self.seqs.get(seq) else {
+                return Err(ModelError::Invalid(format!(
+                    "future token for sequence {seq} of a batch of {}",
+                    self.seqs.len()
+                )));
+            };
+            if std::mem::replace(&mut marked[seq], true) {
+                return Err(ModelError::Invalid(format!("sequence {seq} has two future tokens")));
+            }
+            self.future_tokens.push(FutureToken {
+                row: m.start + m.extend_len - 1,
+                sample,
+            });
+        }
+        Ok(self)
     }
 
     /// Number of sequences.

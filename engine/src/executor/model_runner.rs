@@ -4,9 +4,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::cuda::{CudaModel, CudaVisionTower, KvSizing, VisualStep};
+use mllm_kernel::readback::Readback;
+use mllm_kernel::DeviceTensor;
+
+use super::cuda::{record_ids, CudaModel, CudaVisionTower, KvSizing, Picked, TokenFeed, VisualStep};
 use super::device::Device;
 use super::forward_batch::{ForwardBatch, LogitsMode, SequenceInput};
+use super::pending::{check_futures, resolve_on_host, LastSamples, Pending, PendingStep};
 use super::sampler::{SampleOutput, Sampler, SequenceState};
 use crate::loader::config::ModelConfig;
 use crate::mem_cache::{capacity_for_budget, KvDtype, ReqToTokenPool, TokenToKvPool};
@@ -46,6 +50,10 @@ pub struct ModelRunner {
     req_pool: ReqToTokenPool,
     kv_pool: TokenToKvPool,
     sampler: Sampler,
+    /// The last launched step's samples, for the next step's future tokens.
+    last_samples: Option<LastSamples>,
+    /// Idle page-locked buffers for sampled ids on their way to the host.
+    readbacks: Vec<Readback>,
 }
 
 /// The model on its device. The CUDA backend drops the host copy of the weights once uploaded.
@@ -155,6 +163,8 @@ impl ModelRunner {
             req_pool: ReqToTokenPool::new(cfg.max_running_requests, cfg.max_context_len),
             kv_pool,
             sampler: Sampler::new(),
+            last_samples: None,
+            readbacks: Vec::new(),
         })
     }
 
@@ -286,32 +296,91 @@ impl ModelRunner {
         ForwardBatch::build(inputs, &mut self.req_pool, &mut self.kv_pool, logits)
     }
 
-    /// Runs the model: f32 logits `[rows, vocab]` for the batch's logit rows.
+    /// Runs the model: f32 logits `[rows, vocab]` for the batch's logit rows. Future tokens
+    /// take the last launched step's samples.
     pub fn forward(&mut self, batch: &ForwardBatch) -> Result<Tensor> {
-        match self.forward_or_sample(batch, None)? {
+        let last = self.last_samples.take();
+        match self.forward_or_sample(batch, last.as_ref(), None)? {
             Stepped::Logits(l) => Ok(l),
-            Stepped::Sampled(_) => unreachable!("nothing is sampled without states"),
+            Stepped::Sampled(_) | Stepped::OnDevice(_) => unreachable!("nothing is sampled without states"),
         }
     }
 
     /// Runs the batch; with `states`, a GPU backend may sample on the device when every
-    /// request allows it (then only the ids come back).
-    fn forward_or_sample(&mut self, batch: &ForwardBatch, states: Option<&mut [SequenceState]>) -> Result<Stepped> {
+    /// request allows it: then only the ids come back, or (`states` with `true`) none, the ids
+    /// staying on the device. Future tokens come from `last`.
+    fn forward_or_sample(
+        &mut self,
+        batch: &ForwardBatch,
+        last: Option<&LastSamples>,
+        states: Option<(&mut [SequenceState], bool)>,
+    ) -> Result<Stepped> {
+        let resolved;
+        let (batch, feed) = match last {
+            _ if batch.future_tokens.is_empty() => (batch, None),
+            None => {
+                return Err(ModelError::Invalid(
+                    "the batch takes tokens from a previous step, but none was launched".into(),
+                ))
+            }
+            Some(LastSamples::Host(ids)) => {
+                resolved = resolve_on_host(batch, ids)?;
+                (&resolved, None)
+            }
+            Some(LastSamples::Device(ids, rows)) => {
+                check_futures(batch, *rows)?;
+                let pairs = batch.future_tokens.iter().map(|f| (f.row, f.sample)).collect();
+                (batch, Some(TokenFeed { sampled: ids, pairs }))
+            }
+        };
+        let on_host = |what| {
+            ModelError::Invalid(format!(
+                "{what} cannot take tokens sampled on a GPU (internal error: a CPU step after a GPU one)"
+            ))
+        };
         let logits = match &mut self.backend {
+            Backend::Cpu(_) | Backend::Vl(..) if feed.is_some() => return Err(on_host("a CPU step")),
             Backend::Cpu(m) => m.forward(&batch.input_ids, &batch.positions, batch, &mut self.kv_pool)?,
             Backend::Vl(m, reqs) => forward_vl(m, reqs, &mut self.kv_pool, batch)?,
-            Backend::Cuda(m) => return cuda_step(m, batch, None, states),
+            Backend::Cuda(m) => return cuda_step(m, batch, None, states, feed.as_ref()),
             Backend::VlCuda(m, front, reqs) => {
                 let visual = VisualStep::build(front, reqs, batch)?;
-                return cuda_step(m, batch, Some(&visual), states);
+                return cuda_step(m, batch, Some(&visual), states, feed.as_ref());
             }
         };
         Ok(Stepped::Logits(logits))
     }
 
     /// Forward, then sample one token per sequence (`states[i]` for `batch.seqs[i]`; the batch
-    /// must use [`LogitsMode::LastPerSequence`]).
+    /// must use [`LogitsMode::LastPerSequence`]): [`ModelRunner::launch`] and
+    /// [`ModelRunner::finish`] at once.
     pub fn step(&mut self, batch: &ForwardBatch, states: &mut [SequenceState]) -> Result<Vec<SampleOutput>> {
+        let pending = self.launch(batch, states)?;
+        self.finish(pending, states)
+    }
+
+    /// Queues the batch (as [`ModelRunner::step`]) and returns without waiting for its tokens
+    /// where it can: on a GPU whose requests all sample there without logprobs. Else the step
+    /// runs to its tokens here. The batch's future tokens take the previous launched step's
+    /// samples (fed on the device when they are there). Read the samples with
+    /// [`ModelRunner::finish`], in launch order, with the same states.
+    ///
+    /// ```no_run
+    /// # use mllm_engine::executor::{model_runner::ModelRunner, forward_batch::*, sampler::*};
+    /// # fn demo(runner: &mut ModelRunner, slot: usize, prompt: Vec<u32>) -> mllm_engine::models::Result<()> {
+    /// let mut states = vec![SequenceState::new(SamplingParams::greedy(), &prompt).unwrap()];
+    /// let len = prompt.len();
+    /// let seq = SequenceInput { req_slot: slot, prefix_len: 0, new_tokens: prompt };
+    /// let batch = runner.prepare(&[seq], LogitsMode::LastPerSequence)?;
+    /// let first = runner.launch(&batch, &mut states)?;
+    /// // The next step feeds on the first one's token before the host has seen it.
+    /// let next = SequenceInput { req_slot: slot, prefix_len: len, new_tokens: vec![0] };
+    /// let batch = runner.prepare(&[next], LogitsMode::LastPerSequence)?.with_future_tokens(&[(0, 0)])?;
+    /// let second = runner.launch(&batch, &mut states)?;
+    /// let (a, b) = (runner.finish(first, &mut states)?, runner.finish(second, &mut states)?);
+    /// # let _ = (a, b); Ok(()) }
+    /// ```
+    pub fn launch(&mut self, batch: &ForwardBatch, states: &mut [SequenceState]) -> Result<PendingStep> {
         if batch.logits != LogitsMode::LastPerSequence || states.len() != batch.batch_size() {
             return Err(ModelError::Invalid(format!(
                 "step needs last-token logits and one sampling state per sequence ({} states, {} sequences)",
@@ -319,15 +388,66 @@ impl ModelRunner {
                 batch.batch_size()
             )));
         }
-        let logits = match self.forward_or_sample(batch, Some(&mut *states))? {
-            Stepped::Sampled(out) => return Ok(out),
-            Stepped::Logits(l) => l,
+        let last = self.last_samples.take();
+        let inner = match self.forward_or_sample(batch, last.as_ref(), Some((&mut *states, true)))? {
+            Stepped::Sampled(out) => Pending::Done(out),
+            Stepped::OnDevice(ids) => {
+                let readback = self.readback_for(&ids)?;
+                self.last_samples = Some(LastSamples::Device(ids, states.len()));
+                return Ok(PendingStep {
+                    inner: Pending::OnDevice {
+                        readback,
+                        rows: states.len(),
+                    },
+                });
+            }
+            Stepped::Logits(logits) => {
+                let vocab = self.config.vocab_size;
+                let mut flat = logits.to_f32_vec()?;
+                let out = self
+                    .sampler
+                    .sample_flat(&mut flat, vocab, states)
+                    .map_err(|e| ModelError::Invalid(format!("sampling failed: {e}")))?;
+                Pending::Done(out)
+            }
         };
-        let vocab = self.config.vocab_size;
-        let mut flat = logits.to_f32_vec()?;
-        self.sampler
-            .sample_flat(&mut flat, vocab, states)
-            .map_err(|e| ModelError::Invalid(format!("sampling failed: {e}")))
+        if let Pending::Done(out) = &inner {
+            self.last_samples = Some(LastSamples::Host(out.iter().map(|o| o.token).collect()));
+        }
+        Ok(PendingStep { inner })
+    }
+
+    /// Waits for a launched step's tokens (only that step, not those launched after it) and
+    /// records them in `states` (the states it was launched with).
+    pub fn finish(&mut self, step: PendingStep, states: &mut [SequenceState]) -> Result<Vec<SampleOutput>> {
+        match step.inner {
+            Pending::Done(out) => Ok(out),
+            Pending::OnDevice { readback, rows } => {
+                if states.len() != rows {
+                    return Err(ModelError::Invalid(format!(
+                        "finishing a step of {rows} sequences with {} states",
+                        states.len()
+                    )));
+                }
+                let ids = readback.wait::<i32>();
+                self.readbacks.push(readback);
+                record_ids(&ids?, states)
+            }
+        }
+    }
+
+    /// An idle readback buffer that holds `ids`, with its download queued.
+    fn readback_for(&mut self, ids: &DeviceTensor) -> Result<Readback> {
+        let gpu = match &self.backend {
+            Backend::Cuda(m) | Backend::VlCuda(m, ..) => m.gpu().clone(),
+            Backend::Cpu(_) | Backend::Vl(..) => unreachable!("only a GPU keeps samples on the device"),
+        };
+        let mut rb = match self.readbacks.iter().position(|r| r.capacity() >= ids.nbytes()) {
+            Some(i) => self.readbacks.swap_remove(i),
+            None => Readback::new(&gpu, ids.nbytes().max(4096))?,
+        };
+        rb.start(&gpu, ids)?;
+        Ok(rb)
     }
 
     /// The CUDA backend's per-op GPU time report (`MLLM_CUDA_PROFILE=1`); `None` otherwise.
@@ -355,25 +475,30 @@ impl ModelRunner {
     }
 }
 
-/// What a forward gave: logits, or ids already sampled on the GPU.
+/// What a forward gave: logits, ids already sampled on the GPU, or ids still there.
 enum Stepped {
     Logits(Tensor),
     Sampled(Vec<SampleOutput>),
+    OnDevice(DeviceTensor),
 }
 
-/// A CUDA forward, sampling on the device when `states` allow it.
+/// A CUDA forward, sampling on the device when `states` allow it (and leaving the ids there
+/// when asked).
 fn cuda_step(
     m: &mut CudaModel,
     batch: &ForwardBatch,
     visual: Option<&VisualStep>,
-    states: Option<&mut [SequenceState]>,
+    states: Option<(&mut [SequenceState], bool)>,
+    feed: Option<&TokenFeed>,
 ) -> Result<Stepped> {
-    if let Some(states) = states {
-        if let Some(out) = m.sample_on_gpu(batch, visual, states)? {
-            return Ok(Stepped::Sampled(out));
+    if let Some((states, keep_on_device)) = states {
+        match m.launch_sample(batch, visual, states, feed, keep_on_device)? {
+            Some(Picked::Host(out)) => return Ok(Stepped::Sampled(out)),
+            Some(Picked::Device(ids)) => return Ok(Stepped::OnDevice(ids)),
+            None => {}
         }
     }
-    Ok(Stepped::Logits(m.forward(batch, visual)?))
+    Ok(Stepped::Logits(m.forward(batch, visual, feed)?))
 }
 
 /// A Qwen3-VL batch, one sequence at a time on the shared pool: each sequence's 3-axis

@@ -2,6 +2,14 @@
 //! prefill + decode batch per step (chunked prefill under a token budget), samples, checks
 //! stop tokens and lengths, and retracts the newest sequence when decode runs out of KV slots.
 //!
+//! Overlap scheduling (SGLang's, on by default; `--disable-overlap-schedule`): step k + 1 is
+//! scheduled and launched before step k's tokens are read, its decode rows taking those tokens
+//! as [`FutureToken`](crate::executor::forward_batch::FutureToken)s (fed on the GPU), so the
+//! host's scheduling, batch building and token handling run while the GPU computes. A sequence
+//! that step k finishes has one wasted row in step k + 1 (dropped); sequences that will reach
+//! their length limit are not scheduled past it. Aborts, cache flushes and retractions first
+//! wait for the step in flight.
+//!
 //! Image requests ([`TokenizedRequest::mm`]) run only on a runner that runs images (Qwen3-VL):
 //! their images are checked against the placeholders on arrival, registered with the runner
 //! on admission ([`ModelRunner::attach_images`]), queued by the step they enter
@@ -19,6 +27,7 @@ use super::batch_log::{DecodeLog, Load, PrefillLine};
 use super::metrics::Metrics;
 use crate::executor::forward_batch::{LogitsMode, SequenceInput};
 use crate::executor::model_runner::ModelRunner;
+use crate::executor::pending::PendingStep;
 use crate::executor::sampler::{SampleOutput, SequenceState};
 use crate::io_struct::{EventSender, Finish, SchedulerMsg, SeqId, TokenEvent, TokenizedRequest};
 use crate::mem_cache::radix_cache::{NodeId, RadixCache};
@@ -35,6 +44,8 @@ pub struct SchedulerConfig {
     pub max_context_len: usize,
     /// Reuse the KV of shared prompt prefixes (radix cache).
     pub enable_radix_cache: bool,
+    /// Launch each step before reading the previous one's tokens (see the module docs).
+    pub overlap: bool,
 }
 
 /// One sequence in the scheduler.
@@ -47,8 +58,11 @@ struct Seq {
     stop_ids: Vec<u32>,
     state: Option<SequenceState>,
     slot: Option<usize>,
-    /// Leading tokens whose K/V are in the cache.
+    /// Leading tokens whose K/V are in the cache (or being computed by a launched step).
     cached: usize,
+    /// Samples launched for it and not read yet (0 or 1 between steps): its tokens to compute
+    /// are `tokens.len() + in_flight - cached`.
+    in_flight: usize,
     /// Leading tokens whose KV slots belong to the prefix cache (matched at admission).
     prefix_len: usize,
     /// The prefix cache node this sequence holds a lock on.
@@ -63,6 +77,18 @@ struct Seq {
 impl Seq {
     fn output_len(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens to compute before its next sample.
+    fn pending(&self) -> usize {
+        self.tokens.len() + self.in_flight - self.cached
+    }
+
+    /// Whether the sample in flight reaches a length limit (so it needs no further step).
+    fn ends_in_flight(&self, max_context_len: usize) -> bool {
+        self.in_flight > 0
+            && (self.output_len() + self.in_flight >= self.max_new
+                || self.tokens.len() + self.in_flight >= max_context_len)
     }
 
     /// The prefix-cache key of the first `len` tokens: the tokens, with image placeholders
@@ -92,6 +118,19 @@ pub struct Scheduler {
     /// Sequences admitted and their prefix-cache hits in the current step (for the batch log).
     admitted: (usize, usize),
     decode_log: DecodeLog,
+    /// The launched step whose tokens are not read yet (overlap scheduling).
+    in_flight: Option<InFlight>,
+}
+
+/// A launched step and what its rows are.
+struct InFlight {
+    pending: PendingStep,
+    /// Each batch row's sequence, and whether its sample is real (the row completes the
+    /// sequence's pending tokens; a prompt chunk with more to come samples a throwaway).
+    rows: Vec<(SeqId, bool)>,
+    /// For its batch log line: prompt tokens computed, and the admissions of its step.
+    prompt_tokens: usize,
+    admitted: (usize, usize),
 }
 
 impl Scheduler {
@@ -107,6 +146,7 @@ impl Scheduler {
             shutting_down: false,
             admitted: (0, 0),
             decode_log: DecodeLog::default(),
+            in_flight: None,
         }
     }
 
@@ -119,7 +159,7 @@ impl Scheduler {
     /// is gone.
     pub fn run(mut self, rx: Receiver<SchedulerMsg>) {
         loop {
-            if self.running.is_empty() && self.waiting.is_empty() {
+            if self.running.is_empty() && self.waiting.is_empty() && self.in_flight.is_none() {
                 if self.shutting_down {
                     break;
                 }
@@ -162,10 +202,10 @@ impl Scheduler {
     }
 
     /// A prefill line for a step that computed prompt tokens, else counts a decode step.
-    fn log_step(&mut self, prompt_tokens: usize, generated: usize) {
+    fn log_step(&mut self, prompt_tokens: usize, generated: usize, admitted: (usize, usize)) {
         let load = self.load();
         if prompt_tokens > 0 {
-            let (new_seqs, cached_tokens) = self.admitted;
+            let (new_seqs, cached_tokens) = admitted;
             let line = PrefillLine {
                 new_seqs,
                 new_tokens: prompt_tokens,
@@ -180,6 +220,13 @@ impl Scheduler {
     }
 
     fn handle(&mut self, msg: SchedulerMsg) {
+        if matches!(
+            msg,
+            SchedulerMsg::Abort(_) | SchedulerMsg::AbortSeq(_) | SchedulerMsg::AbortAll | SchedulerMsg::FlushCache(_)
+        ) {
+            // Sequences leave (or the cache empties) only with no sample of theirs in flight.
+            self.drain();
+        }
         match msg {
             SchedulerMsg::Add(req, out) => self.add(*req, out),
             SchedulerMsg::Abort(rid) => self.abort(|id| id.rid == rid),
@@ -218,6 +265,7 @@ impl Scheduler {
             state: Some(state),
             slot: None,
             cached: 0,
+            in_flight: 0,
             prefix_len: 0,
             node: None,
             mm: req.mm,
@@ -265,6 +313,7 @@ impl Scheduler {
     fn drop_disconnected(&mut self) {
         let closed = |s: &Seq| s.out.is_closed();
         if self.running.iter().any(closed) || self.waiting.iter().any(closed) {
+            self.drain();
             self.abort_where(closed);
         }
     }
@@ -300,21 +349,24 @@ impl Scheduler {
                 .req_pool_mut()
                 .kv_indices(slot, 0..s.cached)
                 .map_err(|e| e.to_string())?;
+            // Only tokens the host knows can key the tree (a launched step may be computing
+            // the K/V of one it has not read yet: that slot is freed like the uncached ones).
+            let known = s.cached.min(s.tokens.len());
             // Slots before `prefix_len` are the tree's. Cached: the tree takes ours past what it
-            // already held, we free our duplicates of what it held. Not cached: free all ours.
-            let ours_end = if cache && !self.radix.is_disabled() {
+            // already held up to `known`, we free our duplicates of what it held and the rest.
+            // Not cached: free all ours.
+            let (dups_end, rest) = if cache && !self.radix.is_disabled() {
                 let held = self
                     .radix
-                    .insert(&s.radix_key(s.cached), &kv)
+                    .insert(&s.radix_key(known), &kv[..known])
                     .map_err(|e| e.to_string())?;
-                held.max(s.prefix_len)
+                (held.max(s.prefix_len), known.max(s.prefix_len))
             } else {
-                s.cached
+                (s.cached, s.cached)
             };
-            self.runner
-                .kv_pool_mut()
-                .free(&kv[s.prefix_len..ours_end])
-                .map_err(|e| e.to_string())?;
+            let pool = self.runner.kv_pool_mut();
+            pool.free(&kv[s.prefix_len..dups_end]).map_err(|e| e.to_string())?;
+            pool.free(&kv[rest..]).map_err(|e| e.to_string())?;
             if let Some(node) = s.node.take() {
                 self.radix.dec_lock_ref(node).map_err(|e| e.to_string())?;
             }
@@ -325,6 +377,7 @@ impl Scheduler {
             tracing::error!("releasing {:?}: {e}", s.id);
         }
         s.cached = 0;
+        s.in_flight = 0;
         s.prefix_len = 0;
     }
 
@@ -400,20 +453,30 @@ impl Scheduler {
     /// unfinished chunked prefill: the next chunk), then new sequences FCFS, prefill chunks
     /// limited by `max_prefill_tokens` and free KV slots.
     fn schedule(&mut self) -> Vec<(usize, usize)> {
-        // Decodes first: each needs one slot; retract the newest until they fit.
-        loop {
-            let decodes = self.running.iter().filter(|s| s.tokens.len() - s.cached == 1).count();
-            if decodes <= self.kv_available() || self.running.len() <= 1 {
-                break;
+        let max_context = self.cfg.max_context_len;
+        let decodes = |running: &[Seq]| {
+            running
+                .iter()
+                .filter(|s| s.pending() == 1 && !s.ends_in_flight(max_context))
+                .count()
+        };
+        // Decodes first: each needs one slot; retract the newest until they fit (with no
+        // sample in flight: a retracted sequence must have all its tokens).
+        while decodes(&self.running) > self.kv_available() && self.running.len() > 1 {
+            if self.in_flight.is_some() {
+                self.drain();
+            } else {
+                self.retract_newest();
             }
-            self.retract_newest();
         }
-        let decodes = self.running.iter().filter(|s| s.tokens.len() - s.cached == 1).count();
-        let mut kv_left = self.kv_available().saturating_sub(decodes);
+        let mut kv_left = self.kv_available().saturating_sub(decodes(&self.running));
         let mut budget = self.cfg.max_prefill_tokens;
         let mut plan = Vec::new();
         for (i, s) in self.running.iter().enumerate() {
-            let pending = s.tokens.len() - s.cached;
+            if s.ends_in_flight(max_context) {
+                continue;
+            }
+            let pending = s.pending();
             if pending == 1 {
                 plan.push((i, 1));
                 continue;
@@ -469,13 +532,18 @@ impl Scheduler {
         plan
     }
 
-    /// Runs one step: forward the planned chunks, sample for sequences whose pending tokens are
-    /// all in, then emit tokens and retire finished sequences.
+    /// Runs one step: launch the planned chunks (sampling for sequences whose pending tokens are
+    /// all in), then read the previous step's tokens, emit them and retire finished sequences.
+    /// Without overlap the step's own tokens are read at once.
     fn step(&mut self) {
         // Only this step's admissions go into its batch line (a failed step logs none).
         self.admitted = (0, 0);
         let plan = self.schedule();
         if plan.is_empty() {
+            if self.in_flight.is_some() {
+                // What is in flight may finish sequences and free their slots.
+                return self.drain();
+            }
             if self.running.len() > 1 {
                 // Partly prefilled sequences hold all free KV slots: make room.
                 self.retract_newest();
@@ -492,43 +560,123 @@ impl Scheduler {
         }
         let plan = self.encode_images(plan);
         if plan.is_empty() {
-            return;
+            return self.drain();
         }
-        let inputs: Vec<SequenceInput> = plan
+        // Rows of the step in flight, by sequence: where a continuing sequence's token is.
+        let sample_rows: std::collections::HashMap<&SeqId, usize> = self
+            .in_flight
             .iter()
-            .map(|&(i, take)| {
-                let s = &self.running[i];
-                SequenceInput {
-                    req_slot: s.slot.unwrap_or(usize::MAX),
-                    prefix_len: s.cached,
-                    new_tokens: s.tokens[s.cached..s.cached + take].to_vec(),
-                }
-            })
+            .flat_map(|f| f.rows.iter().enumerate().map(|(row, (id, _))| (id, row)))
             .collect();
+        let mut futures = Vec::new();
+        let mut inputs = Vec::with_capacity(plan.len());
+        for (b, &(i, take)) in plan.iter().enumerate() {
+            let s = &self.running[i];
+            let new_tokens = if s.in_flight > 0 {
+                // Its one pending token is the step in flight's sample (a placeholder here).
+                let Some(&row) = sample_rows.get(&s.id) else {
+                    let id = s.id.clone();
+                    self.drain();
+                    let msg = "internal error: the sequence waits for a sample no step has in flight";
+                    return self.fail_seqs(&[id], msg);
+                };
+                futures.push((b, row));
+                vec![0]
+            } else {
+                s.tokens[s.cached..s.cached + take].to_vec()
+            };
+            inputs.push(SequenceInput {
+                req_slot: s.slot.unwrap_or(usize::MAX),
+                prefix_len: s.cached,
+                new_tokens,
+            });
+        }
+        drop(sample_rows);
         let needed = inputs.iter().map(|i| i.new_tokens.len()).sum();
         // Prompt chunks: everything but one-token steps of sequences already generating.
         let prompt_tokens: usize = plan
             .iter()
-            .filter(|&&(i, take)| take > 1 || self.running[i].output_len() == 0)
+            .filter(|&&(i, take)| take > 1 || (self.running[i].output_len() == 0 && self.running[i].in_flight == 0))
             .map(|&(_, take)| take)
             .sum();
         self.make_room(needed);
-        let result = catch_unwind(AssertUnwindSafe(|| self.forward_and_sample(&plan, &inputs)));
-        let samples = match result {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.fail_batch(&plan, &e),
+        let ids: Vec<SeqId> = plan.iter().map(|&(i, _)| self.running[i].id.clone()).collect();
+        let launched = catch_unwind(AssertUnwindSafe(|| self.launch(&plan, &inputs, &futures)));
+        let launched = match launched {
+            Ok(Ok(rows)) => Some(rows),
+            Ok(Err(e)) => {
+                self.fail_seqs(&ids, &e);
+                None
+            }
             Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                return self.fail_batch(&plan, &format!("internal error (panic): {msg}"));
+                self.fail_seqs(&ids, &format!("internal error (panic): {}", panic_message(&*panic)));
+                None
             }
         };
+        let launched = launched.map(|(pending, rows)| InFlight {
+            pending,
+            rows,
+            prompt_tokens,
+            admitted: self.admitted,
+        });
+        self.drain();
+        self.in_flight = launched;
+        if !self.cfg.overlap {
+            self.drain();
+        }
+    }
+
+    /// Reads the step in flight, if any: emits its tokens and retires finished sequences.
+    fn drain(&mut self) {
+        if let Some(f) = self.in_flight.take() {
+            self.complete(f);
+        }
+    }
+
+    /// Reads a launched step's tokens. Rows of sequences that left meanwhile are dropped.
+    fn complete(&mut self, f: InFlight) {
+        let index: std::collections::HashMap<&SeqId, usize> =
+            self.running.iter().enumerate().map(|(i, s)| (&s.id, i)).collect();
+        let at: Vec<Option<usize>> = f
+            .rows
+            .iter()
+            .map(|(id, real)| real.then(|| index.get(id).copied()).flatten())
+            .collect();
+        drop(index);
+        let mut states: Vec<SequenceState> = at
+            .iter()
+            .map(|i| {
+                i.and_then(|i| self.running[i].state.take())
+                    .unwrap_or_else(SequenceState::placeholder)
+            })
+            .collect();
+        let result = catch_unwind(AssertUnwindSafe(|| self.runner.finish(f.pending, &mut states)));
+        for (i, st) in at.iter().zip(states) {
+            if let Some(&i) = i.as_ref() {
+                self.running[i].state = Some(st);
+                self.running[i].in_flight -= 1;
+            }
+        }
+        let samples = match result {
+            Ok(Ok(samples)) => samples,
+            Ok(Err(e)) => return self.fail_rows(&f.rows, &e.to_string()),
+            Err(panic) => {
+                return self.fail_rows(&f.rows, &format!("internal error (panic): {}", panic_message(&*panic)))
+            }
+        };
+        let samples: Vec<(usize, SampleOutput)> = at
+            .into_iter()
+            .zip(samples)
+            .filter_map(|(i, sample)| Some((i?, sample)))
+            .collect();
         let generated = samples.len();
         self.postprocess(samples);
-        self.log_step(prompt_tokens, generated);
+        self.log_step(f.prompt_tokens, generated, f.admitted);
+    }
+
+    fn fail_rows(&mut self, rows: &[(SeqId, bool)], msg: &str) {
+        let ids: Vec<SeqId> = rows.iter().map(|(id, _)| id.clone()).collect();
+        self.fail_seqs(&ids, msg);
     }
 
     /// Checks and queues the images the planned chunks reach (the forward encodes them at once);
@@ -562,14 +710,17 @@ impl Scheduler {
             .collect()
     }
 
-    /// Prepares, forwards and samples; returns `(running index, sample)` for sequences that
-    /// completed their pending tokens. Sampling goes through [`ModelRunner::step`], so on a
-    /// GPU only the sampled ids come back (not `[batch, vocab]` f32 logits to sample here).
-    fn forward_and_sample(
+    /// Prepares and launches the planned chunks (`futures`: `(batch row, sample row of the
+    /// step in flight)` for continuing sequences); returns the launched step and each row's
+    /// sequence with whether its sample is real. Sampling goes through
+    /// [`ModelRunner::launch`], so on a GPU only the sampled ids come back (not `[batch,
+    /// vocab]` f32 logits to sample here), and not before the next step is launched.
+    fn launch(
         &mut self,
         plan: &[(usize, usize)],
         inputs: &[SequenceInput],
-    ) -> Result<Vec<(usize, SampleOutput)>, String> {
+        futures: &[(usize, usize)],
+    ) -> Result<(PendingStep, Vec<(SeqId, bool)>), String> {
         let batch = self
             .runner
             .prepare(inputs, LogitsMode::LastPerSequence)
@@ -577,63 +728,67 @@ impl Scheduler {
         for &(i, take) in plan {
             self.running[i].cached += take;
         }
+        let batch = batch.with_future_tokens(futures).map_err(|e| e.to_string())?;
         // A step samples every sequence of the batch: the real state where this step
         // completes the sequence's pending tokens, a throwaway greedy one for a prompt chunk
         // with more to come (its sample is dropped, its own RNG is not advanced).
-        let completes: Vec<bool> = plan
+        let rows: Vec<(SeqId, bool)> = plan
             .iter()
-            .map(|&(i, _)| self.running[i].cached == self.running[i].tokens.len())
+            .map(|&(i, _)| {
+                let s = &self.running[i];
+                (s.id.clone(), s.cached == s.tokens.len() + s.in_flight)
+            })
             .collect();
         if plan
             .iter()
-            .zip(&completes)
-            .any(|(&(i, _), &done)| done && self.running[i].state.is_none())
+            .zip(&rows)
+            .any(|(&(i, _), (_, real))| *real && self.running[i].state.is_none())
         {
             return Err("sequence state missing".into());
         }
         let mut states: Vec<SequenceState> = plan
             .iter()
-            .zip(&completes)
-            .map(|(&(i, _), &done)| {
-                if done {
+            .zip(&rows)
+            .map(|(&(i, _), (_, real))| {
+                if *real {
                     self.running[i].state.take().expect("checked above")
                 } else {
                     SequenceState::placeholder()
                 }
             })
             .collect();
-        let sampled = self.runner.step(&batch, &mut states);
-        for ((&(i, _), &done), st) in plan.iter().zip(&completes).zip(states) {
-            if done {
+        let launched = self.runner.launch(&batch, &mut states);
+        for ((&(i, _), (_, real)), st) in plan.iter().zip(&rows).zip(states) {
+            if *real {
                 self.running[i].state = Some(st);
             }
         }
-        let sampled = sampled.map_err(|e| e.to_string())?;
-        Ok(plan
-            .iter()
-            .zip(completes)
-            .zip(sampled)
-            .filter(|&((_, done), _)| done)
-            .map(|((&(i, _), _), sample)| (i, sample))
-            .collect())
+        let pending = launched.map_err(|e| e.to_string())?;
+        for (&(i, _), (_, real)) in plan.iter().zip(&rows) {
+            self.running[i].in_flight += usize::from(*real);
+        }
+        Ok((pending, rows))
     }
 
-    fn fail_batch(&mut self, plan: &[(usize, usize)], msg: &str) {
+    /// Fails the sequences among `ids` still running (their KV is not cached).
+    fn fail_seqs(&mut self, ids: &[SeqId], msg: &str) {
         tracing::error!("step failed: {msg}");
-        let failed: Vec<SeqId> = plan.iter().map(|&(i, _)| self.running[i].id.clone()).collect();
-        Metrics::add(&self.metrics.request_errors_total, failed.len() as u64);
         let mut i = 0;
+        let mut failed = 0;
         while i < self.running.len() {
-            if failed.contains(&self.running[i].id) {
+            if ids.contains(&self.running[i].id) {
                 let mut s = self.running.remove(i);
                 self.release(&mut s, false);
                 let _ = s.out.send(TokenEvent::Error(msg.to_string()));
+                failed += 1;
             } else {
                 i += 1;
             }
         }
+        Metrics::add(&self.metrics.request_errors_total, failed);
     }
 
+    /// Emits each `(running index, sample)`, then retires finished sequences.
     fn postprocess(&mut self, samples: Vec<(usize, SampleOutput)>) {
         let now = Instant::now();
         let mut done = Vec::new();
@@ -666,4 +821,13 @@ impl Scheduler {
             self.abort_where(|s| done.contains(&s.id));
         }
     }
+}
+
+/// A caught panic's message.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }

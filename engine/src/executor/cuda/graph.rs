@@ -12,7 +12,7 @@ use mllm_kernel::{DeviceTensor, Gpu};
 use super::attention::{Attention, BatchLayout, HostLayout};
 use super::forward::{forward_into, HostInputs, StepInputs};
 use super::weights::GpuWeights;
-use super::Dims;
+use super::{Dims, TokenFeed};
 use crate::executor::forward_batch::{ForwardBatch, ForwardMode, LogitsMode};
 use crate::models::{ModelError, Result};
 
@@ -77,7 +77,8 @@ impl DecodeGraphs {
 
     /// Runs a decode batch (checked with [`DecodeGraphs::size_for`]) on its graph, capturing
     /// it first if needed; returns the `[size, vocab]` f32 logits buffer (rows past the batch
-    /// are padding).
+    /// are padding). `feed` patches the uploaded ids before the replay.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
         gpu: &Gpu,
@@ -86,6 +87,7 @@ impl DecodeGraphs {
         kv: &mut [(DeviceTensor, DeviceTensor)],
         batch: &ForwardBatch,
         inputs: HostInputs,
+        feed: Option<&TokenFeed>,
     ) -> Result<&DeviceTensor> {
         let size = self
             .size_for(batch)
@@ -93,12 +95,15 @@ impl DecodeGraphs {
         let inputs = inputs.padded(size);
         let layout = HostLayout::of(batch)?.padded(size);
         if !self.captured.contains_key(&size) {
-            let c = self.capture(gpu, dims, w, kv, size, &inputs, layout)?;
+            let c = self.capture(gpu, dims, w, kv, (size, &inputs, feed), layout)?;
             self.captured.insert(size, c);
             return Ok(&self.captured[&size].logits);
         }
         let c = self.captured.get_mut(&size).expect("checked above");
         c.inputs.write(gpu, &inputs)?;
+        if let Some(f) = feed {
+            f.apply(gpu, &mut c.inputs.ids)?;
+        }
         c.layout.write(gpu, layout)?;
         // Planning writes the schedule into the workspace the captured kernels read.
         self.attn.plan(gpu, &c.layout)?;
@@ -114,18 +119,19 @@ impl DecodeGraphs {
     /// Runs the step once eagerly (loads every kernel and cuBLAS's choices for this shape),
     /// then captures the same step; the capture does not execute, so the eager run's results
     /// are the step's.
-    #[allow(clippy::too_many_arguments)]
     fn capture(
         &mut self,
         gpu: &Gpu,
         dims: &Dims,
         w: &GpuWeights,
         kv: &mut [(DeviceTensor, DeviceTensor)],
-        size: usize,
-        host_inputs: &HostInputs,
+        (size, host_inputs, feed): (usize, &HostInputs, Option<&TokenFeed>),
         host_layout: HostLayout,
     ) -> Result<Captured> {
-        let inputs = StepInputs::upload(gpu, host_inputs)?;
+        let mut inputs = StepInputs::upload(gpu, host_inputs)?;
+        if let Some(f) = feed {
+            f.apply(gpu, &mut inputs.ids)?;
+        }
         let mut slots = DeviceTensor::zeros(gpu, &[size * self.max_context], mllm_kernel::DType::I32)?;
         slots.write_from_host(gpu, &host_layout.kv_indices)?;
         let layout = BatchLayout {

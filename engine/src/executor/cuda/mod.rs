@@ -27,6 +27,7 @@ use crate::executor::sampler::{SampleOutput, SequenceState};
 use crate::loader::config::ModelConfig;
 use crate::models::{ModelError, Result, TextDecoder};
 use crate::tensor::{DType, Tensor};
+pub(crate) use sampling::{record_ids, Picked};
 
 /// Sizes the forward needs.
 pub(crate) struct Dims {
@@ -50,6 +51,21 @@ impl Dims {
             vocab: c.vocab_size,
             eps: c.rms_norm_eps as f32,
         }
+    }
+}
+
+/// Input ids a step takes from the previous step's sampled ids, on the device (overlap
+/// scheduling): `(row of the input ids, row of sampled)` pairs.
+pub struct TokenFeed<'a> {
+    /// The previous step's `[rows (+ padding)]` i32 ids.
+    pub sampled: &'a DeviceTensor,
+    pub pairs: Vec<(usize, usize)>,
+}
+
+impl TokenFeed<'_> {
+    /// Writes the fed ids into `ids` (this step's uploaded input ids).
+    fn apply(&self, gpu: &Gpu, ids: &mut DeviceTensor) -> Result<()> {
+        Ok(mllm_kernel::ops::feed_tokens_into(gpu, ids, self.sampled, &self.pairs)?)
     }
 }
 
@@ -190,20 +206,44 @@ impl CudaModel {
 
     /// Runs the batch; host f32 logits `[rows, vocab]` for [`ForwardBatch::logit_rows`].
     /// `visual`: a Qwen3-VL step's positions and image rows.
-    pub fn forward(&mut self, batch: &ForwardBatch, visual: Option<&VisualStep>) -> Result<Tensor> {
+    /// `feed`: input ids that come from the previous step's device ids.
+    pub fn forward(
+        &mut self,
+        batch: &ForwardBatch,
+        visual: Option<&VisualStep>,
+        feed: Option<&TokenFeed>,
+    ) -> Result<Tensor> {
         let rows = batch.logit_rows().len();
         let gpu = self.gpu.clone();
-        let logits = self.forward_device(batch, visual)?;
+        let logits = self.forward_device(batch, visual, feed)?;
         let mut host = logits.to_host::<f32>(&gpu)?;
         host.truncate(rows * self.dims.vocab);
         Ok(Tensor::from_vec(host, &[rows, self.dims.vocab])?)
     }
 
-    /// Runs the batch and picks each sequence's token on the GPU, downloading only the ids (and
-    /// logprobs when asked), when no request needs the host sampler (penalties, more than 20
-    /// top logprobs); `None` (nothing run) otherwise. Greedy requests take the argmax (lowest id
-    /// on ties, as the host sampler); the others sample with their filters and a seed from
-    /// their own RNG.
+    /// Runs the batch and picks each sequence's token on the GPU, when no request needs the
+    /// host sampler (penalties, more than 20 top logprobs); `None` (nothing run) otherwise.
+    /// Greedy requests take the argmax (lowest id on ties, as the host sampler); the others
+    /// sample with their filters and a seed from their own RNG. With `keep_on_device` and no
+    /// logprobs asked the ids stay on the device ([`Picked::Device`]: nothing waited for);
+    /// else only the ids (and logprobs) are downloaded.
+    pub(crate) fn launch_sample(
+        &mut self,
+        batch: &ForwardBatch,
+        visual: Option<&VisualStep>,
+        states: &mut [SequenceState],
+        feed: Option<&TokenFeed>,
+        keep_on_device: bool,
+    ) -> Result<Option<Picked>> {
+        if !sampling::all_on_gpu(states) {
+            return Ok(None);
+        }
+        let gpu = self.gpu.clone();
+        let logits = self.forward_device(batch, visual, feed)?;
+        Ok(Some(sampling::pick_async(&gpu, logits, states, keep_on_device)?))
+    }
+
+    /// [`CudaModel::launch_sample`] that waits for the tokens.
     pub fn sample_on_gpu(
         &mut self,
         batch: &ForwardBatch,
@@ -214,13 +254,18 @@ impl CudaModel {
             return Ok(None);
         }
         let gpu = self.gpu.clone();
-        let logits = self.forward_device(batch, visual)?;
+        let logits = self.forward_device(batch, visual, None)?;
         Ok(Some(sampling::pick(&gpu, logits, states)?))
     }
 
     /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph
     /// replays it, anything else runs eagerly.
-    fn forward_device(&mut self, batch: &ForwardBatch, visual: Option<&VisualStep>) -> Result<&DeviceTensor> {
+    fn forward_device(
+        &mut self,
+        batch: &ForwardBatch,
+        visual: Option<&VisualStep>,
+        feed: Option<&TokenFeed>,
+    ) -> Result<&DeviceTensor> {
         let prof = &self.profilers[usize::from(batch.mode == ForwardMode::Decode)];
         let mut host = HostInputs::of(batch)?;
         if let Some(v) = visual {
@@ -236,9 +281,12 @@ impl CudaModel {
         let eager = prof.enabled() || visual.is_some_and(VisualStep::needs_eager);
         let graphs = self.graphs.as_mut().filter(|_| !eager);
         if let Some(g) = graphs.filter(|g| g.size_for(batch).is_some()) {
-            return g.run(&self.gpu, &self.dims, &self.weights, &mut self.kv, batch, host);
+            return g.run(&self.gpu, &self.dims, &self.weights, &mut self.kv, batch, host, feed);
         }
         let mut inputs = StepInputs::upload(&self.gpu, &host)?;
+        if let Some(f) = feed {
+            f.apply(&self.gpu, &mut inputs.ids)?;
+        }
         if let Some(v) = visual {
             (inputs.rope, inputs.visual) = v.upload(&self.gpu, self.dtype, self.dims.head_dim)?;
         }

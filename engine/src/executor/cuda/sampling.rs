@@ -40,14 +40,37 @@ fn kernel_params(state: &mut SequenceState) -> SampleParams {
     }
 }
 
+/// What [`pick_async`] gives: every output now, or the ids still on the device.
+pub(crate) enum Picked {
+    /// Tokens (and logprobs), already recorded in the states.
+    Host(Vec<SampleOutput>),
+    /// `[rows (+ padding)]` i32 ids, queued on the stream; [`record_ids`] takes them once
+    /// downloaded.
+    Device(DeviceTensor),
+}
+
 /// Each request's token (and logprobs when asked) for `logits: [rows (+ padding), vocab]`,
 /// recorded in its state: the argmax kernel when every request is greedy without logprobs,
 /// else the sampling kernel (padding rows take the argmax), plus the top-N kernel for logprobs.
 pub(super) fn pick(gpu: &Gpu, logits: &DeviceTensor, states: &mut [SequenceState]) -> Result<Vec<SampleOutput>> {
-    let rows = states.len();
+    match pick_async(gpu, logits, states, false)? {
+        Picked::Host(out) => Ok(out),
+        Picked::Device(ids) => record_ids(&ids.to_host::<i32>(gpu)?, states),
+    }
+}
+
+/// [`pick`] that, with `keep_on_device` and no logprobs asked, only queues the kernel and
+/// returns its ids on the device (the states' RNGs advance now, their outputs are recorded by
+/// [`record_ids`]). With logprobs it waits for them, as [`pick`].
+pub(super) fn pick_async(
+    gpu: &Gpu,
+    logits: &DeviceTensor,
+    states: &mut [SequenceState],
+    keep_on_device: bool,
+) -> Result<Picked> {
     let logprobs = states.iter().any(|s| s.params().logprobs.is_some());
     let (ids, chosen) = if !logprobs && states.iter().all(|s| s.params().is_greedy()) {
-        (ops::argmax(gpu, logits)?.to_host::<i32>(gpu)?, Vec::new())
+        (ops::argmax(gpu, logits)?, None)
     } else {
         let padded = logits.shape()[0];
         let mut params: Vec<SampleParams> = states.iter_mut().map(kernel_params).collect();
@@ -55,13 +78,42 @@ pub(super) fn pick(gpu: &Gpu, logits: &DeviceTensor, states: &mut [SequenceState
         let words = SampleParams::pack(&params)?;
         let params = DeviceTensor::from_host(gpu, &words, &[padded, SampleParams::WORDS])?;
         let (ids, chosen) = ops::sample(gpu, logits, &params)?;
-        (ids.to_host::<i32>(gpu)?, chosen.to_host::<f32>(gpu)?)
+        (ids, Some(chosen))
     };
+    if !logprobs && keep_on_device {
+        return Ok(Picked::Device(ids));
+    }
+    let chosen = match chosen {
+        Some(c) if logprobs => c.to_host::<f32>(gpu)?,
+        _ => Vec::new(),
+    };
+    let mut out = record_ids(&ids.to_host::<i32>(gpu)?, states)?;
+    let mut tops = top_lists(gpu, logits, states)?;
+    for (i, (o, s)) in out.iter_mut().zip(states.iter()).enumerate() {
+        if s.params().logprobs.is_some() {
+            o.logprob = chosen.get(i).copied();
+            o.top_logprobs = tops.get_mut(i).and_then(Option::take);
+        }
+    }
+    Ok(Picked::Host(out))
+}
+
+/// Records each request's sampled id (`ids[i]` for `states[i]`; padding rows past them are
+/// ignored) and returns the outputs, without logprobs. A negative id is a row the kernel
+/// found no valid logit in.
+pub(crate) fn record_ids(ids: &[i32], states: &mut [SequenceState]) -> Result<Vec<SampleOutput>> {
+    if ids.len() < states.len() {
+        return Err(ModelError::Invalid(format!(
+            "{} sampled ids for {} requests",
+            ids.len(),
+            states.len()
+        )));
+    }
     let tokens = ids
-        .into_iter()
-        .take(rows)
+        .iter()
+        .take(states.len())
         .enumerate()
-        .map(|(i, id)| {
+        .map(|(i, &id)| {
             u32::try_from(id).map_err(|_| {
                 ModelError::Invalid(format!(
                     "GPU sampling failed for request {i} of the batch: its logits row has NaN or +inf, \
@@ -70,18 +122,15 @@ pub(super) fn pick(gpu: &Gpu, logits: &DeviceTensor, states: &mut [SequenceState
             })
         })
         .collect::<Result<Vec<u32>>>()?;
-    let mut tops = top_lists(gpu, logits, states)?;
     Ok(tokens
         .into_iter()
         .zip(states.iter_mut())
-        .enumerate()
-        .map(|(i, (token, s))| {
+        .map(|(token, s)| {
             s.push_output(token);
-            let wants = s.params().logprobs.is_some();
             SampleOutput {
                 token,
-                logprob: wants.then(|| chosen[i]),
-                top_logprobs: tops.get_mut(i).and_then(Option::take),
+                logprob: None,
+                top_logprobs: None,
             }
         })
         .collect())
