@@ -269,17 +269,24 @@ run() {
         # MLLM_GPU_ENGINE_ENVS (';'-separated sets of VAR=value assignments, e.g.
         # "MLLM_DECODE_KERNEL=auto;MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=stream")
         # repeats them once per set; each record's env says which ran.
+        # MLLM_GPU_ENGINE_ARGS (';'-separated sets of extra arguments, e.g.
+        # ";--disable-overlap-schedule") repeats each run once per set (record flags say which).
         IFS=, read -r -a shapes <<<"${MLLM_GPU_ENGINE_SHAPES:-1 2048 64,64 1024 32}"
         IFS=';' read -r -a env_sets <<<"${MLLM_GPU_ENGINE_ENVS:-MLLM_GPU_ENGINE_ENVS=default}"
+        IFS=';' read -r -a arg_sets <<<"${MLLM_GPU_ENGINE_ARGS:-}"
+        [ ${#arg_sets[@]} -gt 0 ] || arg_sets=("")
         for env_set in "${env_sets[@]}"; do
           for quant in "" "--quantization w8a8"; do
             for shape in "${shapes[@]}"; do
-              set -- $shape
-              # shellcheck disable=SC2086
-              env $env_set "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy \
-                --weight-dtype bf16 $quant --model-config engine/tests/fixtures/qwen3-8b.config.json \
-                --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 --repeats 3 \
-                --json --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" || status=1
+              for extra in "${arg_sets[@]}"; do
+                set -- $shape
+                # shellcheck disable=SC2086
+                env $env_set "$gpu/bin/mllm" bench-one-batch --device cuda --load-format dummy \
+                  --weight-dtype bf16 $quant --model-config engine/tests/fixtures/qwen3-8b.config.json \
+                  --batch-size "$1" --input-len "$2" --output-len "$3" --cuda-graph-max-bs 64 --warmup 1 \
+                  --repeats 3 $extra --json --out "$out/bench_one_batch.jsonl" 2>&1 | tee -a "$out/bench.log" ||
+                  status=1
+              done
             done
           done
         done

@@ -61,8 +61,9 @@ impl Graph {
 }
 
 /// GPU time of repeated work on a [`Gpu`]'s stream (events around each run), read without a
-/// synchronization of its own: a run's time is collected at the next run or at
-/// [`GpuTimer::take`], by when the caller has usually synchronized (e.g. downloaded results).
+/// synchronization of its own: runs still in flight (overlap scheduling queues the next step
+/// before the last one ends) keep their events until they complete; a run's time is
+/// collected once its end event has passed, or at [`GpuTimer::take`], which waits.
 ///
 /// ```no_run
 /// use mllm_kernel::{graph::GpuTimer, ops, DeviceTensor, Gpu};
@@ -71,55 +72,78 @@ impl Graph {
 /// let mut y = DeviceTensor::zeros(&gpu, &[2, 2], mllm_kernel::DType::F32)?;
 /// let mut timer = GpuTimer::new(&gpu)?;
 /// timer.time(&gpu, || ops::silu_and_mul_into(&gpu, &x, &mut y))?;
-/// assert_eq!(timer.take()?.len(), 1);
+/// timer.time(&gpu, || ops::silu_and_mul_into(&gpu, &x, &mut y))?;
+/// assert_eq!(timer.take()?.len(), 2);
 /// # Ok::<(), mllm_kernel::Error>(())
 /// ```
 pub struct GpuTimer {
-    start: CudaEvent,
-    end: CudaEvent,
-    pending: bool,
+    /// (start, end) events around runs not read yet, oldest first.
+    pending: std::collections::VecDeque<(CudaEvent, CudaEvent)>,
+    /// Event pairs whose runs were read, for reuse.
+    idle: Vec<(CudaEvent, CudaEvent)>,
     seconds: Vec<f64>,
 }
 
 impl GpuTimer {
     pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(Self {
+            pending: Default::default(),
+            idle: vec![Self::pair(gpu)?],
+            seconds: Vec::new(),
+        })
+    }
+
+    fn pair(gpu: &Gpu) -> Result<(CudaEvent, CudaEvent)> {
         let event = || {
             gpu.context()
                 .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(Error::driver("create timer event"))
         };
-        Ok(Self {
-            start: event()?,
-            end: event()?,
-            pending: false,
-            seconds: Vec::new(),
-        })
+        Ok((event()?, event()?))
     }
 
-    /// Enqueues `work` between the timer's events (collecting the previous run first).
+    /// Enqueues `work` between a pair of events (collecting the runs that have ended first).
     pub fn time<E: From<Error>>(
         &mut self,
         gpu: &Gpu,
         work: impl FnOnce() -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.collect()?;
-        self.start.record(gpu.stream()).map_err(Error::driver("record timer"))?;
-        work()?;
-        self.end.record(gpu.stream()).map_err(Error::driver("record timer"))?;
-        self.pending = true;
-        Ok(())
+        self.collect(false)?;
+        let (start, end) = match self.idle.pop() {
+            Some(p) => p,
+            None => Self::pair(gpu)?,
+        };
+        // A run that fails to enqueue is not timed; its pair is reused.
+        let record = |e: &CudaEvent| {
+            e.record(gpu.stream())
+                .map_err(|d| E::from(Error::driver("record timer")(d)))
+        };
+        let recorded = record(&start).and_then(|()| work()).and_then(|()| record(&end));
+        match recorded {
+            Ok(()) => self.pending.push_back((start, end)),
+            Err(_) => self.idle.push((start, end)),
+        }
+        recorded
     }
 
     /// Seconds of every run since the last call (waits for the last run to finish).
     pub fn take(&mut self) -> Result<Vec<f64>> {
-        self.collect()?;
+        self.collect(true)?;
         Ok(std::mem::take(&mut self.seconds))
     }
 
-    fn collect(&mut self) -> Result<()> {
-        if std::mem::take(&mut self.pending) {
-            let ms = self.start.elapsed_ms(&self.end).map_err(Error::driver("read timer"))?;
-            self.seconds.push(f64::from(ms) / 1e3);
+    /// Reads the runs that have ended, oldest first; `wait`: all of them, waiting.
+    fn collect(&mut self, wait: bool) -> Result<()> {
+        while let Some((_, end)) = self.pending.front() {
+            if wait {
+                end.synchronize().map_err(Error::driver("wait for timer"))?;
+            } else if !end.try_is_complete().map_err(Error::driver("query timer"))? {
+                break;
+            }
+            let (start, end) = self.pending.pop_front().expect("checked above");
+            let ms = start.elapsed_ms(&end).map_err(Error::driver("read timer"));
+            self.idle.push((start, end));
+            self.seconds.push(f64::from(ms?) / 1e3);
         }
         Ok(())
     }
