@@ -27,6 +27,7 @@ pub mod profile;
 pub mod readback;
 pub mod reference;
 pub mod registry;
+pub mod staging;
 pub mod tensor;
 
 pub use device::Gpu;

@@ -814,14 +814,16 @@ fn validation_rejects_bad_arguments_without_a_gpu() {
     ));
 }
 
-/// `feed_tokens` against its reference: a batch whose rows continue the
-/// previous step's rows in a shuffled order (some rows new, fed nothing),
-/// then a non-blocking readback of the fed ids; bad pairs fail on the host.
+/// `feed_tokens` against its reference: a batch whose rows continue the previous step's rows
+/// in a shuffled order (some rows new, fed nothing), the inputs and pairs uploaded through a
+/// page-locked staging buffer, then a non-blocking readback of the fed ids. Pairs out of
+/// range on the device are skipped; bad arguments fail on the host.
 #[test]
 fn feed_tokens_matches_reference_and_reads_back() {
     let Some(gpu) = gpu_or_skip("feed_tokens_matches_reference_and_reads_back") else {
         return;
     };
+    let mut stage = mllm_kernel::staging::Staging::new(&gpu).unwrap();
     for (rows, sampled_rows, seed) in [(1, 1, 1u64), (5, 8, 2), (700, 640, 3)] {
         let sampled: Vec<i32> = (0..sampled_rows as i32).map(|i| 1000 + 7 * i).collect();
         let mut ids: Vec<i32> = (0..rows as i32).map(|i| -i).collect();
@@ -832,9 +834,16 @@ fn feed_tokens_matches_reference_and_reads_back() {
             .step_by(2)
             .zip(order.into_iter().filter(|&s| !std::mem::replace(&mut seen[s], true)))
             .collect();
+        ops::validate_feed_tokens(rows, sampled_rows, &pairs).unwrap();
         let sampled_dev = DeviceTensor::from_host(&gpu, &sampled, &[sampled_rows]).unwrap();
-        let mut ids_dev = DeviceTensor::from_host(&gpu, &ids, &[rows]).unwrap();
-        ops::feed_tokens_into(&gpu, &mut ids_dev, &sampled_dev, &pairs).unwrap();
+        let mut ids_dev = DeviceTensor::zeros(&gpu, &[rows], DType::I32).unwrap();
+        let mut pairs_dev = DeviceTensor::zeros(&gpu, &[pairs.len(), 2], DType::I32).unwrap();
+        let mut up = stage.begin(&gpu, 4 * (rows + 2 * pairs.len()) + 512).unwrap();
+        up.write(&mut ids_dev, &ids).unwrap();
+        up.write(&mut pairs_dev, &flat_pairs(&pairs)).unwrap();
+        assert!(up.write(&mut ids_dev, &ids).is_err(), "past the bytes begun with");
+        up.finish().unwrap();
+        ops::feed_tokens_into(&gpu, &mut ids_dev, &sampled_dev, &pairs_dev).unwrap();
         let mut rb = mllm_kernel::readback::Readback::new(&gpu, 4 * rows).unwrap();
         rb.start(&gpu, &ids_dev).unwrap();
         reference::feed_tokens(&mut ids, &sampled, &pairs);
@@ -843,19 +852,18 @@ fn feed_tokens_matches_reference_and_reads_back() {
     }
     let sampled = DeviceTensor::from_host(&gpu, &[1i32, 2], &[2]).unwrap();
     let mut ids = DeviceTensor::from_host(&gpu, &[0i32; 4], &[4]).unwrap();
-    for pairs in [vec![(4, 0)], vec![(0, 2)], vec![(1, 0), (1, 1)]] {
-        assert!(
-            ops::feed_tokens_into(&gpu, &mut ids, &sampled, &pairs).is_err(),
-            "{pairs:?}"
-        );
-    }
+    let wild = DeviceTensor::from_host(&gpu, &[4i32, 0, 0, 2, -1, 0, 0, -1], &[4, 2]).unwrap();
+    ops::feed_tokens_into(&gpu, &mut ids, &sampled, &wild).unwrap();
     let mut floats = DeviceTensor::from_host(&gpu, &[0f32; 4], &[4]).unwrap();
-    assert!(ops::feed_tokens_into(&gpu, &mut floats, &sampled, &[(0, 0)]).is_err());
+    let one = DeviceTensor::from_host(&gpu, &[0i32, 0], &[1, 2]).unwrap();
+    assert!(ops::feed_tokens_into(&gpu, &mut floats, &sampled, &one).is_err());
+    let flat = DeviceTensor::from_host(&gpu, &[0i32, 0], &[2]).unwrap();
+    assert!(ops::feed_tokens_into(&gpu, &mut ids, &sampled, &flat).is_err());
     let mut small = mllm_kernel::readback::Readback::new(&gpu, 4).unwrap();
     assert!(small.start(&gpu, &ids).is_err(), "16 bytes into a 4-byte readback");
-    assert_eq!(
-        ids.to_host::<i32>(&gpu).unwrap(),
-        vec![0; 4],
-        "failed calls wrote nothing"
-    );
+    assert_eq!(ids.to_host::<i32>(&gpu).unwrap(), vec![0; 4], "nothing was written");
+}
+
+fn flat_pairs(pairs: &[(usize, usize)]) -> Vec<i32> {
+    pairs.iter().flat_map(|&(r, s)| [r as i32, s as i32]).collect()
 }

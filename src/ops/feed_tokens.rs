@@ -52,51 +52,66 @@ pub fn validate_feed_tokens(ids_len: usize, sampled_len: usize, pairs: &[(usize,
     Ok(())
 }
 
-/// `ids[row] = sampled[src]` for each `(row, src)` pair, on the GPU's
-/// stream (both i32 vectors; `pairs` checked by [`validate_feed_tokens`]).
+/// `ids[row] = sampled[src]` for each `(row, src)` row of `pairs: [n, 2]` i32, on the GPU's
+/// stream (`ids` and `sampled` i32 vectors). The caller checks the pairs with
+/// [`validate_feed_tokens`] before uploading them (they are on the device, so the kernel
+/// can only skip a pair out of range, not report it).
 ///
 /// ```no_run
 /// use mllm_kernel::{ops, DeviceTensor, Gpu};
 /// let gpu = Gpu::new(0)?;
 /// let sampled = DeviceTensor::from_host(&gpu, &[11i32, 22], &[2])?;
 /// let mut ids = DeviceTensor::from_host(&gpu, &[0i32, 5, 0], &[3])?;
-/// ops::feed_tokens_into(&gpu, &mut ids, &sampled, &[(0, 1), (2, 0)])?;
+/// ops::validate_feed_tokens(3, 2, &[(0, 1), (2, 0)])?;
+/// let pairs = DeviceTensor::from_host(&gpu, &[0i32, 1, 2, 0], &[2, 2])?;
+/// ops::feed_tokens_into(&gpu, &mut ids, &sampled, &pairs)?;
 /// assert_eq!(ids.to_host::<i32>(&gpu)?, vec![22, 5, 11]);
 /// # Ok::<(), mllm_kernel::Error>(())
 /// ```
-pub fn feed_tokens_into(
-    gpu: &Gpu,
-    ids: &mut DeviceTensor,
-    sampled: &DeviceTensor,
-    pairs: &[(usize, usize)],
-) -> Result<()> {
+pub fn feed_tokens_into(gpu: &Gpu, ids: &mut DeviceTensor, sampled: &DeviceTensor, pairs: &DeviceTensor) -> Result<()> {
     expect_dtype(OP, "ids", DType::I32, ids.dtype())?;
     expect_dtype(OP, "sampled", DType::I32, sampled.dtype())?;
-    validate_feed_tokens(ids.numel(), sampled.numel(), pairs)?;
-    if pairs.is_empty() {
+    expect_dtype(OP, "pairs", DType::I32, pairs.dtype())?;
+    let n = match *pairs.shape() {
+        [n, 2] => n,
+        _ => {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                arg: "pairs",
+                expected: "[n, 2]".into(),
+                got: pairs.shape().to_vec(),
+            })
+        }
+    };
+    if ids.numel() > i32::MAX as usize || sampled.numel() > i32::MAX as usize || n > i32::MAX as usize {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            arg: "pairs",
+            reason: "more than 2^31 - 1 rows".into(),
+        });
+    }
+    if n == 0 {
         return Ok(());
     }
-    let flat: Vec<i32> = pairs.iter().flat_map(|&(r, s)| [r as i32, s as i32]).collect();
-    let pairs_dev = DeviceTensor::from_host(gpu, &flat, &[pairs.len(), 2])?;
     let kernel = gpu.kernel(KernelBuild::new(KernelId::FeedTokens, None)?)?;
     let f = kernel.function(KernelId::FeedTokens, OP)?;
-    let (ids_len, sampled_len, n) = (ids.numel() as i32, sampled.numel() as i32, pairs.len() as i32);
+    let (ids_len, sampled_len, n_i) = (ids.numel() as i32, sampled.numel() as i32, n as i32);
     let mut launch = gpu.stream().launch_builder(&f);
     launch
         .arg(ids.buffer_mut())
         .arg(&ids_len)
         .arg(sampled.buffer())
         .arg(&sampled_len)
-        .arg(pairs_dev.buffer())
-        .arg(&n);
+        .arg(pairs.buffer())
+        .arg(&n_i);
     let config = LaunchConfig {
-        grid_dim: (pairs.len().div_ceil(256) as u32, 1, 1),
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: signature (int* ids, int, const int* sampled, int, const int*
-    // pairs, int n); the lengths are the tensors' (i32, checked above) and
-    // pairs holds 2n ints; the kernel skips any pair out of range.
+    // SAFETY: signature (int* ids, int, const int* sampled, int, const int* pairs, int n);
+    // the lengths are the tensors' (i32, checked above) and pairs holds 2n ints; the kernel
+    // skips any pair out of range.
     unsafe { launch.launch(config) }
         .map(drop)
         .map_err(Error::driver("launch feed_tokens"))

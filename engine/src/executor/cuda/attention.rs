@@ -2,6 +2,7 @@
 //! offsets on the host, context slot ids on the GPU), planned once per forward and run per layer.
 
 use mllm_kernel::ops;
+use mllm_kernel::staging::Upload;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::Dims;
@@ -67,9 +68,10 @@ impl BatchLayout {
         })
     }
 
-    /// Overwrites the layout in place; the slot ids go into the existing (large enough) buffer.
-    pub fn write(&mut self, gpu: &Gpu, h: HostLayout) -> Result<()> {
-        self.kv_indices.write_from_host(gpu, &h.kv_indices)?;
+    /// Overwrites the layout in place; the slot ids go into the existing (large enough) buffer
+    /// through a page-locked upload.
+    pub fn write(&mut self, up: &mut Upload, h: HostLayout) -> Result<()> {
+        up.write(&mut self.kv_indices, &h.kv_indices)?;
         self.qo_indptr = h.qo_indptr;
         self.kv_indptr = h.kv_indptr;
         Ok(())

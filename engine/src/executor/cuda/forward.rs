@@ -6,6 +6,7 @@
 
 use mllm_kernel::ops::{self, QkHeads, QkNormRope, RopeStoreOut, Scatter};
 use mllm_kernel::profile::OpProfiler;
+use mllm_kernel::staging::Upload;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, Plan};
@@ -45,6 +46,11 @@ pub(super) fn to_i32(what: &str, v: impl IntoIterator<Item = usize>) -> Result<V
 }
 
 impl HostInputs {
+    /// Bytes of each of its vectors (for sizing an upload).
+    pub fn byte_sizes(&self) -> [usize; 4] {
+        [&self.ids, &self.positions, &self.out_loc, &self.logit_rows].map(|v| 4 * v.len())
+    }
+
     pub fn of(batch: &ForwardBatch) -> Result<Self> {
         Ok(Self {
             ids: to_i32("token id", batch.input_ids.iter().map(|&i| i as usize))?,
@@ -79,12 +85,12 @@ impl StepInputs {
         })
     }
 
-    /// Overwrites the buffers with `h` (same lengths).
-    pub fn write(&mut self, gpu: &Gpu, h: &HostInputs) -> Result<()> {
-        self.ids.write_from_host(gpu, &h.ids)?;
-        self.positions.write_from_host(gpu, &h.positions)?;
-        self.out_loc.write_from_host(gpu, &h.out_loc)?;
-        self.logit_rows.write_from_host(gpu, &h.logit_rows)?;
+    /// Overwrites the buffers with `h` (same lengths) through a page-locked upload.
+    pub fn write(&mut self, up: &mut Upload, h: &HostInputs) -> Result<()> {
+        up.write(&mut self.ids, &h.ids)?;
+        up.write(&mut self.positions, &h.positions)?;
+        up.write(&mut self.out_loc, &h.out_loc)?;
+        up.write(&mut self.logit_rows, &h.logit_rows)?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use mllm_kernel::graph::{GpuTimer, Graph};
 use mllm_kernel::profile::OpProfiler;
+use mllm_kernel::staging::Staging;
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, HostLayout};
@@ -40,6 +41,8 @@ struct Captured {
     inputs: StepInputs,
     layout: BatchLayout,
     logits: DeviceTensor,
+    /// `[size, 2]` i32 (row, sample) pairs of the step's fed tokens, padded with (-1, -1).
+    feed_pairs: DeviceTensor,
 }
 
 /// Decode graphs of one model.
@@ -52,6 +55,10 @@ pub(super) struct DecodeGraphs {
     /// GPU time of each replay, so `bench-one-batch` can tell the GPU's share of a decode
     /// step from the host's.
     replays: GpuTimer,
+    /// Page-locked upload buffers of the steps' inputs, used in turn: a step's upload never
+    /// waits for the step before it, which may still be running (overlap scheduling).
+    staging: [Staging; 2],
+    turn: usize,
 }
 
 impl DecodeGraphs {
@@ -62,6 +69,8 @@ impl DecodeGraphs {
             attn: Attention::new(gpu, dims, dtype, true)?,
             captured: HashMap::new(),
             replays: GpuTimer::new(gpu)?,
+            staging: [Staging::new(gpu)?, Staging::new(gpu)?],
+            turn: 0,
         })
     }
 
@@ -100,11 +109,26 @@ impl DecodeGraphs {
             return Ok(&self.captured[&size].logits);
         }
         let c = self.captured.get_mut(&size).expect("checked above");
-        c.inputs.write(gpu, &inputs)?;
+        let feed_bytes = match feed {
+            Some(f) => {
+                f.check(size)?;
+                c.feed_pairs.nbytes()
+            }
+            None => 0,
+        };
+        let [a, b, d, e] = inputs.byte_sizes();
+        let bytes = Staging::bytes_for(&[a, b, d, e, 4 * layout.kv_indices.len(), feed_bytes]);
+        self.turn ^= 1;
+        let mut up = self.staging[self.turn].begin(gpu, bytes)?;
+        c.inputs.write(&mut up, &inputs)?;
+        c.layout.write(&mut up, layout)?;
         if let Some(f) = feed {
-            f.apply(gpu, &mut c.inputs.ids)?;
+            up.write(&mut c.feed_pairs, &f.flat(size))?;
         }
-        c.layout.write(gpu, layout)?;
+        up.finish()?;
+        if let Some(f) = feed {
+            mllm_kernel::ops::feed_tokens_into(gpu, &mut c.inputs.ids, f.sampled, &c.feed_pairs)?;
+        }
         // Planning writes the schedule into the workspace the captured kernels read.
         self.attn.plan(gpu, &c.layout)?;
         self.replays.time(gpu, || c.graph.launch())?;
@@ -159,6 +183,7 @@ impl DecodeGraphs {
             inputs,
             layout,
             logits,
+            feed_pairs: DeviceTensor::zeros(gpu, &[size, 2], mllm_kernel::DType::I32)?,
         })
     }
 }

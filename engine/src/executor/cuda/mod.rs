@@ -63,9 +63,27 @@ pub struct TokenFeed<'a> {
 }
 
 impl TokenFeed<'_> {
-    /// Writes the fed ids into `ids` (this step's uploaded input ids).
+    /// Checks the pairs against `ids_len` input ids and the sampled ids.
+    fn check(&self, ids_len: usize) -> Result<()> {
+        Ok(mllm_kernel::ops::validate_feed_tokens(
+            ids_len,
+            self.sampled.numel(),
+            &self.pairs,
+        )?)
+    }
+
+    /// The pairs as `[rows, 2]` i32, padded with `(-1, -1)` rows (skipped by the kernel).
+    fn flat(&self, rows: usize) -> Vec<i32> {
+        let mut flat: Vec<i32> = self.pairs.iter().flat_map(|&(r, s)| [r as i32, s as i32]).collect();
+        flat.resize(2 * rows.max(self.pairs.len()), -1);
+        flat
+    }
+
+    /// Writes the fed ids into `ids` (an eager step's uploaded input ids).
     fn apply(&self, gpu: &Gpu, ids: &mut DeviceTensor) -> Result<()> {
-        Ok(mllm_kernel::ops::feed_tokens_into(gpu, ids, self.sampled, &self.pairs)?)
+        self.check(ids.numel())?;
+        let pairs = DeviceTensor::from_host(gpu, &self.flat(0), &[self.pairs.len(), 2])?;
+        Ok(mllm_kernel::ops::feed_tokens_into(gpu, ids, self.sampled, &pairs)?)
     }
 }
 
