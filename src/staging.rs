@@ -163,3 +163,10 @@ impl Drop for Upload<'_> {
         }
     }
 }
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Copies may still read the buffer: free it only after them.
+        let _ = self.done.synchronize();
+    }
+}
