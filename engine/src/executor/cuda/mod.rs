@@ -23,7 +23,7 @@ use self::graph::DecodeGraphs;
 pub use self::vision::CudaVisionTower;
 pub use self::visual::VisualStep;
 use crate::executor::forward_batch::{ForwardBatch, ForwardMode};
-use crate::executor::sampler::{SampleOutput, SequenceState};
+use crate::executor::sampler::SequenceState;
 use crate::loader::config::ModelConfig;
 use crate::models::{ModelError, Result, TextDecoder};
 use crate::tensor::{DType, Tensor};
@@ -259,21 +259,6 @@ impl CudaModel {
         let gpu = self.gpu.clone();
         let logits = self.forward_device(batch, visual, feed)?;
         Ok(Some(sampling::pick_async(&gpu, logits, states, keep_on_device)?))
-    }
-
-    /// [`CudaModel::launch_sample`] that waits for the tokens.
-    pub fn sample_on_gpu(
-        &mut self,
-        batch: &ForwardBatch,
-        visual: Option<&VisualStep>,
-        states: &mut [SequenceState],
-    ) -> Result<Option<Vec<SampleOutput>>> {
-        if !sampling::all_on_gpu(states) {
-            return Ok(None);
-        }
-        let gpu = self.gpu.clone();
-        let logits = self.forward_device(batch, visual, None)?;
-        Ok(Some(sampling::pick(&gpu, logits, states)?))
     }
 
     /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph

@@ -49,19 +49,12 @@ pub(crate) enum Picked {
     Device(DeviceTensor),
 }
 
-/// Each request's token (and logprobs when asked) for `logits: [rows (+ padding), vocab]`,
-/// recorded in its state: the argmax kernel when every request is greedy without logprobs,
-/// else the sampling kernel (padding rows take the argmax), plus the top-N kernel for logprobs.
-pub(super) fn pick(gpu: &Gpu, logits: &DeviceTensor, states: &mut [SequenceState]) -> Result<Vec<SampleOutput>> {
-    match pick_async(gpu, logits, states, false)? {
-        Picked::Host(out) => Ok(out),
-        Picked::Device(ids) => record_ids(&ids.to_host::<i32>(gpu)?, states),
-    }
-}
-
-/// [`pick`] that, with `keep_on_device` and no logprobs asked, only queues the kernel and
-/// returns its ids on the device (the states' RNGs advance now, their outputs are recorded by
-/// [`record_ids`]). With logprobs it waits for them, as [`pick`].
+/// Each request's token (and logprobs when asked) for `logits: [rows (+ padding), vocab]`:
+/// the argmax kernel when every request is greedy without logprobs, else the sampling kernel
+/// (padding rows take the argmax), plus the top-N kernel for logprobs; downloaded and
+/// recorded in the states. With `keep_on_device` and no logprobs asked it only queues the
+/// kernel and returns its ids on the device (the states' RNGs advance now; [`record_ids`]
+/// records the outputs once downloaded).
 pub(super) fn pick_async(
     gpu: &Gpu,
     logits: &DeviceTensor,
