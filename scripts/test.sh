@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): set up the pinned toolchain,
-# then format check, clippy, every CPU test (the GPU ones skip with a
+# then format check, clippy, rustdoc, every CPU test (the GPU ones skip with a
 # reason), the AOT build, and a real compile of every kernel for the archs
 # we ship with the pinned nvcc.
 set -euo pipefail
@@ -21,6 +21,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+step "cargo doc -D warnings (broken or private doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step "deploy/ (k8s schemas, kustomization, Dockerfile)"; bash scripts/validate-deploy.sh
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
