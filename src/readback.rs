@@ -3,7 +3,7 @@
 //! scheduling queues step k + 1 before it reads step k's tokens; a plain
 //! download there would wait for step k + 1 as well.
 
-use cudarc::driver::PinnedHostSlice;
+use cudarc::driver::{CudaEvent, PinnedHostSlice};
 
 use crate::device::Gpu;
 use crate::dtype::{from_bytes, HostElem};
@@ -24,6 +24,8 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct Readback {
     buf: PinnedHostSlice<u8>,
+    /// Recorded after the last download's copy.
+    done: CudaEvent,
     /// Dtype and element count of the download in flight or done.
     pending: Option<(crate::DType, usize)>,
 }
@@ -36,7 +38,15 @@ impl Readback {
         // write-combined: the host reads this memory.
         let buf = unsafe { gpu.context().alloc_pinned_with_flags::<u8>(capacity.max(1), 0) }
             .map_err(Error::driver("allocate a page-locked readback buffer"))?;
-        Ok(Self { buf, pending: None })
+        let done = gpu
+            .context()
+            .new_event(None)
+            .map_err(Error::driver("create a readback event"))?;
+        Ok(Self {
+            buf,
+            done,
+            pending: None,
+        })
     }
 
     /// Bytes it can hold.
@@ -56,11 +66,18 @@ impl Readback {
             });
         }
         self.pending = None;
+        // The previous download into the buffer must be done before it is overwritten.
+        self.done.synchronize().map_err(Error::driver("wait for a readback"))?;
         if bytes > 0 {
+            // Exactly `bytes` of the buffer: a copy is as long as its host side.
+            let host = self.buf.as_mut_slice().map_err(Error::driver("readback buffer"))?;
             gpu.stream()
-                .memcpy_dtoh(&src.buffer().slice(0..bytes), &mut self.buf)
+                .memcpy_dtoh(&src.buffer().slice(0..bytes), &mut host[..bytes])
                 .map_err(Error::driver("queue a readback"))?;
         }
+        self.done
+            .record(gpu.stream())
+            .map_err(Error::driver("record a readback"))?;
         self.pending = Some((src.dtype(), src.numel()));
         Ok(())
     }
@@ -83,7 +100,15 @@ impl Readback {
                 got: T::DTYPE,
             });
         }
-        let bytes = self.buf.as_slice().map_err(Error::driver("wait for a readback"))?;
+        self.done.synchronize().map_err(Error::driver("wait for a readback"))?;
+        let bytes = self.buf.as_slice().map_err(Error::driver("readback buffer"))?;
         Ok(from_bytes(&bytes[..numel * dtype.size()]))
+    }
+}
+
+impl Drop for Readback {
+    fn drop(&mut self) {
+        // A copy may still write the buffer: free it only after it.
+        let _ = self.done.synchronize();
     }
 }

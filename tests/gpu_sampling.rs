@@ -838,7 +838,8 @@ fn feed_tokens_matches_reference_and_reads_back() {
         let sampled_dev = DeviceTensor::from_host(&gpu, &sampled, &[sampled_rows]).unwrap();
         let mut ids_dev = DeviceTensor::zeros(&gpu, &[rows], DType::I32).unwrap();
         let mut pairs_dev = DeviceTensor::zeros(&gpu, &[pairs.len(), 2], DType::I32).unwrap();
-        let mut up = stage.begin(&gpu, 4 * (rows + 2 * pairs.len()) + 512).unwrap();
+        let bytes = mllm_kernel::staging::Staging::bytes_for(&[4 * rows, 8 * pairs.len()]);
+        let mut up = stage.begin(&gpu, bytes).unwrap();
         up.write(&mut ids_dev, &ids).unwrap();
         up.write(&mut pairs_dev, &flat_pairs(&pairs)).unwrap();
         assert!(up.write(&mut ids_dev, &ids).is_err(), "past the bytes begun with");
