@@ -351,7 +351,7 @@ fn same_up_to_rounding(a: &Value, b: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlap_schedule_matches_sync_steps() {
     let sync_cfg = EngineConfig {
-        disable_overlap_schedule: true,
+        enable_overlap_schedule: false,
         max_prefill_tokens: 24,
         ..cfg()
     };
@@ -415,7 +415,7 @@ async fn overlap_schedule_matches_sync_steps() {
         expect[10]
     );
     let overlap = TestServer::start(EngineConfig {
-        disable_overlap_schedule: false,
+        enable_overlap_schedule: true,
         ..sync_cfg
     })
     .await;

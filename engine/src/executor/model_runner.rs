@@ -355,7 +355,8 @@ impl ModelRunner {
     /// must use [`LogitsMode::LastPerSequence`]): [`ModelRunner::launch`] and
     /// [`ModelRunner::finish`] at once.
     pub fn step(&mut self, batch: &ForwardBatch, states: &mut [SequenceState]) -> Result<Vec<SampleOutput>> {
-        let pending = self.launch(batch, states)?;
+        // Downloaded at once: no readback buffer on the way.
+        let pending = self.launch_with(batch, states, false)?;
         self.finish(pending, states)
     }
 
@@ -381,6 +382,16 @@ impl ModelRunner {
     /// # let _ = (a, b); Ok(()) }
     /// ```
     pub fn launch(&mut self, batch: &ForwardBatch, states: &mut [SequenceState]) -> Result<PendingStep> {
+        self.launch_with(batch, states, true)
+    }
+
+    /// [`ModelRunner::launch`]; `keep_on_device`: GPU ids stay there (else downloaded now).
+    fn launch_with(
+        &mut self,
+        batch: &ForwardBatch,
+        states: &mut [SequenceState],
+        keep_on_device: bool,
+    ) -> Result<PendingStep> {
         if batch.logits != LogitsMode::LastPerSequence || states.len() != batch.batch_size() {
             return Err(ModelError::Invalid(format!(
                 "step needs last-token logits and one sampling state per sequence ({} states, {} sequences)",
@@ -389,7 +400,7 @@ impl ModelRunner {
             )));
         }
         let last = self.last_samples.take();
-        let inner = match self.forward_or_sample(batch, last.as_ref(), Some((&mut *states, true)))? {
+        let inner = match self.forward_or_sample(batch, last.as_ref(), Some((&mut *states, keep_on_device)))? {
             Stepped::Sampled(out) => Pending::Done(out),
             Stepped::OnDevice(ids) => {
                 let readback = self.readback_for(&ids)?;
