@@ -161,21 +161,19 @@ fn greedy(r: &mut ModelRunner, prompts: &[Vec<u32>], n: usize, chunk: bool) -> V
     decode(r, prompts, &params, n, chunk)
 }
 
-/// `n` tokens per prompt, each request sampled with its own `params`.
-fn decode(
+/// Request slots, sampling states and prefill inputs for `prompts`, each with its `params`.
+fn start_requests(
     r: &mut ModelRunner,
     prompts: &[Vec<u32>],
     params: &[SamplingParams],
-    n: usize,
-    chunk: bool,
-) -> Vec<Vec<u32>> {
+) -> (Vec<usize>, Vec<SequenceState>, Vec<SequenceInput>) {
     let slots = r.req_pool_mut().alloc(prompts.len()).unwrap();
-    let mut states: Vec<SequenceState> = prompts
+    let states = prompts
         .iter()
         .zip(params)
         .map(|(p, params)| SequenceState::new(params.clone(), p).unwrap())
         .collect();
-    let mut next: Vec<SequenceInput> = slots
+    let inputs = slots
         .iter()
         .zip(prompts)
         .map(|(&req_slot, p)| SequenceInput {
@@ -184,6 +182,31 @@ fn decode(
             new_tokens: p.clone(),
         })
         .collect();
+    (slots, states, inputs)
+}
+
+/// Frees the requests' slots (their KV up to each input's `prefix_len`); their output tokens.
+fn end_requests(
+    r: &mut ModelRunner,
+    slots: &[usize],
+    next: &[SequenceInput],
+    states: &[SequenceState],
+) -> Vec<Vec<u32>> {
+    for (slot, s) in slots.iter().zip(next) {
+        r.release(*slot, s.prefix_len).unwrap();
+    }
+    states.iter().map(|s| s.output_tokens().to_vec()).collect()
+}
+
+/// `n` tokens per prompt, each request sampled with its own `params`.
+fn decode(
+    r: &mut ModelRunner,
+    prompts: &[Vec<u32>],
+    params: &[SamplingParams],
+    n: usize,
+    chunk: bool,
+) -> Vec<Vec<u32>> {
+    let (slots, mut states, mut next) = start_requests(r, prompts, params);
     if chunk {
         // First halves as a logits-discarding extend; the rest below extends a cached prefix.
         let firsts: Vec<SequenceInput> = next
@@ -210,30 +233,13 @@ fn decode(
             s.new_tokens = vec![o.token];
         }
     }
-    for (slot, s) in slots.iter().zip(&next) {
-        r.release(*slot, s.prefix_len).unwrap();
-    }
-    states.iter().map(|s| s.output_tokens().to_vec()).collect()
+    end_requests(r, &slots, &next, &states)
 }
 
 /// [`decode`] with overlap scheduling: each step is launched before the previous one's tokens
 /// are read, its rows taking them as future tokens (fed on the GPU when they are there).
 fn decode_overlapped(r: &mut ModelRunner, prompts: &[Vec<u32>], params: &[SamplingParams], n: usize) -> Vec<Vec<u32>> {
-    let slots = r.req_pool_mut().alloc(prompts.len()).unwrap();
-    let mut states: Vec<SequenceState> = prompts
-        .iter()
-        .zip(params)
-        .map(|(p, params)| SequenceState::new(params.clone(), p).unwrap())
-        .collect();
-    let mut next: Vec<SequenceInput> = slots
-        .iter()
-        .zip(prompts)
-        .map(|(&req_slot, p)| SequenceInput {
-            req_slot,
-            prefix_len: 0,
-            new_tokens: p.clone(),
-        })
-        .collect();
+    let (slots, mut states, mut next) = start_requests(r, prompts, params);
     let rows: Vec<(usize, usize)> = (0..prompts.len()).map(|i| (i, i)).collect();
     let mut in_flight = None;
     for step in 0..n {
@@ -253,10 +259,7 @@ fn decode_overlapped(r: &mut ModelRunner, prompts: &[Vec<u32>], params: &[Sampli
         }
     }
     r.finish(in_flight.unwrap(), &mut states).unwrap();
-    for (slot, s) in slots.iter().zip(&next) {
-        r.release(*slot, s.prefix_len).unwrap();
-    }
-    states.iter().map(|s| s.output_tokens().to_vec()).collect()
+    end_requests(r, &slots, &next, &states)
 }
 
 /// [`common::logits::check_greedy`] against this case's HF tokens and gaps.
