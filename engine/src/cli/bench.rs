@@ -474,20 +474,17 @@ fn one_batch(
         if known.is_none() {
             batch = batch.with_future_tokens(&futures)?;
         }
-        let launched = runner.launch(&batch, &mut states)?;
-        let read = match in_flight.replace(launched) {
-            Some(prev) => Some(runner.finish(prev, &mut states)?),
-            None => None,
-        };
-        known = if overlap {
-            None
+        if !overlap {
+            known = Some(runner.step(&batch, &mut states)?);
+        } else if let Some(prev) = in_flight.replace(runner.launch(&batch, &mut states)?) {
+            runner.finish(prev, &mut states)?;
         } else {
-            Some(finish_now(runner, &mut in_flight, &mut states)?)
-        };
-        if read.is_some() || !overlap {
-            steps.push(last_read.elapsed().as_secs_f64());
-            last_read = Instant::now();
+            // The first overlapped step: nothing was read yet.
+            known = None;
+            continue;
         }
+        steps.push(last_read.elapsed().as_secs_f64());
+        last_read = Instant::now();
     }
     if let Some(last) = in_flight.take() {
         runner.finish(last, &mut states)?;
@@ -512,16 +509,6 @@ fn one_batch(
         total_latency_s: total,
         total_throughput_tok_s: (in_tokens + (b * output_len) as f64) / total,
     })
-}
-
-/// Reads the step in flight at once (no overlap).
-fn finish_now(
-    runner: &mut ModelRunner,
-    in_flight: &mut Option<crate::executor::pending::PendingStep>,
-    states: &mut [SequenceState],
-) -> anyhow::Result<Vec<crate::executor::sampler::SampleOutput>> {
-    let step = in_flight.take().context("no step in flight")?;
-    Ok(runner.finish(step, states)?)
 }
 
 fn median(v: &mut [f64]) -> Option<f64> {
