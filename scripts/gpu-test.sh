@@ -270,7 +270,7 @@ run() {
         # "MLLM_DECODE_KERNEL=auto;MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=stream")
         # repeats them once per set; each record's env says which ran.
         # MLLM_GPU_ENGINE_ARGS (';'-separated sets of extra arguments, e.g.
-        # ";--enable-overlap-schedule") repeats each run once per set (record flags say which).
+        # ";--disable-overlap-schedule") repeats each run once per set (record flags say which).
         IFS=, read -r -a shapes <<<"${MLLM_GPU_ENGINE_SHAPES:-1 2048 64,64 1024 32}"
         IFS=';' read -r -a env_sets <<<"${MLLM_GPU_ENGINE_ENVS:-MLLM_GPU_ENGINE_ENVS=default}"
         IFS=';' read -r -a arg_sets <<<"${MLLM_GPU_ENGINE_ARGS:-}"

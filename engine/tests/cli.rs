@@ -161,7 +161,7 @@ fn bench_one_batch_dummy_writes_records() {
         assert_eq!(r["temperature"], 0.0);
         assert_eq!(r["radix_cache"], false);
         assert_eq!(r["cuda_graph"], false);
-        assert_eq!(r["overlap_schedule"], false);
+        assert_eq!(r["overlap_schedule"], true);
         assert_eq!(r["jit_compile_included"], false);
         let t = &r["timings"];
         for k in [
@@ -173,12 +173,12 @@ fn bench_one_batch_dummy_writes_records() {
             assert!(t[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
         }
     }
-    // Overlapped steps: the same record, flagged.
-    let o = mllm(&[&base[..], &["--enable-overlap-schedule"]].concat());
+    // Steps read one at a time: the same record, flagged.
+    let o = mllm(&[&base[..], &["--disable-overlap-schedule"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let last = String::from_utf8(o.stdout).unwrap();
     let r: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
-    assert_eq!(r["overlap_schedule"], true, "{r}");
+    assert_eq!(r["overlap_schedule"], false, "{r}");
     assert!(
         r["timings"]["decode_median_latency_s"]
             .as_f64()

@@ -351,7 +351,7 @@ fn same_up_to_rounding(a: &Value, b: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlap_schedule_matches_sync_steps() {
     let sync_cfg = EngineConfig {
-        enable_overlap_schedule: false,
+        disable_overlap_schedule: true,
         max_prefill_tokens: 24,
         ..cfg()
     };
@@ -415,7 +415,7 @@ async fn overlap_schedule_matches_sync_steps() {
         expect[10]
     );
     let overlap = TestServer::start(EngineConfig {
-        enable_overlap_schedule: true,
+        disable_overlap_schedule: false,
         ..sync_cfg
     })
     .await;

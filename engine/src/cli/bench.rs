@@ -1,7 +1,7 @@
 //! `mllm bench-one-batch`: prefill of B random prompts of I tokens, then O-1 decode steps, like
-//! SGLang's `bench_one_batch`. Warmup runs are dropped. With `--enable-overlap-schedule` decode
-//! steps overlap as the server's then do (step k + 1 launched before step k's tokens are
-//! read). A step's latency is the time between consecutive token reads.
+//! SGLang's `bench_one_batch`. Warmup runs are dropped. Decode steps overlap as the server's do
+//! (step k + 1 launched before step k's tokens are read; `--disable-overlap-schedule` reads
+//! each step first). A step's latency is the time between consecutive token reads.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,10 +77,10 @@ pub struct BenchArgs {
     /// what a replayed decode step is made of (`scripts/timeline_step.py`).
     #[arg(long, value_name = "FILE")]
     pub kernel_timeline: Option<PathBuf>,
-    /// Launch each decode step before reading the previous one's tokens (as `mllm serve
-    /// --enable-overlap-schedule`).
+    /// Read each decode step's tokens before launching the next (as `mllm serve
+    /// --disable-overlap-schedule`).
     #[arg(long)]
-    pub enable_overlap_schedule: bool,
+    pub disable_overlap_schedule: bool,
 }
 
 /// Timings of one measured run.
@@ -260,7 +260,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let revision = Revision::current();
     let device = DeviceInfo::of(runner.device());
     for run in 0..args.warmup + args.repeats {
-        let overlap = args.enable_overlap_schedule;
+        let overlap = !args.disable_overlap_schedule;
         let t = one_batch(&mut runner, &prompts, o, overlap).with_context(|| format!("run {run} failed"))?;
         let Some(repeat) = run.checked_sub(args.warmup) else {
             eprintln!("mllm: warmup run {run} done ({:.3} s, dropped)", t.total_latency_s);
@@ -285,7 +285,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             flags: Flags {
                 radix_cache: false,
                 cuda_graph: runner.device().is_cuda() && args.model.cuda_graph_max_bs() >= b,
-                overlap_schedule: args.enable_overlap_schedule,
+                overlap_schedule: !args.disable_overlap_schedule,
                 jit_compile_included: false,
             },
             repeat,

@@ -62,10 +62,10 @@ pub struct ServeArgs {
     /// Turn off the prefix (radix) cache that reuses the KV of shared prompt prefixes.
     #[arg(long)]
     pub disable_radix_cache: bool,
-    /// Launch step k + 1 before reading step k's tokens (its decode rows take them on the
-    /// GPU), hiding the host's work. Opt-in until its GPU path has run on a GPU.
+    /// Read step k's tokens before launching step k + 1. By default step k + 1 is launched
+    /// first (its decode rows take step k's tokens on the GPU), hiding the host's work.
     #[arg(long)]
-    pub enable_overlap_schedule: bool,
+    pub disable_overlap_schedule: bool,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
@@ -138,7 +138,7 @@ impl ServeArgs {
             context_length: self.context_length,
             max_queued_requests: self.max_queued_requests,
             disable_radix_cache: self.disable_radix_cache,
-            enable_overlap_schedule: self.enable_overlap_schedule,
+            disable_overlap_schedule: self.disable_overlap_schedule,
             device,
             cuda_graph_max_bs: self.model.cuda_graph_max_bs(),
             kv_cache_dtype: self.model.kv_cache_dtype.dtype(),

@@ -44,9 +44,8 @@ pub struct EngineConfig {
     pub max_queued_requests: usize,
     /// Turn the prefix (radix) cache off.
     pub disable_radix_cache: bool,
-    /// Launch each step before reading the previous one's tokens (overlap scheduling; opt-in
-    /// until its GPU path has run on a GPU).
-    pub enable_overlap_schedule: bool,
+    /// Read each step's tokens before launching the next (turns overlap scheduling off).
+    pub disable_overlap_schedule: bool,
     /// Where the model runs.
     pub device: Device,
     /// On a GPU, size the KV cache to this fraction of its memory (minus the weights) instead
@@ -61,7 +60,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     /// 32 running, 8192 KV tokens, 8192 prefill tokens, 256 queued, radix cache on, overlap
-    /// scheduling off.
+    /// scheduling on.
     fn default() -> Self {
         Self {
             max_running_requests: 32,
@@ -70,7 +69,7 @@ impl Default for EngineConfig {
             context_length: None,
             max_queued_requests: 256,
             disable_radix_cache: false,
-            enable_overlap_schedule: false,
+            disable_overlap_schedule: false,
             device: Device::Cpu,
             mem_fraction_static: None,
             cuda_graph_max_bs: 32,
@@ -177,7 +176,7 @@ impl Engine {
             max_prefill_tokens: cfg.max_prefill_tokens,
             max_context_len: context_len,
             enable_radix_cache: !cfg.disable_radix_cache,
-            overlap: cfg.enable_overlap_schedule,
+            overlap: !cfg.disable_overlap_schedule,
         };
         let scheduler = Scheduler::new(runner, sched_cfg, metrics.clone());
         let (tx, rx) = std::sync::mpsc::channel();

@@ -2,8 +2,8 @@
 //! prefill + decode batch per step (chunked prefill under a token budget), samples, checks
 //! stop tokens and lengths, and retracts the newest sequence when decode runs out of KV slots.
 //!
-//! Overlap scheduling (SGLang's; `--enable-overlap-schedule`, as SGLang named it before making
-//! it the default): step k + 1 is
+//! Overlap scheduling (SGLang's, on by default; `--disable-overlap-schedule` turns it off):
+//! step k + 1 is
 //! scheduled and launched before step k's tokens are read, its decode rows taking those tokens
 //! as [`FutureToken`](crate::executor::forward_batch::FutureToken)s (fed on the GPU), so the
 //! host's scheduling, batch building and token handling run while the GPU computes. A sequence

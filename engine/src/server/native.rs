@@ -230,7 +230,7 @@ pub async fn server_info(State(app): State<AppState>) -> Json<Value> {
         "max_running_requests": c.max_running_requests, "max_total_tokens": capacity,
         "max_prefill_tokens": c.max_prefill_tokens, "max_queued_requests": c.max_queued_requests,
         "context_length": app.engine.context_len(), "disable_radix_cache": c.disable_radix_cache,
-        "enable_overlap_schedule": c.enable_overlap_schedule,
+        "disable_overlap_schedule": c.disable_overlap_schedule,
         // What a benchmark record needs to say what ran (SGLang's names where it has them).
         "device": &*app.device, "load_format": info.format, "quantization": info.quant,
         "weight_dtype": info.weight_dtype_name(),
