@@ -128,9 +128,9 @@ gpu_tests() {
         run_test "$name" "$t"
         # Again on the split-KV decode kernel: its K/V requests run before the wait on the
         # KV-store kernel, which only the real decode chain (graphs on and off) exercises.
-        # With stream_linear for one-row bf16 linears (MLLM_LINEAR_SMALL_M=auto) there too.
-        run_test "$name (MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=auto)" "$t" \
-          MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=auto
+        # With cuBLAS for one-row bf16 linears (MLLM_LINEAR_SMALL_M=cublas) there too.
+        run_test "$name (MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=cublas)" "$t" \
+          MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=cublas
         # And on the bf16 streaming linear and stream_m16 for every decode GEMM, with every
         # L2 prefetch target in the chain (results must not change) and the cluster-merged
         # split-KV attention.

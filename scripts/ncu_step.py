@@ -36,6 +36,7 @@ ROLES = [
     (("silu_and_mul",), "SiLU x up"),
     (("embedding",), "embedding"),
     (("argmax",), "argmax"),
+    (("feed_tokens",), "feed_tokens (overlap scheduling)"),
 ]
 
 

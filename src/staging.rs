@@ -139,6 +139,21 @@ impl Upload<'_> {
             .map_err(Error::driver("queue a staged upload"))
     }
 
+    /// A new `shape` tensor holding `data`: allocated on the stream, filled by this upload.
+    pub fn tensor<T: HostElem>(&mut self, data: &[T], shape: &[usize]) -> Result<DeviceTensor> {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return Err(Error::InvalidArgument {
+                op: "staging",
+                arg: "shape",
+                reason: format!("shape {shape:?} holds {numel} elements but data has {}", data.len()),
+            });
+        }
+        let mut t = DeviceTensor::empty(self.gpu, shape, T::DTYPE)?;
+        self.write(&mut t, data)?;
+        Ok(t)
+    }
+
     /// Marks the end of this upload's copies (the buffer is reused after them). Dropping an
     /// upload does the same, so copies queued before an error still guard the buffer.
     pub fn finish(mut self) -> Result<()> {
@@ -161,6 +176,45 @@ impl Drop for Upload<'_> {
             // the driver error comes back from the stream's next call.
             let _ = self.record();
         }
+    }
+}
+
+/// Two [`Staging`] buffers used in turn, one per step: the host fills one while the copies
+/// of the step before still read the other, so with at most one step ahead of the host
+/// [`StagingPair::begin`] never waits.
+///
+/// ```no_run
+/// use mllm_kernel::{staging::{Staging, StagingPair}, Gpu};
+/// let gpu = Gpu::new(0)?;
+/// let mut steps = StagingPair::new(&gpu)?;
+/// for step in 0..3i32 {
+///     let ids = [step, step + 1];
+///     let mut up = steps.begin(&gpu, Staging::bytes_for(&[8]))?;
+///     let ids = up.tensor(&ids, &[2])?;
+///     up.finish()?;
+///     assert_eq!(ids.to_host::<i32>(&gpu)?, vec![step, step + 1]);
+/// }
+/// # Ok::<(), mllm_kernel::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct StagingPair {
+    stages: [Staging; 2],
+    turn: usize,
+}
+
+impl StagingPair {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(Self {
+            stages: [Staging::new(gpu)?, Staging::new(gpu)?],
+            turn: 0,
+        })
+    }
+
+    /// Starts an upload of at most `bytes` bytes in the buffer the last upload did not use
+    /// (see [`Staging::begin`]).
+    pub fn begin<'a>(&'a mut self, gpu: &'a Gpu, bytes: usize) -> Result<Upload<'a>> {
+        self.turn ^= 1;
+        self.stages[self.turn].begin(gpu, bytes)
     }
 }
 

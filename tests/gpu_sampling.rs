@@ -815,15 +815,15 @@ fn validation_rejects_bad_arguments_without_a_gpu() {
 }
 
 /// `feed_tokens` against its reference: a batch whose rows continue the previous step's rows
-/// in a shuffled order (some rows new, fed nothing), the inputs and pairs uploaded through a
-/// page-locked staging buffer, then a non-blocking readback of the fed ids. Pairs out of
+/// in a shuffled order (some rows new, fed nothing), the inputs and pairs uploaded through
+/// page-locked staging buffers used in turn, then a non-blocking readback of the fed ids. Pairs out of
 /// range on the device are skipped; bad arguments fail on the host.
 #[test]
 fn feed_tokens_matches_reference_and_reads_back() {
     let Some(gpu) = gpu_or_skip("feed_tokens_matches_reference_and_reads_back") else {
         return;
     };
-    let mut stage = mllm_kernel::staging::Staging::new(&gpu).unwrap();
+    let mut stage = mllm_kernel::staging::StagingPair::new(&gpu).unwrap();
     for (rows, sampled_rows, seed) in [(1, 1, 1u64), (5, 8, 2), (700, 640, 3)] {
         let sampled: Vec<i32> = (0..sampled_rows as i32).map(|i| 1000 + 7 * i).collect();
         let mut ids: Vec<i32> = (0..rows as i32).map(|i| -i).collect();
@@ -837,11 +837,11 @@ fn feed_tokens_matches_reference_and_reads_back() {
         ops::validate_feed_tokens(rows, sampled_rows, &pairs).unwrap();
         let sampled_dev = DeviceTensor::from_host(&gpu, &sampled, &[sampled_rows]).unwrap();
         let mut ids_dev = DeviceTensor::zeros(&gpu, &[rows], DType::I32).unwrap();
-        let mut pairs_dev = DeviceTensor::zeros(&gpu, &[pairs.len(), 2], DType::I32).unwrap();
         let bytes = mllm_kernel::staging::Staging::bytes_for(&[4 * rows, 8 * pairs.len()]);
         let mut up = stage.begin(&gpu, bytes).unwrap();
         up.write(&mut ids_dev, &ids).unwrap();
-        up.write(&mut pairs_dev, &flat_pairs(&pairs)).unwrap();
+        assert!(up.tensor(&[1i32, 2, 3], &[2]).is_err(), "3 values for shape [2]");
+        let pairs_dev = up.tensor(&flat_pairs(&pairs), &[pairs.len(), 2]).unwrap();
         assert!(up.write(&mut ids_dev, &ids).is_err(), "past the bytes begun with");
         up.finish().unwrap();
         ops::feed_tokens_into(&gpu, &mut ids_dev, &sampled_dev, &pairs_dev).unwrap();

@@ -1,8 +1,8 @@
 //! Dense linear layer `out = x · Wᵀ (+ bias)` on cuBLAS: f32 accumulation,
 //! bf16/f16/f32 inputs, output in the input dtype or f32 (LM-head logits).
-//! On SM90 `MLLM_LINEAR_SMALL_M` can route small problems to
-//! [`stream_linear_into`](super::stream_linear_into) instead (`auto`: one
-//! row; `stream`: up to 16; `cublas`, the default: none).
+//! On SM90 `MLLM_LINEAR_SMALL_M` routes small problems to
+//! [`stream_linear_into`](super::stream_linear_into) instead (`auto`, the
+//! default: one row; `stream`: up to 16; `cublas`: none).
 //!
 //! One cuBLAS handle per [`Gpu`], bound to its stream and to a fixed
 //! workspace so the calls can be captured in a CUDA graph.

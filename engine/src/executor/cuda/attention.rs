@@ -59,10 +59,12 @@ impl HostLayout {
 }
 
 impl BatchLayout {
-    pub fn upload(gpu: &Gpu, h: HostLayout) -> Result<Self> {
+    /// The layout with its slot ids in a new buffer, filled through the page-locked upload
+    /// `up` (`4 * kv_indices.len()` bytes of it).
+    pub fn stage(up: &mut Upload, h: HostLayout) -> Result<Self> {
         let n = h.kv_indices.len();
         Ok(Self {
-            kv_indices: DeviceTensor::from_host(gpu, &h.kv_indices, &[n])?,
+            kv_indices: up.tensor(&h.kv_indices, &[n])?,
             qo_indptr: h.qo_indptr,
             kv_indptr: h.kv_indptr,
         })

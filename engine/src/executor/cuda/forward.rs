@@ -6,7 +6,7 @@
 
 use mllm_kernel::ops::{self, QkHeads, QkNormRope, RopeStoreOut, Scatter};
 use mllm_kernel::profile::OpProfiler;
-use mllm_kernel::staging::Upload;
+use mllm_kernel::staging::{Staging, Upload};
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, Plan};
@@ -46,9 +46,9 @@ pub(super) fn to_i32(what: &str, v: impl IntoIterator<Item = usize>) -> Result<V
 }
 
 impl HostInputs {
-    /// Bytes of each of its vectors (for sizing an upload).
-    pub fn byte_sizes(&self) -> [usize; 4] {
-        [&self.ids, &self.positions, &self.out_loc, &self.logit_rows].map(|v| 4 * v.len())
+    /// Bytes its vectors take in a [`Staging`] upload.
+    pub fn staged_bytes(&self) -> usize {
+        Staging::bytes_for(&[&self.ids, &self.positions, &self.out_loc, &self.logit_rows].map(|v| 4 * v.len()))
     }
 
     pub fn of(batch: &ForwardBatch) -> Result<Self> {
@@ -73,13 +73,15 @@ impl HostInputs {
 }
 
 impl StepInputs {
-    pub fn upload(gpu: &Gpu, h: &HostInputs) -> Result<Self> {
-        let up = |v: &[i32]| DeviceTensor::from_host(gpu, v, &[v.len()]);
+    /// New buffers holding `h`, filled through the page-locked upload `up`
+    /// ([`HostInputs::staged_bytes`] of it).
+    pub fn stage(up: &mut Upload, h: &HostInputs) -> Result<Self> {
+        let mut vector = |v: &[i32]| up.tensor(v, &[v.len()]);
         Ok(Self {
-            ids: up(&h.ids)?,
-            positions: up(&h.positions)?,
-            out_loc: up(&h.out_loc)?,
-            logit_rows: up(&h.logit_rows)?,
+            ids: vector(&h.ids)?,
+            positions: vector(&h.positions)?,
+            out_loc: vector(&h.out_loc)?,
+            logit_rows: vector(&h.logit_rows)?,
             rope: None,
             visual: None,
         })

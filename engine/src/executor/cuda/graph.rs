@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use mllm_kernel::graph::{GpuTimer, Graph};
 use mllm_kernel::profile::OpProfiler;
-use mllm_kernel::staging::Staging;
+use mllm_kernel::staging::{Staging, StagingPair};
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, HostLayout};
@@ -55,10 +55,6 @@ pub(super) struct DecodeGraphs {
     /// GPU time of each replay, so `bench-one-batch` can tell the GPU's share of a decode
     /// step from the host's.
     replays: GpuTimer,
-    /// Page-locked upload buffers of the steps' inputs, used in turn: a step's upload never
-    /// waits for the step before it, which may still be running (overlap scheduling).
-    staging: [Staging; 2],
-    turn: usize,
 }
 
 impl DecodeGraphs {
@@ -69,8 +65,6 @@ impl DecodeGraphs {
             attn: Attention::new(gpu, dims, dtype, true)?,
             captured: HashMap::new(),
             replays: GpuTimer::new(gpu)?,
-            staging: [Staging::new(gpu)?, Staging::new(gpu)?],
-            turn: 0,
         })
     }
 
@@ -86,11 +80,13 @@ impl DecodeGraphs {
 
     /// Runs a decode batch (checked with [`DecodeGraphs::size_for`]) on its graph, capturing
     /// it first if needed; returns the `[size, vocab]` f32 logits buffer (rows past the batch
-    /// are padding). `feed` patches the uploaded ids before the replay.
+    /// are padding). `feed` patches the uploaded ids before the replay. The step's inputs go
+    /// up through `staging` (its upload never waits for the step before, which may still be
+    /// running under overlap scheduling).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
-        gpu: &Gpu,
+        (gpu, staging): (&Gpu, &mut StagingPair),
         dims: &Dims,
         w: &GpuWeights,
         kv: &mut [(DeviceTensor, DeviceTensor)],
@@ -104,7 +100,7 @@ impl DecodeGraphs {
         let inputs = inputs.padded(size);
         let layout = HostLayout::of(batch)?.padded(size);
         if !self.captured.contains_key(&size) {
-            let c = self.capture(gpu, dims, w, kv, (size, &inputs, feed), layout)?;
+            let c = self.capture((gpu, staging), dims, w, kv, (size, &inputs, feed), layout)?;
             self.captured.insert(size, c);
             return Ok(&self.captured[&size].logits);
         }
@@ -116,10 +112,8 @@ impl DecodeGraphs {
             }
             None => 0,
         };
-        let [a, b, d, e] = inputs.byte_sizes();
-        let bytes = Staging::bytes_for(&[a, b, d, e, 4 * layout.kv_indices.len(), feed_bytes]);
-        self.turn ^= 1;
-        let mut up = self.staging[self.turn].begin(gpu, bytes)?;
+        let bytes = inputs.staged_bytes() + Staging::bytes_for(&[4 * layout.kv_indices.len(), feed_bytes]);
+        let mut up = staging.begin(gpu, bytes)?;
         c.inputs.write(&mut up, &inputs)?;
         c.layout.write(&mut up, layout)?;
         if let Some(f) = feed {
@@ -145,16 +139,21 @@ impl DecodeGraphs {
     /// are the step's.
     fn capture(
         &mut self,
-        gpu: &Gpu,
+        (gpu, staging): (&Gpu, &mut StagingPair),
         dims: &Dims,
         w: &GpuWeights,
         kv: &mut [(DeviceTensor, DeviceTensor)],
         (size, host_inputs, feed): (usize, &HostInputs, Option<&TokenFeed>),
         host_layout: HostLayout,
     ) -> Result<Captured> {
-        let mut inputs = StepInputs::upload(gpu, host_inputs)?;
-        if let Some(f) = feed {
-            f.apply(gpu, &mut inputs.ids)?;
+        let feed_bytes = feed.map_or(0, TokenFeed::bytes);
+        let bytes = host_inputs.staged_bytes() + Staging::bytes_for(&[feed_bytes]);
+        let mut up = staging.begin(gpu, bytes)?;
+        let mut inputs = StepInputs::stage(&mut up, host_inputs)?;
+        let pairs = feed.map(|f| f.stage(&mut up, inputs.ids.numel())).transpose()?;
+        up.finish()?;
+        if let (Some(f), Some(pairs)) = (feed, &pairs) {
+            f.apply(gpu, &mut inputs.ids, pairs)?;
         }
         let mut slots = DeviceTensor::zeros(gpu, &[size * self.max_context], mllm_kernel::DType::I32)?;
         slots.write_from_host(gpu, &host_layout.kv_indices)?;

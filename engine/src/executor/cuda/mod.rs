@@ -15,6 +15,7 @@ mod weights;
 use std::sync::Arc;
 
 use mllm_kernel::profile::OpProfiler;
+use mllm_kernel::staging::{Staging, StagingPair, Upload};
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use self::attention::{Attention, BatchLayout, HostLayout};
@@ -79,11 +80,21 @@ impl TokenFeed<'_> {
         flat
     }
 
-    /// Writes the fed ids into `ids` (an eager step's uploaded input ids).
-    fn apply(&self, gpu: &Gpu, ids: &mut DeviceTensor) -> Result<()> {
-        self.check(ids.numel())?;
-        let pairs = DeviceTensor::from_host(gpu, &self.flat(0), &[self.pairs.len(), 2])?;
-        Ok(mllm_kernel::ops::feed_tokens_into(gpu, ids, self.sampled, &pairs)?)
+    /// Bytes of its pairs in an upload.
+    fn bytes(&self) -> usize {
+        8 * self.pairs.len()
+    }
+
+    /// Checks the pairs against `ids_len` input ids and queues them in `up` (an eager step's
+    /// upload; [`TokenFeed::bytes`] of it) as `[pairs, 2]` i32.
+    fn stage(&self, up: &mut Upload, ids_len: usize) -> Result<DeviceTensor> {
+        self.check(ids_len)?;
+        Ok(up.tensor(&self.flat(0), &[self.pairs.len(), 2])?)
+    }
+
+    /// Writes the fed ids into `ids` (an eager step's input ids) from its staged `pairs`.
+    fn apply(&self, gpu: &Gpu, ids: &mut DeviceTensor, pairs: &DeviceTensor) -> Result<()> {
+        Ok(mllm_kernel::ops::feed_tokens_into(gpu, ids, self.sampled, pairs)?)
     }
 }
 
@@ -107,6 +118,8 @@ pub struct CudaModel {
     kv: Vec<(DeviceTensor, DeviceTensor)>,
     attn: Attention,
     graphs: Option<DecodeGraphs>,
+    /// Page-locked buffers every step's inputs go up through, in turn.
+    staging: StagingPair,
     /// The last eager step's logits (graph steps keep theirs in the graph's buffer).
     eager_logits: Option<DeviceTensor>,
     /// Per-op GPU time of prefill and decode steps (`MLLM_CUDA_PROFILE=1`; steps then run
@@ -161,7 +174,8 @@ impl CudaModel {
                 let tokens = free.saturating_sub(keep) / per_token.max(1);
                 if tokens < 2 {
                     return Err(ModelError::Invalid(format!(
-                        "no room for a K/V cache: {} MiB free of {} MiB after loading the weights, and                          --mem-fraction-static {f} keeps {} MiB back; raise it or use a smaller model",
+                        "no room for a K/V cache: {} MiB free of {} MiB after loading the weights, and \
+                         --mem-fraction-static {f} keeps {} MiB back; raise it or use a smaller model",
                         free >> 20,
                         total >> 20,
                         keep >> 20
@@ -180,6 +194,7 @@ impl CudaModel {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            staging: StagingPair::new(&gpu)?,
             gpu,
             dims,
             dtype,
@@ -284,16 +299,24 @@ impl CudaModel {
         let eager = prof.enabled() || visual.is_some_and(VisualStep::needs_eager);
         let graphs = self.graphs.as_mut().filter(|_| !eager);
         if let Some(g) = graphs.filter(|g| g.size_for(batch).is_some()) {
-            return g.run(&self.gpu, &self.dims, &self.weights, &mut self.kv, batch, host, feed);
+            let gpu_staging = (&*self.gpu, &mut self.staging);
+            return g.run(gpu_staging, &self.dims, &self.weights, &mut self.kv, batch, host, feed);
         }
-        let mut inputs = StepInputs::upload(&self.gpu, &host)?;
-        if let Some(f) = feed {
-            f.apply(&self.gpu, &mut inputs.ids)?;
+        // Page-locked uploads: a pageable one may wait for the step still running.
+        let host_layout = HostLayout::of(batch)?;
+        let feed_bytes = feed.map_or(0, TokenFeed::bytes);
+        let bytes = host.staged_bytes() + Staging::bytes_for(&[4 * host_layout.kv_indices.len(), feed_bytes]);
+        let mut up = self.staging.begin(&self.gpu, bytes)?;
+        let mut inputs = StepInputs::stage(&mut up, &host)?;
+        let layout = BatchLayout::stage(&mut up, host_layout)?;
+        let pairs = feed.map(|f| f.stage(&mut up, inputs.ids.numel())).transpose()?;
+        up.finish()?;
+        if let (Some(f), Some(pairs)) = (feed, &pairs) {
+            f.apply(&self.gpu, &mut inputs.ids, pairs)?;
         }
         if let Some(v) = visual {
             (inputs.rope, inputs.visual) = v.upload(&self.gpu, self.dtype, self.dims.head_dim)?;
         }
-        let layout = BatchLayout::upload(&self.gpu, HostLayout::of(batch)?)?;
         let plan = self.attn.plan(&self.gpu, &layout)?;
         let rows = batch.logit_rows().len();
         let mut logits = DeviceTensor::empty(&self.gpu, &[rows, self.dims.vocab], mllm_kernel::DType::F32)?;
