@@ -8,7 +8,7 @@ use cudarc::driver::{CudaEvent, PinnedHostSlice};
 
 use crate::device::Gpu;
 use crate::dtype::{as_bytes, HostElem};
-use crate::tensor::DeviceTensor;
+use crate::tensor::{check_shape_holds, DeviceTensor};
 use crate::{Error, Result};
 
 /// Copies start at multiples of this many bytes in the buffer.
@@ -141,14 +141,7 @@ impl Upload<'_> {
 
     /// A new `shape` tensor holding `data`: allocated on the stream, filled by this upload.
     pub fn tensor<T: HostElem>(&mut self, data: &[T], shape: &[usize]) -> Result<DeviceTensor> {
-        let numel: usize = shape.iter().product();
-        if numel != data.len() {
-            return Err(Error::InvalidArgument {
-                op: "staging",
-                arg: "shape",
-                reason: format!("shape {shape:?} holds {numel} elements but data has {}", data.len()),
-            });
-        }
+        check_shape_holds("staging", shape, data.len())?;
         let mut t = DeviceTensor::empty(self.gpu, shape, T::DTYPE)?;
         self.write(&mut t, data)?;
         Ok(t)

@@ -22,17 +22,23 @@ pub struct DeviceTensor {
     dtype: DType,
 }
 
+/// An error unless `shape` holds exactly `len` elements (data given for a new tensor of `op`).
+pub(crate) fn check_shape_holds(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
+    let numel: usize = shape.iter().product();
+    if numel == len {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument {
+        op,
+        arg: "shape",
+        reason: format!("shape {shape:?} holds {numel} elements but data has {len}"),
+    })
+}
+
 impl DeviceTensor {
     /// Uploads `data` with `shape`.
     pub fn from_host<T: HostElem>(gpu: &Gpu, data: &[T], shape: &[usize]) -> Result<Self> {
-        let numel: usize = shape.iter().product();
-        if numel != data.len() {
-            return Err(Error::InvalidArgument {
-                op: "from_host",
-                arg: "shape",
-                reason: format!("shape {shape:?} holds {numel} elements but data has {}", data.len()),
-            });
-        }
+        check_shape_holds("from_host", shape, data.len())?;
         Self::from_bytes(gpu, as_bytes(data), shape, T::DTYPE)
     }
 
