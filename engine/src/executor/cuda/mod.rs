@@ -120,8 +120,6 @@ pub struct CudaModel {
     graphs: Option<DecodeGraphs>,
     /// Page-locked buffers every step's inputs go up through, in turn.
     staging: StagingPair,
-    /// The same for the sampling kernel's per-request parameters (one upload a step each).
-    sample_staging: StagingPair,
     /// The last eager step's logits (graph steps keep theirs in the graph's buffer).
     eager_logits: Option<DeviceTensor>,
     /// Per-op GPU time of prefill and decode steps (`MLLM_CUDA_PROFILE=1`; steps then run
@@ -197,7 +195,6 @@ impl CudaModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             staging: StagingPair::new(&gpu)?,
-            sample_staging: StagingPair::new(&gpu)?,
             gpu,
             dims,
             dtype,
@@ -250,9 +247,9 @@ impl CudaModel {
         feed: Option<&TokenFeed>,
     ) -> Result<Tensor> {
         let rows = batch.logit_rows().len();
-        let at = self.run_forward(batch, visual, feed)?;
-        let logits = logits_at(&self.graphs, &self.eager_logits, at)?;
-        let mut host = logits.to_host::<f32>(&self.gpu)?;
+        let gpu = self.gpu.clone();
+        let logits = self.forward_device(batch, visual, feed)?;
+        let mut host = logits.to_host::<f32>(&gpu)?;
         host.truncate(rows * self.dims.vocab);
         Ok(Tensor::from_vec(host, &[rows, self.dims.vocab])?)
     }
@@ -274,21 +271,19 @@ impl CudaModel {
         if !sampling::all_on_gpu(states) {
             return Ok(None);
         }
-        let at = self.run_forward(batch, visual, feed)?;
-        // Disjoint fields: the logits stay borrowed while the parameters go up.
-        let logits = logits_at(&self.graphs, &self.eager_logits, at)?;
-        let picked = sampling::pick_async((&self.gpu, &mut self.sample_staging), logits, states, keep_on_device)?;
-        Ok(Some(picked))
+        let gpu = self.gpu.clone();
+        let logits = self.forward_device(batch, visual, feed)?;
+        Ok(Some(sampling::pick_async(&gpu, logits, states, keep_on_device)?))
     }
 
-    /// Runs the batch into logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch
-    /// that fits a graph replays it, anything else runs eagerly. Returns where they are.
-    fn run_forward(
+    /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph
+    /// replays it, anything else runs eagerly.
+    fn forward_device(
         &mut self,
         batch: &ForwardBatch,
         visual: Option<&VisualStep>,
         feed: Option<&TokenFeed>,
-    ) -> Result<LogitsAt> {
+    ) -> Result<&DeviceTensor> {
         let prof = &self.profilers[usize::from(batch.mode == ForwardMode::Decode)];
         let mut host = HostInputs::of(batch)?;
         if let Some(v) = visual {
@@ -305,8 +300,7 @@ impl CudaModel {
         let graphs = self.graphs.as_mut().filter(|_| !eager);
         if let Some(g) = graphs.filter(|g| g.size_for(batch).is_some()) {
             let gpu_staging = (&*self.gpu, &mut self.staging);
-            let size = g.run(gpu_staging, &self.dims, &self.weights, &mut self.kv, batch, host, feed)?;
-            return Ok(LogitsAt::Graph(size));
+            return g.run(gpu_staging, &self.dims, &self.weights, &mut self.kv, batch, host, feed);
         }
         // Page-locked uploads: a pageable one may wait for the step still running.
         let host_layout = HostLayout::of(batch)?;
@@ -339,33 +333,6 @@ impl CudaModel {
         )?;
         prof.end()?;
         self.eager_logits = Some(logits);
-        Ok(LogitsAt::Eager)
-    }
-}
-
-/// Where a forward left its logits.
-#[derive(Debug, Clone, Copy)]
-enum LogitsAt {
-    /// In the buffer of the decode graph captured at this batch size.
-    Graph(usize),
-    /// In [`CudaModel`]'s last eager logits.
-    Eager,
-}
-
-/// The logits a forward left `at` (a free function over the two fields, so the caller may
-/// borrow other fields mutably meanwhile).
-fn logits_at<'a>(
-    graphs: &'a Option<DecodeGraphs>,
-    eager: &'a Option<DeviceTensor>,
-    at: LogitsAt,
-) -> Result<&'a DeviceTensor> {
-    match at {
-        LogitsAt::Graph(size) => graphs
-            .as_ref()
-            .ok_or_else(|| ModelError::Invalid("no decode graphs".into()))?
-            .logits(size),
-        LogitsAt::Eager => eager
-            .as_ref()
-            .ok_or_else(|| ModelError::Invalid("no eager logits".into())),
+        Ok(self.eager_logits.as_ref().expect("set above"))
     }
 }

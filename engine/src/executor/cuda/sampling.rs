@@ -6,7 +6,6 @@
 //! requests and more than [`ops::MAX_TOP_LOGPROBS`] logprobs go to the host sampler.
 
 use mllm_kernel::ops::{self, SampleParams};
-use mllm_kernel::staging::{Staging, StagingPair};
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use crate::executor::sampler::{SampleOutput, SequenceState};
@@ -55,10 +54,9 @@ pub(crate) enum Picked {
 /// (padding rows take the argmax), plus the top-N kernel for logprobs; downloaded and
 /// recorded in the states. With `keep_on_device` and no logprobs asked it only queues the
 /// kernel and returns its ids on the device (the states' RNGs advance now; [`record_ids`]
-/// records the outputs once downloaded). The sampling kernel's parameters go up through
-/// `staging`.
+/// records the outputs once downloaded).
 pub(super) fn pick_async(
-    (gpu, staging): (&Gpu, &mut StagingPair),
+    gpu: &Gpu,
     logits: &DeviceTensor,
     states: &mut [SequenceState],
     keep_on_device: bool,
@@ -71,10 +69,7 @@ pub(super) fn pick_async(
         let mut params: Vec<SampleParams> = states.iter_mut().map(kernel_params).collect();
         params.resize(padded, kernel_params_padding());
         let words = SampleParams::pack(&params)?;
-        // Page-locked: a pageable upload may wait for the forward just queued.
-        let mut up = staging.begin(gpu, Staging::bytes_for(&[4 * words.len()]))?;
-        let params = up.tensor(&words, &[padded, SampleParams::WORDS])?;
-        up.finish()?;
+        let params = DeviceTensor::from_host(gpu, &words, &[padded, SampleParams::WORDS])?;
         let (ids, chosen) = ops::sample(gpu, logits, &params)?;
         (ids, Some(chosen))
     };
