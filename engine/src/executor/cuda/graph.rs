@@ -150,11 +150,10 @@ impl DecodeGraphs {
         let bytes = host_inputs.staged_bytes() + Staging::bytes_for(&[feed_bytes]);
         let mut up = staging.begin(gpu, bytes)?;
         let mut inputs = StepInputs::stage(&mut up, host_inputs)?;
-        let pairs = feed.map(|f| f.stage(&mut up, inputs.ids.numel())).transpose()?;
-        up.finish()?;
-        if let (Some(f), Some(pairs)) = (feed, &pairs) {
-            f.apply(gpu, &mut inputs.ids, pairs)?;
+        if let Some(f) = feed {
+            f.feed_into(gpu, &mut up, &mut inputs.ids)?;
         }
+        up.finish()?;
         let mut slots = DeviceTensor::zeros(gpu, &[size * self.max_context], mllm_kernel::DType::I32)?;
         slots.write_from_host(gpu, &host_layout.kv_indices)?;
         let layout = BatchLayout {

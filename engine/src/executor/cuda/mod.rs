@@ -85,16 +85,13 @@ impl TokenFeed<'_> {
         8 * self.pairs.len()
     }
 
-    /// Checks the pairs against `ids_len` input ids and queues them in `up` (an eager step's
-    /// upload; [`TokenFeed::bytes`] of it) as `[pairs, 2]` i32.
-    fn stage(&self, up: &mut Upload, ids_len: usize) -> Result<DeviceTensor> {
-        self.check(ids_len)?;
-        Ok(up.tensor(&self.flat(0), &[self.pairs.len(), 2])?)
-    }
-
-    /// Writes the fed ids into `ids` (an eager step's input ids) from its staged `pairs`.
-    fn apply(&self, gpu: &Gpu, ids: &mut DeviceTensor, pairs: &DeviceTensor) -> Result<()> {
-        Ok(mllm_kernel::ops::feed_tokens_into(gpu, ids, self.sampled, pairs)?)
+    /// Writes the fed ids into `ids` (a step's input ids, queued in `up` before): checks the
+    /// pairs, queues them in `up` ([`TokenFeed::bytes`] of it) and launches the kernel after
+    /// the copies.
+    fn feed_into(&self, gpu: &Gpu, up: &mut Upload, ids: &mut DeviceTensor) -> Result<()> {
+        self.check(ids.numel())?;
+        let pairs = up.tensor(&self.flat(0), &[self.pairs.len(), 2])?;
+        Ok(mllm_kernel::ops::feed_tokens_into(gpu, ids, self.sampled, &pairs)?)
     }
 }
 
@@ -309,11 +306,10 @@ impl CudaModel {
         let mut up = self.staging.begin(&self.gpu, bytes)?;
         let mut inputs = StepInputs::stage(&mut up, &host)?;
         let layout = BatchLayout::stage(&mut up, host_layout)?;
-        let pairs = feed.map(|f| f.stage(&mut up, inputs.ids.numel())).transpose()?;
-        up.finish()?;
-        if let (Some(f), Some(pairs)) = (feed, &pairs) {
-            f.apply(&self.gpu, &mut inputs.ids, pairs)?;
+        if let Some(f) = feed {
+            f.feed_into(&self.gpu, &mut up, &mut inputs.ids)?;
         }
+        up.finish()?;
         if let Some(v) = visual {
             (inputs.rope, inputs.visual) = v.upload(&self.gpu, self.dtype, self.dims.head_dim)?;
         }
