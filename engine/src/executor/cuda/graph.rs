@@ -79,10 +79,11 @@ impl DecodeGraphs {
     }
 
     /// Runs a decode batch (checked with [`DecodeGraphs::size_for`]) on its graph, capturing
-    /// it first if needed; returns the `[size, vocab]` f32 logits buffer (rows past the batch
-    /// are padding). `feed` patches the uploaded ids before the replay. The step's inputs go
-    /// up through `staging` (its upload never waits for the step before, which may still be
-    /// running under overlap scheduling).
+    /// it first if needed; returns the size it ran at, whose `[size, vocab]` f32 logits
+    /// ([`DecodeGraphs::logits`]; rows past the batch are padding) it wrote. `feed` patches
+    /// the uploaded ids before the replay. The step's inputs go up through `staging` (its
+    /// upload never waits for the step before, which may still be running under overlap
+    /// scheduling).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
@@ -93,7 +94,7 @@ impl DecodeGraphs {
         batch: &ForwardBatch,
         inputs: HostInputs,
         feed: Option<&TokenFeed>,
-    ) -> Result<&DeviceTensor> {
+    ) -> Result<usize> {
         let size = self
             .size_for(batch)
             .ok_or_else(|| ModelError::Invalid("batch cannot run on a decode CUDA graph".into()))?;
@@ -102,7 +103,7 @@ impl DecodeGraphs {
         if !self.captured.contains_key(&size) {
             let c = self.capture((gpu, staging), dims, w, kv, (size, &inputs, feed), layout)?;
             self.captured.insert(size, c);
-            return Ok(&self.captured[&size].logits);
+            return Ok(size);
         }
         let c = self.captured.get_mut(&size).expect("checked above");
         let feed_bytes = match feed {
@@ -126,7 +127,15 @@ impl DecodeGraphs {
         // Planning writes the schedule into the workspace the captured kernels read.
         self.attn.plan(gpu, &c.layout)?;
         self.replays.time(gpu, || c.graph.launch())?;
-        Ok(&c.logits)
+        Ok(size)
+    }
+
+    /// The logits buffer of the graph captured at `size`.
+    pub fn logits(&self, size: usize) -> Result<&DeviceTensor> {
+        self.captured
+            .get(&size)
+            .map(|c| &c.logits)
+            .ok_or_else(|| ModelError::Invalid(format!("no decode graph captured at batch size {size}")))
     }
 
     /// GPU seconds of each graph replay since the last call.

@@ -117,6 +117,8 @@ pub struct CudaModel {
     graphs: Option<DecodeGraphs>,
     /// Page-locked buffers every step's inputs go up through, in turn.
     staging: StagingPair,
+    /// The same for the sampling kernel's per-request parameters (one upload a step each).
+    sample_staging: StagingPair,
     /// The last eager step's logits (graph steps keep theirs in the graph's buffer).
     eager_logits: Option<DeviceTensor>,
     /// Per-op GPU time of prefill and decode steps (`MLLM_CUDA_PROFILE=1`; steps then run
@@ -192,6 +194,7 @@ impl CudaModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             staging: StagingPair::new(&gpu)?,
+            sample_staging: StagingPair::new(&gpu)?,
             gpu,
             dims,
             dtype,
@@ -244,9 +247,9 @@ impl CudaModel {
         feed: Option<&TokenFeed>,
     ) -> Result<Tensor> {
         let rows = batch.logit_rows().len();
-        let gpu = self.gpu.clone();
-        let logits = self.forward_device(batch, visual, feed)?;
-        let mut host = logits.to_host::<f32>(&gpu)?;
+        let at = self.run_forward(batch, visual, feed)?;
+        let logits = logits_at(&self.graphs, &self.eager_logits, at)?;
+        let mut host = logits.to_host::<f32>(&self.gpu)?;
         host.truncate(rows * self.dims.vocab);
         Ok(Tensor::from_vec(host, &[rows, self.dims.vocab])?)
     }
@@ -268,19 +271,21 @@ impl CudaModel {
         if !sampling::all_on_gpu(states) {
             return Ok(None);
         }
-        let gpu = self.gpu.clone();
-        let logits = self.forward_device(batch, visual, feed)?;
-        Ok(Some(sampling::pick_async(&gpu, logits, states, keep_on_device)?))
+        let at = self.run_forward(batch, visual, feed)?;
+        // Disjoint fields: the logits stay borrowed while the parameters go up.
+        let logits = logits_at(&self.graphs, &self.eager_logits, at)?;
+        let picked = sampling::pick_async((&self.gpu, &mut self.sample_staging), logits, states, keep_on_device)?;
+        Ok(Some(picked))
     }
 
-    /// Logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch that fits a graph
-    /// replays it, anything else runs eagerly.
-    fn forward_device(
+    /// Runs the batch into logits `[rows (+ graph padding), vocab]` on the GPU: a decode batch
+    /// that fits a graph replays it, anything else runs eagerly. Returns where they are.
+    fn run_forward(
         &mut self,
         batch: &ForwardBatch,
         visual: Option<&VisualStep>,
         feed: Option<&TokenFeed>,
-    ) -> Result<&DeviceTensor> {
+    ) -> Result<LogitsAt> {
         let prof = &self.profilers[usize::from(batch.mode == ForwardMode::Decode)];
         let mut host = HostInputs::of(batch)?;
         if let Some(v) = visual {
@@ -297,7 +302,8 @@ impl CudaModel {
         let graphs = self.graphs.as_mut().filter(|_| !eager);
         if let Some(g) = graphs.filter(|g| g.size_for(batch).is_some()) {
             let gpu_staging = (&*self.gpu, &mut self.staging);
-            return g.run(gpu_staging, &self.dims, &self.weights, &mut self.kv, batch, host, feed);
+            let size = g.run(gpu_staging, &self.dims, &self.weights, &mut self.kv, batch, host, feed)?;
+            return Ok(LogitsAt::Graph(size));
         }
         // Page-locked uploads: a pageable one may wait for the step still running.
         let host_layout = HostLayout::of(batch)?;
@@ -329,6 +335,33 @@ impl CudaModel {
         )?;
         prof.end()?;
         self.eager_logits = Some(logits);
-        Ok(self.eager_logits.as_ref().expect("set above"))
+        Ok(LogitsAt::Eager)
+    }
+}
+
+/// Where a forward left its logits.
+#[derive(Debug, Clone, Copy)]
+enum LogitsAt {
+    /// In the buffer of the decode graph captured at this batch size.
+    Graph(usize),
+    /// In [`CudaModel`]'s last eager logits.
+    Eager,
+}
+
+/// The logits a forward left `at` (a free function over the two fields, so the caller may
+/// borrow other fields mutably meanwhile).
+fn logits_at<'a>(
+    graphs: &'a Option<DecodeGraphs>,
+    eager: &'a Option<DeviceTensor>,
+    at: LogitsAt,
+) -> Result<&'a DeviceTensor> {
+    match at {
+        LogitsAt::Graph(size) => graphs
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("no decode graphs".into()))?
+            .logits(size),
+        LogitsAt::Eager => eager
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("no eager logits".into())),
     }
 }

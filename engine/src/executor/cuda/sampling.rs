@@ -6,6 +6,7 @@
 //! requests and more than [`ops::MAX_TOP_LOGPROBS`] logprobs go to the host sampler.
 
 use mllm_kernel::ops::{self, SampleParams};
+use mllm_kernel::staging::{Staging, StagingPair};
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use crate::executor::sampler::{SampleOutput, SequenceState};
@@ -54,9 +55,10 @@ pub(crate) enum Picked {
 /// (padding rows take the argmax), plus the top-N kernel for logprobs; downloaded and
 /// recorded in the states. With `keep_on_device` and no logprobs asked it only queues the
 /// kernel and returns its ids on the device (the states' RNGs advance now; [`record_ids`]
-/// records the outputs once downloaded).
+/// records the outputs once downloaded). The sampling kernel's parameters go up through
+/// `staging`.
 pub(super) fn pick_async(
-    gpu: &Gpu,
+    (gpu, staging): (&Gpu, &mut StagingPair),
     logits: &DeviceTensor,
     states: &mut [SequenceState],
     keep_on_device: bool,
@@ -69,7 +71,10 @@ pub(super) fn pick_async(
         let mut params: Vec<SampleParams> = states.iter_mut().map(kernel_params).collect();
         params.resize(padded, kernel_params_padding());
         let words = SampleParams::pack(&params)?;
-        let params = DeviceTensor::from_host(gpu, &words, &[padded, SampleParams::WORDS])?;
+        // Page-locked: a pageable upload may wait for the forward just queued.
+        let mut up = staging.begin(gpu, Staging::bytes_for(&[4 * words.len()]))?;
+        let params = up.tensor(&words, &[padded, SampleParams::WORDS])?;
+        up.finish()?;
         let (ids, chosen) = ops::sample(gpu, logits, &params)?;
         (ids, Some(chosen))
     };
