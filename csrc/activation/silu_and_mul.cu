@@ -170,8 +170,7 @@ __device__ __forceinline__ void silu_and_mul_quant_cluster_row(const typename D:
 // (rows * 8), clusters of 8, inter == 8 * blockDim.x * the pack width.
 #define MLLM_SILU_AND_MUL_KERNEL(SUFFIX, D)                                                                 \
   extern "C" __global__ void silu_and_mul_##SUFFIX(const D::storage* x, D::storage* out, int inter) {      \
-    mllm::allow_dependents();                                                                               \
-    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
+    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: x is the GEMM's output */           \
     constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
     if (inter % VEC == 0) {                                                                                 \
       silu_and_mul_row<D, VEC>(x, out, inter);                                                              \
@@ -181,8 +180,7 @@ __device__ __forceinline__ void silu_and_mul_quant_cluster_row(const typename D:
   }                                                                                                         \
   extern "C" __global__ void silu_and_mul_quant_##SUFFIX(const D::storage* x, D::storage* out,             \
                                                          signed char* q, float* scales, int inter) {       \
-    mllm::allow_dependents(); /* the W8A8 down GEMM streams its weight meanwhile */                         \
-    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
+    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: x is the GEMM's output */           \
     constexpr int VEC = mllm::PackWidth<D::storage>::value;                                                 \
     if (inter % VEC == 0 && inter / VEC <= 2 * static_cast<int>(blockDim.x)) {                              \
       silu_and_mul_quant_resident<D, VEC, 2>(x, out, q, scales, inter);                                     \
@@ -194,8 +192,7 @@ __device__ __forceinline__ void silu_and_mul_quant_cluster_row(const typename D:
   }                                                                                                         \
   extern "C" __global__ void MLLM_SILU_CLUSTER silu_and_mul_quant_cluster_##SUFFIX(                         \
       const D::storage* x, D::storage* out, signed char* q, float* scales, int inter) {                     \
-    mllm::allow_dependents(); /* the W8A8 down GEMM streams its weight meanwhile */                         \
-    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
+    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: x is the GEMM's output */           \
     silu_and_mul_quant_cluster_row<D, mllm::PackWidth<D::storage>::value>(x, out, q, scales, inter);        \
   }
 

@@ -214,9 +214,6 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params prm) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int group = prm.group, hkv = prm.num_kv_heads, chunks = prm.chunks;
 
-  // o_proj's GEMM may launch now and stream its weight while this runs.
-  mllm::allow_dependents();
-
   // The indptr and slot ids come from the batch's plan, copied before this
   // step's kernels: safe to read before the wait.
   const int kv_begin = prm.kv_indptr[b];
@@ -256,6 +253,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params prm) {
   }
 
   mllm::wait_for_producer();  // q and the newest token's K/V are written now
+  // o_proj's GEMM may launch now and stream its weight while this runs (after
+  // the wait: mllm_pdl.cuh).
+  mllm::allow_dependents();
 
   if (newest >= begin && newest < end && (newest - begin) / kTile < prefetched && tid < 2 * R::kPieces) {
     const int tile = (newest - begin) / kTile;

@@ -1,7 +1,9 @@
 // Per-row int8 quantization in front of the int8 GEMM (the dynamic W8A8
 // path), with mllm::RowQuant's numerics (those of
-// csrc/quant/per_token_quant_int8.cu). It lets dependents launch at once (griddepcontrol); the GEMM
-// waits for its results only before reading A.
+// csrc/quant/per_token_quant_int8.cu). Launched with PDL on SM90+ (it
+// waits for the kernel before it, e.g. attention's merge, before reading x),
+// it lets dependents launch right after that wait; the GEMM waits for its
+// results only before reading A.
 #pragma once
 
 #include "common.cuh"
@@ -20,7 +22,7 @@ template <typename D>
 __global__ void __launch_bounds__(BLOCK)
     quant_kernel(const typename D::storage* __restrict__ x, int8_t* __restrict__ q, float* __restrict__ scales,
                  int64_t k) {
-  mllm::allow_dependents();
+  mllm::wait_then_allow_dependents();
   using Pack = mllm::Pack<typename D::storage, 8>;
   const Pack* xr = reinterpret_cast<const Pack*>(x + blockIdx.x * k);
   signed char* qrow = reinterpret_cast<signed char*>(q + blockIdx.x * k);
@@ -52,13 +54,10 @@ __global__ void __launch_bounds__(BLOCK)
 
 inline cudaError_t launch(const void* x, mllm_dtype_t dtype, int8_t* q, float* scales, int64_t m, int64_t k,
                           cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>(m));
-  if (dtype == MLLM_DTYPE_BF16) {
-    quant_kernel<mllm::BF16><<<grid, BLOCK, 0, s>>>(static_cast<const unsigned short*>(x), q, scales, k);
-  } else {
-    quant_kernel<mllm::F16><<<grid, BLOCK, 0, s>>>(static_cast<const unsigned short*>(x), q, scales, k);
-  }
-  return cudaGetLastError();
+  const mllm::LaunchConfig l(dim3(static_cast<unsigned>(m)), dim3(BLOCK), s, mllm::pdl_enabled());
+  const auto* xs = static_cast<const unsigned short*>(x);
+  return dtype == MLLM_DTYPE_BF16 ? cudaLaunchKernelEx(&l.cfg, quant_kernel<mllm::BF16>, xs, q, scales, k)
+                                  : cudaLaunchKernelEx(&l.cfg, quant_kernel<mllm::F16>, xs, q, scales, k);
 }
 
 }  // namespace mllm::int8_mm::dynamic_quant

@@ -299,8 +299,7 @@ __device__ __forceinline__ bool decode_launch(int cols) {
   }                                                                                                         \
   extern "C" __global__ void fused_add_rms_norm_##SUFFIX(D::storage* x, D::storage* residual,              \
                                                          const D::storage* w, int cols, float eps) {      \
-    mllm::allow_dependents();                                                                               \
-    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
+    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: x is the GEMM's output */           \
     if (decode_launch<D>(cols)) {                                                                           \
       rms_norm_block_row<D, true, true, 8 / sizeof(D::storage), 1>(x, x, residual, w, cols, eps);           \
     } else {                                                                                                \
@@ -310,8 +309,7 @@ __device__ __forceinline__ bool decode_launch(int cols) {
   extern "C" __global__ void fused_add_rms_norm_quant_##SUFFIX(D::storage* x, D::storage* residual,        \
                                                                const D::storage* w, signed char* q,         \
                                                                float* scales, int cols, float eps) {       \
-    mllm::allow_dependents(); /* the W8A8 GEMM after it streams its weight meanwhile */                     \
-    mllm::wait_for_producer(); /* launched with PDL on SM90+: x is the GEMM's output */                    \
+    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: x is the GEMM's output */           \
     constexpr int VEC = 16 / sizeof(D::storage);                                                            \
     if (decode_launch<D>(cols)) {                                                                           \
       fused_add_rms_norm_quant_resident<D, VEC / 2, 1>(x, residual, w, q, scales, cols, eps);               \

@@ -262,10 +262,9 @@ __device__ __forceinline__ void qk_norm_rope_store_dispatch(
       const D::storage* q_w, const D::storage* k_w, int tokens, int q_heads, int kv_heads, int head_dim,   \
       float eps, D::storage* q_out, D::storage* k_cache, D::storage* v_cache, const int* loc,              \
       long long num_slots) {                                                                               \
-    /* Attention may launch now: its prologue (and the split-KV kernel's K/V requests for every */        \
-    /* token but the one stored here) overlaps this kernel; it waits for it before reading more. */      \
-    mllm::allow_dependents();                                                                              \
-    mllm::wait_for_producer(); /* launched with PDL on SM90+: qkv is the GEMM's output */                  \
+    /* Attention may launch once this has waited: its prologue (and the split-KV kernel's K/V */           \
+    /* requests for every token but the one stored here) overlaps the rest of this kernel. */              \
+    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: qkv is the GEMM's output */         \
     qk_norm_rope_store_dispatch<D>(qkv, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_heads,      \
                                    kv_heads, head_dim, eps, q_out, k_cache, v_cache, loc, num_slots);      \
   }
