@@ -102,6 +102,23 @@ impl DeviceTensor {
     /// # Ok::<(), mllm_kernel::Error>(())
     /// ```
     pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        self.reshape_in_place(shape)?;
+        Ok(self)
+    }
+
+    /// [`DeviceTensor::reshape`] through a reference, for a buffer that stays where it is
+    /// (e.g. in a struct of reused activations).
+    ///
+    /// ```no_run
+    /// use mllm_kernel::{DeviceTensor, DType, Gpu};
+    /// let gpu = Gpu::new(0)?;
+    /// let mut t = DeviceTensor::zeros(&gpu, &[2, 6], DType::BF16)?;
+    /// t.reshape_in_place(&[2, 3, 2])?;
+    /// assert_eq!(t.shape(), &[2, 3, 2]);
+    /// assert!(t.reshape_in_place(&[5]).is_err());
+    /// # Ok::<(), mllm_kernel::Error>(())
+    /// ```
+    pub fn reshape_in_place(&mut self, shape: &[usize]) -> Result<()> {
         if shape.iter().product::<usize>() != self.numel() {
             return Err(Error::ShapeMismatch {
                 op: "reshape",
@@ -111,7 +128,7 @@ impl DeviceTensor {
             });
         }
         self.shape = shape.to_vec();
-        Ok(self)
+        Ok(())
     }
 
     /// Copies columns `col .. col + out.cols` of every row of `self`

@@ -7,12 +7,12 @@
 // wait_for_producer() before reading anything the earlier kernel writes;
 // work before that (e.g. streaming a weight) overlaps the earlier kernel.
 //
-// A kernel that is itself launched with PDL lets its dependents launch only
-// after its own wait (wait_then_allow_dependents): in an H100 timeline of a
-// decode step, no kernel started before the end of a PDL-launched kernel that
-// had called allow_dependents() before waiting, while the GEMM after the
-// plainly launched quantization kernel (which allows at its start) started
-// ~1.2 us before it ended.
+// A kernel that is itself launched with PDL lets its dependents launch after
+// its own wait (wait_then_allow_dependents), so that the next GEMM streams its
+// weight while this kernel computes rather than while the producer before it
+// still runs. (Either order lets the dependent launch early on an H100; a
+// CUDA-graph memory node between two kernels does not: the engine allocates a
+// forward's activations before its first kernel, executor/cuda/forward.rs.)
 #pragma once
 
 namespace mllm {

@@ -120,34 +120,56 @@ pub(super) fn forward_into(
         ops::scatter_rows_into(gpu, &v.rows, &v.embeddings, &mut residual, Scatter::Replace, None)?;
     }
     let cos_sin = inputs.rope.as_ref().unwrap_or(&w.cos_sin);
-    let mut h = DeviceTensor::empty(gpu, &[t, dims.hidden], dt)?;
+    let mut acts = Activations::new(gpu, dims, w, t, dt)?;
     let first = w
         .layers
         .first()
         .ok_or_else(|| ModelError::Invalid("model has no layers".into()))?;
-    ops::rms_norm_into(gpu, &residual, &first.input_norm, dims.eps, &mut h)?;
+    ops::rms_norm_into(gpu, &residual, &first.input_norm, dims.eps, &mut acts.h)?;
     prof.mark(gpu, "embed+norm")?;
     for (i, (layer, (k_cache, v_cache))) in w.layers.iter().zip(kv.iter_mut()).enumerate() {
-        let hq = if i > 0 {
-            add_norm(gpu, dims, &mut h, &mut residual, &layer.input_norm, &layer.qkv, prof)?
-        } else {
-            None
-        };
+        let h_quantized = i > 0
+            && add_norm(
+                gpu,
+                dims,
+                (&mut acts.h, &mut residual),
+                &layer.input_norm,
+                &layer.qkv,
+                &mut acts.hidden_q,
+                prof,
+            )?;
         let cache = (k_cache, v_cache);
         let step = (attn, plan, layout);
-        let x = linear_input(&h, &hq);
         let with_prefetch = (layer, &w.l2_prefetch);
-        let mut a = self_attention(gpu, dims, with_prefetch, cache, cos_sin, step, inputs, x, prof)?;
-        let aq = add_norm(gpu, dims, &mut a, &mut residual, &layer.post_norm, &layer.gate_up, prof)?;
-        h = mlp(gpu, dims, layer, linear_input(&a, &aq), prof)?;
+        self_attention(
+            gpu,
+            dims,
+            with_prefetch,
+            cache,
+            cos_sin,
+            step,
+            inputs,
+            (&mut acts, h_quantized),
+            prof,
+        )?;
+        let a_quantized = add_norm(
+            gpu,
+            dims,
+            (&mut acts.a, &mut residual),
+            &layer.post_norm,
+            &layer.gate_up,
+            &mut acts.hidden_q,
+            prof,
+        )?;
+        mlp(gpu, layer, (&mut acts, a_quantized), prof)?;
         // Qwen3-VL deepstack: the layer's output (residual + h) gains level i at the image rows.
         if let Some((v, d)) = inputs.visual.as_ref().and_then(|v| Some((v, v.deepstack.get(i)?))) {
-            ops::scatter_rows_into(gpu, &v.rows, d, &mut h, Scatter::Add, None)?;
+            ops::scatter_rows_into(gpu, &v.rows, d, &mut acts.h, Scatter::Add, None)?;
             prof.mark(gpu, "deepstack")?;
         }
     }
     // Final norm and LM head on the logit rows only (gathered like an embedding lookup).
-    let mut hr = gather_rows(gpu, &h, &inputs.logit_rows)?;
+    let mut hr = gather_rows(gpu, &acts.h, &inputs.logit_rows)?;
     let mut rr = gather_rows(gpu, &residual, &inputs.logit_rows)?;
     ops::fused_add_rms_norm(gpu, &mut hr, &mut rr, &w.norm, dims.eps)?;
     prof.mark(gpu, "final_norm")?;
@@ -157,35 +179,42 @@ pub(super) fn forward_into(
 }
 
 /// `residual += x; x = rms_norm(residual) * w` in place; when `next` is a W8A8 layer the same
-/// kernel also quantizes `x` per token for it (saving a quantization kernel), and the int8
-/// rows and scales are returned.
+/// kernel also quantizes `x` per token for it into `xq` (saving a quantization kernel), and
+/// the result says so.
 fn add_norm(
     gpu: &Gpu,
     dims: &Dims,
-    x: &mut DeviceTensor,
-    residual: &mut DeviceTensor,
+    (x, residual): (&mut DeviceTensor, &mut DeviceTensor),
     w: &DeviceTensor,
     next: &GpuLinear,
+    xq: &mut Option<RowsInt8>,
     prof: &OpProfiler,
-) -> Result<Option<(DeviceTensor, DeviceTensor)>> {
-    if !next.is_int8() {
-        ops::fused_add_rms_norm(gpu, x, residual, w, dims.eps)?;
-        prof.mark(gpu, "add_rms_norm")?;
-        return Ok(None);
+) -> Result<bool> {
+    match xq.as_mut().filter(|_| next.is_int8()) {
+        Some((q, scales)) => {
+            ops::fused_add_rms_norm_quant(gpu, x, residual, w, dims.eps, q, scales)?;
+            prof.mark(gpu, "add_rms_norm_quant")?;
+            Ok(true)
+        }
+        None => {
+            ops::fused_add_rms_norm(gpu, x, residual, w, dims.eps)?;
+            prof.mark(gpu, "add_rms_norm")?;
+            Ok(false)
+        }
     }
-    let t = x.shape()[0];
-    let mut q = DeviceTensor::empty(gpu, &[t, dims.hidden], mllm_kernel::DType::I8)?;
-    let mut scales = DeviceTensor::empty(gpu, &[t], mllm_kernel::DType::F32)?;
-    ops::fused_add_rms_norm_quant(gpu, x, residual, w, dims.eps, &mut q, &mut scales)?;
-    prof.mark(gpu, "add_rms_norm_quant")?;
-    Ok(Some((q, scales)))
 }
 
-/// The float rows, or their int8 form when one was made.
-fn linear_input<'a>(x: &'a DeviceTensor, quantized: &'a Option<(DeviceTensor, DeviceTensor)>) -> LinearInput<'a> {
-    match quantized {
-        Some((q, s)) => LinearInput::Int8(q, s),
-        None => LinearInput::Float(x),
+/// `x` as a linear layer's input: its int8 form in `xq` when the kernel before made one,
+/// else the float rows (with `xq` as the buffer a W8A8 layer quantizes them into).
+fn linear_input<'a>(
+    x: &'a DeviceTensor,
+    xq: &'a mut Option<RowsInt8>,
+    quantized: bool,
+) -> (LinearInput<'a>, Option<(&'a mut DeviceTensor, &'a mut DeviceTensor)>) {
+    match (xq, quantized) {
+        (Some((q, s)), true) => (LinearInput::Int8(q, s), None),
+        (Some((q, s)), false) => (LinearInput::Float(x), Some((q, s))),
+        (None, _) => (LinearInput::Float(x), None),
     }
 }
 
@@ -194,6 +223,8 @@ fn gather_rows(gpu: &Gpu, x: &DeviceTensor, rows: &DeviceTensor) -> Result<Devic
     Ok(ops::embedding(gpu, rows, x)?)
 }
 
+/// q/k norm + RoPE + KV store, paged attention and o_proj over the normalized input in
+/// `acts.h` (or its int8 form, `quantized`); writes o_proj's output into `acts.a`.
 #[allow(clippy::too_many_arguments)]
 fn self_attention(
     gpu: &Gpu,
@@ -203,12 +234,13 @@ fn self_attention(
     cos_sin: &DeviceTensor,
     (attn, plan, layout): (&Attention, &Plan, &BatchLayout),
     inputs: &StepInputs,
-    h: LinearInput<'_>,
+    (acts, quantized): (&mut Activations, bool),
     prof: &OpProfiler,
-) -> Result<DeviceTensor> {
+) -> Result<()> {
     let t = inputs.ids.numel();
     let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
-    let qkv = layer.qkv.forward(gpu, h)?;
+    let (x, scratch) = linear_input(&acts.h, &mut acts.hidden_q, quantized);
+    layer.qkv.forward_into(gpu, x, scratch, &mut acts.qkv)?;
     prof.mark(gpu, "qkv_proj")?;
     if !prefetch.is_off() {
         prefetch.issue(gpu, t, layer)?;
@@ -223,42 +255,100 @@ fn self_attention(
         eps: dims.eps,
     };
     // q/k norm + RoPE, the K/V store and the q copy in one kernel.
-    let mut q = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
     let out = RopeStoreOut {
-        q_out: &mut q,
+        q_out: &mut acts.q,
         k_cache,
         v_cache,
         out_loc: &inputs.out_loc,
     };
-    ops::qk_norm_rope_store(gpu, &qkv, &args, out)?;
+    ops::qk_norm_rope_store(gpu, &acts.qkv, &args, out)?;
     prof.mark(gpu, "qk_norm_rope_store")?;
-    let mut o = DeviceTensor::empty(gpu, &[t, nh, d], qkv.dtype())?;
-    attn.run(gpu, (plan, layout), &q, (k_cache, v_cache), &mut o)?;
+    acts.attn.reshape_in_place(&[t, nh, d])?;
+    attn.run(gpu, (plan, layout), &acts.q, (k_cache, v_cache), &mut acts.attn)?;
     prof.mark(gpu, "attention")?;
-    let o = o.reshape(&[t, nh * d])?;
-    let out = layer.o.forward(gpu, LinearInput::Float(&o))?;
+    acts.attn.reshape_in_place(&[t, nh * d])?;
+    let (x, scratch) = linear_input(&acts.attn, &mut acts.attn_q, false);
+    layer.o.forward_into(gpu, x, scratch, &mut acts.a)?;
     prof.mark(gpu, "o_proj")?;
-    Ok(out)
+    Ok(())
 }
 
 /// gate/up GEMM, SiLU-and-mul (quantizing for a W8A8 down projection in the same kernel),
-/// down GEMM.
-fn mlp(gpu: &Gpu, dims: &Dims, layer: &GpuLayer, h: LinearInput<'_>, prof: &OpProfiler) -> Result<DeviceTensor> {
-    let gu = layer.gate_up.forward(gpu, h)?;
+/// down GEMM, over the normalized `acts.a` (or its int8 form, `quantized`); writes the down
+/// projection's output into `acts.h`.
+fn mlp(gpu: &Gpu, layer: &GpuLayer, (acts, quantized): (&mut Activations, bool), prof: &OpProfiler) -> Result<()> {
+    let (x, scratch) = linear_input(&acts.a, &mut acts.hidden_q, quantized);
+    layer.gate_up.forward_into(gpu, x, scratch, &mut acts.gate_up)?;
     prof.mark(gpu, "gate_up_proj")?;
-    let t = gu.shape()[0];
-    let mut act = DeviceTensor::empty(gpu, &[t, dims.intermediate], gu.dtype())?;
-    let quantized = if layer.down.is_int8() {
-        let mut q = DeviceTensor::empty(gpu, &[t, dims.intermediate], mllm_kernel::DType::I8)?;
-        let mut scales = DeviceTensor::empty(gpu, &[t], mllm_kernel::DType::F32)?;
-        ops::silu_and_mul_quant_into(gpu, &gu, &mut act, &mut q, &mut scales)?;
-        Some((q, scales))
-    } else {
-        ops::silu_and_mul_into(gpu, &gu, &mut act)?;
-        None
+    let act_quantized = match acts.act_q.as_mut().filter(|_| layer.down.is_int8()) {
+        Some((q, scales)) => {
+            ops::silu_and_mul_quant_into(gpu, &acts.gate_up, &mut acts.act, q, scales)?;
+            true
+        }
+        None => {
+            ops::silu_and_mul_into(gpu, &acts.gate_up, &mut acts.act)?;
+            false
+        }
     };
     prof.mark(gpu, "silu_and_mul")?;
-    let out = layer.down.forward(gpu, linear_input(&act, &quantized))?;
+    let (x, scratch) = linear_input(&acts.act, &mut acts.act_q, act_quantized);
+    layer.down.forward_into(gpu, x, scratch, &mut acts.h)?;
     prof.mark(gpu, "down_proj")?;
-    Ok(out)
+    Ok(())
+}
+
+/// Per-token int8 rows `[T, K]` and their f32 scales `[T]`.
+type RowsInt8 = (DeviceTensor, DeviceTensor);
+
+/// Every activation buffer of one forward, allocated before its first kernel and reused by
+/// each layer. Inside a CUDA-graph capture a stream-ordered allocation or free becomes a
+/// memory node, and a kernel behind one cannot launch early behind the kernel before it
+/// (programmatic dependent launch): per-op allocations put one between almost every two
+/// kernels of the decode graph.
+struct Activations {
+    /// The layer's normalized input; the down projection writes the next layer's input here.
+    h: DeviceTensor,
+    /// The fused q/k/v projection `[T, (heads + 2 kv heads) * head_dim]`.
+    qkv: DeviceTensor,
+    /// Rotated q `[T, heads, head_dim]`.
+    q: DeviceTensor,
+    /// Attention's output (o_proj's input), `[T, heads * head_dim]` between layers.
+    attn: DeviceTensor,
+    /// o_proj's output, normalized in place for the MLP.
+    a: DeviceTensor,
+    gate_up: DeviceTensor,
+    act: DeviceTensor,
+    /// int8 forms (W8A8 layers only): of a hidden-sized input (`h` or `a`), of attention's
+    /// output, of the SiLU-and-mul output.
+    hidden_q: Option<RowsInt8>,
+    attn_q: Option<RowsInt8>,
+    act_q: Option<RowsInt8>,
+}
+
+impl Activations {
+    fn new(gpu: &Gpu, dims: &Dims, w: &GpuWeights, t: usize, dt: mllm_kernel::DType) -> Result<Self> {
+        let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
+        let empty = |cols: usize| DeviceTensor::empty(gpu, &[t, cols], dt);
+        let any_int8 = |f: fn(&GpuLayer) -> &GpuLinear| w.layers.iter().any(|l| f(l).is_int8());
+        let int8_rows = |needed: bool, cols: usize| -> Result<Option<RowsInt8>> {
+            if !needed {
+                return Ok(None);
+            }
+            let q = DeviceTensor::empty(gpu, &[t, cols], mllm_kernel::DType::I8)?;
+            Ok(Some((q, DeviceTensor::empty(gpu, &[t], mllm_kernel::DType::F32)?)))
+        };
+        let hidden_int8 = any_int8(|l| &l.qkv) || any_int8(|l| &l.gate_up);
+        Ok(Self {
+            h: empty(dims.hidden)?,
+            qkv: empty((nh + 2 * nkv) * d)?,
+            q: DeviceTensor::empty(gpu, &[t, nh, d], dt)?,
+            attn: empty(nh * d)?,
+            a: empty(dims.hidden)?,
+            gate_up: empty(2 * dims.intermediate)?,
+            act: empty(dims.intermediate)?,
+            hidden_q: int8_rows(hidden_int8, dims.hidden)?,
+            attn_q: int8_rows(any_int8(|l| &l.o), nh * d)?,
+            act_q: int8_rows(any_int8(|l| &l.down), dims.intermediate)?,
+        })
+    }
 }

@@ -16,8 +16,6 @@ pub(super) struct GpuLinear {
     /// W8A8: the weight is int8 with these f32 per-channel scales `[N]`, and activations are
     /// quantized per token at run time (the W8A8 scheme's layout after loading).
     pub int8_scales: Option<DeviceTensor>,
-    /// The activations' (and the output's) dtype.
-    pub act_dtype: mllm_kernel::DType,
 }
 
 /// What a linear layer reads: float rows, or (for a W8A8 layer) their per-token int8
@@ -34,25 +32,36 @@ impl GpuLinear {
         self.int8_scales.is_some()
     }
 
-    /// `x · Wᵀ (+ b)` in the activations' dtype: cuBLAS for float weights; `int8_scaled_mm`
-    /// for W8A8, quantizing float input per token first.
-    pub fn forward(&self, gpu: &Gpu, x: LinearInput<'_>) -> Result<DeviceTensor> {
+    /// `out = x · Wᵀ (+ b)` in the activations' dtype: cuBLAS or `stream_linear` for float
+    /// weights; `int8_scaled_mm` for W8A8, quantizing float input per token first into
+    /// `scratch` (`[T, K]` i8 rows and `[T]` f32 scales; needed only for that case).
+    pub fn forward_into(
+        &self,
+        gpu: &Gpu,
+        x: LinearInput<'_>,
+        scratch: Option<(&mut DeviceTensor, &mut DeviceTensor)>,
+        out: &mut DeviceTensor,
+    ) -> Result<()> {
         use mllm_kernel::ops;
         let bias = self.bias.as_ref();
-        Ok(match (&self.int8_scales, x) {
-            (None, LinearInput::Float(x)) => ops::linear(gpu, x, &self.weight, bias)?,
-            (Some(sw), LinearInput::Float(x)) => ops::int8_scaled_mm_dynamic(gpu, x, &self.weight, sw, bias)?,
+        match (&self.int8_scales, x) {
+            (None, LinearInput::Float(x)) => ops::linear_into(gpu, x, &self.weight, bias, out)?,
+            (Some(sw), LinearInput::Float(x)) => {
+                let (q, sq) = scratch.ok_or_else(|| {
+                    ModelError::Invalid("a W8A8 layer fed float rows needs a quantization buffer".into())
+                })?;
+                ops::int8_scaled_mm_dynamic_into(gpu, x, &self.weight, sw, bias, q, sq, out, None)?
+            }
             (Some(sw), LinearInput::Int8(q, sq)) => {
-                let mut out = DeviceTensor::empty(gpu, &[q.shape()[0], self.weight.shape()[0]], self.act_dtype)?;
-                ops::int8_scaled_mm_into(gpu, q, &self.weight, sq, sw, bias, &mut out, None)?;
-                out
+                ops::int8_scaled_mm_into(gpu, q, &self.weight, sq, sw, bias, out, None)?
             }
             (None, LinearInput::Int8(..)) => {
                 return Err(ModelError::Invalid(
                     "int8 activations fed to a float linear layer".into(),
                 ))
             }
-        })
+        }
+        Ok(())
     }
 }
 
@@ -130,7 +139,6 @@ impl Uploader<'_> {
                 weight: self.tensor(weight)?,
                 bias,
                 int8_scales: None,
-                act_dtype: kernel_dtype(self.dtype)?,
             });
         }
         // The W8A8 scheme's layout after loading, with dynamic per-token activations.
@@ -140,7 +148,6 @@ impl Uploader<'_> {
                 weight: self.raw(weight)?,
                 bias,
                 int8_scales: Some(self.raw(scales)?),
-                act_dtype: kernel_dtype(self.dtype)?,
             }),
             _ => Err(ModelError::Invalid(format!(
                 "{what}: this quantized layout ({}) has no CUDA kernel (W8A8 with dynamic per-token \
