@@ -7,7 +7,9 @@ the kernels after one argmax up to the next (the engine samples eagerly after re
 the step's graph) that include graph-replayed ones; the median step by span is printed as
 a Markdown table: per kind of kernel its calls, median and total microseconds, then the
 step's span and the graph replay's, the kernels' summed time, the idle gaps between
-consecutive kernels and their overlap (programmatic dependent launch).
+consecutive kernels and their overlap (programmatic dependent launch). A second table
+gives, per pair of consecutive kinds over every step, the median start of the second
+kernel relative to the end of the first: negative where it launched early behind it (PDL).
 
     python3 scripts/timeline_step.py out/timeline_w8a8.csv
 """
@@ -65,6 +67,20 @@ def report(path):
     gap_median = statistics.median(gaps) / 1e3 if gaps else 0.0
     print(f"| idle gaps ({len(gaps)}) | | {gap_median:.2f} | {sum(gaps) / 1e3:.0f} | {100 * sum(gaps) / span:.1f}% |")
     print(f"| overlap ({len(overlaps)}) | | | -{sum(overlaps) / 1e3:.0f} | -{100 * sum(overlaps) / span:.1f}% |")
+    print()
+    print("| kernel | next kernel | pairs | median start after its end, us | earliest |")
+    print("|---|---|---:|---:|---:|")
+    for (first, second), starts in sorted(pair_starts(steps).items(), key=lambda p: -len(p[1])):
+        print(f"| {first} | {second} | {len(starts)} | {statistics.median(starts):.2f} | {min(starts):.2f} |")
+
+
+def pair_starts(steps):
+    """Per (kind, next kind): the next kernel's start minus the first's end (us), every step."""
+    starts = collections.defaultdict(list)
+    for step in steps:
+        for a, b in zip(step, step[1:]):
+            starts[(role(a[3]), role(b[3]))].append((b[0] - a[1]) / 1e3)
+    return starts
 
 
 if __name__ == "__main__":
