@@ -1,7 +1,8 @@
 //! CUDA graphs over a [`Gpu`]'s stream: capture a sequence of launches once, replay it with
 //! one launch.
 
-use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{self, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{CUgraph, CUgraphDependencyType, CUgraphEdgeData, CUgraphNode, CUgraphNodeType};
 use cudarc::driver::{CudaEvent, CudaGraph};
 
 use crate::device::Gpu;
@@ -58,6 +59,96 @@ impl Graph {
     pub fn launch(&self) -> Result<()> {
         self.inner.launch().map_err(Error::driver("launch graph"))
     }
+
+    /// How the captured kernels depend on what precedes them.
+    ///
+    /// ```no_run
+    /// use mllm_kernel::{graph::Graph, ops, DeviceTensor, Gpu};
+    /// let gpu = Gpu::new(0)?;
+    /// let x = DeviceTensor::zeros(&gpu, &[2, 4], mllm_kernel::DType::F32)?;
+    /// let mut y = DeviceTensor::zeros(&gpu, &[2, 2], mllm_kernel::DType::F32)?;
+    /// ops::silu_and_mul_into(&gpu, &x, &mut y)?;
+    /// let g = Graph::capture(&gpu, || Ok(ops::silu_and_mul_into(&gpu, &x, &mut y)?))?;
+    /// let edges = g.edges()?;
+    /// assert_eq!((edges.kernels, edges.behind_other_nodes), (1, 0));
+    /// # Ok::<(), mllm_kernel::Error>(())
+    /// ```
+    pub fn edges(&self) -> Result<GraphEdges> {
+        let mut edges = GraphEdges::default();
+        for node in graph_nodes(self.inner.cu_graph())? {
+            if node_type(node)? != CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL {
+                continue;
+            }
+            edges.kernels += 1;
+            let (deps, data) = dependencies(node)?;
+            for dep in deps {
+                if node_type(dep)? != CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL {
+                    edges.behind_other_nodes += 1;
+                    break;
+                }
+            }
+            let programmatic = CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8;
+            edges.programmatic += usize::from(data.iter().any(|d| d.type_ == programmatic));
+        }
+        Ok(edges)
+    }
+}
+
+/// The kernel nodes of a captured [`Graph`] and their incoming edges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphEdges {
+    /// Kernel nodes.
+    pub kernels: usize,
+    /// Kernel nodes with a programmatic edge (launched with programmatic dependent launch
+    /// behind a kernel: they may start while it still runs).
+    pub programmatic: usize,
+    /// Kernel nodes that also wait for a node that is not a kernel, e.g. a stream-ordered
+    /// allocation or free captured as a memory node, or a copy: they start only once it has
+    /// completed, so programmatic dependent launch cannot start them early.
+    pub behind_other_nodes: usize,
+}
+
+fn graph_nodes(graph: CUgraph) -> Result<Vec<CUgraphNode>> {
+    let mut n = 0usize;
+    // SAFETY: a live graph; the first call only counts.
+    unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut n) }
+        .result()
+        .map_err(Error::driver("count graph nodes"))?;
+    let mut nodes = vec![std::ptr::null_mut(); n];
+    // SAFETY: room for the `n` nodes just counted.
+    unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut n) }
+        .result()
+        .map_err(Error::driver("list graph nodes"))?;
+    nodes.truncate(n);
+    Ok(nodes)
+}
+
+fn node_type(node: CUgraphNode) -> Result<CUgraphNodeType> {
+    let mut t = CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+    // SAFETY: a node of a live graph.
+    unsafe { sys::cuGraphNodeGetType(node, &mut t) }
+        .result()
+        .map_err(Error::driver("read graph node type"))?;
+    Ok(t)
+}
+
+/// A node's dependencies and the data (type) of each edge.
+fn dependencies(node: CUgraphNode) -> Result<(Vec<CUgraphNode>, Vec<CUgraphEdgeData>)> {
+    let mut n = 0usize;
+    // SAFETY: a node of a live graph; the first call only counts.
+    unsafe { sys::cuGraphNodeGetDependencies_v2(node, std::ptr::null_mut(), std::ptr::null_mut(), &mut n) }
+        .result()
+        .map_err(Error::driver("count graph node dependencies"))?;
+    let mut deps = vec![std::ptr::null_mut(); n];
+    // SAFETY: plain-byte C struct.
+    let mut data = vec![unsafe { std::mem::zeroed::<CUgraphEdgeData>() }; n];
+    // SAFETY: room for the `n` dependencies just counted.
+    unsafe { sys::cuGraphNodeGetDependencies_v2(node, deps.as_mut_ptr(), data.as_mut_ptr(), &mut n) }
+        .result()
+        .map_err(Error::driver("list graph node dependencies"))?;
+    deps.truncate(n);
+    data.truncate(n);
+    Ok((deps, data))
 }
 
 /// GPU time of repeated work on a [`Gpu`]'s stream (events around each run), read without a

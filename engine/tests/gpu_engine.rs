@@ -561,3 +561,37 @@ fn gpu_logprobs_match_host_sampler() {
         }
     }
 }
+
+/// The decode graph keeps its kernels back to back: after the forward's allocations (made
+/// before its first kernel) and the logit rows' gathers, no kernel waits for a memory node
+/// (an allocation or free captured from the stream-ordered pool) or a copy, which would stop
+/// it from launching early behind the kernel before it; with programmatic dependent launch
+/// on (SM90+, not `MLLM_PDL=0`) kernels hang on programmatic edges.
+#[test]
+fn gpu_decode_graph_chains_its_kernels() {
+    let Some(dirs) = fixtures_or_skip("gpu_decode_graph_chains_its_kernels") else {
+        return;
+    };
+    let dir = dirs[0].as_path();
+    let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+    let mut r = runner(dir, Device::Cuda(0), 8, 8);
+    decode(
+        &mut r,
+        &prompts,
+        &vec![SamplingParams::greedy(); prompts.len()],
+        4,
+        false,
+    );
+    let graphs = r.decode_graph_edges().unwrap().expect("a CUDA runner");
+    assert!(!graphs.is_empty(), "no decode graph was captured");
+    let pdl =
+        mllm_kernel::Gpu::new(0).unwrap().arch().major >= 9 && std::env::var("MLLM_PDL").map_or(true, |v| v != "0");
+    for (size, edges) in graphs {
+        eprintln!("decode graph at batch {size}: {edges:?}");
+        // Embedding and first norm after the allocations; two row gathers before the final norm.
+        assert!(edges.behind_other_nodes <= 4, "batch {size}: {edges:?}");
+        if pdl {
+            assert!(edges.programmatic > 0, "batch {size}: no programmatic edge, {edges:?}");
+        }
+    }
+}

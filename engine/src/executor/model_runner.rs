@@ -4,6 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use mllm_kernel::graph::GraphEdges;
 use mllm_kernel::readback::Readback;
 use mllm_kernel::DeviceTensor;
 
@@ -218,6 +219,15 @@ impl ModelRunner {
     pub fn take_graph_replay_seconds(&mut self) -> Result<Option<Vec<f64>>> {
         match &mut self.backend {
             Backend::Cuda(m) | Backend::VlCuda(m, ..) => Ok(Some(m.take_graph_replay_seconds()?)),
+            Backend::Cpu(_) | Backend::Vl(..) => Ok(None),
+        }
+    }
+
+    /// Each captured decode graph's batch size and how its kernels depend on what precedes
+    /// them (`None` on the CPU): a kernel behind a memory node cannot launch early.
+    pub fn decode_graph_edges(&self) -> Result<Option<Vec<(usize, GraphEdges)>>> {
+        match &self.backend {
+            Backend::Cuda(m) | Backend::VlCuda(m, ..) => Ok(Some(m.decode_graph_edges()?)),
             Backend::Cpu(_) | Backend::Vl(..) => Ok(None),
         }
     }

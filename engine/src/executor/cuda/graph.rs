@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use mllm_kernel::graph::{GpuTimer, Graph};
+use mllm_kernel::graph::{GpuTimer, Graph, GraphEdges};
 use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::staging::{Staging, StagingPair};
 use mllm_kernel::{DeviceTensor, Gpu};
@@ -141,6 +141,16 @@ impl DecodeGraphs {
     /// GPU seconds of each graph replay since the last call.
     pub fn take_replay_seconds(&mut self) -> Result<Vec<f64>> {
         Ok(self.replays.take()?)
+    }
+
+    /// Each captured batch size and how its graph's kernels depend on what precedes them.
+    pub fn edges(&self) -> Result<Vec<(usize, GraphEdges)>> {
+        let mut sizes: Vec<usize> = self.captured.keys().copied().collect();
+        sizes.sort_unstable();
+        sizes
+            .into_iter()
+            .map(|s| Ok((s, self.captured[&s].graph.edges()?)))
+            .collect()
     }
 
     /// Runs the step once eagerly (loads every kernel and cuBLAS's choices for this shape),

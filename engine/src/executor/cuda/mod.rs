@@ -14,6 +14,7 @@ mod weights;
 
 use std::sync::Arc;
 
+use mllm_kernel::graph::GraphEdges;
 use mllm_kernel::profile::OpProfiler;
 use mllm_kernel::staging::{Staging, StagingPair, Upload};
 use mllm_kernel::{DeviceTensor, Gpu};
@@ -235,6 +236,11 @@ impl CudaModel {
         self.graphs
             .as_mut()
             .map_or(Ok(Vec::new()), DecodeGraphs::take_replay_seconds)
+    }
+
+    /// Each captured decode graph's batch size and kernel dependencies (empty without graphs).
+    pub fn decode_graph_edges(&self) -> Result<Vec<(usize, GraphEdges)>> {
+        self.graphs.as_ref().map_or(Ok(Vec::new()), DecodeGraphs::edges)
     }
 
     /// Runs the batch; host f32 logits `[rows, vocab]` for [`ForwardBatch::logit_rows`].
