@@ -115,12 +115,13 @@ pub(super) fn forward_into(
     let t = inputs.ids.numel();
     let dt = w.embed.dtype();
     prof.begin(gpu)?;
-    let mut residual = ops::embedding(gpu, &inputs.ids, &w.embed)?;
+    let mut acts = Activations::new(gpu, dims, w, t, dt)?;
+    let mut residual = DeviceTensor::empty(gpu, &[t, dims.hidden], dt)?;
+    ops::embedding_into(gpu, &inputs.ids, &w.embed, &mut residual, None)?;
     if let Some(v) = &inputs.visual {
         ops::scatter_rows_into(gpu, &v.rows, &v.embeddings, &mut residual, Scatter::Replace, None)?;
     }
     let cos_sin = inputs.rope.as_ref().unwrap_or(&w.cos_sin);
-    let mut acts = Activations::new(gpu, dims, w, t, dt)?;
     let first = w
         .layers
         .first()
