@@ -131,12 +131,19 @@ gpu_tests() {
         # With cuBLAS for one-row bf16 linears (MLLM_LINEAR_SMALL_M=cublas) there too.
         run_test "$name (MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=cublas)" "$t" \
           MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=cublas
+        # CUTLASS 2.x W8A8 GEMMs (gate_up at batch 2-16) behind an in-kernel wait, with PDL.
+        run_test "$name (MLLM_INT8_MM_SM80_PDL=1)" "$t" MLLM_INT8_MM_SM80_PDL=1
         # And on the bf16 streaming linear and stream_m16 for every decode GEMM, with every
         # L2 prefetch target in the chain (results must not change) and the cluster-merged
         # split-KV attention.
         run_test "$name (MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=.. MLLM_DECODE_KERNEL=split-kv-cluster)" "$t" \
           MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=o,gate_up:8,down:8 \
           MLLM_DECODE_KERNEL=split-kv-cluster
+        ;;
+      gpu_int8_mm)
+        run_test "$name" "$t"
+        # The CUTLASS 2.x configs again through their PDL entry (sm80.cuh).
+        run_test "$name (MLLM_INT8_MM_SM80_PDL=1)" "$t" MLLM_INT8_MM_SM80_PDL=1
         ;;
       *) run_test "$name" "$t" ;;
     esac

@@ -74,7 +74,7 @@ mllm_result_t check_sm80(const mllm_int8_mm_args_t* args, int32_t config) {
 mllm_result_t run_sm80(const mllm_int8_mm_args_t& p, int32_t config, cudaStream_t stream, bool programmatic) {
   if (config == MLLM_INT8_MM_STREAM_M16) return cuda_result(stream::launch(p, stream, programmatic));
   if (skinny::max_rows(config) != 0) return cuda_result(skinny::launch(p, config, stream, programmatic));
-  return sm80::run(p, config, stream);
+  return sm80::run(p, config, stream, programmatic);
 }
 
 auto check_sm80_for(int32_t config) {
@@ -84,7 +84,8 @@ auto check_sm80_for(int32_t config) {
 // On SM90 the skinny/stream kernels start streaming the weight while the
 // kernel before them (the dynamic quantization, or the norm that quantized
 // A) finishes: they read nothing else before griddepcontrol.wait. CUTLASS
-// 2.x kernels ignore it; programmatic dependent launch exists from SM90 on.
+// 2.x kernels use it only with MLLM_INT8_MM_SM80_PDL=1 (sm80.cuh);
+// programmatic dependent launch exists from SM90 on.
 auto run_sm80_for(int32_t config) {
   return [config](const mllm_int8_mm_args_t& p, cudaStream_t s) { return run_sm80(p, config, s, mllm::pdl_enabled()); };
 }

@@ -14,6 +14,7 @@
 #include <cutlass/gemm/kernel/default_gemm_universal_with_visitor.h>
 
 #include "common.cuh"
+#include "mllm_pdl.cuh"
 
 namespace mllm::int8_mm::sm80 {
 
@@ -101,6 +102,47 @@ struct RowOrScalar {
   }
 };
 
+// CUTLASS 2.x launches its kernels plainly: no programmatic dependent launch.
+// This entry waits for the kernel before it and then runs the same body
+// (CUTLASS's Kernel2 otherwise), so it may be launched with PDL: its CTAs are
+// resident and start as soon as their producer finishes instead of being
+// launched then. Opt-in (MLLM_INT8_MM_SM80_PDL=1) until measured.
+template <class Kernel>
+__global__ void waiting_kernel(typename Kernel::Params params) {
+  extern __shared__ int smem[];
+  mllm::wait_for_producer();
+  Kernel::invoke(params, *reinterpret_cast<typename Kernel::SharedStorage*>(smem));
+}
+
+inline bool sm80_pdl_requested() {
+  static const bool on = [] {
+    const char* v = std::getenv("MLLM_INT8_MM_SM80_PDL");
+    return v != nullptr && v[0] == '1';
+  }();
+  return on;
+}
+
+// Launches `waiting_kernel<Kernel>` for `args` with PDL; the grid and
+// parameters as GemmUniversalBase computes them.
+template <class Kernel, class Arguments>
+cudaError_t launch_waiting(const Arguments& args, cudaStream_t stream) {
+  constexpr int kSmem = int(sizeof(typename Kernel::SharedStorage));
+  static const cudaError_t configured =
+      kSmem >= (48 << 10)
+          ? cudaFuncSetAttribute(waiting_kernel<Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem)
+          : cudaSuccess;
+  if (configured != cudaSuccess) return configured;
+  int device = 0, sms = 0, occupancy = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e == cudaSuccess)
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, waiting_kernel<Kernel>, Kernel::kThreadCount, kSmem);
+  if (e != cudaSuccess) return e;
+  const typename Kernel::Params params(args, sms, occupancy);
+  const mllm::LaunchConfig l(params.get_grid_dims(), dim3(Kernel::kThreadCount), stream, true, kSmem);
+  return cudaLaunchKernelEx(&l.cfg, waiting_kernel<Kernel>, params);
+}
+
 template <class Out, class TileShape, class WarpShape, int Stages>
 struct Gemm {
   static constexpr int kEpilogueStages = 1;
@@ -128,7 +170,7 @@ struct Gemm {
       Stages, cutlass::arch::OpMultiplyAddSaturate, kEpilogueStages>::GemmKernel;
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
-  static mllm_result_t run(const mllm_int8_mm_args_t& p, cudaStream_t stream) {
+  static mllm_result_t run(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
     const int m = static_cast<int>(p.m), n = static_cast<int>(p.n), k = static_cast<int>(p.k);
     typename Tree::Arguments epilogue{
         {
@@ -146,6 +188,8 @@ struct Gemm {
       return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM80 int8 GEMM cannot implement this problem");
     if (Op::get_workspace_size(args) != 0)
       return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM80 int8 GEMM unexpectedly needs a workspace");
+    if (programmatic && sm80_pdl_requested())
+      return cuda_result(launch_waiting<Kernel>(Op::to_underlying_arguments(args), stream));
     cutlass::Status s = op.initialize(args, nullptr, stream);
     if (s == cutlass::Status::kSuccess) s = op.run(stream);
     if (s != cutlass::Status::kSuccess) {
@@ -157,17 +201,17 @@ struct Gemm {
 };
 
 template <class Out>
-mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream) {
+mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream, bool programmatic) {
   using cutlass::gemm::GemmShape;
   switch (config) {
     case MLLM_INT8_MM_SM80_32x64x128:
-      return Gemm<Out, GemmShape<32, 64, 128>, GemmShape<16, 64, 64>, 5>::run(p, stream);
+      return Gemm<Out, GemmShape<32, 64, 128>, GemmShape<16, 64, 64>, 5>::run(p, stream, programmatic);
     case MLLM_INT8_MM_SM80_64x128x128:
-      return Gemm<Out, GemmShape<64, 128, 128>, GemmShape<32, 64, 64>, 4>::run(p, stream);
+      return Gemm<Out, GemmShape<64, 128, 128>, GemmShape<32, 64, 64>, 4>::run(p, stream, programmatic);
     case MLLM_INT8_MM_SM80_128x128x64:
-      return Gemm<Out, GemmShape<128, 128, 64>, GemmShape<64, 64, 64>, 5>::run(p, stream);
+      return Gemm<Out, GemmShape<128, 128, 64>, GemmShape<64, 64, 64>, 5>::run(p, stream, programmatic);
     case MLLM_INT8_MM_SM80_256x128x64:
-      return Gemm<Out, GemmShape<256, 128, 64>, GemmShape<64, 64, 64>, 3>::run(p, stream);
+      return Gemm<Out, GemmShape<256, 128, 64>, GemmShape<64, 64, 64>, 3>::run(p, stream, programmatic);
     default:
       return fail(MLLM_STATUS_UNSUPPORTED, "not an SM80 int8_scaled_mm config");
   }
@@ -175,9 +219,11 @@ mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t s
 
 inline bool is_config(int config) { return config >= MLLM_INT8_MM_SM80_32x64x128 && config <= MLLM_INT8_MM_SM80_256x128x64; }
 
-inline mllm_result_t run(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream) {
-  return p.out_dtype == MLLM_DTYPE_BF16 ? run_typed<cutlass::bfloat16_t>(p, config, stream)
-                                        : run_typed<cutlass::half_t>(p, config, stream);
+// `programmatic`: the caller allows PDL (SM90+, not MLLM_PDL=0); used only
+// with MLLM_INT8_MM_SM80_PDL=1 (above).
+inline mllm_result_t run(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream, bool programmatic) {
+  return p.out_dtype == MLLM_DTYPE_BF16 ? run_typed<cutlass::bfloat16_t>(p, config, stream, programmatic)
+                                        : run_typed<cutlass::half_t>(p, config, stream, programmatic);
 }
 
 }  // namespace mllm::int8_mm::sm80
