@@ -18,6 +18,13 @@ inline int device_sm() {
   return major * 10 + minor;
 }
 
+// Whether the opt-in environment variable `name` is set to 1 (read each call;
+// callers keep the answer in a function-local static).
+inline bool env_is_one(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] == '1';
+}
+
 // Whether kernels written for programmatic dependent launch are launched
 // with it: on SM90+, unless MLLM_PDL=0 (to measure what it gives, or to rule
 // it out when chasing a race). The kernels' griddepcontrol instructions are

@@ -103,10 +103,7 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x
   // A few rows on the streaming kernel may quantize x themselves (q, q_scales
   // unused), opt-in with MLLM_INT8_MM_FUSED_QUANT=1: on an H200 (ncu, Qwen3-8B
   // o_proj at M = 1) it took 21.4 us against ~12 for quantization kernel + GEMM.
-  static const bool fused_quant = [] {
-    const char* v = std::getenv("MLLM_INT8_MM_FUSED_QUANT");
-    return v != nullptr && v[0] == '1';
-  }();
+  static const bool fused_quant = mllm::env_is_one("MLLM_INT8_MM_FUSED_QUANT");
   if (fused_quant && config == MLLM_INT8_MM_STREAM_M16 && args != nullptr && args->m <= stream::kQuantRows &&
       x_dtype == args->out_dtype) {
     mllm_int8_mm_args_t p;

@@ -115,15 +115,13 @@ __global__ void waiting_kernel(typename Kernel::Params params) {
 }
 
 inline bool sm80_pdl_requested() {
-  static const bool on = [] {
-    const char* v = std::getenv("MLLM_INT8_MM_SM80_PDL");
-    return v != nullptr && v[0] == '1';
-  }();
+  static const bool on = mllm::env_is_one("MLLM_INT8_MM_SM80_PDL");
   return on;
 }
 
 // Launches `waiting_kernel<Kernel>` for `args` with PDL; the grid and
-// parameters as GemmUniversalBase computes them.
+// parameters as GemmUniversalBase computes them. The SM count and occupancy
+// are kept per thread and device, as GemmUniversalBase keeps its own.
 template <class Kernel, class Arguments>
 cudaError_t launch_waiting(const Arguments& args, cudaStream_t stream) {
   constexpr int kSmem = int(sizeof(typename Kernel::SharedStorage));
@@ -132,11 +130,15 @@ cudaError_t launch_waiting(const Arguments& args, cudaStream_t stream) {
           ? cudaFuncSetAttribute(waiting_kernel<Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem)
           : cudaSuccess;
   if (configured != cudaSuccess) return configured;
-  int device = 0, sms = 0, occupancy = 0;
+  thread_local int cached_device = -1, sms = 0, occupancy = 0;
+  int device = 0;
   cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (e == cudaSuccess)
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, waiting_kernel<Kernel>, Kernel::kThreadCount, kSmem);
+  if (e == cudaSuccess && device != cached_device) {
+    e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e == cudaSuccess)
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, waiting_kernel<Kernel>, Kernel::kThreadCount, kSmem);
+    if (e == cudaSuccess) cached_device = device;
+  }
   if (e != cudaSuccess) return e;
   const typename Kernel::Params params(args, sms, occupancy);
   const mllm::LaunchConfig l(params.get_grid_dims(), dim3(Kernel::kThreadCount), stream, true, kSmem);

@@ -588,7 +588,8 @@ fn gpu_decode_graph_chains_its_kernels() {
         mllm_kernel::Gpu::new(0).unwrap().arch().major >= 9 && std::env::var("MLLM_PDL").map_or(true, |v| v != "0");
     for (size, edges) in graphs {
         eprintln!("decode graph at batch {size}: {edges:?}");
-        // Embedding and first norm after the allocations; two row gathers before the final norm.
+        // The embedding after the allocations, the two row gathers before the final norm (3 on
+        // an H100 at 5a37d13), with one to spare.
         assert!(edges.behind_other_nodes <= 4, "batch {size}: {edges:?}");
         if pdl {
             assert!(edges.programmatic > 0, "batch {size}: no programmatic edge, {edges:?}");

@@ -116,24 +116,23 @@ pub(super) fn forward_into(
     let dt = w.embed.dtype();
     prof.begin(gpu)?;
     let mut acts = Activations::new(gpu, dims, w, t, dt)?;
-    let mut residual = DeviceTensor::empty(gpu, &[t, dims.hidden], dt)?;
-    ops::embedding_into(gpu, &inputs.ids, &w.embed, &mut residual, None)?;
+    ops::embedding_into(gpu, &inputs.ids, &w.embed, &mut acts.residual, None)?;
     if let Some(v) = &inputs.visual {
-        ops::scatter_rows_into(gpu, &v.rows, &v.embeddings, &mut residual, Scatter::Replace, None)?;
+        ops::scatter_rows_into(gpu, &v.rows, &v.embeddings, &mut acts.residual, Scatter::Replace, None)?;
     }
     let cos_sin = inputs.rope.as_ref().unwrap_or(&w.cos_sin);
     let first = w
         .layers
         .first()
         .ok_or_else(|| ModelError::Invalid("model has no layers".into()))?;
-    ops::rms_norm_into(gpu, &residual, &first.input_norm, dims.eps, &mut acts.h)?;
+    ops::rms_norm_into(gpu, &acts.residual, &first.input_norm, dims.eps, &mut acts.h)?;
     prof.mark(gpu, "embed+norm")?;
     for (i, (layer, (k_cache, v_cache))) in w.layers.iter().zip(kv.iter_mut()).enumerate() {
         let h_quantized = i > 0
             && add_norm(
                 gpu,
                 dims,
-                (&mut acts.h, &mut residual),
+                (&mut acts.h, &mut acts.residual),
                 &layer.input_norm,
                 &layer.qkv,
                 &mut acts.hidden_q,
@@ -156,7 +155,7 @@ pub(super) fn forward_into(
         let a_quantized = add_norm(
             gpu,
             dims,
-            (&mut acts.a, &mut residual),
+            (&mut acts.a, &mut acts.residual),
             &layer.post_norm,
             &layer.gate_up,
             &mut acts.hidden_q,
@@ -171,7 +170,7 @@ pub(super) fn forward_into(
     }
     // Final norm and LM head on the logit rows only (gathered like an embedding lookup).
     let mut hr = gather_rows(gpu, &acts.h, &inputs.logit_rows)?;
-    let mut rr = gather_rows(gpu, &residual, &inputs.logit_rows)?;
+    let mut rr = gather_rows(gpu, &acts.residual, &inputs.logit_rows)?;
     ops::fused_add_rms_norm(gpu, &mut hr, &mut rr, &w.norm, dims.eps)?;
     prof.mark(gpu, "final_norm")?;
     ops::linear_into(gpu, &hr, w.lm_head(), None, logits)?;
@@ -307,6 +306,8 @@ type RowsInt8 = (DeviceTensor, DeviceTensor);
 /// (programmatic dependent launch): per-op allocations put one between almost every two
 /// kernels of the decode graph.
 struct Activations {
+    /// The residual stream (the embeddings, then each layer's sum).
+    residual: DeviceTensor,
     /// The layer's normalized input; the down projection writes the next layer's input here.
     h: DeviceTensor,
     /// The fused q/k/v projection `[T, (heads + 2 kv heads) * head_dim]`.
@@ -340,6 +341,7 @@ impl Activations {
         };
         let hidden_int8 = any_int8(|l| &l.qkv) || any_int8(|l| &l.gate_up);
         Ok(Self {
+            residual: empty(dims.hidden)?,
             h: empty(dims.hidden)?,
             qkv: empty((nh + 2 * nkv) * d)?,
             q: DeviceTensor::empty(gpu, &[t, nh, d], dt)?,
