@@ -9,7 +9,8 @@ a Markdown table: per kind of kernel its calls, median and total microseconds, t
 step's span and the graph replay's, the kernels' summed time, the idle gaps between
 consecutive kernels and their overlap (programmatic dependent launch). A second table
 gives, per pair of consecutive kinds over every step, the median start of the second
-kernel relative to the end of the first: negative where it launched early behind it (PDL).
+kernel relative to the end of the first (negative where it launched early behind it, PDL)
+and of its end (what it adds to the step's critical path).
 
     python3 scripts/timeline_step.py out/timeline_w8a8.csv
 """
@@ -68,19 +69,25 @@ def report(path):
     print(f"| idle gaps ({len(gaps)}) | | {gap_median:.2f} | {sum(gaps) / 1e3:.0f} | {100 * sum(gaps) / span:.1f}% |")
     print(f"| overlap ({len(overlaps)}) | | | -{sum(overlaps) / 1e3:.0f} | -{100 * sum(overlaps) / span:.1f}% |")
     print()
-    print("| kernel | next kernel | pairs | median start after its end, us | earliest |")
-    print("|---|---|---:|---:|---:|")
-    for (first, second), starts in sorted(pair_starts(steps).items(), key=lambda p: -len(p[1])):
-        print(f"| {first} | {second} | {len(starts)} | {statistics.median(starts):.2f} | {min(starts):.2f} |")
+    # The end-to-end column is what the second kernel adds to the step's critical path.
+    print("| kernel | next kernel | pairs | median start after its end, us | earliest | median end after its end, us |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (first, second), pairs in sorted(pair_deltas(steps).items(), key=lambda p: -len(p[1])):
+        starts = [s for s, _ in pairs]
+        ends = [e for _, e in pairs]
+        print(
+            f"| {first} | {second} | {len(pairs)} | {statistics.median(starts):.2f} | {min(starts):.2f} "
+            f"| {statistics.median(ends):.2f} |"
+        )
 
 
-def pair_starts(steps):
-    """Per (kind, next kind): the next kernel's start minus the first's end (us), every step."""
-    starts = collections.defaultdict(list)
+def pair_deltas(steps):
+    """Per (kind, next kind), every step: the next kernel's start and end minus the first's end (us)."""
+    deltas = collections.defaultdict(list)
     for step in steps:
         for a, b in zip(step, step[1:]):
-            starts[(role(a[3]), role(b[3]))].append((b[0] - a[1]) / 1e3)
-    return starts
+            deltas[(role(a[3]), role(b[3]))].append(((b[0] - a[1]) / 1e3, (b[1] - a[1]) / 1e3))
+    return deltas
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ struct Smem {
 template <typename T, typename Out, bool HIGH_ROWS>
 __global__ void __launch_bounds__(kWarps * 32)
     stream_linear_kernel(const T* __restrict__ x, const int8_t* __restrict__ w, const T* __restrict__ bias,
-                         Out* __restrict__ out, int m, int n, int k) {
+                         Out* __restrict__ out, int m, int n, int k, int prewait) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using namespace mllm::tma;
   __shared__ Smem s;
@@ -98,13 +98,17 @@ __global__ void __launch_bounds__(kWarps * 32)
     copy_rows<kRows>(&s.b[stage % kStages][0][0], kRowPitch, rows + b0, row_bytes,
                      min(kStageBytes, row_bytes - b0), kRows, &s.full[stage % kStages]);
   };
+  // The first `prewait` stages are requested before the wait (the weight
+  // streams while the kernel before runs), the rest of the ring after it.
   if (threadIdx.x == 0) {
     init_barriers(s.full);
-    for (int st = 0; st < min(kStages, stages); ++st) request(st);
+    for (int st = 0; st < min(prewait, stages); ++st) request(st);
   }
   __syncthreads();
-  // The weight is on its way; x is the previous kernel's output.
+  // x is the previous kernel's output.
   mllm::wait_for_producer();
+  if (threadIdx.x == 0)
+    for (int st = prewait; st < min(kStages, stages); ++st) request(st);
 
   // 16 bytes (8 elements) of row `row` of x from byte offset `byte` (zeros
   // past the edges; rows are whole 16-byte units, so a lane's are all in or
@@ -173,7 +177,7 @@ cudaError_t launch_typed(const mllm_stream_linear_args_t& a, cudaStream_t stream
   const auto kernel = a.m > 8 ? stream_linear_kernel<T, Out, true> : stream_linear_kernel<T, Out, false>;
   return cudaLaunchKernelEx(&l.cfg, kernel, static_cast<const T*>(a.x), static_cast<const int8_t*>(a.w),
                             static_cast<const T*>(a.bias), static_cast<Out*>(a.out), static_cast<int>(a.m),
-                            static_cast<int>(a.n), static_cast<int>(a.k));
+                            static_cast<int>(a.n), static_cast<int>(a.k), mllm::stream_prewait_stages(kStages));
 }
 
 template <typename T>

@@ -25,6 +25,18 @@ inline bool env_is_one(const char* name) {
   return v != nullptr && v[0] == '1';
 }
 
+// How many of its `ring` stages a streaming GEMM (stream_m16, stream_linear)
+// requests before it waits for its producer: all of them, unless
+// MLLM_STREAM_PREWAIT=n (0 to ring) asks for fewer, to measure how the
+// weight requests queued during the kernel before it slow that kernel down.
+inline int stream_prewait_stages(int ring) {
+  static const int asked = [] {
+    const char* v = std::getenv("MLLM_STREAM_PREWAIT");
+    return v == nullptr ? -1 : std::atoi(v);
+  }();
+  return asked < 0 || asked > ring ? ring : asked;
+}
+
 // Whether kernels written for programmatic dependent launch are launched
 // with it: on SM90+, unless MLLM_PDL=0 (to measure what it gives, or to rule
 // it out when chasing a race). The kernels' griddepcontrol instructions are

@@ -35,6 +35,13 @@ __device__ __forceinline__ void wait_for_producer() {
 #endif
 }
 
+// Pulls the 128-byte line holding p into L2. A hint that reads no value, so a
+// kernel may issue it before wait_for_producer() even for data that an earlier
+// kernel writes: the load after the wait sees the written value.
+__device__ __forceinline__ void prefetch_line_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 // For a kernel launched with PDL: waits for its producer, then lets the next
 // kernel launch (the order the header comment explains).
 __device__ __forceinline__ void wait_then_allow_dependents() {

@@ -87,7 +87,7 @@ template <typename Out, bool QUANT_A, bool HIGH_ROWS>
 __global__ void __launch_bounds__(kWarps * 32)
     stream_kernel(const void* __restrict__ a, const int8_t* __restrict__ b, const float* __restrict__ sa,
                   const float* __restrict__ sb, const Out* __restrict__ bias, Out* __restrict__ out, int m, int n,
-                  int k, int sa_per_row, int sb_per_col) {
+                  int k, int sa_per_row, int sb_per_col, int prewait) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using namespace mllm::tma;
   __shared__ Smem s;
@@ -104,13 +104,17 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int k0 = stage * kStageK;
     copy_rows<kRows>(&s.b[slot][0][0], kRowPitch, rows + k0, k, min(kStageK, k - k0), kRows, &s.full[slot]);
   };
+  // The first `prewait` stages are requested before the wait (the weight
+  // streams while the kernel before runs), the rest of the ring after it.
   if (threadIdx.x == 0) {
     init_barriers(s.full);
-    for (int st = 0; st < min(kStages, stages); ++st) request(st);
+    for (int st = 0; st < min(prewait, stages); ++st) request(st);
   }
   __syncthreads();
-  // The weight is on its way; A is the previous kernel's output.
+  // A is the previous kernel's output.
   mllm::wait_for_producer();
+  if (threadIdx.x == 0)
+    for (int st = prewait; st < min(kStages, stages); ++st) request(st);
 
   const Out* x = static_cast<const Out*>(a);
   if constexpr (QUANT_A) {
@@ -184,7 +188,8 @@ cudaError_t launch_m16(const void* a, const mllm_int8_mm_args_t& p, cudaStream_t
   const auto kernel = p.m > 8 ? stream_kernel<Out, QUANT_A, !QUANT_A> : stream_kernel<Out, QUANT_A, false>;
   return cudaLaunchKernelEx(&l.cfg, kernel, a, p.b, p.scales_a, p.scales_b,
                             static_cast<const Out*>(p.bias), static_cast<Out*>(p.out), static_cast<int>(p.m),
-                            static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col);
+                            static_cast<int>(p.n), static_cast<int>(p.k), p.scales_a_per_row, p.scales_b_per_col,
+                            mllm::stream_prewait_stages(kStages));
 }
 
 // n % 8 == 0 and k % 16 == 0 hold (check_args): every n-tile has 8 real

@@ -218,7 +218,7 @@ __device__ __forceinline__ void quantize_own_packs(const typename D::storage* x,
 template <typename D, int VEC, int CACHED>
 __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::storage* x,
                                                                   typename D::storage* residual,
-                                                                  const typename D::storage* __restrict__ w,
+                                                                  const Pack<typename D::storage, VEC> (&wk)[CACHED],
                                                                   signed char* q, float* scales, int cols,
                                                                   float eps) {
   using S = typename D::storage;
@@ -227,13 +227,6 @@ __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::st
   const int packs = cols / VEC;
   RowRegs<S, VEC, CACHED, true> regs;
   load_row<S, VEC, CACHED, true, false>(regs, x, residual, row, cols);
-  const P* wp = reinterpret_cast<const P*>(w);
-  P wk[CACHED];
-#pragma unroll
-  for (int k = 0; k < CACHED; ++k) {
-    const int i = threadIdx.x + k * blockDim.x;
-    if (i < packs) wk[k] = wp[i];
-  }
   P* rr = reinterpret_cast<P*>(residual + row * cols);
   float acc = 0.f;
 #pragma unroll
@@ -255,6 +248,35 @@ __device__ __forceinline__ void fused_add_rms_norm_quant_resident(typename D::st
     }
   }
   mllm::quantize_held_row<D>(regs.x, packs, q + row * cols, scales + row);
+}
+
+// The weight packs this thread's CACHED packs of a row meet (zeros past the row).
+template <typename S, int VEC, int CACHED>
+__device__ __forceinline__ void load_weight(Pack<S, VEC> (&wk)[CACHED], const S* __restrict__ w, int cols) {
+  const Pack<S, VEC>* wp = reinterpret_cast<const Pack<S, VEC>*>(w);
+#pragma unroll
+  for (int k = 0; k < CACHED; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < cols / VEC) wk[k] = wp[i];
+  }
+}
+
+// Decode rows of the fused forms (launched with PDL behind a GEMM): the
+// weight is loaded and this block's residual row pulled into L2 before the
+// wait. Both are DRAM misses by then (a layer streams ~200 MB through L2
+// between two uses), and after the wait they would queue behind the weight
+// the next GEMM starts streaming. The residual is only prefetched: the
+// kernel that wrote it is not the one waited for, and a prefetch reads no
+// value (the load after the wait does).
+template <typename D, int VEC>
+__device__ __forceinline__ void preload_decode_row(Pack<typename D::storage, VEC> (&wk)[1],
+                                                   const typename D::storage* __restrict__ w,
+                                                   const typename D::storage* residual, int cols) {
+  load_weight<typename D::storage, VEC, 1>(wk, w, cols);
+  const int at = threadIdx.x * VEC;  // one pack per thread (decode_launch)
+  constexpr int kLine = 128 / sizeof(typename D::storage);
+  if (at % kLine == 0) mllm::prefetch_line_l2(residual + static_cast<long long>(blockIdx.x) * cols + at);
+  mllm::wait_then_allow_dependents();
 }
 
 }  // namespace
@@ -299,23 +321,35 @@ __device__ __forceinline__ bool decode_launch(int cols) {
   }                                                                                                         \
   extern "C" __global__ void fused_add_rms_norm_##SUFFIX(D::storage* x, D::storage* residual,              \
                                                          const D::storage* w, int cols, float eps) {      \
-    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: x is the GEMM's output */           \
+    /* Launched with PDL on SM90+: x is the GEMM's output. */                                               \
+    constexpr int HALF = 8 / sizeof(D::storage);                                                            \
     if (decode_launch<D>(cols)) {                                                                           \
-      rms_norm_block_row<D, true, true, 8 / sizeof(D::storage), 1>(x, x, residual, w, cols, eps);           \
+      Pack<D::storage, HALF> wk[1];                                                                         \
+      preload_decode_row<D, HALF>(wk, w, residual, cols);                                                   \
+      RowRegs<D::storage, HALF, 1, true> regs;                                                              \
+      load_row<D::storage, HALF, 1, true, true>(regs, x, residual, blockIdx.x, cols);                       \
+      rms_norm_one_row<D, true, true, HALF, 1>(regs, wk, x, x, residual, w, blockIdx.x, cols, eps);         \
     } else {                                                                                                \
+      mllm::wait_then_allow_dependents();                                                                   \
       rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                      \
     }                                                                                                       \
   }                                                                                                         \
   extern "C" __global__ void fused_add_rms_norm_quant_##SUFFIX(D::storage* x, D::storage* residual,        \
                                                                const D::storage* w, signed char* q,         \
                                                                float* scales, int cols, float eps) {       \
-    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: x is the GEMM's output */           \
+    /* Launched with PDL on SM90+: x is the GEMM's output. */                                               \
     constexpr int VEC = 16 / sizeof(D::storage);                                                            \
     if (decode_launch<D>(cols)) {                                                                           \
-      fused_add_rms_norm_quant_resident<D, VEC / 2, 1>(x, residual, w, q, scales, cols, eps);               \
+      Pack<D::storage, VEC / 2> wk[1];                                                                      \
+      preload_decode_row<D, VEC / 2>(wk, w, residual, cols);                                                \
+      fused_add_rms_norm_quant_resident<D, VEC / 2, 1>(x, residual, wk, q, scales, cols, eps);              \
     } else if (cols % VEC == 0 && cols / VEC <= 2 * static_cast<int>(blockDim.x)) {                         \
-      fused_add_rms_norm_quant_resident<D, VEC, 2>(x, residual, w, q, scales, cols, eps);                   \
+      mllm::wait_then_allow_dependents();                                                                   \
+      Pack<D::storage, VEC> wk[2];                                                                          \
+      load_weight<D::storage, VEC, 2>(wk, w, cols);                                                         \
+      fused_add_rms_norm_quant_resident<D, VEC, 2>(x, residual, wk, q, scales, cols, eps);                  \
     } else {                                                                                                \
+      mllm::wait_then_allow_dependents();                                                                   \
       rms_norm_dispatch<D, true, false>(x, x, residual, w, cols, eps);                                      \
       quantize_own_packs<D>(x, q, scales, cols);                                                            \
     }                                                                                                       \

@@ -32,7 +32,9 @@ pub(super) struct StepInputs {
     pub ids: DeviceTensor,
     pub positions: DeviceTensor,
     pub out_loc: DeviceTensor,
-    pub logit_rows: DeviceTensor,
+    /// Rows of the last hidden state that get logits; `None` when every row does in order
+    /// (decode), so the final norm and LM head run on the hidden state itself.
+    pub logit_rows: Option<DeviceTensor>,
     /// Qwen3-VL: per-token rotary rows (`positions` then index them) instead of the model's
     /// 1-D table, and image rows; never set in a graph.
     pub rope: Option<DeviceTensor>,
@@ -48,7 +50,17 @@ pub(super) fn to_i32(what: &str, v: impl IntoIterator<Item = usize>) -> Result<V
 impl HostInputs {
     /// Bytes its vectors take in a [`Staging`] upload.
     pub fn staged_bytes(&self) -> usize {
-        Staging::bytes_for(&[&self.ids, &self.positions, &self.out_loc, &self.logit_rows].map(|v| 4 * v.len()))
+        let rows = if self.logits_every_row() {
+            0
+        } else {
+            self.logit_rows.len()
+        };
+        Staging::bytes_for(&[self.ids.len(), self.positions.len(), self.out_loc.len(), rows].map(|n| 4 * n))
+    }
+
+    /// Whether every token's row gets logits, in order (a decode batch, padded or not).
+    pub fn logits_every_row(&self) -> bool {
+        self.logit_rows.len() == self.ids.len() && self.logit_rows.iter().enumerate().all(|(i, &r)| r as usize == i)
     }
 
     pub fn of(batch: &ForwardBatch) -> Result<Self> {
@@ -81,18 +93,27 @@ impl StepInputs {
             ids: vector(&h.ids)?,
             positions: vector(&h.positions)?,
             out_loc: vector(&h.out_loc)?,
-            logit_rows: vector(&h.logit_rows)?,
+            logit_rows: (!h.logits_every_row()).then(|| vector(&h.logit_rows)).transpose()?,
             rope: None,
             visual: None,
         })
     }
 
-    /// Overwrites the buffers with `h` (same lengths) through a page-locked upload.
+    /// Overwrites the buffers with `h` (same lengths) through a page-locked upload. Inputs
+    /// staged with every row getting logits take only inputs that have them so.
     pub fn write(&mut self, up: &mut Upload, h: &HostInputs) -> Result<()> {
         up.write(&mut self.ids, &h.ids)?;
         up.write(&mut self.positions, &h.positions)?;
         up.write(&mut self.out_loc, &h.out_loc)?;
-        up.write(&mut self.logit_rows, &h.logit_rows)?;
+        match &mut self.logit_rows {
+            Some(rows) => up.write(rows, &h.logit_rows)?,
+            None if h.logits_every_row() => {}
+            None => {
+                return Err(ModelError::Invalid(
+                    "a step that takes logits at every row cannot be rewritten with a subset of rows".into(),
+                ))
+            }
+        }
         Ok(())
     }
 }
@@ -115,7 +136,8 @@ pub(super) fn forward_into(
     let t = inputs.ids.numel();
     let dt = w.embed.dtype();
     prof.begin(gpu)?;
-    let mut acts = Activations::new(gpu, dims, w, t, dt)?;
+    let logit_rows = inputs.logit_rows.as_ref().map(DeviceTensor::numel);
+    let mut acts = Activations::new(gpu, dims, w, (t, logit_rows), dt)?;
     ops::embedding_into(gpu, &inputs.ids, &w.embed, &mut acts.residual, None)?;
     if let Some(v) = &inputs.visual {
         ops::scatter_rows_into(gpu, &v.rows, &v.embeddings, &mut acts.residual, Scatter::Replace, None)?;
@@ -168,12 +190,19 @@ pub(super) fn forward_into(
             prof.mark(gpu, "deepstack")?;
         }
     }
-    // Final norm and LM head on the logit rows only (gathered like an embedding lookup).
-    let mut hr = gather_rows(gpu, &acts.h, &inputs.logit_rows)?;
-    let mut rr = gather_rows(gpu, &acts.residual, &inputs.logit_rows)?;
-    ops::fused_add_rms_norm(gpu, &mut hr, &mut rr, &w.norm, dims.eps)?;
+    // Final norm and LM head on the logit rows only (gathered like an embedding lookup),
+    // in place when every row gets logits.
+    let (hr, rr) = match (&inputs.logit_rows, &mut acts.logit_rows) {
+        (Some(rows), Some((hr, rr))) => {
+            ops::embedding_into(gpu, rows, &acts.h, hr, None)?;
+            ops::embedding_into(gpu, rows, &acts.residual, rr, None)?;
+            (hr, rr)
+        }
+        _ => (&mut acts.h, &mut acts.residual),
+    };
+    ops::fused_add_rms_norm(gpu, hr, rr, &w.norm, dims.eps)?;
     prof.mark(gpu, "final_norm")?;
-    ops::linear_into(gpu, &hr, w.lm_head(), None, logits)?;
+    ops::linear_into(gpu, hr, w.lm_head(), None, logits)?;
     prof.mark(gpu, "lm_head")?;
     Ok(())
 }
@@ -216,11 +245,6 @@ fn linear_input<'a>(
         (Some((q, s)), false) => (LinearInput::Float(x), Some((q, s))),
         (None, _) => (LinearInput::Float(x), None),
     }
-}
-
-/// `x[rows]` for a `[T, H]` tensor.
-fn gather_rows(gpu: &Gpu, x: &DeviceTensor, rows: &DeviceTensor) -> Result<DeviceTensor> {
-    Ok(ops::embedding(gpu, rows, x)?)
 }
 
 /// q/k norm + RoPE + KV store, paged attention and o_proj over the normalized input in
@@ -325,10 +349,19 @@ struct Activations {
     hidden_q: Option<RowsInt8>,
     attn_q: Option<RowsInt8>,
     act_q: Option<RowsInt8>,
+    /// The logit rows of `h` and `residual`, when only some rows get logits.
+    logit_rows: Option<(DeviceTensor, DeviceTensor)>,
 }
 
 impl Activations {
-    fn new(gpu: &Gpu, dims: &Dims, w: &GpuWeights, t: usize, dt: mllm_kernel::DType) -> Result<Self> {
+    /// For `t` tokens, of which `logit_rows` (when not all) get logits.
+    fn new(
+        gpu: &Gpu,
+        dims: &Dims,
+        w: &GpuWeights,
+        (t, logit_rows): (usize, Option<usize>),
+        dt: mllm_kernel::DType,
+    ) -> Result<Self> {
         let (nh, nkv, d) = (dims.num_heads, dims.num_kv_heads, dims.head_dim);
         let empty = |cols: usize| DeviceTensor::empty(gpu, &[t, cols], dt);
         let any_int8 = |f: fn(&GpuLayer) -> &GpuLinear| w.layers.iter().any(|l| f(l).is_int8());
@@ -352,6 +385,39 @@ impl Activations {
             hidden_q: int8_rows(hidden_int8, dims.hidden)?,
             attn_q: int8_rows(any_int8(|l| &l.o), nh * d)?,
             act_q: int8_rows(any_int8(|l| &l.down), dims.intermediate)?,
+            logit_rows: logit_rows
+                .map(|r| -> Result<_> {
+                    let rows = || DeviceTensor::empty(gpu, &[r, dims.hidden], dt);
+                    Ok((rows()?, rows()?))
+                })
+                .transpose()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(tokens: usize, logit_rows: &[i32]) -> HostInputs {
+        HostInputs {
+            ids: vec![7; tokens],
+            positions: (0..tokens as i32).collect(),
+            out_loc: (0..tokens as i32).collect(),
+            logit_rows: logit_rows.to_vec(),
+        }
+    }
+
+    #[test]
+    fn logits_at_every_row_only_for_all_rows_in_order() {
+        assert!(inputs(3, &[0, 1, 2]).logits_every_row());
+        assert!(!inputs(3, &[2]).logits_every_row());
+        assert!(!inputs(3, &[1, 0, 2]).logits_every_row());
+        assert!(!inputs(3, &[0, 1]).logits_every_row());
+        // A decode batch stays so when padded for a graph; the rows are not staged.
+        let padded = inputs(2, &[0, 1]).padded(4);
+        assert!(padded.logits_every_row());
+        assert_eq!(padded.staged_bytes(), inputs(4, &[0, 1, 2, 3]).staged_bytes());
+        assert!(inputs(4, &[3]).staged_bytes() > padded.staged_bytes());
     }
 }
