@@ -26,15 +26,18 @@ inline bool env_is_one(const char* name) {
 }
 
 // How many of its `ring` stages a streaming GEMM (stream_m16, stream_linear)
-// requests before it waits for its producer: all of them, unless
-// MLLM_STREAM_PREWAIT=n (0 to ring) asks for fewer, to measure how the
-// weight requests queued during the kernel before it slow that kernel down.
-inline int stream_prewait_stages(int ring) {
+// requests before it waits for its producer: `preferred`, unless
+// MLLM_STREAM_PREWAIT=n (a number from 0 to ring) says otherwise. Requests
+// made before the wait stream the weight while the kernel before runs, but
+// they also queue ahead of that kernel's own memory accesses, which are on
+// the step's critical path (docs/int8_mm_dispatch.md has the measurements).
+inline int stream_prewait_stages(int ring, int preferred) {
   static const int asked = [] {
     const char* v = std::getenv("MLLM_STREAM_PREWAIT");
-    return v == nullptr ? -1 : std::atoi(v);
+    if (v == nullptr || *v < '0' || *v > '9') return -1;
+    return std::atoi(v);
   }();
-  return asked < 0 || asked > ring ? ring : asked;
+  return asked < 0 || asked > ring ? preferred : asked;
 }
 
 // Whether kernels written for programmatic dependent launch are launched
