@@ -58,40 +58,15 @@ __device__ __forceinline__ void store2<__half>(__half* p, float x, float y) {
   *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y);
 }
 
-// The weight's scales and the bias of the two output columns this lane
-// finishes (t*2 and t*2 + 1 of the block's 8-column tile). They are part of
-// the layer, not of the input, so the kernels load them before
-// griddepcontrol.wait: by then they are DRAM misses (~200 MB of weights pass
-// through L2 between two uses), which the epilogue would otherwise wait for
-// at the end of the GEMM, on the step's critical path.
-struct ColumnEpilogue {
-  float sb0 = 0.f, sb1 = 0.f, b0 = 0.f, b1 = 0.f;
-};
-
-template <typename Out>
-__device__ __forceinline__ ColumnEpilogue load_column_epilogue(const float* __restrict__ sb,
-                                                               const Out* __restrict__ bias, int n, int n0,
-                                                               int sb_per_col) {
-  ColumnEpilogue e;
-  const int c = n0 + (threadIdx.x % 32 % 4) * 2;
-  if (c >= n) return e;
-  e.sb0 = sb_per_col ? sb[c] : sb[0];
-  e.sb1 = sb_per_col ? sb[c + 1] : sb[0];
-  if (bias) {
-    e.b0 = static_cast<float>(bias[c]);
-    e.b1 = static_cast<float>(bias[c + 1]);
-  }
-  return e;
-}
-
 // Sums the per-warp partial tiles (partial[w][i * 4 + j][lane] is warp w's
-// accumulator j of m-tile i) and writes the block's 8 output columns with
-// the lane's column constants `e`. Warp w finishes m-tiles w, w + NWARPS,
-// ...: c0/c1 are row g, c2/c3 row g + 8; columns t*2 and t*2 + 1 of the tile.
+// accumulator j of m-tile i) and writes the block's 8 output columns. Warp w
+// finishes m-tiles w, w + NWARPS, ...: c0/c1 are row g, c2/c3 row g + 8;
+// columns t*2 and t*2 + 1 of the 8-column tile.
 template <typename Out, int NWARPS, int MT>
 __device__ __forceinline__ void finish_tile(const int (*partial)[MT * 4][32], const float* __restrict__ sa,
-                                            const ColumnEpilogue& e, Out* __restrict__ out, int m, int n,
-                                            int n0, int sa_per_row) {
+                                            const float* __restrict__ sb, const Out* __restrict__ bias,
+                                            Out* __restrict__ out, int m, int n, int n0, int sa_per_row,
+                                            int sb_per_col) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   for (int i = warp; i < MT; i += NWARPS) {
@@ -102,7 +77,10 @@ __device__ __forceinline__ void finish_tile(const int (*partial)[MT * 4][32], co
       for (int j = 0; j < 4; ++j) sum[j] += partial[w][i * 4 + j][lane];
     const int c = n0 + t * 2;
     if (c >= n) continue;
-    const float sb0 = e.sb0, sb1 = e.sb1, b0 = e.b0, b1 = e.b1;
+    const float sb0 = sb_per_col ? sb[c] : sb[0];
+    const float sb1 = sb_per_col ? sb[c + 1] : sb[0];
+    const float b0 = bias ? static_cast<float>(bias[c]) : 0.f;
+    const float b1 = bias ? static_cast<float>(bias[c + 1]) : 0.f;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = i * 16 + g + h * 8;
@@ -145,7 +123,6 @@ __global__ void __launch_bounds__(WARPS * 32)
   uint4 bv[UNROLL];
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) bv[u] = load_b(warp + u * WARPS);
-  const ColumnEpilogue epilogue = load_column_epilogue(sb, bias, n, n0, sb_per_col);
   mllm::wait_for_producer();
 
   for (int c0 = warp; c0 < chunks; c0 += WARPS * UNROLL) {
@@ -173,7 +150,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
     for (int j = 0; j < 4; ++j) partial[warp][i * 4 + j][lane] = acc[i][j];
   __syncthreads();
-  finish_tile<Out, WARPS, MT>(partial, sa, epilogue, out, m, n, n0, sa_per_row);
+  finish_tile<Out, WARPS, MT>(partial, sa, sb, bias, out, m, n, n0, sa_per_row, sb_per_col);
 }
 
 // Rows of A the config covers.

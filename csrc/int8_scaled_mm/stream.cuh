@@ -116,7 +116,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     init_barriers(s.full);
     for (int st = 0; st < min(prewait, stages); ++st) request(st);
   }
-  const skinny::ColumnEpilogue epilogue = skinny::load_column_epilogue(sb, bias, n, n0, sb_per_col);
   __syncthreads();
   // A is the previous kernel's output.
   mllm::wait_for_producer();
@@ -177,9 +176,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int j = 0; j < 4; ++j) s.partial[warp][j][lane] = acc[j];
   __syncthreads();
   if constexpr (QUANT_A) {
-    skinny::finish_tile<Out, kWarps, 1>(s.partial, s.row_scale, epilogue, out, m, n, n0, 1);
+    skinny::finish_tile<Out, kWarps, 1>(s.partial, s.row_scale, sb, bias, out, m, n, n0, 1, sb_per_col);
   } else {
-    skinny::finish_tile<Out, kWarps, 1>(s.partial, sa, epilogue, out, m, n, n0, sa_per_row);
+    skinny::finish_tile<Out, kWarps, 1>(s.partial, sa, sb, bias, out, m, n, n0, sa_per_row, sb_per_col);
   }
 #else
   __trap();  // the host side refuses this config below SM90

@@ -44,11 +44,8 @@ __device__ __forceinline__ float rotate_lo(float a, float b, float c, float s) {
 __device__ __forceinline__ float rotate_hi(float a, float b, float c, float s) { return fmaf(b, c, __fmul_rn(a, s)); }
 
 // One head: optional RMSNorm with w, then the NeoX rotation by the angle
-// row cs (cos then sin); reads x, writes y (y == x for in place). WAIT: x is
-// the output of the kernel this one was launched behind with PDL; the
-// rotation row and the weights are not, so (contiguous layout) they are
-// requested before the wait, off the critical path.
-template <typename D, bool CONTIG, int E, bool WAIT>
+// row cs (cos then sin); reads x, writes y (y == x for in place).
+template <typename D, bool CONTIG, int E>
 __device__ __forceinline__ void norm_rope_head(const typename D::storage* x, typename D::storage* y,
                                                const float* cs, const typename D::storage* w, int head_dim,
                                                float eps) {
@@ -71,7 +68,6 @@ __device__ __forceinline__ void norm_rope_head(const typename D::storage* x, typ
       wa = *reinterpret_cast<const P*>(w + lane * E);
       wb = *reinterpret_cast<const P*>(w + half + lane * E);
     }
-    if (WAIT) mllm::wait_then_allow_dependents();
     const P pa = *reinterpret_cast<const P*>(x + lane * E);
     const P pb = *reinterpret_cast<const P*>(x + half + lane * E);
 #pragma unroll
@@ -80,7 +76,6 @@ __device__ __forceinline__ void norm_rope_head(const typename D::storage* x, typ
       b[j] = D::to_float(pb.v[j]);
     }
   } else {
-    if (WAIT) mllm::wait_then_allow_dependents();
 #pragma unroll
     for (int j = 0; j < E; ++j) {
       const int i = pair_index<CONTIG, E>(lane, j);
@@ -149,8 +144,8 @@ __device__ __forceinline__ void qk_norm_rope_head(typename D::storage* qk, long 
   const int h = static_cast<int>(warp - t * heads);
   const bool is_q = h < q_heads;
   typename D::storage* x = qk + t * row_stride + (is_q ? q_col + h * head_dim : k_col + (h - q_heads) * head_dim);
-  norm_rope_head<D, CONTIG, E, false>(x, x, rotary_row(pos, t, cos_sin, max_pos, head_dim), is_q ? q_w : k_w,
-                                      head_dim, eps);
+  norm_rope_head<D, CONTIG, E>(x, x, rotary_row(pos, t, cos_sin, max_pos, head_dim), is_q ? q_w : k_w, head_dim,
+                               eps);
 }
 
 // Fused: reads a packed qkv row (q heads, then k, then v), writes the normed
@@ -158,10 +153,6 @@ __device__ __forceinline__ void qk_norm_rope_head(typename D::storage* qk, long 
 // k_cache[loc[t]] and copies the v heads to v_cache[loc[t]] (pool rows of
 // kv_heads * D). One warp per (token, head) over q_heads + 2 * kv_heads
 // heads. A slot outside [0, num_slots) skips that token's K/V writes.
-// Launched with PDL behind the qkv GEMM: each warp reads the step's inputs
-// (position, slot) and the head's constants, then waits for qkv. Warps with
-// nothing to do leave without waiting; the grid still completes after the
-// GEMM, since the warps that write wait for it.
 template <typename D, bool CONTIG, int E>
 __device__ __forceinline__ void qk_norm_rope_store_head(const typename D::storage* qkv, long long row_stride,
                                                         const int* pos, const float* cos_sin, int max_pos,
@@ -180,7 +171,7 @@ __device__ __forceinline__ void qk_norm_rope_store_head(const typename D::storag
   const S* x = qkv + t * row_stride + static_cast<long long>(h) * head_dim;
   if (h < q_heads) {
     S* y = q_out + (t * q_heads + h) * head_dim;
-    norm_rope_head<D, CONTIG, E, true>(x, y, rotary_row(pos, t, cos_sin, max_pos, head_dim), q_w, head_dim, eps);
+    norm_rope_head<D, CONTIG, E>(x, y, rotary_row(pos, t, cos_sin, max_pos, head_dim), q_w, head_dim, eps);
     return;
   }
   const long long slot = loc[t];
@@ -188,12 +179,11 @@ __device__ __forceinline__ void qk_norm_rope_store_head(const typename D::storag
   const int hk = h - q_heads;
   if (hk < kv_heads) {
     S* y = k_cache + (slot * kv_heads + hk) * head_dim;
-    norm_rope_head<D, CONTIG, E, true>(x, y, rotary_row(pos, t, cos_sin, max_pos, head_dim), k_w, head_dim, eps);
+    norm_rope_head<D, CONTIG, E>(x, y, rotary_row(pos, t, cos_sin, max_pos, head_dim), k_w, head_dim, eps);
     return;
   }
   S* y = v_cache + (slot * kv_heads + hk - kv_heads) * head_dim;
   const int lane = threadIdx.x & 31;
-  mllm::wait_then_allow_dependents();
   if (CONTIG) {
     using P = mllm::Pack<S, 2 * E>;  // a lane's D/32 elements
     reinterpret_cast<P*>(y)[lane] = reinterpret_cast<const P*>(x)[lane];
@@ -272,9 +262,9 @@ __device__ __forceinline__ void qk_norm_rope_store_dispatch(
       const D::storage* q_w, const D::storage* k_w, int tokens, int q_heads, int kv_heads, int head_dim,   \
       float eps, D::storage* q_out, D::storage* k_cache, D::storage* v_cache, const int* loc,              \
       long long num_slots) {                                                                               \
-    /* Attention may launch once this has waited (in each warp, after its constant loads): its */          \
-    /* prologue (and the split-KV kernel's K/V requests for every token but the one stored here) */        \
-    /* overlaps the rest of this kernel. */                                                                \
+    /* Attention may launch once this has waited: its prologue (and the split-KV kernel's K/V */           \
+    /* requests for every token but the one stored here) overlaps the rest of this kernel. */              \
+    mllm::wait_then_allow_dependents(); /* launched with PDL on SM90+: qkv is the GEMM's output */         \
     qk_norm_rope_store_dispatch<D>(qkv, row_stride, pos, cos_sin, max_pos, q_w, k_w, tokens, q_heads,      \
                                    kv_heads, head_dim, eps, q_out, k_cache, v_cache, loc, num_slots);      \
   }
