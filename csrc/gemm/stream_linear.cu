@@ -180,7 +180,8 @@ cudaError_t launch_typed(const mllm_stream_linear_args_t& a, cudaStream_t stream
   const auto kernel = a.m > 8 ? stream_linear_kernel<T, Out, true> : stream_linear_kernel<T, Out, false>;
   return cudaLaunchKernelEx(&l.cfg, kernel, static_cast<const T*>(a.x), static_cast<const int8_t*>(a.w),
                             static_cast<const T*>(a.bias), static_cast<Out*>(a.out), static_cast<int>(a.m),
-                            static_cast<int>(a.n), static_cast<int>(a.k), mllm::stream_prewait_stages(kStages, kStages));
+                            static_cast<int>(a.n), static_cast<int>(a.k),
+                            mllm::stream_prewait_stages(kStages, kStages));
 }
 
 template <typename T>
