@@ -10,7 +10,8 @@ step's span and the graph replay's, the kernels' summed time, the idle gaps betw
 consecutive kernels and their overlap (programmatic dependent launch). A second table
 gives, per pair of consecutive kinds over every step, the median start of the second
 kernel relative to the end of the first (negative where it launched early behind it, PDL)
-and of its end (what it adds to the step's critical path).
+and of its end (what it adds to the step's critical path). A third gives the same per
+position within a layer (middle layers only), which tells apart kernels of one kind.
 
     python3 scripts/timeline_step.py out/timeline_w8a8.csv
 """
@@ -79,6 +80,43 @@ def report(path):
             f"| {first} | {second} | {len(pairs)} | {statistics.median(starts):.2f} | {min(starts):.2f} "
             f"| {statistics.median(ends):.2f} |"
         )
+    layer_table(steps)
+
+
+def is_layer_norm(kind):
+    """Whether a kernel kind is a layer's input norm (not the q/k norm inside attention)."""
+    return "RMSNorm" in kind and not kind.startswith("q/k")
+
+
+def layer_table(steps):
+    """Per position in a middle layer (the first and last two skipped), over every step: the
+    kernel, the median it adds to the critical path (its end minus the previous kernel's end)
+    and its median duration. A layer starts at the norm before its qkv GEMM: the last
+    residual norm within four kernels before each attention kernel."""
+    added = collections.defaultdict(list)
+    ran = collections.defaultdict(list)
+    for step in steps:
+        att = [i for i, k in enumerate(step) if role(k[3]).startswith("attention (")]
+        starts = []
+        for a in att:
+            norms = [i for i in range(max(a - 4, 1), a) if is_layer_norm(role(step[i][3]))]
+            starts.append(norms[-1] if norms else a)
+        for first, end in zip(starts[2:-3], starts[3:-2]):
+            for i in range(first, end):
+                key = (i - first, role(step[i][3]))
+                added[key].append((step[i][1] - step[i - 1][1]) / 1e3)
+                ran[key].append((step[i][1] - step[i][0]) / 1e3)
+    if not added:
+        return
+    most = max(len(v) for v in added.values())
+    rows = sorted(k for k, v in added.items() if 2 * len(v) >= most)
+    total = sum(statistics.median(added[k]) for k in rows)
+    print()
+    print("| # | kernel in a middle layer | adds to the critical path, us | runs for, us |")
+    print("|---:|---|---:|---:|")
+    for pos, kind in rows:
+        print(f"| {pos} | {kind} | {statistics.median(added[(pos, kind)]):.2f} | {statistics.median(ran[(pos, kind)]):.2f} |")
+    print(f"| | layer | {total:.1f} | |")
 
 
 def pair_deltas(steps):
