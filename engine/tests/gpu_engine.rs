@@ -119,6 +119,11 @@ fn reference(dir: &Path) -> Reference {
 }
 
 /// Logits of every position of `prompts`, all in one batch.
+/// The prompts of the fixture's reference cases.
+fn reference_prompts(dir: &Path) -> Vec<Vec<u32>> {
+    reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect()
+}
+
 fn all_logits(r: &mut ModelRunner, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
     let vocab = r.config().vocab_size;
     let flat = with_prefill(r, prompts, LogitsMode::All, |r, b| {
@@ -358,7 +363,7 @@ fn gpu_engine_matches_hf_and_cpu() {
     // bounds below.
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+        let prompts = reference_prompts(dir);
         let w8a8 = || load_with(dir, Some(QuantMethod::W8A8));
         let gpu = all_logits(&mut runner_for(w8a8(), Device::Cuda(0), prompts.len(), 0), &prompts);
         let cpu = all_logits(&mut runner_for(w8a8(), Device::Cpu, prompts.len(), 0), &prompts);
@@ -395,7 +400,7 @@ fn gpu_sampling_is_seeded_and_filtered() {
         return;
     };
     let dir = dirs[0].as_path();
-    let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+    let prompts = reference_prompts(dir);
     let (mut gpu, mut graphed) = (runner(dir, Device::Cuda(0), 8, 0), runner(dir, Device::Cuda(0), 8, 8));
     let sampled = |seed: u64| SamplingParams {
         temperature: 1.3,
@@ -457,7 +462,7 @@ fn gpu_overlapped_decode_matches_step_by_step() {
         return;
     };
     let dir = dirs[0].as_path();
-    let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+    let prompts = reference_prompts(dir);
     let k = prompts.len();
     let seeded: Vec<SamplingParams> = (0..k as u64)
         .map(|seed| SamplingParams {
@@ -502,7 +507,7 @@ fn gpu_logprobs_match_host_sampler() {
         return;
     };
     let dir = dirs[0].as_path();
-    let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+    let prompts = reference_prompts(dir);
     let params: Vec<SamplingParams> = (0..prompts.len())
         .map(|i| match i % 3 {
             0 => SamplingParams {
@@ -573,7 +578,7 @@ fn gpu_decode_graph_chains_its_kernels() {
         return;
     };
     let dir = dirs[0].as_path();
-    let prompts: Vec<Vec<u32>> = reference(dir).cases.iter().map(|c| c.input_ids.clone()).collect();
+    let prompts = reference_prompts(dir);
     let mut r = runner(dir, Device::Cuda(0), 8, 8);
     decode(
         &mut r,
