@@ -106,7 +106,9 @@ struct RowOrScalar {
 // This entry waits for the kernel before it and then runs the same body
 // (CUTLASS's Kernel2 otherwise), so it may be launched with PDL: its CTAs are
 // resident and start as soon as their producer finishes instead of being
-// launched then. Opt-in (MLLM_INT8_MM_SM80_PDL=1) until measured.
+// launched then. Opt-in (MLLM_INT8_MM_SM80_PDL=1): correct, but no faster in
+// Qwen3-8B W8A8 decode on an H100 (batch 4: 4.41 ms either way; batch 16:
+// 6.20-6.22 against 6.22).
 template <class Kernel>
 __global__ void waiting_kernel(typename Kernel::Params params) {
   extern __shared__ int smem[];
