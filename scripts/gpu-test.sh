@@ -23,7 +23,7 @@ build() {
   cargo build --release --bin mllm-kernel
   cp target/release/mllm-kernel "$gpu/bin/"
   # Every test binary that can touch a GPU, by target name.
-  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling --test gpu_vision_ops --test gpu_stream_linear --test gpu_kernel_timeline 2>/dev/null |
+  cargo test --release --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling --test gpu_vision_ops --test gpu_stream_linear --test gpu_decode_mlp --test gpu_kernel_timeline 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -34,7 +34,7 @@ for line in sys.stdin:
   # The same tests against the AOT build (kernels linked in, no cache used);
   # MLLM_GPU_TEST_AOT=0 skips them for a quicker iteration bundle.
   [ "${MLLM_GPU_TEST_AOT:-1}" = 0 ] || MLLM_CUDA_ARCHS="$(echo "$archs" | sed 's/sm_//g; s/ /;/g')" \
-    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling --test gpu_vision_ops --test gpu_stream_linear --test gpu_kernel_timeline 2>/dev/null |
+    cargo test --release --features aot --no-run --message-format=json --test gpu_ops --test gpu_int8_mm --test gpu_core_ops --test gpu_attention --test gpu_fused_quant --test gpu_sampling --test gpu_vision_ops --test gpu_stream_linear --test gpu_decode_mlp --test gpu_kernel_timeline 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -133,6 +133,8 @@ gpu_tests() {
           MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=cublas
         # CUTLASS 2.x W8A8 GEMMs (gate_up at batch 2-16) behind an in-kernel wait, with PDL.
         run_test "$name (MLLM_INT8_MM_SM80_PDL=1)" "$t" MLLM_INT8_MM_SM80_PDL=1
+        # W8A8 one-row steps on the four MLP kernels instead of decode_mlp.
+        run_test "$name (MLLM_DECODE_MLP=off)" "$t" MLLM_DECODE_MLP=off
         # And on the bf16 streaming linear and stream_m16 for every decode GEMM, with every
         # L2 prefetch target in the chain (results must not change) and the cluster-merged
         # split-KV attention.

@@ -9,8 +9,8 @@ use cudarc::nvrtc::Ptx;
 
 use crate::device::Gpu;
 use crate::ffi::dynamic::{
-    mllm_attention_plan_args_t, mllm_attention_plan_t, mllm_attention_run_args_t, mllm_dtype_t, mllm_int8_mm_args_t,
-    mllm_result_t, mllm_stream_linear_args_t, mllm_stream_t, MllmKernelLib,
+    mllm_attention_plan_args_t, mllm_attention_plan_t, mllm_attention_run_args_t, mllm_decode_mlp_args_t, mllm_dtype_t,
+    mllm_int8_mm_args_t, mllm_result_t, mllm_stream_linear_args_t, mllm_stream_t, MllmKernelLib,
 };
 use crate::jit::{Compiler, JitCache, KernelSpec};
 use crate::registry::{KernelBuild, KernelId};
@@ -59,6 +59,9 @@ pub type Int8ScaledMmDynamicFn = unsafe extern "C" fn(
 
 /// `mllm_stream_linear` of `mllm_kernel.h`.
 pub type StreamLinearFn = unsafe extern "C" fn(*const mllm_stream_linear_args_t, mllm_stream_t) -> mllm_result_t;
+
+/// `mllm_decode_mlp` of `mllm_kernel.h`.
+pub type DecodeMlpFn = unsafe extern "C" fn(*const mllm_decode_mlp_args_t, mllm_stream_t) -> mllm_result_t;
 
 /// `mllm_attention_plan` of `mllm_kernel.h`.
 pub type AttentionPlanFn =
@@ -175,6 +178,13 @@ impl LoadedKernel {
         mllm_stream_linear,
         StreamLinearFn,
         KernelId::StreamLinear
+    );
+    c_launcher!(
+        /// The launcher of `decode_mlp`.
+        decode_mlp,
+        mllm_decode_mlp,
+        DecodeMlpFn,
+        KernelId::DecodeMlp
     );
     c_launcher!(
         /// The host-side scheduler of `attention[<variant>]`.

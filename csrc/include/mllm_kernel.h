@@ -145,6 +145,42 @@ typedef struct mllm_stream_linear_args_t {
 
 MLLM_API mllm_result_t mllm_stream_linear(const mllm_stream_linear_args_t* args, mllm_stream_t stream);
 
+/* The gated MLP block of one decode row in W8A8, SM90+ (kernel `decode_mlp`),
+ * as one persistent kernel:
+ *   residual += x;  n = rms_norm(residual) * norm_weight;  (qn, s1) = per-token int8 of n
+ *   gu = s1 * s_gate_up * (qn . w_gate_upT);  act = silu(gu[:inter]) * gu[inter:]
+ *   (qa, s2) = per-token int8 of act;  out = s2 * s_down * (qa . w_downT)
+ * with the roundings of fused_add_rms_norm_quant, int8_scaled_mm and
+ * silu_and_mul_quant. x, residual, norm_weight, out: [hidden] of `dtype` (BF16
+ * or F16); act: [inter] of `dtype` (written); w_gate_up: [2 inter, hidden] int8
+ * (gate rows, then up rows), s_gate_up [2 inter] f32; w_down: [hidden, inter]
+ * int8, s_down [hidden] f32. hidden and inter multiples of 16; weights 16-byte
+ * aligned. scratch: MLLM_DECODE_MLP_SCRATCH_BYTES of device memory, zeroed
+ * before its first use and then owned by one stream (a grid barrier lives
+ * there). No buffer may alias another. Launched with programmatic dependent
+ * launch: the weights stream while the kernel before finishes. */
+#define MLLM_DECODE_MLP_SCRATCH_BYTES 8192
+
+typedef struct mllm_decode_mlp_args_t {
+  const void* x;
+  void* residual;
+  const void* norm_weight;
+  const int8_t* w_gate_up;
+  const float* s_gate_up;
+  const int8_t* w_down;
+  const float* s_down;
+  void* act;
+  void* out;
+  void* scratch;
+  int64_t scratch_bytes;
+  int64_t hidden;
+  int64_t inter;
+  float eps;
+  mllm_dtype_t dtype;
+} mllm_decode_mlp_args_t;
+
+MLLM_API mllm_result_t mllm_decode_mlp(const mllm_decode_mlp_args_t* args, mllm_stream_t stream);
+
 /* Paged attention over a page-size-1 KV pool (FlashInfer FA2 kernels).
  *
  * k_cache, v_cache: [capacity, num_kv_heads, head_dim] (NHD) of `dtype`.

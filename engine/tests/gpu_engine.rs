@@ -377,6 +377,22 @@ fn gpu_engine_matches_hf_and_cpu() {
         if !w.within(W8A8_MAX_FRAC, W8A8_MEAN_FRAC) {
             failures.push(format!("{name}: W8A8 GPU vs CPU logits out of bounds"));
         }
+        // One row per step (each prompt's first token alone): on SM90 the MLP blocks run as
+        // one kernel (`decode_mlp`, unless MLLM_DECODE_MLP=off), under the same bounds.
+        let (mut gpu_runner, mut cpu_runner) = (
+            runner_for(w8a8(), Device::Cuda(0), 1, 0),
+            runner_for(w8a8(), Device::Cpu, 1, 0),
+        );
+        let mut w = Worst::default();
+        for (c, p) in prompts.iter().enumerate() {
+            let one = [p[..1].to_vec()];
+            let (g, r) = (all_logits(&mut gpu_runner, &one), all_logits(&mut cpu_runner, &one));
+            w.add(|| format!("case {c} first token"), &g[0][0], &r[0][0]);
+        }
+        w.report(&format!("{name}: W8A8 GPU vs W8A8 CPU, one row"));
+        if !w.within(W8A8_MAX_FRAC, W8A8_MEAN_FRAC) {
+            failures.push(format!("{name}: W8A8 GPU vs CPU logits of one-row steps out of bounds"));
+        }
     }
     eprintln!("CUDA-graph decode checked against eager decode for every model");
     for (name, hf, cpu) in &worst {

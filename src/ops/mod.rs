@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+mod decode_mlp;
 mod dependent_launch;
 mod embedding;
 mod feed_tokens;
@@ -28,6 +29,7 @@ pub use attention::{
     AttentionBatch, AttentionHeads, AttentionKernel, AttentionPlan, AttentionWorkspace, DecodeKernel, WorkspaceConfig,
     ATTENTION_HEAD_DIMS,
 };
+pub use decode_mlp::{decode_mlp_w8a8_into, decode_mlp_w8a8_unsupported, DecodeMlpScratch, DecodeMlpWeights};
 pub use embedding::{
     embedding, embedding_into, scatter_rows_into, validate_embedding, validate_scatter_rows, validate_token_ids,
     Scatter,
@@ -65,6 +67,7 @@ pub fn kernel_symbols(build: KernelBuild) -> Vec<String> {
         KernelId::RmsNorm => norm::symbols(build.variant),
         KernelId::PerTokenQuantInt8 => vec!["mllm_per_token_quant_int8".to_string()],
         KernelId::StreamLinear => vec!["mllm_stream_linear".to_string()],
+        KernelId::DecodeMlp => vec!["mllm_decode_mlp".to_string()],
         KernelId::PrefetchL2 => prefetch::symbols(),
         KernelId::SiluAndMul => activation::symbols(build.variant),
         KernelId::QkNormRope => rope::symbols(build.variant),

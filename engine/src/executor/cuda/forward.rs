@@ -10,6 +10,7 @@ use mllm_kernel::staging::{Staging, Upload};
 use mllm_kernel::{DeviceTensor, Gpu};
 
 use super::attention::{Attention, BatchLayout, Plan};
+use super::fused_mlp::MlpRow;
 use super::prefetch::L2Prefetch;
 use super::visual::DeviceVisual;
 use super::weights::{GpuLayer, GpuLinear, GpuWeights, LinearInput};
@@ -174,16 +175,18 @@ pub(super) fn forward_into(
             (&mut acts, h_quantized),
             prof,
         )?;
-        let a_quantized = add_norm(
-            gpu,
-            dims,
-            (&mut acts.a, &mut acts.residual),
-            &layer.post_norm,
-            &layer.gate_up,
-            &mut acts.hidden_q,
-            prof,
-        )?;
-        mlp(gpu, layer, (&mut acts, a_quantized), prof)?;
+        if !fused_mlp(gpu, dims, w, layer, &mut acts, prof)? {
+            let a_quantized = add_norm(
+                gpu,
+                dims,
+                (&mut acts.a, &mut acts.residual),
+                &layer.post_norm,
+                &layer.gate_up,
+                &mut acts.hidden_q,
+                prof,
+            )?;
+            mlp(gpu, layer, (&mut acts, a_quantized), prof)?;
+        }
         // Qwen3-VL deepstack: the layer's output (residual + h) gains level i at the image rows.
         if let Some((v, d)) = inputs.visual.as_ref().and_then(|v| Some((v, v.deepstack.get(i)?))) {
             ops::scatter_rows_into(gpu, &v.rows, d, &mut acts.h, Scatter::Add, None)?;
@@ -319,6 +322,34 @@ fn mlp(gpu: &Gpu, layer: &GpuLayer, (acts, quantized): (&mut Activations, bool),
     layer.down.forward_into(gpu, x, scratch, &mut acts.h)?;
     prof.mark(gpu, "down_proj")?;
     Ok(())
+}
+
+/// The post-attention norm and the MLP as one kernel (`fused_mlp`), when the step has one
+/// row and the layer qualifies: reads o_proj's output in `acts.a`, updates the residual and
+/// writes the down projection's output into `acts.h`, as `add_norm` + `mlp` do. `false` when
+/// it did not run.
+fn fused_mlp(
+    gpu: &Gpu,
+    dims: &Dims,
+    w: &GpuWeights,
+    layer: &GpuLayer,
+    acts: &mut Activations,
+    prof: &OpProfiler,
+) -> Result<bool> {
+    let Some(fused) = w.fused_mlp.as_ref().filter(|_| acts.h.shape().first() == Some(&1)) else {
+        return Ok(false);
+    };
+    let row = MlpRow {
+        x: &acts.a,
+        residual: &mut acts.residual,
+        act: &mut acts.act,
+        out: &mut acts.h,
+    };
+    let ran = fused.run(gpu, layer, dims.eps, row)?;
+    if ran {
+        prof.mark(gpu, "decode_mlp")?;
+    }
+    Ok(ran)
 }
 
 /// Per-token int8 rows `[T, K]` and their f32 scales `[T]`.

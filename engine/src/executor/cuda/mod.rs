@@ -5,6 +5,7 @@
 
 mod attention;
 mod forward;
+mod fused_mlp;
 mod graph;
 mod prefetch;
 mod sampling;

@@ -3,6 +3,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use mllm_kernel::{DeviceTensor, Gpu};
 
+use super::fused_mlp::FusedMlp;
 use super::prefetch::L2Prefetch;
 use crate::layers::linear::Linear;
 use crate::layers::norm::RmsNorm;
@@ -87,6 +88,8 @@ pub(super) struct GpuWeights {
     pub cos_sin: DeviceTensor,
     /// Which weights decode steps prefetch into L2 during attention (`MLLM_L2_PREFETCH`).
     pub l2_prefetch: L2Prefetch,
+    /// The one-kernel MLP block for one-row steps, where the model and GPU allow it.
+    pub fused_mlp: Option<FusedMlp>,
 }
 
 impl GpuWeights {
@@ -238,6 +241,7 @@ pub(super) fn upload(gpu: &Gpu, model: &dyn TextDecoder, dtype: DType, max_pos: 
     up.bar.finish_and_clear();
     let table = model.rope_table(max_pos);
     let cos_sin = DeviceTensor::from_host(gpu, &table, &[max_pos, c.head_dim])?;
+    let fused_mlp = FusedMlp::for_model(gpu, &layers, (c.hidden_size, c.intermediate_size), kernel_dtype(dtype)?)?;
     Ok(GpuWeights {
         embed,
         layers,
@@ -245,5 +249,6 @@ pub(super) fn upload(gpu: &Gpu, model: &dyn TextDecoder, dtype: DType, max_pos: 
         lm_head,
         cos_sin,
         l2_prefetch,
+        fused_mlp,
     })
 }

@@ -1,0 +1,396 @@
+// decode_mlp: a gated MLP block of one decode row in W8A8, as one persistent
+// kernel on SM90 (`mllm_decode_mlp` in mllm_kernel.h):
+//
+//   residual += x;  n = rms_norm(residual) * w;  (qn, s1) = quant(n)
+//   gu = s1 * s_gu * (qn . W_guᵀ);  act = silu(gate) * up;  (qa, s2) = quant(act)
+//   out = s2 * s_d * (qa . W_dᵀ)
+//
+// with each rounding of the unfused kernels (fused_add_rms_norm_quant,
+// int8_scaled_mm's epilogue, silu_and_mul_quant), so the result matches them
+// up to the order of the norm's sum of squares.
+//
+// Why one kernel: at batch 1 every GEMM here streams its weight at HBM speed,
+// but each kernel boundary (norm -> gate_up -> SiLU -> down) drains the memory
+// pipe: the next grid cannot request its weight until the short kernel before
+// it has run. Here every block walks one sequence of weight stages (its
+// gate_up tiles, then its down tiles) through a ring of TMA bulk copies, so
+// the down projection's weight is already streaming while the gate_up tail,
+// the grid barrier and the quantization of `act` run, and gate_up's while the
+// norm runs. The two steps that need the whole row (the norm before gate_up,
+// the absmax of `act` before down) are computed redundantly by every block
+// from L2 (8 and 24 KiB at Qwen3-8B's sizes) and, for `act`, after one grid
+// barrier on a counter in `scratch`.
+//
+// Layout: a gate_up tile is 8 gate rows and the 8 matching up rows (so its
+// epilogue has both halves of SiLU x up), a down tile 16 rows; a stage is 16
+// weight rows x 512 bytes of k. Warp w multiplies the 64-byte step w of a
+// stage (mma.sync m16n8k32, A = the int8 row in shared memory, zeros in rows
+// 1-15), lane (g, t) the 16 bytes of row g (and g + 8) at 16 t.
+//
+// The grid is what the device holds at once (the barrier needs every block
+// resident); a barrier that never opens traps after a few seconds instead of
+// hanging.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "mllm_device.cuh"
+#include "mllm_dtype.cuh"
+#include "mllm_kernel.h"
+#include "mllm_pdl.cuh"
+#include "mllm_reduce.cuh"
+#include "mllm_tma.cuh"
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kStageK = 512;             // k bytes per weight row and stage
+constexpr int kPitch = kStageK + 64;     // rows g and g + 1 on disjoint banks
+constexpr int kStageRows = 16;           // two mma n-tiles
+constexpr int kStages = 10;              // ring depth (90 KiB; two blocks an SM at Qwen3-8B's sizes)
+constexpr int kMaxGrid = 1024;           // partial maxima the scratch holds
+// Scratch: barrier counter and generation on their own 128-byte lines, then
+// one f32 partial absmax per block.
+constexpr int kScratchHeader = 256;
+static_assert(MLLM_DECODE_MLP_SCRATCH_BYTES >= kScratchHeader + 4 * kMaxGrid, "scratch too small");
+
+struct alignas(128) Ring {
+  int8_t stage[kStages][kStageRows][kPitch];
+  uint64_t full[kStages];
+  int partial[kWarps][2][8];
+};
+
+__device__ __forceinline__ void mma_s8(int (&c)[4], uint4 a, uint32_t b0, uint32_t b1, uint32_t b2, uint32_t b3) {
+  // Rows 1-15 of A are zeros: only row 0 (lanes g == 0) is the token.
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a.x), "r"(0u), "r"(a.y), "r"(0u), "r"(b0), "r"(b1));
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a.z), "r"(0u), "r"(a.w), "r"(0u), "r"(b2), "r"(b3));
+}
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// Every block of the grid arrives before any leaves; writes before it are
+// visible after it. Sense-reversing (the last to arrive resets the count and
+// bumps the generation), so it needs no reset between launches or replays.
+__device__ void grid_barrier(unsigned* count, unsigned* generation) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned gen = load_acquire(generation);
+    __threadfence();
+    if (atomicAdd(count, 1u) == gridDim.x - 1) {
+      atomicExch(count, 0u);
+      store_release(generation, gen + 1);
+    } else {
+      const long long start = clock64();
+      while (load_acquire(generation) == gen) {
+        // ~4 s at 1.98 GHz: a block that never became resident (a grid the
+        // device cannot hold at once) ends the launch with an error.
+        if (clock64() - start > (1ll << 33)) __trap();
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+template <typename D>
+struct Args {
+  using S = typename D::storage;
+  const S* x;
+  S* residual;
+  const S* norm_w;
+  const int8_t* w_gu;
+  const float* s_gu;
+  const int8_t* w_d;
+  const float* s_d;
+  S* act;
+  S* out;
+  unsigned* barrier;  // [0]: count, [32]: generation
+  float* block_max;   // [gridDim.x]
+  int hidden, inter;
+  float eps;
+  int prewait;
+};
+
+template <typename D>
+__global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using namespace mllm::tma;
+  using S = typename D::storage;
+  extern __shared__ __align__(128) unsigned char smem[];
+  Ring& ring = *reinterpret_cast<Ring*>(smem);
+  int8_t* xq = reinterpret_cast<int8_t*>(smem + sizeof(Ring));  // [hidden]
+  // The quantized act [inter]; before that, the residual row (block 0 keeps it
+  // until every block has read the old one).
+  unsigned char* region = smem + sizeof(Ring) + p.hidden;
+  int8_t* aq = reinterpret_cast<int8_t*>(region);
+  S* row = reinterpret_cast<S*>(region);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int G = gridDim.x, b = blockIdx.x;
+  const int gu_tiles = p.inter / 8, d_tiles = p.hidden / 16;
+  const int gu_stages = (p.hidden + kStageK - 1) / kStageK;
+  const int d_stages = (p.inter + kStageK - 1) / kStageK;
+  const int my_gu = b < gu_tiles ? (gu_tiles - b + G - 1) / G : 0;
+  const int my_d = b < d_tiles ? (d_tiles - b + G - 1) / G : 0;
+  const int n_gu = my_gu * gu_stages, total = n_gu + my_d * d_stages;
+
+  // Stage q of this block's sequence: 16 weight rows x up to 512 bytes.
+  auto request = [&](int q) {
+    const int slot = q % kStages;
+    const int8_t* src0;
+    const int8_t* src1;
+    int k0, kn, ld;
+    if (q < n_gu) {
+      const int tile = b + (q / gu_stages) * G;
+      k0 = (q % gu_stages) * kStageK;
+      ld = p.hidden;
+      src0 = p.w_gu + static_cast<int64_t>(tile) * 8 * ld;                 // gate rows
+      src1 = p.w_gu + (static_cast<int64_t>(p.inter) + tile * 8) * ld;     // up rows
+    } else {
+      const int qd = q - n_gu;
+      const int tile = b + (qd / d_stages) * G;
+      k0 = (qd % d_stages) * kStageK;
+      ld = p.inter;
+      src0 = p.w_d + static_cast<int64_t>(tile) * 16 * ld;
+      src1 = src0 + 8 * static_cast<int64_t>(ld);
+    }
+    kn = min(kStageK, ld - k0);
+    barrier_expect(&ring.full[slot], static_cast<uint32_t>(kn * kStageRows));
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      bulk_copy(&ring.stage[slot][r][0], src0 + r * static_cast<int64_t>(ld) + k0, kn, &ring.full[slot]);
+      bulk_copy(&ring.stage[slot][8 + r][0], src1 + r * static_cast<int64_t>(ld) + k0, kn, &ring.full[slot]);
+    }
+  };
+
+  // The weights are constants: the first stages stream while the kernel
+  // before (o_proj) finishes.
+  if (threadIdx.x == 0) {
+    init_barriers(ring.full);
+    for (int q = 0; q < min(p.prewait, total); ++q) request(q);
+  }
+  __syncthreads();
+  mllm::wait_for_producer();
+  if (threadIdx.x == 0)
+    for (int q = p.prewait; q < min(kStages, total); ++q) request(q);
+
+  // residual + x, RMSNorm, per-token quantization into xq (every block).
+  float s1;
+  {
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < p.hidden; i += kThreads) {
+      const S r = D::from_float(D::to_float(p.x[i]) + D::to_float(p.residual[i]));
+      row[i] = r;
+      const float f = D::to_float(r);
+      ss += f * f;
+    }
+    const float inv = 1.f / sqrtf(mllm::block_sum(ss) / static_cast<float>(p.hidden) + p.eps);
+    float local = 0.f;
+    for (int i = threadIdx.x; i < p.hidden; i += kThreads) {
+      const float n = mllm::round_to<D>(D::to_float(row[i]) * inv);
+      local = fmaxf(local, fabsf(D::to_float(D::from_float(n * D::to_float(p.norm_w[i])))));
+    }
+    const float absmax = mllm::block_max(local);
+    const mllm::RowQuant quant(absmax);
+    s1 = mllm::RowQuant::scale(absmax);
+    for (int i = threadIdx.x; i < p.hidden; i += kThreads) {
+      const float n = mllm::round_to<D>(D::to_float(row[i]) * inv);
+      xq[i] = quant(D::to_float(D::from_float(n * D::to_float(p.norm_w[i]))));
+    }
+    __syncthreads();
+  }
+
+  // Multiplies stages [q0, q1) of the sequence by the int8 row `a` of k
+  // bytes; after each tile of `per` stages, thread c < 16 calls
+  // `epilogue(tile_index, the tile's sum for weight row c)`.
+  auto walk = [&](int q0, int q1, int per, const int8_t* a, int k, auto&& epilogue) {
+    int acc0[4] = {0, 0, 0, 0}, acc1[4] = {0, 0, 0, 0};
+    for (int q = q0; q < q1; ++q) {
+      const int slot = q % kStages;
+      const int s = (q - q0) % per;
+      const int k0 = s * kStageK;
+      const int kk = warp * 64 + t * 16;
+      const bool in = kk < min(kStageK, k - k0);
+      const uint4 av = in && g == 0 ? *reinterpret_cast<const uint4*>(a + k0 + kk) : make_uint4(0, 0, 0, 0);
+      barrier_wait(&ring.full[slot], static_cast<uint32_t>((q / kStages) & 1));
+      const uint4 b0 = in ? *reinterpret_cast<const uint4*>(&ring.stage[slot][g][kk]) : make_uint4(0, 0, 0, 0);
+      const uint4 b1 = in ? *reinterpret_cast<const uint4*>(&ring.stage[slot][8 + g][kk]) : make_uint4(0, 0, 0, 0);
+      mma_s8(acc0, av, b0.x, b0.y, b0.z, b0.w);
+      mma_s8(acc1, av, b1.x, b1.y, b1.z, b1.w);
+      sync_before_refill();  // every warp is done with the slot
+      if (threadIdx.x == 0 && q + kStages < total) request(q + kStages);
+      if (s == per - 1) {
+        if (g == 0) {
+          ring.partial[warp][0][2 * t] = acc0[0];
+          ring.partial[warp][0][2 * t + 1] = acc0[1];
+          ring.partial[warp][1][2 * t] = acc1[0];
+          ring.partial[warp][1][2 * t + 1] = acc1[1];
+        }
+        __syncthreads();
+        if (threadIdx.x < 16) {
+          int sum = 0;
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) sum += ring.partial[w][threadIdx.x / 8][threadIdx.x % 8];
+          epilogue((q - q0) / per, sum);
+        }
+        acc0[0] = acc0[1] = acc0[2] = acc0[3] = 0;
+        acc1[0] = acc1[1] = acc1[2] = acc1[3] = 0;
+      }
+    }
+  };
+
+  // gate_up, with SiLU x up in the epilogue: thread c < 8 has gate column c,
+  // thread 8 + c the matching up column; they meet through shared memory.
+  __shared__ float up_vals[8];
+  float act_max = 0.f;
+  walk(0, n_gu, gu_stages, xq, p.hidden, [&](int i, int sum) {
+    const int tile = b + i * G;
+    const int c = threadIdx.x % 8;
+    const int ch = threadIdx.x < 8 ? tile * 8 + c : p.inter + tile * 8 + c;
+    const float v = D::to_float(D::from_float(s1 * (p.s_gu[ch] * static_cast<float>(sum))));
+    if (threadIdx.x >= 8) up_vals[c] = v;
+    // Threads 0-15 are warp 0's first half: a warp barrier orders the exchange.
+    __syncwarp(0xffffu);
+    if (threadIdx.x < 8) {
+      const float silu = mllm::round_to<D>(v / (1.f + expf(-v)));
+      const S a = D::from_float(silu * up_vals[c]);
+      p.act[tile * 8 + c] = a;
+      act_max = fmaxf(act_max, fabsf(D::to_float(a)));
+    }
+    __syncwarp(0xffffu);
+  });
+
+  // Every block's act is written: the row's absmax, then its quantization.
+  const float mine = mllm::block_max(act_max);
+  if (threadIdx.x == 0) p.block_max[b] = mine;
+  grid_barrier(p.barrier, p.barrier + 32);
+  mllm::allow_dependents();
+  if (b == 0)
+    for (int i = threadIdx.x; i < p.hidden; i += kThreads) p.residual[i] = row[i];
+  float m = 0.f;
+  for (int i = threadIdx.x; i < G; i += kThreads) m = fmaxf(m, __ldcg(p.block_max + i));
+  const float absmax = mllm::block_max(m);  // also orders row's last reads before aq's writes
+  const mllm::RowQuant quant(absmax);
+  const float s2 = mllm::RowQuant::scale(absmax);
+  const unsigned short* act_bits = reinterpret_cast<const unsigned short*>(p.act);
+  for (int i = threadIdx.x; i < p.inter; i += kThreads)
+    aq[i] = quant(D::to_float(static_cast<S>(__ldcg(act_bits + i))));
+  __syncthreads();
+
+  walk(n_gu, total, d_stages, aq, p.inter, [&](int i, int sum) {
+    const int n = (b + i * G) * 16 + threadIdx.x;
+    p.out[n] = D::from_float(s2 * (p.s_d[n] * static_cast<float>(sum)));
+  });
+#else
+  __trap();  // the host side refuses this kernel below SM90
+#endif
+}
+
+mllm_result_t result(mllm_status_t status, const char* message, int32_t cuda_error = 0) {
+  return mllm_result_t{status, cuda_error, message};
+}
+
+bool aligned(const void* p, uintptr_t to) { return (reinterpret_cast<uintptr_t>(p) & (to - 1)) == 0; }
+
+size_t smem_bytes(const mllm_decode_mlp_args_t& a) {
+  const size_t row = static_cast<size_t>(a.hidden) * 2;
+  const size_t region = static_cast<size_t>(a.inter) > row ? static_cast<size_t>(a.inter) : row;
+  return sizeof(Ring) + static_cast<size_t>(a.hidden) + region;
+}
+
+mllm_result_t check(const mllm_decode_mlp_args_t* a) {
+  if (a == nullptr) return result(MLLM_STATUS_INVALID_ARGUMENT, "args is NULL");
+  if (a->hidden <= 0 || a->inter <= 0 || a->hidden % 16 != 0 || a->inter % 16 != 0 || a->hidden > (1 << 20) ||
+      a->inter > (1 << 20))
+    return result(MLLM_STATUS_INVALID_ARGUMENT, "hidden and inter must be positive multiples of 16, at most 2^20");
+  if (a->dtype != MLLM_DTYPE_BF16 && a->dtype != MLLM_DTYPE_F16)
+    return result(MLLM_STATUS_UNSUPPORTED_DTYPE, "x, residual, norm_weight, act and out must be bf16 or f16");
+  if (!a->x || !a->residual || !a->norm_weight || !a->w_gate_up || !a->s_gate_up || !a->w_down || !a->s_down ||
+      !a->act || !a->out || !a->scratch)
+    return result(MLLM_STATUS_INVALID_ARGUMENT, "every pointer must be non-NULL");
+  if (!aligned(a->w_gate_up, 16) || !aligned(a->w_down, 16) || !aligned(a->scratch, 16) || !aligned(a->x, 4) ||
+      !aligned(a->residual, 4) || !aligned(a->act, 4) || !aligned(a->out, 4))
+    return result(MLLM_STATUS_INVALID_ARGUMENT, "weights and scratch must be 16-byte aligned");
+  if (a->scratch_bytes < MLLM_DECODE_MLP_SCRATCH_BYTES)
+    return result(MLLM_STATUS_INVALID_ARGUMENT, "scratch must hold MLLM_DECODE_MLP_SCRATCH_BYTES");
+  if (mllm::device_sm() < 90)
+    return result(MLLM_STATUS_UNSUPPORTED, "decode_mlp needs SM90 or newer (TMA bulk copies)");
+  return result(MLLM_STATUS_OK, "ok");
+}
+
+// Blocks of `kernel` the device holds at once with `smem` bytes each (0: it
+// cannot run one).
+template <typename D>
+int resident_blocks(size_t smem) {
+  const auto kernel = decode_mlp_kernel<D>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  int dev = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return sms * per_sm;
+}
+
+template <typename D>
+mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
+  using S = typename D::storage;
+  const size_t smem = smem_bytes(a);
+  const int resident = resident_blocks<D>(smem);
+  if (resident == 0)
+    return result(MLLM_STATUS_UNSUPPORTED, "decode_mlp: hidden + inter too large for one block's shared memory");
+  const int work = static_cast<int>(a.inter / 8 > a.hidden / 16 ? a.inter / 8 : a.hidden / 16);
+  const int grid = min(min(resident, work), kMaxGrid);
+  auto* scratch = static_cast<unsigned char*>(a.scratch);
+  Args<D> p{static_cast<const S*>(a.x),
+            static_cast<S*>(a.residual),
+            static_cast<const S*>(a.norm_weight),
+            a.w_gate_up,
+            a.s_gate_up,
+            a.w_down,
+            a.s_down,
+            static_cast<S*>(a.act),
+            static_cast<S*>(a.out),
+            reinterpret_cast<unsigned*>(scratch),
+            reinterpret_cast<float*>(scratch + kScratchHeader),
+            static_cast<int>(a.hidden),
+            static_cast<int>(a.inter),
+            a.eps,
+            mllm::stream_prewait_stages(kStages, kStages)};
+  const mllm::LaunchConfig l(dim3(static_cast<unsigned>(grid)), dim3(kThreads), stream, mllm::pdl_enabled(), smem);
+  const cudaError_t e = cudaLaunchKernelEx(&l.cfg, decode_mlp_kernel<D>, p);
+  if (e != cudaSuccess) return result(MLLM_STATUS_CUDA_ERROR, cudaGetErrorString(e), static_cast<int32_t>(e));
+  return result(MLLM_STATUS_OK, "ok");
+}
+
+}  // namespace
+
+extern "C" MLLM_API mllm_result_t mllm_decode_mlp(const mllm_decode_mlp_args_t* args, mllm_stream_t stream) {
+  const mllm_result_t r = check(args);
+  if (r.status != MLLM_STATUS_OK) return r;
+  const auto s = static_cast<cudaStream_t>(stream);
+  return args->dtype == MLLM_DTYPE_BF16 ? launch<mllm::BF16>(*args, s) : launch<mllm::F16>(*args, s);
+}
