@@ -133,8 +133,8 @@ gpu_tests() {
           MLLM_DECODE_KERNEL=split-kv MLLM_LINEAR_SMALL_M=cublas
         # CUTLASS 2.x W8A8 GEMMs (gate_up at batch 2-16) behind an in-kernel wait, with PDL.
         run_test "$name (MLLM_INT8_MM_SM80_PDL=1)" "$t" MLLM_INT8_MM_SM80_PDL=1
-        # W8A8 one-row steps on the four MLP kernels instead of decode_mlp.
-        run_test "$name (MLLM_DECODE_MLP=off)" "$t" MLLM_DECODE_MLP=off
+        # W8A8 one-row steps on decode_mlp instead of the four MLP kernels.
+        run_test "$name (MLLM_DECODE_MLP=on)" "$t" MLLM_DECODE_MLP=on
         # And on the bf16 streaming linear and stream_m16 for every decode GEMM, with every
         # L2 prefetch target in the chain (results must not change) and the cluster-merged
         # split-KV attention.

@@ -22,10 +22,10 @@
 // barrier on a counter in `scratch`.
 //
 // Layout: a gate_up tile is 8 gate rows and the 8 matching up rows (so its
-// epilogue has both halves of SiLU x up), a down tile 16 rows; a stage is 16
-// weight rows x 512 bytes of k. Warp w multiplies the 64-byte step w of a
-// stage (mma.sync m16n8k32, A = the int8 row in shared memory, zeros in rows
-// 1-15), lane (g, t) the 16 bytes of row g (and g + 8) at 16 t.
+// epilogue has both halves of SiLU x up), a down tile 16 rows; a stage is 8
+// of those rows x 1 KiB of k. Warp w multiplies the 64-byte steps w and
+// w + 8 of a stage (mma.sync m16n8k32, A = the int8 row in shared memory,
+// zeros in rows 1-15), lane (g, t) the 16 bytes of row g at 16 t.
 //
 // The grid is what the device holds at once (the barrier needs every block
 // resident); a barrier that never opens traps after a few seconds instead of
@@ -47,19 +47,22 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStageK = 512;             // k bytes per weight row and stage
+constexpr int kStageK = 1024;            // k bytes per weight row and stage
 constexpr int kPitch = kStageK + 64;     // rows g and g + 1 on disjoint banks
-constexpr int kStageRows = 16;           // two mma n-tiles
-constexpr int kStages = 10;              // ring depth (90 KiB; two blocks an SM at Qwen3-8B's sizes)
+constexpr int kStageRows = 8;            // one mma n-tile
+constexpr int kSteps = kStageK / 64 / kWarps;  // 64-byte steps per warp and stage
+constexpr int kStages = 10;              // default ring depth (85 KiB; two blocks an SM at Qwen3-8B's sizes)
+constexpr int kMaxStages = 16;
+constexpr int kStageBytes = kStageRows * kPitch;
 constexpr int kMaxGrid = 1024;           // partial maxima the scratch holds
 // Scratch: barrier counter and generation on their own 128-byte lines, then
 // one f32 partial absmax per block.
 constexpr int kScratchHeader = 256;
 static_assert(MLLM_DECODE_MLP_SCRATCH_BYTES >= kScratchHeader + 4 * kMaxGrid, "scratch too small");
 
+// The head of shared memory; the ring's stages follow it.
 struct alignas(128) Ring {
-  int8_t stage[kStages][kStageRows][kPitch];
-  uint64_t full[kStages];
+  uint64_t full[kMaxStages];
   int partial[kWarps][2][8];
 };
 
@@ -125,7 +128,8 @@ struct Args {
   float* block_max;   // [gridDim.x]
   int hidden, inter;
   float eps;
-  int prewait;
+  int stages;   // ring depth, <= kMaxStages
+  int prewait;  // stages requested before the wait, <= stages
 };
 
 template <typename D>
@@ -135,10 +139,13 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   using S = typename D::storage;
   extern __shared__ __align__(128) unsigned char smem[];
   Ring& ring = *reinterpret_cast<Ring*>(smem);
-  int8_t* xq = reinterpret_cast<int8_t*>(smem + sizeof(Ring));  // [hidden]
+  const int nst = p.stages;
+  int8_t* stages = reinterpret_cast<int8_t*>(smem + sizeof(Ring));
+  auto stage_row = [&](int slot, int r) { return stages + slot * kStageBytes + r * kPitch; };
+  int8_t* xq = stages + nst * kStageBytes;  // [hidden]
   // The quantized act [inter]; before that, the residual row (block 0 keeps it
   // until every block has read the old one).
-  unsigned char* region = smem + sizeof(Ring) + p.hidden;
+  unsigned char* region = reinterpret_cast<unsigned char*>(xq) + p.hidden;
   int8_t* aq = reinterpret_cast<int8_t*>(region);
   S* row = reinterpret_cast<S*>(region);
 
@@ -146,74 +153,92 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   const int g = lane / 4, t = lane % 4;
   const int G = gridDim.x, b = blockIdx.x;
   const int gu_tiles = p.inter / 8, d_tiles = p.hidden / 16;
-  const int gu_stages = (p.hidden + kStageK - 1) / kStageK;
-  const int d_stages = (p.inter + kStageK - 1) / kStageK;
+  // A tile is two 8-row groups (gate and up rows; the down tile's two
+  // halves), each `chunks` stages of 1 KiB along k.
+  const int gu_chunks = (p.hidden + kStageK - 1) / kStageK;
+  const int d_chunks = (p.inter + kStageK - 1) / kStageK;
+  const int gu_stages = 2 * gu_chunks, d_stages = 2 * d_chunks;
   const int my_gu = b < gu_tiles ? (gu_tiles - b + G - 1) / G : 0;
   const int my_d = b < d_tiles ? (d_tiles - b + G - 1) / G : 0;
   const int n_gu = my_gu * gu_stages, total = n_gu + my_d * d_stages;
 
-  // Stage q of this block's sequence: 16 weight rows x up to 512 bytes.
+  // Stage q of this block's sequence: 8 weight rows x up to 1 KiB (eight
+  // bulk copies of one row each; 512-byte copies streamed at half the rate).
   auto request = [&](int q) {
-    const int slot = q % kStages;
-    const int8_t* src0;
-    const int8_t* src1;
-    int k0, kn, ld;
-    if (q < n_gu) {
-      const int tile = b + (q / gu_stages) * G;
-      k0 = (q % gu_stages) * kStageK;
-      ld = p.hidden;
-      src0 = p.w_gu + static_cast<int64_t>(tile) * 8 * ld;                 // gate rows
-      src1 = p.w_gu + (static_cast<int64_t>(p.inter) + tile * 8) * ld;     // up rows
-    } else {
-      const int qd = q - n_gu;
-      const int tile = b + (qd / d_stages) * G;
-      k0 = (qd % d_stages) * kStageK;
-      ld = p.inter;
-      src0 = p.w_d + static_cast<int64_t>(tile) * 16 * ld;
-      src1 = src0 + 8 * static_cast<int64_t>(ld);
-    }
-    kn = min(kStageK, ld - k0);
+    const int slot = q % nst;
+    const bool gu = q < n_gu;
+    const int qq = gu ? q : q - n_gu;
+    const int per = gu ? gu_stages : d_stages, chunks = gu ? gu_chunks : d_chunks;
+    const int tile = b + (qq / per) * G, s = qq % per;
+    const int group = s / chunks, k0 = (s % chunks) * kStageK;
+    const int ld = gu ? p.hidden : p.inter;
+    // gate_up: rows 8 tile (gate) or inter + 8 tile (up); down: 16 tile + 8 group.
+    const int64_t row0 = gu ? (group ? p.inter : 0) + static_cast<int64_t>(tile) * 8
+                            : static_cast<int64_t>(tile) * 16 + group * 8;
+    const int8_t* src = (gu ? p.w_gu : p.w_d) + row0 * ld + k0;
+    const int kn = min(kStageK, ld - k0);
     barrier_expect(&ring.full[slot], static_cast<uint32_t>(kn * kStageRows));
 #pragma unroll
-    for (int r = 0; r < 8; ++r) {
-      bulk_copy(&ring.stage[slot][r][0], src0 + r * static_cast<int64_t>(ld) + k0, kn, &ring.full[slot]);
-      bulk_copy(&ring.stage[slot][8 + r][0], src1 + r * static_cast<int64_t>(ld) + k0, kn, &ring.full[slot]);
-    }
+    for (int r = 0; r < kStageRows; ++r)
+      bulk_copy(stage_row(slot, r), src + r * static_cast<int64_t>(ld), kn, &ring.full[slot]);
   };
 
   // The weights are constants: the first stages stream while the kernel
   // before (o_proj) finishes.
   if (threadIdx.x == 0) {
-    init_barriers(ring.full);
+    for (int i = 0; i < nst; ++i) barrier_init(&ring.full[i]);
+    fence_barrier_init();
     for (int q = 0; q < min(p.prewait, total); ++q) request(q);
   }
   __syncthreads();
   mllm::wait_for_producer();
   if (threadIdx.x == 0)
-    for (int q = p.prewait; q < min(kStages, total); ++q) request(q);
+    for (int q = p.prewait; q < min(nst, total); ++q) request(q);
 
-  // residual + x, RMSNorm, per-token quantization into xq (every block).
+  // residual + x, RMSNorm, per-token quantization into xq (every block), in
+  // 16-byte packs of 8 elements.
+  using Pack8 = mllm::Pack<S, 8>;
+  const int packs = p.hidden / 8;
+  const Pack8* x8 = reinterpret_cast<const Pack8*>(p.x);
+  const Pack8* r8 = reinterpret_cast<const Pack8*>(p.residual);
+  const Pack8* w8 = reinterpret_cast<const Pack8*>(p.norm_w);
+  Pack8* row8 = reinterpret_cast<Pack8*>(row);
   float s1;
   {
     float ss = 0.f;
-    for (int i = threadIdx.x; i < p.hidden; i += kThreads) {
-      const S r = D::from_float(D::to_float(p.x[i]) + D::to_float(p.residual[i]));
-      row[i] = r;
-      const float f = D::to_float(r);
-      ss += f * f;
+    for (int i = threadIdx.x; i < packs; i += kThreads) {
+      const Pack8 xv = x8[i], rv = r8[i];
+      Pack8 sum;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        sum.v[j] = D::from_float(D::to_float(xv.v[j]) + D::to_float(rv.v[j]));
+        const float f = D::to_float(sum.v[j]);
+        ss += f * f;
+      }
+      row8[i] = sum;
     }
     const float inv = 1.f / sqrtf(mllm::block_sum(ss) / static_cast<float>(p.hidden) + p.eps);
+    // Normalized in place (block 0 writes the sums out after the barrier, so
+    // they are kept: normalized values go to registers only).
+    auto normalized = [&](const Pack8& r, const Pack8& w, int j) {
+      const float n = mllm::round_to<D>(D::to_float(r.v[j]) * inv);
+      return D::to_float(D::from_float(n * D::to_float(w.v[j])));
+    };
     float local = 0.f;
-    for (int i = threadIdx.x; i < p.hidden; i += kThreads) {
-      const float n = mllm::round_to<D>(D::to_float(row[i]) * inv);
-      local = fmaxf(local, fabsf(D::to_float(D::from_float(n * D::to_float(p.norm_w[i])))));
+    for (int i = threadIdx.x; i < packs; i += kThreads) {
+      const Pack8 rv = row8[i], wv = w8[i];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) local = fmaxf(local, fabsf(normalized(rv, wv, j)));
     }
     const float absmax = mllm::block_max(local);
     const mllm::RowQuant quant(absmax);
     s1 = mllm::RowQuant::scale(absmax);
-    for (int i = threadIdx.x; i < p.hidden; i += kThreads) {
-      const float n = mllm::round_to<D>(D::to_float(row[i]) * inv);
-      xq[i] = quant(D::to_float(D::from_float(n * D::to_float(p.norm_w[i]))));
+    for (int i = threadIdx.x; i < packs; i += kThreads) {
+      const Pack8 rv = row8[i], wv = w8[i];
+      mllm::QuantPack<8> q;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) q.v[j] = quant(normalized(rv, wv, j));
+      reinterpret_cast<mllm::QuantPack<8>*>(xq)[i] = q;
     }
     __syncthreads();
   }
@@ -222,21 +247,31 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   // bytes; after each tile of `per` stages, thread c < 16 calls
   // `epilogue(tile_index, the tile's sum for weight row c)`.
   auto walk = [&](int q0, int q1, int per, const int8_t* a, int k, auto&& epilogue) {
+    const int chunks = per / 2;
     int acc0[4] = {0, 0, 0, 0}, acc1[4] = {0, 0, 0, 0};
     for (int q = q0; q < q1; ++q) {
-      const int slot = q % kStages;
+      const int slot = q % nst;
       const int s = (q - q0) % per;
-      const int k0 = s * kStageK;
-      const int kk = warp * 64 + t * 16;
-      const bool in = kk < min(kStageK, k - k0);
-      const uint4 av = in && g == 0 ? *reinterpret_cast<const uint4*>(a + k0 + kk) : make_uint4(0, 0, 0, 0);
-      barrier_wait(&ring.full[slot], static_cast<uint32_t>((q / kStages) & 1));
-      const uint4 b0 = in ? *reinterpret_cast<const uint4*>(&ring.stage[slot][g][kk]) : make_uint4(0, 0, 0, 0);
-      const uint4 b1 = in ? *reinterpret_cast<const uint4*>(&ring.stage[slot][8 + g][kk]) : make_uint4(0, 0, 0, 0);
-      mma_s8(acc0, av, b0.x, b0.y, b0.z, b0.w);
-      mma_s8(acc1, av, b1.x, b1.y, b1.z, b1.w);
+      const int k0 = (s % chunks) * kStageK;
+      const int kn = min(kStageK, k - k0);
+      uint4 av[kSteps];
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i) {
+        const int kk = (warp + i * kWarps) * 64 + t * 16;
+        av[i] = kk < kn && g == 0 ? *reinterpret_cast<const uint4*>(a + k0 + kk) : make_uint4(0, 0, 0, 0);
+      }
+      barrier_wait(&ring.full[slot], static_cast<uint32_t>((q / nst) & 1));
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i) {
+        const int kk = (warp + i * kWarps) * 64 + t * 16;
+        const uint4 bv = kk < kn ? *reinterpret_cast<const uint4*>(stage_row(slot, g) + kk) : make_uint4(0, 0, 0, 0);
+        if (s < chunks)
+          mma_s8(acc0, av[i], bv.x, bv.y, bv.z, bv.w);
+        else
+          mma_s8(acc1, av[i], bv.x, bv.y, bv.z, bv.w);
+      }
       sync_before_refill();  // every warp is done with the slot
-      if (threadIdx.x == 0 && q + kStages < total) request(q + kStages);
+      if (threadIdx.x == 0 && q + nst < total) request(q + nst);
       if (s == per - 1) {
         if (g == 0) {
           ring.partial[warp][0][2 * t] = acc0[0];
@@ -284,15 +319,22 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   grid_barrier(p.barrier, p.barrier + 32);
   mllm::allow_dependents();
   if (b == 0)
-    for (int i = threadIdx.x; i < p.hidden; i += kThreads) p.residual[i] = row[i];
+    for (int i = threadIdx.x; i < packs; i += kThreads) reinterpret_cast<Pack8*>(p.residual)[i] = row8[i];
   float m = 0.f;
   for (int i = threadIdx.x; i < G; i += kThreads) m = fmaxf(m, __ldcg(p.block_max + i));
   const float absmax = mllm::block_max(m);  // also orders row's last reads before aq's writes
   const mllm::RowQuant quant(absmax);
   const float s2 = mllm::RowQuant::scale(absmax);
-  const unsigned short* act_bits = reinterpret_cast<const unsigned short*>(p.act);
-  for (int i = threadIdx.x; i < p.inter; i += kThreads)
-    aq[i] = quant(D::to_float(static_cast<S>(__ldcg(act_bits + i))));
+  // act was written by other blocks in this launch: read through L2 (.cg).
+  const uint4* act16 = reinterpret_cast<const uint4*>(p.act);
+  for (int i = threadIdx.x; i < p.inter / 8; i += kThreads) {
+    const uint4 v = __ldcg(act16 + i);
+    const S* e = reinterpret_cast<const S*>(&v);
+    mllm::QuantPack<8> q;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) q.v[j] = quant(D::to_float(e[j]));
+    reinterpret_cast<mllm::QuantPack<8>*>(aq)[i] = q;
+  }
   __syncthreads();
 
   walk(n_gu, total, d_stages, aq, p.inter, [&](int i, int sum) {
@@ -310,10 +352,20 @@ mllm_result_t result(mllm_status_t status, const char* message, int32_t cuda_err
 
 bool aligned(const void* p, uintptr_t to) { return (reinterpret_cast<uintptr_t>(p) & (to - 1)) == 0; }
 
+// Ring depth: kStages, or MLLM_DECODE_MLP_STAGES (1-16; a tuning knob).
+int ring_stages() {
+  static const int n = [] {
+    const char* v = std::getenv("MLLM_DECODE_MLP_STAGES");
+    const int asked = v ? std::atoi(v) : 0;
+    return asked >= 1 && asked <= kMaxStages ? asked : kStages;
+  }();
+  return n;
+}
+
 size_t smem_bytes(const mllm_decode_mlp_args_t& a) {
   const size_t row = static_cast<size_t>(a.hidden) * 2;
   const size_t region = static_cast<size_t>(a.inter) > row ? static_cast<size_t>(a.inter) : row;
-  return sizeof(Ring) + static_cast<size_t>(a.hidden) + region;
+  return sizeof(Ring) + static_cast<size_t>(ring_stages()) * kStageBytes + static_cast<size_t>(a.hidden) + region;
 }
 
 mllm_result_t check(const mllm_decode_mlp_args_t* a) {
@@ -326,9 +378,9 @@ mllm_result_t check(const mllm_decode_mlp_args_t* a) {
   if (!a->x || !a->residual || !a->norm_weight || !a->w_gate_up || !a->s_gate_up || !a->w_down || !a->s_down ||
       !a->act || !a->out || !a->scratch)
     return result(MLLM_STATUS_INVALID_ARGUMENT, "every pointer must be non-NULL");
-  if (!aligned(a->w_gate_up, 16) || !aligned(a->w_down, 16) || !aligned(a->scratch, 16) || !aligned(a->x, 4) ||
-      !aligned(a->residual, 4) || !aligned(a->act, 4) || !aligned(a->out, 4))
-    return result(MLLM_STATUS_INVALID_ARGUMENT, "weights and scratch must be 16-byte aligned");
+  if (!aligned(a->w_gate_up, 16) || !aligned(a->w_down, 16) || !aligned(a->scratch, 16) || !aligned(a->x, 16) ||
+      !aligned(a->residual, 16) || !aligned(a->norm_weight, 16) || !aligned(a->act, 16) || !aligned(a->out, 4))
+    return result(MLLM_STATUS_INVALID_ARGUMENT, "every buffer but out must be 16-byte aligned (out 4-byte)");
   if (a->scratch_bytes < MLLM_DECODE_MLP_SCRATCH_BYTES)
     return result(MLLM_STATUS_INVALID_ARGUMENT, "scratch must hold MLLM_DECODE_MLP_SCRATCH_BYTES");
   if (mllm::device_sm() < 90)
@@ -363,7 +415,12 @@ mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
   if (resident == 0)
     return result(MLLM_STATUS_UNSUPPORTED, "decode_mlp: hidden + inter too large for one block's shared memory");
   const int work = static_cast<int>(a.inter / 8 > a.hidden / 16 ? a.inter / 8 : a.hidden / 16);
-  const int grid = min(min(resident, work), kMaxGrid);
+  // MLLM_DECODE_MLP_BLOCKS (a tuning knob) caps the grid.
+  static const int cap = [] {
+    const char* v = std::getenv("MLLM_DECODE_MLP_BLOCKS");
+    return v ? std::atoi(v) : 0;
+  }();
+  const int grid = min(min(resident, work), cap > 0 ? min(cap, kMaxGrid) : kMaxGrid);
   auto* scratch = static_cast<unsigned char*>(a.scratch);
   Args<D> p{static_cast<const S*>(a.x),
             static_cast<S*>(a.residual),
@@ -379,7 +436,8 @@ mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
             static_cast<int>(a.hidden),
             static_cast<int>(a.inter),
             a.eps,
-            mllm::stream_prewait_stages(kStages, kStages)};
+            ring_stages(),
+            mllm::stream_prewait_stages(ring_stages(), ring_stages())};
   const mllm::LaunchConfig l(dim3(static_cast<unsigned>(grid)), dim3(kThreads), stream, mllm::pdl_enabled(), smem);
   const cudaError_t e = cudaLaunchKernelEx(&l.cfg, decode_mlp_kernel<D>, p);
   if (e != cudaSuccess) return result(MLLM_STATUS_CUDA_ERROR, cudaGetErrorString(e), static_cast<int32_t>(e));

@@ -154,8 +154,8 @@ MLLM_API mllm_result_t mllm_stream_linear(const mllm_stream_linear_args_t* args,
  * silu_and_mul_quant. x, residual, norm_weight, out: [hidden] of `dtype` (BF16
  * or F16); act: [inter] of `dtype` (written); w_gate_up: [2 inter, hidden] int8
  * (gate rows, then up rows), s_gate_up [2 inter] f32; w_down: [hidden, inter]
- * int8, s_down [hidden] f32. hidden and inter multiples of 16; weights 16-byte
- * aligned. scratch: MLLM_DECODE_MLP_SCRATCH_BYTES of device memory, zeroed
+ * int8, s_down [hidden] f32. hidden and inter multiples of 16; every buffer
+ * but out 16-byte aligned. scratch: MLLM_DECODE_MLP_SCRATCH_BYTES of device memory, zeroed
  * before its first use and then owned by one stream (a grid barrier lives
  * there). No buffer may alias another. Launched with programmatic dependent
  * launch: the weights stream while the kernel before finishes. */

@@ -377,8 +377,8 @@ fn gpu_engine_matches_hf_and_cpu() {
         if !w.within(W8A8_MAX_FRAC, W8A8_MEAN_FRAC) {
             failures.push(format!("{name}: W8A8 GPU vs CPU logits out of bounds"));
         }
-        // One row per step (each prompt's first token alone): on SM90 the MLP blocks run as
-        // one kernel (`decode_mlp`, unless MLLM_DECODE_MLP=off), under the same bounds.
+        // One row per step (each prompt's first token alone): with MLLM_DECODE_MLP=on, on
+        // SM90, the MLP blocks run as one kernel (`decode_mlp`), under the same bounds.
         let (mut gpu_runner, mut cpu_runner) = (
             runner_for(w8a8(), Device::Cuda(0), 1, 0),
             runner_for(w8a8(), Device::Cpu, 1, 0),
