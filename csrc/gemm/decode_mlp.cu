@@ -52,7 +52,7 @@ constexpr int kPitch = kStageK + 64;     // rows g and g + 1 on disjoint banks
 constexpr int kStageRows = 8;            // one mma n-tile
 constexpr int kSteps = kStageK / 64 / kWarps;  // 64-byte steps per warp and stage
 constexpr int kStages = 10;              // default ring depth (85 KiB; two blocks an SM at Qwen3-8B's sizes)
-constexpr int kMaxStages = 16;
+constexpr int kMaxStages = 24;
 constexpr int kStageBytes = kStageRows * kPitch;
 constexpr int kMaxGrid = 1024;           // partial maxima the scratch holds
 // Scratch: barrier counter and generation on their own 128-byte lines, then
@@ -352,7 +352,7 @@ mllm_result_t result(mllm_status_t status, const char* message, int32_t cuda_err
 
 bool aligned(const void* p, uintptr_t to) { return (reinterpret_cast<uintptr_t>(p) & (to - 1)) == 0; }
 
-// Ring depth: kStages, or MLLM_DECODE_MLP_STAGES (1-16; a tuning knob).
+// Ring depth: kStages, or MLLM_DECODE_MLP_STAGES (1-24; a tuning knob).
 int ring_stages() {
   static const int n = [] {
     const char* v = std::getenv("MLLM_DECODE_MLP_STAGES");
