@@ -221,49 +221,20 @@ fn bad_shapes_are_errors() {
     let w = Weights::upload(&gpu, &p);
     let mut scratch = DecodeMlpScratch::new(&gpu).unwrap();
     let zeros = |shape: &[usize], dt| DeviceTensor::zeros(&gpu, shape, dt).unwrap();
-    let (mut residual, mut act, mut out) = (
-        zeros(&[1, 64], DType::BF16),
-        zeros(&[1, 32], DType::BF16),
-        zeros(&[1, 64], DType::BF16),
-    );
-    let two_rows = zeros(&[2, 64], DType::BF16);
-    let e = decode_mlp_w8a8_into(
-        &gpu,
-        &two_rows,
-        &mut residual,
-        &w.view(1e-6),
-        &mut act,
-        &mut scratch,
-        &mut out,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("one row"), "{e}");
-    let f16_x = zeros(&[1, 64], DType::F16);
-    let e = decode_mlp_w8a8_into(
-        &gpu,
-        &f16_x,
-        &mut residual,
-        &w.view(1e-6),
-        &mut act,
-        &mut scratch,
-        &mut out,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("residual"), "{e}");
-    let x = zeros(&[1, 64], DType::BF16);
-    let mut short_act = zeros(&[1, 16], DType::BF16);
-    let e = decode_mlp_w8a8_into(
-        &gpu,
-        &x,
-        &mut residual,
-        &w.view(1e-6),
-        &mut short_act,
-        &mut scratch,
-        &mut out,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("act"), "{e}");
+    let (mut residual, mut out) = (zeros(&[1, 64], DType::BF16), zeros(&[1, 64], DType::BF16));
+    let view = w.view(1e-6);
+    let mut error_of = |x: &DeviceTensor, act: &mut DeviceTensor| {
+        decode_mlp_w8a8_into(&gpu, x, &mut residual, &view, act, &mut scratch, &mut out)
+            .unwrap_err()
+            .to_string()
+    };
+    let act = || zeros(&[1, 32], DType::BF16);
+    for (x, mut act, expected) in [
+        (zeros(&[2, 64], DType::BF16), act(), "one row"),
+        (zeros(&[1, 64], DType::F16), act(), "residual"),
+        (zeros(&[1, 64], DType::BF16), zeros(&[1, 16], DType::BF16), "act"),
+    ] {
+        let e = error_of(&x, &mut act);
+        assert!(e.contains(expected), "{e}");
+    }
 }
