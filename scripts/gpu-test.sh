@@ -207,8 +207,8 @@ run() {
   # MLLM_GPU_TESTS=0 skips the tests (fixtures, test binaries, serve chats): benchmarks only.
   [ "${MLLM_GPU_TESTS:-1}" = 0 ] || gpu_tests
   # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-decode int8-small int8-swizzle
-  # jit attention engine profile timeline serve vl (none: no benchmarks).
-  for group in ${MLLM_GPU_BENCH:-norm core int8 jit attention engine profile timeline serve vl}; do
+  # mlp jit attention engine profile timeline serve vl (none: no benchmarks).
+  for group in ${MLLM_GPU_BENCH:-norm core int8 mlp jit attention engine profile timeline serve vl}; do
     case "$group" in
       norm)
         for op in rms-norm fused-add-rms-norm per-token-quant-int8; do
@@ -241,6 +241,14 @@ run() {
           "$gpu/bin/mllm-kernel" bench argmax --tokens 1,16,64,256
           "$gpu/bin/mllm-kernel" bench sampling --tokens 1,16,64
         } 2>&1 | tee -a "$out/bench.log" || status=1
+        ;;
+      mlp)
+        # The W8A8 MLP block of one decode row: decode_mlp against its four kernels, replayed
+        # from CUDA graphs, at the default ring and at its extremes (MLLM_DECODE_MLP_STAGES).
+        for st in "" 4 24; do
+          MLLM_DECODE_MLP_STAGES=$st "$gpu/bin/mllm-kernel" bench decode-mlp --graph 2>&1 |
+            sed "s/^/[stages ${st:-default}] /" | tee -a "$out/bench.log" || status=1
+        done
         ;;
       jit) "$gpu/bin/mllm-kernel" bench jit 2>&1 | tee -a "$out/bench.log" || status=1 ;;
       attention)

@@ -32,6 +32,9 @@ pub enum BenchOp {
     Sampling,
     /// W8A8 int8 GEMM vs cuBLASLt int8 and cuBLAS bf16 (Qwen3-8B shapes, 8192³).
     Int8Mm,
+    /// W8A8 MLP block of one decode row: `decode_mlp` (one kernel) vs the four kernels, --hidden
+    /// x --inter (Qwen3-8B by default), weight bytes vs a copy.
+    DecodeMlp,
     /// Paged decode attention, Qwen3-8B heads (32 q / 8 kv, d128, bf16): KV bytes read vs a copy.
     Attention,
     /// JIT cold compile and warm cache-hit load of every kernel.
@@ -61,6 +64,9 @@ pub struct BenchArgs {
     /// int8-mm: time every kernel config on every shape (the dispatch table's data).
     #[arg(long)]
     pub sweep: bool,
+    /// decode-mlp: the MLP's intermediate size (with --hidden).
+    #[arg(long, default_value_t = 12288)]
+    pub inter: usize,
     /// attention: decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub batch: Vec<usize>,
@@ -94,6 +100,7 @@ pub fn run(env: &KernelEnv, args: BenchArgs) -> anyhow::Result<i32> {
         BenchOp::Sampling => return bench_core(env, &args, plan, CoreOp::Sampling),
         BenchOp::Int8Mm => return bench_int8_mm(env, &args, plan),
         BenchOp::Attention => return bench_attention(env, &args, plan),
+        BenchOp::DecodeMlp => return bench_decode_mlp(env, &args, plan),
         BenchOp::Jit => return bench_jit(env, args.json),
         BenchOp::JitLoadOnce => return jit_load_once(env, args.kernel.as_deref()),
     };
@@ -198,6 +205,33 @@ fn print_rows(gpu: &Gpu, rows: &[BandwidthRow], json: bool) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+fn bench_decode_mlp(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow::Result<i32> {
+    let gpu = Gpu::with_env(0, env.clone())?;
+    let r = crate::bench::bench_decode_mlp(&gpu, args.hidden, args.inter, plan)?;
+    if args.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["op"] = "decode_mlp".into();
+        v["gpu"] = gpu.info().name.clone().into();
+        v["graph"] = plan.graph.into();
+        println!("{v}");
+        return Ok(0);
+    }
+    println!(
+        "decode_mlp {} x {} ({:.0} MB of int8 weight): one kernel {:.1} us ({:.0} GB/s), four kernels {:.1} us \
+         ({:.0} GB/s), {:.2}x; copy {:.0} GB/s",
+        r.hidden,
+        r.inter,
+        r.weight_bytes as f64 / 1e6,
+        r.fused_us,
+        r.fused_gbps,
+        r.unfused_us,
+        r.unfused_gbps,
+        r.unfused_us / r.fused_us,
+        r.copy_gbps
+    );
+    Ok(0)
 }
 
 fn bench_int8_mm(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow::Result<i32> {
