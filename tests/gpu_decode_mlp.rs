@@ -15,20 +15,11 @@
 
 mod common;
 
-use common::{cast, gpu_or_skip, random_f32};
+use common::{cast, random_f32, sm90_or_skip};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::ops::{decode_mlp_w8a8_into, DecodeMlpScratch, DecodeMlpWeights};
 use mllm_kernel::{reference, DType, DeviceTensor, Gpu};
-
-fn sm90_or_skip(test: &str) -> Option<Gpu> {
-    let gpu = gpu_or_skip(test)?;
-    if gpu.arch().major < 9 {
-        eprintln!("SKIPPED {test}: decode_mlp needs SM90, this GPU is {}", gpu.arch());
-        return None;
-    }
-    Some(gpu)
-}
 
 /// Random int8 values in [-127, 127].
 fn random_i8(n: usize, seed: u64) -> Vec<i8> {
@@ -193,7 +184,7 @@ fn check<T: FloatElem>(gpu: &Gpu, hidden: usize, inter: usize, seed: u64, runs: 
 
 #[test]
 fn qwen3_shapes_match_reference() {
-    let Some(gpu) = sm90_or_skip("qwen3_shapes_match_reference") else {
+    let Some(gpu) = sm90_or_skip("qwen3_shapes_match_reference", "decode_mlp") else {
         return;
     };
     check::<bf16>(&gpu, 4096, 12288, 1, 8); // Qwen3-8B
@@ -203,7 +194,7 @@ fn qwen3_shapes_match_reference() {
 
 #[test]
 fn odd_sizes_match_reference() {
-    let Some(gpu) = sm90_or_skip("odd_sizes_match_reference") else {
+    let Some(gpu) = sm90_or_skip("odd_sizes_match_reference", "decode_mlp") else {
         return;
     };
     // Partial last stages (528 = 512 + 16), fewer tiles than blocks, one tile.
@@ -214,7 +205,7 @@ fn odd_sizes_match_reference() {
 
 #[test]
 fn bad_shapes_are_errors() {
-    let Some(gpu) = sm90_or_skip("bad_shapes_are_errors") else {
+    let Some(gpu) = sm90_or_skip("bad_shapes_are_errors", "decode_mlp") else {
         return;
     };
     let p = Problem::<bf16>::new(64, 32, 7);

@@ -14,19 +14,10 @@
 
 mod common;
 
-use common::{assert_bitwise_repeatable, cast, gpu_or_skip, random_f32};
+use common::{assert_bitwise_repeatable, cast, gpu_or_skip, random_f32, sm90_or_skip};
 use half::{bf16, f16};
 use mllm_kernel::dtype::FloatElem;
 use mllm_kernel::{ops, reference, DType, DeviceTensor, Gpu};
-
-fn sm90_or_skip(test: &str) -> Option<Gpu> {
-    let gpu = gpu_or_skip(test)?;
-    if gpu.arch().major < 9 {
-        eprintln!("SKIPPED {test}: stream_linear needs SM90, this GPU is {}", gpu.arch());
-        return None;
-    }
-    Some(gpu)
-}
 
 fn tolerance(dtype: DType, want: f32) -> f32 {
     let rel = match dtype {
@@ -76,7 +67,7 @@ fn check_runs<T: FloatElem, O: FloatElem>(
 
 #[test]
 fn qwen3_8b_shapes_match_reference() {
-    let Some(gpu) = sm90_or_skip("qwen3_8b_shapes_match_reference") else {
+    let Some(gpu) = sm90_or_skip("qwen3_8b_shapes_match_reference", "stream_linear") else {
         return;
     };
     // qkv, o, gate_up (3072 column groups: persistent blocks), down.
@@ -99,7 +90,7 @@ fn qwen3_8b_shapes_match_reference() {
 /// back to back, bit-identical, the first within tolerance.
 #[test]
 fn repeated_runs_are_bitwise_identical() {
-    let Some(gpu) = sm90_or_skip("repeated_runs_are_bitwise_identical") else {
+    let Some(gpu) = sm90_or_skip("repeated_runs_are_bitwise_identical", "stream_linear") else {
         return;
     };
     check_runs::<bf16, bf16>(&gpu, (16, 24_576, 4096), true, 220, 256);
@@ -108,7 +99,7 @@ fn repeated_runs_are_bitwise_identical() {
 
 #[test]
 fn odd_aligned_shapes_and_f32_logits_match_reference() {
-    let Some(gpu) = sm90_or_skip("odd_aligned_shapes_and_f32_logits_match_reference") else {
+    let Some(gpu) = sm90_or_skip("odd_aligned_shapes_and_f32_logits_match_reference", "stream_linear") else {
         return;
     };
     // No stage or group count divides these; K = 4104 ends mid-stage.
@@ -129,7 +120,7 @@ fn odd_aligned_shapes_and_f32_logits_match_reference() {
 /// two paths agree within the tolerance, whichever ran.
 #[test]
 fn agrees_with_cublas_linear() {
-    let Some(gpu) = sm90_or_skip("agrees_with_cublas_linear") else {
+    let Some(gpu) = sm90_or_skip("agrees_with_cublas_linear", "stream_linear") else {
         return;
     };
     let (m, n, k) = (3, 4096, 4096);

@@ -17,6 +17,17 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     }
 }
 
+/// An SM90+ GPU, or `None` after printing why the test is skipped (no GPU, or `kernel`
+/// needs SM90 and this one is older).
+pub fn sm90_or_skip(test: &str, kernel: &str) -> Option<Gpu> {
+    let gpu = gpu_or_skip(test)?;
+    if gpu.arch().major < 9 {
+        eprintln!("SKIPPED {test}: {kernel} needs SM90, this GPU is {}", gpu.arch());
+        return None;
+    }
+    Some(gpu)
+}
+
 /// Deterministic values in [-scale, scale] (xorshift64).
 pub fn random_f32(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
