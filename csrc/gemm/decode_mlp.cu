@@ -397,19 +397,26 @@ mllm_result_t check(const mllm_decode_mlp_args_t* a) {
 // cannot run one).
 template <typename D>
 int resident_blocks(size_t smem) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  // Every layer of every step asks with the same (device, smem): the attribute
+  // call and the occupancy query run once per thread, not once per launch.
+  thread_local int cached_dev = -1, cached_blocks = 0;
+  thread_local size_t cached_smem = 0;
+  if (dev == cached_dev && smem == cached_smem) return cached_blocks;
   const auto kernel = decode_mlp_kernel<D>;
+  int sms = 0, per_sm = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
-      cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  int dev = 0, sms = 0, per_sm = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) ||
+          cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
-  return sms * per_sm;
+  cached_dev = dev;
+  cached_smem = smem;
+  cached_blocks = sms * per_sm;
+  return cached_blocks;
 }
 
 template <typename D>

@@ -50,7 +50,7 @@ impl FusedMlp {
             return Ok(None);
         }
         let supported = ops::decode_mlp_w8a8_unsupported(gpu.arch(), hidden, inter, dtype).is_none();
-        if !supported || !layers.iter().any(qualifies) {
+        if !supported || !layers.iter().any(|l| int8_scales(l).is_some()) {
             return Ok(None);
         }
         Ok(Some(Self {
@@ -61,12 +61,9 @@ impl FusedMlp {
     /// Runs `layer`'s MLP block (post-attention norm included) over one row when the layer
     /// qualifies; `false` when it does not (nothing was launched).
     pub fn run(&self, gpu: &Gpu, layer: &GpuLayer, eps: f32, row: MlpRow<'_>) -> Result<bool> {
-        let (Some(gate_up_scales), Some(down_scales)) = (&layer.gate_up.int8_scales, &layer.down.int8_scales) else {
+        let Some((gate_up_scales, down_scales)) = int8_scales(layer) else {
             return Ok(false);
         };
-        if !qualifies(layer) {
-            return Ok(false);
-        }
         let weights = DecodeMlpWeights {
             norm: &layer.post_norm,
             gate_up: &layer.gate_up.weight,
@@ -81,15 +78,15 @@ impl FusedMlp {
     }
 }
 
-/// W8A8 gate/up and down with one scale per output channel and no bias.
-fn qualifies(layer: &GpuLayer) -> bool {
-    let per_channel = |l: &GpuLinear| {
-        l.bias.is_none()
-            && l.int8_scales
-                .as_ref()
-                .is_some_and(|s| s.numel() == l.weight.shape().first().copied().unwrap_or(0))
-    };
-    per_channel(&layer.gate_up) && per_channel(&layer.down)
+/// The per-channel scales of `layer`'s gate/up and down projections when both are W8A8 with
+/// one scale per output channel and no bias (what the kernel takes), else `None`.
+fn int8_scales(layer: &GpuLayer) -> Option<(&DeviceTensor, &DeviceTensor)> {
+    Some((per_channel_scales(&layer.gate_up)?, per_channel_scales(&layer.down)?))
+}
+
+fn per_channel_scales(l: &GpuLinear) -> Option<&DeviceTensor> {
+    let s = l.int8_scales.as_ref()?;
+    (l.bias.is_none() && s.numel() == l.weight.shape().first().copied().unwrap_or(0)).then_some(s)
 }
 
 fn enabled_by_env() -> Result<bool> {
