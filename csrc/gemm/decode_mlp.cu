@@ -23,18 +23,22 @@
 //
 // Layout: a gate_up tile is 8 gate rows and the 8 matching up rows (so its
 // epilogue has both halves of SiLU x up), a down tile 16 rows; a stage is 8
-// of those rows x 1 KiB of k. Warp w multiplies the 64-byte steps w and
-// w + 8 of a stage (mma.sync m16n8k32, A = the int8 row in shared memory,
-// zeros in rows 1-15), lane (g, t) the 16 bytes of row g at 16 t.
+// of those rows x 1 KiB of k. Warp specialized: a producer warp refills
+// each slot as soon as the eight consumer warps have released it (an `empty`
+// mbarrier per slot), so issuing copies never waits on compute and the
+// consumers never meet at a block barrier per stage. Consumer warp w
+// multiplies the 64-byte steps w and w + 8 of a stage (mma.sync m16n8k32,
+// A = the int8 row in shared memory, zeros in rows 1-15), lane (g, t) the 16
+// bytes of row g at 16 t. The ring is as deep as shared memory allows.
 //
 // The grid is what the device holds at once (the barrier needs every block
 // resident); a barrier that never opens traps after a few seconds instead of
 // hanging.
 //
-// Measured: its first form (16-row stages of 512-byte copies) was correct but
-// took 90 us a Qwen3-8B layer on an H100 against ~60 for the four kernels, so
-// the engine takes it only with MLLM_DECODE_MLP=on; this form (1 KiB copies,
-// the ring depth a knob) is unmeasured (docs/int8_mm_dispatch.md).
+// Measured: its first form (16-row stages of 512-byte copies, thread 0
+// issuing the copies after a block barrier per stage) was correct but took
+// 90 us a Qwen3-8B layer on an H100 against ~60 for the four kernels, so the
+// engine takes it only with MLLM_DECODE_MLP=on (docs/int8_mm_dispatch.md).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -50,14 +54,18 @@
 
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
+constexpr int kWarps = 8;                  // consumer warps
+constexpr int kConsumers = kWarps * 32;
+constexpr int kThreads = kConsumers + 32;  // + one producer warp
 constexpr int kStageK = 1024;            // k bytes per weight row and stage
 constexpr int kPitch = kStageK + 64;     // rows g and g + 1 on disjoint banks
 constexpr int kStageRows = 8;            // one mma n-tile
 constexpr int kSteps = kStageK / 64 / kWarps;  // 64-byte steps per warp and stage
-constexpr int kStages = 10;              // default ring depth (85 KiB; two blocks an SM at Qwen3-8B's sizes)
-constexpr int kMaxStages = 24;
+constexpr int kMaxStages = 32;
+// Stages requested before the PDL wait (MLLM_STREAM_PREWAIT overrides): a
+// few, as stream_m16 measured, since requests queued ahead of the kernel
+// before slow it down.
+constexpr int kPrewaitStages = 2;
 constexpr int kStageBytes = kStageRows * kPitch;
 constexpr int kMaxGrid = 1024;           // partial maxima the scratch holds
 // Scratch: barrier counter and generation on their own 128-byte lines, then
@@ -67,9 +75,31 @@ static_assert(MLLM_DECODE_MLP_SCRATCH_BYTES >= kScratchHeader + 4 * kMaxGrid, "s
 
 // The head of shared memory; the ring's stages follow it.
 struct alignas(128) Ring {
-  uint64_t full[kMaxStages];
-  int partial[kWarps][2][8];
+  uint64_t full[kMaxStages];   // the stage's bytes have landed (one arrival + tx bytes)
+  uint64_t empty[kMaxStages];  // every consumer warp is done with the slot (kWarps arrivals)
+  int partial[2][kWarps][2][8];  // per tile parity: each warp's sums of the tile's 16 rows
+  float reduce[kWarps];
+  float up_vals[8];
 };
+
+// The consumer warps' own barrier (named barrier 1): the producer warp never
+// joins, so nothing the consumers do waits on it or it on them.
+__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
+
+// Sum / max over the consumer warps; every consumer thread gets the result.
+template <typename Op>
+__device__ __forceinline__ float consumer_reduce(float v, float* slots, Op op) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if (lane == 0) slots[warp] = v;
+  consumer_sync();
+  float r = slots[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) r = op(r, slots[w]);
+  consumer_sync();  // slots may be reused by the next call
+  return r;
+}
 
 __device__ __forceinline__ void mma_s8(int (&c)[4], uint4 a, uint32_t b0, uint32_t b1, uint32_t b2, uint32_t b3) {
   // Rows 1-15 of A are zeros: only row 0 (lanes g == 0) is the token.
@@ -93,11 +123,11 @@ __device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-// Every block of the grid arrives before any leaves; writes before it are
+// Every block's consumers arrive before any leave; writes before it are
 // visible after it. Sense-reversing (the last to arrive resets the count and
 // bumps the generation), so it needs no reset between launches or replays.
 __device__ void grid_barrier(unsigned* count, unsigned* generation) {
-  __syncthreads();
+  consumer_sync();
   if (threadIdx.x == 0) {
     const unsigned gen = load_acquire(generation);
     __threadfence();
@@ -114,7 +144,7 @@ __device__ void grid_barrier(unsigned* count, unsigned* generation) {
     }
     __threadfence();
   }
-  __syncthreads();
+  consumer_sync();
 }
 
 template <typename D>
@@ -167,38 +197,50 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   const int my_d = b < d_tiles ? (d_tiles - b + G - 1) / G : 0;
   const int n_gu = my_gu * gu_stages, total = n_gu + my_d * d_stages;
 
-  // Stage q of this block's sequence: 8 weight rows x up to 1 KiB (eight
-  // bulk copies of one row each; 512-byte copies streamed at half the rate).
-  auto request = [&](int q) {
-    const int slot = q % nst;
-    const bool gu = q < n_gu;
-    const int qq = gu ? q : q - n_gu;
-    const int per = gu ? gu_stages : d_stages, chunks = gu ? gu_chunks : d_chunks;
-    const int tile = b + (qq / per) * G, s = qq % per;
-    const int group = s / chunks, k0 = (s % chunks) * kStageK;
-    const int ld = gu ? p.hidden : p.inter;
-    // gate_up: rows 8 tile (gate) or inter + 8 tile (up); down: 16 tile + 8 group.
-    const int64_t row0 = gu ? (group ? p.inter : 0) + static_cast<int64_t>(tile) * 8
-                            : static_cast<int64_t>(tile) * 16 + group * 8;
-    const int8_t* src = (gu ? p.w_gu : p.w_d) + row0 * ld + k0;
-    const int kn = min(kStageK, ld - k0);
-    barrier_expect(&ring.full[slot], static_cast<uint32_t>(kn * kStageRows));
-#pragma unroll
-    for (int r = 0; r < kStageRows; ++r)
-      bulk_copy(stage_row(slot, r), src + r * static_cast<int64_t>(ld), kn, &ring.full[slot]);
-  };
-
-  // The weights are constants: the first stages stream while the kernel
-  // before (o_proj) finishes.
   if (threadIdx.x == 0) {
-    for (int i = 0; i < nst; ++i) barrier_init(&ring.full[i]);
+    for (int i = 0; i < nst; ++i) {
+      barrier_init(&ring.full[i]);
+      barrier_init_count(&ring.empty[i], kWarps);
+    }
     fence_barrier_init();
-    for (int q = 0; q < min(p.prewait, total); ++q) request(q);
   }
   __syncthreads();
+
+  if (warp == kWarps) {
+    // The producer warp (one lane): stage q of this block's sequence is 8
+    // weight rows x up to 1 KiB, eight bulk copies of one row each (512-byte
+    // copies streamed at half the rate), into slot q % nst once every
+    // consumer warp has released that slot's previous use.
+    if (lane != 0) return;
+    for (int q = 0; q < total; ++q) {
+      const int slot = q % nst, round = q / nst;
+      if (round > 0) barrier_wait(&ring.empty[slot], static_cast<uint32_t>((round - 1) & 1));
+      // The weights are constants: the first stages stream while the kernel
+      // before (o_proj) finishes, the rest once it has.
+      if (q == p.prewait) mllm::wait_for_producer();
+      const bool gu = q < n_gu;
+      const int qq = gu ? q : q - n_gu;
+      const int per = gu ? gu_stages : d_stages, chunks = gu ? gu_chunks : d_chunks;
+      const int tile = b + (qq / per) * G, s = qq % per;
+      const int group = s / chunks, k0 = (s % chunks) * kStageK;
+      const int ld = gu ? p.hidden : p.inter;
+      // gate_up: rows 8 tile (gate) or inter + 8 tile (up); down: 16 tile + 8 group.
+      const int64_t row0 = gu ? (group ? p.inter : 0) + static_cast<int64_t>(tile) * 8
+                              : static_cast<int64_t>(tile) * 16 + group * 8;
+      const int8_t* src = (gu ? p.w_gu : p.w_d) + row0 * ld + k0;
+      const int kn = min(kStageK, ld - k0);
+      barrier_expect(&ring.full[slot], static_cast<uint32_t>(kn * kStageRows));
+#pragma unroll
+      for (int r = 0; r < kStageRows; ++r)
+        bulk_copy(stage_row(slot, r), src + r * static_cast<int64_t>(ld), kn, &ring.full[slot]);
+    }
+    return;
+  }
+
+  // The consumer warps. x and residual are the previous kernel's output.
   mllm::wait_for_producer();
-  if (threadIdx.x == 0)
-    for (int q = p.prewait; q < min(nst, total); ++q) request(q);
+  auto sum_all = [&](float v) { return consumer_reduce(v, ring.reduce, [](float a, float c) { return a + c; }); };
+  auto max_all = [&](float v) { return consumer_reduce(v, ring.reduce, [](float a, float c) { return fmaxf(a, c); }); };
 
   // residual + x, RMSNorm, per-token quantization into xq (every block), in
   // 16-byte packs of 8 elements.
@@ -211,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   float s1;
   {
     float ss = 0.f;
-    for (int i = threadIdx.x; i < packs; i += kThreads) {
+    for (int i = threadIdx.x; i < packs; i += kConsumers) {
       const Pack8 xv = x8[i], rv = r8[i];
       Pack8 sum;
 #pragma unroll
@@ -222,7 +264,7 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
       }
       row8[i] = sum;
     }
-    const float inv = 1.f / sqrtf(mllm::block_sum(ss) / static_cast<float>(p.hidden) + p.eps);
+    const float inv = 1.f / sqrtf(sum_all(ss) / static_cast<float>(p.hidden) + p.eps);
     // Normalized in place (block 0 writes the sums out after the barrier, so
     // they are kept: normalized values go to registers only).
     auto normalized = [&](const Pack8& r, const Pack8& w, int j) {
@@ -230,27 +272,29 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
       return D::to_float(D::from_float(n * D::to_float(w.v[j])));
     };
     float local = 0.f;
-    for (int i = threadIdx.x; i < packs; i += kThreads) {
+    for (int i = threadIdx.x; i < packs; i += kConsumers) {
       const Pack8 rv = row8[i], wv = w8[i];
 #pragma unroll
       for (int j = 0; j < 8; ++j) local = fmaxf(local, fabsf(normalized(rv, wv, j)));
     }
-    const float absmax = mllm::block_max(local);
+    const float absmax = max_all(local);
     const mllm::RowQuant quant(absmax);
     s1 = mllm::RowQuant::scale(absmax);
-    for (int i = threadIdx.x; i < packs; i += kThreads) {
+    for (int i = threadIdx.x; i < packs; i += kConsumers) {
       const Pack8 rv = row8[i], wv = w8[i];
       mllm::QuantPack<8> q;
 #pragma unroll
       for (int j = 0; j < 8; ++j) q.v[j] = quant(normalized(rv, wv, j));
       reinterpret_cast<mllm::QuantPack<8>*>(xq)[i] = q;
     }
-    __syncthreads();
+    consumer_sync();
   }
 
   // Multiplies stages [q0, q1) of the sequence by the int8 row `a` of k
   // bytes; after each tile of `per` stages, thread c < 16 calls
-  // `epilogue(tile_index, the tile's sum for weight row c)`.
+  // `epilogue(tile_index, the tile's sum for weight row c)`. `tiles` counts
+  // the tiles finished so far (it picks the partial buffer).
+  int tiles = 0;
   auto walk = [&](int q0, int q1, int per, const int8_t* a, int k, auto&& epilogue) {
     const int chunks = per / 2;
     int acc0[4] = {0, 0, 0, 0}, acc1[4] = {0, 0, 0, 0};
@@ -266,31 +310,42 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
         av[i] = kk < kn && g == 0 ? *reinterpret_cast<const uint4*>(a + k0 + kk) : make_uint4(0, 0, 0, 0);
       }
       barrier_wait(&ring.full[slot], static_cast<uint32_t>((q / nst) & 1));
+      uint4 bv[kSteps];
 #pragma unroll
       for (int i = 0; i < kSteps; ++i) {
         const int kk = (warp + i * kWarps) * 64 + t * 16;
-        const uint4 bv = kk < kn ? *reinterpret_cast<const uint4*>(stage_row(slot, g) + kk) : make_uint4(0, 0, 0, 0);
-        if (s < chunks)
-          mma_s8(acc0, av[i], bv.x, bv.y, bv.z, bv.w);
-        else
-          mma_s8(acc1, av[i], bv.x, bv.y, bv.z, bv.w);
+        bv[i] = kk < kn ? *reinterpret_cast<const uint4*>(stage_row(slot, g) + kk) : make_uint4(0, 0, 0, 0);
       }
-      sync_before_refill();  // every warp is done with the slot
-      if (threadIdx.x == 0 && q + nst < total) request(q + nst);
+      // The slot's reads are done (values in registers): each thread's reads
+      // complete for the async proxy, then one lane per warp releases it.
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      __syncwarp();
+      if (lane == 0) barrier_arrive(&ring.empty[slot]);
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i) {
+        if (s < chunks)
+          mma_s8(acc0, av[i], bv[i].x, bv[i].y, bv[i].z, bv[i].w);
+        else
+          mma_s8(acc1, av[i], bv[i].x, bv[i].y, bv[i].z, bv[i].w);
+      }
       if (s == per - 1) {
+        auto& part = ring.partial[tiles & 1];
         if (g == 0) {
-          ring.partial[warp][0][2 * t] = acc0[0];
-          ring.partial[warp][0][2 * t + 1] = acc0[1];
-          ring.partial[warp][1][2 * t] = acc1[0];
-          ring.partial[warp][1][2 * t + 1] = acc1[1];
+          part[warp][0][2 * t] = acc0[0];
+          part[warp][0][2 * t + 1] = acc0[1];
+          part[warp][1][2 * t] = acc1[0];
+          part[warp][1][2 * t + 1] = acc1[1];
         }
-        __syncthreads();
+        // The buffer alternates by tile: the writes of tile i + 2 come after
+        // this barrier of tile i + 1, which every reader of tile i passed.
+        consumer_sync();
         if (threadIdx.x < 16) {
           int sum = 0;
 #pragma unroll
-          for (int w = 0; w < kWarps; ++w) sum += ring.partial[w][threadIdx.x / 8][threadIdx.x % 8];
+          for (int w = 0; w < kWarps; ++w) sum += part[w][threadIdx.x / 8][threadIdx.x % 8];
           epilogue((q - q0) / per, sum);
         }
+        ++tiles;
         acc0[0] = acc0[1] = acc0[2] = acc0[3] = 0;
         acc1[0] = acc1[1] = acc1[2] = acc1[3] = 0;
       }
@@ -299,19 +354,18 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
 
   // gate_up, with SiLU x up in the epilogue: thread c < 8 has gate column c,
   // thread 8 + c the matching up column; they meet through shared memory.
-  __shared__ float up_vals[8];
   float act_max = 0.f;
   walk(0, n_gu, gu_stages, xq, p.hidden, [&](int i, int sum) {
     const int tile = b + i * G;
     const int c = threadIdx.x % 8;
     const int ch = threadIdx.x < 8 ? tile * 8 + c : p.inter + tile * 8 + c;
     const float v = D::to_float(D::from_float(s1 * (p.s_gu[ch] * static_cast<float>(sum))));
-    if (threadIdx.x >= 8) up_vals[c] = v;
+    if (threadIdx.x >= 8) ring.up_vals[c] = v;
     // Threads 0-15 are warp 0's first half: a warp barrier orders the exchange.
     __syncwarp(0xffffu);
     if (threadIdx.x < 8) {
       const float silu = mllm::round_to<D>(v / (1.f + expf(-v)));
-      const S a = D::from_float(silu * up_vals[c]);
+      const S a = D::from_float(silu * ring.up_vals[c]);
       p.act[tile * 8 + c] = a;
       act_max = fmaxf(act_max, fabsf(D::to_float(a)));
     }
@@ -319,20 +373,20 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   });
 
   // Every block's act is written: the row's absmax, then its quantization.
-  const float mine = mllm::block_max(act_max);
+  const float mine = max_all(act_max);
   if (threadIdx.x == 0) p.block_max[b] = mine;
   grid_barrier(p.barrier, p.barrier + 32);
   mllm::allow_dependents();
   if (b == 0)
-    for (int i = threadIdx.x; i < packs; i += kThreads) reinterpret_cast<Pack8*>(p.residual)[i] = row8[i];
+    for (int i = threadIdx.x; i < packs; i += kConsumers) reinterpret_cast<Pack8*>(p.residual)[i] = row8[i];
   float m = 0.f;
-  for (int i = threadIdx.x; i < G; i += kThreads) m = fmaxf(m, __ldcg(p.block_max + i));
-  const float absmax = mllm::block_max(m);  // also orders row's last reads before aq's writes
+  for (int i = threadIdx.x; i < G; i += kConsumers) m = fmaxf(m, __ldcg(p.block_max + i));
+  const float absmax = max_all(m);  // also orders row's last reads before aq's writes
   const mllm::RowQuant quant(absmax);
   const float s2 = mllm::RowQuant::scale(absmax);
   // act was written by other blocks in this launch: read through L2 (.cg).
   const uint4* act16 = reinterpret_cast<const uint4*>(p.act);
-  for (int i = threadIdx.x; i < p.inter / 8; i += kThreads) {
+  for (int i = threadIdx.x; i < p.inter / 8; i += kConsumers) {
     const uint4 v = __ldcg(act16 + i);
     const S* e = reinterpret_cast<const S*>(&v);
     mllm::QuantPack<8> q;
@@ -340,7 +394,7 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
     for (int j = 0; j < 8; ++j) q.v[j] = quant(D::to_float(e[j]));
     reinterpret_cast<mllm::QuantPack<8>*>(aq)[i] = q;
   }
-  __syncthreads();
+  consumer_sync();
 
   walk(n_gu, total, d_stages, aq, p.inter, [&](int i, int sum) {
     const int n = (b + i * G) * 16 + threadIdx.x;
@@ -357,20 +411,34 @@ mllm_result_t result(mllm_status_t status, const char* message, int32_t cuda_err
 
 bool aligned(const void* p, uintptr_t to) { return (reinterpret_cast<uintptr_t>(p) & (to - 1)) == 0; }
 
-// Ring depth: kStages, or MLLM_DECODE_MLP_STAGES (1-24; a tuning knob).
-int ring_stages() {
-  static const int n = [] {
-    const char* v = std::getenv("MLLM_DECODE_MLP_STAGES");
-    const int asked = v ? std::atoi(v) : 0;
-    return asked >= 1 && asked <= kMaxStages ? asked : kStages;
-  }();
-  return n;
-}
-
-size_t smem_bytes(const mllm_decode_mlp_args_t& a) {
+// Shared memory besides the ring: its head, the quantized input row and the
+// region that holds the residual row, then the quantized act.
+size_t fixed_smem(const mllm_decode_mlp_args_t& a) {
   const size_t row = static_cast<size_t>(a.hidden) * 2;
   const size_t region = static_cast<size_t>(a.inter) > row ? static_cast<size_t>(a.inter) : row;
-  return sizeof(Ring) + static_cast<size_t>(ring_stages()) * kStageBytes + static_cast<size_t>(a.hidden) + region;
+  return sizeof(Ring) + static_cast<size_t>(a.hidden) + region;
+}
+
+// Ring depth: the deepest ring one block's shared memory holds (the most
+// weight bytes in flight an SM can have), or MLLM_DECODE_MLP_STAGES (1-32; a
+// tuning knob). 0 when not even two stages fit.
+int ring_stages(const mllm_decode_mlp_args_t& a) {
+  static const int asked = [] {
+    const char* v = std::getenv("MLLM_DECODE_MLP_STAGES");
+    const int n = v ? std::atoi(v) : 0;
+    return n >= 1 && n <= kMaxStages ? n : 0;
+  }();
+  if (asked > 0) return asked;
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  const size_t fixed = fixed_smem(a);
+  if (static_cast<size_t>(optin) < fixed + 2 * kStageBytes) return 0;
+  const size_t fit = (static_cast<size_t>(optin) - fixed) / kStageBytes;
+  return static_cast<int>(fit < kMaxStages ? fit : kMaxStages);
 }
 
 mllm_result_t check(const mllm_decode_mlp_args_t* a) {
@@ -422,10 +490,12 @@ int resident_blocks(size_t smem) {
 template <typename D>
 mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
   using S = typename D::storage;
-  const size_t smem = smem_bytes(a);
-  const int resident = resident_blocks<D>(smem);
+  const int nst = ring_stages(a);
+  const size_t smem = fixed_smem(a) + static_cast<size_t>(nst) * kStageBytes;
+  const int resident = nst > 0 ? resident_blocks<D>(smem) : 0;
   if (resident == 0)
-    return result(MLLM_STATUS_UNSUPPORTED, "decode_mlp: hidden + inter too large for one block's shared memory");
+    return result(MLLM_STATUS_UNSUPPORTED,
+                  "decode_mlp: hidden + inter (or MLLM_DECODE_MLP_STAGES) too large for one block's shared memory");
   const int work = static_cast<int>(a.inter / 8 > a.hidden / 16 ? a.inter / 8 : a.hidden / 16);
   // MLLM_DECODE_MLP_BLOCKS (a tuning knob) caps the grid.
   static const int cap = [] {
@@ -448,8 +518,8 @@ mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
             static_cast<int>(a.hidden),
             static_cast<int>(a.inter),
             a.eps,
-            ring_stages(),
-            mllm::stream_prewait_stages(ring_stages(), ring_stages())};
+            nst,
+            mllm::stream_prewait_stages(nst, kPrewaitStages < nst ? kPrewaitStages : nst)};
   const mllm::LaunchConfig l(dim3(static_cast<unsigned>(grid)), dim3(kThreads), stream, mllm::pdl_enabled(), smem);
   const cudaError_t e = cudaLaunchKernelEx(&l.cfg, decode_mlp_kernel<D>, p);
   if (e != cudaSuccess) return result(MLLM_STATUS_CUDA_ERROR, cudaGetErrorString(e), static_cast<int32_t>(e));
