@@ -422,6 +422,7 @@ size_t fixed_smem(const mllm_decode_mlp_args_t& a) {
 // Ring depth: the deepest ring one block's shared memory holds (the most
 // weight bytes in flight an SM can have), or MLLM_DECODE_MLP_STAGES (1-32; a
 // tuning knob). 0 when not even two stages fit.
+template <typename D>
 int ring_stages(const mllm_decode_mlp_args_t& a) {
   static const int asked = [] {
     const char* v = std::getenv("MLLM_DECODE_MLP_STAGES");
@@ -430,12 +431,15 @@ int ring_stages(const mllm_decode_mlp_args_t& a) {
   }();
   if (asked > 0) return asked;
   int dev = 0, optin = 0;
+  cudaFuncAttributes attr{};
   if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+      cudaFuncGetAttributes(&attr, decode_mlp_kernel<D>) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
-  const size_t fixed = fixed_smem(a);
+  // Static shared memory (none today) comes out of the same budget.
+  const size_t fixed = fixed_smem(a) + attr.sharedSizeBytes;
   if (static_cast<size_t>(optin) < fixed + 2 * kStageBytes) return 0;
   const size_t fit = (static_cast<size_t>(optin) - fixed) / kStageBytes;
   return static_cast<int>(fit < kMaxStages ? fit : kMaxStages);
@@ -490,7 +494,7 @@ int resident_blocks(size_t smem) {
 template <typename D>
 mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
   using S = typename D::storage;
-  const int nst = ring_stages(a);
+  const int nst = ring_stages<D>(a);
   const size_t smem = fixed_smem(a) + static_cast<size_t>(nst) * kStageBytes;
   const int resident = nst > 0 ? resident_blocks<D>(smem) : 0;
   if (resident == 0)
