@@ -142,6 +142,12 @@ gpu_tests() {
           MLLM_LINEAR_SMALL_M=stream MLLM_INT8_MM_CONFIG=stream_m16 MLLM_L2_PREFETCH=o,gate_up:8,down:8 \
           MLLM_DECODE_KERNEL=split-kv-cluster
         ;;
+      gpu_decode_mlp)
+        run_test "$name" "$t"
+        # Again on a two-stage ring: every slot is refilled as soon as it is released, the
+        # producer and consumer warps' mbarrier phases wrap on every other stage.
+        run_test "$name (MLLM_DECODE_MLP_STAGES=2)" "$t" MLLM_DECODE_MLP_STAGES=2
+        ;;
       gpu_int8_mm)
         run_test "$name" "$t"
         # The CUTLASS 2.x configs again through their PDL entry (sm80.cuh).
