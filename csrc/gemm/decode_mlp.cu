@@ -86,13 +86,11 @@ struct alignas(128) Ring {
 // joins, so nothing the consumers do waits on it or it on them.
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
 
-// Sum / max over the consumer warps; every consumer thread gets the result.
+// Combines each consumer warp's already-reduced value (mllm::warp_sum /
+// warp_max) across the consumer warps; every consumer thread gets the result.
 template <typename Op>
-__device__ __forceinline__ float consumer_reduce(float v, float* slots, Op op) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if (lane == 0) slots[warp] = v;
+__device__ __forceinline__ float across_consumers(float warp_value, float* slots, Op op) {
+  if (threadIdx.x % 32 == 0) slots[threadIdx.x / 32] = warp_value;
   consumer_sync();
   float r = slots[0];
 #pragma unroll
@@ -239,8 +237,12 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
 
   // The consumer warps. x and residual are the previous kernel's output.
   mllm::wait_for_producer();
-  auto sum_all = [&](float v) { return consumer_reduce(v, ring.reduce, [](float a, float c) { return a + c; }); };
-  auto max_all = [&](float v) { return consumer_reduce(v, ring.reduce, [](float a, float c) { return fmaxf(a, c); }); };
+  auto sum_all = [&](float v) {
+    return across_consumers(mllm::warp_sum(v), ring.reduce, [](float x, float y) { return x + y; });
+  };
+  auto max_all = [&](float v) {
+    return across_consumers(mllm::warp_max(v), ring.reduce, [](float x, float y) { return fmaxf(x, y); });
+  };
 
   // residual + x, RMSNorm, per-token quantization into xq (every block), in
   // 16-byte packs of 8 elements.
@@ -419,21 +421,20 @@ size_t fixed_smem(const mllm_decode_mlp_args_t& a) {
   return sizeof(Ring) + static_cast<size_t>(a.hidden) + region;
 }
 
-// Ring depth: the deepest ring one block's shared memory holds (the most
-// weight bytes in flight an SM can have), or MLLM_DECODE_MLP_STAGES (1-32; a
-// tuning knob). 0 when not even two stages fit.
+// Ring depth on device `dev`: the deepest ring one block's shared memory
+// holds (the most weight bytes in flight an SM can have), or
+// MLLM_DECODE_MLP_STAGES (1-32; a tuning knob). 0 when not even two stages fit.
 template <typename D>
-int ring_stages(const mllm_decode_mlp_args_t& a) {
+int ring_stages(const mllm_decode_mlp_args_t& a, int dev) {
   static const int asked = [] {
     const char* v = std::getenv("MLLM_DECODE_MLP_STAGES");
     const int n = v ? std::atoi(v) : 0;
     return n >= 1 && n <= kMaxStages ? n : 0;
   }();
   if (asked > 0) return asked;
-  int dev = 0, optin = 0;
+  int optin = 0;
   cudaFuncAttributes attr{};
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
       cudaFuncGetAttributes(&attr, decode_mlp_kernel<D>) != cudaSuccess) {
     cudaGetLastError();
     return 0;
@@ -465,17 +466,10 @@ mllm_result_t check(const mllm_decode_mlp_args_t* a) {
   return result(MLLM_STATUS_OK, "ok");
 }
 
-// Blocks of `kernel` the device holds at once with `smem` bytes each (0: it
-// cannot run one).
+// Blocks of the kernel device `dev` holds at once with `smem` bytes each (0:
+// it cannot run one).
 template <typename D>
-int resident_blocks(size_t smem) {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  // Every layer of every step asks with the same (device, smem): the attribute
-  // call and the occupancy query run once per thread, not once per launch.
-  thread_local int cached_dev = -1, cached_blocks = 0;
-  thread_local size_t cached_smem = 0;
-  if (dev == cached_dev && smem == cached_smem) return cached_blocks;
+int resident_blocks(int dev, size_t smem) {
   const auto kernel = decode_mlp_kernel<D>;
   int sms = 0, per_sm = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
@@ -485,19 +479,48 @@ int resident_blocks(size_t smem) {
     cudaGetLastError();
     return 0;
   }
+  return sms * per_sm;
+}
+
+// How a (hidden, inter) block launches on the current device; blocks == 0:
+// it cannot.
+struct Plan {
+  int stages = 0;
+  size_t smem = 0;
+  int blocks = 0;
+};
+
+template <typename D>
+Plan plan_launch(const mllm_decode_mlp_args_t& a) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return {};
+  }
+  // Every layer of every step asks with the same (device, sizes): the device
+  // queries run once per thread, not once per launch.
+  thread_local int cached_dev = -1;
+  thread_local int64_t cached_hidden = 0, cached_inter = 0;
+  thread_local Plan cached;
+  if (dev == cached_dev && a.hidden == cached_hidden && a.inter == cached_inter) return cached;
+  Plan plan;
+  plan.stages = ring_stages<D>(a, dev);
+  if (plan.stages == 0) return {};
+  plan.smem = fixed_smem(a) + static_cast<size_t>(plan.stages) * kStageBytes;
+  plan.blocks = resident_blocks<D>(dev, plan.smem);
+  if (plan.blocks == 0) return {};
   cached_dev = dev;
-  cached_smem = smem;
-  cached_blocks = sms * per_sm;
-  return cached_blocks;
+  cached_hidden = a.hidden;
+  cached_inter = a.inter;
+  cached = plan;
+  return plan;
 }
 
 template <typename D>
 mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
   using S = typename D::storage;
-  const int nst = ring_stages<D>(a);
-  const size_t smem = fixed_smem(a) + static_cast<size_t>(nst) * kStageBytes;
-  const int resident = nst > 0 ? resident_blocks<D>(smem) : 0;
-  if (resident == 0)
+  const Plan plan = plan_launch<D>(a);
+  if (plan.blocks == 0)
     return result(MLLM_STATUS_UNSUPPORTED,
                   "decode_mlp: hidden + inter (or MLLM_DECODE_MLP_STAGES) too large for one block's shared memory");
   const int work = static_cast<int>(a.inter / 8 > a.hidden / 16 ? a.inter / 8 : a.hidden / 16);
@@ -506,7 +529,7 @@ mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
     const char* v = std::getenv("MLLM_DECODE_MLP_BLOCKS");
     return v ? std::atoi(v) : 0;
   }();
-  const int grid = min(min(resident, work), cap > 0 ? min(cap, kMaxGrid) : kMaxGrid);
+  const int grid = min(min(plan.blocks, work), cap > 0 ? min(cap, kMaxGrid) : kMaxGrid);
   auto* scratch = static_cast<unsigned char*>(a.scratch);
   Args<D> p{static_cast<const S*>(a.x),
             static_cast<S*>(a.residual),
@@ -522,9 +545,9 @@ mllm_result_t launch(const mllm_decode_mlp_args_t& a, cudaStream_t stream) {
             static_cast<int>(a.hidden),
             static_cast<int>(a.inter),
             a.eps,
-            nst,
-            mllm::stream_prewait_stages(nst, kPrewaitStages < nst ? kPrewaitStages : nst)};
-  const mllm::LaunchConfig l(dim3(static_cast<unsigned>(grid)), dim3(kThreads), stream, mllm::pdl_enabled(), smem);
+            plan.stages,
+            mllm::stream_prewait_stages(plan.stages, min(kPrewaitStages, plan.stages))};
+  const mllm::LaunchConfig l(dim3(static_cast<unsigned>(grid)), dim3(kThreads), stream, mllm::pdl_enabled(), plan.smem);
   const cudaError_t e = cudaLaunchKernelEx(&l.cfg, decode_mlp_kernel<D>, p);
   if (e != cudaSuccess) return result(MLLM_STATUS_CUDA_ERROR, cudaGetErrorString(e), static_cast<int32_t>(e));
   return result(MLLM_STATUS_OK, "ok");
