@@ -29,16 +29,17 @@
 // consumers never meet at a block barrier per stage. Consumer warp w
 // multiplies the 64-byte steps w and w + 8 of a stage (mma.sync m16n8k32,
 // A = the int8 row in shared memory, zeros in rows 1-15), lane (g, t) the 16
-// bytes of row g at 16 t. The ring is as deep as shared memory allows.
+// bytes of row g at 16 t. The ring is as deep as two blocks an SM allow.
 //
 // The grid is what the device holds at once (the barrier needs every block
 // resident); a barrier that never opens traps after a few seconds instead of
 // hanging.
 //
-// Measured: its first form (16-row stages of 512-byte copies, thread 0
-// issuing the copies after a block barrier per stage) was correct but took
-// 90 us a Qwen3-8B layer on an H100 against ~60 for the four kernels, so the
-// engine takes it only with MLLM_DECODE_MLP=on (docs/int8_mm_dispatch.md).
+// Measured (Qwen3-8B's block on an H100, docs/int8_mm_dispatch.md): the
+// first form (thread 0 issuing each stage's copies after a block barrier)
+// took 90 us against ~60 for the four kernels; with the producer warp but
+// one lane issuing, 66-87 us; as here, 59.6 us against 60.9: on par, so the
+// engine takes it only with MLLM_DECODE_MLP=on.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -205,32 +206,33 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   __syncthreads();
 
   if (warp == kWarps) {
-    // The producer warp (one lane): stage q of this block's sequence is 8
-    // weight rows x up to 1 KiB, eight bulk copies of one row each (512-byte
-    // copies streamed at half the rate), into slot q % nst once every
-    // consumer warp has released that slot's previous use.
-    if (lane != 0) return;
+    // The producer warp: stage q of this block's sequence is 8 weight rows x
+    // up to 1 KiB, one bulk copy per row, lane r issuing row r's, into slot
+    // q % nst once every consumer warp has released that slot's previous
+    // use. One lane issuing all eight, with the stage's index arithmetic
+    // (six divisions) in the same thread, capped a block at ~1 stage per us.
+    if (lane >= kStageRows) return;
+    bool gu = n_gu > 0;
+    int slot = 0, round = 0, tile = b, group = 0, k0 = 0;
     for (int q = 0; q < total; ++q) {
-      const int slot = q % nst, round = q / nst;
+      if (q == n_gu) gu = false, tile = b, group = 0, k0 = 0;
       if (round > 0) barrier_wait(&ring.empty[slot], static_cast<uint32_t>((round - 1) & 1));
       // The weights are constants: the first stages stream while the kernel
       // before (o_proj) finishes, the rest once it has.
       if (q == p.prewait) mllm::wait_for_producer();
-      const bool gu = q < n_gu;
-      const int qq = gu ? q : q - n_gu;
-      const int per = gu ? gu_stages : d_stages, chunks = gu ? gu_chunks : d_chunks;
-      const int tile = b + (qq / per) * G, s = qq % per;
-      const int group = s / chunks, k0 = (s % chunks) * kStageK;
       const int ld = gu ? p.hidden : p.inter;
       // gate_up: rows 8 tile (gate) or inter + 8 tile (up); down: 16 tile + 8 group.
       const int64_t row0 = gu ? (group ? p.inter : 0) + static_cast<int64_t>(tile) * 8
                               : static_cast<int64_t>(tile) * 16 + group * 8;
-      const int8_t* src = (gu ? p.w_gu : p.w_d) + row0 * ld + k0;
       const int kn = min(kStageK, ld - k0);
-      barrier_expect(&ring.full[slot], static_cast<uint32_t>(kn * kStageRows));
-#pragma unroll
-      for (int r = 0; r < kStageRows; ++r)
-        bulk_copy(stage_row(slot, r), src + r * static_cast<int64_t>(ld), kn, &ring.full[slot]);
+      if (lane == 0) barrier_expect(&ring.full[slot], static_cast<uint32_t>(kn * kStageRows));
+      __syncwarp(0xffu);
+      bulk_copy(stage_row(slot, lane), (gu ? p.w_gu : p.w_d) + (row0 + lane) * ld + k0, kn, &ring.full[slot]);
+      if ((k0 += kStageK) >= ld) {
+        k0 = 0;
+        if (++group == 2) group = 0, tile += G;
+      }
+      if (++slot == nst) slot = 0, ++round;
     }
     return;
   }
@@ -292,18 +294,21 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
     consumer_sync();
   }
 
-  // Multiplies stages [q0, q1) of the sequence by the int8 row `a` of k
-  // bytes; after each tile of `per` stages, thread c < 16 calls
-  // `epilogue(tile_index, the tile's sum for weight row c)`. `tiles` counts
-  // the tiles finished so far (it picks the partial buffer).
-  int tiles = 0;
-  auto walk = [&](int q0, int q1, int per, const int8_t* a, int k, auto&& epilogue) {
+  // Multiplies the next `n` stages of the sequence (`per` to a tile) by the
+  // int8 row `a` of k bytes. After tile i, thread c < 16 calls
+  // `epilogue(i, the tile's sum for weight row c, scale)` with `scale` =
+  // `*scale_of(i, c)`, a per-channel weight scale loaded one tile ahead so
+  // that its DRAM miss does not stall warp 0 (and with it every slot's
+  // release) at each tile. `slot` / `phase` and `tiles` (which picks the
+  // partial buffer) carry over from one walk to the next.
+  int tiles = 0, slot = 0;
+  uint32_t phase = 0;
+  auto walk = [&](int n, int per, const int8_t* a, int k, auto&& scale_of, auto&& epilogue) {
     const int chunks = per / 2;
     int acc0[4] = {0, 0, 0, 0}, acc1[4] = {0, 0, 0, 0};
-    for (int q = q0; q < q1; ++q) {
-      const int slot = q % nst;
-      const int s = (q - q0) % per;
-      const int k0 = (s % chunks) * kStageK;
+    const int row = threadIdx.x;  // < 16: the weight row whose epilogue it runs
+    float scale = n > 0 && row < 16 ? *scale_of(0, row) : 0.f;
+    for (int q = 0, s = 0, k0 = 0, tile = 0; q < n; ++q) {
       const int kn = min(kStageK, k - k0);
       uint4 av[kSteps];
 #pragma unroll
@@ -311,7 +316,7 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
         const int kk = (warp + i * kWarps) * 64 + t * 16;
         av[i] = kk < kn && g == 0 ? *reinterpret_cast<const uint4*>(a + k0 + kk) : make_uint4(0, 0, 0, 0);
       }
-      barrier_wait(&ring.full[slot], static_cast<uint32_t>((q / nst) & 1));
+      barrier_wait(&ring.full[slot], phase);
       uint4 bv[kSteps];
 #pragma unroll
       for (int i = 0; i < kSteps; ++i) {
@@ -323,6 +328,7 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       __syncwarp();
       if (lane == 0) barrier_arrive(&ring.empty[slot]);
+      if (++slot == nst) slot = 0, phase ^= 1u;
 #pragma unroll
       for (int i = 0; i < kSteps; ++i) {
         if (s < chunks)
@@ -330,38 +336,45 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
         else
           mma_s8(acc1, av[i], bv[i].x, bv[i].y, bv[i].z, bv[i].w);
       }
-      if (s == per - 1) {
-        auto& part = ring.partial[tiles & 1];
-        if (g == 0) {
-          part[warp][0][2 * t] = acc0[0];
-          part[warp][0][2 * t + 1] = acc0[1];
-          part[warp][1][2 * t] = acc1[0];
-          part[warp][1][2 * t + 1] = acc1[1];
-        }
-        // The buffer alternates by tile: the writes of tile i + 2 come after
-        // this barrier of tile i + 1, which every reader of tile i passed.
-        consumer_sync();
-        if (threadIdx.x < 16) {
-          int sum = 0;
-#pragma unroll
-          for (int w = 0; w < kWarps; ++w) sum += part[w][threadIdx.x / 8][threadIdx.x % 8];
-          epilogue((q - q0) / per, sum);
-        }
-        ++tiles;
-        acc0[0] = acc0[1] = acc0[2] = acc0[3] = 0;
-        acc1[0] = acc1[1] = acc1[2] = acc1[3] = 0;
+      k0 = k0 + kStageK < k ? k0 + kStageK : 0;
+      if (++s < per) continue;
+      s = 0;
+      auto& part = ring.partial[tiles & 1];
+      if (g == 0) {
+        part[warp][0][2 * t] = acc0[0];
+        part[warp][0][2 * t + 1] = acc0[1];
+        part[warp][1][2 * t] = acc1[0];
+        part[warp][1][2 * t + 1] = acc1[1];
       }
+      // The buffer alternates by tile: the writes of tile i + 2 come after
+      // this barrier of tile i + 1, which every reader of tile i passed.
+      consumer_sync();
+      if (row < 16) {
+        int sum = 0;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += part[w][row / 8][row % 8];
+        const float this_scale = scale;
+        if (q + per < n) scale = *scale_of(tile + 1, row);
+        epilogue(tile, sum, this_scale);
+      }
+      ++tile;
+      ++tiles;
+      acc0[0] = acc0[1] = acc0[2] = acc0[3] = 0;
+      acc1[0] = acc1[1] = acc1[2] = acc1[3] = 0;
     }
   };
 
   // gate_up, with SiLU x up in the epilogue: thread c < 8 has gate column c,
   // thread 8 + c the matching up column; they meet through shared memory.
   float act_max = 0.f;
-  walk(0, n_gu, gu_stages, xq, p.hidden, [&](int i, int sum) {
+  auto gu_scale = [&](int i, int r) {
+    const int tile = b + i * G;
+    return p.s_gu + (r < 8 ? tile * 8 + r : p.inter + tile * 8 + r - 8);
+  };
+  walk(n_gu, gu_stages, xq, p.hidden, gu_scale, [&](int i, int sum, float scale) {
     const int tile = b + i * G;
     const int c = threadIdx.x % 8;
-    const int ch = threadIdx.x < 8 ? tile * 8 + c : p.inter + tile * 8 + c;
-    const float v = D::to_float(D::from_float(s1 * (p.s_gu[ch] * static_cast<float>(sum))));
+    const float v = D::to_float(D::from_float(s1 * (scale * static_cast<float>(sum))));
     if (threadIdx.x >= 8) ring.up_vals[c] = v;
     // Threads 0-15 are warp 0's first half: a warp barrier orders the exchange.
     __syncwarp(0xffffu);
@@ -398,9 +411,9 @@ __global__ void __launch_bounds__(kThreads) decode_mlp_kernel(const Args<D> p) {
   }
   consumer_sync();
 
-  walk(n_gu, total, d_stages, aq, p.inter, [&](int i, int sum) {
-    const int n = (b + i * G) * 16 + threadIdx.x;
-    p.out[n] = D::from_float(s2 * (p.s_d[n] * static_cast<float>(sum)));
+  auto d_scale = [&](int i, int r) { return p.s_d + (b + i * G) * 16 + r; };
+  walk(total - n_gu, d_stages, aq, p.inter, d_scale, [&](int i, int sum, float scale) {
+    p.out[(b + i * G) * 16 + threadIdx.x] = D::from_float(s2 * (scale * static_cast<float>(sum)));
   });
 #else
   __trap();  // the host side refuses this kernel below SM90
@@ -421,9 +434,13 @@ size_t fixed_smem(const mllm_decode_mlp_args_t& a) {
   return sizeof(Ring) + static_cast<size_t>(a.hidden) + region;
 }
 
-// Ring depth on device `dev`: the deepest ring one block's shared memory
-// holds (the most weight bytes in flight an SM can have), or
-// MLLM_DECODE_MLP_STAGES (1-32; a tuning knob). 0 when not even two stages fit.
+// Ring depth on device `dev`: the deepest ring that still lets two blocks
+// share an SM, else the deepest one block's shared memory holds, or
+// MLLM_DECODE_MLP_STAGES (1-32; a tuning knob). 0 when not even two stages
+// fit. Two blocks an SM won: Qwen3-8B's block on an H100 took 59.6 us with
+// two blocks of 10 stages, 63.8 with one of 16 and 62.0 with one of 23 (the
+// same bytes in flight: each block's consumers stall at its tile ends, and a
+// second block keeps the SM's copies flowing meanwhile).
 template <typename D>
 int ring_stages(const mllm_decode_mlp_args_t& a, int dev) {
   static const int asked = [] {
@@ -432,17 +449,21 @@ int ring_stages(const mllm_decode_mlp_args_t& a, int dev) {
     return n >= 1 && n <= kMaxStages ? n : 0;
   }();
   if (asked > 0) return asked;
-  int optin = 0;
+  int optin = 0, per_sm = 0, reserved = 0;
   cudaFuncAttributes attr{};
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) != cudaSuccess ||
       cudaFuncGetAttributes(&attr, decode_mlp_kernel<D>) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
   // Static shared memory (none today) comes out of the same budget.
   const size_t fixed = fixed_smem(a) + attr.sharedSizeBytes;
-  if (static_cast<size_t>(optin) < fixed + 2 * kStageBytes) return 0;
-  const size_t fit = (static_cast<size_t>(optin) - fixed) / kStageBytes;
+  const auto stages_in = [&](size_t budget) { return budget > fixed ? (budget - fixed) / kStageBytes : 0; };
+  size_t fit = stages_in(static_cast<size_t>(per_sm) / 2 - static_cast<size_t>(reserved));
+  if (fit < 2) fit = stages_in(static_cast<size_t>(optin));
+  if (fit < 2) return 0;
   return static_cast<int>(fit < kMaxStages ? fit : kMaxStages);
 }
 
