@@ -250,8 +250,9 @@ run() {
         ;;
       mlp)
         # The W8A8 MLP block of one decode row: decode_mlp against its four kernels, replayed
-        # from CUDA graphs, at the default ring (as deep as shared memory allows: 23 stages at
-        # Qwen3-8B's sizes) and shallower ones (MLLM_DECODE_MLP_STAGES).
+        # from CUDA graphs, at the default ring (the deepest that leaves room for two blocks an
+        # SM: 11 stages at Qwen3-8B's sizes on an H100), a shallower one and one block an SM of
+        # 16 stages (MLLM_DECODE_MLP_STAGES).
         for st in "" 8 16; do
           MLLM_DECODE_MLP_STAGES=$st "$gpu/bin/mllm-kernel" bench decode-mlp --graph 2>&1 |
             sed "s/^/[stages ${st:-default}] /" | tee -a "$out/bench.log" || status=1
