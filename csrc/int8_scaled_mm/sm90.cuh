@@ -4,6 +4,13 @@
 //   D = round(scale_a (col) * (scale_b (row) * acc) + bias (row)).
 // The broadcasts take a `bool` stride, so per-row/per-column vs scalar
 // scales are a run-time choice in one instantiation.
+//
+// Swap-AB configs (`SwapAB`) run the transposed problem D^T = B A^T for a
+// few rows of A: wgmma's M side is at least 64, so with M <= 32 tokens the
+// weight's rows take it and the tokens the narrow N side (16 or 32). Each
+// CTA then streams a 64-row slab of the weight once through TMA and reads
+// only its tokens' A tile beside it, where a 64-row token tile would be
+// mostly padding. D^T is written column-major, i.e. D row-major.
 #pragma once
 
 // The kernels wait on griddepcontrol before reading A, so the dynamic path
@@ -43,23 +50,32 @@ inline int tile_swizzle() {
   return swizzle;
 }
 
-template <class Out, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule>
+template <class Out, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule,
+          bool SwapAB = false>
 struct Gemm {
   static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<Out>::value;
-  using Acc = fusion::Sm90AccFetch;
-  using ScaleA = fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<bool, _0, _0>>;
-  using ScaleB = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, bool, _0>>;
+  // Per-token (A) and per-channel (B) vectors run along the kernel's M and N
+  // sides, or the other way round when the problem is swapped.
+  template <class Element, class Stride>
+  using AlongM = fusion::Sm90ColBroadcast<0, TileShape, Element, Element, Stride>;
+  template <class Element, class Stride>
+  using AlongN = fusion::Sm90RowBroadcast<0, TileShape, Element, Element, Stride>;
+  using TokenScale = cute::conditional_t<SwapAB, AlongN<float, Stride<_0, bool, _0>>, AlongM<float, Stride<bool, _0, _0>>>;
+  using ChannelScale =
+      cute::conditional_t<SwapAB, AlongM<float, Stride<bool, _0, _0>>, AlongN<float, Stride<_0, bool, _0>>>;
   // A null bias pointer reads as 0.
-  using Bias = fusion::Sm90RowBroadcast<0, TileShape, Out, Out, Stride<_0, _1, _0>>;
+  using Bias = cute::conditional_t<SwapAB, AlongM<Out, Stride<_1, _0, _0>>, AlongN<Out, Stride<_0, _1, _0>>>;
+  using Acc = fusion::Sm90AccFetch;
   using TimesB = fusion::Sm90Compute<cutlass::multiplies, float, float, cutlass::FloatRoundStyle::round_to_nearest>;
   using TimesAPlusBias =
       fusion::Sm90Compute<cutlass::multiply_add, Out, float, cutlass::FloatRoundStyle::round_to_nearest>;
-  using Tree = fusion::Sm90EVT<TimesAPlusBias, ScaleA, fusion::Sm90EVT<TimesB, ScaleB, Acc>, Bias>;
+  using Tree = fusion::Sm90EVT<TimesAPlusBias, TokenScale, fusion::Sm90EVT<TimesB, ChannelScale, Acc>, Bias>;
+  using LayoutD = cute::conditional_t<SwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, cutlass::layout::RowMajor, kAlignOut,
-      Out, cutlass::layout::RowMajor, kAlignOut, EpilogueSchedule, Tree>::CollectiveOp;
+      cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, LayoutD, kAlignOut, Out, LayoutD,
+      kAlignOut, EpilogueSchedule, Tree>::CollectiveOp;
 
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, cutlass::layout::RowMajor, 16, int8_t,
@@ -72,22 +88,38 @@ struct Gemm {
                                                       cutlass::gemm::PersistentScheduler>;
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
+  // The vector broadcasts' arguments: a pointer, its value when null, and
+  // whether it is a vector (true) or one scalar, on the side it runs along.
+  template <class Broadcast, class T>
+  static typename Broadcast::Arguments along(const T* ptr, bool vector) {
+    typename Broadcast::Arguments a{ptr, T(0), {}};
+    if constexpr (cute::is_same_v<Broadcast, AlongM<T, Stride<bool, _0, _0>>>)
+      get<0>(a.dCol) = vector;
+    else if constexpr (cute::is_same_v<Broadcast, AlongN<T, Stride<_0, bool, _0>>>)
+      get<1>(a.dRow) = vector;
+    return a;
+  }
+
   static mllm_result_t run(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool programmatic) {
     const int m = static_cast<int>(p.m), n = static_cast<int>(p.n), k = static_cast<int>(p.k);
+    // The kernel's (M, N) and operands: (m, n, A, B), or (n, m, B, A) swapped.
+    const int km = SwapAB ? n : m, kn = SwapAB ? m : n;
+    const int8_t* ka = static_cast<const int8_t*>(SwapAB ? p.b : p.a);
+    const int8_t* kb = static_cast<const int8_t*>(SwapAB ? p.a : p.b);
     using StrideA = typename Kernel::StrideA;
     using StrideB = typename Kernel::StrideB;
     using StrideD = typename Kernel::StrideD;
-    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, cute::make_shape(m, k, 1));
-    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, cute::make_shape(n, k, 1));
-    StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, cute::make_shape(m, n, 1));
+    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, cute::make_shape(km, k, 1));
+    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, cute::make_shape(kn, k, 1));
+    StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, cute::make_shape(km, kn, 1));
     typename Op::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
-                                {m, n, k, 1},
-                                {p.a, sa, p.b, sb},
+                                {km, kn, k, 1},
+                                {ka, sa, kb, sb},
                                 {{}, nullptr, sd, static_cast<Out*>(p.out), sd}};
     args.epilogue.thread = {
-        {p.scales_a, 0.f, {p.scales_a_per_row != 0, {}, {}}},
-        {{p.scales_b, 0.f, {{}, p.scales_b_per_col != 0, {}}}, {}, {}},
-        {static_cast<const Out*>(p.bias), Out(0), {}},
+        along<TokenScale>(p.scales_a, p.scales_a_per_row != 0),
+        {along<ChannelScale>(p.scales_b, p.scales_b_per_col != 0), {}, {}},
+        along<Bias>(static_cast<const Out*>(p.bias), true),
         {},
     };
     args.scheduler.max_swizzle_size = tile_swizzle();
@@ -124,6 +156,10 @@ mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t s
       return Gemm<Out, Shape<_256, _128, _128>, Shape<_1, _2, _1>, Cooperative, EpiCooperative>::run(p, stream, pdl);
     case MLLM_INT8_MM_SM90_C256x128x128_CL2x1:
       return Gemm<Out, Shape<_256, _128, _128>, Shape<_2, _1, _1>, Cooperative, EpiCooperative>::run(p, stream, pdl);
+    case MLLM_INT8_MM_SM90_SWAP_P64x16x256:
+      return Gemm<Out, Shape<_64, _16, _256>, Shape<_1, _1, _1>, Pingpong, EpiPingpong, true>::run(p, stream, pdl);
+    case MLLM_INT8_MM_SM90_SWAP_P64x32x256:
+      return Gemm<Out, Shape<_64, _32, _256>, Shape<_1, _1, _1>, Pingpong, EpiPingpong, true>::run(p, stream, pdl);
     default:
       return fail(MLLM_STATUS_UNSUPPORTED, "not an SM90 int8_scaled_mm config");
   }

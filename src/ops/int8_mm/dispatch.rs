@@ -35,6 +35,11 @@ pub enum Int8MmConfig {
     Sm90C256x128x128,
     /// CUTLASS 3.x Cooperative 256x128x128, cluster 2x1 (B multicast).
     Sm90C256x128x128Cl2x1,
+    /// CUTLASS 3.x Pingpong on the swapped problem (weight rows on wgmma's
+    /// 64-row side), 16 tokens a tile: M ≤ 16.
+    Sm90SwapP64x16x256,
+    /// As [`Int8MmConfig::Sm90SwapP64x16x256`] with 32 tokens a tile: M ≤ 32.
+    Sm90SwapP64x32x256,
 }
 
 /// Which family of kernels may run.
@@ -47,7 +52,7 @@ pub enum Int8MmPath {
 }
 
 impl Int8MmConfig {
-    pub const ALL: [Int8MmConfig; 13] = [
+    pub const ALL: [Int8MmConfig; 15] = [
         Self::SkinnyM16,
         Self::SkinnyM32,
         Self::SkinnyM64,
@@ -61,6 +66,8 @@ impl Int8MmConfig {
         Self::Sm90C128x256x128,
         Self::Sm90C256x128x128,
         Self::Sm90C256x128x128Cl2x1,
+        Self::Sm90SwapP64x16x256,
+        Self::Sm90SwapP64x32x256,
     ];
 
     /// The `mllm_int8_mm_config_t` value (from the C header, via bindgen).
@@ -80,6 +87,8 @@ impl Int8MmConfig {
             Self::Sm90C128x256x128 => C::MLLM_INT8_MM_SM90_C128x256x128,
             Self::Sm90C256x128x128 => C::MLLM_INT8_MM_SM90_C256x128x128,
             Self::Sm90C256x128x128Cl2x1 => C::MLLM_INT8_MM_SM90_C256x128x128_CL2x1,
+            Self::Sm90SwapP64x16x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x16x256,
+            Self::Sm90SwapP64x32x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x32x256,
         };
         c.0 as i32
     }
@@ -107,6 +116,8 @@ impl Int8MmConfig {
             Self::Sm90C128x256x128 => "sm90_coop_128x256x128",
             Self::Sm90C256x128x128 => "sm90_coop_256x128x128",
             Self::Sm90C256x128x128Cl2x1 => "sm90_coop_256x128x128_cl2x1",
+            Self::Sm90SwapP64x16x256 => "sm90_swapab_64x16x256",
+            Self::Sm90SwapP64x32x256 => "sm90_swapab_64x32x256",
         }
     }
 
@@ -127,14 +138,16 @@ impl Int8MmConfig {
                 | Self::Sm90C128x256x128
                 | Self::Sm90C256x128x128
                 | Self::Sm90C256x128x128Cl2x1
+                | Self::Sm90SwapP64x16x256
+                | Self::Sm90SwapP64x32x256
         )
     }
 
     /// Most rows of A it handles (skinny kernels are bounded).
     pub fn max_m(self) -> usize {
         match self {
-            Self::SkinnyM16 | Self::StreamM16 => 16,
-            Self::SkinnyM32 => 32,
+            Self::SkinnyM16 | Self::StreamM16 | Self::Sm90SwapP64x16x256 => 16,
+            Self::SkinnyM32 | Self::Sm90SwapP64x32x256 => 32,
             Self::SkinnyM64 => 64,
             _ => usize::MAX,
         }
@@ -180,7 +193,8 @@ impl std::str::FromStr for Int8MmConfig {
 /// let h100 = "sm_90a".parse().unwrap();
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::StreamM16);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 24576, 4096), Int8MmConfig::StreamM16);
-/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 8, 24576, 4096), Int8MmConfig::Sm80T32x64x128);
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 8, 24576, 4096), Int8MmConfig::Sm90SwapP64x16x256);
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 32, 4096, 12288), Int8MmConfig::Sm90SwapP64x32x256);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 128, 6144, 4096), Int8MmConfig::Sm90P64x128x128);
 /// assert!(select_int8_mm_config(h100, Int8MmPath::Auto, 8192, 8192, 8192).is_sm90());
 /// assert!(!select_int8_mm_config(h100, Int8MmPath::Sm80, 8192, 8192, 8192).is_sm90());
@@ -188,25 +202,25 @@ impl std::str::FromStr for Int8MmConfig {
 pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k: usize) -> Int8MmConfig {
     use Int8MmConfig::*;
     let hopper = path == Int8MmPath::Auto && arch.major == 9 && arch.minor == 0;
-    // Small M streams the weight. On Hopper the bulk-copy kernel wins for
-    // qkv/o-sized layers at M <= 16 and for down (K = 12288) at M = 1, where
-    // the weight read is everything; CUTLASS's 32x64 tile keeps more tiles in
-    // flight for gate_up's 24576 columns, and Pingpong 64x128 wins down at
-    // M = 16 (H200 sweep, docs/int8_mm_dispatch.md). At M = 1 gate_up streams
-    // too: alone it trails CUTLASS by ~6%, but in a decode step it starts
-    // streaming under the norm before it (programmatic dependent launch, which
-    // CUTLASS 2.x lacks): Qwen3-8B W8A8 at batch 1, 3.91 against 3.97 ms a
-    // step on an H100. Before Hopper: skinny for narrow outputs, the 32x64
-    // tile for wide ones.
-    if m <= 16 {
-        return match () {
-            _ if hopper && m == 1 => StreamM16,
-            _ if n >= 16384 => Sm80T32x64x128,
-            _ if hopper && k >= 8192 && m > 8 => Sm90P64x128x128,
-            _ if hopper => StreamM16,
-            _ if n >= 6144 => Sm80T32x64x128,
-            _ => SkinnyM16,
+    // Small M streams the weight. On Hopper one row takes the bulk-copy
+    // kernel: in a decode step it requests its first weight stage before
+    // waiting on the kernel that quantized A (programmatic dependent launch),
+    // where CUTLASS's kernels wait before any load; Qwen3-8B W8A8 at batch 1,
+    // 3.91 against 3.97 ms a step on an H100 (against CUTLASS 2.x on gate_up).
+    // From two rows the swap-AB Pingpong streams 64-row weight slabs with the
+    // tokens on wgmma's narrow side: on an H100 (graph replays) 1.05-1.28x
+    // cuBLASLt int8 on every Qwen3-8B layer at M = 4..32, ahead of every other
+    // config there (docs/int8_mm_dispatch.md). Before Hopper: skinny for
+    // narrow outputs, the 32x64 tile for wide ones.
+    if m <= 32 && hopper {
+        return match m {
+            1 => StreamM16,
+            ..=16 => Sm90SwapP64x16x256,
+            _ => Sm90SwapP64x32x256,
         };
+    }
+    if m <= 16 {
+        return if n >= 6144 { Sm80T32x64x128 } else { SkinnyM16 };
     }
     let wide = n >= 16384 || k >= 8192;
     if hopper {
