@@ -208,10 +208,11 @@ pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k
     // where CUTLASS's kernels wait before any load; Qwen3-8B W8A8 at batch 1,
     // 3.91 against 3.97 ms a step on an H100 (against CUTLASS 2.x on gate_up).
     // From two rows the swap-AB Pingpong streams 64-row weight slabs with the
-    // tokens on wgmma's narrow side: on an H100 (graph replays) 1.05-1.28x
-    // cuBLASLt int8 on every Qwen3-8B layer at M = 4..32, ahead of every other
-    // config there (docs/int8_mm_dispatch.md). Before Hopper: skinny for
-    // narrow outputs, the 32x64 tile for wide ones.
+    // tokens on wgmma's narrow side: on an H100 (graph replays) 1.06-1.28x
+    // cuBLASLt int8 on every Qwen3-8B layer at M = 4, 16 and 32, and ahead of
+    // the previous choice on all but qkv at M = 4 (3% behind stream_m16; the
+    // four layers together 2.9% faster), docs/int8_mm_dispatch.md. Before
+    // Hopper: skinny for narrow outputs, the 32x64 tile for wide ones.
     if m <= 32 && hopper {
         return match m {
             1 => StreamM16,
