@@ -92,9 +92,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int8_t* rows = w + static_cast<int64_t>(n0) * row_bytes;
 
   // Only thread 0 touches the barriers' arrival side: one arrive (with the
-  // byte count) per use of a slot.
-  // Copies issued one after another by this one thread measured faster than
-  // warp 0 issuing a stage (or four) at once (docs/int8_mm_dispatch.md).
+  // byte count) per use of a slot. Its copies, one after another, measured
+  // faster than warp 0 issuing a stage (or four) at once
+  // (docs/int8_mm_dispatch.md).
   auto request = [&](int stage) {
     const int b0 = stage * kStageBytes;
     copy_rows<kRows>(&s.b[stage % kStages][0][0], kRowPitch, rows + b0, row_bytes,
