@@ -50,8 +50,50 @@ inline int tile_swizzle() {
   return swizzle;
 }
 
+// Weight k-tiles a swap-AB CTA pulls into L2 before the kernel's
+// griddepcontrol.wait (WeightPrefetchMainloop): 0 unless
+// MLLM_INT8_MM_SWAP_PREFETCH=2. Opt-in until measured in a decode step.
+inline int swap_prefetch_tiles() {
+  static const int tiles = [] {
+    const char* v = std::getenv("MLLM_INT8_MM_SWAP_PREFETCH");
+    return v != nullptr && std::atoi(v) == 2 ? 2 : 0;
+  }();
+  return tiles;
+}
+
+// A mainloop that, before any wait, asks the TMA unit to pull the first
+// `kTiles` k-tiles of this CTA's A tile (in a swapped problem, the weight)
+// into L2. The kernel's producer waits on the previous kernel (programmatic
+// dependent launch) before its first load, because B (the activations) is
+// that kernel's output; the weight is not, so its first bytes can stream
+// while the previous kernel finishes, as stream_m16's first stage does.
+// `load_init` runs in every thread at the kernel's start, before the roles
+// split and before that wait.
+template <class Base, int kTiles>
+struct WeightPrefetchMainloop : Base {
+  template <class ProblemShapeMNKL>
+  CUTLASS_DEVICE auto load_init(ProblemShapeMNKL const& problem, typename Base::Params const& params) const {
+    auto inputs = Base::load_init(problem, params);
+    if constexpr (kTiles > 0) {
+      if (threadIdx.x == 0) {
+        Tensor g_a = get<0>(inputs);  // (BLK_M, BLK_K, m, k, l)
+        // The persistent scheduler's first tile for this CTA. With one tile
+        // along N (a few tokens) its linear index is the M tile; a wrong
+        // guess would only prefetch bytes another CTA reads.
+        const int m_tile = static_cast<int>(blockIdx.x + blockIdx.y * gridDim.x);
+        if (m_tile < size<2>(g_a)) {
+          Tensor t_a = params.tma_load_a.get_slice(0).partition_S(g_a(_, _, m_tile, _, 0));  // (TMA, M, K, k)
+          const int tiles = cute::min(kTiles, static_cast<int>(size<3>(t_a)));
+          for (int k = 0; k < tiles; ++k) cute::prefetch(params.tma_load_a, t_a(_, _, _, k));
+        }
+      }
+    }
+    return inputs;
+  }
+};
+
 template <class Out, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule,
-          bool SwapAB = false>
+          bool SwapAB = false, int kPrefetchTiles = 0>
 struct Gemm {
   static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<Out>::value;
   // Per-token (A) and per-channel (B) vectors run along the kernel's M and N
@@ -77,12 +119,13 @@ struct Gemm {
       cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, LayoutD, kAlignOut, Out, LayoutD,
       kAlignOut, EpilogueSchedule, Tree>::CollectiveOp;
 
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+  using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, cutlass::layout::RowMajor, 16, int8_t,
       cutlass::layout::ColumnMajor, 16, int32_t, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename Epilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
+  using Mainloop = WeightPrefetchMainloop<BuiltMainloop, kPrefetchTiles>;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
                                                       cutlass::gemm::PersistentScheduler>;
@@ -143,6 +186,15 @@ using Cooperative = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
 using EpiPingpong = cutlass::epilogue::TmaWarpSpecialized;
 using EpiCooperative = cutlass::epilogue::TmaWarpSpecializedCooperative;
 
+// A swap-AB tile with `Tokens` tokens, at the weight prefetch depth asked.
+template <class Out, class Tokens>
+mllm_result_t run_swap(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool pdl) {
+  using Tile = Shape<_64, Tokens, _256>;
+  using One = Shape<_1, _1, _1>;
+  return swap_prefetch_tiles() == 2 ? Gemm<Out, Tile, One, Pingpong, EpiPingpong, true, 2>::run(p, stream, pdl)
+                                    : Gemm<Out, Tile, One, Pingpong, EpiPingpong, true, 0>::run(p, stream, pdl);
+}
+
 template <class Out>
 mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream, bool pdl) {
   switch (config) {
@@ -157,9 +209,11 @@ mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t s
     case MLLM_INT8_MM_SM90_C256x128x128_CL2x1:
       return Gemm<Out, Shape<_256, _128, _128>, Shape<_2, _1, _1>, Cooperative, EpiCooperative>::run(p, stream, pdl);
     case MLLM_INT8_MM_SM90_SWAP_P64x16x256:
-      return Gemm<Out, Shape<_64, _16, _256>, Shape<_1, _1, _1>, Pingpong, EpiPingpong, true>::run(p, stream, pdl);
+      return run_swap<Out, _16>(p, stream, pdl);
     case MLLM_INT8_MM_SM90_SWAP_P64x32x256:
-      return Gemm<Out, Shape<_64, _32, _256>, Shape<_1, _1, _1>, Pingpong, EpiPingpong, true>::run(p, stream, pdl);
+      return run_swap<Out, _32>(p, stream, pdl);
+    case MLLM_INT8_MM_SM90_SWAP_P64x64x256:
+      return run_swap<Out, _64>(p, stream, pdl);
     default:
       return fail(MLLM_STATUS_UNSUPPORTED, "not an SM90 int8_scaled_mm config");
   }

@@ -40,6 +40,8 @@ pub enum Int8MmConfig {
     Sm90SwapP64x16x256,
     /// As [`Int8MmConfig::Sm90SwapP64x16x256`] with 32 tokens a tile: M ≤ 32.
     Sm90SwapP64x32x256,
+    /// As [`Int8MmConfig::Sm90SwapP64x16x256`] with 64 tokens a tile: M ≤ 64.
+    Sm90SwapP64x64x256,
 }
 
 /// Which family of kernels may run.
@@ -52,7 +54,7 @@ pub enum Int8MmPath {
 }
 
 impl Int8MmConfig {
-    pub const ALL: [Int8MmConfig; 15] = [
+    pub const ALL: [Int8MmConfig; 16] = [
         Self::SkinnyM16,
         Self::SkinnyM32,
         Self::SkinnyM64,
@@ -68,6 +70,7 @@ impl Int8MmConfig {
         Self::Sm90C256x128x128Cl2x1,
         Self::Sm90SwapP64x16x256,
         Self::Sm90SwapP64x32x256,
+        Self::Sm90SwapP64x64x256,
     ];
 
     /// The `mllm_int8_mm_config_t` value (from the C header, via bindgen).
@@ -89,6 +92,7 @@ impl Int8MmConfig {
             Self::Sm90C256x128x128Cl2x1 => C::MLLM_INT8_MM_SM90_C256x128x128_CL2x1,
             Self::Sm90SwapP64x16x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x16x256,
             Self::Sm90SwapP64x32x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x32x256,
+            Self::Sm90SwapP64x64x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x64x256,
         };
         c.0 as i32
     }
@@ -118,6 +122,7 @@ impl Int8MmConfig {
             Self::Sm90C256x128x128Cl2x1 => "sm90_coop_256x128x128_cl2x1",
             Self::Sm90SwapP64x16x256 => "sm90_swapab_64x16x256",
             Self::Sm90SwapP64x32x256 => "sm90_swapab_64x32x256",
+            Self::Sm90SwapP64x64x256 => "sm90_swapab_64x64x256",
         }
     }
 
@@ -140,6 +145,7 @@ impl Int8MmConfig {
                 | Self::Sm90C256x128x128Cl2x1
                 | Self::Sm90SwapP64x16x256
                 | Self::Sm90SwapP64x32x256
+                | Self::Sm90SwapP64x64x256
         )
     }
 
@@ -148,7 +154,7 @@ impl Int8MmConfig {
         match self {
             Self::SkinnyM16 | Self::StreamM16 | Self::Sm90SwapP64x16x256 => 16,
             Self::SkinnyM32 | Self::Sm90SwapP64x32x256 => 32,
-            Self::SkinnyM64 => 64,
+            Self::SkinnyM64 | Self::Sm90SwapP64x64x256 => 64,
             _ => usize::MAX,
         }
     }
