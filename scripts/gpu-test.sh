@@ -153,7 +153,7 @@ gpu_tests() {
         # The CUTLASS 2.x configs again through their PDL entry (sm80.cuh).
         run_test "$name (MLLM_INT8_MM_SM80_PDL=1)" "$t" MLLM_INT8_MM_SM80_PDL=1
         # The swap-AB tiles with their opt-in weight prefetch (sm90.cuh).
-        run_test "$name (MLLM_INT8_MM_SWAP_PREFETCH=2)" "$t" MLLM_INT8_MM_SWAP_PREFETCH=2
+        run_test "$name (MLLM_INT8_MM_SWAP_PREFETCH=1)" "$t" MLLM_INT8_MM_SWAP_PREFETCH=1
         ;;
       *) run_test "$name" "$t" ;;
     esac

@@ -50,16 +50,17 @@ inline int tile_swizzle() {
   return swizzle;
 }
 
-// Weight k-tiles a swap-AB CTA pulls into L2 before the kernel's
-// griddepcontrol.wait (WeightPrefetchMainloop): 0 unless
-// MLLM_INT8_MM_SWAP_PREFETCH=2. Opt-in until measured in a decode step.
-inline int swap_prefetch_tiles() {
-  static const int tiles = [] {
-    const char* v = std::getenv("MLLM_INT8_MM_SWAP_PREFETCH");
-    return v != nullptr && std::atoi(v) == 2 ? 2 : 0;
-  }();
-  return tiles;
+// Whether the swap-AB tiles pull their first weight k-tiles into L2 before
+// the kernel's griddepcontrol.wait (WeightPrefetchMainloop):
+// MLLM_INT8_MM_SWAP_PREFETCH=1. Opt-in until measured in a decode step.
+inline bool swap_prefetch_requested() {
+  static const bool on = mllm::env_is_one("MLLM_INT8_MM_SWAP_PREFETCH");
+  return on;
 }
+
+// Weight k-tiles (16 KiB each) a swap-AB CTA prefetches when asked: about
+// what stream_m16's six blocks an SM request before their wait.
+constexpr int kSwapPrefetchTiles = 2;
 
 // A mainloop that, before any wait, asks the TMA unit to pull the first
 // `kTiles` k-tiles of this CTA's A tile (in a swapped problem, the weight)
@@ -186,13 +187,14 @@ using Cooperative = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
 using EpiPingpong = cutlass::epilogue::TmaWarpSpecialized;
 using EpiCooperative = cutlass::epilogue::TmaWarpSpecializedCooperative;
 
-// A swap-AB tile with `Tokens` tokens, at the weight prefetch depth asked.
+// A swap-AB tile with `Tokens` tokens, with the weight prefetch if asked.
 template <class Out, class Tokens>
 mllm_result_t run_swap(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool pdl) {
   using Tile = Shape<_64, Tokens, _256>;
   using One = Shape<_1, _1, _1>;
-  return swap_prefetch_tiles() == 2 ? Gemm<Out, Tile, One, Pingpong, EpiPingpong, true, 2>::run(p, stream, pdl)
-                                    : Gemm<Out, Tile, One, Pingpong, EpiPingpong, true, 0>::run(p, stream, pdl);
+  using Plain = Gemm<Out, Tile, One, Pingpong, EpiPingpong, true>;
+  using Prefetching = Gemm<Out, Tile, One, Pingpong, EpiPingpong, true, kSwapPrefetchTiles>;
+  return swap_prefetch_requested() ? Prefetching::run(p, stream, pdl) : Plain::run(p, stream, pdl);
 }
 
 template <class Out>
