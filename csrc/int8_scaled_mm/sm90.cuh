@@ -96,6 +96,9 @@ struct WeightPrefetchMainloop : Base {
 template <class Out, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule,
           bool SwapAB = false, int kPrefetchTiles = 0>
 struct Gemm {
+  // WeightPrefetchMainloop slices the TMA copy for cluster rank 0 only.
+  static_assert(kPrefetchTiles == 0 || cute::size(ClusterShape{}) == 1,
+                "the swap-AB weight prefetch assumes a 1x1x1 cluster");
   static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<Out>::value;
   // Per-token (A) and per-channel (B) vectors run along the kernel's M and N
   // sides, or the other way round when the problem is swapped.
