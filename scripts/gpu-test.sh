@@ -152,8 +152,8 @@ gpu_tests() {
         run_test "$name" "$t"
         # The CUTLASS 2.x configs again through their PDL entry (sm80.cuh).
         run_test "$name (MLLM_INT8_MM_SM80_PDL=1)" "$t" MLLM_INT8_MM_SM80_PDL=1
-        # The swap-AB tiles with their opt-in weight prefetch (sm90.cuh).
-        run_test "$name (MLLM_INT8_MM_SWAP_PREFETCH=1)" "$t" MLLM_INT8_MM_SWAP_PREFETCH=1
+        # The swap-AB tiles without their weight prefetch (sm90.cuh).
+        run_test "$name (MLLM_INT8_MM_SWAP_PREFETCH=0)" "$t" MLLM_INT8_MM_SWAP_PREFETCH=0
         ;;
       *) run_test "$name" "$t" ;;
     esac

@@ -25,6 +25,12 @@ inline bool env_is_one(const char* name) {
   return v != nullptr && v[0] == '1';
 }
 
+// Whether the default-on environment variable `name` is set to 0.
+inline bool env_is_zero(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] == '0';
+}
+
 // How many of its `ring` stages a streaming GEMM (stream_m16, stream_linear)
 // requests before it waits for its producer: `preferred`, unless
 // MLLM_STREAM_PREWAIT=n (a number from 0 to ring) says otherwise. Requests

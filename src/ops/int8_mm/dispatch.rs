@@ -197,8 +197,7 @@ impl std::str::FromStr for Int8MmConfig {
 /// ```
 /// use mllm_kernel::ops::{select_int8_mm_config, Int8MmConfig, Int8MmPath};
 /// let h100 = "sm_90a".parse().unwrap();
-/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::StreamM16);
-/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 24576, 4096), Int8MmConfig::StreamM16);
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::Sm90SwapP64x16x256);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 8, 24576, 4096), Int8MmConfig::Sm90SwapP64x16x256);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 32, 4096, 12288), Int8MmConfig::Sm90SwapP64x32x256);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 128, 6144, 4096), Int8MmConfig::Sm90P64x128x128);
@@ -208,22 +207,20 @@ impl std::str::FromStr for Int8MmConfig {
 pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k: usize) -> Int8MmConfig {
     use Int8MmConfig::*;
     let hopper = path == Int8MmPath::Auto && arch.major == 9 && arch.minor == 0;
-    // Small M streams the weight. On Hopper one row takes the bulk-copy
-    // kernel: in a decode step it requests its first weight stage before
-    // waiting on the kernel that quantized A (programmatic dependent launch),
-    // where CUTLASS's kernels wait before any load; Qwen3-8B W8A8 at batch 1,
-    // 3.91 against 3.97 ms a step on an H100 (against CUTLASS 2.x on gate_up).
-    // From two rows the swap-AB Pingpong streams 64-row weight slabs with the
-    // tokens on wgmma's narrow side: on an H100 (graph replays) 1.06-1.28x
-    // cuBLASLt int8 on every Qwen3-8B layer at M = 4, 16 and 32, and ahead of
-    // the previous choice on all but qkv at M = 4 (3% behind stream_m16; the
-    // four layers together 2.9% faster), docs/int8_mm_dispatch.md. Before
-    // Hopper: skinny for narrow outputs, the 32x64 tile for wide ones.
+    // Small M streams the weight. On Hopper the swap-AB Pingpong streams
+    // 64-row weight slabs with the tokens on wgmma's narrow side: on an H100
+    // (graph replays) 1.05-1.37x cuBLASLt int8 on every Qwen3-8B layer at
+    // M = 1 to 32. In a decode step it pulls its first weight tiles into L2
+    // before waiting on the kernel that quantized A (programmatic dependent
+    // launch), so at one row it also beats stream_m16, which requests its
+    // first stage early too: Qwen3-8B W8A8 at batch 1 on an H200, 3.13-3.15
+    // against 3.27-3.31 ms a step (docs/int8_mm_dispatch.md). Before Hopper:
+    // skinny for narrow outputs, the 32x64 tile for wide ones.
     if m <= 32 && hopper {
-        return match m {
-            1 => StreamM16,
-            ..=16 => Sm90SwapP64x16x256,
-            _ => Sm90SwapP64x32x256,
+        return if m <= 16 {
+            Sm90SwapP64x16x256
+        } else {
+            Sm90SwapP64x32x256
         };
     }
     if m <= 16 {
