@@ -51,10 +51,7 @@ inline int stream_prewait_stages(int ring, int preferred) {
 // it out when chasing a race). The kernels' griddepcontrol instructions are
 // no-ops when launched without it.
 inline bool pdl_enabled() {
-  static const bool allowed = [] {
-    const char* v = std::getenv("MLLM_PDL");
-    return v == nullptr || v[0] != '0';
-  }();
+  static const bool allowed = !env_is_zero("MLLM_PDL");
   return allowed && device_sm() >= 90;
 }
 

@@ -59,7 +59,7 @@ inline bool swap_prefetch_requested() {
   return on;
 }
 
-// Weight k-tiles (16 KiB each) a swap-AB CTA prefetches when asked: about
+// Weight k-tiles (16 KiB each) a swap-AB CTA prefetches when on: about
 // what stream_m16's six blocks an SM request before their wait.
 constexpr int kSwapPrefetchTiles = 2;
 
