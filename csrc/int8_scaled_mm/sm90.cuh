@@ -52,16 +52,18 @@ inline int tile_swizzle() {
 
 // Whether the swap-AB tiles pull their first weight k-tiles into L2 before
 // the kernel's griddepcontrol.wait (WeightPrefetchMainloop). On unless
-// MLLM_INT8_MM_SWAP_PREFETCH=0: Qwen3-8B W8A8 on an H200, 3.13-3.15 against
-// 3.18-3.20 ms a step at batch 1 and 3.32-3.35 against 3.37-3.39 at batch 4.
+// MLLM_INT8_MM_SWAP_PREFETCH=0: Qwen3-8B W8A8 at batch 1, 3.90-3.93 against
+// 4.04-4.06 ms a step on an H100 and 3.13-3.15 against 3.18-3.20 on an H200.
 inline bool swap_prefetch_requested() {
   static const bool on = !mllm::env_is_zero("MLLM_INT8_MM_SWAP_PREFETCH");
   return on;
 }
 
-// Weight k-tiles (16 KiB each) a swap-AB CTA prefetches when on: about
-// what stream_m16's six blocks an SM request before their wait.
-constexpr int kSwapPrefetchTiles = 2;
+// Weight k-tiles (16 KiB each) a swap-AB CTA prefetches when on. Qwen3-8B
+// W8A8 on an H100, three or four rounds: 3.90-3.93 ms a step at batch 1 with
+// four, 3.94-3.98 with two, 3.91-3.93 with eight; 4.13-4.16 / 4.17-4.20 at
+// batch 4 with four / two.
+constexpr int kSwapPrefetchTiles = 4;
 
 // A mainloop that, before any wait, asks the TMA unit to pull the first
 // `kTiles` k-tiles of this CTA's A tile (in a swapped problem, the weight)

@@ -200,6 +200,7 @@ impl std::str::FromStr for Int8MmConfig {
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::Sm90SwapP64x16x256);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 8, 24576, 4096), Int8MmConfig::Sm90SwapP64x16x256);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 32, 4096, 12288), Int8MmConfig::Sm90SwapP64x32x256);
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 64, 4096, 12288), Int8MmConfig::Sm90SwapP64x64x256);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 128, 6144, 4096), Int8MmConfig::Sm90P64x128x128);
 /// assert!(select_int8_mm_config(h100, Int8MmPath::Auto, 8192, 8192, 8192).is_sm90());
 /// assert!(!select_int8_mm_config(h100, Int8MmPath::Sm80, 8192, 8192, 8192).is_sm90());
@@ -210,17 +211,19 @@ pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k
     // Small M streams the weight. On Hopper the swap-AB Pingpong streams
     // 64-row weight slabs with the tokens on wgmma's narrow side: on an H100
     // (graph replays) 1.05-1.37x cuBLASLt int8 on every Qwen3-8B layer at
-    // M = 1 to 32. In a decode step it pulls its first weight tiles into L2
-    // before waiting on the kernel that quantized A (programmatic dependent
-    // launch), so at one row it also beats stream_m16, which requests its
-    // first stage early too: Qwen3-8B W8A8 at batch 1 on an H200, 3.13-3.15
-    // against 3.27-3.31 ms a step (docs/int8_mm_dispatch.md). Before Hopper:
-    // skinny for narrow outputs, the 32x64 tile for wide ones.
-    if m <= 32 && hopper {
-        return if m <= 16 {
-            Sm90SwapP64x16x256
-        } else {
-            Sm90SwapP64x32x256
+    // M = 1 to 32; at M = 33-64 the 64-token tile takes 0.89-1.01x the time
+    // of the Pingpong 64x128 tile and beats cuBLASLt int8 on all but down at
+    // 33 rows (22.7 against 21.7 us). In a decode step it pulls its first
+    // weight tiles into L2 before waiting on the kernel that quantized A
+    // (programmatic dependent launch), so at one row it also beats
+    // stream_m16, which requests its first stage early too
+    // (docs/int8_mm_dispatch.md). Before Hopper: skinny for narrow outputs,
+    // the 32x64 tile for wide ones.
+    if m <= 64 && hopper {
+        return match m {
+            ..=16 => Sm90SwapP64x16x256,
+            17..=32 => Sm90SwapP64x32x256,
+            _ => Sm90SwapP64x64x256,
         };
     }
     if m <= 16 {
@@ -270,6 +273,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn hopper_takes_the_narrowest_swap_tile_that_holds_m() {
+        let h100: Arch = "sm_90a".parse().unwrap();
+        let pick = |m| select_int8_mm_config(h100, Int8MmPath::Auto, m, 4096, 12288);
+        assert_eq!(pick(16), Int8MmConfig::Sm90SwapP64x16x256);
+        assert_eq!(pick(17), Int8MmConfig::Sm90SwapP64x32x256);
+        assert_eq!(pick(33), Int8MmConfig::Sm90SwapP64x64x256);
+        assert_eq!(pick(64), Int8MmConfig::Sm90SwapP64x64x256);
+        assert_eq!(pick(65), Int8MmConfig::Sm90P64x128x128);
     }
 
     #[test]
