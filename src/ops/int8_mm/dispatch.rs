@@ -240,6 +240,12 @@ pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k
             // 8192^3 on an H100: 795-808 us against 821-845 for the cluster-2x1
             // 256x128 tile (three runs); within 1% of it on the H200.
             _ if m >= 8192 => Sm90C128x256x128,
+            // At M = 4096 on an H100 (six sweeps): o 91-103 us against 97-109
+            // for Pingpong 128x128, down 284-293 against 291-307 for the
+            // cluster-1 256x128 tile. At M = 2048 Pingpong 128x128 was still
+            // ahead on o (docs/int8_mm_dispatch.md, session 29).
+            4096.. if n <= 4096 && !wide => Sm90C128x256x128,
+            4096.. if n <= 4096 => Sm90C256x128x128Cl2x1,
             _ if wide => Sm90C256x128x128,
             _ => Sm90P128x128x128,
         };
@@ -284,6 +290,20 @@ mod tests {
         assert_eq!(pick(33), Int8MmConfig::Sm90SwapP64x64x256);
         assert_eq!(pick(64), Int8MmConfig::Sm90SwapP64x64x256);
         assert_eq!(pick(65), Int8MmConfig::Sm90P64x128x128);
+    }
+
+    #[test]
+    fn hopper_prefill_tiles_follow_the_h100_sweeps() {
+        let h100: Arch = "sm_90a".parse().unwrap();
+        let pick = |m, n, k| select_int8_mm_config(h100, Int8MmPath::Auto, m, n, k);
+        // o and down at 4096 rows, where the sweeps moved them; 2048 rows keep Pingpong
+        // 128x128 for o and the cluster-1 256x128 tile for down.
+        assert_eq!(pick(4096, 4096, 4096), Int8MmConfig::Sm90C128x256x128);
+        assert_eq!(pick(4096, 4096, 12288), Int8MmConfig::Sm90C256x128x128Cl2x1);
+        assert_eq!(pick(2048, 4096, 4096), Int8MmConfig::Sm90P128x128x128);
+        assert_eq!(pick(2048, 4096, 12288), Int8MmConfig::Sm90C256x128x128);
+        assert_eq!(pick(4096, 24576, 4096), Int8MmConfig::Sm90C256x128x128);
+        assert_eq!(pick(4096, 6144, 4096), Int8MmConfig::Sm90P128x128x128);
     }
 
     #[test]
