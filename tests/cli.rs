@@ -1298,6 +1298,8 @@ fn check_compiles_every_kernel_in_a_temp_root() {
         &["check", "--arch", ARCH, "--kernel", "rms_norm", "--kernel", QUANT],
     );
     r.ok().all_builds_ok(|_| "compiled");
+    // check reports each build on stdout; no JIT notice doubles it on stderr.
+    assert!(!r.stderr.contains("mllm-kernel: compiling"), "{r}");
     assert!(
         sb.root_names().is_empty(),
         "check wrote into the configured root: {:?}",
@@ -1678,7 +1680,10 @@ fn sass_shows_the_ring_fence_and_the_bulk_prefetch() {
         "--function",
         "stream_linear_kernel",
     ]);
-    r.ok();
+    // The empty cache makes this a first use: the build says so on stderr.
+    r.ok()
+        .stderr_has("mllm-kernel: compiling stream_linear for sm_90a (first use")
+        .stderr_has("mllm-kernel: compiled stream_linear in");
     let functions = r.stdout.matches("Function : ").count();
     let fences = r.stdout.matches("FENCE.VIEW.ASYNC.S").count();
     assert!(

@@ -21,7 +21,7 @@ pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool, kernels: &[String
         env.lock_dir = None;
         env.jit_disabled = false;
     }
-    let jit = JitCache::new(env)?;
+    let jit = JitCache::new(env)?.quiet();
     // (build, named explicitly with its variant)
     let builds: Vec<(KernelBuild, bool)> = if kernels.is_empty() {
         KernelBuild::all().into_iter().map(|b| (b, false)).collect()

@@ -15,7 +15,7 @@ mod toolchain;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use arch::Arch;
 pub use cache::{CacheRoot, EntryState, EntryStatus, Manifest};
@@ -50,18 +50,31 @@ pub struct Artifact {
 pub struct JitCache {
     env: KernelEnv,
     root: CacheRoot,
+    /// Whether a build on a cache miss is announced on stderr.
+    announce_builds: bool,
 }
 
 impl JitCache {
     /// Opens the cache root named by `env`, checking its ownership and mode.
     pub fn new(env: KernelEnv) -> Result<Self> {
         let root = CacheRoot::open(&env.resolved_cache_root())?;
-        Ok(Self { env, root })
+        Ok(Self::with_root(env, root))
     }
 
     /// A cache over an already opened root (e.g. one known to be read-only).
     pub fn with_root(env: KernelEnv, root: CacheRoot) -> Self {
-        Self { env, root }
+        Self {
+            env,
+            root,
+            announce_builds: true,
+        }
+    }
+
+    /// The same cache, building on a miss without the stderr notice (for
+    /// callers that report each build themselves, such as `mllm-kernel check`).
+    pub fn quiet(mut self) -> Self {
+        self.announce_builds = false;
+        self
     }
 
     pub fn root(&self) -> &CacheRoot {
@@ -137,7 +150,24 @@ impl JitCache {
             }
             EntryState::Failed(_) | EntryState::Missing => {}
         }
-        self.build_locked(spec, key, &dir)
+        if !self.announce_builds {
+            return self.build_locked(spec, key, &dir);
+        }
+        // A CUTLASS build takes minutes; say why the first call is slow.
+        eprintln!(
+            "mllm-kernel: compiling {} for {} (first use; cached in {})",
+            key.build_name(),
+            key.arch,
+            dir.display()
+        );
+        let started = Instant::now();
+        let built = self.build_locked(spec, key, &dir)?;
+        eprintln!(
+            "mllm-kernel: compiled {} in {:.1}s",
+            key.build_name(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(built)
     }
 
     /// Recompiles `spec` for `arch` even if a valid entry exists. An explicit
