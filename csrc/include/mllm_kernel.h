@@ -95,11 +95,12 @@ typedef enum mllm_int8_mm_config_t {
   MLLM_INT8_MM_SM90_C128x256x128 = 22,
   MLLM_INT8_MM_SM90_C256x128x128 = 23,
   MLLM_INT8_MM_SM90_C256x128x128_CL2x1 = 24,
-  /* Swap-AB Pingpong for M <= 16 / 32 / 64: the weight's rows on wgmma's
-   * 64-row side, the tokens on the 16-, 32- or 64-wide side. */
+  /* Swap-AB Pingpong for M <= 16 / 32 / 64 / 128: the weight's rows on
+   * wgmma's 64-row side, the tokens on the 16-, 32-, 64- or 128-wide side. */
   MLLM_INT8_MM_SM90_SWAP_P64x16x256 = 25,
   MLLM_INT8_MM_SM90_SWAP_P64x32x256 = 26,
   MLLM_INT8_MM_SM90_SWAP_P64x64x256 = 27,
+  MLLM_INT8_MM_SM90_SWAP_P64x128x256 = 28,
 } mllm_int8_mm_config_t;
 
 /* Skinny and SM80 configurations (kernel build `int8_scaled_mm[sm80]`). */

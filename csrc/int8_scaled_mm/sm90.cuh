@@ -222,6 +222,8 @@ mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t s
       return run_swap<Out, _32>(p, stream, pdl);
     case MLLM_INT8_MM_SM90_SWAP_P64x64x256:
       return run_swap<Out, _64>(p, stream, pdl);
+    case MLLM_INT8_MM_SM90_SWAP_P64x128x256:
+      return run_swap<Out, _128>(p, stream, pdl);
     default:
       return fail(MLLM_STATUS_UNSUPPORTED, "not an SM90 int8_scaled_mm config");
   }

@@ -42,6 +42,9 @@ pub enum Int8MmConfig {
     Sm90SwapP64x32x256,
     /// As [`Int8MmConfig::Sm90SwapP64x16x256`] with 64 tokens a tile: M ≤ 64.
     Sm90SwapP64x64x256,
+    /// As [`Int8MmConfig::Sm90SwapP64x16x256`] with 128 tokens a tile: M ≤ 128.
+    /// Explicit only until a GPU measures it against the Pingpong 64x128 tile.
+    Sm90SwapP64x128x256,
 }
 
 /// Which family of kernels may run.
@@ -54,7 +57,7 @@ pub enum Int8MmPath {
 }
 
 impl Int8MmConfig {
-    pub const ALL: [Int8MmConfig; 16] = [
+    pub const ALL: [Int8MmConfig; 17] = [
         Self::SkinnyM16,
         Self::SkinnyM32,
         Self::SkinnyM64,
@@ -71,6 +74,7 @@ impl Int8MmConfig {
         Self::Sm90SwapP64x16x256,
         Self::Sm90SwapP64x32x256,
         Self::Sm90SwapP64x64x256,
+        Self::Sm90SwapP64x128x256,
     ];
 
     /// The `mllm_int8_mm_config_t` value (from the C header, via bindgen).
@@ -93,6 +97,7 @@ impl Int8MmConfig {
             Self::Sm90SwapP64x16x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x16x256,
             Self::Sm90SwapP64x32x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x32x256,
             Self::Sm90SwapP64x64x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x64x256,
+            Self::Sm90SwapP64x128x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x128x256,
         };
         c.0 as i32
     }
@@ -123,6 +128,7 @@ impl Int8MmConfig {
             Self::Sm90SwapP64x16x256 => "sm90_swapab_64x16x256",
             Self::Sm90SwapP64x32x256 => "sm90_swapab_64x32x256",
             Self::Sm90SwapP64x64x256 => "sm90_swapab_64x64x256",
+            Self::Sm90SwapP64x128x256 => "sm90_swapab_64x128x256",
         }
     }
 
@@ -146,6 +152,7 @@ impl Int8MmConfig {
                 | Self::Sm90SwapP64x16x256
                 | Self::Sm90SwapP64x32x256
                 | Self::Sm90SwapP64x64x256
+                | Self::Sm90SwapP64x128x256
         )
     }
 
@@ -155,6 +162,7 @@ impl Int8MmConfig {
             Self::SkinnyM16 | Self::StreamM16 | Self::Sm90SwapP64x16x256 => 16,
             Self::SkinnyM32 | Self::Sm90SwapP64x32x256 => 32,
             Self::SkinnyM64 | Self::Sm90SwapP64x64x256 => 64,
+            Self::Sm90SwapP64x128x256 => 128,
             _ => usize::MAX,
         }
     }
