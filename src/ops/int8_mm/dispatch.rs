@@ -253,7 +253,7 @@ pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k
             // cluster-1 256x128 tile. At M = 2048 Pingpong 128x128 was still
             // ahead on o (docs/int8_mm_dispatch.md, session 29).
             4096.. if n <= 4096 && !wide => Sm90C128x256x128,
-            4096.. if n <= 4096 => Sm90C256x128x128Cl2x1,
+            4096.. if n <= 4096 && wide => Sm90C256x128x128Cl2x1,
             _ if wide => Sm90C256x128x128,
             _ => Sm90P128x128x128,
         };
