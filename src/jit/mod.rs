@@ -150,23 +150,24 @@ impl JitCache {
             }
             EntryState::Failed(_) | EntryState::Missing => {}
         }
-        if !self.announce_builds {
-            return self.build_locked(spec, key, &dir);
-        }
         // A CUTLASS build takes minutes; say why the first call is slow.
-        eprintln!(
-            "mllm-kernel: compiling {} for {} (first use; cached in {})",
-            key.build_name(),
-            key.arch,
-            dir.display()
-        );
+        if self.announce_builds {
+            eprintln!(
+                "mllm-kernel: compiling {} for {} (first use; cached in {})",
+                key.build_name(),
+                key.arch,
+                dir.display()
+            );
+        }
         let started = Instant::now();
         let built = self.build_locked(spec, key, &dir)?;
-        eprintln!(
-            "mllm-kernel: compiled {} in {:.1}s",
-            key.build_name(),
-            started.elapsed().as_secs_f64()
-        );
+        if self.announce_builds {
+            eprintln!(
+                "mllm-kernel: compiled {} in {:.1}s",
+                key.build_name(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         Ok(built)
     }
 
