@@ -25,22 +25,12 @@ pub struct GemmShape {
 /// Qwen3-8B's linear layers (qkv, o, gate_up, down) at each M, then 8192³.
 pub fn default_shapes(ms: &[usize]) -> Vec<GemmShape> {
     let layers = [
-        ("qkv", 6144, 4096),
-        ("o", 4096, 4096),
-        ("gate_up", 24576, 4096),
-        ("down", 4096, 12288),
+        ("qwen3-8b qkv", 6144, 4096),
+        ("qwen3-8b o", 4096, 4096),
+        ("qwen3-8b gate_up", 24576, 4096),
+        ("qwen3-8b down", 4096, 12288),
     ];
-    let mut shapes: Vec<GemmShape> = ms
-        .iter()
-        .flat_map(|&m| {
-            layers.iter().map(move |&(l, n, k)| GemmShape {
-                label: format!("qwen3-8b {l}"),
-                m,
-                n,
-                k,
-            })
-        })
-        .collect();
+    let mut shapes = layer_shapes(ms, &layers);
     shapes.push(GemmShape {
         label: "square".into(),
         m: 8192,
@@ -48,6 +38,28 @@ pub fn default_shapes(ms: &[usize]) -> Vec<GemmShape> {
         k: 8192,
     });
     shapes
+}
+
+/// Each `(label, N, K)` layer at each M, M-major (all layers at the first M,
+/// then the next): e.g. the same weight bytes split into more or fewer output
+/// tiles, to see what a GEMM's grid size costs at small M.
+///
+/// ```
+/// let shapes = mllm_kernel::bench::layer_shapes(&[1, 16], &[("o", 4096, 4096), ("o-wide", 8192, 2048)]);
+/// assert_eq!(shapes.len(), 4);
+/// assert_eq!((shapes[1].label.as_str(), shapes[1].m, shapes[1].n), ("o-wide", 1, 8192));
+/// ```
+pub fn layer_shapes(ms: &[usize], layers: &[(&str, usize, usize)]) -> Vec<GemmShape> {
+    ms.iter()
+        .flat_map(|&m| {
+            layers.iter().map(move |&(label, n, k)| GemmShape {
+                label: label.to_string(),
+                m,
+                n,
+                k,
+            })
+        })
+        .collect()
 }
 
 /// One measured shape (and config, in a sweep).

@@ -23,7 +23,7 @@ pub use attention::{bench_attention_decode, AttentionRow};
 pub use blas::{CublasBf16Gemm, LtInt8Gemm};
 pub use core_ops::{bench_core_op, CoreOp};
 pub use decode_mlp::{bench_decode_mlp, DecodeMlpRow};
-pub use int8_mm::{bench_int8_mm, default_shapes, GemmShape, Int8MmRow};
+pub use int8_mm::{bench_int8_mm, default_shapes, layer_shapes, GemmShape, Int8MmRow};
 
 /// How a timing was taken.
 #[derive(Debug, Clone, Copy, Serialize)]

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// int8-mm: the M values to run Qwen3-8B's layer shapes at.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,128,256,1024,4096")]
     pub ms: Vec<usize>,
+    /// int8-mm: layer shapes NxK (output features x input features) to run at every
+    /// --ms instead of Qwen3-8B's layers and 8192³, e.g. 4096x4096,8192x2048.
+    #[arg(long, value_delimiter = ',', value_parser = parse_layer)]
+    pub layers: Vec<(usize, usize)>,
     /// int8-mm: time every kernel config on every shape (the dispatch table's data).
     #[arg(long)]
     pub sweep: bool,
@@ -238,8 +242,19 @@ fn bench_int8_mm(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow:
     if args.ms.contains(&0) {
         anyhow::bail!("every --ms value must be > 0");
     }
+    let shapes = if args.layers.is_empty() {
+        crate::bench::default_shapes(&args.ms)
+    } else {
+        let labels: Vec<String> = args.layers.iter().map(|(n, k)| format!("{n}x{k}")).collect();
+        let layers: Vec<(&str, usize, usize)> = labels
+            .iter()
+            .zip(&args.layers)
+            .map(|(l, &(n, k))| (l.as_str(), n, k))
+            .collect();
+        crate::bench::layer_shapes(&args.ms, &layers)
+    };
     let gpu = Gpu::with_env(0, env.clone())?;
-    let rows = crate::bench::bench_int8_mm(&gpu, &crate::bench::default_shapes(&args.ms), plan, args.sweep)?;
+    let rows = crate::bench::bench_int8_mm(&gpu, &shapes, plan, args.sweep)?;
     let info = gpu.info();
     if args.json {
         for r in &rows {
@@ -420,4 +435,30 @@ fn jit_load_once(env: &KernelEnv, kernel: Option<&str>) -> anyhow::Result<i32> {
     };
     println!("{ms}");
     Ok(0)
+}
+
+/// `NxK` for `--layers`: both positive (the op's own checks then judge alignment).
+fn parse_layer(text: &str) -> Result<(usize, usize), String> {
+    let (n, k) = text
+        .split_once('x')
+        .ok_or_else(|| format!("`{text}` is not NxK (e.g. 4096x4096)"))?;
+    let dim = |d: &str| match d.trim().parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("`{text}`: `{d}` is not a positive integer")),
+    };
+    Ok((dim(n)?, dim(k)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_layer;
+
+    #[test]
+    fn layer_shapes_parse_as_n_by_k() {
+        assert_eq!(parse_layer("8192x2048"), Ok((8192, 2048)));
+        for bad in ["4096", "0x4096", "4096x", "ax4096", "4096x-1"] {
+            let err = parse_layer(bad).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
 }
