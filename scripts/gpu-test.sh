@@ -214,8 +214,8 @@ run() {
   } 2>&1 | tee "$out/env.log"
   # MLLM_GPU_TESTS=0 skips the tests (fixtures, test binaries, serve chats): benchmarks only.
   [ "${MLLM_GPU_TESTS:-1}" = 0 ] || gpu_tests
-  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-decode int8-small int8-swizzle
-  # mlp jit attention engine profile timeline serve vl (none: no benchmarks).
+  # MLLM_GPU_BENCH picks benchmark groups (space-separated): norm core int8 int8-decode int8-small int8-mid
+  # int8-swizzle mlp jit attention engine profile timeline serve vl (none: no benchmarks).
   for group in ${MLLM_GPU_BENCH:-norm core int8 mlp jit attention engine profile timeline serve vl}; do
     case "$group" in
       norm)
@@ -288,6 +288,12 @@ run() {
         # Small M only: every config, the decode shapes.
         "$gpu/bin/mllm-kernel" bench int8-mm --ms 1,16 2>&1 | tee -a "$out/bench.log" || status=1
         "$gpu/bin/mllm-kernel" bench int8-mm --sweep --json --repeats 10 --ms 1,16 >>"$out/int8_sweep.jsonl" 2>&1 || status=1
+        ;;
+      int8-mid)
+        # Decode batches above 64 (65-256 rows) as CUDA-graph replays: every config, among them
+        # the 128-token swap-AB tile, against cuBLASLt int8.
+        "$gpu/bin/mllm-kernel" bench int8-mm --graph --sweep --json --repeats 10 --ms 65,96,128,256 \
+          >>"$out/int8_sweep.jsonl" 2>&1 || status=1
         ;;
       engine)
         # Qwen3-8B with random weights, bf16 and W8A8 in the same run: batch 1 at a
