@@ -240,6 +240,11 @@ pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k
     let wide = n >= 16384 || k >= 8192;
     if hopper {
         return match m {
+            // gate_up-wide outputs at 65-96 rows on an H100 (one graph sweep, session 30):
+            // 43.5 / 42.1 us on Pingpong 128x128 against 50.2 / 44.3 on 64x128 and
+            // cuBLASLt int8's 46.6 / 47.2. At 128 rows 64x128 is level on the H100
+            // (41.1 against 41.8) and ahead on the H200 (32.4 against 35.5).
+            65..=96 if n >= 16384 => Sm90P128x128x128,
             ..=128 => Sm90P64x128x128,
             129..=256 if n <= 4096 => Sm90P64x128x128,
             129..=256 => Sm90P128x128x128,
@@ -298,6 +303,11 @@ mod tests {
         assert_eq!(pick(33), Int8MmConfig::Sm90SwapP64x64x256);
         assert_eq!(pick(64), Int8MmConfig::Sm90SwapP64x64x256);
         assert_eq!(pick(65), Int8MmConfig::Sm90P64x128x128);
+        // Wide outputs (gate_up) take the 128-row tile at 65-96 rows.
+        let wide = |m| select_int8_mm_config(h100, Int8MmPath::Auto, m, 24576, 4096);
+        assert_eq!(wide(65), Int8MmConfig::Sm90P128x128x128);
+        assert_eq!(wide(96), Int8MmConfig::Sm90P128x128x128);
+        assert_eq!(wide(97), Int8MmConfig::Sm90P64x128x128);
     }
 
     #[test]
