@@ -58,7 +58,7 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 30)]
     pub repeats: usize,
-    /// int8-mm: the M values to run Qwen3-8B's layer shapes at.
+    /// int8-mm: the M values to run the layer shapes at (Qwen3-8B's, or --layers).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,128,256,1024,4096")]
     pub ms: Vec<usize>,
     /// int8-mm: layer shapes NxK (output features x input features) to run at every
