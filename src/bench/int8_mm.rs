@@ -49,14 +49,14 @@ pub fn default_shapes(ms: &[usize]) -> Vec<GemmShape> {
 /// assert_eq!(shapes.len(), 4);
 /// assert_eq!((shapes[1].label.as_str(), shapes[1].m, shapes[1].n), ("o-wide", 1, 8192));
 /// ```
-pub fn layer_shapes(ms: &[usize], layers: &[(&str, usize, usize)]) -> Vec<GemmShape> {
+pub fn layer_shapes<L: AsRef<str>>(ms: &[usize], layers: &[(L, usize, usize)]) -> Vec<GemmShape> {
     ms.iter()
         .flat_map(|&m| {
-            layers.iter().map(move |&(label, n, k)| GemmShape {
-                label: label.to_string(),
+            layers.iter().map(move |(label, n, k)| GemmShape {
+                label: label.as_ref().to_string(),
                 m,
-                n,
-                k,
+                n: *n,
+                k: *k,
             })
         })
         .collect()

@@ -245,12 +245,8 @@ fn bench_int8_mm(env: &KernelEnv, args: &BenchArgs, plan: TimingPlan) -> anyhow:
     let shapes = if args.layers.is_empty() {
         crate::bench::default_shapes(&args.ms)
     } else {
-        let labels: Vec<String> = args.layers.iter().map(|(n, k)| format!("{n}x{k}")).collect();
-        let layers: Vec<(&str, usize, usize)> = labels
-            .iter()
-            .zip(&args.layers)
-            .map(|(l, &(n, k))| (l.as_str(), n, k))
-            .collect();
+        let layers: Vec<(String, usize, usize)> =
+            args.layers.iter().map(|&(n, k)| (format!("{n}x{k}"), n, k)).collect();
         crate::bench::layer_shapes(&args.ms, &layers)
     };
     let gpu = Gpu::with_env(0, env.clone())?;
