@@ -43,7 +43,8 @@ pub enum Int8MmConfig {
     /// As [`Int8MmConfig::Sm90SwapP64x16x256`] with 64 tokens a tile: M ≤ 64.
     Sm90SwapP64x64x256,
     /// As [`Int8MmConfig::Sm90SwapP64x16x256`] with 128 tokens a tile: M ≤ 128.
-    /// Explicit only until a GPU measures it against the Pingpong 64x128 tile.
+    /// Explicit only: on an H100 it beat the Pingpong 64x128 tile on gate_up at 128
+    /// rows alone (docs/int8_mm_dispatch.md, session 30).
     Sm90SwapP64x128x256,
 }
 
