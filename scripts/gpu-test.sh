@@ -154,6 +154,10 @@ gpu_tests() {
         run_test "$name (MLLM_INT8_MM_SM80_PDL=1)" "$t" MLLM_INT8_MM_SM80_PDL=1
         # The swap-AB tiles without their weight prefetch (sm90.cuh).
         run_test "$name (MLLM_INT8_MM_SWAP_PREFETCH=0)" "$t" MLLM_INT8_MM_SWAP_PREFETCH=0
+        # The K-folded swap-AB tiles at each fold, forced wherever it fits (sm90_fold.cuh).
+        for f in 1 2 4; do
+          run_test "$name folded (MLLM_INT8_MM_FOLD=$f)" "$t" MLLM_INT8_MM_FOLD=$f folded_swap_tiles
+        done
         ;;
       *) run_test "$name" "$t" ;;
     esac

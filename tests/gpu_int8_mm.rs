@@ -308,6 +308,46 @@ fn stream_m16_covers_layers_wider_than_one_wave() {
     check_dynamic(&gpu, 2, 24_576, 4096, Some(Int8MmConfig::StreamM16), 950);
 }
 
+/// The K-folded swap-AB config on shapes where each fold is picked (on a
+/// 132-SM Hopper: o and down fold 2, qkv 4 at up to 8 tokens, gate_up 1),
+/// an odd N whose folded rows leave the last tile half empty (264 x 2112:
+/// fold 4, K / 4 = 528, not a multiple of the 256-wide k-tile), every token
+/// count across both tiles, and per-tensor scales. `gpu-test.sh` runs it
+/// again under each `MLLM_INT8_MM_FOLD`, which forces a fold wherever it fits.
+#[test]
+fn folded_swap_tiles_match_reference() {
+    let Some(gpu) = gpu_or_skip("folded_swap_tiles_match_reference") else {
+        return;
+    };
+    let config = Int8MmConfig::Sm90SwapKFold;
+    if !config.runs_on(gpu.arch()) {
+        println!(
+            "skipped folded_swap_tiles_match_reference: needs sm_90a, this GPU is {}",
+            gpu.arch()
+        );
+        return;
+    }
+    let shapes = [(4096, 4096), (6144, 4096), (4096, 12_288), (24_576, 4096), (264, 2112)];
+    for (i, m) in [1usize, 2, 3, 4, 5, 8, 9, 16, 17, 32].into_iter().enumerate() {
+        for (j, &(n, k)) in shapes.iter().enumerate() {
+            let c = Case {
+                m,
+                n,
+                k,
+                per_token: (i + j) % 3 != 0,
+                per_channel: (i + j) % 4 != 1,
+                bias: (i + j) % 2 == 0,
+                seed: 2000 + 10 * i as u64 + j as u64,
+            };
+            if (i + j) % 2 == 0 {
+                run_case::<bf16>(&gpu, c, Some(config), config.name());
+            } else {
+                run_case::<f16>(&gpu, c, Some(config), config.name());
+            }
+        }
+    }
+}
+
 /// `int8_scaled_mm_dynamic` of a random bf16 `[m, k]` x and `[n, k]` int8
 /// weight against per-token quantization + the int8 reference.
 fn check_dynamic(gpu: &Gpu, m: usize, n: usize, k: usize, config: Option<Int8MmConfig>, seed: u64) {

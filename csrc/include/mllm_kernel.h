@@ -101,6 +101,10 @@ typedef enum mllm_int8_mm_config_t {
   MLLM_INT8_MM_SM90_SWAP_P64x32x256 = 26,
   MLLM_INT8_MM_SM90_SWAP_P64x64x256 = 27,
   MLLM_INT8_MM_SM90_SWAP_P64x128x256 = 28,
+  /* Swap-AB Pingpong for M <= 32 with K folded into the weight rows (2 or 4
+   * ways, on a 16- or 32-token tile), when that fills more SMs; else the
+   * plain swap-AB tile. The fold is picked per problem (sm90_fold.cuh). */
+  MLLM_INT8_MM_SM90_SWAPK = 29,
 } mllm_int8_mm_config_t;
 
 /* Skinny and SM80 configurations (kernel build `int8_scaled_mm[sm80]`). */

@@ -96,6 +96,34 @@ struct WeightPrefetchMainloop : Base {
   }
 };
 
+// The int8 x int8 -> int32 mainloop the CUTLASS builder makes for a tile,
+// with as many stages as leave `kEpilogueSmem` bytes to the epilogue, and the
+// swap-AB weight prefetch when `kPrefetchTiles` > 0.
+template <class TileShape, class ClusterShape, class KernelSchedule, int kEpilogueSmem, int kPrefetchTiles>
+using Int8Mainloop = WeightPrefetchMainloop<
+    typename cutlass::gemm::collective::CollectiveBuilder<
+        cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, cutlass::layout::RowMajor, 16, int8_t,
+        cutlass::layout::ColumnMajor, 16, int32_t, TileShape, ClusterShape,
+        cutlass::gemm::collective::StageCountAutoCarveout<kEpilogueSmem>, KernelSchedule>::CollectiveOp,
+    kPrefetchTiles>;
+
+// Checks, initializes and launches a CUTLASS 3.x GEMM (none needs a workspace).
+template <class Op>
+mllm_result_t run_op(typename Op::Arguments const& args, cudaStream_t stream, bool programmatic) {
+  Op op;
+  if (op.can_implement(args) != cutlass::Status::kSuccess)
+    return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM90 int8 GEMM cannot implement this problem");
+  if (Op::get_workspace_size(args) != 0)
+    return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM90 int8 GEMM unexpectedly needs a workspace");
+  cutlass::Status s = op.initialize(args, nullptr, stream);
+  if (s == cutlass::Status::kSuccess) s = op.run(stream, nullptr, programmatic);
+  if (s != cutlass::Status::kSuccess) {
+    cudaError_t e = cudaGetLastError();
+    return e != cudaSuccess ? cuda_result(e) : fail(MLLM_STATUS_CUDA_ERROR, cutlassGetStatusString(s));
+  }
+  return cuda_result(cudaGetLastError());
+}
+
 template <class Out, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule,
           bool SwapAB = false, int kPrefetchTiles = 0>
 struct Gemm {
@@ -126,13 +154,8 @@ struct Gemm {
       cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, LayoutD, kAlignOut, Out, LayoutD,
       kAlignOut, EpilogueSchedule, Tree>::CollectiveOp;
 
-  using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, cutlass::layout::RowMajor, 16, int8_t,
-      cutlass::layout::ColumnMajor, 16, int32_t, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename Epilogue::SharedStorage))>,
-      KernelSchedule>::CollectiveOp;
-  using Mainloop = WeightPrefetchMainloop<BuiltMainloop, kPrefetchTiles>;
+  using Mainloop = Int8Mainloop<TileShape, ClusterShape, KernelSchedule,
+                                static_cast<int>(sizeof(typename Epilogue::SharedStorage)), kPrefetchTiles>;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
                                                       cutlass::gemm::PersistentScheduler>;
@@ -173,18 +196,7 @@ struct Gemm {
         {},
     };
     args.scheduler.max_swizzle_size = tile_swizzle();
-    Op op;
-    if (op.can_implement(args) != cutlass::Status::kSuccess)
-      return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM90 int8 GEMM cannot implement this problem");
-    if (Op::get_workspace_size(args) != 0)
-      return fail(MLLM_STATUS_INVALID_ARGUMENT, "CUTLASS SM90 int8 GEMM unexpectedly needs a workspace");
-    cutlass::Status s = op.initialize(args, nullptr, stream);
-    if (s == cutlass::Status::kSuccess) s = op.run(stream, nullptr, programmatic);
-    if (s != cutlass::Status::kSuccess) {
-      cudaError_t e = cudaGetLastError();
-      return e != cudaSuccess ? cuda_result(e) : fail(MLLM_STATUS_CUDA_ERROR, cutlassGetStatusString(s));
-    }
-    return cuda_result(cudaGetLastError());
+    return run_op<Op>(args, stream, programmatic);
   }
 };
 
@@ -202,6 +214,12 @@ mllm_result_t run_swap(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool p
   using Prefetching = Gemm<Out, Tile, One, Pingpong, EpiPingpong, true, kSwapPrefetchTiles>;
   return swap_prefetch_requested() ? Prefetching::run(p, stream, pdl) : Plain::run(p, stream, pdl);
 }
+
+}  // namespace mllm::int8_mm::sm90
+
+#include "sm90_fold.cuh"
+
+namespace mllm::int8_mm::sm90 {
 
 template <class Out>
 mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t stream, bool pdl) {
@@ -224,6 +242,9 @@ mllm_result_t run_typed(const mllm_int8_mm_args_t& p, int config, cudaStream_t s
       return run_swap<Out, _64>(p, stream, pdl);
     case MLLM_INT8_MM_SM90_SWAP_P64x128x256:
       return run_swap<Out, _128>(p, stream, pdl);
+    case MLLM_INT8_MM_SM90_SWAPK:
+      if (p.m > 32) return fail(MLLM_STATUS_INVALID_ARGUMENT, "sm90_swapk covers at most 32 rows");
+      return run_swap_folded<Out>(p, stream, pdl);
     default:
       return fail(MLLM_STATUS_UNSUPPORTED, "not an SM90 int8_scaled_mm config");
   }

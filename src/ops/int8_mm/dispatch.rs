@@ -46,6 +46,13 @@ pub enum Int8MmConfig {
     /// Explicit only: on an H100 it beat the Pingpong 64x128 tile on gate_up at 128
     /// rows alone (docs/int8_mm_dispatch.md, session 30).
     Sm90SwapP64x128x256,
+    /// The swap-AB tiles with K folded into the weight rows
+    /// (`csrc/int8_scaled_mm/sm90_fold.cuh`): a fold of F reads the weight as
+    /// `[F·N, K/F]` and the tokens as `[F·M, K/F]`, so F times the CTAs each
+    /// stream 1/F of a slab, and the epilogue adds the split-K partial sums.
+    /// The fold (1, 2 or 4, with F·M ≤ 32) is picked per problem to fill the
+    /// SMs; unfolded it is the plain 16- or 32-token swap tile. M ≤ 32.
+    Sm90SwapKFold,
 }
 
 /// Which family of kernels may run.
@@ -58,7 +65,7 @@ pub enum Int8MmPath {
 }
 
 impl Int8MmConfig {
-    pub const ALL: [Int8MmConfig; 17] = [
+    pub const ALL: [Int8MmConfig; 18] = [
         Self::SkinnyM16,
         Self::SkinnyM32,
         Self::SkinnyM64,
@@ -76,6 +83,7 @@ impl Int8MmConfig {
         Self::Sm90SwapP64x32x256,
         Self::Sm90SwapP64x64x256,
         Self::Sm90SwapP64x128x256,
+        Self::Sm90SwapKFold,
     ];
 
     /// The `mllm_int8_mm_config_t` value (from the C header, via bindgen).
@@ -99,6 +107,7 @@ impl Int8MmConfig {
             Self::Sm90SwapP64x32x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x32x256,
             Self::Sm90SwapP64x64x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x64x256,
             Self::Sm90SwapP64x128x256 => C::MLLM_INT8_MM_SM90_SWAP_P64x128x256,
+            Self::Sm90SwapKFold => C::MLLM_INT8_MM_SM90_SWAPK,
         };
         c.0 as i32
     }
@@ -130,6 +139,7 @@ impl Int8MmConfig {
             Self::Sm90SwapP64x32x256 => "sm90_swapab_64x32x256",
             Self::Sm90SwapP64x64x256 => "sm90_swapab_64x64x256",
             Self::Sm90SwapP64x128x256 => "sm90_swapab_64x128x256",
+            Self::Sm90SwapKFold => "sm90_swapab_kfold",
         }
     }
 
@@ -154,6 +164,7 @@ impl Int8MmConfig {
                 | Self::Sm90SwapP64x32x256
                 | Self::Sm90SwapP64x64x256
                 | Self::Sm90SwapP64x128x256
+                | Self::Sm90SwapKFold
         )
     }
 
@@ -161,7 +172,7 @@ impl Int8MmConfig {
     pub fn max_m(self) -> usize {
         match self {
             Self::SkinnyM16 | Self::StreamM16 | Self::Sm90SwapP64x16x256 => 16,
-            Self::SkinnyM32 | Self::Sm90SwapP64x32x256 => 32,
+            Self::SkinnyM32 | Self::Sm90SwapP64x32x256 | Self::Sm90SwapKFold => 32,
             Self::SkinnyM64 | Self::Sm90SwapP64x64x256 => 64,
             Self::Sm90SwapP64x128x256 => 128,
             _ => usize::MAX,
@@ -206,9 +217,8 @@ impl std::str::FromStr for Int8MmConfig {
 /// ```
 /// use mllm_kernel::ops::{select_int8_mm_config, Int8MmConfig, Int8MmPath};
 /// let h100 = "sm_90a".parse().unwrap();
-/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::Sm90SwapP64x16x256);
-/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 8, 24576, 4096), Int8MmConfig::Sm90SwapP64x16x256);
-/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 32, 4096, 12288), Int8MmConfig::Sm90SwapP64x32x256);
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 1, 4096, 4096), Int8MmConfig::Sm90SwapKFold);
+/// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 32, 4096, 12288), Int8MmConfig::Sm90SwapKFold);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 64, 4096, 12288), Int8MmConfig::Sm90SwapP64x64x256);
 /// assert_eq!(select_int8_mm_config(h100, Int8MmPath::Auto, 128, 6144, 4096), Int8MmConfig::Sm90P64x128x128);
 /// assert!(select_int8_mm_config(h100, Int8MmPath::Auto, 8192, 8192, 8192).is_sm90());
@@ -226,14 +236,15 @@ pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k
     // weight tiles into L2 before waiting on the kernel that quantized A
     // (programmatic dependent launch), so at one row it also beats
     // stream_m16, which requests its first stage early too
-    // (docs/int8_mm_dispatch.md). Before Hopper: skinny for narrow outputs,
-    // the 32x64 tile for wide ones.
+    // (docs/int8_mm_dispatch.md). Up to 32 rows the K-folded form, which
+    // gives layers of 64-96 slabs (o, down, qkv) two or four times the CTAs
+    // and falls back to the 16- or 32-token tile where folding cannot fill
+    // more SMs: on an H100 at 1-8 rows qkv 10.0-10.4 us against 11.4-11.6,
+    // o 7.3-7.5 against 8.0-8.1, down 18.2-18.4 against 20.3-20.4 (session
+    // 31). Before Hopper: skinny for narrow outputs, the 32x64 tile for wide
+    // ones.
     if m <= 64 && hopper {
-        return match m {
-            ..=16 => Sm90SwapP64x16x256,
-            17..=32 => Sm90SwapP64x32x256,
-            _ => Sm90SwapP64x64x256,
-        };
+        return if m <= 32 { Sm90SwapKFold } else { Sm90SwapP64x64x256 };
     }
     if m <= 16 {
         return if n >= 6144 { Sm80T32x64x128 } else { SkinnyM16 };
@@ -296,11 +307,11 @@ mod tests {
     }
 
     #[test]
-    fn hopper_takes_the_narrowest_swap_tile_that_holds_m() {
+    fn hopper_takes_a_swap_tile_that_holds_m() {
         let h100: Arch = "sm_90a".parse().unwrap();
         let pick = |m| select_int8_mm_config(h100, Int8MmPath::Auto, m, 4096, 12288);
-        assert_eq!(pick(16), Int8MmConfig::Sm90SwapP64x16x256);
-        assert_eq!(pick(17), Int8MmConfig::Sm90SwapP64x32x256);
+        assert_eq!(pick(1), Int8MmConfig::Sm90SwapKFold);
+        assert_eq!(pick(32), Int8MmConfig::Sm90SwapKFold);
         assert_eq!(pick(33), Int8MmConfig::Sm90SwapP64x64x256);
         assert_eq!(pick(64), Int8MmConfig::Sm90SwapP64x64x256);
         assert_eq!(pick(65), Int8MmConfig::Sm90P64x128x128);
