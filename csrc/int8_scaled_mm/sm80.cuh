@@ -15,6 +15,7 @@
 
 #include "common.cuh"
 #include "mllm_pdl.cuh"
+#include "pass_through.cuh"
 
 namespace mllm::int8_mm::sm80 {
 
@@ -23,24 +24,18 @@ namespace tb = cutlass::epilogue::threadblock;
 
 // A row vector ([n], one value per column) or one scalar, chosen at run
 // time: CUTLASS's row broadcast loads vectors and cannot take stride 0.
+template <class Element, class StrideMNL>
+struct RowOrScalarArgs {
+  Element const* ptr = nullptr;
+  bool per_col = true;
+  StrideMNL stride = {};
+};
+
 template <class ThreadMap, class Element, class StrideMNL>
-struct RowOrScalar {
-  struct Arguments {
-    Element const* ptr = nullptr;
-    bool per_col = true;
-    StrideMNL stride = {};
-  };
+struct RowOrScalar : PassThroughArguments<RowOrScalarArgs<Element, StrideMNL>> {
+  using Arguments = RowOrScalarArgs<Element, StrideMNL>;
   using Params = Arguments;
   struct SharedStorage {};
-
-  template <class ProblemShape>
-  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
-    return args;
-  }
-  template <class ProblemShape>
-  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
-    return 0;
-  }
 
   static int constexpr kVecBits = ThreadMap::kElementsPerAccess * cutlass::sizeof_bits<Element>::value;
   using Vec = cutlass::uint_bit_t<cute::min(128, kVecBits)>;

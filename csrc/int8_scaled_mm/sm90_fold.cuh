@@ -23,6 +23,8 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/epilogue/collective/detail.hpp>
 
+#include "pass_through.cuh"
+
 namespace mllm::int8_mm::sm90 {
 
 // The unfolded problem the folded epilogue writes: out[m, n] for m < m_rows,
@@ -48,7 +50,7 @@ struct FoldedArgs {
 // configs does. Pingpong runs one warpgroup's epilogue at a time, so the
 // two consumer warpgroups share the staging tile.
 template <class Out, int kTileM, int kTileN>
-class FoldedEpilogue {
+class FoldedEpilogue : public PassThroughArguments<FoldedArgs<Out>> {
  public:
   using ElementC = Out;
   using ElementD = Out;
@@ -66,19 +68,6 @@ class FoldedEpilogue {
   // tokens over the warpgroup); a fold of 4 needs fewer.
   static constexpr int kTokensPerThread = kTileM * kTileN / (4 * kThreads);
 
-  template <class ProblemShape>
-  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
-    return args;
-  }
-  template <class ProblemShape>
-  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
-    return 0;
-  }
-  template <class ProblemShape>
-  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
-                                              cutlass::CudaHostAdapter* = nullptr) {
-    return cutlass::Status::kSuccess;
-  }
   template <class ProblemShape>
   static bool can_implement(ProblemShape const&, Arguments const& args) {
     return args.fold == 2 || args.fold == 4;
@@ -148,9 +137,13 @@ class FoldedEpilogue {
 // The fold for an m x n x k problem of at most 32 tokens: MLLM_INT8_MM_FOLD
 // (1, 2 or 4) where it fits, else the fold that leaves the busiest SM the
 // fewest weight bytes (persistent CTAs, one an SM, each walking 64-row slabs
-// of K / F), the smaller on a tie. A fold of F needs F * m <= 32 tokens and
-// K / F 16-byte aligned. On 132 SMs: o and down (N = 4096) fold 2, qkv
-// (6144) 4 up to 8 tokens, gate_up (24576) 1.
+// of K / F). A fold of F needs F * m <= 32 tokens and K / F 16-byte aligned.
+// On a tie a fold of 2 on the 16-token tile wins over none (H100, graph
+// replays, at 1-8 rows: gate_up 33.1-33.8 us against 34.2-34.8), but over
+// the 32-token tile none wins (Qwen3-8B W8A8 at batch 16: 4.76-4.80 ms a
+// step with every layer folded in two, 4.72-4.76 with the tie unfolded);
+// otherwise the smaller fold. On 132 SMs: o and down (N = 4096) fold 2 up to
+// 16 tokens, qkv (6144) 4 up to 8, gate_up (24576) 2 up to 8.
 inline int choose_fold(int m, int n, int k, int sm_count) {
   const auto fits = [&](int f) { return f * m <= 32 && k % (16 * f) == 0; };
   static const int asked = [] {
@@ -162,8 +155,8 @@ inline int choose_fold(int m, int n, int k, int sm_count) {
   // In quarter slabs of K on the busiest SM: waves x 4 / F.
   const auto cost = [&](int f) { return ((f * n + 63) / 64 + sms - 1) / sms * (4 / f); };
   int best = 1;
-  for (int f : {2, 4})
-    if (fits(f) && cost(f) < cost(best)) best = f;
+  if (fits(2) && (cost(2) < cost(1) || (cost(2) == cost(1) && 2 * m <= 16))) best = 2;
+  if (fits(4) && cost(4) < cost(best)) best = 4;
   return best;
 }
 
@@ -208,7 +201,8 @@ struct FoldedSwapGemm {
 
 // MLLM_INT8_MM_SM90_SWAPK: up to 32 tokens, folded by `choose_fold` on the
 // narrowest tile that holds F * m tokens; unfolded, the plain swap-AB tile
-// (its TMA epilogue is ~0.5 us faster than the folded one at one fold).
+// (at a fold of 1 the folded epilogue's first form measured ~0.5 us slower
+// than its TMA epilogue).
 template <class Out>
 mllm_result_t run_swap_folded(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool pdl) {
   const int m = static_cast<int>(p.m);

@@ -239,10 +239,9 @@ pub fn select_int8_mm_config(arch: Arch, path: Int8MmPath, m: usize, n: usize, k
     // (docs/int8_mm_dispatch.md). Up to 32 rows the K-folded form, which
     // gives layers of 64-96 slabs (o, down, qkv) two or four times the CTAs
     // and falls back to the 16- or 32-token tile where folding cannot fill
-    // more SMs: on an H100 at 1-8 rows qkv 10.0-10.4 us against 11.4-11.6,
-    // o 7.3-7.5 against 8.0-8.1, down 18.2-18.4 against 20.3-20.4 (session
-    // 31). Before Hopper: skinny for narrow outputs, the 32x64 tile for wide
-    // ones.
+    // more SMs: on an H100 at 1-8 rows qkv 9.7-10.1 us against 11.4-11.5,
+    // o 7.0-7.2 against 7.9-8.0, down 17.5-17.7 against 19.9 (session 31).
+    // Before Hopper: skinny for narrow outputs, the 32x64 tile for wide ones.
     if m <= 64 && hopper {
         return if m <= 32 { Sm90SwapKFold } else { Sm90SwapP64x64x256 };
     }
