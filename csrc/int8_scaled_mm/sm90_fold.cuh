@@ -138,8 +138,8 @@ class FoldedEpilogue : public PassThroughArguments<FoldedArgs<Out>> {
 // (1, 2 or 4) where it fits, else the fold that leaves the busiest SM the
 // fewest weight bytes (persistent CTAs, one an SM, each walking 64-row slabs
 // of K / F). A fold of F needs F * m <= 32 tokens and K / F 16-byte aligned.
-// On a tie a fold of 2 on the 16-token tile wins over none (H100, graph
-// replays, at 1-8 rows: gate_up 33.1-33.8 us against 34.2-34.8), but over
+// On a tie a fold of 2 on the 16-token tile wins over none (one H100, graph
+// replays: gate_up 33.1 / 33.8 us at 1 / 8 rows against 33.5 / 34.1), but over
 // the 32-token tile none wins (Qwen3-8B W8A8 at batch 16: 4.76-4.80 ms a
 // step with every layer folded in two, 4.72-4.76 with the tie unfolded);
 // otherwise the smaller fold. On 132 SMs: o and down (N = 4096) fold 2 up to
