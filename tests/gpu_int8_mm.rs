@@ -309,7 +309,8 @@ fn stream_m16_covers_layers_wider_than_one_wave() {
 }
 
 /// The K-folded swap-AB config on shapes where each fold is picked (on a
-/// 132-SM Hopper: o and down fold 2, qkv 4 at up to 8 tokens, gate_up 1),
+/// 132-SM Hopper: o and down fold 2, qkv 4 and gate_up 2 at up to 8 tokens,
+/// gate_up and qkv 1 above),
 /// an odd N whose folded rows leave the last tile half empty (264 x 2112:
 /// fold 4, K / 4 = 528, not a multiple of the 256-wide k-tile), every token
 /// count across both tiles, and per-tensor scales. `gpu-test.sh` runs it

@@ -18,6 +18,14 @@ inline int device_sm() {
   return major * 10 + minor;
 }
 
+// Streaming multiprocessors of the current device; 0 when there is none.
+inline int device_sm_count() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return sms;
+}
+
 // Whether the opt-in environment variable `name` is set to 1 (read each call;
 // callers keep the answer in a function-local static).
 inline bool env_is_one(const char* name) {

@@ -160,13 +160,6 @@ inline int choose_fold(int m, int n, int k, int sm_count) {
   return best;
 }
 
-inline int current_sm_count() {
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return sms;
-}
-
 // The swap-AB Pingpong tile with `Tokens` tokens and the folded epilogue.
 template <class Out, class Tokens>
 struct FoldedSwapGemm {
@@ -206,7 +199,7 @@ struct FoldedSwapGemm {
 template <class Out>
 mllm_result_t run_swap_folded(const mllm_int8_mm_args_t& p, cudaStream_t stream, bool pdl) {
   const int m = static_cast<int>(p.m);
-  const int fold = choose_fold(m, static_cast<int>(p.n), static_cast<int>(p.k), current_sm_count());
+  const int fold = choose_fold(m, static_cast<int>(p.n), static_cast<int>(p.k), mllm::device_sm_count());
   if (fold == 1) return m <= 16 ? run_swap<Out, _16>(p, stream, pdl) : run_swap<Out, _32>(p, stream, pdl);
   return fold * m <= 16 ? FoldedSwapGemm<Out, _16>::run(p, fold, stream, pdl)
                         : FoldedSwapGemm<Out, _32>::run(p, fold, stream, pdl);
