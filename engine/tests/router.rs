@@ -200,6 +200,9 @@ fn spawn_worker(model: &Path, port: u16, dir: &Path, tag: &str) -> Proc {
         MODEL_NAME,
         "--max-running-requests",
         "64",
+        // Step 2 compares answers from batches of ~32 with answers computed alone: without
+        // batch invariance the CPU kernels sum differently by batch size and near-ties flip.
+        "--enable-deterministic-inference",
     ]
     .map(String::from)
     .to_vec();
@@ -278,6 +281,10 @@ fn two_workers_behind_sglang_router() {
     for port in [pa, pb] {
         let info = get_json(port, "/server_info");
         assert_eq!(info["served_model_name"], MODEL_NAME, "/server_info of :{port}: {info}");
+        assert_eq!(
+            info["enable_deterministic_inference"], true,
+            "/server_info of :{port}: {info}"
+        );
     }
 
     // 1. Reference answers, straight from worker A.

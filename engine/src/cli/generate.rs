@@ -137,7 +137,7 @@ pub(crate) fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         ignore_eos: args.ignore_eos,
     };
     let target = GeneratorTarget {
-        device: args.model.device.resolve()?,
+        device: args.model.resolve_device()?,
         cuda_graph: args.model.cuda_graph_max_bs() > 0,
         kv_dtype: args.model.kv_cache_dtype.dtype(),
     };

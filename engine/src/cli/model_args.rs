@@ -137,6 +137,10 @@ pub struct ModelArgs {
     /// CPU KV cache storage (a GPU always keeps bf16).
     #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
     pub kv_cache_dtype: KvCacheDtype,
+    /// Batch-invariant inference: a sequence's output does not depend on which requests share
+    /// its batch (greedy answers repeat exactly under any load). CPU only; prefill runs slower.
+    #[arg(long)]
+    pub enable_deterministic_inference: bool,
 }
 
 impl ModelArgs {
@@ -168,6 +172,32 @@ impl ModelArgs {
                 calibration_ids: Vec::new(),
             }),
         }
+    }
+
+    /// The device to run on (`--device`), with `--enable-deterministic-inference` applied: it
+    /// switches the CPU linear layers to their batch-invariant kernels, and is an error on a
+    /// GPU, whose GEMMs pick tiles and split-K by batch size.
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// use mllm_engine::cli::{Cli, Command};
+    /// use mllm_engine::executor::device::Device;
+    /// let cli = Cli::try_parse_from(["mllm", "generate", "--prompt", "Hi", "--device", "cpu"]).unwrap();
+    /// let Command::Generate(args) = cli.command else { unreachable!() };
+    /// assert_eq!(args.model.resolve_device().unwrap(), Device::Cpu);
+    /// ```
+    pub fn resolve_device(&self) -> anyhow::Result<Device> {
+        let device = self.device.resolve()?;
+        if self.enable_deterministic_inference {
+            if device.is_cuda() {
+                anyhow::bail!(
+                    "--enable-deterministic-inference is implemented for the CPU backend only \
+                     (the GPU GEMMs pick tiles and split-K by batch size); add --device cpu"
+                );
+            }
+            crate::layers::linear::set_batch_invariant(true);
+        }
+        Ok(device)
     }
 
     /// The largest decode batch that runs on a CUDA graph (0 with `--disable-cuda-graph`).

@@ -127,7 +127,7 @@ impl ServeArgs {
 
     /// The engine configuration (resolves `--device`).
     pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
-        let device = self.model.device.resolve()?;
+        let device = self.model.resolve_device()?;
         if device == Device::Cpu && self.mem_fraction_static.is_some() {
             anyhow::bail!("--mem-fraction-static sizes a GPU's KV cache; on the CPU use --max-total-tokens");
         }

@@ -238,6 +238,7 @@ pub async fn server_info(State(app): State<AppState>) -> Json<Value> {
         "cuda_graph_max_bs": cuda.then_some(c.cuda_graph_max_bs),
         "disable_cuda_graph": cuda && c.cuda_graph_max_bs == 0,
         "mem_fraction_static": c.mem_fraction_static.filter(|_| cuda),
+        "enable_deterministic_inference": crate::layers::linear::batch_invariant(),
         "reasoning_parser": app.parsers.reasoning.map(|p| p.name()),
         "tool_call_parser": app.parsers.tools.map(|p| p.name()),
         "uptime_s": unix_time().saturating_sub(app.created), "draining": app.engine.is_draining(),

@@ -68,33 +68,42 @@ enum Weights<'a> {
     F16(&'a [f16]),
 }
 
+/// Rows of `x` per pass over a task's weight rows in [`rows`]: a block stays in L1/L2 while the
+/// weight rows stream past, so a prefill-sized `x` is read once per block, not per weight row.
+const X_BLOCK: usize = 8;
+
 /// Computes `out_t[j * m + i] = x_i · w_j` for weight rows `j0..j0 + out_t.len() / m`.
 #[inline(always)]
 fn rows<const FMA: bool>(xs: &[f32], m: usize, k: usize, w: Weights<'_>, j0: usize, out_t: &mut [f32]) {
+    let nrows = out_t.len() / m;
     let mut buf = Vec::new();
-    for (jj, o) in out_t.chunks_mut(m).enumerate() {
-        let r = (j0 + jj) * k..(j0 + jj + 1) * k;
-        let wrow: &[f32] = match w {
-            Weights::F32(s) => &s[r],
-            Weights::BF16(s) if m == 1 => {
-                o[0] = dot_bf16::<FMA>(xs, &s[r]);
-                continue;
-            }
-            Weights::BF16(s) => {
-                buf.resize(k, 0f32);
-                for (b, &v) in buf.iter_mut().zip(&s[r]) {
-                    *b = f32::from_bits((v as u32) << 16);
+    for i0 in (0..m).step_by(X_BLOCK) {
+        let block = i0..(i0 + X_BLOCK).min(m);
+        for jj in 0..nrows {
+            let r = (j0 + jj) * k..(j0 + jj + 1) * k;
+            let o = &mut out_t[jj * m..(jj + 1) * m];
+            let wrow: &[f32] = match w {
+                Weights::F32(s) => &s[r],
+                Weights::BF16(s) if m == 1 => {
+                    o[0] = dot_bf16::<FMA>(xs, &s[r]);
+                    continue;
                 }
-                &buf
+                Weights::BF16(s) => {
+                    buf.resize(k, 0f32);
+                    for (b, &v) in buf.iter_mut().zip(&s[r]) {
+                        *b = f32::from_bits((v as u32) << 16);
+                    }
+                    &buf
+                }
+                Weights::F16(s) => {
+                    buf.resize(k, 0f32);
+                    s[r].convert_to_f32_slice(&mut buf);
+                    &buf
+                }
+            };
+            for i in block.clone() {
+                o[i] = dot::<FMA>(&xs[i * k..(i + 1) * k], wrow);
             }
-            Weights::F16(s) => {
-                buf.resize(k, 0f32);
-                s[r].convert_to_f32_slice(&mut buf);
-                &buf
-            }
-        };
-        for (i, oi) in o.iter_mut().enumerate() {
-            *oi = dot::<FMA>(&xs[i * k..(i + 1) * k], wrow);
         }
     }
 }
@@ -180,20 +189,22 @@ mod avx512 {
         let nrows = out_t.len() / m;
         assert!((j0 + nrows) * k <= w.len() && m * k <= xs.len());
         let base = w.as_ptr();
-        let mut j = 0;
-        while j < nrows {
-            let valid = (nrows - j).min(4);
-            let ptrs: [*const W; 4] = std::array::from_fn(|r| base.add((j0 + j + r.min(valid - 1)) * k));
-            let mut store = |i: usize, d: &[f32; 4]| {
-                for (r, &v) in d.iter().enumerate().take(valid) {
-                    out_t[(j + r) * m + i] = v;
-                }
-            };
-            // Up to four x rows per pass over the (L1-resident) weight rows. Every row takes the
-            // same path whatever the batch, so a sequence's logits do not depend on its batch.
-            let mut i = 0;
-            while i < m {
-                let x = xs.as_ptr().add(i * k);
+        // Up to four x rows per pass over the task's weight rows (L1/L2-resident after the first
+        // pass), x rows outermost: a prefill-sized x is then read once per task instead of once
+        // per four weight rows. Every row takes the same path whatever the batch, so a
+        // sequence's logits do not depend on its batch.
+        let mut i = 0;
+        while i < m {
+            let x = xs.as_ptr().add(i * k);
+            let mut j = 0;
+            while j < nrows {
+                let valid = (nrows - j).min(4);
+                let ptrs: [*const W; 4] = std::array::from_fn(|r| base.add((j0 + j + r.min(valid - 1)) * k));
+                let mut store = |i: usize, d: &[f32; 4]| {
+                    for (r, &v) in d.iter().enumerate().take(valid) {
+                        out_t[(j + r) * m + i] = v;
+                    }
+                };
                 match m - i {
                     1 => store(i, &dot4xr::<W, 1>(x, k, ptrs)[0]),
                     2 => dot4xr::<W, 2>(x, k, ptrs)
@@ -209,9 +220,9 @@ mod avx512 {
                         .enumerate()
                         .for_each(|(r, d)| store(i + r, d)),
                 }
-                i += 4;
+                j += 4;
             }
-            j += 4;
+            i += 4;
         }
     }
 
