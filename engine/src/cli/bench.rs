@@ -196,7 +196,8 @@ impl BenchArgs {
 /// Runs `mllm bench-one-batch`.
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     args.check()?;
-    if args.kernel_timeline.is_some() && !args.model.resolve_device()?.is_cuda() {
+    let device = args.model.resolve_device()?;
+    if args.kernel_timeline.is_some() && !device.is_cuda() {
         bail!("--kernel-timeline traces CUDA kernels; it needs --device cuda");
     }
     let source = args.source()?;
@@ -222,7 +223,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         kv_dtype,
         max_running_requests: b,
         max_context_len: i + o,
-        device: args.model.resolve_device()?,
+        device,
         gpu_mem_fraction: None,
         cuda_graph_max_bs: args.model.cuda_graph_max_bs(),
     };

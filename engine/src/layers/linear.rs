@@ -48,17 +48,12 @@ pub fn batch_invariant() -> bool {
     BATCH_INVARIANT.load(Ordering::Relaxed)
 }
 
-/// `x · wᵀ` with the kernel suited to the weights and the row count (see [`dense_with`]).
-pub(crate) fn dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    dense_with(x, w, batch_invariant())
-}
-
 /// `x · wᵀ`: bf16 dot products where the CPU has them (activations rounded to bf16, as on a
-/// GPU), else streaming GEMV for decode-sized inputs and tiled f32 GEMM otherwise. With
-/// `invariant`, the GEMV for every row count (see [`set_batch_invariant`]).
-fn dense_with(x: &Tensor, w: &Tensor, invariant: bool) -> Result<Tensor> {
+/// GPU), else streaming GEMV for decode-sized inputs and tiled f32 GEMM otherwise. In
+/// batch-invariant mode, the GEMV for every row count (see [`set_batch_invariant`]).
+pub(crate) fn dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows = x.numel() / x.shape().last().copied().unwrap_or(1).max(1);
-    Ok(if invariant {
+    Ok(if batch_invariant() {
         gemv_t(x, w)?
     } else if w.dtype() == DType::BF16 && bf16_dot_available() {
         matmul_bf16_t(x, w)?
@@ -393,46 +388,6 @@ mod tests {
 
     fn t(v: &[f32], shape: &[usize]) -> Tensor {
         Tensor::from_vec(v.to_vec(), shape).unwrap()
-    }
-
-    /// A small deterministic PRNG's values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    #[test]
-    fn invariant_rows_do_not_depend_on_the_batch() {
-        // K = 333 leaves a tail after the 16-wide vectors; N = 70 a partial group of weight rows.
-        let (n, k) = (70, 333);
-        for dtype in [DType::F32, DType::BF16, DType::F16] {
-            let w = Tensor::from_f32(&values(n * k, 7), &[n, k], dtype).unwrap();
-            let x = values(100 * k, 11);
-            let alone: Vec<Vec<f32>> = (0..100)
-                .map(|i| {
-                    let xi = t(&x[i * k..(i + 1) * k], &[1, k]);
-                    dense_with(&xi, &w, true).unwrap().to_f32_vec().unwrap()
-                })
-                .collect();
-            // Row counts on both sides of every default crossover (8 GEMV rows, 48 panel rows).
-            for m in [2, 3, 5, 9, 17, 48, 100] {
-                let y = dense_with(&t(&x[..m * k], &[m, k]), &w, true)
-                    .unwrap()
-                    .to_f32_vec()
-                    .unwrap();
-                for (i, row) in y.chunks(n).enumerate() {
-                    let same = row.iter().zip(&alone[i]).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{dtype:?}: row {i} of a batch of {m} differs from the row alone");
-                }
-            }
-        }
     }
 
     #[test]

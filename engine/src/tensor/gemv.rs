@@ -189,22 +189,20 @@ mod avx512 {
         let nrows = out_t.len() / m;
         assert!((j0 + nrows) * k <= w.len() && m * k <= xs.len());
         let base = w.as_ptr();
-        // Up to four x rows per pass over the task's weight rows (L1/L2-resident after the first
-        // pass), x rows outermost: a prefill-sized x is then read once per task instead of once
-        // per four weight rows. Every row takes the same path whatever the batch, so a
-        // sequence's logits do not depend on its batch.
-        let mut i = 0;
-        while i < m {
-            let x = xs.as_ptr().add(i * k);
-            let mut j = 0;
-            while j < nrows {
-                let valid = (nrows - j).min(4);
-                let ptrs: [*const W; 4] = std::array::from_fn(|r| base.add((j0 + j + r.min(valid - 1)) * k));
-                let mut store = |i: usize, d: &[f32; 4]| {
-                    for (r, &v) in d.iter().enumerate().take(valid) {
-                        out_t[(j + r) * m + i] = v;
-                    }
-                };
+        let mut j = 0;
+        while j < nrows {
+            let valid = (nrows - j).min(4);
+            let ptrs: [*const W; 4] = std::array::from_fn(|r| base.add((j0 + j + r.min(valid - 1)) * k));
+            let mut store = |i: usize, d: &[f32; 4]| {
+                for (r, &v) in d.iter().enumerate().take(valid) {
+                    out_t[(j + r) * m + i] = v;
+                }
+            };
+            // Up to four x rows per pass over the (L1-resident) weight rows. Every row takes the
+            // same path whatever the batch, so a sequence's logits do not depend on its batch.
+            let mut i = 0;
+            while i < m {
+                let x = xs.as_ptr().add(i * k);
                 match m - i {
                     1 => store(i, &dot4xr::<W, 1>(x, k, ptrs)[0]),
                     2 => dot4xr::<W, 2>(x, k, ptrs)
@@ -220,9 +218,9 @@ mod avx512 {
                         .enumerate()
                         .for_each(|(r, d)| store(i + r, d)),
                 }
-                j += 4;
+                i += 4;
             }
-            i += 4;
+            j += 4;
         }
     }
 

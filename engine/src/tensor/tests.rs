@@ -384,3 +384,29 @@ fn from_vec_keeps_its_buffer_and_cat_copies_large_parts_whole() {
     assert_eq!(c.shape(), t.shape());
     assert_eq!(c.as_slice::<half::bf16>().unwrap(), &v[..]);
 }
+
+/// The GEMV is the batch-invariant kernel (`--enable-deterministic-inference`): row `i` of a
+/// batch must be bit-identical to row `i` alone at every row count, where the tiled GEMM's is
+/// not (its `K` blocking depends on the rows).
+#[test]
+fn gemv_rows_do_not_depend_on_the_batch() {
+    // K = 333 leaves a tail after the 16-wide vectors; N = 70 a partial group of weight rows.
+    let (n, k) = (70, 333);
+    let mut rng = Rng(7);
+    let (wv, x) = (rng.vec(n * k), rng.vec(100 * k));
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let w = Tensor::from_f32(&wv, &[n, k], dtype).unwrap();
+        let gemv = |xs: &[f32]| {
+            let xs = Tensor::from_vec(xs.to_vec(), &[xs.len() / k, k]).unwrap();
+            gemv_t(&xs, &w).unwrap().to_f32_vec().unwrap()
+        };
+        let alone: Vec<Vec<f32>> = x.chunks(k).map(gemv).collect();
+        // Row counts on both sides of every default crossover (8 GEMV rows, 48 panel rows).
+        for m in [2, 3, 5, 9, 17, 48, 100] {
+            for (i, row) in gemv(&x[..m * k]).chunks(n).enumerate() {
+                let same = row.iter().zip(&alone[i]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{dtype:?}: row {i} of a batch of {m} differs from the row alone");
+            }
+        }
+    }
+}
