@@ -237,13 +237,7 @@ impl Sandbox {
     /// A copy of the prebuilt root (every build for sm_80, all `ok`).
     fn prebuilt() -> Self {
         let sb = Self::empty();
-        let status = Command::new("cp")
-            .arg("-r")
-            .arg(prebuilt_root())
-            .arg(&sb.root)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cp -r of the prebuilt cache failed");
+        copy_tree(prebuilt_root(), &sb.root);
         sb
     }
 
@@ -388,41 +382,76 @@ extern "C" fn remove_prebuilt() {
     }
 }
 
-/// A cache root with every build compiled for sm_80, built once per test
-/// process (with `check --use-cache`, which this also tests) and removed at exit.
+/// A cache root with every build compiled for sm_80, private to this test
+/// process and removed at exit.
+///
+/// Compiling it takes ~20 s of nvcc, and nextest runs every test in a process
+/// of its own, so the compiled root is kept under the target dir and shared:
+/// each process takes a file lock, revalidates the shared root with
+/// `check --use-cache` (which this also tests) and copies it. If that check
+/// had to compile anything (a kernel source changed since), the shared root is
+/// rebuilt from empty, so no entry of the old sources stays in it.
 fn prebuilt_root() -> &'static Path {
     PREBUILT.get_or_init(|| {
+        let shared_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        fs::create_dir_all(shared_dir).unwrap();
+        let lock = fs::File::create(shared_dir.join("mllm-kernel-cli-prebuilt.lock")).unwrap();
+        lock.lock().unwrap();
+        let shared = shared_dir.join("mllm-kernel-cli-prebuilt");
+        if !check_builds(&shared).all_builds_are("cached") {
+            let _ = fs::remove_dir_all(&shared);
+            let r = check_builds(&shared);
+            if !r.all_builds_are("compiled") {
+                let _ = fs::remove_dir_all(&shared);
+                panic!("building the shared cache failed\n{r}");
+            }
+        }
         let dir = tempfile::Builder::new()
             .prefix("mllm-kernel-cli-prebuilt-")
             .tempdir()
             .unwrap()
             .keep();
         let root = dir.join("root");
-        let r = mk(
-            &root,
-            &[
-                "check",
-                "--use-cache",
-                "--arch",
-                ARCH,
-                "--kernel",
-                "rms_norm",
-                "--kernel",
-                QUANT,
-            ],
-        );
-        let n = BUILDS.len();
-        let good = r.code == Some(0)
-            && r.stdout.contains(&format!("{n} of {n} kernel builds ok"))
-            && r.stdout.matches(" compiled").count() == n;
-        if !good {
-            let _ = fs::remove_dir_all(&dir);
-            panic!("building the shared cache failed\n{r}");
-        }
+        copy_tree(&shared, &root);
+        drop(lock);
         // SAFETY: registers a plain function; it only removes our temp dir.
         unsafe { libc::atexit(remove_prebuilt) };
         root
     })
+}
+
+/// `cp -r from to`: a cache root's copy, with fresh mtimes.
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-r").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp -r {} {} failed", from.display(), to.display());
+}
+
+/// `check --use-cache` of every build in [`BUILDS`] for [`ARCH`] into `root`.
+fn check_builds(root: &Path) -> Run {
+    mk(
+        root,
+        &[
+            "check",
+            "--use-cache",
+            "--arch",
+            ARCH,
+            "--kernel",
+            "rms_norm",
+            "--kernel",
+            QUANT,
+        ],
+    )
+}
+
+impl Run {
+    /// Whether `check` succeeded with every build of [`BUILDS`] reported `how`
+    /// (`compiled` or `cached`).
+    fn all_builds_are(&self, how: &str) -> bool {
+        let n = BUILDS.len();
+        self.code == Some(0)
+            && self.stdout.contains(&format!("{n} of {n} kernel builds ok"))
+            && self.stdout.matches(&format!(" {how}")).count() == n
+    }
 }
 
 /// Sets the last-used time of an entry (its manifest's mtime) `ago` in the past.
@@ -1317,16 +1346,7 @@ fn check_compiles_every_kernel_in_a_temp_root() {
 #[test]
 fn check_use_cache_reports_cached_entries() {
     let sb = Sandbox::prebuilt();
-    let r = sb.run(&[
-        "check",
-        "--use-cache",
-        "--arch",
-        ARCH,
-        "--kernel",
-        "rms_norm",
-        "--kernel",
-        QUANT,
-    ]);
+    let r = check_builds(&sb.root);
     r.ok().all_builds_ok(|_| "cached");
     assert!(!r.stdout.contains("compiled"), "{r}");
     assert_eq!(sb.statuses(), all_ok());
