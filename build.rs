@@ -238,6 +238,43 @@ mod aot {
             .collect()
     }
 
+    /// `nvcc -cubin` for each (source, arch, output) of the NVRTC kernels, as many
+    /// at a time as cargo gives the build script jobs.
+    fn compile_cubins(nvcc: &Path, include: &Path, cubins: &[(PathBuf, String, PathBuf)]) {
+        let jobs: usize = env::var("NUM_JOBS")
+            .ok()
+            .and_then(|j| j.parse().ok())
+            .unwrap_or(1)
+            .max(1);
+        let mut running = std::collections::VecDeque::new();
+        for (entry, arch, cubin) in cubins {
+            if running.len() == jobs {
+                wait_nvcc(running.pop_front().unwrap());
+            }
+            let child = Command::new(nvcc)
+                .args([
+                    "-cubin",
+                    &format!("-arch={arch}"),
+                    "-std=c++17",
+                    "-lineinfo",
+                    "-DNDEBUG",
+                ])
+                .arg(format!("-I{}", include.display()))
+                .arg("-o")
+                .arg(cubin)
+                .arg(entry)
+                .spawn()
+                .expect("run nvcc");
+            running.push_back((child, entry, arch));
+        }
+        running.into_iter().for_each(wait_nvcc);
+    }
+
+    fn wait_nvcc((mut child, entry, arch): (std::process::Child, &PathBuf, &String)) {
+        let status = child.wait().expect("wait for nvcc");
+        assert!(status.success(), "nvcc failed on {} for {arch}", entry.display());
+    }
+
     fn gencode(digits: &str, specific: bool) -> String {
         let suffix = if specific { "a" } else { "" };
         let ptx = if specific {
@@ -283,6 +320,7 @@ mod aot {
             }
         }
         let mut fi_files = 0;
+        let mut cubins = Vec::new();
         for k in kernels {
             let entry = root.join("csrc").join(&k.entry);
             for (digits, specific) in &archs {
@@ -291,21 +329,6 @@ mod aot {
                 }
                 let arch = format!("sm_{digits}{}", if *specific { "a" } else { "" });
                 let cubin = out.join(format!("{}.{arch}.cubin", k.name));
-                let status = Command::new(&nvcc)
-                    .args([
-                        "-cubin",
-                        &format!("-arch={arch}"),
-                        "-std=c++17",
-                        "-lineinfo",
-                        "-DNDEBUG",
-                    ])
-                    .arg(format!("-I{}", include.display()))
-                    .arg("-o")
-                    .arg(&cubin)
-                    .arg(&entry)
-                    .status()
-                    .expect("run nvcc");
-                assert!(status.success(), "nvcc failed on {} for {arch}", entry.display());
                 writeln!(
                     code,
                     "    (KernelId::{}, {arch:?}, include_bytes!({:?})),",
@@ -313,6 +336,7 @@ mod aot {
                     cubin.display().to_string()
                 )
                 .unwrap();
+                cubins.push((entry.clone(), arch, cubin));
             }
             if k.compiler == "nvcc" {
                 let needs = |what: &str| k.needs.iter().any(|n| n == what);
@@ -338,15 +362,22 @@ mod aot {
             }
         }
         code.push_str("];\n");
-        if !linked.is_empty() {
-            for (digits, specific) in &archs {
-                lib.flag(gencode(digits, *specific));
-                fi_lib.flag(gencode(digits, *specific));
-            }
-            lib.compile("mllm_kernel_aot");
+        for (digits, specific) in &archs {
+            lib.flag(gencode(digits, *specific));
+            fi_lib.flag(gencode(digits, *specific));
+        }
+        // The CUTLASS GEMMs take minutes each: the cubins and both libraries compile at
+        // once (cc's `parallel` feature spreads each library's files over cargo's jobs).
+        std::thread::scope(|s| {
+            s.spawn(|| compile_cubins(&nvcc, &include, &cubins));
             if fi_files > 0 {
-                fi_lib.compile("mllm_kernel_aot_flashinfer");
+                s.spawn(|| fi_lib.compile("mllm_kernel_aot_flashinfer"));
             }
+            if !linked.is_empty() {
+                lib.compile("mllm_kernel_aot");
+            }
+        });
+        if !linked.is_empty() {
             for dir in ["lib64", "lib"] {
                 println!("cargo:rustc-link-search=native={}", cuda_home.join(dir).display());
             }
