@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::target_archs;
 use crate::env::KernelEnv;
-use crate::jit::{cache::create_private_dir, Arch, JitCache, KernelSpec};
+use crate::jit::{cache::create_private_dir, Arch, Compiler, JitCache, KernelSpec, ThirdParty};
 use crate::registry::KernelBuild;
 
 const CONCURRENT_BUILDS: usize = 2;
@@ -35,12 +35,15 @@ pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool, kernels: &[String
     };
     // Every (arch, build) pair that has code; CUTLASS 3.x builds only for
     // sm_90a; one representative attention variant per arch unless named.
-    let jobs: Vec<(Arch, KernelBuild)> = archs
+    let mut jobs: Vec<(Arch, KernelBuild)> = archs
         .iter()
         .flat_map(|a| builds.iter().map(move |(b, explicit)| (*a, *b, *explicit)))
         .filter(|(a, b, explicit)| if *explicit { b.targets(*a) } else { b.checked_on(*a) })
         .map(|(a, b, _)| (a, b))
         .collect();
+    // Longest first, so the slowest build does not start last: on a 2-core CI
+    // machine the CUTLASS 3.x GEMM alone takes ~450 s of the check's ~940.
+    jobs.sort_by_cached_key(|(arch, build)| (expected_cost_rank(build), std::cmp::Reverse(*arch)));
     let total = Instant::now();
     // Two nvcc at once: a CUTLASS 3.x translation unit peaks near 3 GB and
     // CI machines have 2 cores, so more only thrashes.
@@ -81,4 +84,35 @@ pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool, kernels: &[String
         total.elapsed().as_secs_f64()
     );
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Builds in the order of their usual compile time: CUTLASS (minutes), then
+/// FlashInfer (~35 s), other nvcc builds, and NVRTC ones (about a second).
+/// Newer archs sort first within a rank, since their CUTLASS kernels are the
+/// heavier ones (`Reverse(arch)` at the call site).
+fn expected_cost_rank(build: &KernelBuild) -> u8 {
+    let spec = KernelSpec::for_build(*build);
+    if spec.third_party.contains(&ThirdParty::Cutlass) {
+        0
+    } else if spec.third_party.contains(&ThirdParty::FlashInfer) {
+        1
+    } else if spec.compiler == Compiler::Nvcc {
+        2
+    } else {
+        3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutlass_builds_rank_before_flashinfer_nvcc_and_nvrtc() {
+        let rank = |name: &str| expected_cost_rank(&KernelBuild::parse(name).unwrap()[0]);
+        assert_eq!(rank("int8_scaled_mm[sm90]"), 0);
+        assert_eq!(rank("attention[d128_bf16]"), 1);
+        assert_eq!(rank("per_token_quant_int8"), 2);
+        assert_eq!(rank("rms_norm[f32]"), 3);
+    }
 }
