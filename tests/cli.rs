@@ -42,6 +42,17 @@ const BUILDS: [&str; 4] = [
 const RMS: &str = "rms_norm[f32]";
 /// The kernel without variants (an nvcc compile).
 const QUANT: &str = "per_token_quant_int8";
+/// `check --use-cache` of every build in [`BUILDS`] for [`ARCH`].
+const CHECK_BUILDS: [&str; 8] = [
+    "check",
+    "--use-cache",
+    "--arch",
+    ARCH,
+    "--kernel",
+    "rms_norm",
+    "--kernel",
+    QUANT,
+];
 /// The `nobody` user, used to get a genuinely read-only root when we are root.
 const NOBODY: u32 = 65534;
 
@@ -426,21 +437,9 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(status.success(), "cp -r {} {} failed", from.display(), to.display());
 }
 
-/// `check --use-cache` of every build in [`BUILDS`] for [`ARCH`] into `root`.
+/// [`CHECK_BUILDS`] into `root`.
 fn check_builds(root: &Path) -> Run {
-    mk(
-        root,
-        &[
-            "check",
-            "--use-cache",
-            "--arch",
-            ARCH,
-            "--kernel",
-            "rms_norm",
-            "--kernel",
-            QUANT,
-        ],
-    )
+    mk(root, &CHECK_BUILDS)
 }
 
 impl Run {
@@ -824,16 +823,7 @@ fn corrupt_entry_is_rebuilt_by_check_use_cache() {
     fs::write(sb.entry(RMS).join("kernel.cubin"), "garbage").unwrap();
     assert_eq!(sb.statuses(), all_ok_but(RMS, Some("corrupt")));
 
-    let r = sb.run(&[
-        "check",
-        "--use-cache",
-        "--arch",
-        ARCH,
-        "--kernel",
-        "rms_norm",
-        "--kernel",
-        QUANT,
-    ]);
+    let r = sb.run(&CHECK_BUILDS);
     r.ok()
         .all_builds_ok(|b| if b == RMS { "compiled" } else { "cached" })
         .stderr_has("is corrupt")
@@ -1370,16 +1360,7 @@ fn root_writable_by_group_or_others_is_refused() {
             &["cache", "prune", "--max-size", "0"],
             &["cache", "rebuild", "rms_norm", "--arch", ARCH],
             &["cache", "rebuild", RMS, "--arch", ARCH],
-            &[
-                "check",
-                "--use-cache",
-                "--arch",
-                ARCH,
-                "--kernel",
-                "rms_norm",
-                "--kernel",
-                QUANT,
-            ],
+            &CHECK_BUILDS,
         ] {
             let r = sb.run(args);
             r.code(2)
@@ -1500,16 +1481,7 @@ fn read_only_root_serves_valid_entries_and_reports_misses() {
         assert!(r.row(b).contains(&"ok"), "{b}\n{r}");
     }
 
-    let r = ro(&[
-        "check",
-        "--use-cache",
-        "--arch",
-        ARCH,
-        "--kernel",
-        "rms_norm",
-        "--kernel",
-        QUANT,
-    ]);
+    let r = ro(&CHECK_BUILDS);
     r.ok().all_builds_ok(|_| "cached");
 
     // Cleaning fails instead of half-working, and removes nothing.
@@ -1526,16 +1498,7 @@ fn read_only_root_serves_valid_entries_and_reports_misses() {
     let rms = sb.entry(RMS);
     fs::remove_dir_all(&rms).unwrap();
     let (ro, _guard) = read_only_runner(&sb).unwrap();
-    let r = ro(&[
-        "check",
-        "--use-cache",
-        "--arch",
-        ARCH,
-        "--kernel",
-        "rms_norm",
-        "--kernel",
-        QUANT,
-    ]);
+    let r = ro(&CHECK_BUILDS);
     r.code(1)
         .stdout_has("is read-only and has no valid entry for rms_norm/sm_80-f32-")
         .stdout_has("MLLM_KERNEL_CACHE_DIR")
@@ -1591,19 +1554,7 @@ fn jit_disabled_serves_cached_kernels_and_refuses_to_compile() {
 #[test]
 fn jit_disabled_check_use_cache_fails_on_a_miss() {
     let sb = Sandbox::empty();
-    let r = run(
-        cmd(&sb.root).env("MLLM_KERNEL_JIT", "0"),
-        &[
-            "check",
-            "--use-cache",
-            "--arch",
-            ARCH,
-            "--kernel",
-            "rms_norm",
-            "--kernel",
-            QUANT,
-        ],
-    );
+    let r = run(cmd(&sb.root).env("MLLM_KERNEL_JIT", "0"), &CHECK_BUILDS);
     assert_ne!(r.code, Some(0), "{r}");
     r.output_has("MLLM_KERNEL_JIT=0").output_has("cache rebuild");
     for k in KERNELS {
