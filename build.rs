@@ -302,8 +302,11 @@ mod aot {
         // gcc flags unwrapped); its default flags are gcc's, so drop them.
         env::set_var("NVCC", &nvcc);
         let mut lib = cc::Build::new();
+        // warnings(false): cc's -Wall -Wextra reach the host compiler through nvcc and
+        // print ~18k lines about CUTLASS's headers; nvcc's own diagnostics stay on.
         lib.cuda(true)
             .no_default_flags(true)
+            .warnings(false)
             .cudart("static")
             .include(&include)
             .flag("-std=c++17")
