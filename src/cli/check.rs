@@ -43,7 +43,7 @@ pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool, kernels: &[String
         .collect();
     // Longest first, so the slowest build does not start last: on a 2-core CI
     // machine the CUTLASS 3.x GEMM alone takes ~450 s of the check's ~940.
-    jobs.sort_by_cached_key(|(arch, build)| (expected_cost_rank(build), std::cmp::Reverse(*arch)));
+    jobs.sort_by_key(|(arch, build)| (expected_cost_rank(build), std::cmp::Reverse(*arch)));
     let total = Instant::now();
     // Two nvcc at once: a CUTLASS 3.x translation unit peaks near 3 GB and
     // CI machines have 2 cores, so more only thrashes.
@@ -91,12 +91,12 @@ pub fn run(env: &KernelEnv, archs: Vec<Arch>, use_cache: bool, kernels: &[String
 /// Newer archs sort first within a rank, since their CUTLASS kernels are the
 /// heavier ones (`Reverse(arch)` at the call site).
 fn expected_cost_rank(build: &KernelBuild) -> u8 {
-    let spec = KernelSpec::for_build(*build);
-    if spec.third_party.contains(&ThirdParty::Cutlass) {
+    let third_party = build.id.third_party();
+    if third_party.contains(&ThirdParty::Cutlass) {
         0
-    } else if spec.third_party.contains(&ThirdParty::FlashInfer) {
+    } else if third_party.contains(&ThirdParty::FlashInfer) {
         1
-    } else if spec.compiler == Compiler::Nvcc {
+    } else if build.id.compiler() == Compiler::Nvcc {
         2
     } else {
         3
