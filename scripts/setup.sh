@@ -211,22 +211,53 @@ install_headers flashinfer "$TP/flashinfer" flashinfer/data/include/=include \
 # The pins are CPython 3.11 x86_64 wheels; elsewhere (or with MLLM_SKIP_PY_TOOLS=1) the
 # venvs are skipped, env.sh does not export them and their users skip with a reason.
 VENV_OK=()
+# venv_stale NAME REQS: true (0) when .toolchain/venv-NAME must be (re)installed.
+venv_stale() {
+  local dir="$TC/venv-$1"
+  ! { stamp_ok "$dir/.stamp" "$(sha "$2")" && "$dir/bin/python" -c '' 2>/dev/null; }
+}
+# pip >= 22.3 installs into another interpreter (--python): the venvs then skip ensurepip,
+# ~8 s of CPU each, and hold only what the tools import.
+HOST_PIP_TARGETS=0
+if python3 -m pip install --help 2>/dev/null | grep -q -- '--python '; then HOST_PIP_TARGETS=1; fi
+# install_venv NAME REQS (run in the background: it writes only $TC/venv-NAME.tmp, then
+# swaps it in).
 install_venv() {
-  local name=$1 reqs=$2 dir="$TC/venv-$1" want
-  want=$(sha "$reqs")
-  if stamp_ok "$dir/.stamp" "$want" && "$dir/bin/python" -c '' 2>/dev/null; then
-    say "venv-$name up to date: $dir"; VENV_OK+=("$name"); return 0
-  fi
-  if ((CHECK)); then problem "$dir is missing or stale vs $reqs (run scripts/setup.sh)"; return 0; fi
-  say "installing $(basename "$reqs") into $dir"
-  rm -rf "$dir.tmp"; TMPS+=("$dir.tmp")
-  python3 -m venv "$dir.tmp" || die "python3 -m venv failed (install python3-venv, or set MLLM_SKIP_PY_TOOLS=1)"
-  "$dir.tmp/bin/python" -m pip install -q --no-deps --only-binary=:all: --require-hashes -r "$reqs" ||
-    die "pip install -r $reqs failed (network? PIP_INDEX_URL?); set MLLM_SKIP_PY_TOOLS=1 to skip"
-  echo "$want" >"$dir.tmp/.stamp"
+  local name=$1 reqs=$2 dir="$TC/venv-$1" pip
+  rm -rf "$dir.tmp"
+  if ((HOST_PIP_TARGETS)); then
+    python3 -m venv --without-pip "$dir.tmp" && pip=(python3 -m pip --python "$dir.tmp/bin/python")
+  else
+    python3 -m venv "$dir.tmp" && pip=("$dir.tmp/bin/python" -m pip)
+  fi || { echo "setup: error: python3 -m venv failed (install python3-venv, or set MLLM_SKIP_PY_TOOLS=1)" >&2; return 1; }
+  "${pip[@]}" install -q --no-deps --only-binary=:all: --require-hashes -r "$reqs" || {
+    echo "setup: error: pip install -r $reqs failed (network? PIP_INDEX_URL?); set MLLM_SKIP_PY_TOOLS=1 to skip" >&2
+    return 1; }
+  sha "$reqs" >"$dir.tmp/.stamp"
   # venvs hard-code their path: rewrite the shebangs and activate scripts before the swap.
   { grep -rlF "$dir.tmp" "$dir.tmp/bin" || true; } | xargs -r sed -i "s#$dir.tmp#$dir#g"
-  rm -rf "$dir"; mv "$dir.tmp" "$dir"; VENV_OK+=("$name")
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+}
+# install_venvs NAME REQS [NAME REQS ...]: the stale ones at once (pip spends most of its
+# time on one core), the rest reused without touching PyPI.
+install_venvs() {
+  local -A pids=()
+  while (($#)); do
+    local name=$1 reqs=$2; shift 2
+    if ! venv_stale "$name" "$reqs"; then
+      say "venv-$name up to date: $TC/venv-$name"; VENV_OK+=("$name")
+    elif ((CHECK)); then
+      problem "$TC/venv-$name is missing or stale vs $reqs (run scripts/setup.sh)"
+    else
+      say "installing $(basename "$reqs") into $TC/venv-$name"
+      TMPS+=("$TC/venv-$name.tmp"); install_venv "$name" "$reqs" & pids[$name]=$!
+    fi
+  done
+  local name failed=0
+  for name in "${!pids[@]}"; do
+    if wait "${pids[$name]}"; then VENV_OK+=("$name"); else failed=1; fi
+  done
+  ((failed == 0)) || die "a Python tool venv failed to install (above)"
 }
 PY_TAG=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)
 if [[ "${MLLM_SKIP_PY_TOOLS:-}" == 1 ]]; then
@@ -234,8 +265,7 @@ if [[ "${MLLM_SKIP_PY_TOOLS:-}" == 1 ]]; then
 elif [[ "$PY_TAG" != 3.11 || "$(uname -m)" != x86_64 ]]; then
   say "skipping sglang-router and kubernetes-validate: pinned for CPython 3.11 x86_64, found python $PY_TAG on $(uname -m)"
 else
-  install_venv router "$ROOT/deploy/requirements/router.txt"
-  install_venv k8s "$ROOT/deploy/requirements/k8s-validate.txt"
+  install_venvs router "$ROOT/deploy/requirements/router.txt" k8s "$ROOT/deploy/requirements/k8s-validate.txt"
 fi
 venv_ok() { [[ " ${VENV_OK[*]} " == *" $1 "* ]]; }
 # One executable for $MLLM_SGLANG_ROUTER: the router's flags follow it directly.

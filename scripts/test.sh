@@ -32,7 +32,11 @@ else
   cargo test --workspace
 fi
 step "mllm-kernel check (every kernel, sm_80 + sm_90a, pinned nvcc)"
-cargo run --quiet --bin mllm-kernel -- check --arch sm_80 --arch sm_90a
+# The binary the test build linked for the CLI tests. `cargo run` would resolve the root
+# package's features alone (no engine, no dev-dependencies) and recompile half, cudarc
+# and the kernel crate first: 70 s of this step on a 2-core machine.
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+"$target_dir/debug/mllm-kernel" check --arch sm_80 --arch sm_90a
 # `check` above compiled every kernel for both archs with the JIT's commands; this step
 # proves build.rs's AOT path (cc + nvcc, embedded cubins, static link). sm_80 only: with
 # sm_90a it recompiles the CUTLASS 3.x GEMM check just compiled (11 min here, not 4);

@@ -3,7 +3,7 @@
 // Builds: `int8_scaled_mm[sm80]` (skinny mma.sync kernels, CUTLASS 2.x
 // configs and the dynamic-quant path; any SM80+ arch) and
 // `int8_scaled_mm[sm90]` (CUTLASS 3.x; sm_90a). The AOT build compiles
-// both into one object. Which config runs is the caller's choice (the Rust
+// each as its own object too: every entry point below is in one of them. Which config runs is the caller's choice (the Rust
 // dispatch table); each entry point checks its arguments and the GPU.
 #include "common.cuh"
 #include "dynamic_quant.cuh"
@@ -117,7 +117,26 @@ extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm80(const void* x
 }
 #endif
 
-#if !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_SM90)
+#if defined(MLLM_VARIANT_SM90) && defined(MLLM_VARIANT_STUB)
+// An AOT build without sm_90a (build.rs): the entry points the bindings link, and no
+// CUTLASS 3.x. The loader uses the AOT library only on the archs it was built for, where
+// these configs never dispatch; should one be called anyway, it says why.
+namespace {
+mllm_result_t no_sm90a() {
+  return fail(MLLM_STATUS_UNSUPPORTED, "this build has no sm_90a int8_scaled_mm code (MLLM_CUDA_ARCHS lacks 90a)");
+}
+}  // namespace
+
+extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_sm90(const mllm_int8_mm_args_t*, int32_t, mllm_stream_t) {
+  return no_sm90a();
+}
+
+extern "C" MLLM_API mllm_result_t mllm_int8_scaled_mm_dynamic_sm90(const void*, mllm_dtype_t, int8_t*, float*,
+                                                                   const mllm_int8_mm_args_t*, int32_t,
+                                                                   mllm_stream_t) {
+  return no_sm90a();
+}
+#elif !defined(MLLM_VARIANT) || defined(MLLM_VARIANT_SM90)
 #include "sm90.cuh"
 
 namespace {
