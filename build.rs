@@ -175,6 +175,8 @@ fn bind_header(header: &Path, out: &Path) {
             .newtype_enum("mllm_decode_kernel_t")
             .layout_tests(false)
             .derive_debug(true)
+            // Edition 2024: unsafe calls inside the generated `unsafe fn`s need their own blocks.
+            .wrap_unsafe_ops(true)
     };
     let dynamic = base()
         .dynamic_library_name("MllmKernelLib")
@@ -334,7 +336,9 @@ mod aot {
         let mut linked = Vec::new();
         // cc picks nvcc from NVCC (a direct compiler path would make it pass
         // gcc flags unwrapped); its default flags are gcc's, so drop them.
-        env::set_var("NVCC", &nvcc);
+        // SAFETY: the build script is still single-threaded here (the compile threads
+        // start below), so nothing reads the environment concurrently.
+        unsafe { env::set_var("NVCC", &nvcc) };
         let mut lib = cc::Build::new();
         // warnings(false): cc's -Wall -Wextra reach the host compiler through nvcc and
         // filled ~58k lines of CI log about CUTLASS's headers; nvcc's own diagnostics stay on.

@@ -76,7 +76,7 @@ pub type AttentionRunFn = unsafe extern "C" fn(
 
 /// A C-ABI launcher of an nvcc kernel: from the shared object, or linked in.
 macro_rules! c_launcher {
-    ($(#[$doc:meta])* $method:ident, $symbol:ident, $ty:ty, $kernel:expr) => {
+    ($(#[$doc:meta])* $method:ident, $symbol:ident, $ty:ty, $kernel:expr_2021) => {
         $(#[$doc])*
         pub fn $method(&self) -> Result<$ty> {
             let symbol = stringify!($symbol);

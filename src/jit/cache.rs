@@ -60,12 +60,11 @@ impl CacheRoot {
     /// A root owned by another user (other than root) or writable by group or
     /// others is refused: anyone who can write there can run code as us.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            if let Err(e) = create_private_dir(path) {
-                if !path.exists() {
-                    return Err(Error::io(path)(e));
-                }
-            }
+        if !path.exists()
+            && let Err(e) = create_private_dir(path)
+            && !path.exists()
+        {
+            return Err(Error::io(path)(e));
         }
         let meta = fs::symlink_metadata(path).map_err(Error::io(path))?;
         let refuse = |problem: String| Error::UnsafeCacheRoot {

@@ -212,18 +212,20 @@ fn nvrtc_cubin(
 /// # Safety
 /// `prog` must be a live NVRTC program.
 unsafe fn program_log(prog: cudarc::nvrtc::sys::nvrtcProgram) -> String {
-    use cudarc::nvrtc::sys;
-    let mut size = 0usize;
-    if sys::nvrtcGetProgramLogSize(prog, &mut size) != sys::nvrtcResult::NVRTC_SUCCESS || size <= 1 {
-        return String::new();
+    unsafe {
+        use cudarc::nvrtc::sys;
+        let mut size = 0usize;
+        if sys::nvrtcGetProgramLogSize(prog, &mut size) != sys::nvrtcResult::NVRTC_SUCCESS || size <= 1 {
+            return String::new();
+        }
+        let mut buf = vec![0u8; size];
+        if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr().cast()) != sys::nvrtcResult::NVRTC_SUCCESS {
+            return String::new();
+        }
+        CStr::from_bytes_until_nul(&buf)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
-    let mut buf = vec![0u8; size];
-    if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr().cast()) != sys::nvrtcResult::NVRTC_SUCCESS {
-        return String::new();
-    }
-    CStr::from_bytes_until_nul(&buf)
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 fn nul_error(path: &Path) -> Error {

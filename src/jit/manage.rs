@@ -128,10 +128,10 @@ pub fn prune(root: &CacheRoot, max_size: Option<u64>, older_than: Option<Duratio
             continue;
         }
         for dir in sorted_children(&kernel_dir)? {
-            if let Some(pid) = temp_dir_owner(&file_name(&dir)) {
-                if !pid_alive(pid) {
-                    drop_path(&dir, tree_size(&dir), &mut report)?;
-                }
+            if let Some(pid) = temp_dir_owner(&file_name(&dir))
+                && !pid_alive(pid)
+            {
+                drop_path(&dir, tree_size(&dir), &mut report)?;
             }
         }
     }

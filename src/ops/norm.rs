@@ -261,10 +261,11 @@ fn launch_shape(gpu: &Gpu, rows: usize, cols: usize, form: Form, dtype: DType) -
     let name = symbol(form, dtype);
     let f = kernel.function(KernelId::RmsNorm, &name)?;
     let max = kernel.max_threads(KernelId::RmsNorm, &name)?;
-    if matches!(form, Form::FusedAdd | Form::FusedAddQuant) && rows <= DECODE_ROWS {
-        if let Some(threads) = decode_threads(cols, dtype, max) {
-            return Ok((f, row_blocks(rows, threads)));
-        }
+    if matches!(form, Form::FusedAdd | Form::FusedAddQuant)
+        && rows <= DECODE_ROWS
+        && let Some(threads) = decode_threads(cols, dtype, max)
+    {
+        return Ok((f, row_blocks(rows, threads)));
     }
     let want = threads_per_row(cols, dtype);
     Ok((f, row_blocks(rows, want.min(max / 32 * 32).max(32))))

@@ -89,7 +89,7 @@ pub enum HubError {
 
 impl HubError {
     /// Wraps an I/O error; `ENOSPC` becomes [`HubError::DiskFull`].
-    pub(crate) fn io(action: &'static str, path: &Path, needed: u64) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: &Path, needed: u64) -> impl FnOnce(io::Error) -> Self + use<> {
         let path = path.to_path_buf();
         move |source| {
             if source.kind() == io::ErrorKind::StorageFull {

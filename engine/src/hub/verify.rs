@@ -58,12 +58,11 @@ pub(crate) fn sha256_file(path: &Path, progress: &Progress) -> Result<String, Hu
 pub(crate) fn digest(file: &Path, label: &str, show: bool) -> Result<String, HubError> {
     let (size, secs, nanos) = key_of(file)?;
     let side = sidecar_path(file);
-    if let Ok(text) = fs::read_to_string(&side) {
-        if let Ok(s) = serde_json::from_str::<Sidecar>(&text) {
-            if (s.size, s.mtime_secs, s.mtime_nanos) == (size, secs, nanos) {
-                return Ok(s.sha256);
-            }
-        }
+    if let Ok(text) = fs::read_to_string(&side)
+        && let Ok(s) = serde_json::from_str::<Sidecar>(&text)
+        && (s.size, s.mtime_secs, s.mtime_nanos) == (size, secs, nanos)
+    {
+        return Ok(s.sha256);
     }
     let progress = Progress::bytes(show, size, &format!("verifying {label}"));
     let sha256 = sha256_file(file, &progress)?;

@@ -145,10 +145,10 @@ impl LinearMethod for UnquantizedLinearMethod {
     }
 
     fn process_weights_after_loading(&self, _output_sizes: &[usize], weights: &mut LinearWeights) -> Result<()> {
-        if let (Some(dt), Some(w)) = (self.target, weights.get_mut("weight")) {
-            if w.dtype() != dt {
-                *w = w.to_dtype(dt)?;
-            }
+        if let (Some(dt), Some(w)) = (self.target, weights.get_mut("weight"))
+            && w.dtype() != dt
+        {
+            *w = w.to_dtype(dt)?;
         }
         Ok(())
     }

@@ -138,11 +138,11 @@ fn attend(
         scale,
     };
     #[cfg(target_arch = "x86_64")]
-    if let (KvBuffer::BF16(k), KvBuffer::BF16(v)) = buffers {
-        if let Some(run) = simd_rows(head_dim) {
-            let kv = InPlace::new(k, v, kv_slots, row);
-            return Ok(attend_rows(q, expected, &kv, &shape, run));
-        }
+    if let (KvBuffer::BF16(k), KvBuffer::BF16(v)) = buffers
+        && let Some(run) = simd_rows(head_dim)
+    {
+        let kv = InPlace::new(k, v, kv_slots, row);
+        return Ok(attend_rows(q, expected, &kv, &shape, run));
     }
     if let (KvBuffer::F32(k), KvBuffer::F32(v)) = buffers {
         let kv = InPlace::new(k, v, kv_slots, row);

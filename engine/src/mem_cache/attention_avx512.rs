@@ -4,6 +4,11 @@
 //! softmax uses a vector `exp`, and V is accumulated in registers with the normalization
 //! applied once at the end. Same contract as [`super::attention`]'s scalar rows.
 
+// The SIMD kernels here are `unsafe fn`s whose safety contract (target features, slice
+// lengths) is the function's own `# Safety`, and whose bodies are raw-pointer intrinsics
+// throughout: an `unsafe {}` around each call would wrap every line (edition 2024 lint).
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use std::arch::x86_64::*;
 
 use super::attention::{KvRows, Shape};

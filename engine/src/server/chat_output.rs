@@ -142,11 +142,9 @@ impl ChoiceStream {
                 },
             }
         }
-        if last {
-            if let Some(t) = &mut self.tools {
-                let deltas = t.finish();
-                self.tool_deltas(deltas, &mut out);
-            }
+        if last && let Some(t) = &mut self.tools {
+            let deltas = t.finish();
+            self.tool_deltas(deltas, &mut out);
         }
         out.retain(|d| d.as_object().is_some_and(|o| o.values().all(|v| v != "")));
         out

@@ -187,18 +187,18 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(key) = &app.api_key {
-        if req.uri().path() != "/health" {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-                return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "missing or wrong API key")
-                    .into_response();
-            }
+    if let Some(key) = &app.api_key
+        && req.uri().path() != "/health"
+    {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "missing or wrong API key")
+                .into_response();
         }
     }
     next.run(req).await

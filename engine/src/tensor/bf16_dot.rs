@@ -11,6 +11,11 @@
 //! output columns in the lanes: at 160 rows on SmolLM2's shapes it takes 0.72–0.80x the time of
 //! the dot tiles (~700–820 GFLOP/s on two Zen 5 cores, whose `vdpbf16ps` peak is ~1.09 TFLOP/s).
 
+// The SIMD kernels here are `unsafe fn`s whose safety contract (target features, slice
+// lengths) is the function's own `# Safety`, and whose bodies are raw-pointer intrinsics
+// throughout: an `unsafe {}` around each call would wrap every line (edition 2024 lint).
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;

@@ -10,6 +10,11 @@
 //! fewer than ~48 rows of `x` do not pay back (`PANEL_MIN_ROWS`, measured), so the dot tiles
 //! keep decode.
 
+// The SIMD kernels here are `unsafe fn`s whose safety contract (target features, slice
+// lengths) is the function's own `# Safety`, and whose bodies are raw-pointer intrinsics
+// throughout: an `unsafe {}` around each call would wrap every line (edition 2024 lint).
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use std::cell::RefCell;
 use std::ops::Range;
 

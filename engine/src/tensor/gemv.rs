@@ -4,6 +4,11 @@
 //! rows with rayon; AVX-512 (four weight rows × up to four x rows per pass, software prefetch) or AVX2+FMA dot
 //! products when the CPU has them (checked at run time).
 
+// The SIMD kernels here are `unsafe fn`s whose safety contract (target features, slice
+// lengths) is the function's own `# Safety`, and whose bodies are raw-pointer intrinsics
+// throughout: an `unsafe {}` around each call would wrap every line (edition 2024 lint).
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;

@@ -191,10 +191,10 @@ impl Tokenizer {
 
         let mut eos_ids: Vec<u32> = eos.into_iter().collect();
         for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-            if let Some(id) = token_id(gguf, key, n)? {
-                if !eos_ids.contains(&id) {
-                    eos_ids.push(id);
-                }
+            if let Some(id) = token_id(gguf, key, n)?
+                && !eos_ids.contains(&id)
+            {
+                eos_ids.push(id);
             }
         }
         let special = SpecialIds {

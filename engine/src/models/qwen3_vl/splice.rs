@@ -65,7 +65,7 @@ impl VisualRows {
         let rows: Vec<usize> = ids[range.clone()]
             .iter()
             .enumerate()
-            .filter(|(_, &t)| t == image_token_id)
+            .filter(|&(_, &t)| t == image_token_id)
             .map(|(i, _)| i)
             .collect();
         if rows.is_empty() {

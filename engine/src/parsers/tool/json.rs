@@ -117,10 +117,8 @@ pub(super) enum Llama3Step {
 /// separator may precede it.
 pub(super) fn llama3_step(rest: &str, first: bool) -> Llama3Step {
     let mut s = rest.trim_start();
-    if !first {
-        if let Some(after) = s.strip_prefix(';') {
-            s = after.trim_start();
-        }
+    if !first && let Some(after) = s.strip_prefix(';') {
+        s = after.trim_start();
     }
     if s.is_empty() {
         return Llama3Step::Empty;
