@@ -2,9 +2,10 @@
 //
 // Builds: `int8_scaled_mm[sm80]` (skinny mma.sync kernels, CUTLASS 2.x
 // configs and the dynamic-quant path; any SM80+ arch) and
-// `int8_scaled_mm[sm90]` (CUTLASS 3.x; sm_90a). The AOT build compiles
-// each as its own object too: every entry point below is in one of them. Which config runs is the caller's choice (the Rust
-// dispatch table); each entry point checks its arguments and the GPU.
+// `int8_scaled_mm[sm90]` (CUTLASS 3.x; sm_90a). The AOT build compiles each
+// as its own object too: every entry point below is in exactly one of them.
+// Which config runs is the caller's choice (the Rust dispatch table); each
+// entry point checks its arguments and the GPU.
 #include "common.cuh"
 #include "dynamic_quant.cuh"
 
