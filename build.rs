@@ -288,14 +288,14 @@ mod aot {
     }
 
     /// nvcc kernels whose variants export distinct entry points (`int8_scaled_mm`: `_sm80` /
-    /// `_sm90`), as (kernel, variant, the one arch it has code for): each variant compiles
-    /// as its own object, at the same time as the others, where one translation unit would
-    /// run the CUTLASS 2.x and 3.x GEMMs back to back. (`attention`'s variants share its
-    /// plan/run entry points: one object.)
-    const AOT_VARIANT_OBJECTS: &[(&str, &str, Option<&str>)] = &[
-        ("int8_scaled_mm", "sm80", None),
-        ("int8_scaled_mm", "sm90", Some("90a")),
-    ];
+    /// `_sm90`): each variant in kernels.list compiles as its own object, at the same time
+    /// as the others, where one translation unit would run the CUTLASS 2.x and 3.x GEMMs
+    /// back to back. (`attention`'s variants share its plan/run entry points: one object.)
+    const AOT_OBJECT_PER_VARIANT: &[&str] = &["int8_scaled_mm"];
+
+    /// (kernel, variant, arch): a variant with code for that one arch only, built as stubs
+    /// when MLLM_CUDA_ARCHS lacks it (see `variant_unit`).
+    const AOT_VARIANT_ONLY_ON: &[(&str, &str, &str)] = &[("int8_scaled_mm", "sm90", "90a")];
 
     /// A generated source that compiles `entry` as variant `variant` alone, as the JIT
     /// does (`-DMLLM_VARIANT -DMLLM_VARIANT_<V>`); quoted includes still resolve beside
@@ -327,7 +327,7 @@ mod aot {
             .map(PathBuf::from)
             .unwrap_or(root.join("third_party/flashinfer"));
         let archs = archs();
-        // "80", "90a": the arch names of AOT_VARIANT_OBJECTS.
+        // "80", "90a": the arch names of AOT_VARIANT_ONLY_ON.
         let built: Vec<String> = archs
             .iter()
             .map(|(d, s)| format!("{d}{}", if *s { "a" } else { "" }))
@@ -384,13 +384,15 @@ mod aot {
                 // FlashInfer brings its own CCCL, which must not shadow the toolkit's for the
                 // other kernels: its sources go into a library of their own.
                 let target = if needs("flashinfer") { &mut fi_lib } else { &mut lib };
-                let objects: Vec<_> = AOT_VARIANT_OBJECTS.iter().filter(|(n, ..)| *n == k.name).collect();
-                if objects.is_empty() {
+                if AOT_OBJECT_PER_VARIANT.contains(&k.name.as_str()) {
+                    for variant in &k.variants {
+                        let stub = AOT_VARIANT_ONLY_ON
+                            .iter()
+                            .any(|(n, v, arch)| *n == k.name && v == variant && !built.iter().any(|b| b == arch));
+                        target.file(variant_unit(out, &entry, &k.name, variant, stub));
+                    }
+                } else {
                     target.file(&entry);
-                }
-                for (_, variant, only) in objects {
-                    let stub = only.is_some_and(|a| !built.iter().any(|b| b == a));
-                    target.file(variant_unit(out, &entry, &k.name, variant, stub));
                 }
                 if needs("cutlass") {
                     target

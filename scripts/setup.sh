@@ -221,7 +221,7 @@ venv_stale() {
 HOST_PIP_TARGETS=0
 if python3 -m pip install --help 2>/dev/null | grep -q -- '--python '; then HOST_PIP_TARGETS=1; fi
 # install_venv NAME REQS (run in the background: it writes only $TC/venv-NAME.tmp, then
-# swaps it in).
+# swaps it in; `die` there ends only its own subshell, and install_venvs sees the status).
 install_venv() {
   local name=$1 reqs=$2 dir="$TC/venv-$1" pip
   rm -rf "$dir.tmp"
@@ -229,10 +229,9 @@ install_venv() {
     python3 -m venv --without-pip "$dir.tmp" && pip=(python3 -m pip --python "$dir.tmp/bin/python")
   else
     python3 -m venv "$dir.tmp" && pip=("$dir.tmp/bin/python" -m pip)
-  fi || { echo "setup: error: python3 -m venv failed (install python3-venv, or set MLLM_SKIP_PY_TOOLS=1)" >&2; return 1; }
-  "${pip[@]}" install -q --no-deps --only-binary=:all: --require-hashes -r "$reqs" || {
-    echo "setup: error: pip install -r $reqs failed (network? PIP_INDEX_URL?); set MLLM_SKIP_PY_TOOLS=1 to skip" >&2
-    return 1; }
+  fi || die "python3 -m venv failed (install python3-venv, or set MLLM_SKIP_PY_TOOLS=1)"
+  "${pip[@]}" install -q --no-deps --only-binary=:all: --require-hashes -r "$reqs" ||
+    die "pip install -r $reqs failed (network? PIP_INDEX_URL?); set MLLM_SKIP_PY_TOOLS=1 to skip"
   sha "$reqs" >"$dir.tmp/.stamp"
   # venvs hard-code their path: rewrite the shebangs and activate scripts before the swap.
   { grep -rlF "$dir.tmp" "$dir.tmp/bin" || true; } | xargs -r sed -i "s#$dir.tmp#$dir#g"
